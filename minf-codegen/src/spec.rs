@@ -1,0 +1,490 @@
+//! Kernel specifications and their validation.
+//!
+//! A [`KernelSpec`] names everything that changes the generated CUDA source: the attention pattern,
+//! the element type, the head dimension, the tile shape, the warp count, the pipeline depth and the
+//! target architecture. [`KernelSpec::validate`] is the single place that decides which combinations
+//! exist; the macro and the runtime both call it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Errors for a spec field that has a value minf does not support.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field has a value outside its allowed set.
+    #[error("invalid {field} = {value}: allowed {allowed}")]
+    Invalid {
+        /// Name of the field, as written in the macro and on the command line.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// What is allowed instead.
+        allowed: String,
+    },
+    /// A name (pattern, dtype, arch) that is not known; carries the closest known name if any.
+    #[error("unknown {field} `{value}`{}; allowed: {allowed}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
+    Unknown {
+        /// Name of the field.
+        field: &'static str,
+        /// The offending value.
+        value: String,
+        /// The closest known name, when one is close enough to be a likely typo.
+        suggestion: Option<String>,
+        /// The allowed names.
+        allowed: String,
+    },
+    /// A pattern that is planned but has no kernel yet.
+    #[error("pattern `{0}` has no kernel yet; implemented patterns: {1}")]
+    NotImplemented(String, String),
+    /// The tile does not fit the shared memory of the target architecture.
+    #[error("tile {block_m}x{block_n} with head_dim {head_dim} and {stages} stage(s) needs {needed} bytes of shared memory; {arch} allows {limit} per block (use a smaller block_n, block_m or fewer stages)")]
+    SharedMemory {
+        /// Query rows per tile.
+        block_m: u32,
+        /// Keys per tile.
+        block_n: u32,
+        /// Head dimension.
+        head_dim: u32,
+        /// Pipeline stages.
+        stages: u32,
+        /// Bytes the tile needs.
+        needed: u32,
+        /// Bytes the architecture allows per block.
+        limit: u32,
+        /// The target architecture.
+        arch: Arch,
+    },
+    /// The per-thread accumulators would not fit in registers.
+    #[error("tile {block_m}x{block_n} with head_dim {head_dim} on {warps} warps needs {needed} accumulator registers per thread; at most {limit} fit without spilling (use more warps or a smaller block_n)")]
+    Registers {
+        /// Query rows per tile.
+        block_m: u32,
+        /// Keys per tile.
+        block_n: u32,
+        /// Head dimension.
+        head_dim: u32,
+        /// Warps per block.
+        warps: u32,
+        /// Registers needed.
+        needed: u32,
+        /// The budget.
+        limit: u32,
+    },
+}
+
+/// Closest candidate to `value` by edit distance, when it is close enough to be a typo.
+pub fn suggest<'a>(value: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let value = value.to_ascii_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&value, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident, $field:literal, { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name used in the macro, on the command line and in cache names.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = SpecError;
+            fn from_str(s: &str) -> Result<Self, SpecError> {
+                $(if s.eq_ignore_ascii_case($text) { return Ok($name::$variant); })+
+                let names = [$($text),+];
+                Err(SpecError::Unknown {
+                    field: $field,
+                    value: s.to_string(),
+                    suggestion: suggest(s, names),
+                    allowed: names.join(", "),
+                })
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// Element type of Q, K, V and O (accumulation is always fp32).
+    DType, "dtype", {
+        /// bfloat16.
+        Bf16 => "bf16",
+        /// IEEE half precision.
+        F16 => "f16",
+    }
+);
+
+named_enum!(
+    /// Target GPU architecture for NVRTC.
+    Arch, "arch", {
+        /// A100, A30.
+        Sm80 => "sm_80",
+        /// RTX 30xx, A10, A40.
+        Sm86 => "sm_86",
+        /// RTX 40xx, L4, L40.
+        Sm89 => "sm_89",
+        /// H100/H200 without the architecture-specific instructions.
+        Sm90 => "sm_90",
+        /// H100/H200 with `wgmma` and `setmaxnreg` available.
+        Sm90a => "sm_90a",
+    }
+);
+
+/// Attention patterns with a kernel today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pattern {
+    /// Dense causal attention: every key tile up to the diagonal.
+    Dense,
+}
+
+impl Pattern {
+    /// Every implemented pattern.
+    pub const ALL: &'static [Pattern] = &[Pattern::Dense];
+    /// Patterns that are part of minf's design but have no kernel yet.
+    pub const PLANNED: &'static [&'static str] = &["a_shape", "vertical_slash", "block_sparse"];
+
+    /// The name used in the macro, on the command line and in cache names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pattern::Dense => "dense",
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Pattern {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        if let Some(p) = Pattern::ALL.iter().find(|p| s.eq_ignore_ascii_case(p.as_str())) {
+            return Ok(*p);
+        }
+        let implemented: Vec<&str> = Pattern::ALL.iter().map(|p| p.as_str()).collect();
+        if Pattern::PLANNED.iter().any(|p| s.eq_ignore_ascii_case(p)) {
+            return Err(SpecError::NotImplemented(s.to_string(), implemented.join(", ")));
+        }
+        let known = implemented.iter().copied().chain(Pattern::PLANNED.iter().copied());
+        Err(SpecError::Unknown {
+            field: "pattern",
+            value: s.to_string(),
+            suggestion: suggest(s, known),
+            allowed: implemented.join(", "),
+        })
+    }
+}
+
+impl Arch {
+    /// Largest dynamic shared memory a block may opt in to, in bytes.
+    pub fn max_shared_memory(self) -> u32 {
+        match self {
+            Arch::Sm80 => 163 * 1024,
+            Arch::Sm86 | Arch::Sm89 => 99 * 1024,
+            Arch::Sm90 | Arch::Sm90a => 227 * 1024,
+        }
+    }
+
+    /// The architecture NVRTC should target for a device of compute capability `major.minor`:
+    /// Hopper gets `sm_90a` so its own instructions are available.
+    pub fn for_compute_capability(major: i32, minor: i32) -> Option<Arch> {
+        match (major, minor) {
+            (8, 0) => Some(Arch::Sm80),
+            (8, 6) | (8, 7) => Some(Arch::Sm86),
+            (8, 9) => Some(Arch::Sm89),
+            (9, 0) => Some(Arch::Sm90a),
+            _ => None,
+        }
+    }
+
+    /// Compact form for names: `sm90a`.
+    pub fn short(self) -> String {
+        self.as_str().replace('_', "")
+    }
+}
+
+/// Supported head dimensions.
+pub const HEAD_DIMS: &[u32] = &[64, 96, 128, 256];
+/// Supported query-tile heights.
+pub const BLOCK_MS: &[u32] = &[64, 128];
+/// Supported key-tile widths.
+pub const BLOCK_NS: &[u32] = &[32, 64, 128];
+/// Supported warps per block.
+pub const WARPS: &[u32] = &[4, 8];
+/// Supported pipeline depths for K/V tiles.
+pub const STAGES: &[u32] = &[1, 2, 3];
+/// Accumulator registers per thread above which the kernel would spill.
+pub const ACCUMULATOR_REGISTER_BUDGET: u32 = 192;
+/// Elements of padding at the end of each shared-memory row (16 bytes), which makes `ldmatrix`
+/// reads conflict-free for every supported head dimension.
+pub const SMEM_ROW_PAD: u32 = 8;
+
+/// Everything that changes the generated source of one kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KernelSpec {
+    /// Which key tiles each query tile visits.
+    pub pattern: Pattern,
+    /// Element type of Q, K, V and O.
+    pub dtype: DType,
+    /// Head dimension (64, 96, 128 or 256).
+    pub head_dim: u32,
+    /// Query rows per block.
+    pub block_m: u32,
+    /// Keys per tile.
+    pub block_n: u32,
+    /// Warps per block; each warp owns `block_m / warps` query rows.
+    pub warps: u32,
+    /// Shared-memory stages of the K/V pipeline.
+    pub stages: u32,
+    /// Target architecture.
+    pub arch: Arch,
+}
+
+/// Launch geometry that follows from a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LaunchShape {
+    /// Threads per block.
+    pub threads: u32,
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_bytes: u32,
+    /// Query rows per block (the grid's x dimension covers `ceil(seq / block_m)`).
+    pub block_m: u32,
+}
+
+impl KernelSpec {
+    /// The default tile configuration for a pattern, dtype, head dimension and architecture.
+    pub fn default_for(pattern: Pattern, dtype: DType, head_dim: u32, arch: Arch) -> KernelSpec {
+        let small_smem = matches!(arch, Arch::Sm86 | Arch::Sm89);
+        let (block_m, block_n, warps, stages) = match (head_dim, small_smem) {
+            (256, true) => (64, 32, 4, 1),
+            (256, false) => (64, 32, 4, 2),
+            (128, true) => (128, 32, 8, 2),
+            _ => (128, 64, 8, 2),
+        };
+        KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }
+    }
+
+    /// The default spec set for the given architectures: every implemented pattern, dtype and head
+    /// dimension, in a stable order.
+    pub fn default_set(arches: &[Arch]) -> Vec<KernelSpec> {
+        let mut specs = Vec::new();
+        for &arch in arches {
+            for &pattern in Pattern::ALL {
+                for &dtype in DType::ALL {
+                    for &head_dim in HEAD_DIMS {
+                        specs.push(KernelSpec::default_for(pattern, dtype, head_dim, arch));
+                    }
+                }
+            }
+        }
+        specs
+    }
+
+    /// 16-row MMA fragments each warp owns along the query dimension.
+    pub fn m_frags(&self) -> u32 {
+        self.block_m / (16 * self.warps)
+    }
+
+    /// Whether the Q fragments stay in registers for the whole mainloop (else re-read from shared
+    /// memory at every key tile, which saves registers for large head dimensions).
+    pub fn q_in_registers(&self) -> bool {
+        self.head_dim <= 128
+    }
+
+    /// fp32/packed registers per thread that hold the O accumulator, the scores and (if kept) Q.
+    pub fn accumulator_registers(&self) -> u32 {
+        let m = self.m_frags();
+        let o = m * self.head_dim / 2;
+        let s = m * self.block_n / 2;
+        let q = if self.q_in_registers() { m * self.head_dim / 4 } else { 0 };
+        o + s + q
+    }
+
+    /// Dynamic shared memory in bytes: the Q tile plus `stages` K and V tiles, padded rows.
+    pub fn shared_bytes(&self) -> u32 {
+        let row = (self.head_dim + SMEM_ROW_PAD) * 2;
+        (self.block_m + 2 * self.stages * self.block_n) * row
+    }
+
+    /// Launch geometry of this spec.
+    pub fn launch_shape(&self) -> LaunchShape {
+        LaunchShape { threads: self.warps * 32, shared_bytes: self.shared_bytes(), block_m: self.block_m }
+    }
+
+    /// The `extern "C"` entry point name of the kernel.
+    pub fn kernel_name(&self) -> String {
+        format!(
+            "minf_{}_{}_d{}_m{}n{}w{}s{}",
+            self.pattern, self.dtype, self.head_dim, self.block_m, self.block_n, self.warps, self.stages
+        )
+    }
+
+    /// Readable prefix of cache entry names, e.g. `dense-bf16-d128-m128n64-sm90a`.
+    pub fn readable_name(&self) -> String {
+        format!(
+            "{}-{}-d{}-m{}n{}-{}",
+            self.pattern,
+            self.dtype,
+            self.head_dim,
+            self.block_m,
+            self.block_n,
+            self.arch.short()
+        )
+    }
+
+    /// Checks every field and the combined resource limits; the error names the field, the value
+    /// and what is allowed.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        fn one_of(field: &'static str, value: u32, allowed: &[u32]) -> Result<(), SpecError> {
+            if allowed.contains(&value) {
+                Ok(())
+            } else {
+                Err(SpecError::Invalid {
+                    field,
+                    value: value.to_string(),
+                    allowed: allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                })
+            }
+        }
+        one_of("head_dim", self.head_dim, HEAD_DIMS)?;
+        one_of("block_m", self.block_m, BLOCK_MS)?;
+        one_of("block_n", self.block_n, BLOCK_NS)?;
+        one_of("warps", self.warps, WARPS)?;
+        one_of("stages", self.stages, STAGES)?;
+        if self.block_m % (16 * self.warps) != 0 || !(1..=2).contains(&self.m_frags()) {
+            return Err(SpecError::Invalid {
+                field: "warps",
+                value: self.warps.to_string(),
+                allowed: format!(
+                    "a warp count that gives each warp 16 or 32 query rows of block_m = {} ({})",
+                    self.block_m,
+                    WARPS
+                        .iter()
+                        .filter(|w| {
+                            let rows = self.block_m / **w;
+                            self.block_m % **w == 0 && (rows == 16 || rows == 32)
+                        })
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            });
+        }
+        let needed = self.accumulator_registers();
+        if needed > ACCUMULATOR_REGISTER_BUDGET {
+            return Err(SpecError::Registers {
+                block_m: self.block_m,
+                block_n: self.block_n,
+                head_dim: self.head_dim,
+                warps: self.warps,
+                needed,
+                limit: ACCUMULATOR_REGISTER_BUDGET,
+            });
+        }
+        let needed = self.shared_bytes();
+        let limit = self.arch.max_shared_memory();
+        if needed > limit {
+            return Err(SpecError::SharedMemory {
+                block_m: self.block_m,
+                block_n: self.block_n,
+                head_dim: self.head_dim,
+                stages: self.stages,
+                needed,
+                limit,
+                arch: self.arch,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_set_is_valid_for_every_arch() {
+        let specs = KernelSpec::default_set(Arch::ALL);
+        assert_eq!(specs.len(), Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len());
+        for spec in specs {
+            spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn names_parse_with_suggestions() {
+        assert_eq!("bf16".parse::<DType>().unwrap(), DType::Bf16);
+        assert_eq!("SM_90A".parse::<Arch>().unwrap(), Arch::Sm90a);
+        let err = "vertcal_slash".parse::<Pattern>().unwrap_err();
+        assert!(err.to_string().contains("did you mean `vertical_slash`"), "{err}");
+        let err = "bf61".parse::<DType>().unwrap_err();
+        assert!(matches!(err, SpecError::Unknown { suggestion: Some(ref s), .. } if s == "bf16"), "{err}");
+        let err = "a_shape".parse::<Pattern>().unwrap_err();
+        assert!(matches!(err, SpecError::NotImplemented(..)), "{err}");
+        assert!(matches!("zzzzzz".parse::<Pattern>(), Err(SpecError::Unknown { suggestion: None, .. })));
+    }
+
+    #[test]
+    fn invalid_fields_name_field_value_and_allowed() {
+        let base = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm80);
+        let err = KernelSpec { head_dim: 80, ..base }.validate().unwrap_err();
+        assert_eq!(err.to_string(), "invalid head_dim = 80: allowed 64, 96, 128, 256");
+        let err = KernelSpec { block_n: 48, ..base }.validate().unwrap_err();
+        assert!(err.to_string().starts_with("invalid block_n = 48"), "{err}");
+        let err = KernelSpec { block_m: 64, warps: 8, ..base }.validate().unwrap_err();
+        assert!(err.to_string().contains("warps = 8"), "{err}");
+    }
+
+    #[test]
+    fn resource_limits_are_enforced() {
+        let base = KernelSpec::default_for(Pattern::Dense, DType::F16, 256, Arch::Sm86);
+        let err = KernelSpec { block_n: 128, stages: 3, ..base }.validate().unwrap_err();
+        assert!(matches!(err, SpecError::SharedMemory { .. }), "{err}");
+        let err = KernelSpec { block_m: 128, warps: 4, block_n: 128, head_dim: 128, ..base }
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, SpecError::Registers { .. }), "{err}");
+    }
+
+    #[test]
+    fn hopper_maps_to_sm90a() {
+        assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90a));
+        assert_eq!(Arch::for_compute_capability(7, 5), None);
+    }
+}

@@ -1,0 +1,111 @@
+//! One CUDA device: its context and stream, the target architecture, and the kernels loaded into
+//! the context (memory cache keyed by spec, in front of the disk cache).
+
+use crate::error::MinfError;
+use crate::jit::KernelCache;
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::nvrtc::Ptx;
+use minf_codegen::{render, Arch, KernelSpec, LaunchShape};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A loaded kernel and how to launch it.
+#[derive(Debug, Clone)]
+pub struct LoadedKernel {
+    /// The function in this device's context.
+    pub function: CudaFunction,
+    /// Threads, shared memory and rows per block.
+    pub launch: LaunchShape,
+}
+
+/// A CUDA device ready to run minf kernels.
+#[derive(Debug)]
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: Arch,
+    name: String,
+    cache: KernelCache,
+    loaded: Mutex<HashMap<KernelSpec, LoadedKernel>>,
+}
+
+/// Whether the CUDA driver library can be loaded in this process.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its known names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+impl Device {
+    /// Opens device `ordinal` with the cache from the environment (`MINF_CACHE_DIR`).
+    pub fn new(ordinal: usize) -> Result<Device, MinfError> {
+        Device::with_cache(ordinal, KernelCache::from_env()?)
+    }
+
+    /// Opens device `ordinal` with an explicit kernel cache.
+    pub fn with_cache(ordinal: usize, cache: KernelCache) -> Result<Device, MinfError> {
+        if !driver_available() {
+            return Err(MinfError::NoDriver);
+        }
+        let ctx = CudaContext::new(ordinal).map_err(MinfError::driver(format!("opening device {ordinal}")))?;
+        let name = ctx.name().map_err(MinfError::driver("reading the device name"))?;
+        let (major, minor) = ctx.compute_capability().map_err(MinfError::driver("reading the compute capability"))?;
+        let arch = Arch::for_compute_capability(major, minor)
+            .ok_or_else(|| MinfError::UnsupportedDevice { name: name.clone(), major, minor })?;
+        let stream = ctx.default_stream();
+        Ok(Device { ctx, stream, arch, name, cache, loaded: Mutex::new(HashMap::new()) })
+    }
+
+    /// The CUDA context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream minf launches on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The NVRTC target for this device (`sm_90a` on Hopper).
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// The device's marketing name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel cache in use.
+    pub fn cache(&self) -> &KernelCache {
+        &self.cache
+    }
+
+    /// Loads (rendering and compiling on a cache miss) the kernel of `spec` into this context.
+    pub fn kernel(&self, spec: &KernelSpec) -> Result<LoadedKernel, MinfError> {
+        let mut loaded = self.loaded.lock().map_err(|_| MinfError::Shape("kernel table poisoned by a panic".into()))?;
+        if let Some(kernel) = loaded.get(spec) {
+            return Ok(kernel.clone());
+        }
+        let rendered = render(spec)?;
+        let cached = self.cache.get_or_compile(&rendered)?;
+        let image = if cached.is_ptx {
+            Ptx::from_src(String::from_utf8_lossy(&cached.image).trim_end_matches('\0').to_string())
+        } else {
+            Ptx::from_binary(cached.image.as_ref().clone())
+        };
+        let module = self.ctx.load_module(image).map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
+        let function = module
+            .load_function(&rendered.kernel_name)
+            .map_err(MinfError::driver(format!("finding {} in {}", rendered.kernel_name, cached.key.name)))?;
+        function
+            .set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                rendered.launch.shared_bytes as i32,
+            )
+            .map_err(MinfError::driver(format!("raising the shared-memory limit of {}", cached.key.name)))?;
+        let kernel = LoadedKernel { function, launch: rendered.launch };
+        loaded.insert(*spec, kernel.clone());
+        Ok(kernel)
+    }
+}

@@ -1,0 +1,49 @@
+//! The runtime's error type.
+
+use minf_codegen::{RenderError, SpecError};
+
+/// Everything that can go wrong between a spec and a finished launch.
+#[derive(Debug, thiserror::Error)]
+pub enum MinfError {
+    /// The kernel spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Rendering failed.
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    /// NVRTC or the kernel cache failed.
+    #[error(transparent)]
+    Jit(#[from] crate::jit::JitError),
+    /// A CUDA driver call failed.
+    #[error("CUDA driver error in {context}: {source}")]
+    Driver {
+        /// What minf was doing.
+        context: String,
+        /// The driver's error.
+        source: cudarc::driver::DriverError,
+    },
+    /// No CUDA driver (`libcuda`) could be loaded.
+    #[error("no CUDA driver found (libcuda could not be loaded): minf needs an NVIDIA GPU and driver to run kernels; `minf warm --arch sm_80,sm_90a` compiles without one, `minf doctor` shows what was found")]
+    NoDriver,
+    /// The device's compute capability has no supported target.
+    #[error("unsupported GPU {name} with compute capability {major}.{minor}: minf supports 8.0, 8.6, 8.7, 8.9 and 9.0")]
+    UnsupportedDevice {
+        /// Device name.
+        name: String,
+        /// Major compute capability.
+        major: i32,
+        /// Minor compute capability.
+        minor: i32,
+    },
+    /// Tensor shapes, strides or options do not fit the call.
+    #[error("invalid arguments: {0}")]
+    Shape(String),
+}
+
+impl MinfError {
+    /// Wraps a driver error with what minf was doing.
+    pub fn driver(context: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> MinfError {
+        let context = context.into();
+        move |source| MinfError::Driver { context, source }
+    }
+}

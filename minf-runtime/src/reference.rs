@@ -1,0 +1,126 @@
+//! CPU reference attention in f64, used by the GPU tests and examples to check kernels.
+
+/// Shape of a reference problem; tensors are contiguous `[batch, seq, heads, head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferenceShape {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+/// Reference result for selected rows.
+#[derive(Debug, Clone)]
+pub struct ReferenceRows {
+    /// `(batch, row, head)` of each computed row, in order.
+    pub rows: Vec<(usize, usize, usize)>,
+    /// `head_dim` outputs per computed row.
+    pub out: Vec<f64>,
+    /// Natural-log log-sum-exp of the scaled scores per computed row.
+    pub lse: Vec<f64>,
+}
+
+/// Causal attention for query rows `rows` (every head of every batch entry), computed in f64 on
+/// all cores. `scale` multiplies the scores before the softmax.
+pub fn causal_attention_rows(
+    shape: ReferenceShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f64,
+    rows: &[usize],
+) -> ReferenceRows {
+    let ReferenceShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
+    let group = heads / kv_heads;
+    let mut tasks = Vec::new();
+    for b in 0..batch {
+        for &i in rows {
+            for h in 0..heads {
+                tasks.push((b, i, h));
+            }
+        }
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = tasks.len().div_ceil(threads).max(1);
+    let mut out = vec![0.0f64; tasks.len() * d];
+    let mut lse = vec![0.0f64; tasks.len()];
+    std::thread::scope(|scope| {
+        for ((task_chunk, out_chunk), lse_chunk) in
+            tasks.chunks(chunk).zip(out.chunks_mut(chunk * d)).zip(lse.chunks_mut(chunk))
+        {
+            scope.spawn(move || {
+                let mut scores = vec![0.0f64; seq];
+                for (t, &(b, i, h)) in task_chunk.iter().enumerate() {
+                    let kh = h / group;
+                    let q_row = &q[((b * seq + i) * heads + h) * d..][..d];
+                    let mut max = f64::NEG_INFINITY;
+                    for (j, score) in scores.iter_mut().enumerate().take(i + 1) {
+                        let k_row = &k[((b * seq + j) * kv_heads + kh) * d..][..d];
+                        let dot: f64 = q_row.iter().zip(k_row).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        *score = dot * scale;
+                        max = max.max(*score);
+                    }
+                    let mut sum = 0.0;
+                    let o = &mut out_chunk[t * d..][..d];
+                    o.fill(0.0);
+                    for (j, score) in scores.iter().enumerate().take(i + 1) {
+                        let p = (score - max).exp();
+                        sum += p;
+                        let v_row = &v[((b * seq + j) * kv_heads + kh) * d..][..d];
+                        for (acc, x) in o.iter_mut().zip(v_row) {
+                            *acc += p * *x as f64;
+                        }
+                    }
+                    for acc in o.iter_mut() {
+                        *acc /= sum;
+                    }
+                    lse_chunk[t] = max + sum.ln();
+                }
+            });
+        }
+    });
+    ReferenceRows { rows: tasks, out, lse }
+}
+
+/// Relative L2 error `‖got − want‖ / ‖want‖`; NaN in `got` gives infinity.
+pub fn relative_l2(got: &[f64], want: &[f64]) -> f64 {
+    let mut diff = 0.0;
+    let mut norm = 0.0;
+    for (g, w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        diff += (g - w) * (g - w);
+        norm += w * w;
+    }
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_row_attends_only_to_itself_and_rows_sum_to_one() {
+        let shape = ReferenceShape { batch: 1, seq: 3, heads: 2, kv_heads: 1, head_dim: 2 };
+        let q: Vec<f32> = (0..12).map(|x| (x as f32 * 0.37).sin()).collect();
+        let k: Vec<f32> = (0..6).map(|x| (x as f32 * 0.91).cos()).collect();
+        let v: Vec<f32> = (0..6).map(|x| x as f32 + 1.0).collect();
+        let r = causal_attention_rows(shape, &q, &k, &v, 1.0, &[0, 2]);
+        assert_eq!(r.rows.len(), 4);
+        // Row 0 sees only key 0: output equals v[0] exactly, lse equals its score.
+        assert_eq!(&r.out[..2], &[1.0, 2.0]);
+        let s00 = (q[0] * k[0] + q[1] * k[1]) as f64;
+        assert!((r.lse[0] - s00).abs() < 1e-12);
+        // Row 2 is a convex combination of v rows: each output lies within their range.
+        let o = &r.out[2 * 2..][..2];
+        assert!(o[0] > 1.0 && o[0] < 5.0 && o[1] > 2.0 && o[1] < 6.0, "{o:?}");
+        assert!(relative_l2(&[1.0, f64::NAN], &[1.0, 1.0]).is_infinite());
+    }
+}
