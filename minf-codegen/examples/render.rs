@@ -1,0 +1,32 @@
+//! Prints the rendered source of a default spec: `render <pattern> <dtype> <head_dim> <arch>`, or
+//! writes every default spec of an arch into a folder: `render --all <arch> <dir>` (`<kernel>.cu`
+//! plus `<kernel>.json` with the spec and launch shape), for inspecting or compiling by hand.
+use minf_codegen::{render, Arch, DType, KernelSpec, Pattern};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [flag, arch, dir] if flag == "--all" => {
+            std::fs::create_dir_all(dir)?;
+            for spec in KernelSpec::default_set(&[arch.parse::<Arch>()?]) {
+                let kernel = render(&spec)?;
+                let path = std::path::Path::new(dir).join(&kernel.kernel_name);
+                std::fs::write(path.with_extension("cu"), &kernel.source)?;
+                let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.launch });
+                std::fs::write(path.with_extension("json"), meta.to_string())?;
+            }
+            Ok(())
+        }
+        [pattern, dtype, head_dim, arch] => {
+            let spec = KernelSpec::default_for(
+                pattern.parse::<Pattern>()?,
+                dtype.parse::<DType>()?,
+                head_dim.parse()?,
+                arch.parse::<Arch>()?,
+            );
+            print!("{}", render(&spec)?.source);
+            Ok(())
+        }
+        _ => Err("usage: render <pattern> <dtype> <head_dim> <arch> | render --all <arch> <dir>".into()),
+    }
+}
