@@ -70,12 +70,12 @@ class Kernel:
 
 
 def load_kernels(folder):
-    kernels = {}
+    kernels = []
     for meta_path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         meta = json.load(open(meta_path))
         cubin = meta_path[:-5] + ".cubin"
         if os.path.exists(cubin):
-            kernels[(meta["spec"]["dtype"], meta["spec"]["head_dim"])] = Kernel(cubin, meta)
+            kernels.append(Kernel(cubin, meta))
     return kernels
 
 
@@ -101,13 +101,14 @@ def rel_l2(got, want):
     return ((got - want).norm() / want.norm()).item()
 
 
-def run_checks(kernels, tolerance):
+def run_checks(kernels, tolerance, seqs=(1, 63, 64, 65, 1000, 4097)):
     dtypes = {"bf16": torch.bfloat16, "f16": torch.float16}
     rows = []
     worst = 0.0
-    for (dtype_name, d), kernel in sorted(kernels.items()):
+    for kernel in kernels:
+        dtype_name, d = kernel.spec["dtype"], kernel.spec["head_dim"]
         dtype = dtypes[dtype_name]
-        for seq in (1, 63, 64, 65, 1000, 4097):
+        for seq in seqs:
             for (h, hkv, batch, layout) in ((32, 8, 1, "bshd"), (8, 8, 2, "bshd"), (8, 2, 2, "bhsd")):
                 if seq >= 4097 and d == 256 and h == 32:
                     h, hkv = 16, 4
@@ -156,7 +157,7 @@ def time_ms(fn, iters=20, warmup=5):
 
 
 def run_bench(kernels, seqs, heads=32, d=128):
-    kernel = kernels[("bf16", d)]
+    kernels = [k for k in kernels if k.spec["dtype"] == "bf16" and k.spec["head_dim"] == d]
     rows = []
     for seq in seqs:
         flops = 4 * seq * seq / 2 * d * heads  # causal: half the square, QK^T and PV
@@ -165,14 +166,16 @@ def run_bench(kernels, seqs, heads=32, d=128):
         v = torch.randn(1, seq, heads, d, device="cuda", dtype=torch.bfloat16)
         o = torch.empty_like(q)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        results = {"minf": time_ms(lambda: kernel(q, k, v, o))}
+        results = {}
+        for kernel in kernels:
+            results[kernel.name if len(kernels) > 1 else "minf"] = time_ms(lambda: kernel(q, k, v, o))
         for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
             with sdpa_kernel(backend):
                 results[name] = time_ms(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True))
         for name, ms in results.items():
             tflops = flops / (ms * 1e-3) / 1e12
             rows.append(dict(method=name, seq=seq, heads=heads, head_dim=d, ms=ms, tflops=tflops))
-            print(f"seq={seq:6} {name:11} {ms:8.3f} ms {tflops:6.1f} TFLOP/s", flush=True)
+            print(f"seq={seq:6} {name:34} {ms:8.3f} ms {tflops:6.1f} TFLOP/s", flush=True)
     return rows
 
 
@@ -182,6 +185,7 @@ def main():
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--seqs", default="16384,65536")
+    parser.add_argument("--check-seqs", default="1,63,64,65,1000,4097")
     parser.add_argument("--tolerance", type=float, default=1e-2)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -189,11 +193,12 @@ def main():
     torch.zeros(1, device="cuda")
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     kernels = load_kernels(args.kernels)
-    print("kernels:", [k.name for k in kernels.values()], flush=True)
+    print("kernels:", [k.name for k in kernels], flush=True)
     report = {"device": torch.cuda.get_device_name()}
     failed = False
     if args.check:
-        rows, worst = run_checks(kernels, args.tolerance)
+        seqs = tuple(int(s) for s in args.check_seqs.split(","))
+        rows, worst = run_checks(kernels, args.tolerance, seqs)
         report["checks"] = rows
         failed = any(not r["ok"] for r in rows)
         print(f"checks: {sum(r['ok'] for r in rows)} passed, {sum(not r['ok'] for r in rows)} failed, worst rel_l2 {worst:.2e}")

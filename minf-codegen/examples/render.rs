@@ -1,5 +1,6 @@
 //! Prints the rendered source of a default spec: `render <pattern> <dtype> <head_dim> <arch>`, or
-//! writes every default spec of an arch into a folder: `render --all <arch> <dir>` (`<kernel>.cu`
+//! writes every default spec of an arch into a folder: `render --all <arch> <dir>`, or the listed
+//! specs: `render --specs 'dense,bf16,128,128,64,4,2,sm_90a;...' <dir>` (`<kernel>.cu`
 //! plus `<kernel>.json` with the spec and launch shape), for inspecting or compiling by hand.
 use minf_codegen::{render, Arch, DType, KernelSpec, Pattern};
 
@@ -9,11 +10,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         [flag, arch, dir] if flag == "--all" => {
             std::fs::create_dir_all(dir)?;
             for spec in KernelSpec::default_set(&[arch.parse::<Arch>()?]) {
-                let kernel = render(&spec)?;
-                let path = std::path::Path::new(dir).join(&kernel.kernel_name);
-                std::fs::write(path.with_extension("cu"), &kernel.source)?;
-                let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.launch });
-                std::fs::write(path.with_extension("json"), meta.to_string())?;
+                write_kernel(&spec, dir)?;
+            }
+            Ok(())
+        }
+        [flag, list, dir] if flag == "--specs" => {
+            // `pattern,dtype,head_dim,block_m,block_n,warps,stages,arch;...`
+            std::fs::create_dir_all(dir)?;
+            for item in list.split(';') {
+                let f: Vec<&str> = item.split(',').collect();
+                let [pattern, dtype, d, bm, bn, w, st, arch] = f.as_slice() else {
+                    return Err(format!("bad spec `{item}`").into());
+                };
+                let spec = KernelSpec {
+                    pattern: pattern.parse()?,
+                    dtype: dtype.parse()?,
+                    head_dim: d.parse()?,
+                    block_m: bm.parse()?,
+                    block_n: bn.parse()?,
+                    warps: w.parse()?,
+                    stages: st.parse()?,
+                    arch: arch.parse()?,
+                };
+                write_kernel(&spec, dir)?;
             }
             Ok(())
         }
@@ -29,4 +48,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         _ => Err("usage: render <pattern> <dtype> <head_dim> <arch> | render --all <arch> <dir>".into()),
     }
+}
+
+fn write_kernel(spec: &KernelSpec, dir: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let kernel = render(spec)?;
+    let path = std::path::Path::new(dir).join(&kernel.kernel_name);
+    std::fs::write(path.with_extension("cu"), &kernel.source)?;
+    let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.launch });
+    std::fs::write(path.with_extension("json"), meta.to_string())?;
+    Ok(())
 }

@@ -290,12 +290,16 @@ pub struct LaunchShape {
 impl KernelSpec {
     /// The default tile configuration for a pattern, dtype, head dimension and architecture.
     pub fn default_for(pattern: Pattern, dtype: DType, head_dim: u32, arch: Arch) -> KernelSpec {
-        let small_smem = matches!(arch, Arch::Sm86 | Arch::Sm89);
-        let (block_m, block_n, warps, stages) = match (head_dim, small_smem) {
-            (256, true) => (64, 32, 4, 1),
-            (256, false) => (64, 32, 4, 2),
-            (128, true) => (128, 32, 8, 2),
-            _ => (128, 64, 8, 2),
+        // Measured on an H100 (bf16, d=128, causal, 16K and 64K): 128x128 tiles on 8 warps ran at
+        // 283-290 TFLOP/s, 128x32 on 4 warps at 273-276, 128x64 on 8 warps at 207-212
+        // (bench/RESULTS.md). The 128x128 tile needs more shared memory than sm_8x allows.
+        let hopper = matches!(arch, Arch::Sm90 | Arch::Sm90a);
+        let (block_m, block_n, warps, stages) = match (head_dim, arch) {
+            (256, Arch::Sm86 | Arch::Sm89) => (64, 32, 4, 1),
+            (256, _) => (64, 32, 4, 2),
+            (64, Arch::Sm80) => (128, 128, 8, 2),
+            _ if hopper => (128, 128, 8, 2),
+            _ => (128, 32, 4, 2),
         };
         KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }
     }
@@ -321,19 +325,16 @@ impl KernelSpec {
         self.block_m / (16 * self.warps)
     }
 
-    /// Whether the Q fragments stay in registers for the whole mainloop (else re-read from shared
-    /// memory at every key tile, which saves registers for large head dimensions).
+    /// Whether the Q fragments stay in registers for the whole mainloop; when they would push the
+    /// accumulators past the register budget, they are re-read from shared memory at every key tile.
     pub fn q_in_registers(&self) -> bool {
-        self.head_dim <= 128
+        self.accumulator_registers() + self.m_frags() * self.head_dim / 4 <= ACCUMULATOR_REGISTER_BUDGET
     }
 
-    /// fp32/packed registers per thread that hold the O accumulator, the scores and (if kept) Q.
+    /// fp32 registers per thread that hold the O accumulator and the scores of one key tile.
     pub fn accumulator_registers(&self) -> u32 {
         let m = self.m_frags();
-        let o = m * self.head_dim / 2;
-        let s = m * self.block_n / 2;
-        let q = if self.q_in_registers() { m * self.head_dim / 4 } else { 0 };
-        o + s + q
+        m * self.head_dim / 2 + m * self.block_n / 2
     }
 
     /// Dynamic shared memory in bytes: the Q tile plus `stages` K and V tiles, padded rows.

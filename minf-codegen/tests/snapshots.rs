@@ -1,0 +1,56 @@
+//! Pins the generated source of every default spec and the cache-key inputs, so any change that
+//! invalidates users' kernel caches shows up in review (`cargo insta review`).
+
+use minf_codegen::{render, Arch, CacheKeyInputs, KernelSpec};
+
+const SNAPSHOT_ARCHES: &[Arch] = &[Arch::Sm80, Arch::Sm90a];
+
+#[test]
+fn rendered_source_of_every_default_spec() {
+    for spec in KernelSpec::default_set(SNAPSHOT_ARCHES) {
+        let kernel = render(&spec).expect("default specs render");
+        insta::assert_snapshot!(spec.readable_name(), kernel.source);
+    }
+}
+
+#[test]
+fn cache_key_inputs_of_every_default_spec() {
+    // A fixed NVRTC version keeps the snapshot independent of the machine.
+    let keys: Vec<(String, CacheKeyInputs, String)> = KernelSpec::default_set(SNAPSHOT_ARCHES)
+        .iter()
+        .map(|spec| {
+            let kernel = render(spec).expect("default specs render");
+            let inputs = CacheKeyInputs::new(&kernel, (13, 0));
+            let name = inputs.key(&spec.readable_name()).name;
+            (spec.readable_name(), inputs, name)
+        })
+        .collect();
+    insta::assert_json_snapshot!("cache_key_inputs", keys);
+}
+
+#[test]
+fn rendering_is_deterministic_and_key_tracks_every_input() {
+    let spec = KernelSpec::default_set(&[Arch::Sm90a])[0];
+    let a = render(&spec).expect("renders");
+    let b = render(&spec).expect("renders");
+    assert_eq!(a.source, b.source);
+    let key = a.cache_key((13, 0));
+    assert_eq!(key, b.cache_key((13, 0)));
+    assert!(key.name.starts_with("dense-bf16-d64-m128n128-sm90a-"), "{}", key.name);
+    assert_ne!(key, a.cache_key((13, 1)), "NVRTC version must change the key");
+    let mut other_options = a.clone();
+    other_options.options.push("-G".into());
+    assert_ne!(key, other_options.cache_key((13, 0)), "options must change the key");
+    let mut other_source = a.clone();
+    other_source.source.push(' ');
+    assert_ne!(key, other_source.cache_key((13, 0)), "source must change the key");
+}
+
+#[test]
+fn templates_are_header_free() {
+    for spec in KernelSpec::default_set(SNAPSHOT_ARCHES) {
+        let source = render(&spec).expect("renders").source;
+        assert!(!source.contains("#include"), "{} includes a header", spec.readable_name());
+        assert!(source.contains(&format!("__global__ void __launch_bounds__(THREADS) {}(", spec.kernel_name())));
+    }
+}
