@@ -42,7 +42,9 @@ pub enum MinfError {
 
 impl MinfError {
     /// Wraps a driver error with what minf was doing.
-    pub fn driver(context: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> MinfError {
+    pub fn driver(
+        context: impl Into<String>,
+    ) -> impl FnOnce(cudarc::driver::DriverError) -> MinfError {
         let context = context.into();
         move |source| MinfError::Driver { context, source }
     }

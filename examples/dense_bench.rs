@@ -1,0 +1,91 @@
+//! Times minf's dense causal kernel through the runtime (CUDA events, median after warm-up) and
+//! prints TFLOP/s on the causal half of the score matrix.
+//!
+//! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20] [--json FILE]`
+//! Run PyTorch SDPA in the same session for the baseline (`bench/dense_check.py --bench`).
+
+use cudarc::driver::sys::CUevent_flags;
+use half::bf16;
+use minf::reference::random_normal;
+use minf::{dense_attention, AttentionOptions, Device, TensorMut, TensorRef};
+use std::time::Instant;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let seqs: String = arg(&args, "--seqs", "16384,65536".to_string());
+    let heads: usize = arg(&args, "--heads", 32);
+    let head_dim: usize = arg(&args, "--head-dim", 128);
+    let iters: usize = arg(&args, "--iters", 20);
+    let json_path: Option<String> = args
+        .iter()
+        .position(|a| a == "--json")
+        .and_then(|i| args.get(i + 1).cloned());
+
+    let device = Device::new(0)?;
+    let stream = device.stream().clone();
+    println!("device: {} ({})", device.name(), device.arch());
+    let mut records = Vec::new();
+    for seq in seqs.split(',').map(str::parse::<usize>) {
+        let seq = seq?;
+        let shape = [1, seq, heads, head_dim];
+        let n = seq * heads * head_dim;
+        let upload = |seed: u64| {
+            stream.clone_htod(
+                &random_normal(n, seed)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (q, k, v) = (upload(1)?, upload(2)?, upload(3)?);
+        let mut out = stream.alloc_zeros::<bf16>(n)?;
+        let mut run = || -> Result<(), minf::MinfError> {
+            dense_attention(
+                &device,
+                TensorRef::bshd(&q, shape)?,
+                TensorRef::bshd(&k, shape)?,
+                TensorRef::bshd(&v, shape)?,
+                TensorMut::bshd(&mut out, shape)?,
+                AttentionOptions::default(),
+            )
+        };
+        let first = Instant::now();
+        run()?;
+        stream.synchronize()?;
+        let first_call_s = first.elapsed().as_secs_f64();
+        for _ in 0..3 {
+            run()?;
+        }
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            run()?;
+            let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            end.synchronize()?;
+            times.push(start.elapsed_ms(&end)? as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        let flops = 4.0 * (seq as f64) * (seq as f64) / 2.0 * head_dim as f64 * heads as f64;
+        let tflops = flops / (ms * 1e-3) / 1e12;
+        println!(
+            "seq={seq:6} minf (rust runtime) {ms:8.3} ms {tflops:6.1} TFLOP/s  (first call incl. JIT/cache load {first_call_s:.2} s)"
+        );
+        records.push(format!(
+            "{{\"method\":\"minf\",\"seq\":{seq},\"heads\":{heads},\"head_dim\":{head_dim},\"ms\":{ms},\"tflops\":{tflops},\"first_call_s\":{first_call_s},\"device\":\"{}\"}}",
+            device.name()
+        ));
+    }
+    if let Some(path) = json_path {
+        std::fs::write(path, format!("[{}]\n", records.join(",\n")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,367 @@
+//! GPU tests: every kernel against the CPU float64 reference. They need a CUDA GPU, so they are
+//! ignored by default; on a GPU machine run them with
+//! `cargo test --release --test gpu -- --include-ignored` (or the bundle from
+//! `scripts/gpu-bundle.sh`). Without a GPU they fail with the reason rather than pass.
+//!
+//! Inputs are fresh random normals on every run (the seed is printed), outputs are poisoned with
+//! NaN bit patterns before each launch, and every output element must be written and finite.
+
+use half::{bf16, f16};
+use minf::codegen::{DType, KernelSpec, Pattern};
+use minf::reference::{causal_attention_rows, random_normal, relative_l2, ReferenceShape};
+use minf::tensor::Layout;
+use minf::{dense_attention, AttentionElement, AttentionOptions, Device, TensorMut, TensorRef};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
+const TOLERANCE: f64 = 1e-2;
+
+fn device() -> Device {
+    Device::new(0).unwrap_or_else(|e| panic!("GPU test needs a CUDA GPU, and none is usable: {e}"))
+}
+
+fn fresh_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+/// Query rows the CPU reference computes: all of them for short sequences, a spread (including
+/// the first and last rows and tile edges) for long ones.
+fn reference_rows(seq: usize) -> Vec<usize> {
+    if seq <= 1100 {
+        return (0..seq).collect();
+    }
+    let mut rows: Vec<usize> = (0..seq).step_by(37).collect();
+    rows.extend([63, 64, 127, 128, seq - 2, seq - 1]);
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
+struct Case {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Store tensors as `[batch, heads, seq, head_dim]` instead of `[batch, seq, heads, head_dim]`.
+    bhsd: bool,
+}
+
+struct Outcome {
+    out_error: f64,
+    lse_error: f64,
+}
+
+fn to_logical_order(layout: &Layout, data: &[f32]) -> Vec<f32> {
+    let [b, s, h, d] = layout.shape;
+    let mut out = Vec::with_capacity(b * s * h * d);
+    for bi in 0..b {
+        for si in 0..s {
+            for hi in 0..h {
+                let base = bi * layout.strides[0] + si * layout.strides[1] + hi * layout.strides[2];
+                out.extend_from_slice(&data[base..base + d]);
+            }
+        }
+    }
+    out
+}
+
+fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Outcome {
+    let Case {
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        head_dim,
+        bhsd,
+    } = *case;
+    let layout = |h: usize| {
+        if bhsd {
+            Layout::bhsd([batch, seq, h, head_dim])
+        } else {
+            Layout::bshd([batch, seq, h, head_dim])
+        }
+    };
+    let (q_layout, kv_layout) = (layout(heads), layout(kv_heads));
+    // Round the random inputs to T so the reference sees exactly what the kernel sees.
+    let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let q_host = round(random_normal(q_layout.span(), seed));
+    let k_host = round(random_normal(kv_layout.span(), seed ^ 0x5555));
+    let v_host = round(random_normal(kv_layout.span(), seed ^ 0xAAAA));
+
+    let stream = device.stream();
+    let q = stream.clone_htod(&q_host).expect("upload q");
+    let k = stream.clone_htod(&k_host).expect("upload k");
+    let v = stream.clone_htod(&v_host).expect("upload v");
+    // Poison the outputs with NaN so an unwritten element cannot pass.
+    let mut out = stream
+        .clone_htod(&vec![T::from_f32(f32::NAN); q_layout.span()])
+        .expect("upload poison");
+    let mut lse = stream
+        .clone_htod(&vec![f32::NAN; batch * heads * seq])
+        .expect("upload lse poison");
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    dense_attention(
+        device,
+        TensorRef::new(&q, q_layout).expect("q view"),
+        TensorRef::new(&k, kv_layout).expect("k view"),
+        TensorRef::new(&v, kv_layout).expect("v view"),
+        TensorMut::new(&mut out, q_layout).expect("out view"),
+        AttentionOptions {
+            lse: Some(&mut lse),
+            ..Default::default()
+        },
+    )
+    .expect("launch");
+    stream.synchronize().expect("kernel ran");
+    let out_host: Vec<f32> = stream
+        .clone_dtoh(&out)
+        .expect("download out")
+        .into_iter()
+        .map(T::to_f32)
+        .collect();
+    let lse_host: Vec<f32> = stream.clone_dtoh(&lse).expect("download lse");
+
+    let logical = |data: &[T], l: &Layout| {
+        to_logical_order(l, &data.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
+    };
+    let out_logical = to_logical_order(&q_layout, &out_host);
+    assert!(
+        out_logical.iter().all(|x| x.is_finite()),
+        "unwritten or non-finite output (poison survived) for {}",
+        describe::<T>(case)
+    );
+    assert!(
+        lse_host.iter().all(|x| x.is_finite()),
+        "unwritten lse for {}",
+        describe::<T>(case)
+    );
+
+    let rows = reference_rows(seq);
+    let shape = ReferenceShape {
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    let want = causal_attention_rows(
+        shape,
+        &logical(&q_host, &q_layout),
+        &logical(&k_host, &kv_layout),
+        &logical(&v_host, &kv_layout),
+        scale,
+        &rows,
+    );
+    let mut got = Vec::with_capacity(want.out.len());
+    let mut lse_error: f64 = 0.0;
+    for (t, &(b, i, h)) in want.rows.iter().enumerate() {
+        let base = ((b * seq + i) * heads + h) * head_dim;
+        got.extend(out_logical[base..base + head_dim].iter().map(|x| *x as f64));
+        let lse_got = lse_host[(b * heads + h) * seq + i] as f64;
+        lse_error = lse_error.max((lse_got - want.lse[t]).abs());
+    }
+    Outcome {
+        out_error: relative_l2(&got, &want.out),
+        lse_error,
+    }
+}
+
+fn describe<T: AttentionElement>(case: &Case) -> String {
+    format!(
+        "{} d={} seq={} heads={}/{} batch={}{}",
+        T::DTYPE,
+        case.head_dim,
+        case.seq,
+        case.heads,
+        case.kv_heads,
+        case.batch,
+        if case.bhsd { " bhsd" } else { "" }
+    )
+}
+
+fn matrix_for<T: AttentionElement>(device: &Device) {
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    let mut worst: f64 = 0.0;
+    let mut failures = Vec::new();
+    for head_dim in [64, 96, 128, 256] {
+        for seq in [1, 63, 64, 65, 1000, 4097] {
+            for (heads, kv_heads, batch, bhsd) in
+                [(32, 8, 2, false), (8, 8, 2, false), (8, 2, 1, true)]
+            {
+                let case = Case {
+                    batch,
+                    seq,
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    bhsd,
+                };
+                let outcome = run_case::<T>(
+                    device,
+                    &case,
+                    seed.wrapping_add(seq as u64 * 1000 + head_dim as u64),
+                );
+                worst = worst.max(outcome.out_error);
+                let ok = outcome.out_error <= TOLERANCE && outcome.lse_error <= 1e-2;
+                println!(
+                    "{} {}: rel_l2 {:.2e}, lse max abs {:.1e}",
+                    if ok { "ok  " } else { "FAIL" },
+                    describe::<T>(&case),
+                    outcome.out_error,
+                    outcome.lse_error
+                );
+                if !ok {
+                    failures.push(describe::<T>(&case));
+                }
+            }
+        }
+    }
+    println!(
+        "{}: worst rel_l2 {worst:.2e} on {}",
+        T::DTYPE,
+        device.name()
+    );
+    assert!(
+        failures.is_empty(),
+        "cases over tolerance {TOLERANCE}: {failures:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dense_bf16_matches_reference() {
+    matrix_for::<bf16>(&device());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dense_f16_matches_reference() {
+    matrix_for::<f16>(&device());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn explicit_specs_agree_with_the_default() {
+    let device = device();
+    let case = Case {
+        batch: 1,
+        seq: 777,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 128,
+        bhsd: false,
+    };
+    for (block_m, block_n, warps, stages) in [(128, 64, 8, 2), (64, 32, 4, 1), (128, 32, 4, 3)] {
+        let spec = KernelSpec {
+            block_m,
+            block_n,
+            warps,
+            stages,
+            ..KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, device.arch())
+        };
+        let seed = fresh_seed();
+        let q_layout = Layout::bshd([1, 777, 4, 128]);
+        let kv_layout = Layout::bshd([1, 777, 2, 128]);
+        let stream = device.stream();
+        let q = stream
+            .clone_htod(
+                &random_normal(q_layout.span(), seed)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("q");
+        let k = stream
+            .clone_htod(
+                &random_normal(kv_layout.span(), seed + 1)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("k");
+        let v = stream
+            .clone_htod(
+                &random_normal(kv_layout.span(), seed + 2)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("v");
+        let mut a = stream.alloc_zeros::<bf16>(q_layout.span()).expect("a");
+        let mut b = stream.alloc_zeros::<bf16>(q_layout.span()).expect("b");
+        let views = |t| TensorRef::new(t, q_layout).expect("view");
+        dense_attention(
+            &device,
+            views(&q),
+            TensorRef::new(&k, kv_layout).expect("k"),
+            TensorRef::new(&v, kv_layout).expect("v"),
+            TensorMut::new(&mut a, q_layout).expect("a"),
+            AttentionOptions::default(),
+        )
+        .expect("default");
+        dense_attention(
+            &device,
+            views(&q),
+            TensorRef::new(&k, kv_layout).expect("k"),
+            TensorRef::new(&v, kv_layout).expect("v"),
+            TensorMut::new(&mut b, q_layout).expect("b"),
+            AttentionOptions {
+                spec: Some(spec),
+                ..Default::default()
+            },
+        )
+        .expect("explicit");
+        let a: Vec<f64> = stream
+            .clone_dtoh(&a)
+            .expect("a")
+            .iter()
+            .map(|x| x.to_f64())
+            .collect();
+        let b: Vec<f64> = stream
+            .clone_dtoh(&b)
+            .expect("b")
+            .iter()
+            .map(|x| x.to_f64())
+            .collect();
+        let err = relative_l2(&b, &a);
+        println!(
+            "{}: rel_l2 vs default {err:.2e} ({})",
+            spec.kernel_name(),
+            case.seq
+        );
+        assert!(
+            err < 5e-3,
+            "{} disagrees with the default kernel: {err}",
+            spec.kernel_name()
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn mismatched_shapes_are_rejected_before_launch() {
+    let device = device();
+    let stream = device.stream();
+    let q = stream.alloc_zeros::<bf16>(2 * 16 * 4 * 64).expect("q");
+    let k = stream.alloc_zeros::<bf16>(2 * 16 * 3 * 64).expect("k");
+    let mut o = stream.alloc_zeros::<bf16>(2 * 16 * 4 * 64).expect("o");
+    let err = dense_attention(
+        &device,
+        TensorRef::bshd(&q, [2, 16, 4, 64]).expect("q"),
+        TensorRef::bshd(&k, [2, 16, 3, 64]).expect("k"),
+        TensorRef::bshd(&k, [2, 16, 3, 64]).expect("v"),
+        TensorMut::bshd(&mut o, [2, 16, 4, 64]).expect("o"),
+        AttentionOptions::default(),
+    )
+    .expect_err("4 query heads over 3 kv heads must be rejected");
+    assert!(err.to_string().contains("not a multiple"), "{err}");
+    assert!(
+        TensorRef::bshd(&q, [2, 16, 4, 128]).is_err(),
+        "a view larger than its buffer must be rejected"
+    );
+}
