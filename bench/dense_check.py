@@ -6,7 +6,7 @@ and compiled with NVRTC, or `minf warm` cache entries), launches them through th
 (ctypes), compares with a float64 reference, and times them against SDPA FLASH_ATTENTION and
 CUDNN_ATTENTION in the same process.
 
-    python3 bench/dense_check.py KERNEL_DIR [--check] [--bench] [--json OUT]
+    python3 bench/dense_check.py [KERNEL_DIR] [--check] [--bench] [--seqs 16384,65536] [--json OUT]
 """
 
 import argparse
@@ -181,7 +181,7 @@ def run_bench(kernels, seqs, heads=32, d=128):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("kernels")
+    parser.add_argument("kernels", nargs="?", help="folder of <kernel>.cubin + <kernel>.json; omit to time SDPA only")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--bench", action="store_true")
     parser.add_argument("--seqs", default="16384,65536")
@@ -192,7 +192,7 @@ def main():
     torch.cuda.init()
     torch.zeros(1, device="cuda")
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
-    kernels = load_kernels(args.kernels)
+    kernels = load_kernels(args.kernels) if args.kernels else []
     print("kernels:", [k.name for k in kernels], flush=True)
     report = {"device": torch.cuda.get_device_name()}
     failed = False
