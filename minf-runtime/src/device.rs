@@ -50,8 +50,11 @@ impl Device {
         let ctx = CudaContext::new(ordinal).map_err(MinfError::driver(format!("opening device {ordinal}")))?;
         let name = ctx.name().map_err(MinfError::driver("reading the device name"))?;
         let (major, minor) = ctx.compute_capability().map_err(MinfError::driver("reading the compute capability"))?;
-        let arch = Arch::for_compute_capability(major, minor)
-            .ok_or_else(|| MinfError::UnsupportedDevice { name: name.clone(), major, minor })?;
+        let arch = Arch::for_compute_capability(major, minor).ok_or_else(|| MinfError::UnsupportedDevice {
+            name: name.clone(),
+            major,
+            minor,
+        })?;
         let stream = ctx.default_stream();
         Ok(Device { ctx, stream, arch, name, cache, loaded: Mutex::new(HashMap::new()) })
     }
