@@ -15,6 +15,7 @@
 use darling::ast::NestedMeta;
 use darling::util::SpannedValue;
 use darling::FromMeta;
+use minf_codegen::spec::{BLOCK_MS, BLOCK_NS, HEAD_DIMS, STAGES, WARPS};
 use minf_codegen::{Arch, DType, KernelSpec, Pattern, SpecError};
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
@@ -37,13 +38,15 @@ const DEFAULT_TARGETS: [Arch; 2] = [Arch::Sm80, Arch::Sm90a];
 /// The attribute's arguments as written, each with the span of its value.
 #[derive(Debug, FromMeta)]
 struct Args {
-    pattern: SpannedValue<String>,
-    head_dim: SpannedValue<u32>,
+    pattern: Option<SpannedValue<String>>,
+    // Integers are read as i64 so that a negative value gets the same "allowed ..." message as
+    // any other unsupported one, not a parse error.
+    head_dim: Option<SpannedValue<i64>>,
     dtype: Option<SpannedValue<String>>,
-    block_m: Option<SpannedValue<u32>>,
-    block_n: Option<SpannedValue<u32>>,
-    warps: Option<SpannedValue<u32>>,
-    stages: Option<SpannedValue<u32>>,
+    block_m: Option<SpannedValue<i64>>,
+    block_n: Option<SpannedValue<i64>>,
+    warps: Option<SpannedValue<i64>>,
+    stages: Option<SpannedValue<i64>>,
     arch: Option<SpannedValue<String>>,
 }
 
@@ -82,10 +85,34 @@ impl Kernel {
 }
 
 impl Args {
-    /// Parses the names (pattern, dtype, arch); every error points at its argument.
+    /// Parses the names (pattern, dtype, arch) and integers; every error points at its argument.
     fn kernel(&self) -> Result<Kernel, syn::Error> {
         let mut errors = Errors::default();
-        let pattern = errors.parse::<Pattern>(&self.pattern);
+        let pattern = match &self.pattern {
+            Some(pattern) => errors.parse::<Pattern>(pattern),
+            None => {
+                let implemented: Vec<&str> = Pattern::ALL.iter().map(|p| p.as_str()).collect();
+                errors.push(syn::Error::new(
+                    Span::call_site(),
+                    format!(
+                        "missing argument `pattern`: add e.g. `pattern = \"dense\"` (implemented patterns: {})",
+                        implemented.join(", ")
+                    ),
+                ));
+                None
+            }
+        };
+        let head_dim = match &self.head_dim {
+            Some(head_dim) => errors.integer("head_dim", head_dim, HEAD_DIMS),
+            None => {
+                let allowed: Vec<String> = HEAD_DIMS.iter().map(u32::to_string).collect();
+                errors.push(syn::Error::new(
+                    Span::call_site(),
+                    format!("missing argument `head_dim`: add e.g. `head_dim = 128` (allowed: {})", allowed.join(", ")),
+                ));
+                None
+            }
+        };
         let dtype = match &self.dtype {
             Some(dtype) => errors.parse::<DType>(dtype),
             None => Some(DType::Bf16),
@@ -94,18 +121,22 @@ impl Args {
             Some(arch) => errors.parse::<Arch>(arch).map(Some),
             None => Some(None),
         };
+        let block_m = errors.optional_integer("block_m", &self.block_m, BLOCK_MS);
+        let block_n = errors.optional_integer("block_n", &self.block_n, BLOCK_NS);
+        let warps = errors.optional_integer("warps", &self.warps, WARPS);
+        let stages = errors.optional_integer("stages", &self.stages, STAGES);
         errors.finish()?;
-        match (pattern, dtype, arch) {
-            (Some(pattern), Some(dtype), Some(arch)) => Ok(Kernel {
-                pattern,
-                dtype,
-                head_dim: *self.head_dim,
-                block_m: self.block_m.as_deref().copied(),
-                block_n: self.block_n.as_deref().copied(),
-                warps: self.warps.as_deref().copied(),
-                stages: self.stages.as_deref().copied(),
-                arch,
-            }),
+        match (pattern, head_dim, dtype, arch, block_m, block_n, warps, stages) {
+            (
+                Some(pattern),
+                Some(head_dim),
+                Some(dtype),
+                Some(arch),
+                Some(block_m),
+                Some(block_n),
+                Some(warps),
+                Some(stages),
+            ) => Ok(Kernel { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }),
             _ => Err(syn::Error::new(Span::call_site(), "invalid #[sparse_attention] arguments")),
         }
     }
@@ -113,8 +144,8 @@ impl Args {
     /// The span of the explicit argument `field`, if it was given.
     fn span_of(&self, field: &str) -> Option<Span> {
         match field {
-            "pattern" => Some(self.pattern.span()),
-            "head_dim" => Some(self.head_dim.span()),
+            "pattern" => self.pattern.as_ref().map(SpannedValue::span),
+            "head_dim" => self.head_dim.as_ref().map(SpannedValue::span),
             "dtype" => self.dtype.as_ref().map(SpannedValue::span),
             "block_m" => self.block_m.as_ref().map(SpannedValue::span),
             "block_n" => self.block_n.as_ref().map(SpannedValue::span),
@@ -128,7 +159,7 @@ impl Args {
     /// The first of `fields` that was given explicitly, else `head_dim` (which chose the
     /// defaults).
     fn first_explicit(&self, fields: &[&str]) -> Span {
-        fields.iter().find_map(|f| self.span_of(f)).unwrap_or_else(|| self.head_dim.span())
+        fields.iter().chain(&["head_dim"]).find_map(|f| self.span_of(f)).unwrap_or_else(Span::call_site)
     }
 
     /// Where a validation error belongs: the argument it concerns, or the explicit argument that
@@ -140,7 +171,7 @@ impl Args {
             SpecError::SharedMemory { .. } => self.first_explicit(&["block_n", "stages", "block_m"]),
             SpecError::Registers { .. } => self.first_explicit(&["block_n", "warps", "block_m"]),
             SpecError::Unknown { field, .. } => self.first_explicit(&[field]),
-            SpecError::NotImplemented(..) => self.pattern.span(),
+            SpecError::NotImplemented(..) => self.first_explicit(&["pattern"]),
         }
     }
 }
@@ -167,6 +198,32 @@ impl Errors {
         }
     }
 
+    /// A `u32` argument; a value outside `u32` gets the message of [`SpecError::Invalid`].
+    fn integer(&mut self, field: &'static str, value: &SpannedValue<i64>, allowed: &[u32]) -> Option<u32> {
+        match u32::try_from(**value) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                let allowed = allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+                let error = SpecError::Invalid { field, value: value.to_string(), allowed };
+                self.push(syn::Error::new(value.span(), error));
+                None
+            }
+        }
+    }
+
+    /// An optional `u32` argument: `Some(None)` when absent, `None` on error.
+    fn optional_integer(
+        &mut self,
+        field: &'static str,
+        value: &Option<SpannedValue<i64>>,
+        allowed: &[u32],
+    ) -> Option<Option<u32>> {
+        match value {
+            Some(value) => self.integer(field, value, allowed).map(Some),
+            None => Some(None),
+        }
+    }
+
     fn finish(self) -> Result<(), syn::Error> {
         self.0.map_or(Ok(()), Err)
     }
@@ -183,10 +240,10 @@ fn validate(args: &Args, kernel: &Kernel) -> Result<(), syn::Error> {
     let mut message = error.to_string();
     if let SpecError::Invalid { field, value, .. } = &error {
         if args.span_of(field).is_none() {
-            message.push_str(&format!(" (`{field}` was not given; its default here is {value}, set it explicitly)"));
+            message.push_str(&format!(" (`{field}` was not given and defaults to {value} here; set it explicitly)"));
         }
     }
-    if kernel.arch.is_none() {
+    if kernel.arch.is_none() && matches!(error, SpecError::SharedMemory { .. }) {
         let fits: Vec<String> = targets
             .iter()
             .filter(|&&a| a != arch && kernel.spec(a).validate().is_ok())
@@ -388,12 +445,28 @@ mod tests {
         assert!(err.contains("has no kernel yet"), "{err}");
         let err = kernel(quote!(pattern = "dense", head_dim = 80)).unwrap_err();
         assert!(err.contains("allowed 64, 96, 128, 256"), "{err}");
+        let err = kernel(quote!(pattern = "dense", head_dim = 128, block_n = -64)).unwrap_err();
+        assert_eq!(err, "invalid block_n = -64: allowed 32, 64, 128");
         let err = kernel(quote!(pattern = "dense", head_dim = 128, block_m = 64)).unwrap_err();
         assert!(err.contains("`warps` was not given"), "{err}");
         // 136 KiB: fits sm_80 (163 KiB) and sm_90a (227 KiB); 170 KiB only fits sm_90a.
         kernel(quote!(pattern = "dense", head_dim = 128, stages = 3)).unwrap();
         let err = kernel(quote!(pattern = "dense", head_dim = 128, block_n = 128, stages = 2)).unwrap_err();
         assert!(err.contains("sm_80 allows") && err.contains("add `arch = \"sm_90a\"`"), "{err}");
+    }
+
+    #[test]
+    fn missing_arguments_are_all_reported() {
+        let err = kernel(quote!()).unwrap_err();
+        assert!(err.contains("missing argument `pattern`"), "{err}");
+        let out = expand(
+            quote!(),
+            quote!(
+                struct K;
+            ),
+        )
+        .to_string();
+        assert!(out.contains("missing argument `pattern`") && out.contains("missing argument `head_dim`"), "{out}");
     }
 
     #[test]

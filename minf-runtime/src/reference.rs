@@ -116,7 +116,8 @@ mod tests {
         assert_eq!(r.rows.len(), 4);
         // Row 0 sees only key 0: output equals v[0] exactly, lse equals its score.
         assert_eq!(&r.out[..2], &[1.0, 2.0]);
-        let s00 = (q[0] * k[0] + q[1] * k[1]) as f64;
+        // Same f64 arithmetic as the reference (an f32 dot product differs by ~1e-8).
+        let s00 = q[0] as f64 * k[0] as f64 + q[1] as f64 * k[1] as f64;
         assert!((r.lse[0] - s00).abs() < 1e-12);
         // Row 2 is a convex combination of v rows: each output lies within their range.
         let o = &r.out[2 * 2..][..2];
