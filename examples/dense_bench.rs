@@ -11,11 +11,7 @@ use minf::{dense_attention, AttentionOptions, Device, TensorMut, TensorRef};
 use std::time::Instant;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,10 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heads: usize = arg(&args, "--heads", 32);
     let head_dim: usize = arg(&args, "--head-dim", 128);
     let iters: usize = arg(&args, "--iters", 20);
-    let json_path: Option<String> = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned());
+    let json_path: Option<String> = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1).cloned());
 
     let device = Device::new(0)?;
     let stream = device.stream().clone();
@@ -37,14 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let seq = seq?;
         let shape = [1, seq, heads, head_dim];
         let n = seq * heads * head_dim;
-        let upload = |seed: u64| {
-            stream.clone_htod(
-                &random_normal(n, seed)
-                    .into_iter()
-                    .map(bf16::from_f32)
-                    .collect::<Vec<_>>(),
-            )
-        };
+        let upload =
+            |seed: u64| stream.clone_htod(&random_normal(n, seed).into_iter().map(bf16::from_f32).collect::<Vec<_>>());
         let (q, k, v) = (upload(1)?, upload(2)?, upload(3)?);
         let mut out = stream.alloc_zeros::<bf16>(n)?;
         let mut run = || -> Result<(), minf::MinfError> {

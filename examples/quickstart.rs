@@ -13,19 +13,12 @@ use minf::{dense_attention, AttentionOptions, Device, MinfError, TensorMut, Tens
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let seq = std::env::args()
-        .skip_while(|a| a != "--seq")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16_384usize);
+    let seq = std::env::args().skip_while(|a| a != "--seq").nth(1).and_then(|v| v.parse().ok()).unwrap_or(16_384usize);
     match run(seq) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("quickstart: {error}");
-            if matches!(
-                error.downcast_ref::<MinfError>(),
-                Some(MinfError::NoDriver | MinfError::Driver { .. })
-            ) {
+            if matches!(error.downcast_ref::<MinfError>(), Some(MinfError::NoDriver | MinfError::Driver { .. })) {
                 eprintln!(
                     "This machine cannot run kernels. Without a GPU you can still compile every kernel:\n  \
                      cargo run --release -- warm --arch sm_80,sm_90a\nand see what minf finds:\n  \
@@ -40,26 +33,22 @@ fn main() -> ExitCode {
 fn run(seq: usize) -> Result<(), Box<dyn std::error::Error>> {
     let (heads, kv_heads, head_dim) = (32, 8, 128);
     let device = Device::new(0)?;
-    println!("minf quickstart on {} ({}): causal attention, seq {seq}, {heads}/{kv_heads} heads, d {head_dim}, bf16", device.name(), device.arch());
+    println!(
+        "minf quickstart on {} ({}): causal attention, seq {seq}, {heads}/{kv_heads} heads, d {head_dim}, bf16",
+        device.name(),
+        device.arch()
+    );
     let stream = device.stream().clone();
     let q_shape = [1, seq, heads, head_dim];
     let kv_shape = [1, seq, kv_heads, head_dim];
-    let inputs = |n: usize, seed: u64| -> Vec<bf16> {
-        random_normal(n, seed)
-            .into_iter()
-            .map(bf16::from_f32)
-            .collect()
-    };
+    let inputs =
+        |n: usize, seed: u64| -> Vec<bf16> { random_normal(n, seed).into_iter().map(bf16::from_f32).collect() };
     let (q_host, k_host, v_host) = (
         inputs(seq * heads * head_dim, 11),
         inputs(seq * kv_heads * head_dim, 12),
         inputs(seq * kv_heads * head_dim, 13),
     );
-    let (q, k, v) = (
-        stream.clone_htod(&q_host)?,
-        stream.clone_htod(&k_host)?,
-        stream.clone_htod(&v_host)?,
-    );
+    let (q, k, v) = (stream.clone_htod(&q_host)?, stream.clone_htod(&k_host)?, stream.clone_htod(&v_host)?);
     let mut out = stream.alloc_zeros::<bf16>(seq * heads * head_dim)?;
     let mut attend = || -> Result<(), MinfError> {
         dense_attention(
@@ -74,10 +63,7 @@ fn run(seq: usize) -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     attend()?;
     stream.synchronize()?;
-    println!(
-        "first call (kernel from cache or JIT, then run): {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("first call (kernel from cache or JIT, then run): {:.2} s", started.elapsed().as_secs_f64());
     let mut times = Vec::new();
     for _ in 0..10 {
         let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
@@ -89,28 +75,12 @@ fn run(seq: usize) -> Result<(), Box<dyn std::error::Error>> {
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     let flops = 2.0 * (seq as f64).powi(2) * head_dim as f64 * heads as f64;
-    println!(
-        "attention: {ms:.3} ms, {:.1} TFLOP/s on the causal half",
-        flops / (ms * 1e-3) / 1e12
-    );
+    println!("attention: {ms:.3} ms, {:.1} TFLOP/s on the causal half", flops / (ms * 1e-3) / 1e12);
 
-    let got: Vec<f32> = stream
-        .clone_dtoh(&out)?
-        .into_iter()
-        .map(f32::from)
-        .collect();
-    let rows: Vec<usize> = (0..seq)
-        .step_by((seq / 64).max(1))
-        .chain([seq - 1])
-        .collect();
+    let got: Vec<f32> = stream.clone_dtoh(&out)?.into_iter().map(f32::from).collect();
+    let rows: Vec<usize> = (0..seq).step_by((seq / 64).max(1)).chain([seq - 1]).collect();
     let widen = |x: &[bf16]| -> Vec<f32> { x.iter().map(|v| v.to_f32()).collect() };
-    let shape = ReferenceShape {
-        batch: 1,
-        seq,
-        heads,
-        kv_heads,
-        head_dim,
-    };
+    let shape = ReferenceShape { batch: 1, seq, heads, kv_heads, head_dim };
     let want = causal_attention_rows(
         shape,
         &widen(&q_host),
@@ -122,17 +92,10 @@ fn run(seq: usize) -> Result<(), Box<dyn std::error::Error>> {
     let got_rows: Vec<f64> = want
         .rows
         .iter()
-        .flat_map(|&(_, i, h)| {
-            got[(i * heads + h) * head_dim..][..head_dim]
-                .iter()
-                .map(|x| *x as f64)
-        })
+        .flat_map(|&(_, i, h)| got[(i * heads + h) * head_dim..][..head_dim].iter().map(|x| *x as f64))
         .collect();
     let error = relative_l2(&got_rows, &want.out);
-    println!(
-        "relative L2 error vs the float64 CPU reference on {} sampled rows: {error:.2e}",
-        rows.len()
-    );
+    println!("relative L2 error vs the float64 CPU reference on {} sampled rows: {error:.2e}", rows.len());
     if error > 1e-2 {
         return Err(format!("error {error:.2e} is above 1e-2").into());
     }

@@ -21,10 +21,7 @@ fn device() -> Device {
 }
 
 fn fresh_seed() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
 }
 
 /// Query rows the CPU reference computes: all of them for short sequences, a spread (including
@@ -70,14 +67,7 @@ fn to_logical_order(layout: &Layout, data: &[f32]) -> Vec<f32> {
 }
 
 fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Outcome {
-    let Case {
-        batch,
-        seq,
-        heads,
-        kv_heads,
-        head_dim,
-        bhsd,
-    } = *case;
+    let Case { batch, seq, heads, kv_heads, head_dim, bhsd } = *case;
     let layout = |h: usize| {
         if bhsd {
             Layout::bhsd([batch, seq, h, head_dim])
@@ -97,12 +87,8 @@ fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Out
     let k = stream.clone_htod(&k_host).expect("upload k");
     let v = stream.clone_htod(&v_host).expect("upload v");
     // Poison the outputs with NaN so an unwritten element cannot pass.
-    let mut out = stream
-        .clone_htod(&vec![T::from_f32(f32::NAN); q_layout.span()])
-        .expect("upload poison");
-    let mut lse = stream
-        .clone_htod(&vec![f32::NAN; batch * heads * seq])
-        .expect("upload lse poison");
+    let mut out = stream.clone_htod(&vec![T::from_f32(f32::NAN); q_layout.span()]).expect("upload poison");
+    let mut lse = stream.clone_htod(&vec![f32::NAN; batch * heads * seq]).expect("upload lse poison");
     let scale = 1.0 / (head_dim as f64).sqrt();
     dense_attention(
         device,
@@ -110,44 +96,24 @@ fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Out
         TensorRef::new(&k, kv_layout).expect("k view"),
         TensorRef::new(&v, kv_layout).expect("v view"),
         TensorMut::new(&mut out, q_layout).expect("out view"),
-        AttentionOptions {
-            lse: Some(&mut lse),
-            ..Default::default()
-        },
+        AttentionOptions { lse: Some(&mut lse), ..Default::default() },
     )
     .expect("launch");
     stream.synchronize().expect("kernel ran");
-    let out_host: Vec<f32> = stream
-        .clone_dtoh(&out)
-        .expect("download out")
-        .into_iter()
-        .map(T::to_f32)
-        .collect();
+    let out_host: Vec<f32> = stream.clone_dtoh(&out).expect("download out").into_iter().map(T::to_f32).collect();
     let lse_host: Vec<f32> = stream.clone_dtoh(&lse).expect("download lse");
 
-    let logical = |data: &[T], l: &Layout| {
-        to_logical_order(l, &data.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
-    };
+    let logical = |data: &[T], l: &Layout| to_logical_order(l, &data.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
     let out_logical = to_logical_order(&q_layout, &out_host);
     assert!(
         out_logical.iter().all(|x| x.is_finite()),
         "unwritten or non-finite output (poison survived) for {}",
         describe::<T>(case)
     );
-    assert!(
-        lse_host.iter().all(|x| x.is_finite()),
-        "unwritten lse for {}",
-        describe::<T>(case)
-    );
+    assert!(lse_host.iter().all(|x| x.is_finite()), "unwritten lse for {}", describe::<T>(case));
 
     let rows = reference_rows(seq);
-    let shape = ReferenceShape {
-        batch,
-        seq,
-        heads,
-        kv_heads,
-        head_dim,
-    };
+    let shape = ReferenceShape { batch, seq, heads, kv_heads, head_dim };
     let want = causal_attention_rows(
         shape,
         &logical(&q_host, &q_layout),
@@ -164,10 +130,7 @@ fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Out
         let lse_got = lse_host[(b * heads + h) * seq + i] as f64;
         lse_error = lse_error.max((lse_got - want.lse[t]).abs());
     }
-    Outcome {
-        out_error: relative_l2(&got, &want.out),
-        lse_error,
-    }
+    Outcome { out_error: relative_l2(&got, &want.out), lse_error }
 }
 
 fn describe<T: AttentionElement>(case: &Case) -> String {
@@ -190,22 +153,9 @@ fn matrix_for<T: AttentionElement>(device: &Device) {
     let mut failures = Vec::new();
     for head_dim in [64, 96, 128, 256] {
         for seq in [1, 63, 64, 65, 1000, 4097] {
-            for (heads, kv_heads, batch, bhsd) in
-                [(32, 8, 2, false), (8, 8, 2, false), (8, 2, 1, true)]
-            {
-                let case = Case {
-                    batch,
-                    seq,
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    bhsd,
-                };
-                let outcome = run_case::<T>(
-                    device,
-                    &case,
-                    seed.wrapping_add(seq as u64 * 1000 + head_dim as u64),
-                );
+            for (heads, kv_heads, batch, bhsd) in [(32, 8, 2, false), (8, 8, 2, false), (8, 2, 1, true)] {
+                let case = Case { batch, seq, heads, kv_heads, head_dim, bhsd };
+                let outcome = run_case::<T>(device, &case, seed.wrapping_add(seq as u64 * 1000 + head_dim as u64));
                 worst = worst.max(outcome.out_error);
                 let ok = outcome.out_error <= TOLERANCE && outcome.lse_error <= 1e-2;
                 println!(
@@ -221,15 +171,8 @@ fn matrix_for<T: AttentionElement>(device: &Device) {
             }
         }
     }
-    println!(
-        "{}: worst rel_l2 {worst:.2e} on {}",
-        T::DTYPE,
-        device.name()
-    );
-    assert!(
-        failures.is_empty(),
-        "cases over tolerance {TOLERANCE}: {failures:?}"
-    );
+    println!("{}: worst rel_l2 {worst:.2e} on {}", T::DTYPE, device.name());
+    assert!(failures.is_empty(), "cases over tolerance {TOLERANCE}: {failures:?}");
 }
 
 #[test]
@@ -248,14 +191,7 @@ fn dense_f16_matches_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn explicit_specs_agree_with_the_default() {
     let device = device();
-    let case = Case {
-        batch: 1,
-        seq: 777,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 128,
-        bhsd: false,
-    };
+    let case = Case { batch: 1, seq: 777, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
     for (block_m, block_n, warps, stages) in [(128, 64, 8, 2), (64, 32, 4, 1), (128, 32, 4, 3)] {
         let spec = KernelSpec {
             block_m,
@@ -269,28 +205,13 @@ fn explicit_specs_agree_with_the_default() {
         let kv_layout = Layout::bshd([1, 777, 2, 128]);
         let stream = device.stream();
         let q = stream
-            .clone_htod(
-                &random_normal(q_layout.span(), seed)
-                    .into_iter()
-                    .map(bf16::from_f32)
-                    .collect::<Vec<_>>(),
-            )
+            .clone_htod(&random_normal(q_layout.span(), seed).into_iter().map(bf16::from_f32).collect::<Vec<_>>())
             .expect("q");
         let k = stream
-            .clone_htod(
-                &random_normal(kv_layout.span(), seed + 1)
-                    .into_iter()
-                    .map(bf16::from_f32)
-                    .collect::<Vec<_>>(),
-            )
+            .clone_htod(&random_normal(kv_layout.span(), seed + 1).into_iter().map(bf16::from_f32).collect::<Vec<_>>())
             .expect("k");
         let v = stream
-            .clone_htod(
-                &random_normal(kv_layout.span(), seed + 2)
-                    .into_iter()
-                    .map(bf16::from_f32)
-                    .collect::<Vec<_>>(),
-            )
+            .clone_htod(&random_normal(kv_layout.span(), seed + 2).into_iter().map(bf16::from_f32).collect::<Vec<_>>())
             .expect("v");
         let mut a = stream.alloc_zeros::<bf16>(q_layout.span()).expect("a");
         let mut b = stream.alloc_zeros::<bf16>(q_layout.span()).expect("b");
@@ -310,35 +231,14 @@ fn explicit_specs_agree_with_the_default() {
             TensorRef::new(&k, kv_layout).expect("k"),
             TensorRef::new(&v, kv_layout).expect("v"),
             TensorMut::new(&mut b, q_layout).expect("b"),
-            AttentionOptions {
-                spec: Some(spec),
-                ..Default::default()
-            },
+            AttentionOptions { spec: Some(spec), ..Default::default() },
         )
         .expect("explicit");
-        let a: Vec<f64> = stream
-            .clone_dtoh(&a)
-            .expect("a")
-            .iter()
-            .map(|x| x.to_f64())
-            .collect();
-        let b: Vec<f64> = stream
-            .clone_dtoh(&b)
-            .expect("b")
-            .iter()
-            .map(|x| x.to_f64())
-            .collect();
+        let a: Vec<f64> = stream.clone_dtoh(&a).expect("a").iter().map(|x| x.to_f64()).collect();
+        let b: Vec<f64> = stream.clone_dtoh(&b).expect("b").iter().map(|x| x.to_f64()).collect();
         let err = relative_l2(&b, &a);
-        println!(
-            "{}: rel_l2 vs default {err:.2e} ({})",
-            spec.kernel_name(),
-            case.seq
-        );
-        assert!(
-            err < 5e-3,
-            "{} disagrees with the default kernel: {err}",
-            spec.kernel_name()
-        );
+        println!("{}: rel_l2 vs default {err:.2e} ({})", spec.kernel_name(), case.seq);
+        assert!(err < 5e-3, "{} disagrees with the default kernel: {err}", spec.kernel_name());
     }
 }
 
@@ -360,8 +260,5 @@ fn mismatched_shapes_are_rejected_before_launch() {
     )
     .expect_err("4 query heads over 3 kv heads must be rejected");
     assert!(err.to_string().contains("not a multiple"), "{err}");
-    assert!(
-        TensorRef::bshd(&q, [2, 16, 4, 128]).is_err(),
-        "a view larger than its buffer must be rejected"
-    );
+    assert!(TensorRef::bshd(&q, [2, 16, 4, 128]).is_err(), "a view larger than its buffer must be rejected");
 }

@@ -46,9 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             print!("{}", render(&spec)?.source);
             Ok(())
         }
-        _ => Err(
-            "usage: render <pattern> <dtype> <head_dim> <arch> | render --all <arch> <dir>".into(),
-        ),
+        _ => Err("usage: render <pattern> <dtype> <head_dim> <arch> | render --all <arch> <dir>".into()),
     }
 }
 

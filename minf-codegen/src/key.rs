@@ -60,10 +60,7 @@ impl CacheKeyInputs {
         field(self.arch.as_bytes());
         field(self.crate_version.as_bytes());
         let hash = hasher.finalize().to_hex().to_string();
-        CacheKey {
-            name: format!("{readable_prefix}-{}", &hash[..16]),
-            hash,
-        }
+        CacheKey { name: format!("{readable_prefix}-{}", &hash[..16]), hash }
     }
 }
 

@@ -11,14 +11,8 @@ use std::sync::OnceLock;
 /// Every template file, by name; partials are included by the pattern kernels.
 const TEMPLATES: &[(&str, &str)] = &[
     ("ptx.cu.tera", include_str!("../../templates/ptx.cu.tera")),
-    (
-        "mainloop.cu.tera",
-        include_str!("../../templates/mainloop.cu.tera"),
-    ),
-    (
-        "dense.cu.tera",
-        include_str!("../../templates/dense.cu.tera"),
-    ),
+    ("mainloop.cu.tera", include_str!("../../templates/mainloop.cu.tera")),
+    ("dense.cu.tera", include_str!("../../templates/dense.cu.tera")),
 ];
 
 /// Errors while rendering.
@@ -73,8 +67,7 @@ fn engine() -> Result<&'static tera::Tera, RenderError> {
         .get_or_init(|| {
             let mut tera = tera::Tera::default();
             tera.autoescape_on(vec![]);
-            tera.add_raw_templates(TEMPLATES.iter().copied())
-                .map_err(|e| format!("{e:?}"))?;
+            tera.add_raw_templates(TEMPLATES.iter().copied()).map_err(|e| format!("{e:?}"))?;
             Ok(tera)
         })
         .as_ref()
@@ -110,12 +103,9 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         smem_row: spec.head_dim + SMEM_ROW_PAD,
         arch: spec.arch.as_str(),
     };
-    let context = tera::Context::from_serialize(&context)
-        .map_err(|e| RenderError::Template(format!("{e:?}")))?;
+    let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     let template = format!("{}.cu.tera", spec.pattern.as_str());
-    let source = engine()?
-        .render(&template, &context)
-        .map_err(|e| RenderError::Template(format!("{e:?}")))?;
+    let source = engine()?.render(&template, &context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     Ok(RenderedKernel {
         spec: *spec,
         kernel_name: spec.kernel_name(),

@@ -194,23 +194,14 @@ impl fmt::Display for Pattern {
 impl FromStr for Pattern {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        if let Some(p) = Pattern::ALL
-            .iter()
-            .find(|p| s.eq_ignore_ascii_case(p.as_str()))
-        {
+        if let Some(p) = Pattern::ALL.iter().find(|p| s.eq_ignore_ascii_case(p.as_str())) {
             return Ok(*p);
         }
         let implemented: Vec<&str> = Pattern::ALL.iter().map(|p| p.as_str()).collect();
         if Pattern::PLANNED.iter().any(|p| s.eq_ignore_ascii_case(p)) {
-            return Err(SpecError::NotImplemented(
-                s.to_string(),
-                implemented.join(", "),
-            ));
+            return Err(SpecError::NotImplemented(s.to_string(), implemented.join(", ")));
         }
-        let known = implemented
-            .iter()
-            .copied()
-            .chain(Pattern::PLANNED.iter().copied());
+        let known = implemented.iter().copied().chain(Pattern::PLANNED.iter().copied());
         Err(SpecError::Unknown {
             field: "pattern",
             value: s.to_string(),
@@ -310,16 +301,7 @@ impl KernelSpec {
             _ if hopper => (128, 128, 8, 2),
             _ => (128, 32, 4, 2),
         };
-        KernelSpec {
-            pattern,
-            dtype,
-            head_dim,
-            block_m,
-            block_n,
-            warps,
-            stages,
-            arch,
-        }
+        KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
@@ -346,8 +328,7 @@ impl KernelSpec {
     /// Whether the Q fragments stay in registers for the whole mainloop; when they would push the
     /// accumulators past the register budget, they are re-read from shared memory at every key tile.
     pub fn q_in_registers(&self) -> bool {
-        self.accumulator_registers() + self.m_frags() * self.head_dim / 4
-            <= ACCUMULATOR_REGISTER_BUDGET
+        self.accumulator_registers() + self.m_frags() * self.head_dim / 4 <= ACCUMULATOR_REGISTER_BUDGET
     }
 
     /// fp32 registers per thread that hold the O accumulator and the scores of one key tile.
@@ -364,24 +345,14 @@ impl KernelSpec {
 
     /// Launch geometry of this spec.
     pub fn launch_shape(&self) -> LaunchShape {
-        LaunchShape {
-            threads: self.warps * 32,
-            shared_bytes: self.shared_bytes(),
-            block_m: self.block_m,
-        }
+        LaunchShape { threads: self.warps * 32, shared_bytes: self.shared_bytes(), block_m: self.block_m }
     }
 
     /// The `extern "C"` entry point name of the kernel.
     pub fn kernel_name(&self) -> String {
         format!(
             "minf_{}_{}_d{}_m{}n{}w{}s{}",
-            self.pattern,
-            self.dtype,
-            self.head_dim,
-            self.block_m,
-            self.block_n,
-            self.warps,
-            self.stages
+            self.pattern, self.dtype, self.head_dim, self.block_m, self.block_n, self.warps, self.stages
         )
     }
 
@@ -408,11 +379,7 @@ impl KernelSpec {
                 Err(SpecError::Invalid {
                     field,
                     value: value.to_string(),
-                    allowed: allowed
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    allowed: allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
                 })
             }
         }
@@ -475,10 +442,7 @@ mod tests {
     #[test]
     fn default_set_is_valid_for_every_arch() {
         let specs = KernelSpec::default_set(Arch::ALL);
-        assert_eq!(
-            specs.len(),
-            Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len()
-        );
+        assert_eq!(specs.len(), Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len());
         for spec in specs {
             spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         }
@@ -489,76 +453,31 @@ mod tests {
         assert_eq!("bf16".parse::<DType>().unwrap(), DType::Bf16);
         assert_eq!("SM_90A".parse::<Arch>().unwrap(), Arch::Sm90a);
         let err = "vertcal_slash".parse::<Pattern>().unwrap_err();
-        assert!(
-            err.to_string().contains("did you mean `vertical_slash`"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("did you mean `vertical_slash`"), "{err}");
         let err = "bf61".parse::<DType>().unwrap_err();
-        assert!(
-            matches!(err, SpecError::Unknown { suggestion: Some(ref s), .. } if s == "bf16"),
-            "{err}"
-        );
+        assert!(matches!(err, SpecError::Unknown { suggestion: Some(ref s), .. } if s == "bf16"), "{err}");
         let err = "a_shape".parse::<Pattern>().unwrap_err();
         assert!(matches!(err, SpecError::NotImplemented(..)), "{err}");
-        assert!(matches!(
-            "zzzzzz".parse::<Pattern>(),
-            Err(SpecError::Unknown {
-                suggestion: None,
-                ..
-            })
-        ));
+        assert!(matches!("zzzzzz".parse::<Pattern>(), Err(SpecError::Unknown { suggestion: None, .. })));
     }
 
     #[test]
     fn invalid_fields_name_field_value_and_allowed() {
         let base = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm80);
-        let err = KernelSpec {
-            head_dim: 80,
-            ..base
-        }
-        .validate()
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "invalid head_dim = 80: allowed 64, 96, 128, 256"
-        );
-        let err = KernelSpec {
-            block_n: 48,
-            ..base
-        }
-        .validate()
-        .unwrap_err();
+        let err = KernelSpec { head_dim: 80, ..base }.validate().unwrap_err();
+        assert_eq!(err.to_string(), "invalid head_dim = 80: allowed 64, 96, 128, 256");
+        let err = KernelSpec { block_n: 48, ..base }.validate().unwrap_err();
         assert!(err.to_string().starts_with("invalid block_n = 48"), "{err}");
-        let err = KernelSpec {
-            block_m: 64,
-            warps: 8,
-            ..base
-        }
-        .validate()
-        .unwrap_err();
+        let err = KernelSpec { block_m: 64, warps: 8, ..base }.validate().unwrap_err();
         assert!(err.to_string().contains("warps = 8"), "{err}");
     }
 
     #[test]
     fn resource_limits_are_enforced() {
         let base = KernelSpec::default_for(Pattern::Dense, DType::F16, 256, Arch::Sm86);
-        let err = KernelSpec {
-            block_n: 128,
-            stages: 3,
-            ..base
-        }
-        .validate()
-        .unwrap_err();
+        let err = KernelSpec { block_n: 128, stages: 3, ..base }.validate().unwrap_err();
         assert!(matches!(err, SpecError::SharedMemory { .. }), "{err}");
-        let err = KernelSpec {
-            block_m: 128,
-            warps: 4,
-            block_n: 128,
-            head_dim: 128,
-            ..base
-        }
-        .validate()
-        .unwrap_err();
+        let err = KernelSpec { block_m: 128, warps: 4, block_n: 128, head_dim: 128, ..base }.validate().unwrap_err();
         assert!(matches!(err, SpecError::Registers { .. }), "{err}");
     }
 

@@ -36,44 +36,21 @@ fn rendering_is_deterministic_and_key_tracks_every_input() {
     assert_eq!(a.source, b.source);
     let key = a.cache_key((13, 0));
     assert_eq!(key, b.cache_key((13, 0)));
-    assert!(
-        key.name.starts_with("dense-bf16-d64-m128n128-sm90a-"),
-        "{}",
-        key.name
-    );
-    assert_ne!(
-        key,
-        a.cache_key((13, 1)),
-        "NVRTC version must change the key"
-    );
+    assert!(key.name.starts_with("dense-bf16-d64-m128n128-sm90a-"), "{}", key.name);
+    assert_ne!(key, a.cache_key((13, 1)), "NVRTC version must change the key");
     let mut other_options = a.clone();
     other_options.options.push("-G".into());
-    assert_ne!(
-        key,
-        other_options.cache_key((13, 0)),
-        "options must change the key"
-    );
+    assert_ne!(key, other_options.cache_key((13, 0)), "options must change the key");
     let mut other_source = a.clone();
     other_source.source.push(' ');
-    assert_ne!(
-        key,
-        other_source.cache_key((13, 0)),
-        "source must change the key"
-    );
+    assert_ne!(key, other_source.cache_key((13, 0)), "source must change the key");
 }
 
 #[test]
 fn templates_are_header_free() {
     for spec in KernelSpec::default_set(SNAPSHOT_ARCHES) {
         let source = render(&spec).expect("renders").source;
-        assert!(
-            !source.contains("#include"),
-            "{} includes a header",
-            spec.readable_name()
-        );
-        assert!(source.contains(&format!(
-            "__global__ void __launch_bounds__(THREADS) {}(",
-            spec.kernel_name()
-        )));
+        assert!(!source.contains("#include"), "{} includes a header", spec.readable_name());
+        assert!(source.contains(&format!("__global__ void __launch_bounds__(THREADS) {}(", spec.kernel_name())));
     }
 }

@@ -41,11 +41,7 @@ struct AttentionParams {
 unsafe impl DeviceRepr for AttentionParams {}
 
 fn strides(layout: &Layout) -> [i64; 3] {
-    [
-        layout.strides[0] as i64,
-        layout.strides[1] as i64,
-        layout.strides[2] as i64,
-    ]
+    [layout.strides[0] as i64, layout.strides[1] as i64, layout.strides[2] as i64]
 }
 
 /// Causal attention `out = softmax(q kᵀ · scale, causal) v` for `[batch, seq, heads, head_dim]`
@@ -84,30 +80,16 @@ pub fn attention_with_spec<T: AttentionElement>(
     let [batch, seq, heads, head_dim] = q.layout.shape;
     let kv_heads = k.layout.shape[2];
     if spec.dtype != T::DTYPE {
-        return Err(MinfError::Shape(format!(
-            "spec dtype {} but tensors are {}",
-            spec.dtype,
-            T::DTYPE
-        )));
+        return Err(MinfError::Shape(format!("spec dtype {} but tensors are {}", spec.dtype, T::DTYPE)));
     }
     if spec.arch != device.arch() {
-        return Err(MinfError::Shape(format!(
-            "spec targets {} but the device is {}",
-            spec.arch,
-            device.arch()
-        )));
+        return Err(MinfError::Shape(format!("spec targets {} but the device is {}", spec.arch, device.arch())));
     }
     if head_dim != spec.head_dim as usize {
-        return Err(MinfError::Shape(format!(
-            "q has head_dim {head_dim} but the spec is for {}",
-            spec.head_dim
-        )));
+        return Err(MinfError::Shape(format!("q has head_dim {head_dim} but the spec is for {}", spec.head_dim)));
     }
     if k.layout.shape != v.layout.shape {
-        return Err(MinfError::Shape(format!(
-            "k shape {:?} != v shape {:?}",
-            k.layout.shape, v.layout.shape
-        )));
+        return Err(MinfError::Shape(format!("k shape {:?} != v shape {:?}", k.layout.shape, v.layout.shape)));
     }
     if k.layout.shape != [batch, seq, kv_heads, head_dim] {
         return Err(MinfError::Shape(format!(
@@ -116,21 +98,14 @@ pub fn attention_with_spec<T: AttentionElement>(
         )));
     }
     if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(MinfError::Shape(format!(
-            "{heads} query heads is not a multiple of {kv_heads} key/value heads"
-        )));
+        return Err(MinfError::Shape(format!("{heads} query heads is not a multiple of {kv_heads} key/value heads")));
     }
     if out.layout.shape != q.layout.shape {
-        return Err(MinfError::Shape(format!(
-            "out shape {:?} != q shape {:?}",
-            out.layout.shape, q.layout.shape
-        )));
+        return Err(MinfError::Shape(format!("out shape {:?} != q shape {:?}", out.layout.shape, q.layout.shape)));
     }
     let too_big = |n: usize| n > i32::MAX as usize;
     if too_big(seq) || too_big(heads) || batch > 65_535 || heads > 65_535 {
-        return Err(MinfError::Shape(format!(
-            "batch {batch}, seq {seq}, heads {heads} exceed the launch grid"
-        )));
+        return Err(MinfError::Shape(format!("batch {batch}, seq {seq}, heads {heads} exceed the launch grid")));
     }
     if let Some(lse) = &options.lse {
         if lse.len() < batch * heads * seq {
@@ -145,9 +120,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         return Ok(());
     }
     let kernel = device.kernel(spec)?;
-    let scale = options
-        .softmax_scale
-        .unwrap_or(1.0 / (head_dim as f32).sqrt());
+    let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let stream = device.stream();
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
     let (k_ptr, _k_sync) = k.data.device_ptr(stream);
@@ -167,12 +140,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         v: v_ptr,
         o: o_ptr,
         lse: lse_ptr,
-        strides: [
-            strides(&q.layout),
-            strides(&k.layout),
-            strides(&v.layout),
-            strides(&o_layout),
-        ],
+        strides: [strides(&q.layout), strides(&k.layout), strides(&v.layout), strides(&o_layout)],
         seq_len: seq as i32,
         heads: heads as i32,
         kv_group: (heads / kv_heads) as i32,
@@ -181,11 +149,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         _pad: 0,
     };
     let config = LaunchConfig {
-        grid_dim: (
-            seq.div_ceil(kernel.launch.block_m as usize) as u32,
-            heads as u32,
-            batch as u32,
-        ),
+        grid_dim: (seq.div_ceil(kernel.launch.block_m as usize) as u32, heads as u32, batch as u32),
         block_dim: (kernel.launch.threads, 1, 1),
         shared_mem_bytes: kernel.launch.shared_bytes,
     };
@@ -194,9 +158,6 @@ pub fn attention_with_spec<T: AttentionElement>(
     // SAFETY: the parameter block matches the kernel's declaration; every tensor's layout was
     // checked against its buffer, shapes against each other, and the kernel bounds every access by
     // `seq_len` and the head counts.
-    unsafe { launch.launch(config) }.map_err(MinfError::driver(format!(
-        "launching {}",
-        spec.kernel_name()
-    )))?;
+    unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
     Ok(())
 }

@@ -47,30 +47,16 @@ impl Device {
         if !driver_available() {
             return Err(MinfError::NoDriver);
         }
-        let ctx = CudaContext::new(ordinal)
-            .map_err(MinfError::driver(format!("opening device {ordinal}")))?;
-        let name = ctx
-            .name()
-            .map_err(MinfError::driver("reading the device name"))?;
-        let (major, minor) = ctx
-            .compute_capability()
-            .map_err(MinfError::driver("reading the compute capability"))?;
-        let arch = Arch::for_compute_capability(major, minor).ok_or_else(|| {
-            MinfError::UnsupportedDevice {
-                name: name.clone(),
-                major,
-                minor,
-            }
+        let ctx = CudaContext::new(ordinal).map_err(MinfError::driver(format!("opening device {ordinal}")))?;
+        let name = ctx.name().map_err(MinfError::driver("reading the device name"))?;
+        let (major, minor) = ctx.compute_capability().map_err(MinfError::driver("reading the compute capability"))?;
+        let arch = Arch::for_compute_capability(major, minor).ok_or_else(|| MinfError::UnsupportedDevice {
+            name: name.clone(),
+            major,
+            minor,
         })?;
         let stream = ctx.default_stream();
-        Ok(Device {
-            ctx,
-            stream,
-            arch,
-            name,
-            cache,
-            loaded: Mutex::new(HashMap::new()),
-        })
+        Ok(Device { ctx, stream, arch, name, cache, loaded: Mutex::new(HashMap::new()) })
     }
 
     /// The CUDA context.
@@ -100,47 +86,28 @@ impl Device {
 
     /// Loads (rendering and compiling on a cache miss) the kernel of `spec` into this context.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<LoadedKernel, MinfError> {
-        let mut loaded = self
-            .loaded
-            .lock()
-            .map_err(|_| MinfError::Shape("kernel table poisoned by a panic".into()))?;
+        let mut loaded = self.loaded.lock().map_err(|_| MinfError::Shape("kernel table poisoned by a panic".into()))?;
         if let Some(kernel) = loaded.get(spec) {
             return Ok(kernel.clone());
         }
         let rendered = render(spec)?;
         let cached = self.cache.get_or_compile(&rendered)?;
         let image = if cached.is_ptx {
-            Ptx::from_src(
-                String::from_utf8_lossy(&cached.image)
-                    .trim_end_matches('\0')
-                    .to_string(),
-            )
+            Ptx::from_src(String::from_utf8_lossy(&cached.image).trim_end_matches('\0').to_string())
         } else {
             Ptx::from_binary(cached.image.as_ref().clone())
         };
-        let module = self
-            .ctx
-            .load_module(image)
-            .map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
+        let module = self.ctx.load_module(image).map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
         let function = module
             .load_function(&rendered.kernel_name)
-            .map_err(MinfError::driver(format!(
-                "finding {} in {}",
-                rendered.kernel_name, cached.key.name
-            )))?;
+            .map_err(MinfError::driver(format!("finding {} in {}", rendered.kernel_name, cached.key.name)))?;
         function
             .set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 rendered.launch.shared_bytes as i32,
             )
-            .map_err(MinfError::driver(format!(
-                "raising the shared-memory limit of {}",
-                cached.key.name
-            )))?;
-        let kernel = LoadedKernel {
-            function,
-            launch: rendered.launch,
-        };
+            .map_err(MinfError::driver(format!("raising the shared-memory limit of {}", cached.key.name)))?;
+        let kernel = LoadedKernel { function, launch: rendered.launch };
         loaded.insert(*spec, kernel.clone());
         Ok(kernel)
     }

@@ -26,7 +26,9 @@ pub enum MinfError {
     #[error("no CUDA driver found (libcuda could not be loaded): minf needs an NVIDIA GPU and driver to run kernels; `minf warm --arch sm_80,sm_90a` compiles without one, `minf doctor` shows what was found")]
     NoDriver,
     /// The device's compute capability has no supported target.
-    #[error("unsupported GPU {name} with compute capability {major}.{minor}: minf supports 8.0, 8.6, 8.7, 8.9 and 9.0")]
+    #[error(
+        "unsupported GPU {name} with compute capability {major}.{minor}: minf supports 8.0, 8.6, 8.7, 8.9 and 9.0"
+    )]
     UnsupportedDevice {
         /// Device name.
         name: String,
@@ -42,9 +44,7 @@ pub enum MinfError {
 
 impl MinfError {
     /// Wraps a driver error with what minf was doing.
-    pub fn driver(
-        context: impl Into<String>,
-    ) -> impl FnOnce(cudarc::driver::DriverError) -> MinfError {
+    pub fn driver(context: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> MinfError {
         let context = context.into();
         move |source| MinfError::Driver { context, source }
     }

@@ -2,17 +2,26 @@
 //!
 //! The path of a kernel: [`minf_codegen::render`] turns a spec into source, [`jit`] compiles it
 //! with NVRTC to a cubin for the exact device and keeps it in the disk cache, [`device`] loads it
-//! once per CUDA context, and the launchers ([`dense`]) check shapes and launch it.
+//! once per CUDA context, and the launchers ([`dense`]) check shapes and launch it. Kernels
+//! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
+//! the [`registry`].
 
 pub mod dense;
 pub mod device;
 pub mod error;
 pub mod jit;
 pub mod reference;
+pub mod registry;
 pub mod tensor;
 
 pub use dense::{dense_attention, AttentionOptions};
 pub use device::Device;
 pub use error::MinfError;
+/// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
+/// dependency on `inventory`.
+pub use inventory;
 pub use minf_codegen as codegen;
+pub use registry::{
+    registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,
+};
 pub use tensor::{AttentionElement, TensorMut, TensorRef};

@@ -36,13 +36,7 @@ pub fn causal_attention_rows(
     scale: f64,
     rows: &[usize],
 ) -> ReferenceRows {
-    let ReferenceShape {
-        batch,
-        seq,
-        heads,
-        kv_heads,
-        head_dim: d,
-    } = shape;
+    let ReferenceShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
     let group = heads / kv_heads;
     let mut tasks = Vec::new();
     for b in 0..batch {
@@ -52,17 +46,13 @@ pub fn causal_attention_rows(
             }
         }
     }
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let chunk = tasks.len().div_ceil(threads).max(1);
     let mut out = vec![0.0f64; tasks.len() * d];
     let mut lse = vec![0.0f64; tasks.len()];
     std::thread::scope(|scope| {
-        for ((task_chunk, out_chunk), lse_chunk) in tasks
-            .chunks(chunk)
-            .zip(out.chunks_mut(chunk * d))
-            .zip(lse.chunks_mut(chunk))
+        for ((task_chunk, out_chunk), lse_chunk) in
+            tasks.chunks(chunk).zip(out.chunks_mut(chunk * d)).zip(lse.chunks_mut(chunk))
         {
             scope.spawn(move || {
                 let mut scores = vec![0.0f64; seq];
@@ -72,11 +62,7 @@ pub fn causal_attention_rows(
                     let mut max = f64::NEG_INFINITY;
                     for (j, score) in scores.iter_mut().enumerate().take(i + 1) {
                         let k_row = &k[((b * seq + j) * kv_heads + kh) * d..][..d];
-                        let dot: f64 = q_row
-                            .iter()
-                            .zip(k_row)
-                            .map(|(a, b)| *a as f64 * *b as f64)
-                            .sum();
+                        let dot: f64 = q_row.iter().zip(k_row).map(|(a, b)| *a as f64 * *b as f64).sum();
                         *score = dot * scale;
                         max = max.max(*score);
                     }
@@ -99,11 +85,7 @@ pub fn causal_attention_rows(
             });
         }
     });
-    ReferenceRows {
-        rows: tasks,
-        out,
-        lse,
-    }
+    ReferenceRows { rows: tasks, out, lse }
 }
 
 /// Relative L2 error `‖got − want‖ / ‖want‖`; NaN in `got` gives infinity.
@@ -118,50 +100,6 @@ pub fn relative_l2(got: &[f64], want: &[f64]) -> f64 {
         norm += w * w;
     }
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_row_attends_only_to_itself_and_rows_sum_to_one() {
-        let shape = ReferenceShape {
-            batch: 1,
-            seq: 3,
-            heads: 2,
-            kv_heads: 1,
-            head_dim: 2,
-        };
-        let q: Vec<f32> = (0..12).map(|x| (x as f32 * 0.37).sin()).collect();
-        let k: Vec<f32> = (0..6).map(|x| (x as f32 * 0.91).cos()).collect();
-        let v: Vec<f32> = (0..6).map(|x| x as f32 + 1.0).collect();
-        let r = causal_attention_rows(shape, &q, &k, &v, 1.0, &[0, 2]);
-        assert_eq!(r.rows.len(), 4);
-        // Row 0 sees only key 0: output equals v[0] exactly, lse equals its score.
-        assert_eq!(&r.out[..2], &[1.0, 2.0]);
-        let s00 = q[0] as f64 * k[0] as f64 + q[1] as f64 * k[1] as f64;
-        assert!((r.lse[0] - s00).abs() < 1e-12);
-        // Row 2 is a convex combination of v rows: each output lies within their range.
-        let o = &r.out[2 * 2..][..2];
-        assert!(
-            o[0] > 1.0 && o[0] < 5.0 && o[1] > 2.0 && o[1] < 6.0,
-            "{o:?}"
-        );
-        assert!(relative_l2(&[1.0, f64::NAN], &[1.0, 1.0]).is_infinite());
-    }
-
-    #[test]
-    fn random_normal_has_unit_moments_and_depends_on_seed() {
-        let x = random_normal(100_000, 7);
-        let mean = x.iter().map(|v| *v as f64).sum::<f64>() / x.len() as f64;
-        let var = x.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / x.len() as f64;
-        assert!(
-            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
-            "mean {mean} var {var}"
-        );
-        assert_ne!(random_normal(4, 1), random_normal(4, 2));
-    }
 }
 
 /// Deterministic standard-normal samples (SplitMix64 + Box–Muller) for test and benchmark inputs.
@@ -181,4 +119,36 @@ pub fn random_normal(len: usize, seed: u64) -> Vec<f32> {
             ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_row_attends_only_to_itself_and_rows_sum_to_one() {
+        let shape = ReferenceShape { batch: 1, seq: 3, heads: 2, kv_heads: 1, head_dim: 2 };
+        let q: Vec<f32> = (0..12).map(|x| (x as f32 * 0.37).sin()).collect();
+        let k: Vec<f32> = (0..6).map(|x| (x as f32 * 0.91).cos()).collect();
+        let v: Vec<f32> = (0..6).map(|x| x as f32 + 1.0).collect();
+        let r = causal_attention_rows(shape, &q, &k, &v, 1.0, &[0, 2]);
+        assert_eq!(r.rows.len(), 4);
+        // Row 0 sees only key 0: output equals v[0] exactly, lse equals its score.
+        assert_eq!(&r.out[..2], &[1.0, 2.0]);
+        let s00 = q[0] as f64 * k[0] as f64 + q[1] as f64 * k[1] as f64;
+        assert!((r.lse[0] - s00).abs() < 1e-12);
+        // Row 2 is a convex combination of v rows: each output lies within their range.
+        let o = &r.out[2 * 2..][..2];
+        assert!(o[0] > 1.0 && o[0] < 5.0 && o[1] > 2.0 && o[1] < 6.0, "{o:?}");
+        assert!(relative_l2(&[1.0, f64::NAN], &[1.0, 1.0]).is_infinite());
+    }
+
+    #[test]
+    fn random_normal_has_unit_moments_and_depends_on_seed() {
+        let x = random_normal(100_000, 7);
+        let mean = x.iter().map(|v| *v as f64).sum::<f64>() / x.len() as f64;
+        let var = x.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / x.len() as f64;
+        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.03, "mean {mean} var {var}");
+        assert_ne!(random_normal(4, 1), random_normal(4, 2));
+    }
 }

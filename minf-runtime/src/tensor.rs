@@ -6,9 +6,7 @@ use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use minf_codegen::DType;
 
 /// Element types the attention kernels read and write.
-pub trait AttentionElement:
-    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static
-{
+pub trait AttentionElement: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
     /// The matching kernel dtype.
     const DTYPE: DType;
     /// Rounds an f32 to this type.
@@ -50,19 +48,13 @@ impl Layout {
     /// Contiguous `[batch, seq, heads, head_dim]` storage.
     pub fn bshd(shape: [usize; 4]) -> Layout {
         let [_, s, h, d] = shape;
-        Layout {
-            shape,
-            strides: [s * h * d, h * d, d, 1],
-        }
+        Layout { shape, strides: [s * h * d, h * d, d, 1] }
     }
 
     /// Contiguous `[batch, heads, seq, head_dim]` storage, seen as `[batch, seq, heads, head_dim]`.
     pub fn bhsd(shape: [usize; 4]) -> Layout {
         let [_, s, h, d] = shape;
-        Layout {
-            shape,
-            strides: [h * s * d, d, s * d, 1],
-        }
+        Layout { shape, strides: [h * s * d, d, s * d, 1] }
     }
 
     /// Number of elements the layout spans (largest offset + 1), 0 for an empty shape.
@@ -70,12 +62,7 @@ impl Layout {
         if self.shape.contains(&0) {
             return 0;
         }
-        1 + self
-            .shape
-            .iter()
-            .zip(self.strides)
-            .map(|(n, s)| (n - 1) * s)
-            .sum::<usize>()
+        1 + self.shape.iter().zip(self.strides).map(|(n, s)| (n - 1) * s).sum::<usize>()
     }
 
     fn check(&self, name: &str, len: usize) -> Result<(), MinfError> {

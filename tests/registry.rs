@@ -1,0 +1,97 @@
+//! Kernels declared with `#[sparse_attention]` are registered with the right specs and can be
+//! warmed ahead of time.
+
+use minf::codegen::{Arch, DType, KernelSpec, Pattern, SpecError};
+use minf::jit::KernelCache;
+use minf::{registered, sparse_attention, warm_registered, MinfError, RegisteredKernel, SparseAttentionKernel};
+
+/// Defaults everywhere but the pattern and head dimension.
+#[sparse_attention(pattern = "dense", head_dim = 128)]
+struct Prefill;
+
+/// The same kernel as `Prefill` under another name: warmed once.
+#[sparse_attention(pattern = "dense", head_dim = 128, dtype = "bf16")]
+struct PrefillAlias;
+
+/// Explicit tile and a pinned target.
+#[sparse_attention(pattern = "dense", head_dim = 64, dtype = "f16", block_n = 32, stages = 3, arch = "sm_90a")]
+struct PinnedHopper;
+
+/// 136 KiB of shared memory: valid for sm_80 and sm_90a (checked at compile time) but not for
+/// sm_86 (99 KiB), which only the run-time check catches.
+#[sparse_attention(pattern = "dense", head_dim = 128, block_n = 64, stages = 3)]
+struct DeepPipeline;
+
+fn find(name: &str) -> &'static RegisteredKernel {
+    registered().find(|k| k.name == name).unwrap_or_else(|| panic!("{name} is not registered"))
+}
+
+#[test]
+fn registry_lists_every_declared_kernel_with_its_spec() {
+    let mut names: Vec<&str> = registered().map(|k| k.name).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["DeepPipeline", "PinnedHopper", "Prefill", "PrefillAlias"]);
+
+    let prefill = find("Prefill");
+    assert_eq!(prefill.fixed_arch, None);
+    for &arch in Arch::ALL {
+        assert_eq!((prefill.spec)(arch), KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, arch));
+    }
+    assert_eq!(prefill.targets(&[Arch::Sm80, Arch::Sm86]), [Arch::Sm80, Arch::Sm86]);
+
+    let pinned = find("PinnedHopper");
+    assert_eq!(pinned.fixed_arch, Some(Arch::Sm90a));
+    assert_eq!(pinned.targets(&[Arch::Sm80, Arch::Sm86]), [Arch::Sm90a]);
+    let expected =
+        KernelSpec { block_n: 32, stages: 3, ..KernelSpec::default_for(Pattern::Dense, DType::F16, 64, Arch::Sm90a) };
+    assert_eq!((pinned.spec)(Arch::Sm80), expected, "a pinned kernel ignores the requested arch");
+}
+
+#[test]
+fn trait_constants_match_the_attribute() {
+    assert_eq!(Prefill::NAME, "Prefill");
+    assert_eq!(Prefill::PATTERN, Pattern::Dense);
+    assert_eq!(Prefill::DTYPE, DType::Bf16);
+    assert_eq!(Prefill::FIXED_ARCH, None);
+    assert_eq!(PinnedHopper::DTYPE, DType::F16);
+    assert_eq!(PinnedHopper::FIXED_ARCH, Some(Arch::Sm90a));
+    assert_eq!(<PinnedHopper as SparseAttentionKernel>::spec(Arch::Sm86), (find("PinnedHopper").spec)(Arch::Sm86));
+    let deep = DeepPipeline::spec(Arch::Sm80);
+    assert_eq!((deep.stages, deep.block_n), (3, 64));
+    deep.validate().unwrap();
+    DeepPipeline::spec(Arch::Sm90a).validate().unwrap();
+    assert!(matches!(DeepPipeline::spec(Arch::Sm86).validate(), Err(SpecError::SharedMemory { .. })));
+}
+
+#[test]
+fn warm_registered_reports_every_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(dir.path().to_path_buf());
+    // sm_86: Prefill (= PrefillAlias) and DeepPipeline for sm_86, PinnedHopper for its own sm_90a.
+    let report = warm_registered(&cache, &[Arch::Sm86]);
+    assert_eq!(report.compiled + report.cached + report.failed.len(), 3, "{report:?}");
+    assert!(report.seconds >= 0.0);
+    // Whatever the JIT does, the spec that does not fit sm_86 fails before compiling, by name.
+    let (label, err) = report.failed.iter().find(|(label, _)| label.starts_with("DeepPipeline")).expect("reported");
+    assert_eq!(label, "DeepPipeline@sm_86");
+    assert!(matches!(err, MinfError::Spec(SpecError::SharedMemory { .. })), "{err}");
+    // The other two either compiled (NVRTC JIT) or failed inside the JIT (the contract stub).
+    for (label, err) in &report.failed {
+        let expected = ["DeepPipeline@sm_86", "PinnedHopper@sm_90a", "Prefill@sm_86,PrefillAlias@sm_86"];
+        assert!(expected.contains(&label.as_str()), "{label}");
+        assert!(label.starts_with("DeepPipeline") || matches!(err, MinfError::Jit(_)), "{label}: {err}");
+    }
+    if report.compiled == 2 {
+        let again = warm_registered(&cache, &[Arch::Sm86]);
+        assert_eq!((again.compiled, again.cached, again.failed.len()), (0, 2, 1), "{again:?}");
+    }
+}
+
+#[test]
+fn kernels_sharing_a_spec_are_compiled_once() {
+    // Prefill and PrefillAlias share their spec on each arch: 2 (Prefill) + 2 (DeepPipeline) + 1 (pinned).
+    let dir = tempfile::tempdir().unwrap();
+    let cache = KernelCache::at(dir.path().to_path_buf());
+    let report = warm_registered(&cache, &[Arch::Sm80, Arch::Sm90a]);
+    assert_eq!(report.compiled + report.cached + report.failed.len(), 5, "{report:?}");
+}

@@ -1,0 +1,9 @@
+use minf::sparse_attention;
+
+#[sparse_attention(pattern = "dense", head_dim = 128, dtype = "bf61", arch = "sm_70")]
+struct BadNames;
+
+#[sparse_attention(pattern = "dense", head_dim = 128, block_m = 64)]
+struct WarpsDefaultDoesNotFit;
+
+fn main() {}

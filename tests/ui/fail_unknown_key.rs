@@ -1,0 +1,6 @@
+use minf::sparse_attention;
+
+#[sparse_attention(pattern = "dense", head_dim = 128, blok_n = 64)]
+struct Typo;
+
+fn main() {}
