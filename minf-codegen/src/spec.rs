@@ -476,9 +476,7 @@ mod tests {
         let base = KernelSpec::default_for(Pattern::Dense, DType::F16, 256, Arch::Sm86);
         let err = KernelSpec { block_n: 128, stages: 3, ..base }.validate().unwrap_err();
         assert!(matches!(err, SpecError::SharedMemory { .. }), "{err}");
-        let err = KernelSpec { block_m: 128, warps: 4, block_n: 128, head_dim: 128, ..base }
-            .validate()
-            .unwrap_err();
+        let err = KernelSpec { block_m: 128, warps: 4, block_n: 128, head_dim: 128, ..base }.validate().unwrap_err();
         assert!(matches!(err, SpecError::Registers { .. }), "{err}");
     }
 
