@@ -130,15 +130,16 @@ fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     let results = Mutex::new(Vec::with_capacity(specs.len()));
     std::thread::scope(|scope| {
         for _ in 0..jobs {
-            scope.spawn(|| loop {
-                let Some(spec) = specs.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                bar.set_message(spec.readable_name());
-                let outcome = render(spec)
-                    .map_err(|e| e.to_string())
-                    .and_then(|kernel| cache.get_or_compile(&kernel).map_err(|e| e.to_string()))
-                    .map(|cached| cached.outcome);
-                results.lock().unwrap_or_else(|e| e.into_inner()).push((spec.readable_name(), outcome));
-                bar.inc(1);
+            scope.spawn(|| {
+                while let Some(spec) = specs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    bar.set_message(spec.readable_name());
+                    let outcome = render(spec)
+                        .map_err(|e| e.to_string())
+                        .and_then(|kernel| cache.get_or_compile(&kernel).map_err(|e| e.to_string()))
+                        .map(|cached| cached.outcome);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((spec.readable_name(), outcome));
+                    bar.inc(1);
+                }
             });
         }
     });
