@@ -21,7 +21,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const META: &str = "meta.json";
 const SOURCE: &str = "kernel.cu";
@@ -30,6 +30,8 @@ const PTX: &str = "kernel.ptx";
 const LOCKS: &str = "locks";
 const FAILED: &str = "failed";
 const TMP_PREFIX: &str = ".tmp-";
+/// Age after which a temporary directory is taken to be left over from a killed process.
+const STALE_TMP_AGE: Duration = Duration::from_secs(3600);
 
 /// What `meta.json` records about a cache entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,8 +240,9 @@ impl KernelCache {
         Ok(self.entries()?.iter().map(|e| e.size_bytes).sum())
     }
 
-    /// Removes every entry (and saved failed sources) from disk and memory; returns how many entries
-    /// were removed.
+    /// Removes every entry, saved failed sources and temporary directories older than an hour (left
+    /// by killed processes) from disk, and empties the memory cache; returns how many entries were
+    /// removed.
     pub fn clear(&self) -> Result<usize, JitError> {
         let entries = self.entries()?;
         for entry in &entries {
@@ -250,6 +253,18 @@ impl KernelCache {
         match fs::remove_dir_all(&failed) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(JitError::io("removing", failed)(e)),
             _ => {}
+        }
+        for item in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let stale = item
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP_AGE);
+            if stale && item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let path = item.path();
+                fs::remove_dir_all(&path).map_err(JitError::io("removing the stale temporary directory", &path))?;
+            }
         }
         self.memory.lock().unwrap_or_else(PoisonError::into_inner).clear();
         Ok(entries.len())
@@ -419,6 +434,26 @@ mod tests {
         assert!(cache.entries()?.is_empty());
         assert_eq!(cache.total_size()?, 0);
         assert_eq!(cache.clear()?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn clear_removes_entries_and_stale_temporaries_only() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        for sub in ["dense-a", "dense-b", ".tmp-old", ".tmp-fresh", LOCKS, FAILED] {
+            fs::create_dir(dir.path().join(sub))?;
+        }
+        fs::write(dir.path().join("dense-a").join(META), b"{}")?;
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        File::open(dir.path().join(".tmp-old"))?.set_modified(two_hours_ago)?;
+        let cache = KernelCache::at(dir.path().to_path_buf());
+        assert_eq!(cache.entries()?.len(), 2);
+        assert_eq!(cache.clear()?, 2);
+        let mut left: Vec<String> = fs::read_dir(dir.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        left.sort();
+        assert_eq!(left, vec![".tmp-fresh", LOCKS]);
         Ok(())
     }
 }
