@@ -115,8 +115,10 @@ fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     if specs.is_empty() {
         return Err("no kernel in the default set matches these filters".into());
     }
-    nvrtc_info()?;
     let cache = KernelCache::from_env()?;
+    if !cache.jit_disabled() {
+        nvrtc_info()?;
+    }
     let jobs =
         args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, specs.len());
 

@@ -116,6 +116,20 @@ fn second_warm_reports_everything_cached_in_under_a_second() -> TestResult {
     let list = minf(dir.path(), &["cache", "list"]).output()?;
     assert!(list.status.success(), "{}", text(&list));
     assert!(String::from_utf8_lossy(&list.stdout).contains(&format!("{expected} entries")), "{}", text(&list));
+    // Production after warm-up: JIT disabled, and cached kernels are served even without NVRTC.
+    let no_nvrtc = minf(dir.path(), &["warm", "--arch", "sm_80,sm_90a"])
+        .env("MINF_DISABLE_JIT", "1")
+        .env("MINF_NVRTC", "/nonexistent/libnvrtc.so.13")
+        .output()?;
+    assert!(no_nvrtc.status.success(), "{}", text(&no_nvrtc));
+    assert_eq!(counts(&no_nvrtc)?, (0, expected, 0), "{}", text(&no_nvrtc));
+    let missing = minf(dir.path(), &["warm", "--arch", "sm_86", "--head-dim", "64", "--dtype", "bf16"])
+        .env("MINF_DISABLE_JIT", "1")
+        .env("MINF_NVRTC", "/nonexistent/libnvrtc.so.13")
+        .output()?;
+    assert!(!missing.status.success(), "{}", text(&missing));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("JIT compilation is disabled"), "{}", text(&missing));
+
     let clear = minf(dir.path(), &["cache", "clear"]).output()?;
     assert!(
         String::from_utf8_lossy(&clear.stdout).contains(&format!("removed {expected} entries")),

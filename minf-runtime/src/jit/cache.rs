@@ -13,7 +13,7 @@
 
 use super::nvrtc::{self, nvrtc_info, Compiled};
 use super::{CacheOutcome, CachedKernel, JitError};
-use minf_codegen::{CacheKey, KernelSpec, RenderedKernel};
+use minf_codegen::{CacheKey, CacheKeyInputs, KernelSpec, RenderedKernel};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -134,9 +134,14 @@ impl KernelCache {
         self.memory_only.load(Ordering::Relaxed)
     }
 
-    /// Returns the compiled kernel: from memory, from disk, or compiled now and published.
+    /// Returns the compiled kernel: from memory, from disk, or compiled now and published. With JIT
+    /// disabled, cached kernels are served even when NVRTC is not installed.
     pub fn get_or_compile(&self, kernel: &RenderedKernel) -> Result<CachedKernel, JitError> {
-        let nvrtc = nvrtc_info()?;
+        let nvrtc = match nvrtc_info() {
+            Ok(nvrtc) => nvrtc,
+            Err(e) if self.jit_disabled => return self.get_without_nvrtc(kernel, &e),
+            Err(e) => return Err(e),
+        };
         let key = kernel.cache_key(nvrtc.version);
         if let Some(hit) = self.memory.lock().unwrap_or_else(PoisonError::into_inner).get(&key.name) {
             return Ok(CachedKernel { outcome: CacheOutcome::MemoryHit, ..hit.clone() });
@@ -206,6 +211,31 @@ impl KernelCache {
         }
         drop(lock);
         Ok(self.remember(key, compiled.image, compiled.is_ptx, CacheOutcome::Compiled { seconds }))
+    }
+
+    /// With JIT disabled and no NVRTC to tell the key's version: finds an entry of this kernel
+    /// compiled by any NVRTC version, checking its key against the version its meta records.
+    fn get_without_nvrtc(&self, kernel: &RenderedKernel, nvrtc_error: &JitError) -> Result<CachedKernel, JitError> {
+        let prefix = kernel.spec.readable_name();
+        for entry in self.entries().unwrap_or_default() {
+            if !entry.name.starts_with(&format!("{prefix}-")) {
+                continue;
+            }
+            let Some(meta) = entry.meta else { continue };
+            let Some(version) = parse_version(&meta.nvrtc_version) else { continue };
+            let key = CacheKeyInputs::new(kernel, version).key(&prefix);
+            if key.name != entry.name {
+                continue;
+            }
+            if let Some(hit) = self.memory.lock().unwrap_or_else(PoisonError::into_inner).get(&key.name) {
+                return Ok(CachedKernel { outcome: CacheOutcome::MemoryHit, ..hit.clone() });
+            }
+            if let Lookup::Hit { image, is_ptx } = read_entry(&self.root.join(&key.name), &key) {
+                return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit));
+            }
+        }
+        tracing::debug!(kernel = %prefix, error = %nvrtc_error, "no cached entry and no NVRTC");
+        Err(JitError::JitDisabled { name: format!("{prefix}-*"), cache_dir: self.root.clone() })
     }
 
     /// The entries on disk, sorted by name (an absent cache directory has none).
@@ -401,6 +431,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), JitError> {
 
 fn sync_dir(path: &Path) -> Result<(), JitError> {
     File::open(path).and_then(|dir| dir.sync_all()).map_err(JitError::io("syncing the directory", path))
+}
+
+/// Parses `major.minor`.
+fn parse_version(text: &str) -> Option<(i32, i32)> {
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// Parses a boolean environment flag.
