@@ -1,1 +1,252 @@
-fn main() {}
+//! `minf`: warm the kernel cache, inspect it, and check the machine's CUDA setup.
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use minf_runtime::codegen::{render, Arch, DType, KernelSpec, Pattern};
+use minf_runtime::device::{driver_available, probe, GpuInfo};
+use minf_runtime::jit::{nvrtc_info, CacheOutcome, KernelCache};
+use minf_runtime::MinfError;
+use std::error::Error;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "minf", version, about = "Dynamic sparse attention kernels: JIT cache and diagnostics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile the default kernel set into the cache (no GPU needed with --arch).
+    Warm(WarmArgs),
+    /// Inspect or clear the kernel cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+    /// Show the GPU, driver, NVRTC and cache minf would use.
+    Doctor,
+}
+
+#[derive(clap::Args)]
+struct WarmArgs {
+    /// Target architectures, comma-separated (default: the current GPU's).
+    #[arg(long, value_delimiter = ',')]
+    arch: Vec<Arch>,
+    /// Only these attention patterns (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pattern: Vec<Pattern>,
+    /// Only these head dimensions (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    head_dim: Vec<u32>,
+    /// Only these element types (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    dtype: Vec<DType>,
+    /// Parallel compile jobs (default: available cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List cache entries with their sizes.
+    List,
+    /// Show the cache directory, its size, and whether NVRTC and JIT are available.
+    Status,
+    /// Remove every cache entry.
+    Clear,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Warm(args) => warm(&args),
+        Command::Cache { command } => cache(&command),
+        Command::Doctor => doctor(),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// The GPU minf would run on, as an error that says how to proceed when there is none.
+fn current_gpu() -> Result<GpuInfo, MinfError> {
+    if !driver_available() {
+        return Err(MinfError::NoDriver);
+    }
+    probe(0)
+}
+
+fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let arches = if args.arch.is_empty() {
+        let gpu = current_gpu().map_err(|e| {
+            format!("cannot pick a target architecture: {e}; pass --arch, e.g. `minf warm --arch sm_80,sm_90a`")
+        })?;
+        let arch = gpu.arch.ok_or_else(|| MinfError::UnsupportedDevice {
+            name: gpu.name.clone(),
+            major: gpu.compute_capability.0,
+            minor: gpu.compute_capability.1,
+        })?;
+        vec![arch]
+    } else {
+        args.arch.clone()
+    };
+    if let Some(bad) = args.head_dim.iter().find(|d| !minf_runtime::codegen::spec::HEAD_DIMS.contains(d)) {
+        return Err(format!("invalid --head-dim {bad}: allowed {:?}", minf_runtime::codegen::spec::HEAD_DIMS).into());
+    }
+    let specs: Vec<KernelSpec> = KernelSpec::default_set(&arches)
+        .into_iter()
+        .filter(|s| args.pattern.is_empty() || args.pattern.contains(&s.pattern))
+        .filter(|s| args.head_dim.is_empty() || args.head_dim.contains(&s.head_dim))
+        .filter(|s| args.dtype.is_empty() || args.dtype.contains(&s.dtype))
+        .collect();
+    if specs.is_empty() {
+        return Err("no kernel in the default set matches these filters".into());
+    }
+    let cache = KernelCache::from_env()?;
+    if !cache.jit_disabled() {
+        nvrtc_info()?;
+    }
+    let jobs =
+        args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, specs.len());
+
+    let start = Instant::now();
+    let bar = ProgressBar::new(specs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(specs.len()));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some(spec) = specs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    bar.set_message(spec.readable_name());
+                    let outcome = render(spec)
+                        .map_err(|e| e.to_string())
+                        .and_then(|kernel| cache.get_or_compile(&kernel).map_err(|e| e.to_string()))
+                        .map(|cached| cached.outcome);
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((spec.readable_name(), outcome));
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let compiled = results.iter().filter(|(_, r)| matches!(r, Ok(CacheOutcome::Compiled { .. }))).count();
+    let failed: Vec<_> = results.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name, e))).collect();
+    let cached = results.len() - compiled - failed.len();
+    for (name, error) in &failed {
+        eprintln!("failed: {name}: {error}");
+    }
+    let arches: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
+    println!(
+        "warmed {} kernel(s) for {}: {compiled} compiled, {cached} cached, {} failed in {:.3}s (cache: {})",
+        results.len(),
+        arches.join(", "),
+        failed.len(),
+        start.elapsed().as_secs_f64(),
+        cache.root().display()
+    );
+    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn cache(command: &CacheCommand) -> Result<ExitCode, Box<dyn Error>> {
+    let cache = KernelCache::from_env()?;
+    match command {
+        CacheCommand::List => {
+            let entries = cache.entries()?;
+            for entry in &entries {
+                let note = if entry.meta.is_none() { "  (no valid meta.json: rebuilt on next use)" } else { "" };
+                println!("{:<60} {:>10}{note}", entry.name, human_bytes(entry.size_bytes));
+            }
+            let total: u64 = entries.iter().map(|e| e.size_bytes).sum();
+            println!("{} entries, {} in {}", entries.len(), human_bytes(total), cache.root().display());
+        }
+        CacheCommand::Status => {
+            let entries = cache.entries()?;
+            let total: u64 = entries.iter().map(|e| e.size_bytes).sum();
+            println!("cache dir:    {}", cache.root().display());
+            println!("entries:      {}", entries.len());
+            println!("total size:   {}", human_bytes(total));
+            println!("nvrtc:        {}", nvrtc_line());
+            println!(
+                "jit:          {}",
+                if cache.jit_disabled() { "disabled (MINF_DISABLE_JIT): misses are errors" } else { "enabled" }
+            );
+        }
+        CacheCommand::Clear => {
+            let removed = cache.clear()?;
+            println!("removed {removed} entries from {}", cache.root().display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn nvrtc_line() -> String {
+    match nvrtc_info() {
+        Ok(info) => format!("{}.{} at {}", info.version.0, info.version.1, info.path.display()),
+        Err(e) => format!("not found: {e}"),
+    }
+}
+
+fn doctor() -> Result<ExitCode, Box<dyn Error>> {
+    let gpu = current_gpu();
+    match &gpu {
+        Ok(gpu) => {
+            println!("gpu:          {} (device {})", gpu.name, gpu.ordinal);
+            println!("compute cap.: {}.{}", gpu.compute_capability.0, gpu.compute_capability.1);
+            println!("driver:       CUDA {}.{}", gpu.driver_version.0, gpu.driver_version.1);
+        }
+        Err(e) => println!("gpu:          none: {e}"),
+    }
+    let target = match &gpu {
+        Ok(GpuInfo { arch: Some(arch), .. }) => arch.as_str().to_string(),
+        Ok(gpu) => format!(
+            "none: compute capability {}.{} is not supported",
+            gpu.compute_capability.0, gpu.compute_capability.1
+        ),
+        Err(_) => "none without a GPU (pass --arch to `minf warm`)".to_string(),
+    };
+    println!("target arch:  {target}");
+    let nvrtc = nvrtc_info();
+    println!("nvrtc:        {}", nvrtc_line());
+    match KernelCache::from_env() {
+        Ok(cache) => {
+            let size = cache.total_size().map(human_bytes).unwrap_or_else(|e| format!("unreadable: {e}"));
+            println!("cache dir:    {} ({size})", cache.root().display());
+            println!("jit:          {}", if cache.jit_disabled() { "disabled (MINF_DISABLE_JIT)" } else { "enabled" });
+        }
+        Err(e) => println!("cache dir:    {e}"),
+    }
+    Ok(if nvrtc.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

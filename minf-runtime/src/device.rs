@@ -36,6 +36,55 @@ pub fn driver_available() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// A GPU as the driver describes it, without creating a context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Marketing name.
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// The NVRTC target minf would use, `None` if the GPU is not supported.
+    pub arch: Option<Arch>,
+    /// CUDA driver API version (major, minor), e.g. (13, 0).
+    pub driver_version: (i32, i32),
+}
+
+/// Describes device `ordinal`; [`MinfError::NoDriver`] when libcuda cannot be loaded and
+/// [`MinfError::NoDevice`] when there is no such GPU.
+pub fn probe(ordinal: usize) -> Result<GpuInfo, MinfError> {
+    use cudarc::driver::result;
+    if !driver_available() {
+        return Err(MinfError::NoDriver);
+    }
+    result::init().map_err(MinfError::driver("initialising the CUDA driver"))?;
+    let mut version = 0;
+    // SAFETY: the driver is loaded and initialised; the pointer is valid for a write.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .map_err(MinfError::driver("reading the driver version"))?;
+    let count = result::device::get_count().map_err(MinfError::driver("counting devices"))?;
+    let index = i32::try_from(ordinal).ok().filter(|&i| i < count).ok_or(MinfError::NoDevice { ordinal, count })?;
+    let dev = result::device::get(index).map_err(MinfError::driver(format!("opening device {ordinal}")))?;
+    let name = result::device::get_name(dev).map_err(MinfError::driver("reading the device name"))?;
+    let attribute = |attribute| {
+        // SAFETY: `dev` came from `cuDeviceGet`.
+        unsafe { result::device::get_attribute(dev, attribute) }
+            .map_err(MinfError::driver("reading the compute capability"))
+    };
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    let major = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+    let minor = attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+    Ok(GpuInfo {
+        ordinal,
+        name,
+        compute_capability: (major, minor),
+        arch: Arch::for_compute_capability(major, minor),
+        driver_version: (version / 1000, (version % 1000) / 10),
+    })
+}
+
 impl Device {
     /// Opens device `ordinal` with the cache from the environment (`MINF_CACHE_DIR`).
     pub fn new(ordinal: usize) -> Result<Device, MinfError> {

@@ -25,6 +25,14 @@ pub enum MinfError {
     /// No CUDA driver (`libcuda`) could be loaded.
     #[error("no CUDA driver found (libcuda could not be loaded): minf needs an NVIDIA GPU and driver to run kernels; `minf warm --arch sm_80,sm_90a` compiles without one, `minf doctor` shows what was found")]
     NoDriver,
+    /// The driver loaded but there is no GPU with that ordinal.
+    #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
+    NoDevice {
+        /// The requested ordinal.
+        ordinal: usize,
+        /// How many devices the driver sees.
+        count: i32,
+    },
     /// The device's compute capability has no supported target.
     #[error(
         "unsupported GPU {name} with compute capability {major}.{minor}: minf supports 8.0, 8.6, 8.7, 8.9 and 9.0"
