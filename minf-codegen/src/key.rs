@@ -38,7 +38,7 @@ impl CacheKeyInputs {
             source_blake3: blake3::hash(kernel.source.as_bytes()).to_hex().to_string(),
             nvrtc_version: format!("{}.{}", nvrtc_version.0, nvrtc_version.1),
             options: kernel.options.clone(),
-            arch: kernel.spec.arch.as_str().to_string(),
+            arch: kernel.arch().as_str().to_string(),
             crate_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -67,6 +67,6 @@ impl CacheKeyInputs {
 impl RenderedKernel {
     /// The cache key of this kernel when compiled by NVRTC `nvrtc_version` (major, minor).
     pub fn cache_key(&self, nvrtc_version: (i32, i32)) -> CacheKey {
-        CacheKeyInputs::new(self, nvrtc_version).key(&self.spec.readable_name())
+        CacheKeyInputs::new(self, nvrtc_version).key(&self.readable_name())
     }
 }

@@ -13,5 +13,5 @@ pub mod render;
 pub mod spec;
 
 pub use key::{CacheKey, CacheKeyInputs};
-pub use render::{render, RenderError, RenderedKernel};
-pub use spec::{Arch, DType, KernelSpec, LaunchShape, Pattern, SpecError};
+pub use render::{render, render_any, render_index, RenderError, RenderedKernel};
+pub use spec::{AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Pattern, SpecError};

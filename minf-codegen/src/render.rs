@@ -4,7 +4,7 @@
 //! storage and every tensor-core, shared-memory and async-copy operation is inline PTX. Rendering
 //! is deterministic: the same spec always gives the same bytes, so the source hash is a cache key.
 
-use crate::spec::{KernelSpec, LaunchShape, SpecError, SMEM_ROW_PAD};
+use crate::spec::{AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape, SpecError, SMEM_ROW_PAD};
 use serde::Serialize;
 use std::sync::OnceLock;
 
@@ -13,6 +13,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("ptx.cu.tera", include_str!("../../templates/ptx.cu.tera")),
     ("mainloop.cu.tera", include_str!("../../templates/mainloop.cu.tera")),
     ("dense.cu.tera", include_str!("../../templates/dense.cu.tera")),
+    ("vs_convert.cu.tera", include_str!("../../templates/vs_convert.cu.tera")),
 ];
 
 /// Errors while rendering.
@@ -26,11 +27,11 @@ pub enum RenderError {
     Template(String),
 }
 
-/// A rendered kernel: its spec, entry point, source, NVRTC options and launch geometry.
+/// A rendered kernel: what it is, its entry point, source, NVRTC options and launch geometry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedKernel {
-    /// The spec it was rendered from.
-    pub spec: KernelSpec,
+    /// What was rendered.
+    pub kernel: AnyKernel,
     /// The `extern "C"` entry point.
     pub kernel_name: String,
     /// CUDA C++ source.
@@ -74,10 +75,22 @@ fn engine() -> Result<&'static tera::Tera, RenderError> {
         .map_err(|e| RenderError::Template(e.clone()))
 }
 
-/// NVRTC options for a spec: target architecture, C++17 and fast math (`ex2.approx` for softmax).
-pub fn compile_options(spec: &KernelSpec) -> Vec<String> {
+impl RenderedKernel {
+    /// Target architecture.
+    pub fn arch(&self) -> Arch {
+        self.kernel.arch()
+    }
+
+    /// Readable prefix of its cache entry name.
+    pub fn readable_name(&self) -> String {
+        self.kernel.readable_name()
+    }
+}
+
+/// NVRTC options for an architecture: target, C++17 and fast math (`ex2.approx` for softmax).
+pub fn compile_options(arch: Arch) -> Vec<String> {
     vec![
-        format!("--gpu-architecture={}", spec.arch.as_str()),
+        format!("--gpu-architecture={}", arch.as_str()),
         "--std=c++17".to_string(),
         "--use_fast_math".to_string(),
         "--generate-line-info".to_string(),
@@ -107,10 +120,40 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
     let template = format!("{}.cu.tera", spec.pattern.as_str());
     let source = engine()?.render(&template, &context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     Ok(RenderedKernel {
-        spec: *spec,
+        kernel: AnyKernel::Attention(*spec),
         kernel_name: spec.kernel_name(),
         source,
-        options: compile_options(spec),
+        options: compile_options(spec.arch),
         launch: spec.launch_shape(),
     })
+}
+
+/// Renders an index kernel.
+pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderError> {
+    #[derive(Serialize)]
+    struct IndexContext {
+        kernel_name: String,
+        threads: u32,
+        arch: &'static str,
+    }
+    let context =
+        IndexContext { kernel_name: spec.kernel_name(), threads: IndexKernelSpec::THREADS, arch: spec.arch.as_str() };
+    let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
+    let template = format!("{}.cu.tera", spec.template());
+    let source = engine()?.render(&template, &context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
+    Ok(RenderedKernel {
+        kernel: AnyKernel::Index(*spec),
+        kernel_name: spec.kernel_name(),
+        source,
+        options: compile_options(spec.arch),
+        launch: LaunchShape { threads: IndexKernelSpec::THREADS, shared_bytes: 0, block_m: 64 },
+    })
+}
+
+/// Renders anything minf compiles.
+pub fn render_any(kernel: &AnyKernel) -> Result<RenderedKernel, RenderError> {
+    match kernel {
+        AnyKernel::Attention(spec) => render(spec),
+        AnyKernel::Index(spec) => render_index(spec),
+    }
 }

@@ -435,6 +435,97 @@ impl KernelSpec {
     }
 }
 
+/// Index kernels: the GPU kernels that build or convert sparse indices for the attention kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexKernel {
+    /// Raw vertical (column) and slash (diagonal) indices to MInference's per-64-row-block
+    /// `block_count / block_offset / column_count / column_index` format.
+    VerticalSlashConvert,
+}
+
+impl IndexKernel {
+    /// Every index kernel.
+    pub const ALL: &'static [IndexKernel] = &[IndexKernel::VerticalSlashConvert];
+
+    /// The name used in cache names and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IndexKernel::VerticalSlashConvert => "vs_convert",
+        }
+    }
+}
+
+/// One index kernel for one architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IndexKernelSpec {
+    /// Which kernel.
+    pub kernel: IndexKernel,
+    /// Target architecture.
+    pub arch: Arch,
+}
+
+impl IndexKernelSpec {
+    /// Threads per block of the index kernels.
+    pub const THREADS: u32 = 256;
+
+    /// The template file (without `.cu.tera`).
+    pub fn template(&self) -> &'static str {
+        self.kernel.as_str()
+    }
+
+    /// The `extern "C"` entry-point prefix; a template may define several entry points that start
+    /// with it (e.g. one per pass).
+    pub fn kernel_name(&self) -> String {
+        format!("minf_{}", self.kernel.as_str())
+    }
+
+    /// Readable prefix of cache entry names, e.g. `vs_convert-sm90a`.
+    pub fn readable_name(&self) -> String {
+        format!("{}-{}", self.kernel.as_str(), self.arch.short())
+    }
+}
+
+/// Anything minf renders and compiles: an attention kernel or an index kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AnyKernel {
+    /// An attention kernel.
+    Attention(KernelSpec),
+    /// An index kernel.
+    Index(IndexKernelSpec),
+}
+
+impl AnyKernel {
+    /// Target architecture.
+    pub fn arch(&self) -> Arch {
+        match self {
+            AnyKernel::Attention(spec) => spec.arch,
+            AnyKernel::Index(spec) => spec.arch,
+        }
+    }
+
+    /// Readable prefix of cache entry names.
+    pub fn readable_name(&self) -> String {
+        match self {
+            AnyKernel::Attention(spec) => spec.readable_name(),
+            AnyKernel::Index(spec) => spec.readable_name(),
+        }
+    }
+}
+
+impl From<KernelSpec> for AnyKernel {
+    fn from(spec: KernelSpec) -> Self {
+        AnyKernel::Attention(spec)
+    }
+}
+
+impl From<IndexKernelSpec> for AnyKernel {
+    fn from(spec: IndexKernelSpec) -> Self {
+        AnyKernel::Index(spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

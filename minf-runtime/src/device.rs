@@ -4,9 +4,9 @@
 use crate::error::MinfError;
 use crate::jit::KernelCache;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
-use minf_codegen::{render, Arch, KernelSpec, LaunchShape};
+use minf_codegen::{render_any, AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +19,14 @@ pub struct LoadedKernel {
     pub launch: LaunchShape,
 }
 
+/// A compiled module in this context, with the launch geometry and cache name of its kernel.
+#[derive(Debug, Clone)]
+struct LoadedModule {
+    module: Arc<CudaModule>,
+    launch: LaunchShape,
+    name: String,
+}
+
 /// A CUDA device ready to run minf kernels.
 #[derive(Debug)]
 pub struct Device {
@@ -27,7 +35,8 @@ pub struct Device {
     arch: Arch,
     name: String,
     cache: KernelCache,
-    loaded: Mutex<HashMap<KernelSpec, LoadedKernel>>,
+    modules: Mutex<HashMap<AnyKernel, LoadedModule>>,
+    functions: Mutex<HashMap<(AnyKernel, String), LoadedKernel>>,
 }
 
 /// Whether the CUDA driver library can be loaded in this process.
@@ -105,7 +114,15 @@ impl Device {
             minor,
         })?;
         let stream = ctx.default_stream();
-        Ok(Device { ctx, stream, arch, name, cache, loaded: Mutex::new(HashMap::new()) })
+        Ok(Device {
+            ctx,
+            stream,
+            arch,
+            name,
+            cache,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The CUDA context.
@@ -133,31 +150,56 @@ impl Device {
         &self.cache
     }
 
-    /// Loads (rendering and compiling on a cache miss) the kernel of `spec` into this context.
+    /// Loads (rendering and compiling on a cache miss) the attention kernel of `spec` into this
+    /// context, with its shared-memory limit raised to what the spec needs.
     pub fn kernel(&self, spec: &KernelSpec) -> Result<LoadedKernel, MinfError> {
-        let mut loaded = self.loaded.lock().map_err(|_| MinfError::Shape("kernel table poisoned by a panic".into()))?;
-        if let Some(kernel) = loaded.get(spec) {
-            return Ok(kernel.clone());
-        }
-        let rendered = render(spec)?;
-        let cached = self.cache.get_or_compile(&rendered)?;
-        let image = if cached.is_ptx {
-            Ptx::from_src(String::from_utf8_lossy(&cached.image).trim_end_matches('\0').to_string())
-        } else {
-            Ptx::from_binary(cached.image.as_ref().clone())
-        };
-        let module = self.ctx.load_module(image).map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
-        let function = module
-            .load_function(&rendered.kernel_name)
-            .map_err(MinfError::driver(format!("finding {} in {}", rendered.kernel_name, cached.key.name)))?;
-        function
-            .set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                rendered.launch.shared_bytes as i32,
-            )
-            .map_err(MinfError::driver(format!("raising the shared-memory limit of {}", cached.key.name)))?;
-        let kernel = LoadedKernel { function, launch: rendered.launch };
-        loaded.insert(*spec, kernel.clone());
-        Ok(kernel)
+        let kernel = AnyKernel::Attention(*spec);
+        self.function(&kernel, &spec.kernel_name())
     }
+
+    /// Loads entry point `entry` of an index kernel's module.
+    pub fn index_kernel(&self, spec: &IndexKernelSpec, entry: &str) -> Result<LoadedKernel, MinfError> {
+        self.function(&AnyKernel::Index(*spec), entry)
+    }
+
+    fn function(&self, kernel: &AnyKernel, entry: &str) -> Result<LoadedKernel, MinfError> {
+        if let Some(found) = self.functions.lock().map_err(|_| poisoned())?.get(&(*kernel, entry.to_string())) {
+            return Ok(found.clone());
+        }
+        let mut modules = self.modules.lock().map_err(|_| poisoned())?;
+        let LoadedModule { module, launch, name } = match modules.get(kernel) {
+            Some(loaded) => loaded.clone(),
+            None => {
+                let rendered = render_any(kernel)?;
+                let cached = self.cache.get_or_compile(&rendered)?;
+                let image = if cached.is_ptx {
+                    Ptx::from_src(String::from_utf8_lossy(&cached.image).trim_end_matches('\0').to_string())
+                } else {
+                    Ptx::from_binary(cached.image.as_ref().clone())
+                };
+                let module =
+                    self.ctx.load_module(image).map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
+                let loaded = LoadedModule { module, launch: rendered.launch, name: cached.key.name };
+                modules.insert(*kernel, loaded.clone());
+                loaded
+            }
+        };
+        drop(modules);
+        let function = module.load_function(entry).map_err(MinfError::driver(format!("finding {entry} in {name}")))?;
+        if launch.shared_bytes > 0 {
+            function
+                .set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    launch.shared_bytes as i32,
+                )
+                .map_err(MinfError::driver(format!("raising the shared-memory limit of {name}")))?;
+        }
+        let loaded = LoadedKernel { function, launch };
+        self.functions.lock().map_err(|_| poisoned())?.insert((*kernel, entry.to_string()), loaded.clone());
+        Ok(loaded)
+    }
+}
+
+fn poisoned() -> MinfError {
+    MinfError::Shape("kernel table poisoned by a panic in another thread".into())
 }

@@ -59,7 +59,7 @@ fn miss_then_memory_hit_then_disk_hit_then_clear() -> TestResult {
     let meta = entries[0].meta.as_ref().ok_or("entry has no meta")?;
     assert_eq!(meta.key_hash, first.key.hash);
     assert_eq!(meta.binary_blake3, blake3::hash(&first.image).to_hex().as_str());
-    assert_eq!(meta.spec, kernel.spec);
+    assert_eq!(meta.spec, kernel.kernel);
     assert_eq!(fs::read_to_string(dir.path().join(&first.key.name).join("kernel.cu"))?, kernel.source);
     assert!(cache.total_size()? >= first.image.len() as u64);
 
@@ -154,7 +154,7 @@ fn compile_error_has_the_log_and_a_saved_source() -> TestResult {
     let cache = KernelCache::at(dir.path().to_path_buf());
     match cache.get_or_compile(&kernel) {
         Err(JitError::Compile { kernel: name, log, source_path }) => {
-            assert!(name.starts_with(&format!("{}-", kernel.spec.readable_name())), "{name}");
+            assert!(name.starts_with(&format!("{}-", kernel.readable_name())), "{name}");
             assert!(log.contains("undeclared_name"), "log: {log}");
             let path = source_path.ok_or("the failing source was not saved")?;
             assert!(path.starts_with(dir.path().join("failed")), "{}", path.display());

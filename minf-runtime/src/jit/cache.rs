@@ -13,7 +13,7 @@
 
 use super::nvrtc::{self, nvrtc_info, Compiled};
 use super::{CacheOutcome, CachedKernel, JitError};
-use minf_codegen::{CacheKey, CacheKeyInputs, KernelSpec, RenderedKernel};
+use minf_codegen::{AnyKernel, CacheKey, CacheKeyInputs, RenderedKernel};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -41,7 +41,7 @@ pub struct EntryMeta {
     /// The full blake3 hash of the key inputs.
     pub key_hash: String,
     /// The spec the kernel was rendered from.
-    pub spec: KernelSpec,
+    pub spec: AnyKernel,
     /// The kernel's entry point.
     pub kernel_name: String,
     /// The NVRTC options it was compiled with.
@@ -195,7 +195,7 @@ impl KernelCache {
             let meta = EntryMeta {
                 key_name: key.name.clone(),
                 key_hash: key.hash.clone(),
-                spec: kernel.spec,
+                spec: kernel.kernel,
                 kernel_name: kernel.kernel_name.clone(),
                 options: kernel.options.clone(),
                 nvrtc_version: format!("{}.{}", nvrtc.version.0, nvrtc.version.1),
@@ -216,7 +216,7 @@ impl KernelCache {
     /// With JIT disabled and no NVRTC to tell the key's version: finds an entry of this kernel
     /// compiled by any NVRTC version, checking its key against the version its meta records.
     fn get_without_nvrtc(&self, kernel: &RenderedKernel, nvrtc_error: &JitError) -> Result<CachedKernel, JitError> {
-        let prefix = kernel.spec.readable_name();
+        let prefix = kernel.readable_name();
         for entry in self.entries().unwrap_or_default() {
             if !entry.name.starts_with(&format!("{prefix}-")) {
                 continue;
