@@ -13,6 +13,9 @@ use minf::tensor::Layout;
 use minf::{dense_attention, AttentionElement, AttentionOptions, Device, TensorMut, TensorRef};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[path = "gpu/convert.rs"]
+mod convert;
+
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;
 

@@ -1,0 +1,1 @@
+//! GPU tests of the vertical-slash index converter (filled in with the converter).
