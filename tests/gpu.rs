@@ -6,15 +6,20 @@
 //! Inputs are fresh random normals on every run (the seed is printed), outputs are poisoned with
 //! NaN bit patterns before each launch, and every output element must be written and finite.
 
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Pattern};
-use minf::reference::{causal_attention_rows, random_normal, relative_l2, ReferenceShape};
+use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::tensor::Layout;
-use minf::{dense_attention, AttentionElement, AttentionOptions, Device, TensorMut, TensorRef};
+use minf::{
+    attention, dense_attention, AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef, Varlen,
+};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[path = "gpu/convert.rs"]
 mod convert;
+#[path = "gpu/patterns.rs"]
+mod patterns;
 
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;
@@ -55,6 +60,12 @@ struct Outcome {
     lse_error: f64,
 }
 
+/// A packed batch: host offsets of each sequence in the `[1, total, heads, dim]` tensors.
+struct Packed<'a> {
+    cu_seqlens: &'a CudaSlice<i32>,
+    offsets: Vec<usize>,
+}
+
 fn to_logical_order(layout: &Layout, data: &[f32]) -> Vec<f32> {
     let [b, s, h, d] = layout.shape;
     let mut out = Vec::with_capacity(b * s * h * d);
@@ -69,7 +80,17 @@ fn to_logical_order(layout: &Layout, data: &[f32]) -> Vec<f32> {
     out
 }
 
-fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Outcome {
+/// Runs `args` on fresh random inputs and compares with the float64 reference under `visible`
+/// (batch, head, row, key; rows and keys relative to their sequence). With `packed`, `case.batch`
+/// must be 1 and `case.seq` the total rows; sequences are checked one by one.
+fn check_attention<T: AttentionElement>(
+    device: &Device,
+    case: &Case,
+    seed: u64,
+    args: PatternArgs<'_>,
+    packed: Option<&Packed<'_>>,
+    visible: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
+) -> Outcome {
     let Case { batch, seq, heads, kv_heads, head_dim, bhsd } = *case;
     let layout = |h: usize| {
         if bhsd {
@@ -93,47 +114,76 @@ fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Out
     let mut out = stream.clone_htod(&vec![T::from_f32(f32::NAN); q_layout.span()]).expect("upload poison");
     let mut lse = stream.clone_htod(&vec![f32::NAN; batch * heads * seq]).expect("upload lse poison");
     let scale = 1.0 / (head_dim as f64).sqrt();
-    dense_attention(
+    let sequences: Vec<(usize, usize)> = match packed {
+        Some(p) => p.offsets.windows(2).map(|w| (w[0], w[1] - w[0])).collect(),
+        None => vec![(0, seq); batch],
+    };
+    let varlen = packed
+        .map(|p| Varlen { cu_seqlens: p.cu_seqlens, max_seqlen: sequences.iter().map(|s| s.1).max().unwrap_or(0) });
+    attention(
         device,
         TensorRef::new(&q, q_layout).expect("q view"),
         TensorRef::new(&k, kv_layout).expect("k view"),
         TensorRef::new(&v, kv_layout).expect("v view"),
         TensorMut::new(&mut out, q_layout).expect("out view"),
-        AttentionOptions { lse: Some(&mut lse), ..Default::default() },
+        args,
+        AttentionOptions { lse: Some(&mut lse), varlen, ..Default::default() },
     )
     .expect("launch");
     stream.synchronize().expect("kernel ran");
     let out_host: Vec<f32> = stream.clone_dtoh(&out).expect("download out").into_iter().map(T::to_f32).collect();
     let lse_host: Vec<f32> = stream.clone_dtoh(&lse).expect("download lse");
 
-    let logical = |data: &[T], l: &Layout| to_logical_order(l, &data.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
+    let widen = |data: &[T], l: &Layout| to_logical_order(l, &data.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
+    let (q_all, k_all, v_all) = (widen(&q_host, &q_layout), widen(&k_host, &kv_layout), widen(&v_host, &kv_layout));
     let out_logical = to_logical_order(&q_layout, &out_host);
+    let covered: usize = sequences.iter().map(|s| s.1).sum::<usize>() * heads * head_dim;
+    let written = if packed.is_some() { &out_logical[..covered] } else { &out_logical[..] };
     assert!(
-        out_logical.iter().all(|x| x.is_finite()),
-        "unwritten or non-finite output (poison survived) for {}",
+        written.iter().all(|x| !x.is_nan()),
+        "unwritten or NaN output (poison survived) for {}",
         describe::<T>(case)
     );
-    assert!(lse_host.iter().all(|x| x.is_finite()), "unwritten lse for {}", describe::<T>(case));
 
-    let rows = reference_rows(seq);
-    let shape = ReferenceShape { batch, seq, heads, kv_heads, head_dim };
-    let want = causal_attention_rows(
-        shape,
-        &logical(&q_host, &q_layout),
-        &logical(&k_host, &kv_layout),
-        &logical(&v_host, &kv_layout),
-        scale,
-        &rows,
-    );
-    let mut got = Vec::with_capacity(want.out.len());
+    let mut got = Vec::new();
+    let mut want = Vec::new();
     let mut lse_error: f64 = 0.0;
-    for (t, &(b, i, h)) in want.rows.iter().enumerate() {
-        let base = ((b * seq + i) * heads + h) * head_dim;
-        got.extend(out_logical[base..base + head_dim].iter().map(|x| *x as f64));
-        let lse_got = lse_host[(b * heads + h) * seq + i] as f64;
-        lse_error = lse_error.max((lse_got - want.lse[t]).abs());
+    for (b, &(start, len)) in sequences.iter().enumerate() {
+        if len == 0 {
+            continue;
+        }
+        // One sequence at a time: its rows of batch slot `b` (or of the packed tensors).
+        let slot = if packed.is_some() { 0 } else { b };
+        let slice = |all: &[f32], h: usize| -> Vec<f32> {
+            let row = h * head_dim;
+            all[(slot * seq + start) * row..(slot * seq + start + len) * row].to_vec()
+        };
+        let shape = ReferenceShape { batch: 1, seq: len, heads, kv_heads, head_dim };
+        let rows = reference_rows(len);
+        let reference = masked_attention_rows(
+            shape,
+            &slice(&q_all, heads),
+            &slice(&k_all, kv_heads),
+            &slice(&v_all, kv_heads),
+            scale,
+            &rows,
+            |_, h, i, j| visible(b, h, i, j),
+        );
+        for (t, &(_, i, h)) in reference.rows.iter().enumerate() {
+            let base = ((slot * seq + start + i) * heads + h) * head_dim;
+            got.extend(out_logical[base..base + head_dim].iter().map(|x| *x as f64));
+            let lse_at = if packed.is_some() { h * seq + start + i } else { (b * heads + h) * seq + i };
+            let (g, w) = (lse_host[lse_at] as f64, reference.lse[t]);
+            let diff = if g == w { 0.0 } else { (g - w).abs() };
+            lse_error = lse_error.max(if diff.is_nan() { f64::INFINITY } else { diff });
+        }
+        want.extend(reference.out);
     }
-    Outcome { out_error: relative_l2(&got, &want.out), lse_error }
+    Outcome { out_error: relative_l2(&got, &want), lse_error }
+}
+
+fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Outcome {
+    check_attention::<T>(device, case, seed, PatternArgs::Dense, None, &|_, _, i, j| j <= i)
 }
 
 fn describe<T: AttentionElement>(case: &Case) -> String {

@@ -12,7 +12,12 @@ use std::sync::OnceLock;
 const TEMPLATES: &[(&str, &str)] = &[
     ("ptx.cu.tera", include_str!("../../templates/ptx.cu.tera")),
     ("mainloop.cu.tera", include_str!("../../templates/mainloop.cu.tera")),
+    ("entry.cu.tera", include_str!("../../templates/entry.cu.tera")),
+    ("indexed.cu.tera", include_str!("../../templates/indexed.cu.tera")),
     ("dense.cu.tera", include_str!("../../templates/dense.cu.tera")),
+    ("a_shape.cu.tera", include_str!("../../templates/a_shape.cu.tera")),
+    ("vertical_slash.cu.tera", include_str!("../../templates/vertical_slash.cu.tera")),
+    ("block_sparse.cu.tera", include_str!("../../templates/block_sparse.cu.tera")),
     ("vs_convert.cu.tera", include_str!("../../templates/vs_convert.cu.tera")),
 ];
 

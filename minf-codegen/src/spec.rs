@@ -34,9 +34,6 @@ pub enum SpecError {
         /// The allowed names.
         allowed: String,
     },
-    /// A pattern that is planned but has no kernel yet.
-    #[error("pattern `{0}` has no kernel yet; implemented patterns: {1}")]
-    NotImplemented(String, String),
     /// The tile does not fit the shared memory of the target architecture.
     #[error("tile {block_m}x{block_n} with head_dim {head_dim} and {stages} stage(s) needs {needed} bytes of shared memory; {arch} allows {limit} per block (use a smaller block_n, block_m or fewer stages)")]
     SharedMemory {
@@ -163,25 +160,39 @@ named_enum!(
     }
 );
 
-/// Attention patterns with a kernel today.
+/// Attention patterns: which key tiles each query block visits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pattern {
     /// Dense causal attention: every key tile up to the diagonal.
     Dense,
+    /// A-shape (MInference `stream_llm`): `n_init` sink tokens plus a local window of `n_local`.
+    AShape,
+    /// Vertical-slash: listed 64-key ranges (merged diagonals) plus gathered key columns, from
+    /// MInference's converted per-64-row-block index.
+    VerticalSlash,
+    /// Block-sparse: listed 64x64 key blocks per 64-row query block.
+    BlockSparse,
 }
 
 impl Pattern {
     /// Every implemented pattern.
-    pub const ALL: &'static [Pattern] = &[Pattern::Dense];
-    /// Patterns that are part of minf's design but have no kernel yet.
-    pub const PLANNED: &'static [&'static str] = &["a_shape", "vertical_slash", "block_sparse"];
+    pub const ALL: &'static [Pattern] =
+        &[Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse];
 
     /// The name used in the macro, on the command line and in cache names.
     pub fn as_str(self) -> &'static str {
         match self {
             Pattern::Dense => "dense",
+            Pattern::AShape => "a_shape",
+            Pattern::VerticalSlash => "vertical_slash",
+            Pattern::BlockSparse => "block_sparse",
         }
+    }
+
+    /// Whether the kernel reads a per-64-row-block index (so its query tile is 64 rows).
+    pub fn is_indexed(self) -> bool {
+        matches!(self, Pattern::VerticalSlash | Pattern::BlockSparse)
     }
 }
 
@@ -197,16 +208,12 @@ impl FromStr for Pattern {
         if let Some(p) = Pattern::ALL.iter().find(|p| s.eq_ignore_ascii_case(p.as_str())) {
             return Ok(*p);
         }
-        let implemented: Vec<&str> = Pattern::ALL.iter().map(|p| p.as_str()).collect();
-        if Pattern::PLANNED.iter().any(|p| s.eq_ignore_ascii_case(p)) {
-            return Err(SpecError::NotImplemented(s.to_string(), implemented.join(", ")));
-        }
-        let known = implemented.iter().copied().chain(Pattern::PLANNED.iter().copied());
+        let names: Vec<&str> = Pattern::ALL.iter().map(|p| p.as_str()).collect();
         Err(SpecError::Unknown {
             field: "pattern",
             value: s.to_string(),
-            suggestion: suggest(s, known),
-            allowed: implemented.join(", "),
+            suggestion: suggest(s, names.iter().copied()),
+            allowed: names.join(", "),
         })
     }
 }
@@ -294,25 +301,41 @@ impl KernelSpec {
         // 283-290 TFLOP/s, 128x32 on 4 warps at 273-276, 128x64 on 8 warps at 207-212
         // (bench/RESULTS.md). The 128x128 tile needs more shared memory than sm_8x allows.
         let hopper = matches!(arch, Arch::Sm90 | Arch::Sm90a);
-        let (block_m, block_n, warps, stages) = match (head_dim, arch) {
-            (256, Arch::Sm86 | Arch::Sm89) => (64, 32, 4, 1),
-            (256, _) => (64, 32, 4, 2),
-            (64, Arch::Sm80) => (128, 128, 8, 2),
-            _ if hopper => (128, 128, 8, 2),
-            _ => (128, 32, 4, 2),
+        let small_smem = matches!(arch, Arch::Sm86 | Arch::Sm89);
+        let (block_m, block_n, warps, stages) = if pattern.is_indexed() {
+            // Index-driven kernels take MInference's 64-row query blocks; 128-key tiles pair
+            // adjacent 64-key ranges.
+            match (head_dim, small_smem) {
+                (256, false) if hopper => (64, 64, 4, 2),
+                (256, _) => (64, 64, 4, 1),
+                (_, true) => (64, 64, 4, 2),
+                _ => (64, 128, 4, 2),
+            }
+        } else {
+            match (head_dim, arch) {
+                (256, Arch::Sm86 | Arch::Sm89) => (64, 32, 4, 1),
+                (256, _) => (64, 32, 4, 2),
+                (64, Arch::Sm80) => (128, 128, 8, 2),
+                _ if hopper => (128, 128, 8, 2),
+                _ => (128, 32, 4, 2),
+            }
         };
         KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
-    /// dimension, in a stable order.
+    /// dimension, in a stable order, leaving out the few combinations that do not fit a target
+    /// (index-driven kernels with head_dim 256 on the 99 KiB shared-memory parts).
     pub fn default_set(arches: &[Arch]) -> Vec<KernelSpec> {
         let mut specs = Vec::new();
         for &arch in arches {
             for &pattern in Pattern::ALL {
                 for &dtype in DType::ALL {
                     for &head_dim in HEAD_DIMS {
-                        specs.push(KernelSpec::default_for(pattern, dtype, head_dim, arch));
+                        let spec = KernelSpec::default_for(pattern, dtype, head_dim, arch);
+                        if spec.validate().is_ok() {
+                            specs.push(spec);
+                        }
                     }
                 }
             }
@@ -337,10 +360,13 @@ impl KernelSpec {
         m * self.head_dim / 2 + m * self.block_n / 2
     }
 
-    /// Dynamic shared memory in bytes: the Q tile plus `stages` K and V tiles, padded rows.
+    /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
+    /// stage the key index of each tile slot plus the tile's mask flag.
     pub fn shared_bytes(&self) -> u32 {
         let row = (self.head_dim + SMEM_ROW_PAD) * 2;
-        (self.block_m + 2 * self.stages * self.block_n) * row
+        let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
+        let keys = (self.stages * (self.block_n + 1) * 4).div_ceil(16) * 16;
+        tiles + keys
     }
 
     /// Launch geometry of this spec.
@@ -406,6 +432,22 @@ impl KernelSpec {
                         .join(" or ")
                 ),
             });
+        }
+        if self.pattern.is_indexed() {
+            if self.block_m != 64 {
+                return Err(SpecError::Invalid {
+                    field: "block_m",
+                    value: self.block_m.to_string(),
+                    allowed: format!("64 for pattern {} (its index has one entry per 64 query rows)", self.pattern),
+                });
+            }
+            if self.block_n < 64 {
+                return Err(SpecError::Invalid {
+                    field: "block_n",
+                    value: self.block_n.to_string(),
+                    allowed: format!("64 or 128 for pattern {} (its key ranges are 64 wide)", self.pattern),
+                });
+            }
         }
         let needed = self.accumulator_registers();
         if needed > ACCUMULATOR_REGISTER_BUDGET {
@@ -532,8 +574,18 @@ mod tests {
 
     #[test]
     fn default_set_is_valid_for_every_arch() {
+        // Only index-driven kernels with head_dim 256 miss the 99 KiB parts.
+        let left_out = |p: Pattern, d: u32, a: Arch| p.is_indexed() && d == 256 && matches!(a, Arch::Sm86 | Arch::Sm89);
+        for &arch in Arch::ALL {
+            for &pattern in Pattern::ALL {
+                for &head_dim in HEAD_DIMS {
+                    let spec = KernelSpec::default_for(pattern, DType::Bf16, head_dim, arch);
+                    assert_eq!(spec.validate().is_ok(), !left_out(pattern, head_dim, arch), "{spec:?}");
+                }
+            }
+        }
         let specs = KernelSpec::default_set(Arch::ALL);
-        assert_eq!(specs.len(), Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len());
+        assert_eq!(specs.len(), Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len() * Pattern::ALL.len() - 8);
         for spec in specs {
             spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         }
@@ -547,8 +599,12 @@ mod tests {
         assert!(err.to_string().contains("did you mean `vertical_slash`"), "{err}");
         let err = "bf61".parse::<DType>().unwrap_err();
         assert!(matches!(err, SpecError::Unknown { suggestion: Some(ref s), .. } if s == "bf16"), "{err}");
-        let err = "a_shape".parse::<Pattern>().unwrap_err();
-        assert!(matches!(err, SpecError::NotImplemented(..)), "{err}");
+        assert_eq!("A_SHAPE".parse::<Pattern>().unwrap(), Pattern::AShape);
+        let base = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
+        let err = KernelSpec { block_m: 128, ..base }.validate().unwrap_err();
+        assert!(err.to_string().contains("64 for pattern vertical_slash"), "{err}");
+        let err = KernelSpec { block_n: 32, ..base }.validate().unwrap_err();
+        assert!(err.to_string().contains("key ranges are 64 wide"), "{err}");
         assert!(matches!("zzzzzz".parse::<Pattern>(), Err(SpecError::Unknown { suggestion: None, .. })));
     }
 

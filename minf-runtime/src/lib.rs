@@ -2,11 +2,11 @@
 //!
 //! The path of a kernel: [`minf_codegen::render`] turns a spec into source, [`jit`] compiles it
 //! with NVRTC to a cubin for the exact device and keeps it in the disk cache, [`device`] loads it
-//! once per CUDA context, and the launchers ([`dense`]) check shapes and launch it. Kernels
+//! once per CUDA context, and the launchers ([`attention`]) check shapes and indices and launch it. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
 
-pub mod dense;
+pub mod attention;
 pub mod device;
 pub mod error;
 pub mod jit;
@@ -14,7 +14,10 @@ pub mod reference;
 pub mod registry;
 pub mod tensor;
 
-pub use dense::{dense_attention, AttentionOptions};
+pub use attention::{
+    a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
+    AttentionOptions, BlockSparseIndexRef, PatternArgs, Varlen, VerticalSlashIndexRef,
+};
 pub use device::Device;
 pub use error::MinfError;
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct

@@ -36,6 +36,20 @@ pub fn causal_attention_rows(
     scale: f64,
     rows: &[usize],
 ) -> ReferenceRows {
+    masked_attention_rows(shape, q, k, v, scale, rows, |_, _, i, j| j <= i)
+}
+
+/// Attention under an arbitrary mask: query `i` of (batch `b`, head `h`) attends to key `j`
+/// (`j < seq`) iff `visible(b, h, i, j)`. A row that sees no key has output 0 and lse -inf.
+pub fn masked_attention_rows(
+    shape: ReferenceShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f64,
+    rows: &[usize],
+    visible: impl Fn(usize, usize, usize, usize) -> bool + Sync,
+) -> ReferenceRows {
     let ReferenceShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
     let group = heads / kv_heads;
     let mut tasks = Vec::new();
@@ -54,13 +68,18 @@ pub fn causal_attention_rows(
         for ((task_chunk, out_chunk), lse_chunk) in
             tasks.chunks(chunk).zip(out.chunks_mut(chunk * d)).zip(lse.chunks_mut(chunk))
         {
+            let visible = &visible;
             scope.spawn(move || {
                 let mut scores = vec![0.0f64; seq];
                 for (t, &(b, i, h)) in task_chunk.iter().enumerate() {
                     let kh = h / group;
                     let q_row = &q[((b * seq + i) * heads + h) * d..][..d];
                     let mut max = f64::NEG_INFINITY;
-                    for (j, score) in scores.iter_mut().enumerate().take(i + 1) {
+                    for (j, score) in scores.iter_mut().enumerate() {
+                        if !visible(b, h, i, j) {
+                            *score = f64::NEG_INFINITY;
+                            continue;
+                        }
                         let k_row = &k[((b * seq + j) * kv_heads + kh) * d..][..d];
                         let dot: f64 = q_row.iter().zip(k_row).map(|(a, b)| *a as f64 * *b as f64).sum();
                         *score = dot * scale;
@@ -69,7 +88,14 @@ pub fn causal_attention_rows(
                     let mut sum = 0.0;
                     let o = &mut out_chunk[t * d..][..d];
                     o.fill(0.0);
-                    for (j, score) in scores.iter().enumerate().take(i + 1) {
+                    if max == f64::NEG_INFINITY {
+                        lse_chunk[t] = f64::NEG_INFINITY;
+                        continue;
+                    }
+                    for (j, score) in scores.iter().enumerate() {
+                        if *score == f64::NEG_INFINITY {
+                            continue;
+                        }
                         let p = (score - max).exp();
                         sum += p;
                         let v_row = &v[((b * seq + j) * kv_heads + kh) * d..][..d];
@@ -102,17 +128,35 @@ pub fn relative_l2(got: &[f64], want: &[f64]) -> f64 {
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// Deterministic standard-normal samples (SplitMix64 + Box–Muller) for test and benchmark inputs.
-pub fn random_normal(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    let mut next_unit = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
+/// A small deterministic generator (SplitMix64) for test and benchmark inputs and indices.
+#[derive(Debug, Clone)]
+pub struct TestRng(u64);
+
+impl TestRng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> TestRng {
+        TestRng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// Deterministic standard-normal samples (SplitMix64 + Box–Muller) for test and benchmark inputs.
+pub fn random_normal(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = TestRng::new(seed);
+    let mut next_unit = move || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     (0..len)
         .map(|_| {
             let (u, v) = (next_unit(), next_unit());

@@ -1,7 +1,7 @@
 //! Kernels declared with `#[minf::sparse_attention]`: the trait the attribute implements, the
 //! process-wide registry it submits to, and ahead-of-time warming of every registered kernel.
 
-use crate::dense::{attention_with_spec, AttentionOptions};
+use crate::attention::{attention_with_spec, AttentionOptions, PatternArgs};
 use crate::device::Device;
 use crate::error::MinfError;
 use crate::jit::{CacheOutcome, KernelCache};
@@ -29,7 +29,8 @@ pub trait SparseAttentionKernel {
     fn spec(arch: Arch) -> KernelSpec;
 
     /// Runs the kernel on `device`: `out = attention(q, k, v)` with the layouts and options of
-    /// [`crate::dense_attention`]. The tile configuration comes from the attribute, so
+    /// [`crate::attention()`]; `args` carries what the pattern needs ([`PatternArgs::Dense`] for
+    /// dense kernels) and must be of the declared pattern. The tile configuration comes from the attribute, so
     /// `options.spec` must be `None`. Checks that the tensors' dtype is the declared one, that a
     /// pinned target is the device's, and that the spec fits the device (a kernel checked at
     /// compile time for `sm_80`/`sm_90a` may not fit the shared memory of an `sm_86` device).
@@ -39,6 +40,7 @@ pub trait SparseAttentionKernel {
         k: TensorRef<'_, T>,
         v: TensorRef<'_, T>,
         out: TensorMut<'_, T>,
+        args: PatternArgs<'_>,
         options: AttentionOptions<'_>,
     ) -> Result<(), MinfError> {
         if T::DTYPE != Self::DTYPE {
@@ -66,9 +68,15 @@ pub trait SparseAttentionKernel {
         }
         let spec = Self::spec(arch);
         spec.validate()?;
-        match Self::PATTERN {
-            Pattern::Dense => attention_with_spec(device, &spec, q, k, v, out, options),
+        if args.pattern() != Self::PATTERN {
+            return Err(MinfError::Shape(format!(
+                "kernel `{}` is declared with pattern = \"{}\" but was given {} arguments",
+                Self::NAME,
+                Self::PATTERN,
+                args.pattern()
+            )));
         }
+        attention_with_spec(device, &spec, q, k, v, out, args, options)
     }
 }
 

@@ -1,0 +1,493 @@
+//! Attention launchers: dense causal attention (the baseline and the fallback for short prompts)
+//! and the sparse patterns, which share one mainloop and differ only in the key tiles they visit.
+//!
+//! Every call checks shapes, strides, index sizes and options on the host, then launches on the
+//! device's stream without synchronising and without allocating.
+
+use crate::device::Device;
+use crate::error::MinfError;
+use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use minf_codegen::{KernelSpec, Pattern};
+
+/// Packed variable-length batch (`cu_seqlens`-style): sequence `b` is rows
+/// `cu_seqlens[b]..cu_seqlens[b + 1]` of `[1, total_rows, heads, head_dim]` tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct Varlen<'a> {
+    /// `batch + 1` int32 row offsets, non-decreasing, starting at 0 and ending at most at the
+    /// tensors' row count. Offsets that break this are not trusted: the kernel skips that sequence.
+    pub cu_seqlens: &'a CudaSlice<i32>,
+    /// The longest sequence; rows past it are not computed.
+    pub max_seqlen: usize,
+}
+
+/// Options of an attention call.
+#[derive(Debug, Default)]
+pub struct AttentionOptions<'a> {
+    /// Softmax scale; `None` means `1 / sqrt(head_dim)`.
+    pub softmax_scale: Option<f32>,
+    /// Optional log-sum-exp output (natural log of the scaled scores' sum of exponentials): f32
+    /// `[batch, heads, seq]`, or `[heads, total_rows]` with [`Varlen`].
+    pub lse: Option<&'a mut CudaSlice<f32>>,
+    /// Tile configuration; `None` picks the default for the pattern, head dimension and device.
+    pub spec: Option<KernelSpec>,
+    /// Packed sequences of different lengths; `None` means every batch entry has the tensors' length.
+    pub varlen: Option<Varlen<'a>>,
+}
+
+/// MInference's converted vertical-slash index (int32, byte-compatible with its
+/// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block).
+#[derive(Debug, Clone, Copy)]
+pub struct VerticalSlashIndexRef<'a> {
+    /// `[batch, heads, rows]`: how many 64-key ranges each block visits.
+    pub block_count: &'a CudaSlice<i32>,
+    /// `[batch, heads, rows, nnz_s]`: the ranges' start columns.
+    pub block_offset: &'a CudaSlice<i32>,
+    /// `[batch, heads, rows]`: how many gathered key columns each block visits.
+    pub column_count: &'a CudaSlice<i32>,
+    /// `[batch, heads, rows, nnz_v]`: the columns.
+    pub column_index: &'a CudaSlice<i32>,
+    /// Batch entries.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// 64-row query blocks per (batch, head).
+    pub rows: usize,
+    /// Capacity of each block's range list.
+    pub nnz_s: usize,
+    /// Capacity of each block's column list.
+    pub nnz_v: usize,
+}
+
+/// A block-sparse index: per (batch, query head, 64-row query block), a count and a sorted list of
+/// 64-key block ids (FlexAttention's `kv_num_blocks` / `kv_indices` at block size 64). The diagonal
+/// block, if listed, is masked causally.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSparseIndexRef<'a> {
+    /// `[batch, heads, rows]`.
+    pub kv_num_blocks: &'a CudaSlice<i32>,
+    /// `[batch, heads, rows, capacity]`, ascending within each list.
+    pub kv_indices: &'a CudaSlice<i32>,
+    /// Batch entries.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// 64-row query blocks per (batch, head).
+    pub rows: usize,
+    /// Capacity of each block's list.
+    pub capacity: usize,
+}
+
+/// Which key tiles each query block visits, with what the pattern needs.
+#[derive(Debug, Clone, Copy)]
+pub enum PatternArgs<'a> {
+    /// Every key up to the diagonal.
+    Dense,
+    /// Key j is visible to query i iff `j <= i` and (`j < n_init` or `i - j < n_local`).
+    AShape {
+        /// Sink tokens at the start.
+        n_init: usize,
+        /// Local window, counting the diagonal (at least 1).
+        n_local: usize,
+    },
+    /// Ranges and columns from a converted vertical-slash index.
+    VerticalSlash(VerticalSlashIndexRef<'a>),
+    /// Listed 64x64 blocks.
+    BlockSparse(BlockSparseIndexRef<'a>),
+}
+
+impl PatternArgs<'_> {
+    /// The pattern these arguments are for.
+    pub fn pattern(&self) -> Pattern {
+        match self {
+            PatternArgs::Dense => Pattern::Dense,
+            PatternArgs::AShape { .. } => Pattern::AShape,
+            PatternArgs::VerticalSlash(_) => Pattern::VerticalSlash,
+            PatternArgs::BlockSparse(_) => Pattern::BlockSparse,
+        }
+    }
+}
+
+/// Kernel parameters, passed by value; mirrors `AttentionParams` in `templates/mainloop.cu.tera`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct AttentionParams {
+    q: u64,
+    k: u64,
+    v: u64,
+    o: u64,
+    lse: u64,
+    cu_seqlens: u64,
+    index_count: u64,
+    index_list: u64,
+    column_count: u64,
+    column_index: u64,
+    /// Element strides (batch, seq, head) of q, k, v, o.
+    strides: [[i64; 3]; 4],
+    seq_len: i32,
+    heads: i32,
+    kv_group: i32,
+    scale_log2: f32,
+    scale: f32,
+    index_rows: i32,
+    list_capacity: i32,
+    column_capacity: i32,
+    n_init: i32,
+    n_local: i32,
+}
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for AttentionParams {}
+
+fn strides(layout: &Layout) -> [i64; 3] {
+    [layout.strides[0] as i64, layout.strides[1] as i64, layout.strides[2] as i64]
+}
+
+fn shape_error(message: String) -> MinfError {
+    MinfError::Shape(message)
+}
+
+fn fits_i32(what: &str, n: usize) -> Result<i32, MinfError> {
+    i32::try_from(n).map_err(|_| shape_error(format!("{what} = {n} does not fit the kernel's 32-bit counters")))
+}
+
+/// Causal attention `out = softmax(q kᵀ · scale, causal) v` for `[batch, seq, heads, head_dim]`
+/// tensors (any strides with contiguous rows), with grouped-query attention when `k` and `v` have
+/// fewer heads than `q` (no copies).
+pub fn dense_attention<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    attention(device, q, k, v, out, PatternArgs::Dense, options)
+}
+
+/// The two parameters of an A-shape head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AShape {
+    /// Sink tokens at the start.
+    pub n_init: usize,
+    /// Local window, counting the diagonal (at least 1).
+    pub n_local: usize,
+}
+
+/// A-shape attention (MInference `stream_llm`): `n_init` sink tokens plus a window of `n_local`
+/// keys ending at the diagonal; a key in both is counted once.
+pub fn a_shape_attention<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    shape: AShape,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    attention(device, q, k, v, out, PatternArgs::AShape { n_init: shape.n_init, n_local: shape.n_local }, options)
+}
+
+/// Vertical-slash attention on a converted index: each 64-row query block visits its listed 64-key
+/// ranges and gathered key columns, causally masked.
+pub fn vertical_slash_attention<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    index: VerticalSlashIndexRef<'_>,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    attention(device, q, k, v, out, PatternArgs::VerticalSlash(index), options)
+}
+
+/// Block-sparse attention on listed 64x64 blocks, causally masked.
+pub fn block_sparse_attention<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    index: BlockSparseIndexRef<'_>,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    attention(device, q, k, v, out, PatternArgs::BlockSparse(index), options)
+}
+
+/// Attention with any pattern; the spec is `options.spec` or the default for the device.
+pub fn attention<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    args: PatternArgs<'_>,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    let head_dim = q.layout.shape[3];
+    let spec = match options.spec {
+        Some(spec) => spec,
+        None => KernelSpec::default_for(args.pattern(), T::DTYPE, head_dim as u32, device.arch()),
+    };
+    attention_with_spec(device, &spec, q, k, v, out, args, options)
+}
+
+/// The shapes of one call after checking: what the grid and parameters need.
+struct Checked {
+    batch: usize,
+    heads: usize,
+    kv_heads: usize,
+    /// Rows per sequence (the longest, with varlen).
+    max_seq: usize,
+    /// Rows in the tensors.
+    tensor_rows: usize,
+}
+
+fn check_tensors<T: AttentionElement>(
+    spec: &KernelSpec,
+    device: &Device,
+    q: &TensorRef<'_, T>,
+    k: &TensorRef<'_, T>,
+    v: &TensorRef<'_, T>,
+    out: &TensorMut<'_, T>,
+    options: &AttentionOptions<'_>,
+) -> Result<Checked, MinfError> {
+    check_layout("q", &q.layout, q.data.len())?;
+    check_layout("k", &k.layout, k.data.len())?;
+    check_layout("v", &v.layout, v.data.len())?;
+    check_layout("out", &out.layout, out.data.len())?;
+    let [batch, seq, heads, head_dim] = q.layout.shape;
+    let kv_heads = k.layout.shape[2];
+    if spec.dtype != T::DTYPE {
+        return Err(shape_error(format!("spec dtype {} but tensors are {}", spec.dtype, T::DTYPE)));
+    }
+    if spec.arch != device.arch() {
+        return Err(shape_error(format!("spec targets {} but the device is {}", spec.arch, device.arch())));
+    }
+    if head_dim != spec.head_dim as usize {
+        return Err(shape_error(format!("q has head_dim {head_dim} but the spec is for {}", spec.head_dim)));
+    }
+    if k.layout.shape != v.layout.shape {
+        return Err(shape_error(format!("k shape {:?} != v shape {:?}", k.layout.shape, v.layout.shape)));
+    }
+    if k.layout.shape != [batch, seq, kv_heads, head_dim] {
+        return Err(shape_error(format!(
+            "k shape {:?} does not match q shape {:?} (same batch, seq and head_dim expected)",
+            k.layout.shape, q.layout.shape
+        )));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(shape_error(format!("{heads} query heads is not a multiple of {kv_heads} key/value heads")));
+    }
+    if out.layout.shape != q.layout.shape {
+        return Err(shape_error(format!("out shape {:?} != q shape {:?}", out.layout.shape, q.layout.shape)));
+    }
+    fits_i32("seq", seq)?;
+    let (batch, max_seq) = match &options.varlen {
+        None => (batch, seq),
+        Some(varlen) => {
+            if batch != 1 {
+                return Err(shape_error(format!(
+                    "with varlen, tensors are [1, total_rows, heads, head_dim]; got batch {batch}"
+                )));
+            }
+            if varlen.cu_seqlens.len() < 2 {
+                return Err(shape_error("varlen cu_seqlens needs batch + 1 >= 2 offsets".into()));
+            }
+            if varlen.max_seqlen > seq {
+                return Err(shape_error(format!(
+                    "varlen max_seqlen {} is longer than the {seq} rows of the tensors",
+                    varlen.max_seqlen
+                )));
+            }
+            (varlen.cu_seqlens.len() - 1, varlen.max_seqlen)
+        }
+    };
+    if batch > 65_535 || heads > 65_535 {
+        return Err(shape_error(format!("batch {batch} and heads {heads} must each be at most 65535")));
+    }
+    if let Some(lse) = &options.lse {
+        let (needed, layout) = match options.varlen {
+            None => (batch * heads * seq, "[batch, heads, seq]"),
+            Some(_) => (heads * seq, "[heads, total_rows]"),
+        };
+        if lse.len() < needed {
+            return Err(shape_error(format!("lse holds {} floats but {layout} = {needed} are needed", lse.len())));
+        }
+    }
+    Ok(Checked { batch, heads, kv_heads, max_seq, tensor_rows: seq })
+}
+
+fn check_index_dims(
+    what: &str,
+    (batch, heads, rows): (usize, usize, usize),
+    checked: &Checked,
+    lists: &[(&str, usize, usize)],
+) -> Result<(), MinfError> {
+    if batch != checked.batch || heads != checked.heads {
+        return Err(shape_error(format!(
+            "{what} index is for batch {batch} x {heads} heads but the call has batch {} x {} query heads",
+            checked.batch, checked.heads
+        )));
+    }
+    let needed_rows = checked.max_seq.div_ceil(64);
+    if rows < needed_rows {
+        return Err(shape_error(format!(
+            "{what} index has {rows} row blocks but {} rows need {needed_rows} (one per 64 query rows)",
+            checked.max_seq
+        )));
+    }
+    fits_i32("index rows", rows)?;
+    for &(name, len, per_row) in lists {
+        fits_i32(name, per_row)?;
+        let needed = batch * heads * rows * per_row;
+        if len < needed {
+            return Err(shape_error(format!(
+                "{what} index: {name} holds {len} entries but [batch, heads, rows{}] = {needed} are needed",
+                if per_row == 1 { String::new() } else { format!(", {per_row}") }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The device address of an index buffer, keeping its stream-ordering guard alive until the launch.
+fn ptr_of<'s>(guards: &mut Vec<SyncOnDrop<'s>>, stream: &'s CudaStream, slice: &'s CudaSlice<i32>) -> u64 {
+    let (ptr, sync) = slice.device_ptr(stream);
+    guards.push(sync);
+    ptr
+}
+
+/// Attention with an explicit kernel spec (used by `#[sparse_attention]` kernels); the spec's
+/// pattern must match `args`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with_spec<T: AttentionElement>(
+    device: &Device,
+    spec: &KernelSpec,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    args: PatternArgs<'_>,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    if spec.pattern != args.pattern() {
+        return Err(shape_error(format!(
+            "the spec is for pattern {} but the call passes {} arguments",
+            spec.pattern,
+            args.pattern()
+        )));
+    }
+    spec.validate()?;
+    let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
+    let stream = device.stream();
+    let mut index_ptrs = [0u64; 4];
+    let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+    let (mut index_rows, mut list_capacity, mut column_capacity, mut n_init, mut n_local) = (0, 0, 0, 0, 0);
+    match args {
+        PatternArgs::Dense => {}
+        PatternArgs::AShape { n_init: sinks, n_local: window } => {
+            if window == 0 {
+                return Err(shape_error("A-shape n_local must be at least 1 (the diagonal)".into()));
+            }
+            n_init = sinks.min(i32::MAX as usize) as i32;
+            n_local = window.min(i32::MAX as usize) as i32;
+        }
+        PatternArgs::VerticalSlash(index) => {
+            check_index_dims(
+                "vertical-slash",
+                (index.batch, index.heads, index.rows),
+                &checked,
+                &[
+                    ("block_count", index.block_count.len(), 1),
+                    ("block_offset", index.block_offset.len(), index.nnz_s),
+                    ("column_count", index.column_count.len(), 1),
+                    ("column_index", index.column_index.len(), index.nnz_v),
+                ],
+            )?;
+            index_ptrs = [
+                ptr_of(&mut guards, stream, index.block_count),
+                ptr_of(&mut guards, stream, index.block_offset),
+                ptr_of(&mut guards, stream, index.column_count),
+                ptr_of(&mut guards, stream, index.column_index),
+            ];
+            (index_rows, list_capacity, column_capacity) = (index.rows as i32, index.nnz_s as i32, index.nnz_v as i32);
+        }
+        PatternArgs::BlockSparse(index) => {
+            check_index_dims(
+                "block-sparse",
+                (index.batch, index.heads, index.rows),
+                &checked,
+                &[
+                    ("kv_num_blocks", index.kv_num_blocks.len(), 1),
+                    ("kv_indices", index.kv_indices.len(), index.capacity),
+                ],
+            )?;
+            index_ptrs =
+                [ptr_of(&mut guards, stream, index.kv_num_blocks), ptr_of(&mut guards, stream, index.kv_indices), 0, 0];
+            (index_rows, list_capacity) = (index.rows as i32, index.capacity as i32);
+        }
+    }
+    let cu_seqlens = options.varlen.as_ref().map_or(0, |varlen| ptr_of(&mut guards, stream, varlen.cu_seqlens));
+    if checked.batch * checked.heads * checked.max_seq == 0 {
+        return Ok(());
+    }
+    let kernel = device.kernel(spec)?;
+    let head_dim = q.layout.shape[3];
+    let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
+    let (q_ptr, _q_sync) = q.data.device_ptr(stream);
+    let (k_ptr, _k_sync) = k.data.device_ptr(stream);
+    let (v_ptr, _v_sync) = v.data.device_ptr(stream);
+    let o_layout = out.layout;
+    let (o_ptr, _o_sync) = out.data.device_ptr_mut(stream);
+    let (lse_ptr, _lse_sync) = match options.lse {
+        Some(lse) => {
+            let (ptr, sync) = lse.device_ptr_mut(stream);
+            (ptr, Some(sync))
+        }
+        None => (0, None),
+    };
+    let params = AttentionParams {
+        q: q_ptr,
+        k: k_ptr,
+        v: v_ptr,
+        o: o_ptr,
+        lse: lse_ptr,
+        cu_seqlens,
+        index_count: index_ptrs[0],
+        index_list: index_ptrs[1],
+        column_count: index_ptrs[2],
+        column_index: index_ptrs[3],
+        strides: [strides(&q.layout), strides(&k.layout), strides(&v.layout), strides(&o_layout)],
+        seq_len: checked.tensor_rows as i32,
+        heads: checked.heads as i32,
+        kv_group: (checked.heads / checked.kv_heads) as i32,
+        scale_log2: scale * std::f32::consts::LOG2_E,
+        scale,
+        index_rows,
+        list_capacity,
+        column_capacity,
+        n_init,
+        n_local,
+    };
+    let config = LaunchConfig {
+        grid_dim: (
+            checked.max_seq.div_ceil(kernel.launch.block_m as usize) as u32,
+            checked.heads as u32,
+            checked.batch as u32,
+        ),
+        block_dim: (kernel.launch.threads, 1, 1),
+        shared_mem_bytes: kernel.launch.shared_bytes,
+    };
+    let mut launch = stream.launch_builder(&kernel.function);
+    launch.arg(&params);
+    // SAFETY: the parameter block matches the kernel's declaration; every tensor's layout was
+    // checked against its buffer and every index's sizes against the call; the kernel clamps index
+    // counts to their capacities and bounds-checks every key and sequence offset it reads.
+    unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
+    drop(guards);
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! GPU tests of the sparse patterns: each kernel against the float64 reference under the exact
+//! mask its arguments define, over head dims, lengths, GQA groupings, packed batches of different
+//! lengths, and indices that are random, adversarial (out of range, over capacity) or extreme.
+
+use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERANCE};
+use half::{bf16, f16};
+use minf::reference::TestRng;
+use minf::{AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
+
+/// Host copy of a per-(batch, head, 64-row block) index: a count and a fixed-capacity list.
+#[derive(Debug, Clone)]
+struct HostLists {
+    rows: usize,
+    capacity: usize,
+    counts: Vec<i32>,
+    lists: Vec<i32>,
+}
+
+impl HostLists {
+    fn new(batch: usize, heads: usize, rows: usize, capacity: usize) -> HostLists {
+        HostLists {
+            rows,
+            capacity,
+            counts: vec![0; batch * heads * rows],
+            lists: vec![0; batch * heads * rows * capacity.max(1)],
+        }
+    }
+    fn slot(&self, b: usize, h: usize, heads: usize, r: usize) -> usize {
+        (b * heads + h) * self.rows + r
+    }
+    fn set(&mut self, at: usize, items: &[i32], count: i32) {
+        self.counts[at] = count;
+        self.lists[at * self.capacity..][..items.len()].copy_from_slice(items);
+    }
+    /// The entries the kernel reads: the count clamped to [0, capacity].
+    fn entries(&self, at: usize) -> &[i32] {
+        let n = (self.counts[at].max(0) as usize).min(self.capacity);
+        &self.lists[at * self.capacity..][..n]
+    }
+}
+
+/// Cases shared by the sparse patterns: every head dim and length, rotating GQA groupings.
+fn cases(head_dim: usize) -> Vec<Case> {
+    let groupings = [(32, 8, 2), (28, 4, 1), (32, 32, 1)];
+    [1, 63, 64, 65, 1000, 4097]
+        .iter()
+        .enumerate()
+        .map(|(n, &seq)| {
+            let (heads, kv_heads, batch) = groupings[n % 3];
+            let (heads, kv_heads) = if head_dim == 256 && seq > 1000 { (8, 2) } else { (heads, kv_heads) };
+            Case { batch, seq, heads, kv_heads, head_dim, bhsd: n % 2 == 1 }
+        })
+        .collect()
+}
+
+fn report(name: &str, case_desc: String, err: f64, lse_err: f64, failures: &mut Vec<String>) {
+    let ok = err <= TOLERANCE && lse_err <= 1e-2;
+    println!("{} {name} {case_desc}: rel_l2 {err:.2e}, lse max abs {lse_err:.1e}", if ok { "ok  " } else { "FAIL" });
+    if !ok {
+        failures.push(format!("{name} {case_desc}"));
+    }
+}
+
+fn packed_offsets(lens: &[usize]) -> Vec<usize> {
+    let mut offsets = vec![0];
+    for len in lens {
+        offsets.push(offsets.last().copied().unwrap_or(0) + len);
+    }
+    offsets
+}
+
+// ---------------------------------------------------------------------------------------------
+// A-shape
+
+fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
+    let seed = fresh_seed();
+    println!("a_shape seed {seed}");
+    // Tiny and huge windows, MInference's default, no sinks, sinks longer than the sequence.
+    let shapes = [(4, 64), (128, 3968), (0, 1), (1024, 100_000), (3000, 17)];
+    for head_dim in [64, 96, 128, 256] {
+        if T::DTYPE == minf::codegen::DType::F16 && head_dim != 128 {
+            continue;
+        }
+        for (n, case) in cases(head_dim).iter().enumerate() {
+            let (n_init, n_local) = shapes[n % shapes.len()];
+            let visible = move |_: usize, _: usize, i: usize, j: usize| j <= i && (j < n_init || i - j < n_local);
+            let args = PatternArgs::AShape { n_init, n_local };
+            let o = check_attention::<T>(device, case, seed + n as u64, args, None, &visible);
+            report(
+                "a_shape",
+                format!("{} n_init={n_init} n_local={n_local}", describe::<T>(case)),
+                o.out_error,
+                o.lse_error,
+                failures,
+            );
+        }
+        // Packed batch of two sequences of different lengths.
+        let lens = [1000, 333];
+        let offsets = packed_offsets(&lens);
+        let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
+        let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+        let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
+        let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+        let visible = |_: usize, _: usize, i: usize, j: usize| j <= i && (j < 16 || i - j < 200);
+        let o = check_attention::<T>(
+            device,
+            &case,
+            seed ^ 7,
+            PatternArgs::AShape { n_init: 16, n_local: 200 },
+            Some(&packed),
+            &visible,
+        );
+        report("a_shape varlen [1000, 333]", describe::<T>(&case), o.out_error, o.lse_error, failures);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_shape_matches_masked_reference() {
+    let device = device();
+    let mut failures = Vec::new();
+    a_shape_for::<bf16>(&device, &mut failures);
+    a_shape_for::<f16>(&device, &mut failures);
+    assert!(failures.is_empty(), "over tolerance: {failures:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-sparse
+
+/// Random sorted key-block lists per query block (always causal: blocks <= the query block),
+/// with runs of adjacent blocks so 128-key tiles pair them; `hostile` adds ids out of range.
+fn block_sparse_index(rng: &mut TestRng, batch: usize, heads: usize, lens: &[usize], hostile: bool) -> HostLists {
+    let max_len = lens.iter().copied().max().unwrap_or(0);
+    let rows = max_len.div_ceil(64).max(1);
+    let capacity = rows.min(24) + usize::from(hostile) * 2;
+    let mut index = HostLists::new(batch, heads, rows, capacity);
+    for (b, &len) in lens.iter().enumerate() {
+        let key_blocks = len.div_ceil(64) as i32;
+        for h in 0..heads {
+            for r in 0..len.div_ceil(64) {
+                let mut ids: Vec<i32> = (0..=r as i32).filter(|_| rng.below(3) == 0).collect();
+                if rng.below(2) == 0 && !ids.contains(&(r as i32)) {
+                    ids.push(r as i32); // the diagonal block, masked causally
+                }
+                ids.truncate(capacity - usize::from(hostile) * 2);
+                let mut count = ids.len() as i32;
+                if hostile {
+                    // Ids before and past the sequence, filling the list; a count past capacity.
+                    ids.insert(0, -3);
+                    ids.resize(capacity, key_blocks + 5);
+                    count = if rng.below(2) == 0 { i32::MAX } else { capacity as i32 };
+                }
+                let at = index.slot(b, h, heads, r);
+                index.set(at, &ids, count);
+            }
+        }
+    }
+    index
+}
+
+fn block_sparse_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
+    let seed = fresh_seed();
+    println!("block_sparse seed {seed}");
+    let mut rng = TestRng::new(seed);
+    for head_dim in [64, 96, 128, 256] {
+        if T::DTYPE == minf::codegen::DType::F16 && head_dim != 128 {
+            continue;
+        }
+        let mut all = cases(head_dim);
+        all.push(Case { batch: 1, seq: 3000, heads: 4, kv_heads: 2, head_dim, bhsd: false });
+        let hostile_case = all.len() - 1;
+        for (n, case) in all.iter().enumerate() {
+            let hostile = n == hostile_case;
+            let index = block_sparse_index(&mut rng, case.batch, case.heads, &vec![case.seq; case.batch], hostile);
+            run_block_sparse::<T>(device, case, seed + n as u64, &index, None, hostile, failures);
+        }
+        let lens = [1000, 4097];
+        let offsets = packed_offsets(&lens);
+        let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
+        let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+        let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
+        let index = block_sparse_index(&mut rng, 2, 8, &lens, false);
+        let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+        run_block_sparse::<T>(device, &case, seed ^ 9, &index, Some(&packed), false, failures);
+    }
+}
+
+fn run_block_sparse<T: AttentionElement>(
+    device: &Device,
+    case: &Case,
+    seed: u64,
+    index: &HostLists,
+    packed: Option<&Packed<'_>>,
+    hostile: bool,
+    failures: &mut Vec<String>,
+) {
+    let stream = device.stream();
+    let counts = stream.clone_htod(&index.counts).expect("counts");
+    let lists = stream.clone_htod(&index.lists).expect("lists");
+    let batch = packed.map_or(case.batch, |p| p.offsets.len() - 1);
+    let args = PatternArgs::BlockSparse(BlockSparseIndexRef {
+        kv_num_blocks: &counts,
+        kv_indices: &lists,
+        batch,
+        heads: case.heads,
+        rows: index.rows,
+        capacity: index.capacity,
+    });
+    let heads = case.heads;
+    let visible = |b: usize, h: usize, i: usize, j: usize| {
+        j <= i && index.entries(index.slot(b, h, heads, i / 64)).contains(&((j / 64) as i32))
+    };
+    let o = check_attention::<T>(device, case, seed, args, packed, &visible);
+    let label = if packed.is_some() {
+        "block_sparse varlen"
+    } else if hostile {
+        "block_sparse hostile"
+    } else {
+        "block_sparse"
+    };
+    report(label, describe::<T>(case), o.out_error, o.lse_error, failures);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_sparse_matches_masked_reference() {
+    let device = device();
+    let mut failures = Vec::new();
+    block_sparse_for::<bf16>(&device, &mut failures);
+    block_sparse_for::<f16>(&device, &mut failures);
+    assert!(failures.is_empty(), "over tolerance: {failures:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vertical-slash (kernel on a given converted index; the converter has its own tests)
+
+/// A random index in MInference's converted format: per 64-row block, non-overlapping 64-wide
+/// ranges (some adjacent, often the diagonal one) and ascending columns outside them, including
+/// columns inside the block itself (which must be masked causally).
+struct HostVs {
+    ranges: HostLists,
+    columns: HostLists,
+}
+
+fn vertical_slash_index(rng: &mut TestRng, batch: usize, heads: usize, lens: &[usize], hostile: bool) -> HostVs {
+    let max_len = lens.iter().copied().max().unwrap_or(0);
+    let rows = max_len.div_ceil(64).max(1);
+    let (nnz_s, nnz_v) = (40, 150);
+    let mut ranges = HostLists::new(batch, heads, rows, nnz_s);
+    let mut columns = HostLists::new(batch, heads, rows, nnz_v);
+    for (b, &len) in lens.iter().enumerate() {
+        for h in 0..heads {
+            for r in 0..len.div_ceil(64) {
+                let end_m = 64 * r + 64;
+                let mut starts: Vec<i32> = Vec::new();
+                let mut cursor = rng.below(200) as i64 - 20;
+                while cursor + 64 <= end_m as i64 && starts.len() < nnz_s - 2 {
+                    if cursor >= 0 {
+                        starts.push(cursor as i32);
+                    }
+                    // Adjacent (pairable), a small gap, or a big jump.
+                    cursor += match rng.below(3) {
+                        0 => 64,
+                        1 => 64 + rng.below(50) as i64,
+                        _ => 64 + rng.below(3 * end_m / 2 + 1) as i64,
+                    };
+                }
+                if rng.below(3) > 0 && starts.last().map_or(true, |&s| (s as usize) + 64 <= end_m - 64) {
+                    starts.push((end_m - 64) as i32); // the local diagonal
+                }
+                let in_range = |j: usize| starts.iter().any(|&s| (s as usize) <= j && j < s as usize + 64);
+                let mut cols: Vec<i32> = (0..rng.below(nnz_v - 4))
+                    .map(|_| rng.below(end_m.min(len).max(1)) as i32)
+                    .filter(|&j| !in_range(j as usize))
+                    .collect();
+                cols.sort_unstable();
+                cols.dedup();
+                let (mut range_count, mut column_count) = (starts.len() as i32, cols.len() as i32);
+                if hostile {
+                    // Entries before and past the sequence filling both lists; counts past capacity.
+                    starts.insert(0, -1000);
+                    starts.resize(nnz_s, i32::MAX - 10);
+                    cols.insert(0, -5);
+                    cols.resize(nnz_v, len as i32 + 3);
+                    range_count = if rng.below(2) == 0 { i32::MAX } else { nnz_s as i32 };
+                    column_count = i32::MAX;
+                }
+                let at = ranges.slot(b, h, heads, r);
+                ranges.set(at, &starts, range_count);
+                columns.set(at, &cols, column_count);
+            }
+        }
+    }
+    HostVs { ranges, columns }
+}
+
+fn run_vertical_slash<T: AttentionElement>(
+    device: &Device,
+    case: &Case,
+    seed: u64,
+    index: &HostVs,
+    packed: Option<&Packed<'_>>,
+    label: &str,
+    failures: &mut Vec<String>,
+) {
+    let stream = device.stream();
+    let block_count = stream.clone_htod(&index.ranges.counts).expect("block_count");
+    let block_offset = stream.clone_htod(&index.ranges.lists).expect("block_offset");
+    let column_count = stream.clone_htod(&index.columns.counts).expect("column_count");
+    let column_index = stream.clone_htod(&index.columns.lists).expect("column_index");
+    let batch = packed.map_or(case.batch, |p| p.offsets.len() - 1);
+    let args = PatternArgs::VerticalSlash(VerticalSlashIndexRef {
+        block_count: &block_count,
+        block_offset: &block_offset,
+        column_count: &column_count,
+        column_index: &column_index,
+        batch,
+        heads: case.heads,
+        rows: index.ranges.rows,
+        nnz_s: index.ranges.capacity,
+        nnz_v: index.columns.capacity,
+    });
+    let heads = case.heads;
+    let visible = |b: usize, h: usize, i: usize, j: usize| {
+        let at = index.ranges.slot(b, h, heads, i / 64);
+        j <= i
+            && (index.ranges.entries(at).iter().any(|&s| (s as i64) <= j as i64 && (j as i64) < s as i64 + 64)
+                || index.columns.entries(at).contains(&(j as i32)))
+    };
+    let o = check_attention::<T>(device, case, seed, args, packed, &visible);
+    report(label, describe::<T>(case), o.out_error, o.lse_error, failures);
+}
+
+fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
+    let seed = fresh_seed();
+    println!("vertical_slash seed {seed}");
+    let mut rng = TestRng::new(seed);
+    for head_dim in [64, 96, 128, 256] {
+        if T::DTYPE == minf::codegen::DType::F16 && head_dim != 128 {
+            continue;
+        }
+        let mut all = cases(head_dim);
+        all.push(Case { batch: 1, seq: 2500, heads: 4, kv_heads: 1, head_dim, bhsd: false });
+        let hostile_case = all.len() - 1;
+        for (n, case) in all.iter().enumerate() {
+            let hostile = n == hostile_case;
+            let index = vertical_slash_index(&mut rng, case.batch, case.heads, &vec![case.seq; case.batch], hostile);
+            let label = if hostile { "vertical_slash hostile" } else { "vertical_slash" };
+            run_vertical_slash::<T>(device, case, seed + n as u64, &index, None, label, failures);
+        }
+        let lens = [4097, 700];
+        let offsets = packed_offsets(&lens);
+        let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
+        let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+        let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
+        let index = vertical_slash_index(&mut rng, 2, 8, &lens, false);
+        let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+        run_vertical_slash::<T>(device, &case, seed ^ 11, &index, Some(&packed), "vertical_slash varlen", failures);
+    }
+    if T::DTYPE == minf::codegen::DType::Bf16 {
+        let case = Case { batch: 1, seq: 32768, heads: 32, kv_heads: 8, head_dim: 128, bhsd: false };
+        let index = vertical_slash_index(&mut rng, 1, 32, &[32768], false);
+        run_vertical_slash::<T>(device, &case, seed ^ 13, &index, None, "vertical_slash 32K", failures);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_matches_masked_reference() {
+    let device = device();
+    let mut failures = Vec::new();
+    vertical_slash_for::<bf16>(&device, &mut failures);
+    vertical_slash_for::<f16>(&device, &mut failures);
+    assert!(failures.is_empty(), "over tolerance: {failures:?}");
+}
