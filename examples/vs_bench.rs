@@ -1,0 +1,146 @@
+//! Times minf's vertical-slash kernel on a converted index saved by `bench/minference_vs.py`
+//! (MInference's own converter output), so both kernels run on exactly the same tiles in one
+//! session. Q/K/V are `[batch, heads, seq, dim]` like MInference's, bf16, random.
+//!
+//! `vs_bench INDEX.safetensors [--head-dim 128] [--iters 10] [--tile block_n,warps,stages] [--json FILE]`
+
+use cudarc::driver::sys::CUevent_flags;
+use half::bf16;
+use minf::reference::random_normal;
+use minf::tensor::Layout;
+use minf::{vertical_slash_attention, AttentionOptions, Device, TensorMut, TensorRef, VerticalSlashIndexRef};
+use safetensors::SafeTensors;
+
+fn int_tensor(file: &SafeTensors<'_>, name: &str) -> Result<(Vec<i32>, Vec<usize>), Box<dyn std::error::Error>> {
+    let view = file.tensor(name)?;
+    if view.dtype() != safetensors::Dtype::I32 {
+        return Err(format!("{name} is {:?}, expected I32", view.dtype()).into());
+    }
+    let data = view.data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok((data, view.shape().to_vec()))
+}
+
+/// Tiles minf computes for one row block: adjacent 64-key ranges pair into one 128-key tile, and
+/// columns go 128 at a time.
+fn minf_tiles(offsets: &[i32], columns: usize, block_n: usize) -> usize {
+    let mut tiles = 0;
+    let mut i = 0;
+    while i < offsets.len() {
+        tiles += 1;
+        i += if block_n == 128 && i + 1 < offsets.len() && offsets[i + 1] == offsets[i] + 64 { 2 } else { 1 };
+    }
+    tiles + columns.div_ceil(block_n)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).ok_or("usage: vs_bench INDEX.safetensors [--head-dim 128] [--iters 10] [--json FILE]")?;
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let head_dim: usize = flag("--head-dim").map_or(Ok(128), |v| v.parse())?;
+    let iters: usize = flag("--iters").map_or(Ok(10), |v| v.parse())?;
+
+    let bytes = std::fs::read(path)?;
+    let file = SafeTensors::deserialize(&bytes)?;
+    let (block_count, shape) = int_tensor(&file, "block_count")?;
+    let (block_offset, offset_shape) = int_tensor(&file, "block_offset")?;
+    let (column_count, _) = int_tensor(&file, "column_count")?;
+    let (column_index, column_shape) = int_tensor(&file, "column_index")?;
+    let [batch, heads, rows] = shape[..] else { return Err(format!("block_count shape {shape:?}").into()) };
+    let (nnz_s, nnz_v) = (offset_shape[3], column_shape[3]);
+    let seq = rows * 64;
+
+    let device = Device::new(0)?;
+    let stream = device.stream().clone();
+    let mut spec = minf::codegen::KernelSpec::default_for(
+        minf::codegen::Pattern::VerticalSlash,
+        minf::codegen::DType::Bf16,
+        head_dim as u32,
+        device.arch(),
+    );
+    // `--tile block_n,warps,stages` overrides the default tile.
+    if let Some(tile) = flag("--tile") {
+        let parts: Vec<u32> = tile.split(',').map(str::parse).collect::<Result<_, _>>()?;
+        let [block_n, warps, stages] = parts[..] else { return Err("--tile takes block_n,warps,stages".into()) };
+        spec = minf::codegen::KernelSpec { block_n, warps, stages, ..spec };
+    }
+    let layout = Layout::bhsd([batch, seq, heads, head_dim]);
+    let upload = |seed| {
+        stream.clone_htod(&random_normal(layout.span(), seed).into_iter().map(bf16::from_f32).collect::<Vec<_>>())
+    };
+    let (q, k, v) = (upload(1)?, upload(2)?, upload(3)?);
+    let mut out = stream.alloc_zeros::<bf16>(layout.span())?;
+    let index_buffers = [&block_count, &block_offset, &column_count, &column_index].map(|host| stream.clone_htod(host));
+    let [bc, bo, cc, ci] = index_buffers;
+    let (bc, bo, cc, ci) = (bc?, bo?, cc?, ci?);
+    let index = VerticalSlashIndexRef {
+        block_count: &bc,
+        block_offset: &bo,
+        column_count: &cc,
+        column_index: &ci,
+        batch,
+        heads,
+        rows,
+        nnz_s,
+        nnz_v,
+    };
+    let mut run = || {
+        vertical_slash_attention(
+            &device,
+            TensorRef::new(&q, layout)?,
+            TensorRef::new(&k, layout)?,
+            TensorRef::new(&v, layout)?,
+            TensorMut::new(&mut out, layout)?,
+            index,
+            AttentionOptions { spec: Some(spec), ..Default::default() },
+        )
+    };
+    for _ in 0..3 {
+        run()?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        run()?;
+        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        end.synchronize()?;
+        times.push(start.elapsed_ms(&end)? as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    let ms = times[times.len() / 2];
+
+    // Tiles: MInference's 64x64 count (the index's own density) and what minf actually computes.
+    let mut index_tiles = 0usize;
+    let mut computed_keys = 0usize;
+    for at in 0..batch * heads * rows {
+        let n = (block_count[at].max(0) as usize).min(nnz_s);
+        let c = (column_count[at].max(0) as usize).min(nnz_v);
+        index_tiles += n + c.div_ceil(64);
+        computed_keys += minf_tiles(&block_offset[at * nnz_s..][..n], c, spec.block_n as usize) * spec.block_n as usize;
+    }
+    let causal_tiles = batch * heads * rows * (rows + 1) / 2;
+    let tile_flops = 64.0 * 64.0 * head_dim as f64 * 4.0;
+    let tflops = index_tiles as f64 * tile_flops / (ms * 1e-3) / 1e12;
+    let computed_tflops = computed_keys as f64 / 64.0 * tile_flops / (ms * 1e-3) / 1e12;
+    println!(
+        "minf vertical-slash ({}): {ms:.3} ms, density {:.2}% of 64x64 tiles, {tflops:.1} TFLOP/s on the index's tiles, \
+         {computed_tflops:.1} TFLOP/s on the tiles minf computes ({:.2}% more keys), {} ({})",
+        spec.kernel_name(),
+        100.0 * index_tiles as f64 / causal_tiles as f64,
+        100.0 * (computed_keys as f64 / (index_tiles as f64 * 64.0) - 1.0),
+        device.name(),
+        device.arch()
+    );
+    if let Some(json) = flag("--json") {
+        std::fs::write(
+            json,
+            format!(
+                "{{\"method\":\"minf_vertical_slash\",\"kernel\":\"{}\",\"kernel_ms\":{ms},\"tiles_64x64\":{index_tiles},\
+                 \"causal_tiles_64x64\":{causal_tiles},\"tflops_on_index_tiles\":{tflops},\"tflops_on_computed_tiles\":{computed_tflops},\
+                 \"device\":\"{}\"}}\n",
+                spec.kernel_name(),
+                device.name()
+            ),
+        )?;
+    }
+    Ok(())
+}
