@@ -514,16 +514,17 @@ fn launch(
 /// checking the GPU output.
 pub mod cpu {
     use super::{HostVerticalSlashIndex, IndexShape, BLOCK};
-    use std::collections::BTreeSet;
 
-    /// The 64-wide key ranges `(start, end)` of a row block ending at `end_m`, from the slashes
-    /// (unique, in range) merged as MInference merges them: largest slash first, each giving the
-    /// range ending at `max(end_m - s, 64)`; an end within 64 past the current range extends it by
-    /// 64, a later end starts a new range, an earlier one is already covered.
-    pub fn row_ranges(slashes: &BTreeSet<i32>, end_m: i32) -> Vec<(i32, i32)> {
+    /// The 64-wide key ranges `(start, end)` of a row block ending at `end_m`, from `slashes`
+    /// (ascending, unique, in range), merged as MInference merges them: largest slash below
+    /// `end_m` first, each giving the range ending at `max(end_m - s, 64)`; an end within 64 past
+    /// the current range extends it by 64, a later end starts a new range, an earlier one is
+    /// already covered.
+    pub fn row_ranges(slashes: &[i32], end_m: i32) -> Vec<(i32, i32)> {
         let block = BLOCK as i32;
+        let below = slashes.partition_point(|&s| s < end_m);
         let mut ranges: Vec<(i32, i32)> = Vec::new();
-        for &s in slashes.range(..end_m).rev() {
+        for &s in slashes[..below].iter().rev() {
             let end = (end_m - s).max(block);
             match ranges.last_mut() {
                 Some((_, current_end)) if end <= *current_end => {}
@@ -532,6 +533,12 @@ pub mod cpu {
             }
         }
         ranges
+    }
+
+    /// Whether `column` lies in one of `ranges` (ascending and disjoint, as [`row_ranges`] returns).
+    pub fn covered(ranges: &[(i32, i32)], column: i32) -> bool {
+        let after = ranges.partition_point(|&(start, _)| start <= column);
+        after > 0 && column < ranges[after - 1].1
     }
 
     /// Converts raw indices like the GPU converter: `vertical` is `[batch, heads, nnz_v]`,
@@ -557,13 +564,18 @@ pub mod cpu {
         assert_eq!(slash.len(), batch * heads * nnz_s, "slash length");
         let shape = IndexShape { batch, heads, rows: context.div_ceil(BLOCK), nnz_s, nnz_v };
         let mut index = HostVerticalSlashIndex::zeros(shape).unwrap_or_else(|| panic!("{shape:?} overflows"));
-        for b in 0..batch {
-            let length = seqlens[b].clamp(0, context as i32);
+        for (b, &seqlen) in seqlens.iter().enumerate() {
+            let length = seqlen.clamp(0, context as i32);
             for h in 0..heads {
                 let bh = b * heads + h;
-                let in_range = |raw: &[i32]| raw.iter().copied().filter(|x| (0..length).contains(x)).collect();
-                let verticals: BTreeSet<i32> = in_range(&vertical[bh * nnz_v..(bh + 1) * nnz_v]);
-                let slashes: BTreeSet<i32> = in_range(&slash[bh * nnz_s..(bh + 1) * nnz_s]);
+                let in_range = |raw: &[i32]| {
+                    let mut valid: Vec<i32> = raw.iter().copied().filter(|x| (0..length).contains(x)).collect();
+                    valid.sort_unstable();
+                    valid.dedup();
+                    valid
+                };
+                let verticals = in_range(&vertical[bh * nnz_v..(bh + 1) * nnz_v]);
+                let slashes = in_range(&slash[bh * nnz_s..(bh + 1) * nnz_s]);
                 for r in 0..shape.rows {
                     let start_m = (r * BLOCK) as i32;
                     if start_m >= length {
@@ -573,10 +585,10 @@ pub mod cpu {
                     let ranges = row_ranges(&slashes, end_m);
                     let starts: Vec<i32> =
                         ranges.iter().flat_map(|&(start, end)| (start..end).step_by(BLOCK)).collect();
-                    let columns: Vec<i32> = verticals
-                        .range(..end_m)
+                    let columns: Vec<i32> = verticals[..verticals.partition_point(|&v| v < end_m)]
+                        .iter()
                         .copied()
-                        .filter(|v| !ranges.iter().any(|(start, end)| (start..end).contains(&v)))
+                        .filter(|&v| !covered(&ranges, v))
                         .collect();
                     let row = shape.row(b, h, r);
                     index.block_count[row] = starts.len() as i32;
