@@ -68,6 +68,49 @@ impl IndexShape {
         (b * self.heads + h) * self.rows + r
     }
 
+    /// The shape a conversion produces, after checking its arguments: `seqlens_len`, `vertical_len`
+    /// and `slash_len` are the element counts of the three inputs. The error names what is wrong
+    /// and what is allowed.
+    pub fn for_conversion(
+        seqlens_len: usize,
+        vertical_len: usize,
+        slash_len: usize,
+        batch: usize,
+        heads: usize,
+        context: usize,
+    ) -> Result<IndexShape, MinfError> {
+        let shape_error = |message: String| Err(MinfError::Shape(message));
+        if !(1..=MAX_BATCH_OR_HEADS).contains(&batch) || !(1..=MAX_BATCH_OR_HEADS).contains(&heads) {
+            return shape_error(format!(
+                "batch {batch} and heads {heads}: each must be between 1 and {MAX_BATCH_OR_HEADS}"
+            ));
+        }
+        if !(1..=MAX_CONTEXT).contains(&context) {
+            return shape_error(format!("context {context}: allowed 1 to {MAX_CONTEXT} tokens"));
+        }
+        if seqlens_len != batch {
+            return shape_error(format!(
+                "seqlens holds {seqlens_len} lengths but batch is {batch} (one length per sequence)"
+            ));
+        }
+        let heads_total = batch * heads;
+        let capacity = |name: &str, len: usize| -> Result<usize, MinfError> {
+            if len == 0 || len % heads_total != 0 || len / heads_total > i32::MAX as usize {
+                return Err(MinfError::Shape(format!(
+                    "{name} holds {len} indices, which is not [batch, heads, nnz] = [{batch}, {heads}, nnz] for \
+                     any nnz from 1 to {}: its length must be a non-zero multiple of batch * heads = {heads_total}",
+                    i32::MAX
+                )));
+            }
+            Ok(len / heads_total)
+        };
+        let nnz_v = capacity("vertical", vertical_len)?;
+        let nnz_s = capacity("slash", slash_len)?;
+        let shape = IndexShape { batch, heads, rows: context.div_ceil(BLOCK), nnz_s, nnz_v };
+        shape.lengths()?;
+        Ok(shape)
+    }
+
     fn lengths(&self) -> Result<(usize, usize, usize), MinfError> {
         match (self.count_len(), self.offset_len(), self.column_len()) {
             (Some(counts), Some(offsets), Some(columns)) => Ok((counts, offsets, columns)),
@@ -329,45 +372,6 @@ struct ConvertParams {
 // SAFETY: plain-old-data with the C layout the kernel declares.
 unsafe impl DeviceRepr for ConvertParams {}
 
-/// Checks the call and returns the index shape it produces.
-fn checked_shape(
-    seqlens: usize,
-    vertical: usize,
-    slash: usize,
-    batch: usize,
-    heads: usize,
-    context: usize,
-) -> Result<IndexShape, MinfError> {
-    let shape_error = |message: String| Err(MinfError::Shape(message));
-    if !(1..=MAX_BATCH_OR_HEADS).contains(&batch) || !(1..=MAX_BATCH_OR_HEADS).contains(&heads) {
-        return shape_error(format!(
-            "batch {batch} and heads {heads}: each must be between 1 and {MAX_BATCH_OR_HEADS}"
-        ));
-    }
-    if !(1..=MAX_CONTEXT).contains(&context) {
-        return shape_error(format!("context {context}: allowed 1 to {MAX_CONTEXT} tokens"));
-    }
-    if seqlens != batch {
-        return shape_error(format!("seqlens holds {seqlens} lengths but batch is {batch} (one length per sequence)"));
-    }
-    let heads_total = batch * heads;
-    let capacity = |name: &str, len: usize| -> Result<usize, MinfError> {
-        if len == 0 || len % heads_total != 0 || len / heads_total > i32::MAX as usize {
-            return Err(MinfError::Shape(format!(
-                "{name} holds {len} indices, which is not [batch, heads, nnz] = [{batch}, {heads}, nnz] for any \
-                 nnz from 1 to {}: its length must be a non-zero multiple of batch * heads = {heads_total}",
-                i32::MAX
-            )));
-        }
-        Ok(len / heads_total)
-    };
-    let nnz_v = capacity("vertical", vertical)?;
-    let nnz_s = capacity("slash", slash)?;
-    let shape = IndexShape { batch, heads, rows: context.div_ceil(BLOCK), nnz_s, nnz_v };
-    shape.lengths()?;
-    Ok(shape)
-}
-
 /// Converts raw vertical and slash indices into a new [`VerticalSlashIndex`].
 ///
 /// - `seqlens`: `[batch]` valid lengths (clamped to `[0, context]`); row blocks at or past a
@@ -388,7 +392,7 @@ pub fn convert_vertical_slash(
     context: usize,
     workspace: &mut ConvertWorkspace,
 ) -> Result<VerticalSlashIndex, MinfError> {
-    let shape = checked_shape(seqlens.len(), vertical.len(), slash.len(), batch, heads, context)?;
+    let shape = IndexShape::for_conversion(seqlens.len(), vertical.len(), slash.len(), batch, heads, context)?;
     let mut index = VerticalSlashIndex::zeros(device, shape)?;
     launch(device, seqlens, vertical, slash, context, workspace, &mut index)?;
     Ok(index)
@@ -407,7 +411,7 @@ pub fn convert_vertical_slash_into(
     index: &mut VerticalSlashIndex,
 ) -> Result<(), MinfError> {
     let have = index.shape;
-    let want = checked_shape(seqlens.len(), vertical.len(), slash.len(), have.batch, have.heads, context)?;
+    let want = IndexShape::for_conversion(seqlens.len(), vertical.len(), slash.len(), have.batch, have.heads, context)?;
     if have != want {
         return Err(MinfError::Shape(format!(
             "the output index has shape {have:?} but these inputs and context {context} give {want:?}"
@@ -464,7 +468,7 @@ fn launch(
     let (column_count, _cc_sync) = index.column_count.device_ptr_mut(stream);
     let (column_index, _ci_sync) = index.column_index.device_ptr_mut(stream);
     let i32_bytes = std::mem::size_of::<i32>() as u64;
-    // checked_shape bounds every value below by i32::MAX (context by MAX_CONTEXT).
+    // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT).
     let params = ConvertParams {
         seqlens: seqlens_ptr,
         vertical: vertical_ptr,
@@ -494,7 +498,7 @@ fn launch(
     let mut pass = stream.launch_builder(&lists_kernel.function);
     pass.arg(&params);
     // SAFETY: the parameter block matches the kernel's declaration; every buffer length was checked
-    // against the shape (inputs by checked_shape, workspace by reserve, outputs by construction),
+    // against the shape (inputs by IndexShape::for_conversion, workspace by reserve, outputs by construction),
     // and the kernel range-checks every index it reads before using it as an address.
     unsafe { pass.launch(lists_config) }
         .map_err(MinfError::driver(format!("launching {}_lists", spec.kernel_name())))?;

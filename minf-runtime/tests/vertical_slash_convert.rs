@@ -427,3 +427,22 @@ fn seqlens_are_clamped_to_the_context() {
     assert!(index.block_count[2..].iter().chain(&index.column_count[2..]).all(|&x| x == 0));
     assert_eq!((index.ranges(0, 0, 1), index.columns(0, 0, 1)), (&[0, 64][..], &[][..]));
 }
+
+#[test]
+fn conversion_shapes_are_checked_with_what_is_allowed() {
+    use minf_runtime::vertical_slash::IndexShape;
+    let shape = IndexShape::for_conversion(2, 2 * 32 * 1000, 2 * 32 * 6096, 2, 32, 131_072).expect("valid");
+    assert_eq!(shape, IndexShape { batch: 2, heads: 32, rows: 2048, nnz_s: 6096, nnz_v: 1000 });
+    assert_eq!(IndexShape::for_conversion(1, 1, 1, 1, 1, 65).expect("valid").rows, 2);
+    let message = |r: Result<IndexShape, minf_runtime::MinfError>| r.expect_err("must be rejected").to_string();
+    let e = message(IndexShape::for_conversion(2, 10, 64, 2, 4, 100));
+    assert!(e.contains("vertical holds 10 indices") && e.contains("multiple of batch * heads = 8"), "{e}");
+    let e = message(IndexShape::for_conversion(2, 8, 0, 2, 4, 100));
+    assert!(e.contains("slash holds 0 indices"), "{e}");
+    let e = message(IndexShape::for_conversion(3, 8, 8, 2, 4, 100));
+    assert!(e.contains("seqlens holds 3 lengths but batch is 2"), "{e}");
+    let e = message(IndexShape::for_conversion(2, 8, 8, 2, 4, 0));
+    assert!(e.contains("context 0: allowed 1 to"), "{e}");
+    let e = message(IndexShape::for_conversion(0, 8, 8, 0, 4, 100));
+    assert!(e.contains("each must be between 1 and 65535"), "{e}");
+}
