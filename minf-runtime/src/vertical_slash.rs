@@ -20,8 +20,9 @@
 
 use crate::device::Device;
 use crate::error::MinfError;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
+use std::sync::Arc;
 
 /// Query rows per row block and keys per range step; fixed by the format.
 pub const BLOCK: usize = 64;
@@ -272,7 +273,8 @@ impl VerticalSlashIndex {
 
 /// Reusable device scratch of the converter: per-(batch, head) bitmaps and compacted lists. It
 /// grows on demand and keeps its memory, so repeated conversions of the same or smaller shapes do
-/// not allocate.
+/// not allocate (used with another device, it reallocates there). One conversion at a time: the
+/// `&mut` borrow and the single stream keep uses in order.
 #[derive(Debug, Default)]
 pub struct ConvertWorkspace {
     bits: Option<CudaSlice<u32>>,
@@ -323,11 +325,12 @@ impl ConvertWorkspace {
         let stream = device.stream();
         fn grow<T: DeviceRepr>(
             slot: &mut Option<CudaSlice<T>>,
-            stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+            stream: &Arc<CudaStream>,
             len: usize,
             what: &str,
         ) -> Result<(), MinfError> {
-            if slot.as_ref().is_some_and(|b| b.len() >= len) {
+            // Large enough and in this device's context (a workspace may move between devices).
+            if slot.as_ref().is_some_and(|b| b.len() >= len && Arc::ptr_eq(b.context(), stream.context())) {
                 return Ok(());
             }
             *slot = None;
