@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use minf_runtime::codegen::{render, Arch, DType, KernelSpec, Pattern};
+use minf_runtime::codegen::{render_any, AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, Pattern};
 use minf_runtime::device::{driver_available, probe, GpuInfo};
 use minf_runtime::jit::{nvrtc_info, CacheOutcome, KernelCache};
 use minf_runtime::MinfError;
@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Compile the default kernel set into the cache (no GPU needed with --arch).
+    /// Compile the default kernel set and the index kernels into the cache (no GPU needed with --arch).
     Warm(WarmArgs),
     /// Inspect or clear the kernel cache.
     Cache {
@@ -106,15 +106,22 @@ fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     if let Some(bad) = args.head_dim.iter().find(|d| !minf_runtime::codegen::spec::HEAD_DIMS.contains(d)) {
         return Err(format!("invalid --head-dim {bad}: allowed {:?}", minf_runtime::codegen::spec::HEAD_DIMS).into());
     }
-    let specs: Vec<KernelSpec> = KernelSpec::default_set(&arches)
+    let attention: Vec<AnyKernel> = KernelSpec::default_set(&arches)
         .into_iter()
         .filter(|s| args.pattern.is_empty() || args.pattern.contains(&s.pattern))
         .filter(|s| args.head_dim.is_empty() || args.head_dim.contains(&s.head_dim))
         .filter(|s| args.dtype.is_empty() || args.dtype.contains(&s.dtype))
+        .map(AnyKernel::Attention)
         .collect();
-    if specs.is_empty() {
+    if attention.is_empty() {
         return Err("no kernel in the default set matches these filters".into());
     }
+    let attention_count = attention.len();
+    // The index kernels do not depend on pattern, dtype or head dimension: always warmed.
+    let index = arches.iter().flat_map(|&arch| {
+        IndexKernel::ALL.iter().map(move |&kernel| AnyKernel::Index(IndexKernelSpec { kernel, arch }))
+    });
+    let specs: Vec<AnyKernel> = attention.into_iter().chain(index).collect();
     let cache = KernelCache::from_env()?;
     if !cache.jit_disabled() {
         nvrtc_info()?;
@@ -135,7 +142,7 @@ fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
             scope.spawn(|| {
                 while let Some(spec) = specs.get(next.fetch_add(1, Ordering::Relaxed)) {
                     bar.set_message(spec.readable_name());
-                    let outcome = render(spec)
+                    let outcome = render_any(spec)
                         .map_err(|e| e.to_string())
                         .and_then(|kernel| cache.get_or_compile(&kernel).map_err(|e| e.to_string()))
                         .map(|cached| cached.outcome);
@@ -155,8 +162,10 @@ fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     }
     let arches: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
     println!(
-        "warmed {} kernel(s) for {}: {compiled} compiled, {cached} cached, {} failed in {:.3}s (cache: {})",
+        "warmed {} kernel(s) ({attention_count} attention, {} index) for {}: {compiled} compiled, {cached} cached, \
+         {} failed in {:.3}s (cache: {})",
         results.len(),
+        results.len() - attention_count,
         arches.join(", "),
         failed.len(),
         start.elapsed().as_secs_f64(),

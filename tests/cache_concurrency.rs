@@ -1,7 +1,7 @@
 //! The `minf` binary against real caches: concurrent warming, re-warming, and its diagnostics.
 //! NVRTC must be installed (`pip install nvidia-cuda-nvrtc==13.0.88`); no GPU is needed.
 
-use minf_codegen::{Arch, DType, KernelSpec, Pattern};
+use minf_codegen::{Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, Pattern};
 use minf_runtime::jit::EntryMeta;
 use std::fs;
 use std::path::Path;
@@ -68,11 +68,13 @@ fn assert_valid_entry(entry: &Path) -> TestResult {
 
 #[test]
 fn four_processes_warming_one_empty_cache_compile_each_kernel_once() -> TestResult {
+    // One attention kernel plus the index kernels of the architecture.
+    let kernels = 1 + IndexKernel::ALL.len();
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("cache");
     let children = (0..4)
         .map(|_| {
-            minf(&root, &["warm", "--arch", "sm_80", "--head-dim", "64", "--dtype", "bf16"])
+            minf(&root, &["warm", "--arch", "sm_80", "--pattern", "dense", "--head-dim", "64", "--dtype", "bf16"])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -83,21 +85,28 @@ fn four_processes_warming_one_empty_cache_compile_each_kernel_once() -> TestResu
         let output = child.wait_with_output()?;
         assert!(output.status.success(), "{}", text(&output));
         let (c, cached, failed) = counts(&output)?;
-        assert_eq!((c + cached, failed), (1, 0), "{}", text(&output));
+        assert_eq!((c + cached, failed), (kernels, 0), "{}", text(&output));
         compiled += c;
     }
-    assert_eq!(compiled, 1, "exactly one process must compile the kernel");
+    assert_eq!(compiled, kernels, "exactly one process must compile each kernel");
     let names = entry_names(&root)?;
-    assert_eq!(names.len(), 1, "{names:?}");
-    let prefix = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 64, Arch::Sm80).readable_name();
-    assert!(names[0].starts_with(&format!("{prefix}-")), "{names:?}");
-    assert_valid_entry(&root.join(&names[0]))
+    assert_eq!(names.len(), kernels, "{names:?}");
+    let mut prefixes = vec![KernelSpec::default_for(Pattern::Dense, DType::Bf16, 64, Arch::Sm80).readable_name()];
+    prefixes
+        .extend(IndexKernel::ALL.iter().map(|&kernel| IndexKernelSpec { kernel, arch: Arch::Sm80 }.readable_name()));
+    for prefix in prefixes {
+        assert!(names.iter().any(|n| n.starts_with(&format!("{prefix}-"))), "no {prefix} entry in {names:?}");
+    }
+    for name in &names {
+        assert_valid_entry(&root.join(name))?;
+    }
+    Ok(())
 }
 
 #[test]
 fn second_warm_reports_everything_cached_in_under_a_second() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let expected = KernelSpec::default_set(&[Arch::Sm80, Arch::Sm90a]).len();
+    let expected = KernelSpec::default_set(&[Arch::Sm80, Arch::Sm90a]).len() + 2 * IndexKernel::ALL.len();
     let first = minf(dir.path(), &["warm", "--arch", "sm_80,sm_90a"]).output()?;
     assert!(first.status.success(), "{}", text(&first));
     assert_eq!(counts(&first)?, (expected, 0, 0), "{}", text(&first));

@@ -1,7 +1,7 @@
 //! Pins the generated source of every default spec and the cache-key inputs, so any change that
 //! invalidates users' kernel caches shows up in review (`cargo insta review`).
 
-use minf_codegen::{render, Arch, CacheKeyInputs, KernelSpec};
+use minf_codegen::{render, render_index, Arch, CacheKeyInputs, IndexKernel, IndexKernelSpec, KernelSpec};
 
 const SNAPSHOT_ARCHES: &[Arch] = &[Arch::Sm80, Arch::Sm90a];
 
@@ -11,6 +11,14 @@ fn rendered_source_of_every_default_spec() {
         let kernel = render(&spec).expect("default specs render");
         insta::assert_snapshot!(spec.readable_name(), kernel.source);
     }
+}
+
+#[test]
+fn rendered_source_of_the_vertical_slash_converter() {
+    let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashConvert, arch: Arch::Sm90a };
+    let kernel = render_index(&spec).expect("the converter renders");
+    assert!(!kernel.source.contains("#include"), "the converter includes a header");
+    insta::assert_snapshot!(spec.readable_name(), kernel.source);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //!
 //! The path of a kernel: [`minf_codegen::render`] turns a spec into source, [`jit`] compiles it
 //! with NVRTC to a cubin for the exact device and keeps it in the disk cache, [`device`] loads it
-//! once per CUDA context, and the launchers ([`attention`]) check shapes and indices and launch it. Kernels
+//! once per CUDA context, and the launchers ([`attention`]) check shapes and indices and launch it.
+//! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
 
@@ -13,6 +14,7 @@ pub mod jit;
 pub mod reference;
 pub mod registry;
 pub mod tensor;
+pub mod vertical_slash;
 
 pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
@@ -28,3 +30,6 @@ pub use registry::{
     registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,
 };
 pub use tensor::{AttentionElement, TensorMut, TensorRef};
+pub use vertical_slash::{
+    convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, IndexShape, VerticalSlashIndex,
+};

@@ -1,1 +1,335 @@
-//! GPU tests of the vertical-slash index converter (filled in with the converter).
+//! GPU tests of the vertical-slash index converter: its output must equal the CPU model
+//! (`minf::vertical_slash::cpu::convert_cpu`) byte for byte, on raw inputs (any order, duplicates,
+//! out-of-range values), on MInference-style inputs and across reuses of the output and workspace.
+
+use super::{device, fresh_seed};
+use cudarc::driver::sys::CUevent_flags;
+use minf::vertical_slash::cpu::convert_cpu;
+use minf::vertical_slash::{
+    convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, HostVerticalSlashIndex, VerticalSlashIndex,
+};
+use minf::Device;
+
+/// splitmix64, so a case is reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Raw indices for a sequence of `length` tokens: mostly in range, with duplicates, negatives and
+/// values at or past the length.
+fn raw_indices(rng: &mut Rng, count: usize, length: i32, context: usize) -> Vec<i32> {
+    let mut out: Vec<i32> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let x = match rng.below(20) {
+            0 if !out.is_empty() => out[rng.below(out.len() as u64) as usize],
+            1 => [-1, -64, i32::MIN, -(rng.below(5000) as i32) - 1][rng.below(4) as usize],
+            2 => [length, length + 1, context as i32, context as i32 + 64, i32::MAX][rng.below(5) as usize],
+            3 => length + rng.below(300) as i32,
+            4..=7 => rng.below(length.clamp(1, 130) as u64) as i32,
+            _ => rng.below(length.max(1) as u64) as i32,
+        };
+        out.push(x);
+    }
+    out
+}
+
+/// Sorted unique in-range indices, the slashes descending and including 0 (MInference's inputs).
+fn minference_indices(rng: &mut Rng, count: usize, length: i32, slash: bool) -> Vec<i32> {
+    let mut chosen: Vec<i32> = if slash { vec![0] } else { Vec::new() };
+    let mut seen = std::collections::HashSet::new();
+    seen.extend(chosen.iter().copied());
+    while chosen.len() < count.min(length as usize) {
+        let x = rng.below(length as u64) as i32;
+        if seen.insert(x) {
+            chosen.push(x);
+        }
+    }
+    chosen.sort_unstable();
+    if slash {
+        chosen.reverse();
+    }
+    chosen
+}
+
+struct Inputs {
+    seqlens: Vec<i32>,
+    vertical: Vec<i32>,
+    slash: Vec<i32>,
+    heads: usize,
+    nnz_v: usize,
+    nnz_s: usize,
+    context: usize,
+}
+
+impl Inputs {
+    fn raw(rng: &mut Rng, seqlens: &[i32], heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+        let context = *seqlens.iter().max().unwrap_or(&1) as usize;
+        let (mut vertical, mut slash) = (Vec::new(), Vec::new());
+        for &length in seqlens {
+            for _ in 0..heads {
+                vertical.extend(raw_indices(rng, nnz_v, length, context));
+                slash.extend(raw_indices(rng, nnz_s, length, context));
+            }
+        }
+        Inputs { seqlens: seqlens.to_vec(), vertical, slash, heads, nnz_v, nnz_s, context }
+    }
+
+    /// MInference-style: one sequence of `length`, capacities at most `length`.
+    fn minference(rng: &mut Rng, length: i32, heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+        let (nnz_v, nnz_s) = (nnz_v.min(length as usize), nnz_s.min(length as usize));
+        let (mut vertical, mut slash) = (Vec::new(), Vec::new());
+        for _ in 0..heads {
+            vertical.extend(minference_indices(rng, nnz_v, length, false));
+            slash.extend(minference_indices(rng, nnz_s, length, true));
+        }
+        Inputs { seqlens: vec![length], vertical, slash, heads, nnz_v, nnz_s, context: length as usize }
+    }
+
+    fn cpu(&self) -> HostVerticalSlashIndex {
+        let batch = self.seqlens.len();
+        convert_cpu(&self.seqlens, &self.vertical, &self.slash, batch, self.heads, self.nnz_v, self.nnz_s, self.context)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "seqlens {:?} context {} heads {} nnz_v {} nnz_s {}",
+            self.seqlens, self.context, self.heads, self.nnz_v, self.nnz_s
+        )
+    }
+}
+
+struct DeviceInputs {
+    seqlens: cudarc::driver::CudaSlice<i32>,
+    vertical: cudarc::driver::CudaSlice<i32>,
+    slash: cudarc::driver::CudaSlice<i32>,
+}
+
+fn upload(device: &Device, inputs: &Inputs) -> DeviceInputs {
+    let stream = device.stream();
+    DeviceInputs {
+        seqlens: stream.clone_htod(&inputs.seqlens).expect("upload seqlens"),
+        vertical: stream.clone_htod(&inputs.vertical).expect("upload vertical"),
+        slash: stream.clone_htod(&inputs.slash).expect("upload slash"),
+    }
+}
+
+fn gpu(device: &Device, inputs: &Inputs, workspace: &mut ConvertWorkspace) -> VerticalSlashIndex {
+    let d = upload(device, inputs);
+    convert_vertical_slash(
+        device,
+        &d.seqlens,
+        &d.vertical,
+        &d.slash,
+        inputs.seqlens.len(),
+        inputs.heads,
+        inputs.context,
+        workspace,
+    )
+    .unwrap_or_else(|e| panic!("converting {}: {e}", inputs.describe()))
+}
+
+/// Compares and, on a mismatch, names the first differing array and row.
+fn assert_same(got: &HostVerticalSlashIndex, want: &HostVerticalSlashIndex, what: &str) {
+    if got == want {
+        return;
+    }
+    let shape = want.shape;
+    assert_eq!(got.shape, shape, "{what}: shapes differ");
+    for b in 0..shape.batch {
+        for h in 0..shape.heads {
+            for r in 0..shape.rows {
+                let row = shape.row(b, h, r);
+                let (got_o, want_o) = (&got.block_offset, &want.block_offset);
+                let (got_c, want_c) = (&got.column_index, &want.column_index);
+                let offsets = row * shape.nnz_s..(row + 1) * shape.nnz_s;
+                let columns = row * shape.nnz_v..(row + 1) * shape.nnz_v;
+                assert!(
+                    got.block_count[row] == want.block_count[row]
+                        && got.column_count[row] == want.column_count[row]
+                        && got_o[offsets.clone()] == want_o[offsets.clone()]
+                        && got_c[columns.clone()] == want_c[columns.clone()],
+                    "{what}: row block (b={b}, h={h}, r={r}) differs: GPU {} ranges {:?}, {} columns {:?}; \
+                     CPU {} ranges {:?}, {} columns {:?}",
+                    got.block_count[row],
+                    &got_o[offsets.start..offsets.start + 8.min(shape.nnz_s)],
+                    got.column_count[row],
+                    &got_c[columns.start..columns.start + 8.min(shape.nnz_v)],
+                    want.block_count[row],
+                    want.ranges(b, h, r).iter().take(8).collect::<Vec<_>>(),
+                    want.column_count[row],
+                    want.columns(b, h, r).iter().take(8).collect::<Vec<_>>(),
+                );
+            }
+        }
+    }
+    panic!("{what}: indices differ");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn converter_matches_the_cpu_model() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    // One workspace for every case: it grows and is reused across shapes.
+    let mut workspace = ConvertWorkspace::new();
+    let mut cases: Vec<(String, Inputs)> = Vec::new();
+    for length in [1, 63, 64, 65, 1000, 4097] {
+        let nnz_v = 1 + rng.below(length as u64 + 100) as usize;
+        let nnz_s = 1 + rng.below(length as u64 + 100) as usize;
+        cases.push((format!("raw {length}"), Inputs::raw(&mut rng, &[length], 4, nnz_v, nnz_s)));
+        let other = 1 + rng.below(length as u64 + 64) as i32;
+        cases.push((
+            format!("raw batch 2, {length} and {other}"),
+            Inputs::raw(&mut rng, &[length, other], 2, nnz_v, nnz_s),
+        ));
+        cases.push((format!("MInference-style {length}"), Inputs::minference(&mut rng, length, 4, nnz_v, nnz_s)));
+    }
+    cases.push(("raw 32768 x 32 heads".into(), Inputs::raw(&mut rng, &[32768], 32, 1000, 2000)));
+    cases.push(("raw batch 2, 32768 and 20000".into(), Inputs::raw(&mut rng, &[32768, 20000], 8, 1000, 2000)));
+    cases.push(("MInference-style 32768 x 32 heads".into(), Inputs::minference(&mut rng, 32768, 32, 1000, 2000)));
+    // Capacities far above the length, and a longer padded context.
+    let mut padded = Inputs::raw(&mut rng, &[500, 300], 3, 2000, 3000);
+    padded.context = 1000;
+    cases.push(("raw, padded context 1000".into(), padded));
+    for (what, inputs) in &cases {
+        let got = gpu(&device, inputs, &mut workspace).to_host().expect("download");
+        assert_same(&got, &inputs.cpu(), &format!("{what} ({})", inputs.describe()));
+        println!("ok   {what}: {}", inputs.describe());
+    }
+    println!("workspace holds {} bytes", workspace.device_bytes());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn reused_outputs_are_zeroed_and_overlong_seqlens_clamped() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let mut workspace = ConvertWorkspace::new();
+    // First a dense case (many entries), then a sparse one of the same shape into the same index.
+    let dense = Inputs::raw(&mut rng, &[3000, 2500], 4, 1500, 1500);
+    let mut sparse = Inputs::raw(&mut rng, &[3000, 1200], 4, 1500, 1500);
+    for x in sparse.vertical.iter_mut().chain(sparse.slash.iter_mut()).skip(7).step_by(3) {
+        *x = -1;
+    }
+    let mut index = gpu(&device, &dense, &mut workspace);
+    assert_same(&index.to_host().expect("download"), &dense.cpu(), "first conversion");
+    let d = upload(&device, &sparse);
+    convert_vertical_slash_into(&device, &d.seqlens, &d.vertical, &d.slash, sparse.context, &mut workspace, &mut index)
+        .expect("second conversion");
+    assert_same(&index.to_host().expect("download"), &sparse.cpu(), "reused output");
+    // Lengths past the context are the context, negative ones are empty.
+    let mut clamped = Inputs::raw(&mut rng, &[3000, 2000], 4, 1500, 1500);
+    clamped.seqlens = vec![1 << 30, -5];
+    let d = upload(&device, &clamped);
+    convert_vertical_slash_into(
+        &device,
+        &d.seqlens,
+        &d.vertical,
+        &d.slash,
+        clamped.context,
+        &mut workspace,
+        &mut index,
+    )
+    .expect("clamped conversion");
+    assert_same(&index.to_host().expect("download"), &clamped.cpu(), "clamped seqlens");
+    // A shape mismatch with the output index is an error that names both shapes.
+    let err = convert_vertical_slash_into(&device, &d.seqlens, &d.vertical, &d.slash, 5000, &mut workspace, &mut index)
+        .expect_err("context 5000 does not fit an index of 47 rows");
+    assert!(err.to_string().contains("the output index has shape"), "{err}");
+    let short = device.stream().clone_htod(&[1i32; 7]).expect("upload");
+    let err = convert_vertical_slash(&device, &d.seqlens, &short, &d.slash, 2, 4, 3000, &mut workspace)
+        .expect_err("7 verticals for 8 heads");
+    assert!(err.to_string().contains("vertical holds 7 indices"), "{err}");
+}
+
+/// Long-context shape: 128K tokens, 32 heads, 1000 verticals and 6096 slashes per head
+/// (MInference's largest vertical-slash budget), checked against the CPU model and timed.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn converter_128k_x_32_heads_timing() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    let mut rng = Rng(seed);
+    let (length, heads, nnz_v, nnz_s) = (131_072, 32, 1000, 6096);
+    // Realistic picks: sinks and local diagonals near 0 plus spread-out ones, unsorted.
+    let mut inputs = Inputs::raw(&mut rng, &[length], heads, nnz_v, nnz_s);
+    for h in 0..heads {
+        for k in 0..64 {
+            inputs.vertical[h * nnz_v + k] = k as i32;
+            inputs.slash[h * nnz_s + k] = k as i32;
+        }
+    }
+    let d = upload(&device, &inputs);
+    let mut workspace = ConvertWorkspace::new();
+    let mut index =
+        convert_vertical_slash(&device, &d.seqlens, &d.vertical, &d.slash, 1, heads, length as usize, &mut workspace)
+            .expect("first conversion (compiles the converter)");
+    let stream = device.stream();
+    stream.synchronize().expect("first conversion ran");
+    let event = || device.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
+    let (start, end) = (event(), event());
+    let iterations = 10;
+    start.record(stream).expect("record");
+    for _ in 0..iterations {
+        convert_vertical_slash_into(
+            &device,
+            &d.seqlens,
+            &d.vertical,
+            &d.slash,
+            length as usize,
+            &mut workspace,
+            &mut index,
+        )
+        .expect("conversion");
+    }
+    end.record(stream).expect("record");
+    let total_ms = start.elapsed_ms(&end).expect("elapsed") / iterations as f32;
+    // The zeroing of the outputs alone, for comparison.
+    let (shape, mut parts) = index.into_parts();
+    start.record(stream).expect("record");
+    for _ in 0..iterations {
+        for part in parts.iter_mut() {
+            stream.memset_zeros(part).expect("memset");
+        }
+    }
+    end.record(stream).expect("record");
+    let zero_ms = start.elapsed_ms(&end).expect("elapsed") / iterations as f32;
+    let output_bytes: usize = parts.iter().map(|p| p.num_bytes()).sum();
+    let [bc, bo, cc, ci] = parts;
+    let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("same buffers");
+    println!(
+        "vs_convert {length} tokens x {heads} heads, nnz_v {nnz_v}, nnz_s {nnz_s} on {}: {total_ms:.3} ms per call \
+         ({zero_ms:.3} ms of it zeroing {:.2} GB of outputs, {:.3} ms the two passes)",
+        device.name(),
+        output_bytes as f64 / 1e9,
+        total_ms - zero_ms
+    );
+    convert_vertical_slash_into(
+        &device,
+        &d.seqlens,
+        &d.vertical,
+        &d.slash,
+        length as usize,
+        &mut workspace,
+        &mut index,
+    )
+    .expect("conversion");
+    assert_same(&index.to_host().expect("download"), &inputs.cpu(), &inputs.describe());
+}

@@ -1,0 +1,626 @@
+//! The vertical-slash index: which keys each 64-row query block attends to, in the format of
+//! MInference's `convert_vertical_slash_indexes`, and the GPU converter that builds it from raw
+//! vertical (key column) and slash (diagonal offset) indices.
+//!
+//! For query head `h` of sequence `b` and row block `r` (query rows `64r .. 64r + 64`):
+//!
+//! - `block_count[b, h, r]` ranges of 64 keys start at `block_offset[b, h, r, 0 .. block_count]`
+//!   (start columns, not necessarily multiples of 64);
+//! - `column_count[b, h, r]` single key columns are listed, ascending, in
+//!   `column_index[b, h, r, 0 .. column_count]`;
+//! - every other slot is zero.
+//!
+//! The converter accepts raw indices in any order, with duplicates and out-of-range values: only
+//! verticals and slashes in `[0, seqlen)` count, each once. Its output is byte-identical to
+//! MInference's on the inputs MInference expects (sorted, unique, in range, with the main diagonal
+//! among the slashes). Where MInference would drop verticals at or past the end of its last range
+//! (no slash near the diagonal), minf keeps them as columns, so the realised mask always covers
+//! every causal `(i, j)` on a chosen column or diagonal. [`cpu::convert_cpu`] is the plain model
+//! the GPU output is tested against.
+
+use crate::device::Device;
+use crate::error::MinfError;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use minf_codegen::{IndexKernel, IndexKernelSpec};
+use std::sync::Arc;
+
+/// Query rows per row block and keys per range step; fixed by the format.
+pub const BLOCK: usize = 64;
+
+/// Largest `context` the converter accepts (row starts and range ends stay inside `i32`).
+pub const MAX_CONTEXT: usize = 1 << 30;
+
+/// Largest batch and head count (the converter's launch grid).
+pub const MAX_BATCH_OR_HEADS: usize = 65_535;
+
+/// The dimensions of a vertical-slash index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IndexShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Row blocks per head, `ceil(context / 64)`.
+    pub rows: usize,
+    /// Slash capacity: `block_offset` slots per row block.
+    pub nnz_s: usize,
+    /// Vertical capacity: `column_index` slots per row block.
+    pub nnz_v: usize,
+}
+
+impl IndexShape {
+    /// Elements of `block_count` and of `column_count`: `batch * heads * rows`.
+    pub fn count_len(&self) -> Option<usize> {
+        self.batch.checked_mul(self.heads)?.checked_mul(self.rows)
+    }
+
+    /// Elements of `block_offset`: `batch * heads * rows * nnz_s`.
+    pub fn offset_len(&self) -> Option<usize> {
+        self.count_len()?.checked_mul(self.nnz_s)
+    }
+
+    /// Elements of `column_index`: `batch * heads * rows * nnz_v`.
+    pub fn column_len(&self) -> Option<usize> {
+        self.count_len()?.checked_mul(self.nnz_v)
+    }
+
+    /// Position of row block `(b, h, r)` in the count arrays.
+    pub fn row(&self, b: usize, h: usize, r: usize) -> usize {
+        (b * self.heads + h) * self.rows + r
+    }
+
+    /// The shape a conversion produces, after checking its arguments: `seqlens_len`, `vertical_len`
+    /// and `slash_len` are the element counts of the three inputs. The error names what is wrong
+    /// and what is allowed.
+    pub fn for_conversion(
+        seqlens_len: usize,
+        vertical_len: usize,
+        slash_len: usize,
+        batch: usize,
+        heads: usize,
+        context: usize,
+    ) -> Result<IndexShape, MinfError> {
+        let shape_error = |message: String| Err(MinfError::Shape(message));
+        if !(1..=MAX_BATCH_OR_HEADS).contains(&batch) || !(1..=MAX_BATCH_OR_HEADS).contains(&heads) {
+            return shape_error(format!(
+                "batch {batch} and heads {heads}: each must be between 1 and {MAX_BATCH_OR_HEADS}"
+            ));
+        }
+        if !(1..=MAX_CONTEXT).contains(&context) {
+            return shape_error(format!("context {context}: allowed 1 to {MAX_CONTEXT} tokens"));
+        }
+        if seqlens_len != batch {
+            return shape_error(format!(
+                "seqlens holds {seqlens_len} lengths but batch is {batch} (one length per sequence)"
+            ));
+        }
+        let heads_total = batch * heads;
+        let capacity = |name: &str, len: usize| -> Result<usize, MinfError> {
+            if len == 0 || len % heads_total != 0 || len / heads_total > i32::MAX as usize {
+                return Err(MinfError::Shape(format!(
+                    "{name} holds {len} indices, which is not [batch, heads, nnz] = [{batch}, {heads}, nnz] for \
+                     any nnz from 1 to {}: its length must be a non-zero multiple of batch * heads = {heads_total}",
+                    i32::MAX
+                )));
+            }
+            Ok(len / heads_total)
+        };
+        let nnz_v = capacity("vertical", vertical_len)?;
+        let nnz_s = capacity("slash", slash_len)?;
+        let shape = IndexShape { batch, heads, rows: context.div_ceil(BLOCK), nnz_s, nnz_v };
+        shape.lengths()?;
+        Ok(shape)
+    }
+
+    fn lengths(&self) -> Result<(usize, usize, usize), MinfError> {
+        match (self.count_len(), self.offset_len(), self.column_len()) {
+            (Some(counts), Some(offsets), Some(columns)) => Ok((counts, offsets, columns)),
+            _ => Err(MinfError::Shape(format!("index shape {self:?} overflows usize"))),
+        }
+    }
+}
+
+/// A vertical-slash index on the device: four zero-padded `i32` buffers and their shape.
+#[derive(Debug)]
+pub struct VerticalSlashIndex {
+    shape: IndexShape,
+    block_count: CudaSlice<i32>,
+    block_offset: CudaSlice<i32>,
+    column_count: CudaSlice<i32>,
+    column_index: CudaSlice<i32>,
+}
+
+/// A vertical-slash index in host memory (same layout as [`VerticalSlashIndex`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostVerticalSlashIndex {
+    /// The dimensions.
+    pub shape: IndexShape,
+    /// `[batch, heads, rows]`: ranges per row block.
+    pub block_count: Vec<i32>,
+    /// `[batch, heads, rows, nnz_s]`: start columns of the 64-wide ranges.
+    pub block_offset: Vec<i32>,
+    /// `[batch, heads, rows]`: single columns per row block.
+    pub column_count: Vec<i32>,
+    /// `[batch, heads, rows, nnz_v]`: the columns, ascending.
+    pub column_index: Vec<i32>,
+}
+
+impl HostVerticalSlashIndex {
+    /// An all-zero index of this shape; `None` if its size overflows `usize`.
+    pub fn zeros(shape: IndexShape) -> Option<Self> {
+        Some(HostVerticalSlashIndex {
+            shape,
+            block_count: vec![0; shape.count_len()?],
+            block_offset: vec![0; shape.offset_len()?],
+            column_count: vec![0; shape.count_len()?],
+            column_index: vec![0; shape.column_len()?],
+        })
+    }
+
+    /// The used range starts of row block `(b, h, r)` (counts clamped to the capacity).
+    pub fn ranges(&self, b: usize, h: usize, r: usize) -> &[i32] {
+        let row = self.shape.row(b, h, r);
+        let n = (self.block_count[row].max(0) as usize).min(self.shape.nnz_s);
+        &self.block_offset[row * self.shape.nnz_s..row * self.shape.nnz_s + n]
+    }
+
+    /// The used columns of row block `(b, h, r)` (counts clamped to the capacity).
+    pub fn columns(&self, b: usize, h: usize, r: usize) -> &[i32] {
+        let row = self.shape.row(b, h, r);
+        let n = (self.column_count[row].max(0) as usize).min(self.shape.nnz_v);
+        &self.column_index[row * self.shape.nnz_v..row * self.shape.nnz_v + n]
+    }
+}
+
+/// Whether the attention kernel computes score `(i, j)` of `(b, h)` under `index`: `j <= i` and
+/// `j` lies in one of row block `i / 64`'s 64-wide ranges or in its column list.
+pub fn realised_mask_contains(index: &HostVerticalSlashIndex, b: usize, h: usize, i: usize, j: usize) -> bool {
+    let r = i / BLOCK;
+    if j > i || r >= index.shape.rows || b >= index.shape.batch || h >= index.shape.heads {
+        return false;
+    }
+    let j = j as i64;
+    index.ranges(b, h, r).iter().any(|&start| (start as i64..start as i64 + BLOCK as i64).contains(&j))
+        || index.columns(b, h, r).iter().any(|&c| c as i64 == j)
+}
+
+impl VerticalSlashIndex {
+    /// A view for [`crate::vertical_slash_attention`].
+    pub fn as_ref(&self) -> crate::attention::VerticalSlashIndexRef<'_> {
+        let shape = self.shape();
+        crate::attention::VerticalSlashIndexRef {
+            block_count: self.block_count(),
+            block_offset: self.block_offset(),
+            column_count: self.column_count(),
+            column_index: self.column_index(),
+            batch: shape.batch,
+            heads: shape.heads,
+            rows: shape.rows,
+            nnz_s: shape.nnz_s,
+            nnz_v: shape.nnz_v,
+        }
+    }
+
+    /// Wraps index buffers computed elsewhere, checking their lengths against `shape`. Their
+    /// contents are not checked (that would need a device sync).
+    pub fn from_parts(
+        shape: IndexShape,
+        block_count: CudaSlice<i32>,
+        block_offset: CudaSlice<i32>,
+        column_count: CudaSlice<i32>,
+        column_index: CudaSlice<i32>,
+    ) -> Result<Self, MinfError> {
+        let (counts, offsets, columns) = shape.lengths()?;
+        for (name, len, want, dims) in [
+            ("block_count", block_count.len(), counts, "batch * heads * rows"),
+            ("block_offset", block_offset.len(), offsets, "batch * heads * rows * nnz_s"),
+            ("column_count", column_count.len(), counts, "batch * heads * rows"),
+            ("column_index", column_index.len(), columns, "batch * heads * rows * nnz_v"),
+        ] {
+            if len != want {
+                return Err(MinfError::Shape(format!(
+                    "{name} holds {len} elements but {dims} = {want} for index shape {shape:?}"
+                )));
+            }
+        }
+        Ok(VerticalSlashIndex { shape, block_count, block_offset, column_count, column_index })
+    }
+
+    /// A zeroed index of this shape, allocated on the device's stream.
+    pub fn zeros(device: &Device, shape: IndexShape) -> Result<Self, MinfError> {
+        let (counts, offsets, columns) = shape.lengths()?;
+        let stream = device.stream();
+        let alloc = |n: usize, what: &str| {
+            stream.alloc_zeros::<i32>(n).map_err(MinfError::driver(format!("allocating {what} ({n} x i32)")))
+        };
+        Ok(VerticalSlashIndex {
+            shape,
+            block_count: alloc(counts, "block_count")?,
+            block_offset: alloc(offsets, "block_offset")?,
+            column_count: alloc(counts, "column_count")?,
+            column_index: alloc(columns, "column_index")?,
+        })
+    }
+
+    /// The dimensions.
+    pub fn shape(&self) -> IndexShape {
+        self.shape
+    }
+
+    /// `[batch, heads, rows]` range counts.
+    pub fn block_count(&self) -> &CudaSlice<i32> {
+        &self.block_count
+    }
+
+    /// `[batch, heads, rows, nnz_s]` range starts.
+    pub fn block_offset(&self) -> &CudaSlice<i32> {
+        &self.block_offset
+    }
+
+    /// `[batch, heads, rows]` column counts.
+    pub fn column_count(&self) -> &CudaSlice<i32> {
+        &self.column_count
+    }
+
+    /// `[batch, heads, rows, nnz_v]` columns.
+    pub fn column_index(&self) -> &CudaSlice<i32> {
+        &self.column_index
+    }
+
+    /// The four buffers, for callers that own the index.
+    pub fn into_parts(self) -> (IndexShape, [CudaSlice<i32>; 4]) {
+        (self.shape, [self.block_count, self.block_offset, self.column_count, self.column_index])
+    }
+
+    /// Downloads the index (synchronises with the stream the buffers belong to).
+    pub fn to_host(&self) -> Result<HostVerticalSlashIndex, MinfError> {
+        let download = |buffer: &CudaSlice<i32>, what: &str| {
+            buffer.stream().clone_dtoh(buffer).map_err(MinfError::driver(format!("downloading {what}")))
+        };
+        Ok(HostVerticalSlashIndex {
+            shape: self.shape,
+            block_count: download(&self.block_count, "block_count")?,
+            block_offset: download(&self.block_offset, "block_offset")?,
+            column_count: download(&self.column_count, "column_count")?,
+            column_index: download(&self.column_index, "column_index")?,
+        })
+    }
+}
+
+/// Reusable device scratch of the converter: per-(batch, head) bitmaps and compacted lists. It
+/// grows on demand and keeps its memory, so repeated conversions of the same or smaller shapes do
+/// not allocate (used with another device, it reallocates there). One conversion at a time: the
+/// `&mut` borrow and the single stream keep uses in order.
+#[derive(Debug, Default)]
+pub struct ConvertWorkspace {
+    bits: Option<CudaSlice<u32>>,
+    lists: Option<CudaSlice<i32>>,
+    lengths: Option<CudaSlice<i32>>,
+}
+
+/// Element counts of the workspace buffers for one conversion.
+#[derive(Debug, Clone, Copy)]
+struct WorkspaceSize {
+    /// Bitmap words per (batch, head).
+    words: usize,
+    /// Two bitmaps per (batch, head).
+    bits: usize,
+    /// A vertical and a slash list per (batch, head).
+    lists: usize,
+    /// Two list lengths per (batch, head).
+    lengths: usize,
+}
+
+impl WorkspaceSize {
+    fn new(heads_total: usize, context: usize, nnz_v: usize, nnz_s: usize) -> Option<WorkspaceSize> {
+        // Whole groups of four words, as the compaction reads them.
+        let words = context.div_ceil(32).div_ceil(4) * 4;
+        Some(WorkspaceSize {
+            words,
+            bits: heads_total.checked_mul(words)?.checked_mul(2)?,
+            lists: heads_total.checked_mul(nnz_v.checked_add(nnz_s)?)?,
+            lengths: heads_total.checked_mul(2)?,
+        })
+    }
+}
+
+impl ConvertWorkspace {
+    /// An empty workspace; the first conversion allocates what it needs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of device memory held.
+    pub fn device_bytes(&self) -> usize {
+        self.bits.as_ref().map_or(0, |b| b.num_bytes())
+            + self.lists.as_ref().map_or(0, |b| b.num_bytes())
+            + self.lengths.as_ref().map_or(0, |b| b.num_bytes())
+    }
+
+    fn reserve(&mut self, device: &Device, size: WorkspaceSize) -> Result<(), MinfError> {
+        let stream = device.stream();
+        fn grow<T: DeviceRepr>(
+            slot: &mut Option<CudaSlice<T>>,
+            stream: &Arc<CudaStream>,
+            len: usize,
+            what: &str,
+        ) -> Result<(), MinfError> {
+            // Large enough and in this device's context (a workspace may move between devices).
+            if slot.as_ref().is_some_and(|b| b.len() >= len && Arc::ptr_eq(b.context(), stream.context())) {
+                return Ok(());
+            }
+            *slot = None;
+            // SAFETY: the bitmaps are zeroed before every use and the kernels read list entries
+            // only below the lengths the first pass writes.
+            let buffer = unsafe { stream.alloc::<T>(len.max(1)) }
+                .map_err(MinfError::driver(format!("allocating the converter's {what} ({len} elements)")))?;
+            *slot = Some(buffer);
+            Ok(())
+        }
+        grow(&mut self.bits, stream, size.bits, "bitmaps")?;
+        grow(&mut self.lists, stream, size.lists, "lists")?;
+        grow(&mut self.lengths, stream, size.lengths, "list lengths")?;
+        Ok(())
+    }
+}
+
+/// Kernel parameters, passed by value; mirrors `ConvertParams` in `templates/vs_convert.cu.tera`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ConvertParams {
+    seqlens: u64,
+    vertical: u64,
+    slash: u64,
+    block_count: u64,
+    block_offset: u64,
+    column_count: u64,
+    column_index: u64,
+    v_bits: u64,
+    s_bits: u64,
+    v_list: u64,
+    s_list: u64,
+    list_len: u64,
+    heads: i32,
+    rows: i32,
+    context: i32,
+    words: i32,
+    nnz_v: i32,
+    nnz_s: i32,
+}
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for ConvertParams {}
+
+/// Converts raw vertical and slash indices into a new [`VerticalSlashIndex`].
+///
+/// - `seqlens`: `[batch]` valid lengths (clamped to `[0, context]`); row blocks at or past a
+///   sequence's length keep zero counts;
+/// - `vertical`: `[batch, heads, nnz_v]` key columns; `slash`: `[batch, heads, nnz_s]` diagonal
+///   offsets (`0` is the main diagonal). Any order, duplicates and out-of-range values allowed;
+/// - `context`: the padded sequence length, giving `rows = ceil(context / 64)`.
+///
+/// Launches on `device.stream()` without synchronising. `workspace` is reused across calls.
+#[allow(clippy::too_many_arguments)]
+pub fn convert_vertical_slash(
+    device: &Device,
+    seqlens: &CudaSlice<i32>,
+    vertical: &CudaSlice<i32>,
+    slash: &CudaSlice<i32>,
+    batch: usize,
+    heads: usize,
+    context: usize,
+    workspace: &mut ConvertWorkspace,
+) -> Result<VerticalSlashIndex, MinfError> {
+    let shape = IndexShape::for_conversion(seqlens.len(), vertical.len(), slash.len(), batch, heads, context)?;
+    let mut index = VerticalSlashIndex::zeros(device, shape)?;
+    launch(device, seqlens, vertical, slash, context, workspace, &mut index)?;
+    Ok(index)
+}
+
+/// [`convert_vertical_slash`] into an existing index (zeroed first), whose shape gives `batch`,
+/// `heads`, the row count (which must be `ceil(context / 64)`) and the capacities (which must be
+/// those of `vertical` and `slash`). Allocates nothing once `workspace` is large enough.
+pub fn convert_vertical_slash_into(
+    device: &Device,
+    seqlens: &CudaSlice<i32>,
+    vertical: &CudaSlice<i32>,
+    slash: &CudaSlice<i32>,
+    context: usize,
+    workspace: &mut ConvertWorkspace,
+    index: &mut VerticalSlashIndex,
+) -> Result<(), MinfError> {
+    let have = index.shape;
+    let want = IndexShape::for_conversion(seqlens.len(), vertical.len(), slash.len(), have.batch, have.heads, context)?;
+    if have != want {
+        return Err(MinfError::Shape(format!(
+            "the output index has shape {have:?} but these inputs and context {context} give {want:?}"
+        )));
+    }
+    let stream = device.stream();
+    for (name, buffer) in [
+        ("block_count", &mut index.block_count),
+        ("block_offset", &mut index.block_offset),
+        ("column_count", &mut index.column_count),
+        ("column_index", &mut index.column_index),
+    ] {
+        stream.memset_zeros(buffer).map_err(MinfError::driver(format!("zeroing {name}")))?;
+    }
+    launch(device, seqlens, vertical, slash, context, workspace, index)
+}
+
+/// Zeroes the bitmaps and launches both passes into the (already zeroed) `index`.
+fn launch(
+    device: &Device,
+    seqlens: &CudaSlice<i32>,
+    vertical: &CudaSlice<i32>,
+    slash: &CudaSlice<i32>,
+    context: usize,
+    workspace: &mut ConvertWorkspace,
+    index: &mut VerticalSlashIndex,
+) -> Result<(), MinfError> {
+    let shape = index.shape;
+    let heads_total = shape.batch * shape.heads;
+    let size = WorkspaceSize::new(heads_total, context, shape.nnz_v, shape.nnz_s)
+        .ok_or_else(|| MinfError::Shape(format!("converter workspace for {shape:?} overflows usize")))?;
+    workspace.reserve(device, size)?;
+    let (Some(bits), Some(lists), Some(lengths)) =
+        (workspace.bits.as_mut(), workspace.lists.as_mut(), workspace.lengths.as_mut())
+    else {
+        return Err(MinfError::Shape("converter workspace was not allocated".into()));
+    };
+    let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashConvert, arch: device.arch() };
+    let lists_kernel = device.index_kernel(&spec, &format!("{}_lists", spec.kernel_name()))?;
+    let rows_kernel = device.index_kernel(&spec, &format!("{}_rows", spec.kernel_name()))?;
+    let stream = device.stream();
+    stream
+        .memset_zeros(&mut bits.slice_mut(..size.bits))
+        .map_err(MinfError::driver("zeroing the converter's bitmaps"))?;
+
+    let (seqlens_ptr, _seqlens_sync) = seqlens.device_ptr(stream);
+    let (vertical_ptr, _vertical_sync) = vertical.device_ptr(stream);
+    let (slash_ptr, _slash_sync) = slash.device_ptr(stream);
+    let (bits_ptr, _bits_sync) = bits.device_ptr_mut(stream);
+    let (lists_ptr, _lists_sync) = lists.device_ptr_mut(stream);
+    let (lengths_ptr, _lengths_sync) = lengths.device_ptr_mut(stream);
+    let (block_count, _bc_sync) = index.block_count.device_ptr_mut(stream);
+    let (block_offset, _bo_sync) = index.block_offset.device_ptr_mut(stream);
+    let (column_count, _cc_sync) = index.column_count.device_ptr_mut(stream);
+    let (column_index, _ci_sync) = index.column_index.device_ptr_mut(stream);
+    let i32_bytes = std::mem::size_of::<i32>() as u64;
+    // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT).
+    let params = ConvertParams {
+        seqlens: seqlens_ptr,
+        vertical: vertical_ptr,
+        slash: slash_ptr,
+        block_count,
+        block_offset,
+        column_count,
+        column_index,
+        v_bits: bits_ptr,
+        s_bits: bits_ptr + (heads_total * size.words) as u64 * i32_bytes,
+        v_list: lists_ptr,
+        s_list: lists_ptr + (heads_total * shape.nnz_v) as u64 * i32_bytes,
+        list_len: lengths_ptr,
+        heads: shape.heads as i32,
+        rows: shape.rows as i32,
+        context: context as i32,
+        words: size.words as i32,
+        nnz_v: shape.nnz_v as i32,
+        nnz_s: shape.nnz_s as i32,
+    };
+    let threads = lists_kernel.launch.threads;
+    let lists_config = LaunchConfig {
+        grid_dim: (shape.heads as u32, shape.batch as u32, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut pass = stream.launch_builder(&lists_kernel.function);
+    pass.arg(&params);
+    // SAFETY: the parameter block matches the kernel's declaration; every buffer length was checked
+    // against the shape (inputs by IndexShape::for_conversion, workspace by reserve, outputs by construction),
+    // and the kernel range-checks every index it reads before using it as an address.
+    unsafe { pass.launch(lists_config) }
+        .map_err(MinfError::driver(format!("launching {}_lists", spec.kernel_name())))?;
+    let rows_config = LaunchConfig {
+        grid_dim: (shape.rows.div_ceil(threads as usize) as u32, shape.heads as u32, shape.batch as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut pass = stream.launch_builder(&rows_kernel.function);
+    pass.arg(&params);
+    // SAFETY: as above; rows are bounded by `rows` and writes by the per-row capacities.
+    unsafe { pass.launch(rows_config) }.map_err(MinfError::driver(format!("launching {}_rows", spec.kernel_name())))?;
+    Ok(())
+}
+
+/// The CPU model of the converter: the format's semantics written plainly, for tests and for
+/// checking the GPU output.
+pub mod cpu {
+    use super::{HostVerticalSlashIndex, IndexShape, BLOCK};
+
+    /// The 64-wide key ranges `(start, end)` of a row block ending at `end_m`, from `slashes`
+    /// (ascending, unique, in range), merged as MInference merges them: largest slash below
+    /// `end_m` first, each giving the range ending at `max(end_m - s, 64)`; an end within 64 past
+    /// the current range extends it by 64, a later end starts a new range, an earlier one is
+    /// already covered.
+    pub fn row_ranges(slashes: &[i32], end_m: i32) -> Vec<(i32, i32)> {
+        let block = BLOCK as i32;
+        let below = slashes.partition_point(|&s| s < end_m);
+        let mut ranges: Vec<(i32, i32)> = Vec::new();
+        for &s in slashes[..below].iter().rev() {
+            let end = (end_m - s).max(block);
+            match ranges.last_mut() {
+                Some((_, current_end)) if end <= *current_end => {}
+                Some((_, current_end)) if end <= *current_end + block => *current_end += block,
+                _ => ranges.push((end - block, end)),
+            }
+        }
+        ranges
+    }
+
+    /// Whether `column` lies in one of `ranges` (ascending and disjoint, as [`row_ranges`] returns).
+    pub fn covered(ranges: &[(i32, i32)], column: i32) -> bool {
+        let after = ranges.partition_point(|&(start, _)| start <= column);
+        after > 0 && column < ranges[after - 1].1
+    }
+
+    /// Converts raw indices like the GPU converter: `vertical` is `[batch, heads, nnz_v]`,
+    /// `slash` is `[batch, heads, nnz_s]`, `seqlens` is `[batch]` (each clamped to
+    /// `[0, context]`), and the index has `ceil(context / 64)` row blocks.
+    ///
+    /// # Panics
+    ///
+    /// If a length does not match its shape.
+    #[allow(clippy::too_many_arguments)]
+    pub fn convert_cpu(
+        seqlens: &[i32],
+        vertical: &[i32],
+        slash: &[i32],
+        batch: usize,
+        heads: usize,
+        nnz_v: usize,
+        nnz_s: usize,
+        context: usize,
+    ) -> HostVerticalSlashIndex {
+        assert_eq!(seqlens.len(), batch, "seqlens length");
+        assert_eq!(vertical.len(), batch * heads * nnz_v, "vertical length");
+        assert_eq!(slash.len(), batch * heads * nnz_s, "slash length");
+        let shape = IndexShape { batch, heads, rows: context.div_ceil(BLOCK), nnz_s, nnz_v };
+        let mut index = HostVerticalSlashIndex::zeros(shape).unwrap_or_else(|| panic!("{shape:?} overflows"));
+        for (b, &seqlen) in seqlens.iter().enumerate() {
+            let length = seqlen.clamp(0, context as i32);
+            for h in 0..heads {
+                let bh = b * heads + h;
+                let in_range = |raw: &[i32]| {
+                    let mut valid: Vec<i32> = raw.iter().copied().filter(|x| (0..length).contains(x)).collect();
+                    valid.sort_unstable();
+                    valid.dedup();
+                    valid
+                };
+                let verticals = in_range(&vertical[bh * nnz_v..(bh + 1) * nnz_v]);
+                let slashes = in_range(&slash[bh * nnz_s..(bh + 1) * nnz_s]);
+                for r in 0..shape.rows {
+                    let start_m = (r * BLOCK) as i32;
+                    if start_m >= length {
+                        break;
+                    }
+                    let end_m = start_m + BLOCK as i32;
+                    let ranges = row_ranges(&slashes, end_m);
+                    let starts: Vec<i32> =
+                        ranges.iter().flat_map(|&(start, end)| (start..end).step_by(BLOCK)).collect();
+                    let columns: Vec<i32> = verticals[..verticals.partition_point(|&v| v < end_m)]
+                        .iter()
+                        .copied()
+                        .filter(|&v| !covered(&ranges, v))
+                        .collect();
+                    let row = shape.row(b, h, r);
+                    index.block_count[row] = starts.len() as i32;
+                    index.block_offset[row * nnz_s..row * nnz_s + starts.len()].copy_from_slice(&starts);
+                    index.column_count[row] = columns.len() as i32;
+                    index.column_index[row * nnz_v..row * nnz_v + columns.len()].copy_from_slice(&columns);
+                }
+            }
+        }
+        index
+    }
+}
