@@ -1,11 +1,13 @@
 //! Times minf's dense causal kernel through the runtime (CUDA events, median after warm-up) and
 //! prints TFLOP/s on the causal half of the score matrix.
 //!
-//! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20] [--json FILE]`
+//! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20]
+//!              [--tile block_m,block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
 //! Run PyTorch SDPA in the same session for the baseline (`bench/dense_check.py --bench`).
 
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
+use minf::codegen::{DType, KernelSpec, Pattern};
 use minf::reference::random_normal;
 use minf::{dense_attention, AttentionOptions, Device, TensorMut, TensorRef};
 use std::time::Instant;
@@ -25,6 +27,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::new(0)?;
     let stream = device.stream().clone();
     println!("device: {} ({})", device.name(), device.arch());
+    let mut spec = KernelSpec::default_for(Pattern::Dense, DType::Bf16, head_dim as u32, device.arch());
+    if let Some(tile) = args.iter().position(|a| a == "--tile").and_then(|i| args.get(i + 1)) {
+        let parts: Vec<u32> = tile.split(',').map(str::parse).collect::<Result<_, _>>()?;
+        let [block_m, block_n, warps, stages] = parts[..] else {
+            return Err("--tile takes block_m,block_n,warps,stages".into());
+        };
+        spec = KernelSpec { block_m, block_n, warps, stages, ..spec };
+    }
+    if let Some(mainloop) = args.iter().position(|a| a == "--mainloop").and_then(|i| args.get(i + 1)) {
+        spec.mainloop = mainloop.parse()?;
+    }
+    println!("kernel: {}", spec.kernel_name());
     let mut records = Vec::new();
     for seq in seqs.split(',').map(str::parse::<usize>) {
         let seq = seq?;
@@ -41,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 TensorRef::bshd(&k, shape)?,
                 TensorRef::bshd(&v, shape)?,
                 TensorMut::bshd(&mut out, shape)?,
-                AttentionOptions::default(),
+                AttentionOptions { spec: Some(spec), ..Default::default() },
             )
         };
         let first = Instant::now();

@@ -1,8 +1,11 @@
 //! Times minf's vertical-slash kernel on a converted index saved by `bench/minference_vs.py`
 //! (MInference's own converter output), so both kernels run on exactly the same tiles in one
-//! session. Q/K/V are `[batch, heads, seq, dim]` like MInference's, bf16, random.
+//! session; or, with `--generate SEQ`, on an index of the same kind (30 sink columns + 970 random
+//! columns and the 6096 nearest diagonals per head, 32 heads) converted by minf's GPU converter.
+//! Q/K/V are `[batch, heads, seq, dim]` like MInference's, bf16, random.
 //!
-//! `vs_bench INDEX.safetensors [--head-dim 128] [--iters 10] [--tile block_n,warps,stages] [--json FILE]`
+//! `vs_bench (INDEX.safetensors | --generate SEQ) [--head-dim 128] [--iters 10]
+//!           [--tile block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
 
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
@@ -32,13 +35,9 @@ fn minf_tiles(offsets: &[i32], columns: usize, block_n: usize) -> usize {
     tiles + columns.div_ceil(block_n)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let path = args.get(1).ok_or("usage: vs_bench INDEX.safetensors [--head-dim 128] [--iters 10] [--json FILE]")?;
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let head_dim: usize = flag("--head-dim").map_or(Ok(128), |v| v.parse())?;
-    let iters: usize = flag("--iters").map_or(Ok(10), |v| v.parse())?;
+type HostIndex = (Vec<i32>, Vec<i32>, Vec<i32>, Vec<i32>, [usize; 5]);
 
+fn load_index(path: &str) -> Result<HostIndex, Box<dyn std::error::Error>> {
     let bytes = std::fs::read(path)?;
     let file = SafeTensors::deserialize(&bytes)?;
     let (block_count, shape) = int_tensor(&file, "block_count")?;
@@ -46,10 +45,67 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (column_count, _) = int_tensor(&file, "column_count")?;
     let (column_index, column_shape) = int_tensor(&file, "column_index")?;
     let [batch, heads, rows] = shape[..] else { return Err(format!("block_count shape {shape:?}").into()) };
-    let (nnz_s, nnz_v) = (offset_shape[3], column_shape[3]);
+    Ok((block_count, block_offset, column_count, column_index, [batch, heads, rows, offset_shape[3], column_shape[3]]))
+}
+
+/// Raw indices like `bench/minference_vs.py`'s, converted on the GPU (timed), downloaded.
+fn generate_and_convert(device: &Device, seq: usize) -> Result<HostIndex, Box<dyn std::error::Error>> {
+    let (heads, sinks, randoms, slashes) = (32usize, 30usize, 970usize, 6096usize);
+    let mut rng = minf::reference::TestRng::new(7);
+    let mut vertical = Vec::with_capacity(heads * (sinks + randoms));
+    for _ in 0..heads {
+        let mut cols: Vec<i32> = (0..sinks as i32).collect();
+        while cols.len() < sinks + randoms {
+            let c = (sinks + rng.below(seq - sinks)) as i32;
+            if !cols.contains(&c) {
+                cols.push(c);
+            }
+        }
+        vertical.extend(cols);
+    }
+    let slash: Vec<i32> = (0..heads).flat_map(|_| (0..slashes as i32).rev()).collect();
+    let stream = device.stream();
+    let (seqlens, vertical, slash) =
+        (stream.clone_htod(&[seq as i32])?, stream.clone_htod(&vertical)?, stream.clone_htod(&slash)?);
+    let mut workspace = minf::ConvertWorkspace::new();
+    let mut index = minf::convert_vertical_slash(device, &seqlens, &vertical, &slash, 1, heads, seq, &mut workspace)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        minf::convert_vertical_slash_into(device, &seqlens, &vertical, &slash, seq, &mut workspace, &mut index)?;
+        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        end.synchronize()?;
+        times.push(start.elapsed_ms(&end)? as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("minf converter: {:.3} ms (median of 5) for {seq} tokens x {heads} heads", times[2]);
+    let shape = index.shape();
+    let host = index.to_host()?;
+    Ok((
+        host.block_count,
+        host.block_offset,
+        host.column_count,
+        host.column_index,
+        [shape.batch, shape.heads, shape.rows, shape.nnz_s, shape.nnz_v],
+    ))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let head_dim: usize = flag("--head-dim").map_or(Ok(128), |v| v.parse())?;
+    let iters: usize = flag("--iters").map_or(Ok(10), |v| v.parse())?;
+    let device = Device::new(0)?;
+    let (block_count, block_offset, column_count, column_index, [batch, heads, rows, nnz_s, nnz_v]) =
+        match flag("--generate") {
+            Some(seq) => generate_and_convert(&device, seq.parse()?)?,
+            None => {
+                let path = args.get(1).ok_or("usage: vs_bench (INDEX.safetensors | --generate SEQ) [...]")?;
+                load_index(path)?
+            }
+        };
     let seq = rows * 64;
 
-    let device = Device::new(0)?;
     let stream = device.stream().clone();
     let mut spec = minf::codegen::KernelSpec::default_for(
         minf::codegen::Pattern::VerticalSlash,
@@ -62,6 +118,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let parts: Vec<u32> = tile.split(',').map(str::parse).collect::<Result<_, _>>()?;
         let [block_n, warps, stages] = parts[..] else { return Err("--tile takes block_n,warps,stages".into()) };
         spec = minf::codegen::KernelSpec { block_n, warps, stages, ..spec };
+    }
+    if let Some(mainloop) = flag("--mainloop") {
+        spec.mainloop = mainloop.parse()?;
     }
     let layout = Layout::bhsd([batch, seq, heads, head_dim]);
     let upload = |seed| {

@@ -87,6 +87,7 @@ fn check_attention<T: AttentionElement>(
     device: &Device,
     case: &Case,
     seed: u64,
+    spec: Option<KernelSpec>,
     args: PatternArgs<'_>,
     packed: Option<&Packed<'_>>,
     visible: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
@@ -127,7 +128,7 @@ fn check_attention<T: AttentionElement>(
         TensorRef::new(&v, kv_layout).expect("v view"),
         TensorMut::new(&mut out, q_layout).expect("out view"),
         args,
-        AttentionOptions { lse: Some(&mut lse), varlen, ..Default::default() },
+        AttentionOptions { lse: Some(&mut lse), varlen, spec, ..Default::default() },
     )
     .expect("launch");
     stream.synchronize().expect("kernel ran");
@@ -183,7 +184,7 @@ fn check_attention<T: AttentionElement>(
 }
 
 fn run_case<T: AttentionElement>(device: &Device, case: &Case, seed: u64) -> Outcome {
-    check_attention::<T>(device, case, seed, PatternArgs::Dense, None, &|_, _, i, j| j <= i)
+    check_attention::<T>(device, case, seed, None, PatternArgs::Dense, None, &|_, _, i, j| j <= i)
 }
 
 fn describe<T: AttentionElement>(case: &Case) -> String {

@@ -1,6 +1,6 @@
 //! Prints the rendered source of a default spec: `render <pattern> <dtype> <head_dim> <arch>`, or
 //! writes every default spec of an arch into a folder: `render --all <arch> <dir>`, or the listed
-//! specs: `render --specs 'dense,bf16,128,128,64,4,2,sm_90a;...' <dir>` (`<kernel>.cu`
+//! specs: `render --specs 'dense,bf16,128,128,64,4,2,sm_90a[,wgmma];...' <dir>` (`<kernel>.cu`
 //! plus `<kernel>.json` with the spec and launch shape), for inspecting or compiling by hand.
 use minf_codegen::{render, Arch, DType, KernelSpec, Pattern};
 
@@ -19,7 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::create_dir_all(dir)?;
             for item in list.split(';') {
                 let f: Vec<&str> = item.split(',').collect();
-                let [pattern, dtype, d, bm, bn, w, st, arch] = f.as_slice() else {
+                let (fields, mainloop) = match f.as_slice() {
+                    [rest @ .., m] if f.len() == 9 => (rest, m.parse()?),
+                    rest => (rest, minf_codegen::Mainloop::MmaSync),
+                };
+                let [pattern, dtype, d, bm, bn, w, st, arch] = fields else {
                     return Err(format!("bad spec `{item}`").into());
                 };
                 let spec = KernelSpec {
@@ -31,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     warps: w.parse()?,
                     stages: st.parse()?,
                     arch: arch.parse()?,
+                    mainloop,
                 };
                 write_kernel(&spec, dir)?;
             }

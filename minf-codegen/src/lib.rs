@@ -14,4 +14,6 @@ pub mod spec;
 
 pub use key::{CacheKey, CacheKeyInputs};
 pub use render::{render, render_any, render_index, RenderError, RenderedKernel};
-pub use spec::{AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Pattern, SpecError};
+pub use spec::{
+    AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, Pattern, SpecError,
+};

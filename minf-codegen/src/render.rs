@@ -4,7 +4,7 @@
 //! storage and every tensor-core, shared-memory and async-copy operation is inline PTX. Rendering
 //! is deterministic: the same spec always gives the same bytes, so the source hash is a cache key.
 
-use crate::spec::{AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape, SpecError, SMEM_ROW_PAD};
+use crate::spec::{AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, SpecError};
 use serde::Serialize;
 use std::sync::OnceLock;
 
@@ -64,6 +64,11 @@ struct TemplateContext {
     m_frags: u32,
     q_in_registers: bool,
     smem_row: u32,
+    /// Hopper warpgroup MMA instead of per-warp `mma.sync`.
+    wgmma: bool,
+    /// n8 tiles of S and of O (the wgmma N dimensions / 8).
+    s_tiles: u32,
+    o_tiles: u32,
     arch: &'static str,
 }
 
@@ -117,8 +122,11 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         threads: spec.warps * 32,
         stages: spec.stages,
         m_frags: spec.m_frags(),
-        q_in_registers: spec.q_in_registers(),
-        smem_row: spec.head_dim + SMEM_ROW_PAD,
+        q_in_registers: spec.q_in_registers() && spec.mainloop == Mainloop::MmaSync,
+        smem_row: spec.smem_row(),
+        wgmma: spec.mainloop == Mainloop::Wgmma,
+        s_tiles: spec.block_n / 8,
+        o_tiles: spec.head_dim / 8,
         arch: spec.arch.as_str(),
     };
     let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;

@@ -281,7 +281,24 @@ pub struct KernelSpec {
     pub stages: u32,
     /// Target architecture.
     pub arch: Arch,
+    /// How each tile is computed.
+    pub mainloop: Mainloop,
 }
+
+named_enum!(
+    /// How a tile's two matrix products are computed (the "how"; the pattern's schedule is the
+    /// "which tiles").
+    Mainloop, "mainloop", {
+        /// Per-warp `mma.sync` m16n8k16 with `ldmatrix` operands (sm_80 and later); shared-memory
+        /// rows are padded by 16 bytes.
+        MmaSync => "mma_sync",
+        /// Hopper warpgroup `wgmma.mma_async` (sm_90a only): S = Q Kᵀ with both operands in shared
+        /// memory, O += P V with P in registers; shared memory holds 8x8 core matrices contiguously.
+        /// Each warpgroup owns 64 query rows (warps a multiple of 4, 16 rows per warp), head_dim at
+        /// most 128.
+        Wgmma => "wgmma",
+    }
+);
 
 /// Launch geometry that follows from a spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -320,7 +337,9 @@ impl KernelSpec {
                 _ => (128, 32, 4, 2),
             }
         };
-        KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }
+        // The wgmma engine is correct but, without swizzled layouts and overlap, slower than
+        // mma.sync on an H100 so far (bench/RESULTS.md): it is opt-in until it wins.
+        KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch, mainloop: Mainloop::MmaSync }
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
@@ -348,6 +367,14 @@ impl KernelSpec {
         self.block_m / (16 * self.warps)
     }
 
+    /// Elements per shared-memory row: padded for `mma.sync`, dense core matrices for `wgmma`.
+    pub fn smem_row(&self) -> u32 {
+        match self.mainloop {
+            Mainloop::MmaSync => self.head_dim + SMEM_ROW_PAD,
+            Mainloop::Wgmma => self.head_dim,
+        }
+    }
+
     /// Whether the Q fragments stay in registers for the whole mainloop; when they would push the
     /// accumulators past the register budget, they are re-read from shared memory at every key tile.
     pub fn q_in_registers(&self) -> bool {
@@ -363,7 +390,7 @@ impl KernelSpec {
     /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
     /// stage the key index of each tile slot plus the tile's mask flag.
     pub fn shared_bytes(&self) -> u32 {
-        let row = (self.head_dim + SMEM_ROW_PAD) * 2;
+        let row = self.smem_row() * 2;
         let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
         let keys = (self.stages * (self.block_n + 1) * 4).div_ceil(16) * 16;
         tiles + keys
@@ -377,22 +404,38 @@ impl KernelSpec {
     /// The `extern "C"` entry point name of the kernel.
     pub fn kernel_name(&self) -> String {
         format!(
-            "minf_{}_{}_d{}_m{}n{}w{}s{}",
-            self.pattern, self.dtype, self.head_dim, self.block_m, self.block_n, self.warps, self.stages
+            "minf_{}_{}_d{}_m{}n{}w{}s{}{}",
+            self.pattern,
+            self.dtype,
+            self.head_dim,
+            self.block_m,
+            self.block_n,
+            self.warps,
+            self.stages,
+            self.engine_suffix("_")
         )
     }
 
     /// Readable prefix of cache entry names, e.g. `dense-bf16-d128-m128n64-sm90a`.
     pub fn readable_name(&self) -> String {
         format!(
-            "{}-{}-d{}-m{}n{}-{}",
+            "{}-{}-d{}-m{}n{}-{}{}",
             self.pattern,
             self.dtype,
             self.head_dim,
             self.block_m,
             self.block_n,
-            self.arch.short()
+            self.arch.short(),
+            self.engine_suffix("-")
         )
+    }
+
+    /// Names mark the non-default engine, so `mma_sync` names stay as they were.
+    fn engine_suffix(&self, separator: &str) -> String {
+        match self.mainloop {
+            Mainloop::MmaSync => String::new(),
+            Mainloop::Wgmma => format!("{separator}wgmma"),
+        }
     }
 
     /// Checks every field and the combined resource limits; the error names the field, the value
@@ -446,6 +489,31 @@ impl KernelSpec {
                     field: "block_n",
                     value: self.block_n.to_string(),
                     allowed: format!("64 or 128 for pattern {} (its key ranges are 64 wide)", self.pattern),
+                });
+            }
+        }
+        if self.mainloop == Mainloop::Wgmma {
+            let staging_fits =
+                2 * self.stages * self.block_n * self.head_dim >= self.block_m * (self.head_dim + SMEM_ROW_PAD);
+            let why = if self.arch != Arch::Sm90a {
+                Some(format!("arch {} (wgmma needs sm_90a)", self.arch))
+            } else if self.m_frags() != 1 || self.warps % 4 != 0 {
+                Some(format!(
+                    "{} warps over {} rows (wgmma needs 16 rows per warp in warpgroups of 4)",
+                    self.warps, self.block_m
+                ))
+            } else if self.head_dim > 128 {
+                Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
+            } else if !staging_fits {
+                Some("a K/V buffer too small to stage the output tile".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(SpecError::Invalid {
+                    field: "mainloop",
+                    value: format!("wgmma with {why}"),
+                    allowed: "mma_sync for this tile".into(),
                 });
             }
         }

@@ -22,6 +22,19 @@ fn rendered_source_of_the_vertical_slash_converter() {
 }
 
 #[test]
+fn rendered_source_of_the_wgmma_engine() {
+    // Not a default yet (bench/RESULTS.md): pinned here so its source is reviewed like the others.
+    for pattern in [minf_codegen::Pattern::Dense, minf_codegen::Pattern::VerticalSlash] {
+        let base = KernelSpec::default_for(pattern, minf_codegen::DType::Bf16, 128, Arch::Sm90a);
+        let (block_m, warps) = if pattern.is_indexed() { (64, 4) } else { (128, 8) };
+        let spec = KernelSpec { block_m, warps, mainloop: minf_codegen::Mainloop::Wgmma, ..base };
+        let kernel = render(&spec).expect("wgmma specs render");
+        assert!(kernel.source.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+        insta::assert_snapshot!(spec.readable_name(), kernel.source);
+    }
+}
+
+#[test]
 fn cache_key_inputs_of_every_default_spec() {
     // A fixed NVRTC version keeps the snapshot independent of the machine.
     let keys: Vec<(String, CacheKeyInputs, String)> = KernelSpec::default_set(SNAPSHOT_ARCHES)

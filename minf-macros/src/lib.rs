@@ -16,7 +16,7 @@ use darling::ast::NestedMeta;
 use darling::util::SpannedValue;
 use darling::FromMeta;
 use minf_codegen::spec::{BLOCK_MS, BLOCK_NS, HEAD_DIMS, STAGES, WARPS};
-use minf_codegen::{Arch, DType, KernelSpec, Pattern, SpecError};
+use minf_codegen::{Arch, DType, KernelSpec, Mainloop, Pattern, SpecError};
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
 
@@ -26,7 +26,7 @@ use quote::quote;
 /// Arguments: `pattern` and `head_dim` (required); `dtype` (default `"bf16"`); `block_m`,
 /// `block_n`, `warps`, `stages` (default: `KernelSpec::default_for` of the pattern, dtype, head
 /// dimension and target); `arch` (pins the target; without it the device's architecture is used
-/// at run time). Invalid combinations are compile errors that point at the offending argument.
+/// at run time); `mainloop` (`"mma_sync"`, the default, or `"wgmma"` on `sm_90a`). Invalid combinations are compile errors that point at the offending argument.
 #[proc_macro_attribute]
 pub fn sparse_attention(args: proc_macro::TokenStream, item: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand(args.into(), item.into()).into()
@@ -48,6 +48,7 @@ struct Args {
     warps: Option<SpannedValue<i64>>,
     stages: Option<SpannedValue<i64>>,
     arch: Option<SpannedValue<String>>,
+    mainloop: Option<SpannedValue<String>>,
 }
 
 /// A kernel declaration whose names have been parsed: what the generated code encodes.
@@ -61,6 +62,7 @@ struct Kernel {
     warps: Option<u32>,
     stages: Option<u32>,
     arch: Option<Arch>,
+    mainloop: Option<Mainloop>,
 }
 
 impl Kernel {
@@ -74,6 +76,7 @@ impl Kernel {
             block_n: self.block_n.unwrap_or(defaults.block_n),
             warps: self.warps.unwrap_or(defaults.warps),
             stages: self.stages.unwrap_or(defaults.stages),
+            mainloop: self.mainloop.unwrap_or(defaults.mainloop),
             ..defaults
         }
     }
@@ -121,12 +124,16 @@ impl Args {
             Some(arch) => errors.parse::<Arch>(arch).map(Some),
             None => Some(None),
         };
+        let mainloop = match &self.mainloop {
+            Some(mainloop) => errors.parse::<Mainloop>(mainloop).map(Some),
+            None => Some(None),
+        };
         let block_m = errors.optional_integer("block_m", &self.block_m, BLOCK_MS);
         let block_n = errors.optional_integer("block_n", &self.block_n, BLOCK_NS);
         let warps = errors.optional_integer("warps", &self.warps, WARPS);
         let stages = errors.optional_integer("stages", &self.stages, STAGES);
         errors.finish()?;
-        match (pattern, head_dim, dtype, arch, block_m, block_n, warps, stages) {
+        match (pattern, head_dim, dtype, arch, block_m, block_n, warps, stages, mainloop) {
             (
                 Some(pattern),
                 Some(head_dim),
@@ -136,7 +143,8 @@ impl Args {
                 Some(block_n),
                 Some(warps),
                 Some(stages),
-            ) => Ok(Kernel { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch }),
+                Some(mainloop),
+            ) => Ok(Kernel { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch, mainloop }),
             _ => Err(syn::Error::new(Span::call_site(), "invalid #[sparse_attention] arguments")),
         }
     }
@@ -152,6 +160,7 @@ impl Args {
             "warps" => self.warps.as_ref().map(SpannedValue::span),
             "stages" => self.stages.as_ref().map(SpannedValue::span),
             "arch" => self.arch.as_ref().map(SpannedValue::span),
+            "mainloop" => self.mainloop.as_ref().map(SpannedValue::span),
             _ => None,
         }
     }
@@ -332,6 +341,10 @@ fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
     let block_n = field_or_default(kernel.block_n, "block_n");
     let warps = field_or_default(kernel.warps, "warps");
     let stages = field_or_default(kernel.stages, "stages");
+    let mainloop = match kernel.mainloop {
+        Some(mainloop) => variant("Mainloop", &mainloop),
+        None => quote!(defaults.mainloop),
+    };
     quote! {
         impl ::minf::SparseAttentionKernel for #ident {
             const NAME: &'static str = #name;
@@ -350,6 +363,7 @@ fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
                     block_n: #block_n,
                     warps: #warps,
                     stages: #stages,
+                    mainloop: #mainloop,
                     ..defaults
                 }
             }
@@ -452,6 +466,18 @@ mod tests {
         kernel(quote!(pattern = "dense", head_dim = 128, block_n = 64, warps = 8, stages = 3)).unwrap();
         let err = kernel(quote!(pattern = "dense", head_dim = 128, block_n = 128, warps = 8, stages = 2)).unwrap_err();
         assert!(err.contains("sm_80 allows") && err.contains("add `arch = \"sm_90a\"`"), "{err}");
+    }
+
+    #[test]
+    fn wgmma_needs_a_hopper_target() {
+        let err = kernel(quote!(pattern = "dense", head_dim = 128, mainloop = "wgmma")).unwrap_err();
+        assert!(err.contains("wgmma needs sm_90a"), "{err}");
+        let spec = kernel(quote!(pattern = "dense", head_dim = 128, mainloop = "wgmma", arch = "sm_90a"))
+            .unwrap()
+            .spec(Arch::Sm90a);
+        assert_eq!(spec.mainloop, Mainloop::Wgmma);
+        let err = kernel(quote!(pattern = "dense", head_dim = 128, mainloop = "wmma")).unwrap_err();
+        assert!(err.contains("did you mean `wgmma`"), "{err}");
     }
 
     #[test]

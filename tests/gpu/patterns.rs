@@ -4,7 +4,33 @@
 
 use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
+use minf::codegen::{KernelSpec, Mainloop, Pattern};
 use minf::reference::TestRng;
+use std::cell::Cell;
+
+thread_local! {
+    /// When set, this test thread runs the `wgmma` engine (sm_90a, head_dim <= 128) instead of the
+    /// default spec; the tests below run once with each engine where the device has both.
+    static WGMMA: Cell<bool> = const { Cell::new(false) };
+}
+
+fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &Case) -> Option<KernelSpec> {
+    if !WGMMA.get() || case.head_dim > 128 {
+        return None;
+    }
+    let base = KernelSpec::default_for(pattern, T::DTYPE, case.head_dim as u32, device.arch());
+    let (block_m, warps) = if pattern.is_indexed() { (64, 4) } else { (128, 8) };
+    Some(KernelSpec { block_m, warps, mainloop: Mainloop::Wgmma, ..base })
+}
+
+/// The engines to test on this device.
+fn engines(device: &Device) -> Vec<bool> {
+    if device.arch() == minf::codegen::Arch::Sm90a {
+        vec![false, true]
+    } else {
+        vec![false]
+    }
+}
 use minf::{AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
 
 /// Host copy of a per-(batch, head, 64-row block) index: a count and a fixed-capacity list.
@@ -85,7 +111,15 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
             let (n_init, n_local) = shapes[n % shapes.len()];
             let visible = move |_: usize, _: usize, i: usize, j: usize| j <= i && (j < n_init || i - j < n_local);
             let args = PatternArgs::AShape { n_init, n_local };
-            let o = check_attention::<T>(device, case, seed + n as u64, args, None, &visible);
+            let o = check_attention::<T>(
+                device,
+                case,
+                seed + n as u64,
+                spec_override::<T>(device, Pattern::AShape, case),
+                args,
+                None,
+                &visible,
+            );
             report(
                 "a_shape",
                 format!("{} n_init={n_init} n_local={n_local}", describe::<T>(case)),
@@ -106,6 +140,7 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
             device,
             &case,
             seed ^ 7,
+            spec_override::<T>(device, Pattern::AShape, &case),
             PatternArgs::AShape { n_init: 16, n_local: 200 },
             Some(&packed),
             &visible,
@@ -119,8 +154,13 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
 fn a_shape_matches_masked_reference() {
     let device = device();
     let mut failures = Vec::new();
-    a_shape_for::<bf16>(&device, &mut failures);
-    a_shape_for::<f16>(&device, &mut failures);
+    for wgmma in engines(&device) {
+        println!("engine: {}", if wgmma { "wgmma" } else { "default" });
+        WGMMA.set(wgmma);
+        a_shape_for::<bf16>(&device, &mut failures);
+        a_shape_for::<f16>(&device, &mut failures);
+    }
+    WGMMA.set(false);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 
@@ -210,7 +250,15 @@ fn run_block_sparse<T: AttentionElement>(
     let visible = |b: usize, h: usize, i: usize, j: usize| {
         j <= i && index.entries(index.slot(b, h, heads, i / 64)).contains(&((j / 64) as i32))
     };
-    let o = check_attention::<T>(device, case, seed, args, packed, &visible);
+    let o = check_attention::<T>(
+        device,
+        case,
+        seed,
+        spec_override::<T>(device, Pattern::BlockSparse, case),
+        args,
+        packed,
+        &visible,
+    );
     let label = if packed.is_some() {
         "block_sparse varlen"
     } else if hostile {
@@ -226,8 +274,13 @@ fn run_block_sparse<T: AttentionElement>(
 fn block_sparse_matches_masked_reference() {
     let device = device();
     let mut failures = Vec::new();
-    block_sparse_for::<bf16>(&device, &mut failures);
-    block_sparse_for::<f16>(&device, &mut failures);
+    for wgmma in engines(&device) {
+        println!("engine: {}", if wgmma { "wgmma" } else { "default" });
+        WGMMA.set(wgmma);
+        block_sparse_for::<bf16>(&device, &mut failures);
+        block_sparse_for::<f16>(&device, &mut failures);
+    }
+    WGMMA.set(false);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 
@@ -327,7 +380,15 @@ fn run_vertical_slash<T: AttentionElement>(
             && (index.ranges.entries(at).iter().any(|&s| (s as i64) <= j as i64 && (j as i64) < s as i64 + 64)
                 || index.columns.entries(at).contains(&(j as i32)))
     };
-    let o = check_attention::<T>(device, case, seed, args, packed, &visible);
+    let o = check_attention::<T>(
+        device,
+        case,
+        seed,
+        spec_override::<T>(device, Pattern::VerticalSlash, case),
+        args,
+        packed,
+        &visible,
+    );
     report(label, describe::<T>(case), o.out_error, o.lse_error, failures);
 }
 
@@ -369,7 +430,12 @@ fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<S
 fn vertical_slash_matches_masked_reference() {
     let device = device();
     let mut failures = Vec::new();
-    vertical_slash_for::<bf16>(&device, &mut failures);
-    vertical_slash_for::<f16>(&device, &mut failures);
+    for wgmma in engines(&device) {
+        println!("engine: {}", if wgmma { "wgmma" } else { "default" });
+        WGMMA.set(wgmma);
+        vertical_slash_for::<bf16>(&device, &mut failures);
+        vertical_slash_for::<f16>(&device, &mut failures);
+    }
+    WGMMA.set(false);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
