@@ -318,15 +318,14 @@ impl KernelSpec {
         // 283-290 TFLOP/s, 128x32 on 4 warps at 273-276, 128x64 on 8 warps at 207-212
         // (bench/RESULTS.md). The 128x128 tile needs more shared memory than sm_8x allows.
         let hopper = matches!(arch, Arch::Sm90 | Arch::Sm90a);
-        let small_smem = matches!(arch, Arch::Sm86 | Arch::Sm89);
         let (block_m, block_n, warps, stages) = if pattern.is_indexed() {
-            // Index-driven kernels take MInference's 64-row query blocks; 128-key tiles pair
-            // adjacent 64-key ranges.
-            match (head_dim, small_smem) {
-                (256, false) if hopper => (64, 64, 4, 2),
-                (256, _) => (64, 64, 4, 1),
-                (_, true) => (64, 64, 4, 2),
-                _ => (64, 128, 4, 2),
+            // Index-driven kernels take MInference's 64-row query blocks. On an H100 (vertical-slash,
+            // 128K, 10% of tiles) 64-key tiles ran at 172 TFLOP/s and 128-key tiles (pairing
+            // adjacent ranges, one block per SM) at 157 (bench/RESULTS.md).
+            match (head_dim, hopper) {
+                (256, true) => (64, 64, 4, 2),
+                (256, false) => (64, 64, 4, 1),
+                _ => (64, 64, 4, 2),
             }
         } else {
             match (head_dim, arch) {
