@@ -5,7 +5,6 @@
 //!              [--tile block_m,block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
 //! Run PyTorch SDPA in the same session for the baseline (`bench/dense_check.py --bench`).
 
-use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use minf::codegen::{DType, KernelSpec, Pattern};
 use minf::reference::random_normal;
@@ -62,19 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         run()?;
         stream.synchronize()?;
         let first_call_s = first.elapsed().as_secs_f64();
-        for _ in 0..3 {
-            run()?;
-        }
-        let mut times = Vec::with_capacity(iters);
-        for _ in 0..iters {
-            let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            run()?;
-            let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-            end.synchronize()?;
-            times.push(start.elapsed_ms(&end)? as f64);
-        }
-        times.sort_by(f64::total_cmp);
-        let ms = times[times.len() / 2];
+        let ms = minf::timing::median_ms(&stream, 3, iters, &mut run)?;
         let flops = 4.0 * (seq as f64) * (seq as f64) / 2.0 * head_dim as f64 * heads as f64;
         let tflops = flops / (ms * 1e-3) / 1e12;
         println!(

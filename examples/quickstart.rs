@@ -6,7 +6,6 @@
 //!
 //! On a machine without a GPU it says so and points to what does work there.
 
-use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use minf::reference::{causal_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::{dense_attention, AttentionOptions, Device, MinfError, TensorMut, TensorRef};
@@ -64,16 +63,7 @@ fn run(seq: usize) -> Result<(), Box<dyn std::error::Error>> {
     attend()?;
     stream.synchronize()?;
     println!("first call (kernel from cache or JIT, then run): {:.2} s", started.elapsed().as_secs_f64());
-    let mut times = Vec::new();
-    for _ in 0..10 {
-        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        attend()?;
-        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        end.synchronize()?;
-        times.push(start.elapsed_ms(&end)? as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    let ms = times[times.len() / 2];
+    let ms = minf::timing::median_ms(&stream, 2, 10, &mut attend)?;
     let flops = 2.0 * (seq as f64).powi(2) * head_dim as f64 * heads as f64;
     println!("attention: {ms:.3} ms, {:.1} TFLOP/s on the causal half", flops / (ms * 1e-3) / 1e12);
 

@@ -7,7 +7,6 @@
 //! `vs_bench (INDEX.safetensors | --generate SEQ) [--head-dim 128] [--iters 10]
 //!           [--tile block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
 
-use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use minf::reference::random_normal;
 use minf::tensor::Layout;
@@ -69,16 +68,10 @@ fn generate_and_convert(device: &Device, seq: usize) -> Result<HostIndex, Box<dy
         (stream.clone_htod(&[seq as i32])?, stream.clone_htod(&vertical)?, stream.clone_htod(&slash)?);
     let mut workspace = minf::ConvertWorkspace::new();
     let mut index = minf::convert_vertical_slash(device, &seqlens, &vertical, &slash, 1, heads, seq, &mut workspace)?;
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        minf::convert_vertical_slash_into(device, &seqlens, &vertical, &slash, seq, &mut workspace, &mut index)?;
-        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        end.synchronize()?;
-        times.push(start.elapsed_ms(&end)? as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    println!("minf converter: {:.3} ms (median of 5) for {seq} tokens x {heads} heads", times[2]);
+    let ms = minf::timing::median_ms(stream, 0, 5, || {
+        minf::convert_vertical_slash_into(device, &seqlens, &vertical, &slash, seq, &mut workspace, &mut index)
+    })?;
+    println!("minf converter: {ms:.3} ms (median of 5) for {seq} tokens x {heads} heads");
     let shape = index.shape();
     let host = index.to_host()?;
     Ok((
@@ -153,19 +146,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             AttentionOptions { spec: Some(spec), ..Default::default() },
         )
     };
-    for _ in 0..3 {
-        run()?;
-    }
-    let mut times = Vec::new();
-    for _ in 0..iters {
-        let start = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        run()?;
-        let end = stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        end.synchronize()?;
-        times.push(start.elapsed_ms(&end)? as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    let ms = times[times.len() / 2];
+    let ms = minf::timing::median_ms(&stream, 3, iters, &mut run)?;
 
     // Tiles: MInference's 64x64 count (the index's own density) and what minf actually computes.
     let mut index_tiles = 0usize;

@@ -14,6 +14,7 @@ pub mod jit;
 pub mod reference;
 pub mod registry;
 pub mod tensor;
+pub mod timing;
 pub mod vertical_slash;
 
 pub use attention::{
