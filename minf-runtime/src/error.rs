@@ -45,6 +45,9 @@ pub enum MinfError {
         /// Minor compute capability.
         minor: i32,
     },
+    /// A per-head pattern config is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Tensor shapes, strides or options do not fit the call.
     #[error("invalid arguments: {0}")]
     Shape(String),

@@ -8,6 +8,7 @@
 //! the [`registry`].
 
 pub mod attention;
+pub mod config;
 pub mod device;
 pub mod error;
 pub mod jit;
@@ -21,6 +22,7 @@ pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
     AttentionOptions, BlockSparseIndexRef, PatternArgs, Varlen, VerticalSlashIndexRef,
 };
+pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
 pub use device::Device;
 pub use error::MinfError;
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct

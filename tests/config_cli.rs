@@ -1,0 +1,133 @@
+//! `minf config show` and `minf warm --config` on MInference's shipped configs and on broken files.
+//! NVRTC must be installed for the warm test; no GPU is needed.
+
+use minf_codegen::{Arch, DType, IndexKernel};
+use minf_runtime::config::PatternConfig;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A shipped config (`../shared/minference-configs` next to the repository); missing is a failure.
+fn shipped(name: &str) -> PathBuf {
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/minference-configs"));
+    let path = dir.join(name);
+    assert!(path.is_file(), "the MInference configs are missing: looked for {}", path.display());
+    path
+}
+
+const PHI: &str = "Phi_3_mini_128k_instruct_kv_out_v32_fit_o_best_pattern.json";
+
+fn minf(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_minf"));
+    command.args(args).env_remove("MINF_DISABLE_JIT").env_remove("MINF_NVRTC").env_remove("RUST_LOG");
+    command
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn config_show_on_a_shipped_config() -> TestResult {
+    let path = shipped(PHI);
+    let output = minf(&["config", "show", path.to_str().ok_or("path")?]).output()?;
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "Phi-3-mini-128k-instruct (32 layers, 32 query heads, 32 KV heads, head_dim 96)",
+        "layers:   32, 32 heads each (0 missing",
+        "  0-7       vertical_slash 32",
+        "  10        a_shape 13, vertical_slash 19",
+        "overall:  a_shape 43, vertical_slash 981 (1024 heads)",
+        "vertical sizes (vertical_slash heads):",
+        "slash sizes (vertical_slash heads):",
+        "a_shape:  n_init 100, n_local 800: 43 heads",
+    ] {
+        assert!(stdout.contains(needle), "no `{needle}` in {}", text(&output));
+    }
+    // Starting layer and ratio: two dense layers, sizes halved (the fallback 6096 -> 3048 bucket).
+    let output =
+        minf(&["config", "show", path.to_str().ok_or("path")?, "--starting-layer", "2", "--ratio", "0.5"]).output()?;
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("  0-1       dense 32"), "{}", text(&output));
+    assert!(stdout.contains("starting_layer 2, ratio 0.5"), "{}", text(&output));
+    Ok(())
+}
+
+#[test]
+fn config_show_on_broken_and_unknown_files_fails_naming_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad_config.json");
+    fs::write(&bad, r#"[{"0": ["vertical_and_slash", 1000, 6096, 0.5]}, {"3": ["stream_lm", 100, 800, 0.9]}]"#)?;
+    let output = minf(&["config", "show", bad.to_str().ok_or("path")?, "--heads", "32"]).output()?;
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let want =
+        format!("{}: layer 1, head 3: unknown pattern \"stream_lm\" (did you mean \"stream_llm\"?)", bad.display());
+    assert!(stderr.contains(&want), "{}", text(&output));
+
+    // A file name minf does not know needs --heads.
+    let output = minf(&["config", "show", bad.to_str().ok_or("path")?]).output()?;
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{}: no known model shape", bad.display())), "{}", text(&output));
+    assert!(stderr.contains("--heads"), "{}", text(&output));
+
+    let broken = dir.path().join("broken.json");
+    fs::write(&broken, "[\n  {\"0\": [\"vertical_and_slash\", 1000, 6096, 0.5]\n]")?;
+    let output = minf(&["config", "show", broken.to_str().ok_or("path")?, "--heads", "4"]).output()?;
+    assert!(!output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{}:3:1: invalid JSON", broken.display())), "{}", text(&output));
+    Ok(())
+}
+
+#[test]
+fn warm_with_a_config_compiles_exactly_its_kernels() -> TestResult {
+    let cache = tempfile::tempdir()?;
+    let path = shipped(PHI);
+    let output = minf(&["warm", "--config", path.to_str().ok_or("path")?, "--arch", "sm_80", "--dtype", "bf16"])
+        .env("MINF_CACHE_DIR", cache.path())
+        .output()?;
+    assert!(output.status.success(), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let specs = PatternConfig::load_for_model(&path)?.kernel_specs(96, DType::Bf16, Arch::Sm80);
+    assert_eq!(specs.len(), 3, "dense, a_shape, vertical_slash: {specs:?}");
+    let total = specs.len() + IndexKernel::ALL.len();
+    let summary = format!(
+        "warmed {total} kernel(s) ({} attention, {} index) for sm_80: {total} compiled, 0 cached, 0 failed",
+        specs.len(),
+        IndexKernel::ALL.len()
+    );
+    assert!(stdout.contains(&summary), "{}", text(&output));
+    assert!(stdout.contains("needs dense, a_shape, vertical_slash kernels (head_dim [96])"), "{}", text(&output));
+    let names: Vec<String> = fs::read_dir(cache.path())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    for spec in &specs {
+        let prefix = format!("{}-", spec.readable_name());
+        assert!(names.iter().any(|n| n.starts_with(&prefix)), "no {prefix} entry in {names:?}");
+    }
+
+    // An unknown model needs --head-dim; --pattern does not go with --config.
+    let dir = tempfile::tempdir()?;
+    let custom = dir.path().join("custom.json");
+    fs::write(&custom, r#"[{"0": ["block_sparse", 1, 1, 0.5]}]"#)?;
+    let custom = custom.to_str().ok_or("path")?;
+    let output = minf(&["warm", "--config", custom, "--heads", "2", "--arch", "sm_80"])
+        .env("MINF_CACHE_DIR", cache.path())
+        .output()?;
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pass --head-dim"), "{}", text(&output));
+    let output = minf(&["warm", "--config", custom, "--pattern", "dense", "--arch", "sm_80"]).output()?;
+    assert!(!output.status.success(), "{}", text(&output));
+    Ok(())
+}
