@@ -5,7 +5,7 @@
 //! (`minf-runtime`) use the same validation rules.
 //!
 //! - [`spec`]: what a kernel is ([`KernelSpec`]) and which combinations are valid.
-//! - [`render`]: the Tera templates that turn a spec into header-free CUDA C++.
+//! - [`mod@render`]: the Tera templates that turn a spec into header-free CUDA C++.
 //! - [`key`]: the content-addressed cache key of a rendered kernel.
 
 pub mod key;

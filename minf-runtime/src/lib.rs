@@ -1,8 +1,8 @@
 //! minf's runtime: NVRTC JIT compilation, the kernel cache, device tensors and launchers.
 //!
-//! The path of a kernel: [`minf_codegen::render`] turns a spec into source, [`jit`] compiles it
+//! The path of a kernel: [`minf_codegen::render()`] turns a spec into source, [`jit`] compiles it
 //! with NVRTC to a cubin for the exact device and keeps it in the disk cache, [`device`] loads it
-//! once per CUDA context, and the launchers ([`attention`]) check shapes and indices and launch it.
+//! once per CUDA context, and the launchers ([`mod@attention`]) check shapes and indices and launch it.
 //! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
