@@ -1,4 +1,7 @@
-//! CPU reference attention in f64, used by the GPU tests and examples to check kernels.
+//! CPU reference attention in f64, used by the GPU tests and examples to check kernels, and the
+//! attention recall of a sparse mask.
+
+use crate::error::MinfError;
 
 /// Shape of a reference problem; tensors are contiguous `[batch, seq, heads, head_dim]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +16,42 @@ pub struct ReferenceShape {
     pub kv_heads: usize,
     /// Head dimension.
     pub head_dim: usize,
+}
+
+impl ReferenceShape {
+    /// Checks that `q` is `[batch, seq, heads, head_dim]` and `k` `[batch, seq, kv_heads, head_dim]`
+    /// and that `kv_heads` is positive and divides `heads`.
+    pub fn check_qk(&self, q: &[f32], k: &[f32]) -> Result<(), MinfError> {
+        let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = *self;
+        let len = |heads: usize| batch.checked_mul(seq)?.checked_mul(heads)?.checked_mul(head_dim);
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(MinfError::Shape(format!("kv_heads {kv_heads} must be positive and divide heads {heads}")));
+        }
+        if len(heads) != Some(q.len()) || len(kv_heads) != Some(k.len()) {
+            return Err(MinfError::Shape(format!(
+                "{self:?} needs q of {:?} and k of {:?} elements, got {} and {}",
+                len(heads),
+                len(kv_heads),
+                q.len(),
+                k.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Maps `f` over `tasks` on all cores, keeping the order.
+pub(crate) fn parallel_map<T: Sync, R: Send>(tasks: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = tasks.len().div_ceil(threads).max(1);
+    let f = &f;
+    let mut parts: Vec<Vec<R>> = tasks.chunks(chunk).map(|_| Vec::new()).collect();
+    std::thread::scope(|scope| {
+        for (part, out) in tasks.chunks(chunk).zip(parts.iter_mut()) {
+            scope.spawn(move || out.extend(part.iter().map(f)));
+        }
+    });
+    parts.into_iter().flatten().collect()
 }
 
 /// Reference result for selected rows.
@@ -126,6 +165,74 @@ pub fn relative_l2(got: &[f64], want: &[f64]) -> f64 {
         norm += w * w;
     }
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// How much of the dense attention a sparse mask keeps, over the rows [`recall`] looked at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecallStats {
+    /// Mean over rows (every batch entry, head and listed query row) of the share of the row's
+    /// causal softmax mass that falls inside the mask.
+    pub mean: f64,
+    /// The smallest share of any row.
+    pub worst: f64,
+    /// `(batch, head, row)` of that row.
+    pub worst_row: (usize, usize, usize),
+}
+
+/// Attention recall of `mask`: for query row `i` of (batch `b`, head `h`), the dense causal
+/// softmax (scale `1/sqrt(head_dim)`, computed in f64) puts weight `p_j` on key `j <= i`; the row's
+/// recall is the sum of `p_j` over the keys with `mask(b, h, i, j)` (keys above the diagonal do not
+/// count even if the mask lists them). Every batch entry and head is measured at the query rows
+/// `rows`. `q`, `k` are contiguous `[batch, seq, heads | kv_heads, head_dim]`.
+pub fn recall(
+    q: &[f32],
+    k: &[f32],
+    shape: ReferenceShape,
+    mask: impl Fn(usize, usize, usize, usize) -> bool + Sync,
+    rows: &[usize],
+) -> Result<RecallStats, MinfError> {
+    shape.check_qk(q, k)?;
+    let ReferenceShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
+    if let Some(bad) = rows.iter().find(|&&i| i >= seq) {
+        return Err(MinfError::Shape(format!("recall: row {bad} is outside the sequence of {seq}")));
+    }
+    if batch * heads * rows.len() == 0 {
+        return Err(MinfError::Shape("recall: no rows to measure".into()));
+    }
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..batch).flat_map(|b| (0..heads).flat_map(move |h| rows.iter().map(move |&i| (b, h, i)))).collect();
+    let shares = parallel_map(&tasks, |&(b, h, i)| {
+        let q_row = &q[((b * seq + i) * heads + h) * d..][..d];
+        let scores: Vec<f64> = (0..=i)
+            .map(|j| {
+                let k_row = &k[((b * seq + j) * kv_heads + h / group) * d..][..d];
+                q_row.iter().zip(k_row).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() * scale
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (mut inside, mut total) = (0.0, 0.0);
+        for (j, score) in scores.iter().enumerate() {
+            let p = (score - max).exp();
+            total += p;
+            if mask(b, h, i, j) {
+                inside += p;
+            }
+        }
+        inside / total
+    });
+    let mut stats = RecallStats { mean: 0.0, worst: f64::INFINITY, worst_row: tasks[0] };
+    for (share, &task) in shares.iter().zip(&tasks) {
+        stats.mean += share;
+        // `!(>=)` so that a NaN share (non-finite inputs) is reported as the worst.
+        if !(*share >= stats.worst) {
+            stats.worst = *share;
+            stats.worst_row = task;
+        }
+    }
+    stats.mean /= shares.len() as f64;
+    Ok(stats)
 }
 
 /// A small deterministic generator (SplitMix64) for test and benchmark inputs and indices.
