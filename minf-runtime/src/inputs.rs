@@ -27,9 +27,10 @@
 //! with the defaults a query gives its own key about [`InputSpec::local_logit`], the sink
 //! [`InputSpec::sink_logit`], a heavy column [`InputSpec::heavy_logit`] and the key after an
 //! earlier occurrence of itself [`InputSpec::induction_logit`], while unrelated keys spread with a
-//! standard deviation of about 1. Rows then put roughly a third of their mass on the sink, a
-//! third near the diagonal and the rest on heavy columns, repeats and the long tail: neither
-//! uniform nor one-hot.
+//! standard deviation of about 1.3 (head_dim 128). With the defaults at 2048 tokens, the last rows
+//! put about a quarter of their mass on the sink, a quarter within 64 tokens of the diagonal, a
+//! tenth or more on the heavy columns, a tenth or more on the repeat's diagonal and the rest on
+//! the long tail (the tests hold these shares in ranges): neither uniform nor one-hot.
 
 use crate::error::MinfError;
 use crate::reference::{random_normal, ReferenceShape, TestRng};
@@ -101,7 +102,7 @@ pub struct InputSpec {
     /// Rotary base: 500000 (Llama-3, default) or 10000 (Llama-2). With 10000, identities rotate
     /// enough over a few thousand tokens that long-distance repeats fade, as they do in such models.
     pub rope_base: f64,
-    /// Scaled score of a query against its own key's content (default 5); neighbours score less
+    /// Scaled score of a query against its own key's content (default 7); neighbours score less
     /// as content decorrelates and the rotation turns.
     pub local_logit: f64,
     /// Tokens over which content correlation falls by `1/e` (default 16).
@@ -111,7 +112,7 @@ pub struct InputSpec {
     pub query_noise: f64,
     /// Sink tokens at the start (default 4, at most `seq`).
     pub sink_tokens: usize,
-    /// Scaled score of every query against a sink key (default 8).
+    /// Scaled score of every query against a sink key (default 7).
     pub sink_logit: f64,
     /// Heavy key columns per KV head (default 4, fewer if the sequence is too short), at seeded positions after the sink and before
     /// the last quarter of the sequence ([`InputSpec::planted`] lists them).
@@ -121,7 +122,7 @@ pub struct InputSpec {
     /// Repeated spans, applied in order (default: the last `seq / 8` tokens repeat the span at
     /// `seq / 4`, so the final queries, which the vertical-slash estimate reads, are in a copy).
     pub repeats: Vec<Repeat>,
-    /// Scaled score of an induction match (default 5): query `i` against key `j` when token
+    /// Scaled score of an induction match (default 6): query `i` against key `j` when token
     /// `j - 1` has token `i`'s identity.
     pub induction_logit: f64,
 }
@@ -138,15 +139,15 @@ impl InputSpec {
             head_dim,
             seed,
             rope_base: 500_000.0,
-            local_logit: 5.0,
+            local_logit: 7.0,
             correlation_length: 16.0,
             query_noise: 0.3,
             sink_tokens: 4,
-            sink_logit: 8.0,
+            sink_logit: 7.0,
             heavy_columns: 4,
             heavy_logit: 6.0,
             repeats,
-            induction_logit: 5.0,
+            induction_logit: 6.0,
         };
         spec.sink_tokens = spec.sink_tokens.min(seq);
         spec.heavy_columns = spec.heavy_columns.min(spec.heavy_range().len());
@@ -524,4 +525,258 @@ pub fn save_safetensors(qkv: &HostQkv, path: impl AsRef<Path>) -> Result<(), Min
     let metadata = HashMap::from([("layout".to_string(), "bshd".to_string())]);
     let serialized = safetensors::serialize(views, Some(metadata)).map_err(|e| err(e.to_string()))?;
     std::fs::write(path, serialized).map_err(|source| MinfError::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scaled score of query `i` (head `h`) against key `j` (its KV head).
+    fn logit(qkv: &HostQkv, h: usize, i: usize, j: usize) -> f64 {
+        let d = qkv.head_dim;
+        let g = h / (qkv.heads / qkv.kv_heads);
+        let q = &qkv.q[(i * qkv.heads + h) * d..][..d];
+        let k = &qkv.k[(j * qkv.kv_heads + g) * d..][..d];
+        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (d as f64).sqrt()
+    }
+
+    #[test]
+    fn generation_is_seeded_and_shaped() {
+        let spec = InputSpec::new(300, 4, 2, 64, 9);
+        let a = StructuredInputs::generate(&spec).unwrap();
+        assert_eq!(a, StructuredInputs::generate(&spec).unwrap());
+        assert_eq!((a.q.len(), a.k.len(), a.v.len()), (300 * 4 * 64, 300 * 2 * 64, 300 * 2 * 64));
+        assert!(a.q.iter().chain(&a.k).chain(&a.v).all(|x| x.is_finite()));
+        let b = StructuredInputs::generate(&InputSpec { seed: 10, ..spec.clone() }).unwrap();
+        assert_ne!(a.q, b.q);
+        let planted = spec.planted().unwrap();
+        assert_eq!(planted.sink, 0..4);
+        for columns in &planted.heavy {
+            assert_eq!(columns.len(), 4);
+            assert!(columns.windows(2).all(|w| w[0] < w[1]), "{columns:?}");
+            assert!(columns.iter().all(|&c| (4..225).contains(&c)), "{columns:?}");
+        }
+        assert_eq!(planted.repeats, vec![Repeat { src: 75, dst: 263, len: 37 }]);
+        assert_eq!(planted.repeats[0].induction_offset(), 187);
+    }
+
+    #[test]
+    fn each_planted_part_scores_its_logit_at_any_distance() {
+        // One part at a time, so each score is exactly that part's.
+        let base = InputSpec {
+            local_logit: 0.0,
+            induction_logit: 0.0,
+            sink_logit: 0.0,
+            heavy_logit: 0.0,
+            query_noise: 0.0,
+            ..InputSpec::new(2048, 2, 1, 128, 3)
+        };
+        let sink = StructuredInputs::generate(&InputSpec { sink_logit: 7.0, ..base.clone() }).unwrap();
+        for i in [0, 5, 700, 2047] {
+            for j in 0..4 {
+                let got = logit(&sink, 1, i, j);
+                assert!((got - 7.0).abs() < 0.05, "sink ({i}, {j}): {got}");
+            }
+            assert!(logit(&sink, 1, i, 4).abs() < 1e-9);
+        }
+        let heavy = StructuredInputs::generate(&InputSpec { heavy_logit: 6.0, ..base.clone() }).unwrap();
+        let column = base.planted().unwrap().heavy[0][0];
+        assert!((logit(&heavy, 0, 2047, column) - 6.0).abs() < 0.05);
+        assert!(logit(&heavy, 0, 2047, 0).abs() < 1e-9);
+
+        // Induction: query dst + t meets key src + t + 1 at about the logit (rotation shrinks it a
+        // little); unrelated pairs spread around 0.
+        let induction = StructuredInputs::generate(&InputSpec { induction_logit: 6.0, ..base.clone() }).unwrap();
+        let r = base.repeats[0];
+        let matched: f64 =
+            (0..r.len).map(|t| logit(&induction, 0, r.dst + t, r.src + t + 1)).sum::<f64>() / r.len as f64;
+        assert!(matched > 5.0 && matched < 6.5, "induction {matched}");
+        let unrelated: f64 =
+            (0..r.len).map(|t| logit(&induction, 0, r.dst + t, r.src + t + 7)).sum::<f64>() / r.len as f64;
+        assert!(unrelated.abs() < 0.5, "unrelated {unrelated}");
+
+        // Content: a token's own key scores about the logit, far keys about 0, and the score
+        // decays with distance.
+        let local = StructuredInputs::generate(&InputSpec { local_logit: 7.0, ..base }).unwrap();
+        let mean_at = |offset: usize| (1000..1500).map(|i| logit(&local, 0, i, i - offset)).sum::<f64>() / 500.0;
+        let (own, near, far) = (mean_at(0), mean_at(4), mean_at(400));
+        assert!(own > 6.0 && own < 8.0, "own {own}");
+        assert!(near > 1.0 && near < own, "near {near}");
+        assert!(far.abs() < 0.5, "far {far}");
+    }
+
+    #[test]
+    fn bad_specs_are_errors() {
+        let ok = InputSpec::new(256, 4, 2, 64, 1);
+        let bad = [
+            InputSpec { kv_heads: 3, ..ok.clone() },
+            InputSpec { kv_heads: 0, ..ok.clone() },
+            InputSpec { head_dim: 63, ..ok.clone() },
+            InputSpec { head_dim: 6, ..ok.clone() },
+            InputSpec { rope_base: 1.0, ..ok.clone() },
+            InputSpec { local_logit: -1.0, ..ok.clone() },
+            InputSpec { sink_logit: f64::NAN, ..ok.clone() },
+            InputSpec { correlation_length: 0.0, ..ok.clone() },
+            InputSpec { sink_tokens: 257, ..ok.clone() },
+            InputSpec { heavy_columns: 1000, ..ok.clone() },
+            InputSpec { repeats: vec![Repeat { src: 10, dst: 10, len: 4 }], ..ok.clone() },
+            InputSpec { repeats: vec![Repeat { src: 10, dst: 250, len: 7 }], ..ok.clone() },
+            InputSpec { repeats: vec![Repeat { src: 10, dst: 20, len: 0 }], ..ok.clone() },
+        ];
+        for spec in bad {
+            assert!(matches!(StructuredInputs::generate(&spec), Err(MinfError::Shape(_))), "{spec:?}");
+        }
+        // Tiny sequences shrink the defaults instead of failing.
+        for seq in [0, 1, 5, 9] {
+            let qkv = StructuredInputs::generate(&InputSpec::new(seq, 2, 1, 8, 1)).unwrap();
+            assert_eq!(qkv.q.len(), seq * 2 * 8);
+        }
+    }
+
+    fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], layout: Option<&str>) {
+        let views: Vec<_> = tensors
+            .iter()
+            .map(|(name, dtype, shape, data)| {
+                (*name, safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap())
+            })
+            .collect();
+        let metadata = layout.map(|l| HashMap::from([("layout".to_string(), l.to_string())]));
+        std::fs::write(path, safetensors::serialize(views, metadata).unwrap()).unwrap();
+    }
+
+    /// `x` as `[1, heads, seq, dim]` from `[1, seq, heads, dim]`.
+    fn bhsd(x: &[f32], seq: usize, heads: usize, dim: usize) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for s in 0..seq {
+            for h in 0..heads {
+                out[(h * seq + s) * dim..][..dim].copy_from_slice(&x[(s * heads + h) * dim..][..dim]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn safetensors_round_trip_and_conversions() {
+        let dir = tempfile::tempdir().unwrap();
+        let qkv = StructuredInputs::generate(&InputSpec::new(40, 4, 2, 8, 5)).unwrap();
+        let path = dir.path().join("qkv.safetensors");
+        save_safetensors(&qkv, &path).unwrap();
+        assert_eq!(load_safetensors(&path).unwrap(), qkv);
+
+        let f32s = |x: &[f32]| x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let bf16s = |x: &[f32]| x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>();
+        let f16s = |x: &[f32]| x.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>();
+        let rounded = |x: &[f32], f: fn(f32) -> f32| x.iter().map(|v| f(*v)).collect::<Vec<f32>>();
+        let via_bf16 = |v: f32| half::bf16::from_f32(v).to_f32();
+        let via_f16 = |v: f32| half::f16::from_f32(v).to_f32();
+        let (s, h, g, d) = (40, 4, 2, 8);
+
+        // [1, heads, seq, dim] without metadata, told apart by GQA; bf16 q, f16 k/v.
+        write(
+            &path,
+            &[
+                ("q", Dtype::BF16, vec![1, h, s, d], bf16s(&bhsd(&qkv.q, s, h, d))),
+                ("k", Dtype::F16, vec![1, g, s, d], f16s(&bhsd(&qkv.k, s, g, d))),
+                ("v", Dtype::F16, vec![1, g, s, d], f16s(&bhsd(&qkv.v, s, g, d))),
+            ],
+            None,
+        );
+        let got = load_safetensors(&path).unwrap();
+        assert_eq!((got.seq, got.heads, got.kv_heads, got.head_dim), (s, h, g, d));
+        assert_eq!(got.q, rounded(&qkv.q, via_bf16));
+        assert_eq!(got.k, rounded(&qkv.k, via_f16));
+        assert_eq!(got.v, rounded(&qkv.v, via_f16));
+
+        // [1, seq, heads, dim] without metadata (GQA tells), and [seq, heads, dim].
+        for shape in [vec![1, s], vec![s]] {
+            let with = |heads: usize| [shape.clone(), vec![heads, d]].concat();
+            write(
+                &path,
+                &[
+                    ("q", Dtype::F32, with(h), f32s(&qkv.q)),
+                    ("k", Dtype::F32, with(g), f32s(&qkv.k)),
+                    ("v", Dtype::F32, with(g), f32s(&qkv.v)),
+                ],
+                None,
+            );
+            assert_eq!(load_safetensors(&path).unwrap(), qkv, "{shape:?}");
+        }
+
+        // Without GQA a 4-D file is [1, heads, seq, dim] unless its metadata says otherwise.
+        let mha = StructuredInputs::generate(&InputSpec::new(16, 2, 2, 8, 6)).unwrap();
+        let tensors = |x: &HostQkv| {
+            [("q", &x.q), ("k", &x.k), ("v", &x.v)].map(|(n, t)| (n, Dtype::F32, vec![1, 16, 2, 8], f32s(t)))
+        };
+        write(&path, &tensors(&mha), Some("bshd"));
+        assert_eq!(load_safetensors(&path).unwrap(), mha);
+        write(&path, &tensors(&mha), None);
+        let guessed = load_safetensors(&path).unwrap();
+        assert_eq!((guessed.seq, guessed.heads), (2, 16));
+        assert_eq!(guessed.q, bhsd(&mha.q, 16, 2, 8));
+    }
+
+    #[test]
+    fn malformed_safetensors_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.safetensors");
+        let f32s = |n: usize| vec![0u8; n * 4];
+        let cases: Vec<(Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>, Option<&str>, &str)> = vec![
+            (vec![("q", Dtype::F32, vec![2, 1, 8], f32s(16)), ("k", Dtype::F32, vec![2, 1, 8], f32s(16))], None, "`v`"),
+            (
+                vec![
+                    ("q", Dtype::I32, vec![2, 1, 8], f32s(16)),
+                    ("k", Dtype::F32, vec![2, 1, 8], f32s(16)),
+                    ("v", Dtype::F32, vec![2, 1, 8], f32s(16)),
+                ],
+                None,
+                "I32",
+            ),
+            (
+                vec![
+                    ("q", Dtype::F32, vec![2, 3, 8], f32s(48)),
+                    ("k", Dtype::F32, vec![2, 2, 8], f32s(32)),
+                    ("v", Dtype::F32, vec![2, 2, 8], f32s(32)),
+                ],
+                None,
+                "divide",
+            ),
+            (
+                vec![
+                    ("q", Dtype::F32, vec![2, 1, 8], f32s(16)),
+                    ("k", Dtype::F32, vec![2, 1, 8], f32s(16)),
+                    ("v", Dtype::F32, vec![3, 1, 8], f32s(24)),
+                ],
+                None,
+                "v has",
+            ),
+            (
+                vec![
+                    ("q", Dtype::F32, vec![2, 2, 1, 8], f32s(32)),
+                    ("k", Dtype::F32, vec![2, 2, 1, 8], f32s(32)),
+                    ("v", Dtype::F32, vec![2, 2, 1, 8], f32s(32)),
+                ],
+                None,
+                "expected",
+            ),
+            (
+                vec![
+                    ("q", Dtype::F32, vec![1, 2, 1, 8], f32s(16)),
+                    ("k", Dtype::F32, vec![1, 2, 1, 8], f32s(16)),
+                    ("v", Dtype::F32, vec![1, 2, 1, 8], f32s(16)),
+                ],
+                Some("sbhd"),
+                "sbhd",
+            ),
+        ];
+        for (tensors, layout, needle) in cases {
+            write(&path, &tensors, layout);
+            let message = load_safetensors(&path).unwrap_err().to_string();
+            assert!(message.contains("bad.safetensors") && message.contains(needle), "{message}");
+        }
+        std::fs::write(&path, b"not a safetensors file").unwrap();
+        assert!(matches!(load_safetensors(&path), Err(MinfError::Safetensors { .. })));
+        assert!(matches!(load_safetensors(dir.path().join("missing")), Err(MinfError::Io { .. })));
+        let wrong = HostQkv { q: vec![0.0; 3], ..StructuredInputs::generate(&InputSpec::new(4, 1, 1, 8, 1)).unwrap() };
+        assert!(save_safetensors(&wrong, &path).unwrap_err().to_string().contains("`q`"));
+    }
 }
