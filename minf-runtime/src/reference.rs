@@ -295,6 +295,37 @@ mod tests {
     }
 
     #[test]
+    fn recall_by_hand() {
+        // q = 0: row i spreads 1 / (i + 1) over keys 0..=i, in every head.
+        let shape = ReferenceShape { batch: 2, seq: 8, heads: 2, kv_heads: 1, head_dim: 4 };
+        let (q, k) = (vec![0.0f32; 2 * 8 * 2 * 4], vec![0.0f32; 2 * 8 * 4]);
+        let full = recall(&q, &k, shape, |_, _, _, _| true, &[0, 3, 7]).unwrap();
+        assert!((full.mean - 1.0).abs() < 1e-12 && (full.worst - 1.0).abs() < 1e-12);
+        // Keys above the diagonal never count.
+        let future = recall(&q, &k, shape, |_, _, i, j| j > i, &[0, 7]).unwrap();
+        assert_eq!((future.mean, future.worst), (0.0, 0.0));
+        // Only the sink: 1 / (i + 1), worst at the last row listed, of the first (b, h) reaching it.
+        let sink = recall(&q, &k, shape, |_, _, _, j| j == 0, &[0, 3]).unwrap();
+        assert!((sink.mean - (1.0 + 0.25) / 2.0).abs() < 1e-12 && (sink.worst - 0.25).abs() < 1e-12, "{sink:?}");
+        assert_eq!(sink.worst_row, (0, 0, 3));
+        // The mask sees (batch, head): only batch 1, head 1 misses everything.
+        let one = recall(&q, &k, shape, |b, h, _, _| (b, h) != (1, 1), &[5]).unwrap();
+        assert!((one.mean - 0.75).abs() < 1e-12 && one.worst == 0.0 && one.worst_row == (1, 1, 5));
+    }
+
+    #[test]
+    fn recall_weights_by_softmax_mass() {
+        // One head, d = 1: q_i = 1, k_j = ln(3) * sqrt(d) for j = 1, else 0. Row 2: weights 1, 3, 1.
+        let shape = ReferenceShape { batch: 1, seq: 3, heads: 1, kv_heads: 1, head_dim: 1 };
+        let k = [0.0, 3.0f32.ln(), 0.0];
+        let got = recall(&[1.0; 3], &k, shape, |_, _, _, j| j == 1, &[2]).unwrap();
+        assert!((got.mean - 0.6).abs() < 1e-6, "{got:?}");
+        assert!(recall(&[1.0; 3], &k, shape, |_, _, _, _| true, &[3]).is_err());
+        assert!(recall(&[1.0; 3], &k, shape, |_, _, _, _| true, &[]).is_err());
+        assert!(recall(&[1.0; 2], &k, shape, |_, _, _, _| true, &[0]).is_err());
+    }
+
+    #[test]
     fn random_normal_has_unit_moments_and_depends_on_seed() {
         let x = random_normal(100_000, 7);
         let mean = x.iter().map(|v| *v as f64).sum::<f64>() / x.len() as f64;

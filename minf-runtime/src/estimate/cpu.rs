@@ -296,3 +296,173 @@ pub fn estimate_block_sparse(
         kv_indices: lists.iter().flat_map(|(_, i)| i.iter().copied()).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::random_normal;
+
+    fn shape(seq: usize, heads: usize, kv_heads: usize, head_dim: usize) -> ReferenceShape {
+        ReferenceShape { batch: 1, seq, heads, kv_heads, head_dim }
+    }
+
+    #[test]
+    fn uniform_attention_scores_by_hand() {
+        // q = 0: row i spreads 1 / (i + 1) over keys 0..=i. With N = 3 all rows are read.
+        let s = vertical_slash_scores(&[0.0; 3], &[0.0; 3], shape(3, 1, 1, 1), 0, 0).unwrap();
+        let third = 1.0 / 3.0;
+        let want = [1.0 + 0.5 + third, 0.5 + third, third];
+        for (got, want) in s.vertical.iter().zip(want).chain(s.slash.iter().zip(want)) {
+            assert!((got - want).abs() < 1e-12, "{s:?}");
+        }
+        // N = 100: the last 64 rows each give mass 1, spread over keys 0..=i.
+        let s = vertical_slash_scores(&[0.0; 100], &[0.0; 100], shape(100, 1, 1, 1), 0, 0).unwrap();
+        assert!((s.vertical.iter().sum::<f64>() - 64.0).abs() < 1e-9);
+        assert!((s.slash.iter().sum::<f64>() - 64.0).abs() < 1e-9);
+        let tail: f64 = (36..100).map(|i| 1.0 / (i as f64 + 1.0)).sum();
+        assert!((s.vertical[0] - tail).abs() < 1e-12 && (s.slash[0] - tail).abs() < 1e-12);
+        // Offset 99 is only reached by row 99 (key 0); key 99 only by row 99.
+        assert!((s.slash[99] - 0.01).abs() < 1e-12 && (s.vertical[99] - 0.01).abs() < 1e-12);
+    }
+
+    /// `n` tokens, head_dim `d`, one head: random unit-ish queries and small random keys.
+    fn noise(n: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let q = random_normal(n * d, seed);
+        let k: Vec<f32> = random_normal(n * d, seed + 1).iter().map(|x| x * 0.1).collect();
+        (q, k)
+    }
+
+    #[test]
+    fn a_column_every_last_query_attends_to_is_selected() {
+        let (n, d) = (500, 16);
+        let (q, mut k) = noise(n, d, 1);
+        // Key 321 is the mean of the last 64 queries, scaled up: every one of them aligns with it.
+        for e in 0..d {
+            k[321 * d + e] = (n - 64..n).map(|i| q[i * d + e]).sum::<f32>() / 64.0 * 4.0;
+        }
+        let scores = vertical_slash_scores(&q, &k, shape(n, 1, 1, d), 0, 0).unwrap();
+        let best = (30..n).max_by(|&a, &b| scores.vertical[a].total_cmp(&scores.vertical[b])).unwrap();
+        assert_eq!(best, 321);
+        // v = 31: the 30 forced columns and the planted one.
+        let pick = select_vertical_slash(&scores, 31, 50);
+        assert_eq!(pick.vertical, (0..30).chain([321]).collect::<Vec<_>>());
+        // Without the plant, 321 is not chosen.
+        let (q, k) = noise(n, d, 1);
+        let plain = select_vertical_slash(&vertical_slash_scores(&q, &k, shape(n, 1, 1, d), 0, 0).unwrap(), 31, 50);
+        assert!(!plain.vertical.contains(&321));
+    }
+
+    #[test]
+    fn a_planted_diagonal_is_selected() {
+        let (n, d) = (600, 16);
+        let (q, mut k) = noise(n, d, 2);
+        // Key j copies query j + 237: every query i attends to key i - 237.
+        for j in 0..n - 237 {
+            for e in 0..d {
+                k[j * d + e] = q[(j + 237) * d + e];
+            }
+        }
+        let scores = vertical_slash_scores(&q, &k, shape(n, 1, 1, d), 0, 0).unwrap();
+        let best = (100..n).max_by(|&a, &b| scores.slash[a].total_cmp(&scores.slash[b])).unwrap();
+        assert_eq!(best, 237);
+        // s = 101: the 100 forced diagonals and the planted one, descending.
+        let pick = select_vertical_slash(&scores, 30, 101);
+        assert_eq!(pick.slash, [237].into_iter().chain((0..100).rev()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn selections_keep_their_invariants() {
+        let d = 8;
+        for (seed, n, v, s) in
+            [(1, 1, 1000, 6096), (2, 7, 0, 0), (3, 29, 31, 60), (4, 64, 40, 55), (5, 300, 45, 70), (6, 777, 100, 300)]
+        {
+            let (q, k) = noise(n, d, seed);
+            let est = estimate_vertical_slash(&q, &k, shape(n, 1, 1, d), v, s).unwrap();
+            let (nv, ns) = clamp_sizes(n, v, s);
+            assert_eq!((est.nnz_v, est.nnz_s), (nv, ns));
+            assert_eq!((nv, ns), (v.max(30).min(n), s.max(50).min(n)));
+            let (cols, diags) = (est.columns(0, 0), est.diagonals(0, 0));
+            assert!(cols.windows(2).all(|w| w[0] < w[1]), "columns ascending and unique: {cols:?}");
+            assert!(diags.windows(2).all(|w| w[0] > w[1]), "diagonals descending and unique: {diags:?}");
+            assert!(cols.iter().chain(diags).all(|&x| (0..n as i32).contains(&x)));
+            // Forced entries are present (all of them when the size allows, the nearest otherwise).
+            assert!((0..30.min(n) as i32).all(|c| cols.contains(&c)));
+            assert!((0..100.min(ns) as i32).all(|o| diags.contains(&o)), "n {n}: {diags:?}");
+        }
+    }
+
+    #[test]
+    fn gqa_heads_read_their_kv_head() {
+        let (n, d) = (400, 8);
+        let q: Vec<f32> = (0..n * 4 * d).map(|x| if x % d == 0 { 1.0 } else { 0.0 }).collect();
+        // KV head 1 has a key on axis 0 at 250; KV head 0 has none.
+        let mut k = vec![0.0f32; n * 2 * d];
+        k[(250 * 2 + 1) * d] = 20.0;
+        let est = estimate_vertical_slash(&q, &k, shape(n, 4, 2, d), 31, 50).unwrap();
+        for h in 0..4 {
+            assert_eq!(est.columns(0, h).contains(&250), h >= 2, "head {h}");
+            assert!(
+                est.contains(0, h, 399, 250) == (h >= 2) && est.contains(0, h, 399, 399) && !est.contains(0, h, 5, 6)
+            );
+        }
+    }
+
+    #[test]
+    fn block_sparse_by_hand() {
+        // 4 blocks, the last with one token; every pooled query is axis 0.
+        let (n, d) = (3 * 64 + 1, 2);
+        let q: Vec<f32> = (0..n * d).map(|x| if x % d == 0 { 1.0 } else { 0.0 }).collect();
+        let mut k = vec![0.0f32; n * d];
+        for j in 64..128 {
+            k[j * d] = 1.0; // block 1: pooled 1
+        }
+        for j in 128..192 {
+            k[j * d] = 0.75; // block 2: pooled 0.75
+        }
+        k[192 * d] = 32.0; // block 3: one token, pooled 32 / 64 = 0.5 (32 if divided by its length)
+        let est = estimate_block_sparse(&q, &k, shape(n, 1, 1, d), 2).unwrap();
+        assert_eq!((est.rows, est.capacity), (4, 2));
+        assert_eq!(est.kv_num_blocks, [1, 2, 2, 2]);
+        // Blocks with at most 2 candidates keep them all; then the best two by pooled score.
+        assert_eq!(est.kv_indices, [0, 0, 0, 1, 1, 2, 1, 2]);
+        assert!(est.contains(0, 0, 192, 70) && !est.contains(0, 0, 192, 192) && !est.contains(0, 0, 10, 11));
+        // top_k beyond the block count: dense.
+        let dense = estimate_block_sparse(&q, &k, shape(n, 1, 1, d), 100).unwrap();
+        assert_eq!(dense.capacity, 4);
+        assert_eq!(dense.kv_num_blocks, [1, 2, 3, 4]);
+        assert_eq!(dense.blocks(0, 0, 3), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn block_sparse_invariants() {
+        let (n, d, heads) = (64 * 12 + 17, 8, 4);
+        let q = random_normal(n * heads * d, 5);
+        let k = random_normal(n * 2 * d, 6);
+        let est =
+            estimate_block_sparse(&q, &k, ReferenceShape { batch: 1, seq: n, heads, kv_heads: 2, head_dim: d }, 5)
+                .unwrap();
+        assert_eq!((est.rows, est.capacity), (13, 5));
+        assert_eq!(est.kv_num_blocks.len(), heads * 13);
+        assert_eq!(est.kv_indices.len(), heads * 13 * 5);
+        for h in 0..heads {
+            for r in 0..13 {
+                let blocks = est.blocks(0, h, r);
+                assert_eq!(blocks.len(), (r + 1).min(5));
+                assert!(blocks.windows(2).all(|w| w[0] < w[1]) && blocks.iter().all(|&b| b <= r as i32));
+                let row = (h * 13 + r) * 5;
+                assert!(est.kv_indices[row + blocks.len()..row + 5].iter().all(|&x| x == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let s = shape(4, 2, 1, 2);
+        assert!(estimate_vertical_slash(&[0.0; 15], &[0.0; 8], s, 30, 50).is_err());
+        assert!(estimate_block_sparse(&[0.0; 16], &[0.0; 9], s, 1).is_err());
+        assert!(vertical_slash_scores(&[0.0; 16], &[0.0; 8], s, 0, 2).is_err());
+        assert!(estimate_vertical_slash(&[0.0; 16], &[0.0; 8], ReferenceShape { kv_heads: 3, ..s }, 30, 50).is_err());
+        let empty = estimate_vertical_slash(&[], &[], shape(0, 2, 1, 2), 30, 50).unwrap();
+        assert_eq!((empty.nnz_v, empty.nnz_s, empty.vertical.len()), (0, 0, 0));
+    }
+}
