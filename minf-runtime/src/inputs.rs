@@ -633,7 +633,10 @@ mod tests {
         }
     }
 
-    fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], layout: Option<&str>) {
+    /// A tensor to write: name, dtype, shape, little-endian bytes.
+    type Raw<'a> = (&'a str, Dtype, Vec<usize>, Vec<u8>);
+
+    fn write(path: &Path, tensors: &[Raw<'_>], layout: Option<&str>) {
         let views: Vec<_> = tensors
             .iter()
             .map(|(name, dtype, shape, data)| {
@@ -720,7 +723,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.safetensors");
         let f32s = |n: usize| vec![0u8; n * 4];
-        let cases: Vec<(Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>, Option<&str>, &str)> = vec![
+        let cases: Vec<(Vec<Raw<'_>>, Option<&str>, &str)> = vec![
             (vec![("q", Dtype::F32, vec![2, 1, 8], f32s(16)), ("k", Dtype::F32, vec![2, 1, 8], f32s(16))], None, "`v`"),
             (
                 vec![

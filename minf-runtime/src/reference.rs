@@ -225,8 +225,8 @@ pub fn recall(
     let mut stats = RecallStats { mean: 0.0, worst: f64::INFINITY, worst_row: tasks[0] };
     for (share, &task) in shares.iter().zip(&tasks) {
         stats.mean += share;
-        // `!(>=)` so that a NaN share (non-finite inputs) is reported as the worst.
-        if !(*share >= stats.worst) {
+        // A NaN share (non-finite inputs) is reported as the worst.
+        if *share < stats.worst || (share.is_nan() && !stats.worst.is_nan()) {
             stats.worst = *share;
             stats.worst_row = task;
         }
