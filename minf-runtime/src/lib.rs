@@ -5,7 +5,7 @@
 //! once per CUDA context, and the launchers ([`attention`]) check shapes and indices and launch it.
 //! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads;
 //! [`estimate`] holds the CPU reference of MInference's index estimation and [`inputs`] structured
-//! test inputs and safetensors I/O; [`reference`] is CPU attention and recall in f64. Kernels
+//! test inputs and safetensors I/O; [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
 

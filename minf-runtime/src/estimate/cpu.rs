@@ -199,7 +199,7 @@ fn best(scores: &[f64], forced: usize, k: usize) -> Vec<usize> {
 }
 
 /// MInference's selection from one head's scores: sizes clamped by
-/// [`clamp_sizes`](super::clamp_sizes), columns `0..30` and diagonals `0..100` forced, top-k.
+/// [`clamp_sizes`], columns `0..30` and diagonals `0..100` forced, top-k.
 pub fn select_vertical_slash(scores: &VerticalSlashScores, vertical_size: usize, slash_size: usize) -> HeadSelection {
     let (v, s) = clamp_sizes(scores.vertical.len(), vertical_size, slash_size);
     let mut vertical = best(&scores.vertical, FORCED_COLUMNS, v);
