@@ -73,14 +73,16 @@ pub struct VerticalSlashEstimate {
 }
 
 impl VerticalSlashEstimate {
-    /// Columns of (`b`, `h`).
+    /// Columns of (`b`, `h`); empty outside the estimate.
     pub fn columns(&self, b: usize, h: usize) -> &[i32] {
-        &self.vertical[(b * self.heads + h) * self.nnz_v..][..self.nnz_v]
+        let start = (b * self.heads + h) * self.nnz_v;
+        self.vertical.get(start..start + self.nnz_v).filter(|_| b < self.batch && h < self.heads).unwrap_or(&[])
     }
 
-    /// Diagonal offsets of (`b`, `h`).
+    /// Diagonal offsets of (`b`, `h`); empty outside the estimate.
     pub fn diagonals(&self, b: usize, h: usize) -> &[i32] {
-        &self.slash[(b * self.heads + h) * self.nnz_s..][..self.nnz_s]
+        let start = (b * self.heads + h) * self.nnz_s;
+        self.slash.get(start..start + self.nnz_s).filter(|_| b < self.batch && h < self.heads).unwrap_or(&[])
     }
 
     /// Whether query `i` of (`b`, `h`) keeps key `j`: `j <= i` on a chosen column or diagonal.
@@ -113,11 +115,14 @@ pub struct BlockSparseEstimate {
 }
 
 impl BlockSparseEstimate {
-    /// The key blocks query block `r` of (`b`, `h`) visits.
+    /// The key blocks query block `r` of (`b`, `h`) visits; empty outside the estimate.
     pub fn blocks(&self, b: usize, h: usize, r: usize) -> &[i32] {
+        if b >= self.batch || h >= self.heads || r >= self.rows {
+            return &[];
+        }
         let row = (b * self.heads + h) * self.rows + r;
-        let count = usize::try_from(self.kv_num_blocks[row]).unwrap_or(0).min(self.capacity);
-        &self.kv_indices[row * self.capacity..][..count]
+        let count = self.kv_num_blocks.get(row).map_or(0, |&c| usize::try_from(c).unwrap_or(0).min(self.capacity));
+        self.kv_indices.get(row * self.capacity..row * self.capacity + count).unwrap_or(&[])
     }
 
     /// Whether query `i` of (`b`, `h`) keeps key `j`: `j <= i` in a listed block.
@@ -426,6 +431,7 @@ mod tests {
         // Blocks with at most 2 candidates keep them all; then the best two by pooled score.
         assert_eq!(est.kv_indices, [0, 0, 0, 1, 1, 2, 1, 2]);
         assert!(est.contains(0, 0, 192, 70) && !est.contains(0, 0, 192, 192) && !est.contains(0, 0, 10, 11));
+        assert!(est.blocks(0, 1, 0).is_empty() && est.blocks(1, 0, 0).is_empty() && est.blocks(0, 0, 4).is_empty());
         // top_k beyond the block count: dense.
         let dense = estimate_block_sparse(&q, &k, shape(n, 1, 1, d), 100).unwrap();
         assert_eq!(dense.capacity, 4);
