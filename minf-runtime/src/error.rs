@@ -51,6 +51,22 @@ pub enum MinfError {
     /// Tensor shapes, strides or options do not fit the call.
     #[error("invalid arguments: {0}")]
     Shape(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A safetensors file is malformed or does not hold what minf expects.
+    #[error("{path}: {message}")]
+    Safetensors {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl MinfError {

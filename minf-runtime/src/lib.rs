@@ -3,7 +3,10 @@
 //! The path of a kernel: [`minf_codegen::render()`] turns a spec into source, [`jit`] compiles it
 //! with NVRTC to a cubin for the exact device and keeps it in the disk cache, [`device`] loads it
 //! once per CUDA context, and the launchers ([`mod@attention`]) check shapes and indices and launch it.
-//! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads. Kernels
+//! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads;
+//! [`config`] reads MInference's per-head configs; [`estimate`] holds the CPU reference of
+//! MInference's index estimation and [`inputs`] structured test inputs and safetensors I/O;
+//! [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
 
@@ -11,6 +14,8 @@ pub mod attention;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod estimate;
+pub mod inputs;
 pub mod jit;
 pub mod reference;
 pub mod registry;
@@ -25,10 +30,16 @@ pub use attention::{
 pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
 pub use device::Device;
 pub use error::MinfError;
+pub use estimate::cpu::{
+    estimate_block_sparse, estimate_vertical_slash, BlockSparseEstimate, HeadSelection, VerticalSlashEstimate,
+    VerticalSlashScores,
+};
+pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Planted, Repeat, StructuredInputs};
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.
 pub use inventory;
 pub use minf_codegen as codegen;
+pub use reference::{recall, RecallStats, ReferenceShape};
 pub use registry::{
     registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,
 };

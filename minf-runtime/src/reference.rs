@@ -1,4 +1,7 @@
-//! CPU reference attention in f64, used by the GPU tests and examples to check kernels.
+//! CPU reference attention in f64, used by the GPU tests and examples to check kernels, and the
+//! attention recall of a sparse mask.
+
+use crate::error::MinfError;
 
 /// Shape of a reference problem; tensors are contiguous `[batch, seq, heads, head_dim]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +16,42 @@ pub struct ReferenceShape {
     pub kv_heads: usize,
     /// Head dimension.
     pub head_dim: usize,
+}
+
+impl ReferenceShape {
+    /// Checks that `q` is `[batch, seq, heads, head_dim]` and `k` `[batch, seq, kv_heads, head_dim]`
+    /// and that `kv_heads` is positive and divides `heads`.
+    pub fn check_qk(&self, q: &[f32], k: &[f32]) -> Result<(), MinfError> {
+        let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = *self;
+        let len = |heads: usize| batch.checked_mul(seq)?.checked_mul(heads)?.checked_mul(head_dim);
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(MinfError::Shape(format!("kv_heads {kv_heads} must be positive and divide heads {heads}")));
+        }
+        if len(heads) != Some(q.len()) || len(kv_heads) != Some(k.len()) {
+            return Err(MinfError::Shape(format!(
+                "{self:?} needs q of {:?} and k of {:?} elements, got {} and {}",
+                len(heads),
+                len(kv_heads),
+                q.len(),
+                k.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Maps `f` over `tasks` on all cores, keeping the order.
+pub(crate) fn parallel_map<T: Sync, R: Send>(tasks: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let chunk = tasks.len().div_ceil(threads).max(1);
+    let f = &f;
+    let mut parts: Vec<Vec<R>> = tasks.chunks(chunk).map(|_| Vec::new()).collect();
+    std::thread::scope(|scope| {
+        for (part, out) in tasks.chunks(chunk).zip(parts.iter_mut()) {
+            scope.spawn(move || out.extend(part.iter().map(f)));
+        }
+    });
+    parts.into_iter().flatten().collect()
 }
 
 /// Reference result for selected rows.
@@ -128,6 +167,74 @@ pub fn relative_l2(got: &[f64], want: &[f64]) -> f64 {
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
 
+/// How much of the dense attention a sparse mask keeps, over the rows [`recall`] looked at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RecallStats {
+    /// Mean over rows (every batch entry, head and listed query row) of the share of the row's
+    /// causal softmax mass that falls inside the mask.
+    pub mean: f64,
+    /// The smallest share of any row.
+    pub worst: f64,
+    /// `(batch, head, row)` of that row.
+    pub worst_row: (usize, usize, usize),
+}
+
+/// Attention recall of `mask`: for query row `i` of (batch `b`, head `h`), the dense causal
+/// softmax (scale `1/sqrt(head_dim)`, computed in f64) puts weight `p_j` on key `j <= i`; the row's
+/// recall is the sum of `p_j` over the keys with `mask(b, h, i, j)` (keys above the diagonal do not
+/// count even if the mask lists them). Every batch entry and head is measured at the query rows
+/// `rows`. `q`, `k` are contiguous `[batch, seq, heads | kv_heads, head_dim]`.
+pub fn recall(
+    q: &[f32],
+    k: &[f32],
+    shape: ReferenceShape,
+    mask: impl Fn(usize, usize, usize, usize) -> bool + Sync,
+    rows: &[usize],
+) -> Result<RecallStats, MinfError> {
+    shape.check_qk(q, k)?;
+    let ReferenceShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
+    if let Some(bad) = rows.iter().find(|&&i| i >= seq) {
+        return Err(MinfError::Shape(format!("recall: row {bad} is outside the sequence of {seq}")));
+    }
+    if batch * heads * rows.len() == 0 {
+        return Err(MinfError::Shape("recall: no rows to measure".into()));
+    }
+    let group = heads / kv_heads;
+    let scale = 1.0 / (d as f64).sqrt();
+    let tasks: Vec<(usize, usize, usize)> =
+        (0..batch).flat_map(|b| (0..heads).flat_map(move |h| rows.iter().map(move |&i| (b, h, i)))).collect();
+    let shares = parallel_map(&tasks, |&(b, h, i)| {
+        let q_row = &q[((b * seq + i) * heads + h) * d..][..d];
+        let scores: Vec<f64> = (0..=i)
+            .map(|j| {
+                let k_row = &k[((b * seq + j) * kv_heads + h / group) * d..][..d];
+                q_row.iter().zip(k_row).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>() * scale
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (mut inside, mut total) = (0.0, 0.0);
+        for (j, score) in scores.iter().enumerate() {
+            let p = (score - max).exp();
+            total += p;
+            if mask(b, h, i, j) {
+                inside += p;
+            }
+        }
+        inside / total
+    });
+    let mut stats = RecallStats { mean: 0.0, worst: f64::INFINITY, worst_row: tasks[0] };
+    for (share, &task) in shares.iter().zip(&tasks) {
+        stats.mean += share;
+        // A NaN share (non-finite inputs) is reported as the worst.
+        if *share < stats.worst || (share.is_nan() && !stats.worst.is_nan()) {
+            stats.worst = *share;
+            stats.worst_row = task;
+        }
+    }
+    stats.mean /= shares.len() as f64;
+    Ok(stats)
+}
+
 /// A small deterministic generator (SplitMix64) for test and benchmark inputs and indices.
 #[derive(Debug, Clone)]
 pub struct TestRng(u64);
@@ -185,6 +292,37 @@ mod tests {
         let o = &r.out[2 * 2..][..2];
         assert!(o[0] > 1.0 && o[0] < 5.0 && o[1] > 2.0 && o[1] < 6.0, "{o:?}");
         assert!(relative_l2(&[1.0, f64::NAN], &[1.0, 1.0]).is_infinite());
+    }
+
+    #[test]
+    fn recall_by_hand() {
+        // q = 0: row i spreads 1 / (i + 1) over keys 0..=i, in every head.
+        let shape = ReferenceShape { batch: 2, seq: 8, heads: 2, kv_heads: 1, head_dim: 4 };
+        let (q, k) = (vec![0.0f32; 2 * 8 * 2 * 4], vec![0.0f32; 2 * 8 * 4]);
+        let full = recall(&q, &k, shape, |_, _, _, _| true, &[0, 3, 7]).unwrap();
+        assert!((full.mean - 1.0).abs() < 1e-12 && (full.worst - 1.0).abs() < 1e-12);
+        // Keys above the diagonal never count.
+        let future = recall(&q, &k, shape, |_, _, i, j| j > i, &[0, 7]).unwrap();
+        assert_eq!((future.mean, future.worst), (0.0, 0.0));
+        // Only the sink: 1 / (i + 1), worst at the last row listed, of the first (b, h) reaching it.
+        let sink = recall(&q, &k, shape, |_, _, _, j| j == 0, &[0, 3]).unwrap();
+        assert!((sink.mean - (1.0 + 0.25) / 2.0).abs() < 1e-12 && (sink.worst - 0.25).abs() < 1e-12, "{sink:?}");
+        assert_eq!(sink.worst_row, (0, 0, 3));
+        // The mask sees (batch, head): only batch 1, head 1 misses everything.
+        let one = recall(&q, &k, shape, |b, h, _, _| (b, h) != (1, 1), &[5]).unwrap();
+        assert!((one.mean - 0.75).abs() < 1e-12 && one.worst == 0.0 && one.worst_row == (1, 1, 5));
+    }
+
+    #[test]
+    fn recall_weights_by_softmax_mass() {
+        // One head, d = 1: q_i = 1, k_j = ln(3) * sqrt(d) for j = 1, else 0. Row 2: weights 1, 3, 1.
+        let shape = ReferenceShape { batch: 1, seq: 3, heads: 1, kv_heads: 1, head_dim: 1 };
+        let k = [0.0, 3.0f32.ln(), 0.0];
+        let got = recall(&[1.0; 3], &k, shape, |_, _, _, j| j == 1, &[2]).unwrap();
+        assert!((got.mean - 0.6).abs() < 1e-6, "{got:?}");
+        assert!(recall(&[1.0; 3], &k, shape, |_, _, _, _| true, &[3]).is_err());
+        assert!(recall(&[1.0; 3], &k, shape, |_, _, _, _| true, &[]).is_err());
+        assert!(recall(&[1.0; 2], &k, shape, |_, _, _, _| true, &[0]).is_err());
     }
 
     #[test]

@@ -1,0 +1,71 @@
+//! The CPU estimation reference on structured inputs: what was planted is found, and the estimate
+//! keeps most of the attention mass.
+
+use minf_runtime::estimate::cpu::{estimate_block_sparse, estimate_vertical_slash, vertical_slash_scores};
+use minf_runtime::inputs::{HostQkv, InputSpec, Planted, StructuredInputs};
+use minf_runtime::reference::recall;
+
+const SEQ: usize = 2048;
+
+fn inputs() -> (HostQkv, Planted) {
+    let spec = InputSpec::new(SEQ, 4, 2, 128, 11);
+    (StructuredInputs::generate(&spec).unwrap(), spec.planted().unwrap())
+}
+
+#[test]
+fn structured_rows_are_neither_uniform_nor_one_hot() {
+    let (qkv, planted) = inputs();
+    for h in 0..4 {
+        let s = vertical_slash_scores(&qkv.q, &qkv.k, qkv.shape(), 0, h).unwrap();
+        // Shares of the last 64 rows' mass (each row sums to 1).
+        let share = |x: f64| x / 64.0;
+        let sink = share(planted.sink.clone().map(|j| s.vertical[j]).sum());
+        let heavy = share(planted.heavy[h / 2].iter().map(|&j| s.vertical[j]).sum());
+        let local = share(s.slash[..64].iter().sum());
+        let repeat = share(s.slash[planted.repeats[0].induction_offset()]);
+        let top_column = share(s.vertical.iter().copied().fold(0.0, f64::max));
+        assert!((0.1..0.5).contains(&sink), "head {h}: sink {sink}");
+        assert!((0.1..0.5).contains(&local), "head {h}: local {local}");
+        assert!((0.05..0.4).contains(&heavy), "head {h}: heavy {heavy}");
+        assert!((0.05..0.4).contains(&repeat), "head {h}: repeat {repeat}");
+        assert!(top_column < 0.2, "head {h}: one key takes {top_column}");
+        assert!(sink + heavy + local + repeat < 0.95, "head {h}: no long tail");
+    }
+}
+
+#[test]
+fn vertical_slash_estimate_finds_the_planted_structure() {
+    let (qkv, planted) = inputs();
+    // 10 columns and 10 diagonals beyond the forced ones.
+    let est = estimate_vertical_slash(&qkv.q, &qkv.k, qkv.shape(), 40, 110).unwrap();
+    let offset = planted.repeats[0].induction_offset() as i32;
+    for h in 0..4 {
+        let columns = est.columns(0, h);
+        for &j in planted.sink.clone().chain(planted.heavy[h / 2].iter().copied()).collect::<Vec<_>>().iter() {
+            assert!(columns.contains(&(j as i32)), "head {h}: column {j} missing from {columns:?}");
+        }
+        assert!(est.diagonals(0, h).contains(&offset), "head {h}: offset {offset} missing");
+    }
+    // The estimate keeps most of the mass of the last rows, and clearly more than the same forced
+    // sink and window without the estimated columns and diagonals.
+    let rows: Vec<usize> = (SEQ - 64..SEQ).step_by(7).collect();
+    let got = recall(&qkv.q, &qkv.k, qkv.shape(), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
+    let forced = recall(&qkv.q, &qkv.k, qkv.shape(), |_, _, i, j| j < 30 || i - j < 100, &rows).unwrap();
+    assert!(got.mean > 0.8 && got.worst > 0.6, "{got:?}");
+    assert!(got.mean > forced.mean + 0.15, "estimate {got:?} vs forced only {forced:?}");
+}
+
+#[test]
+fn block_sparse_estimate_mostly_keeps_the_sink_and_most_mass() {
+    let (qkv, _) = inputs();
+    let est = estimate_block_sparse(&qkv.q, &qkv.k, qkv.shape(), 8).unwrap();
+    assert_eq!((est.rows, est.capacity), (32, 8));
+    // Mean pooling dilutes the 4 sink tokens over their block, so the sink block is not always
+    // chosen (one reason MInference uses block-sparse for few heads), but mostly it is.
+    let with_sink =
+        (0..4).flat_map(|h| (8..32).map(move |r| (h, r))).filter(|&(h, r)| est.blocks(0, h, r)[0] == 0).count();
+    assert!(with_sink * 2 > 4 * 24, "the sink block is kept for {with_sink} of 96 query blocks");
+    let rows: Vec<usize> = (64..SEQ).step_by(97).collect();
+    let got = recall(&qkv.q, &qkv.k, qkv.shape(), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
+    assert!(got.mean > 0.7, "{got:?}");
+}
