@@ -5,7 +5,7 @@
 //! Q/K/V are `[batch, heads, seq, dim]` like MInference's, bf16, random.
 //!
 //! `vs_bench (INDEX.safetensors | --generate SEQ) [--head-dim 128] [--iters 10]
-//!           [--tile block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
+//!           [--tile [block_m,]block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
 
 use half::bf16;
 use minf::reference::random_normal;
@@ -106,11 +106,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         head_dim as u32,
         device.arch(),
     );
-    // `--tile block_n,warps,stages` overrides the default tile.
+    // `--tile [block_m,]block_n,warps,stages` overrides the default tile.
     if let Some(tile) = flag("--tile") {
         let parts: Vec<u32> = tile.split(',').map(str::parse).collect::<Result<_, _>>()?;
-        let [block_n, warps, stages] = parts[..] else { return Err("--tile takes block_n,warps,stages".into()) };
-        spec = minf::codegen::KernelSpec { block_n, warps, stages, ..spec };
+        spec = match parts[..] {
+            [block_n, warps, stages] => minf::codegen::KernelSpec { block_n, warps, stages, ..spec },
+            [block_m, block_n, warps, stages] => minf::codegen::KernelSpec { block_m, block_n, warps, stages, ..spec },
+            _ => return Err("--tile takes [block_m,]block_n,warps,stages".into()),
+        };
     }
     if let Some(mainloop) = flag("--mainloop") {
         spec.mainloop = mainloop.parse()?;

@@ -454,8 +454,8 @@ mod tests {
     fn errors_are_helpful() {
         let err = kernel(quote!(pattern = "vertcal_slash", head_dim = 128)).unwrap_err();
         assert!(err.contains("did you mean `vertical_slash`"), "{err}");
-        let err = kernel(quote!(pattern = "vertical_slash", head_dim = 128, block_m = 128)).unwrap_err();
-        assert!(err.contains("64 for pattern vertical_slash"), "{err}");
+        let err = kernel(quote!(pattern = "vertical_slash", head_dim = 128, block_n = 32)).unwrap_err();
+        assert!(err.contains("64 or 128 for pattern vertical_slash"), "{err}");
         let err = kernel(quote!(pattern = "dense", head_dim = 80)).unwrap_err();
         assert!(err.contains("allowed 64, 96, 128, 256"), "{err}");
         let err = kernel(quote!(pattern = "dense", head_dim = 128, block_n = -64)).unwrap_err();

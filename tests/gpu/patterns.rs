@@ -6,32 +6,52 @@ use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERAN
 use half::{bf16, f16};
 use minf::codegen::{KernelSpec, Mainloop, Pattern};
 use minf::reference::TestRng;
+use minf::{AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
 use std::cell::Cell;
 
+/// Kernel variants the pattern tests run besides the default spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// The default spec for the pattern and device.
+    Default,
+    /// The `wgmma` engine (sm_90a, head_dim <= 128).
+    Wgmma,
+    /// Index-driven patterns with 128-row blocks serving two 64-row index entries (8 warps,
+    /// 128-key tiles), which shares ranges listed by both.
+    TwoRowBlocks,
+}
+
 thread_local! {
-    /// When set, this test thread runs the `wgmma` engine (sm_90a, head_dim <= 128) instead of the
-    /// default spec; the tests below run once with each engine where the device has both.
-    static WGMMA: Cell<bool> = const { Cell::new(false) };
+    /// The variant this test thread runs.
+    static VARIANT: Cell<Variant> = const { Cell::new(Variant::Default) };
 }
 
 fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &Case) -> Option<KernelSpec> {
-    if !WGMMA.get() || case.head_dim > 128 {
-        return None;
-    }
     let base = KernelSpec::default_for(pattern, T::DTYPE, case.head_dim as u32, device.arch());
-    let (block_m, warps) = if pattern.is_indexed() { (64, 4) } else { (128, 8) };
-    Some(KernelSpec { block_m, warps, mainloop: Mainloop::Wgmma, ..base })
+    match VARIANT.get() {
+        Variant::Default => None,
+        Variant::Wgmma if case.head_dim <= 128 => {
+            let (block_m, warps) = if pattern.is_indexed() { (64, 4) } else { (128, 8) };
+            Some(KernelSpec { block_m, warps, mainloop: Mainloop::Wgmma, ..base })
+        }
+        Variant::TwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
+            Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, ..base })
+        }
+        _ => None,
+    }
 }
 
-/// The engines to test on this device.
-fn engines(device: &Device) -> Vec<bool> {
-    if device.arch() == minf::codegen::Arch::Sm90a {
-        vec![false, true]
-    } else {
-        vec![false]
+/// The variants to test on this device for `pattern`.
+fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
+    let mut variants = vec![Variant::Default];
+    if pattern.is_indexed() {
+        variants.push(Variant::TwoRowBlocks);
     }
+    if device.arch() == minf::codegen::Arch::Sm90a {
+        variants.push(Variant::Wgmma);
+    }
+    variants
 }
-use minf::{AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
 
 /// Host copy of a per-(batch, head, 64-row block) index: a count and a fixed-capacity list.
 #[derive(Debug, Clone)]
@@ -154,13 +174,13 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
 fn a_shape_matches_masked_reference() {
     let device = device();
     let mut failures = Vec::new();
-    for wgmma in engines(&device) {
-        println!("engine: {}", if wgmma { "wgmma" } else { "default" });
-        WGMMA.set(wgmma);
+    for variant in variants(&device, Pattern::AShape) {
+        println!("variant: {variant:?}");
+        VARIANT.set(variant);
         a_shape_for::<bf16>(&device, &mut failures);
         a_shape_for::<f16>(&device, &mut failures);
     }
-    WGMMA.set(false);
+    VARIANT.set(Variant::Default);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 
@@ -274,13 +294,13 @@ fn run_block_sparse<T: AttentionElement>(
 fn block_sparse_matches_masked_reference() {
     let device = device();
     let mut failures = Vec::new();
-    for wgmma in engines(&device) {
-        println!("engine: {}", if wgmma { "wgmma" } else { "default" });
-        WGMMA.set(wgmma);
+    for variant in variants(&device, Pattern::BlockSparse) {
+        println!("variant: {variant:?}");
+        VARIANT.set(variant);
         block_sparse_for::<bf16>(&device, &mut failures);
         block_sparse_for::<f16>(&device, &mut failures);
     }
-    WGMMA.set(false);
+    VARIANT.set(Variant::Default);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 
@@ -430,12 +450,12 @@ fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<S
 fn vertical_slash_matches_masked_reference() {
     let device = device();
     let mut failures = Vec::new();
-    for wgmma in engines(&device) {
-        println!("engine: {}", if wgmma { "wgmma" } else { "default" });
-        WGMMA.set(wgmma);
+    for variant in variants(&device, Pattern::VerticalSlash) {
+        println!("variant: {variant:?}");
+        VARIANT.set(variant);
         vertical_slash_for::<bf16>(&device, &mut failures);
         vertical_slash_for::<f16>(&device, &mut failures);
     }
-    WGMMA.set(false);
+    VARIANT.set(Variant::Default);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
