@@ -86,12 +86,7 @@ pub enum PatternArgs<'a> {
     /// Every key up to the diagonal.
     Dense,
     /// Key j is visible to query i iff `j <= i` and (`j < n_init` or `i - j < n_local`).
-    AShape {
-        /// Sink tokens at the start.
-        n_init: usize,
-        /// Local window, counting the diagonal (at least 1).
-        n_local: usize,
-    },
+    AShape(AShape),
     /// Ranges and columns from a converted vertical-slash index.
     VerticalSlash(VerticalSlashIndexRef<'a>),
     /// Listed 64x64 blocks.
@@ -103,7 +98,7 @@ impl PatternArgs<'_> {
     pub fn pattern(&self) -> Pattern {
         match self {
             PatternArgs::Dense => Pattern::Dense,
-            PatternArgs::AShape { .. } => Pattern::AShape,
+            PatternArgs::AShape(_) => Pattern::AShape,
             PatternArgs::VerticalSlash(_) => Pattern::VerticalSlash,
             PatternArgs::BlockSparse(_) => Pattern::BlockSparse,
         }
@@ -187,7 +182,7 @@ pub fn a_shape_attention<T: AttentionElement>(
     shape: AShape,
     options: AttentionOptions<'_>,
 ) -> Result<(), MinfError> {
-    attention(device, q, k, v, out, PatternArgs::AShape { n_init: shape.n_init, n_local: shape.n_local }, options)
+    attention(device, q, k, v, out, PatternArgs::AShape(shape), options)
 }
 
 /// Vertical-slash attention on a converted index: each 64-row query block visits its listed 64-key
@@ -389,12 +384,12 @@ pub fn attention_with_spec<T: AttentionElement>(
     let (mut index_rows, mut list_capacity, mut column_capacity, mut n_init, mut n_local) = (0, 0, 0, 0, 0);
     match args {
         PatternArgs::Dense => {}
-        PatternArgs::AShape { n_init: sinks, n_local: window } => {
-            if window == 0 {
+        PatternArgs::AShape(shape) => {
+            if shape.n_local == 0 {
                 return Err(shape_error("A-shape n_local must be at least 1 (the diagonal)".into()));
             }
-            n_init = sinks.min(i32::MAX as usize) as i32;
-            n_local = window.min(i32::MAX as usize) as i32;
+            n_init = shape.n_init.min(i32::MAX as usize) as i32;
+            n_local = shape.n_local.min(i32::MAX as usize) as i32;
         }
         PatternArgs::VerticalSlash(index) => {
             check_index_dims(

@@ -6,7 +6,7 @@ use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERAN
 use half::{bf16, f16};
 use minf::codegen::{KernelSpec, Mainloop, Pattern};
 use minf::reference::TestRng;
-use minf::{AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
+use minf::{AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
 use std::cell::Cell;
 
 /// Kernel variants the pattern tests run besides the default spec.
@@ -130,7 +130,7 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
         for (n, case) in cases(head_dim).iter().enumerate() {
             let (n_init, n_local) = shapes[n % shapes.len()];
             let visible = move |_: usize, _: usize, i: usize, j: usize| j <= i && (j < n_init || i - j < n_local);
-            let args = PatternArgs::AShape { n_init, n_local };
+            let args = PatternArgs::AShape(AShape { n_init, n_local });
             let o = check_attention::<T>(
                 device,
                 case,
@@ -161,7 +161,7 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
             &case,
             seed ^ 7,
             spec_override::<T>(device, Pattern::AShape, &case),
-            PatternArgs::AShape { n_init: 16, n_local: 200 },
+            PatternArgs::AShape(AShape { n_init: 16, n_local: 200 }),
             Some(&packed),
             &visible,
         );
