@@ -18,6 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 #[path = "gpu/convert.rs"]
 mod convert;
+#[path = "gpu/estimate.rs"]
+mod estimate;
 #[path = "gpu/patterns.rs"]
 mod patterns;
 

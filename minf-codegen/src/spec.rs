@@ -544,16 +544,21 @@ pub enum IndexKernel {
     /// Raw vertical (column) and slash (diagonal) indices to MInference's per-64-row-block
     /// `block_count / block_offset / column_count / column_index` format.
     VerticalSlashConvert,
+    /// The vertical and slash scores of MInference's vertical-slash estimate: softmax mass the last
+    /// 64 queries put on each key column and each diagonal (bf16 or f16, any head_dim that is a
+    /// multiple of 8, chosen at run time).
+    VerticalSlashScores,
 }
 
 impl IndexKernel {
     /// Every index kernel.
-    pub const ALL: &'static [IndexKernel] = &[IndexKernel::VerticalSlashConvert];
+    pub const ALL: &'static [IndexKernel] = &[IndexKernel::VerticalSlashConvert, IndexKernel::VerticalSlashScores];
 
     /// The name used in cache names and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             IndexKernel::VerticalSlashConvert => "vs_convert",
+            IndexKernel::VerticalSlashScores => "vs_scores",
         }
     }
 }

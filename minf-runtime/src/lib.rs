@@ -5,7 +5,8 @@
 //! once per CUDA context, and the launchers ([`mod@attention`]) check shapes and indices and launch it.
 //! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads;
 //! [`config`] reads MInference's per-head configs; [`estimate`] holds the CPU reference of
-//! MInference's index estimation and [`inputs`] structured test inputs and safetensors I/O;
+//! MInference's index estimation and its first GPU stage (the vertical-slash scores), and
+//! [`inputs`] structured test inputs and safetensors I/O;
 //! [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].

@@ -1,5 +1,6 @@
 //! Index estimation: per prompt and head, which keys a sparse pattern keeps, by MInference's
-//! rules. [`cpu`] is the plain f64 reference.
+//! rules. [`cpu`] is the plain f64 reference; [`gpu`] computes the vertical-slash scores on the
+//! device.
 //!
 //! - **Vertical-slash**: the last [`LAST_Q`] queries score every key; the softmax mass each key
 //!   column and each diagonal receives ranks them; the first [`FORCED_COLUMNS`] columns and the
@@ -10,6 +11,7 @@
 //!   keeps its [`BLOCK_SPARSE_TOP_K`] best-scoring causal key blocks.
 
 pub mod cpu;
+pub mod gpu;
 
 /// Query rows (the last ones) the vertical-slash estimate reads: `min(LAST_Q, N)`.
 pub const LAST_Q: usize = 64;
