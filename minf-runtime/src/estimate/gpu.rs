@@ -11,6 +11,9 @@ use minf_codegen::spec::HEAD_DIMS;
 use minf_codegen::{DType, IndexKernel, IndexKernelSpec};
 use std::sync::Arc;
 
+/// Keys each thread of `vs_scores` scores (so each Q value read from shared memory feeds this many
+/// keys); mirrors `KEYS` in `templates/vs_scores.cu.tera`.
+const KEYS_PER_THREAD: usize = 2;
 /// Largest batch and head count (the launch grid's y and z).
 pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 
@@ -150,7 +153,8 @@ pub fn vertical_slash_scores_gpu<T: AttentionElement>(
     let combine = device.index_kernel(&spec, &format!("{name}_combine"))?;
     let accumulate = device.index_kernel(&spec, &format!("{name}_accumulate"))?;
     let threads = partials.launch.threads;
-    let tiles = seq.div_ceil(threads as usize);
+    // Each block scores KEYS_PER_THREAD * threads keys.
+    let tiles = seq.div_ceil(KEYS_PER_THREAD * threads as usize);
     let heads_total = batch * heads;
     // Per (batch, head): a (max, sum) pair per tile and row, then one per row.
     let partial_len = heads_total * tiles * LAST_Q * 2;
