@@ -22,6 +22,8 @@ import types
 import torch
 from safetensors.torch import save_file
 
+from dense_check import time_ms  # same folder: event-timed median after warm-up
+
 
 def import_minference(site="/tmp/site"):
     for blocked in ("sgl_kernel", "vllm_flash_attn", "vllm"):
@@ -33,23 +35,6 @@ def import_minference(site="/tmp/site"):
         sys.modules[name] = module
     ops = importlib.import_module("minference.ops.pit_sparse_flash_attention_v2")
     return ops
-
-
-def time_ms(fn, iters=10, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main():
@@ -78,7 +63,7 @@ def main():
     seqlens = torch.tensor([n], dtype=torch.int32, device="cuda")
 
     convert = lambda: ops.convert_vertical_slash_indexes(seqlens, vertical, slash, n, 64, 64)
-    convert_ms = time_ms(convert)
+    convert_ms = time_ms(convert, iters=10, warmup=3)
     block_count, block_offset, column_count, column_index = convert()
 
     q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -89,7 +74,7 @@ def main():
             q, k, v, seqlens, block_count, block_offset, column_count, column_index, scale, 64, 64
         )
 
-    kernel_ms = time_ms(kernel)
+    kernel_ms = time_ms(kernel, iters=10, warmup=3)
     rows = block_count.shape[-1]
     tiles = block_count.sum().item() + ((column_count + 63) // 64).sum().item()
     causal_tiles = h * rows * (rows + 1) // 2

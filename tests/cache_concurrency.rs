@@ -8,26 +8,17 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::text;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// `minf ARGS` on the cache at `cache`.
 fn minf(cache: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_minf"));
+    let mut command = common::minf(args);
+    command.env("MINF_CACHE_DIR", cache);
     command
-        .args(args)
-        .env("MINF_CACHE_DIR", cache)
-        .env_remove("MINF_DISABLE_JIT")
-        .env_remove("MINF_NVRTC")
-        .env_remove("RUST_LOG");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// The `N compiled, N cached, N failed` counts of a warm run's summary line.

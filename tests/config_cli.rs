@@ -5,7 +5,10 @@ use minf_codegen::{Arch, DType, IndexKernel};
 use minf_runtime::config::PatternConfig;
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+
+mod common;
+
+use common::{minf, text};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -18,21 +21,6 @@ fn shipped(name: &str) -> PathBuf {
 }
 
 const PHI: &str = "Phi_3_mini_128k_instruct_kv_out_v32_fit_o_best_pattern.json";
-
-fn minf(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_minf"));
-    command.args(args).env_remove("MINF_DISABLE_JIT").env_remove("MINF_NVRTC").env_remove("RUST_LOG");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 #[test]
 fn config_show_on_a_shipped_config() -> TestResult {

@@ -7,9 +7,7 @@
 use crate::device::Device;
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
-use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
-};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use minf_codegen::{KernelSpec, Pattern};
 
 /// Packed variable-length batch (`cu_seqlens`-style): sequence `b` is rows
@@ -349,13 +347,6 @@ fn check_index_dims(
     Ok(())
 }
 
-/// The device address of an index buffer, keeping its stream-ordering guard alive until the launch.
-fn ptr_of<'s>(guards: &mut Vec<SyncOnDrop<'s>>, stream: &'s CudaStream, slice: &'s CudaSlice<i32>) -> u64 {
-    let (ptr, sync) = slice.device_ptr(stream);
-    guards.push(sync);
-    ptr
-}
-
 /// Attention with an explicit kernel spec (used by `#[sparse_attention]` kernels); the spec's
 /// pattern must match `args`.
 #[allow(clippy::too_many_arguments)]
@@ -379,8 +370,8 @@ pub fn attention_with_spec<T: AttentionElement>(
     spec.validate()?;
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
     let stream = device.stream();
-    let mut index_ptrs = [0u64; 4];
-    let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+    // The int32 buffers the kernel reads: index_count, index_list, column_count, column_index, cu_seqlens.
+    let mut int_buffers: [Option<&CudaSlice<i32>>; 5] = [None; 5];
     let (mut index_rows, mut list_capacity, mut column_capacity, mut n_init, mut n_local) = (0, 0, 0, 0, 0);
     match args {
         PatternArgs::Dense => {}
@@ -403,12 +394,12 @@ pub fn attention_with_spec<T: AttentionElement>(
                     ("column_index", index.column_index.len(), index.nnz_v),
                 ],
             )?;
-            index_ptrs = [
-                ptr_of(&mut guards, stream, index.block_count),
-                ptr_of(&mut guards, stream, index.block_offset),
-                ptr_of(&mut guards, stream, index.column_count),
-                ptr_of(&mut guards, stream, index.column_index),
-            ];
+            int_buffers[..4].copy_from_slice(&[
+                Some(index.block_count),
+                Some(index.block_offset),
+                Some(index.column_count),
+                Some(index.column_index),
+            ]);
             (index_rows, list_capacity, column_capacity) = (index.rows as i32, index.nnz_s as i32, index.nnz_v as i32);
         }
         PatternArgs::BlockSparse(index) => {
@@ -421,15 +412,17 @@ pub fn attention_with_spec<T: AttentionElement>(
                     ("kv_indices", index.kv_indices.len(), index.capacity),
                 ],
             )?;
-            index_ptrs =
-                [ptr_of(&mut guards, stream, index.kv_num_blocks), ptr_of(&mut guards, stream, index.kv_indices), 0, 0];
+            int_buffers[..2].copy_from_slice(&[Some(index.kv_num_blocks), Some(index.kv_indices)]);
             (index_rows, list_capacity) = (index.rows as i32, index.capacity as i32);
         }
     }
-    let cu_seqlens = options.varlen.as_ref().map_or(0, |varlen| ptr_of(&mut guards, stream, varlen.cu_seqlens));
+    int_buffers[4] = options.varlen.as_ref().map(|varlen| varlen.cu_seqlens);
     if checked.batch * checked.heads * checked.max_seq == 0 {
         return Ok(());
     }
+    // Device addresses, each with the guard that orders the stream's use of its buffer.
+    let int_ptrs = int_buffers.map(|buffer| buffer.map(|slice| slice.device_ptr(stream)));
+    let int_ptr = |i: usize| int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr);
     let kernel = device.kernel(spec)?;
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
@@ -451,11 +444,11 @@ pub fn attention_with_spec<T: AttentionElement>(
         v: v_ptr,
         o: o_ptr,
         lse: lse_ptr,
-        cu_seqlens,
-        index_count: index_ptrs[0],
-        index_list: index_ptrs[1],
-        column_count: index_ptrs[2],
-        column_index: index_ptrs[3],
+        cu_seqlens: int_ptr(4),
+        index_count: int_ptr(0),
+        index_list: int_ptr(1),
+        column_count: int_ptr(2),
+        column_index: int_ptr(3),
         strides: [strides(&q.layout), strides(&k.layout), strides(&v.layout), strides(&o_layout)],
         seq_len: checked.tensor_rows as i32,
         heads: checked.heads as i32,
@@ -483,6 +476,6 @@ pub fn attention_with_spec<T: AttentionElement>(
     // checked against its buffer and every index's sizes against the call; the kernel clamps index
     // counts to their capacities and bounds-checks every key and sequence offset it reads.
     unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
-    drop(guards);
+    drop(int_ptrs);
     Ok(())
 }

@@ -254,9 +254,14 @@ impl TestRng {
         z ^ (z >> 31)
     }
 
-    /// Uniform in `0..n` (`n > 0`).
+    /// Uniform in `0..n`; 0 when `n` is 0.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// Uniform in `lo..hi` (`lo` when the range is empty).
+    pub fn in_range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % (hi - lo).max(1) as u64) as i64
     }
 }
 

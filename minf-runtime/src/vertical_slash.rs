@@ -537,6 +537,26 @@ fn launch(
 /// checking the GPU output.
 pub mod cpu {
     use super::{HostVerticalSlashIndex, IndexShape, BLOCK};
+    use crate::reference::TestRng;
+
+    /// `count` raw indices for a sequence of `length` tokens (padded to `context`), as hostile as
+    /// the converter must survive: mostly in range (many near 0, where slashes and sinks cluster),
+    /// with duplicates, negatives and values at or past the length. Test input for the converter.
+    pub fn hostile_raw_indices(rng: &mut TestRng, count: usize, length: i32, context: usize) -> Vec<i32> {
+        let mut out: Vec<i32> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let x = match rng.below(20) {
+                0 if !out.is_empty() => out[rng.below(out.len())],
+                1 => [-1, -64, i32::MIN, -(rng.below(5000) as i32) - 1][rng.below(4)],
+                2 => [length, length + 1, context as i32, context as i32 + 64, i32::MAX][rng.below(5)],
+                3 => rng.in_range(length as i64, length as i64 + 300) as i32,
+                4..=7 => rng.in_range(0, (length as i64).clamp(1, 130)) as i32,
+                _ => rng.in_range(0, length.max(1) as i64) as i32,
+            };
+            out.push(x);
+        }
+        out
+    }
 
     /// The 64-wide key ranges `(start, end)` of a row block ending at `end_m`, from `slashes`
     /// (ascending, unique, in range), merged as MInference merges them: largest slash below

@@ -4,7 +4,8 @@
 
 use minf_codegen::{render_index, Arch, IndexKernel, IndexKernelSpec};
 use minf_runtime::jit::KernelCache;
-use minf_runtime::vertical_slash::cpu::convert_cpu;
+use minf_runtime::reference::TestRng;
+use minf_runtime::vertical_slash::cpu::{convert_cpu, hostile_raw_indices};
 use minf_runtime::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, BLOCK};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -25,45 +26,6 @@ fn converter_template_compiles_for_sm80_and_sm90a() {
         assert!(!compiled.is_ptx, "{arch}: expected a CUBIN");
         assert_eq!(&compiled.image[..4], b"\x7fELF", "{arch}: CUBIN without the ELF magic");
     }
-}
-
-/// splitmix64: a small deterministic generator, so each proptest case is one seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn in_range(&mut self, lo: i64, hi: i64) -> i32 {
-        (lo + self.below((hi - lo) as u64) as i64) as i32
-    }
-}
-
-/// `count` raw indices for a sequence of `length` tokens: mostly in range (many near 0, where
-/// slashes and sinks cluster), with duplicates, negatives and values at or past the length.
-fn raw_indices(rng: &mut Rng, count: usize, length: i32, context: usize) -> Vec<i32> {
-    let mut out: Vec<i32> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let x = match rng.below(20) {
-            0 if !out.is_empty() => out[rng.below(out.len() as u64) as usize],
-            1 => [-1, -64, i32::MIN, -(rng.below(5000) as i32) - 1][rng.below(4) as usize],
-            2 => [length, length + 1, context as i32, context as i32 + 64, i32::MAX][rng.below(5) as usize],
-            3 => rng.in_range(length as i64, length as i64 + 300),
-            4..=7 => rng.in_range(0, (length as i64).clamp(1, 130)),
-            _ => rng.in_range(0, length.max(1) as i64),
-        };
-        out.push(x);
-    }
-    out
 }
 
 /// Everything one conversion needs, from a seed.
@@ -102,7 +64,7 @@ impl Case {
 }
 
 fn raw_case(batch: usize, heads: usize, lengths: [i32; 2], pad: usize, nnz: [usize; 2], seed: u64) -> Case {
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::new(seed);
     let seqlens: Vec<i32> = lengths[..batch].to_vec();
     let context = *seqlens.iter().max().unwrap_or(&1) as usize + pad;
     let [nnz_v, nnz_s] = nnz;
@@ -110,8 +72,8 @@ fn raw_case(batch: usize, heads: usize, lengths: [i32; 2], pad: usize, nnz: [usi
     let mut slash = Vec::new();
     for &length in &seqlens {
         for _ in 0..heads {
-            vertical.extend(raw_indices(&mut rng, nnz_v, length, context));
-            slash.extend(raw_indices(&mut rng, nnz_s, length, context));
+            vertical.extend(hostile_raw_indices(&mut rng, nnz_v, length, context));
+            slash.extend(hostile_raw_indices(&mut rng, nnz_s, length, context));
         }
     }
     Case { seqlens, vertical, slash, batch, heads, nnz_v, nnz_s, context }
@@ -248,17 +210,17 @@ fn minference_row(vertical: &[i32], slash: &[i32], end_m: i32) -> (Vec<i32>, Vec
 /// Sorted unique in-range inputs with the main diagonal among the slashes (what MInference's
 /// Python side passes), converted both ways.
 fn minference_style(batch: usize, heads: usize, lengths: [i32; 2], pad: usize, frac: [u32; 2], seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::new(seed);
     let seqlens: Vec<i32> = lengths[..batch].to_vec();
     let shortest = *seqlens.iter().min().unwrap_or(&1) as usize;
     let context = *seqlens.iter().max().unwrap_or(&1) as usize + pad;
     let nnz_v = 1 + (shortest - 1) * frac[0] as usize / 1000;
     let nnz_s = 1 + (shortest - 1) * frac[1] as usize / 1000;
-    let pick = |rng: &mut Rng, length: usize, count: usize, with_zero: bool| -> Vec<i32> {
+    let pick = |rng: &mut TestRng, length: usize, count: usize, with_zero: bool| -> Vec<i32> {
         let mut all: Vec<i32> = (0..length as i32).collect();
         let from = usize::from(with_zero);
         for k in from..count {
-            let other = k + rng.below((length - k) as u64) as usize;
+            let other = k + rng.below(length - k);
             all.swap(k, other);
         }
         let mut chosen = all[..count].to_vec();

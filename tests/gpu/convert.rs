@@ -3,55 +3,21 @@
 //! out-of-range values), on MInference-style inputs and across reuses of the output and workspace.
 
 use super::{device, fresh_seed};
-use cudarc::driver::sys::CUevent_flags;
-use minf::vertical_slash::cpu::convert_cpu;
+use minf::reference::TestRng;
+use minf::timing::median_ms;
+use minf::vertical_slash::cpu::{convert_cpu, hostile_raw_indices};
 use minf::vertical_slash::{
     convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, HostVerticalSlashIndex, VerticalSlashIndex,
 };
-use minf::Device;
-
-/// splitmix64, so a case is reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// Raw indices for a sequence of `length` tokens: mostly in range, with duplicates, negatives and
-/// values at or past the length.
-fn raw_indices(rng: &mut Rng, count: usize, length: i32, context: usize) -> Vec<i32> {
-    let mut out: Vec<i32> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let x = match rng.below(20) {
-            0 if !out.is_empty() => out[rng.below(out.len() as u64) as usize],
-            1 => [-1, -64, i32::MIN, -(rng.below(5000) as i32) - 1][rng.below(4) as usize],
-            2 => [length, length + 1, context as i32, context as i32 + 64, i32::MAX][rng.below(5) as usize],
-            3 => length + rng.below(300) as i32,
-            4..=7 => rng.below(length.clamp(1, 130) as u64) as i32,
-            _ => rng.below(length.max(1) as u64) as i32,
-        };
-        out.push(x);
-    }
-    out
-}
+use minf::{Device, MinfError};
 
 /// Sorted unique in-range indices, the slashes descending and including 0 (MInference's inputs).
-fn minference_indices(rng: &mut Rng, count: usize, length: i32, slash: bool) -> Vec<i32> {
+fn minference_indices(rng: &mut TestRng, count: usize, length: i32, slash: bool) -> Vec<i32> {
     let mut chosen: Vec<i32> = if slash { vec![0] } else { Vec::new() };
     let mut seen = std::collections::HashSet::new();
     seen.extend(chosen.iter().copied());
     while chosen.len() < count.min(length as usize) {
-        let x = rng.below(length as u64) as i32;
+        let x = rng.below(length as usize) as i32;
         if seen.insert(x) {
             chosen.push(x);
         }
@@ -74,20 +40,20 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn raw(rng: &mut Rng, seqlens: &[i32], heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+    fn raw(rng: &mut TestRng, seqlens: &[i32], heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
         let context = *seqlens.iter().max().unwrap_or(&1) as usize;
         let (mut vertical, mut slash) = (Vec::new(), Vec::new());
         for &length in seqlens {
             for _ in 0..heads {
-                vertical.extend(raw_indices(rng, nnz_v, length, context));
-                slash.extend(raw_indices(rng, nnz_s, length, context));
+                vertical.extend(hostile_raw_indices(rng, nnz_v, length, context));
+                slash.extend(hostile_raw_indices(rng, nnz_s, length, context));
             }
         }
         Inputs { seqlens: seqlens.to_vec(), vertical, slash, heads, nnz_v, nnz_s, context }
     }
 
     /// MInference-style: one sequence of `length`, capacities at most `length`.
-    fn minference(rng: &mut Rng, length: i32, heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+    fn minference(rng: &mut TestRng, length: i32, heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
         let (nnz_v, nnz_s) = (nnz_v.min(length as usize), nnz_s.min(length as usize));
         let (mut vertical, mut slash) = (Vec::new(), Vec::new());
         for _ in 0..heads {
@@ -183,15 +149,15 @@ fn converter_matches_the_cpu_model() {
     let device = device();
     let seed = fresh_seed();
     println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::new(seed);
     // One workspace for every case: it grows and is reused across shapes.
     let mut workspace = ConvertWorkspace::new();
     let mut cases: Vec<(String, Inputs)> = Vec::new();
     for length in [1, 63, 64, 65, 1000, 4097] {
-        let nnz_v = 1 + rng.below(length as u64 + 100) as usize;
-        let nnz_s = 1 + rng.below(length as u64 + 100) as usize;
+        let nnz_v = 1 + rng.below(length as usize + 100);
+        let nnz_s = 1 + rng.below(length as usize + 100);
         cases.push((format!("raw {length}"), Inputs::raw(&mut rng, &[length], 4, nnz_v, nnz_s)));
-        let other = 1 + rng.below(length as u64 + 64) as i32;
+        let other = 1 + rng.below(length as usize + 64) as i32;
         cases.push((
             format!("raw batch 2, {length} and {other}"),
             Inputs::raw(&mut rng, &[length, other], 2, nnz_v, nnz_s),
@@ -219,7 +185,7 @@ fn reused_outputs_are_zeroed_and_overlong_seqlens_clamped() {
     let device = device();
     let seed = fresh_seed();
     println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::new(seed);
     let mut workspace = ConvertWorkspace::new();
     // First a dense case (many entries), then a sparse one of the same shape into the same index.
     let dense = Inputs::raw(&mut rng, &[3000, 2500], 4, 1500, 1500);
@@ -266,7 +232,7 @@ fn converter_128k_x_32_heads_timing() {
     let device = device();
     let seed = fresh_seed();
     println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = TestRng::new(seed);
     let (length, heads, nnz_v, nnz_s) = (131_072, 32, 1000, 6096);
     // Realistic picks: sinks and local diagonals near 0 plus spread-out ones, unsorted.
     let mut inputs = Inputs::raw(&mut rng, &[length], heads, nnz_v, nnz_s);
@@ -283,11 +249,7 @@ fn converter_128k_x_32_heads_timing() {
             .expect("first conversion (compiles the converter)");
     let stream = device.stream();
     stream.synchronize().expect("first conversion ran");
-    let event = || device.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).expect("event");
-    let (start, end) = (event(), event());
-    let iterations = 10;
-    start.record(stream).expect("record");
-    for _ in 0..iterations {
+    let total_ms = median_ms(stream, 1, 10, || {
         convert_vertical_slash_into(
             &device,
             &d.seqlens,
@@ -297,20 +259,17 @@ fn converter_128k_x_32_heads_timing() {
             &mut workspace,
             &mut index,
         )
-        .expect("conversion");
-    }
-    end.record(stream).expect("record");
-    let total_ms = start.elapsed_ms(&end).expect("elapsed") / iterations as f32;
+    })
+    .expect("timed conversions");
     // The zeroing of the outputs alone, for comparison.
     let (shape, mut parts) = index.into_parts();
-    start.record(stream).expect("record");
-    for _ in 0..iterations {
+    let zero_ms = median_ms(stream, 1, 10, || {
         for part in parts.iter_mut() {
-            stream.memset_zeros(part).expect("memset");
+            stream.memset_zeros(part).map_err(MinfError::driver("zeroing an output"))?;
         }
-    }
-    end.record(stream).expect("record");
-    let zero_ms = start.elapsed_ms(&end).expect("elapsed") / iterations as f32;
+        Ok(())
+    })
+    .expect("timed zeroing");
     let output_bytes: usize = parts.iter().map(|p| p.num_bytes()).sum();
     let [bc, bo, cc, ci] = parts;
     let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("same buffers");
