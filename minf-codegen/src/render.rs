@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 const TEMPLATES: &[(&str, &str)] = &[
     ("ptx.cu.tera", include_str!("../../templates/ptx.cu.tera")),
     ("mainloop.cu.tera", include_str!("../../templates/mainloop.cu.tera")),
+    ("mainloop_mma.cu.tera", include_str!("../../templates/mainloop_mma.cu.tera")),
+    ("mainloop_wgmma.cu.tera", include_str!("../../templates/mainloop_wgmma.cu.tera")),
     ("entry.cu.tera", include_str!("../../templates/entry.cu.tera")),
     ("indexed.cu.tera", include_str!("../../templates/indexed.cu.tera")),
     ("dense.cu.tera", include_str!("../../templates/dense.cu.tera")),
@@ -120,7 +122,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         block_m: spec.block_m,
         block_n: spec.block_n,
         warps: spec.warps,
-        threads: spec.warps * 32,
+        threads: spec.threads(),
         stages: spec.stages,
         m_frags: spec.m_frags(),
         q_in_registers: spec.q_in_registers() && spec.mainloop == Mainloop::MmaSync,

@@ -388,18 +388,37 @@ impl KernelSpec {
         m * self.head_dim / 2 + m * self.block_n / 2
     }
 
+    /// Threads per block: `warps` computing warps, plus for `wgmma` the producer warpgroup that
+    /// loads every tile.
+    pub fn threads(&self) -> u32 {
+        match self.mainloop {
+            Mainloop::MmaSync => self.warps * 32,
+            Mainloop::Wgmma => self.warps * 32 + 128,
+        }
+    }
+
     /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
-    /// stage the key index of each tile slot plus the tile's mask flag.
+    /// stage the key index of each tile slot plus the tile's flags; `wgmma` adds its mbarriers (Q
+    /// loaded, and a full and an empty barrier per stage).
     pub fn shared_bytes(&self) -> u32 {
         let row = self.smem_row() * 2;
         let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
+        let flags = self.stages.next_multiple_of(2);
+        let barriers = match self.mainloop {
+            Mainloop::MmaSync => 0,
+            Mainloop::Wgmma => 8 * (1 + 2 * self.stages),
+        };
         let keys = (self.stages * (self.block_n + 1) * 4).div_ceil(16) * 16;
+        let keys = match self.mainloop {
+            Mainloop::MmaSync => keys,
+            Mainloop::Wgmma => ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16,
+        };
         tiles + keys
     }
 
     /// Launch geometry of this spec.
     pub fn launch_shape(&self) -> LaunchShape {
-        LaunchShape { threads: self.warps * 32, shared_bytes: self.shared_bytes(), block_m: self.block_m }
+        LaunchShape { threads: self.threads(), shared_bytes: self.shared_bytes(), block_m: self.block_m }
     }
 
     /// The `extern "C"` entry point name of the kernel.
@@ -485,8 +504,6 @@ impl KernelSpec {
             });
         }
         if self.mainloop == Mainloop::Wgmma {
-            let staging_fits =
-                2 * self.stages * self.block_n * self.head_dim >= self.block_m * (self.head_dim + SMEM_ROW_PAD);
             let why = if self.arch != Arch::Sm90a {
                 Some(format!("arch {} (wgmma needs sm_90a)", self.arch))
             } else if self.m_frags() != 1 || self.warps % 4 != 0 {
@@ -496,8 +513,6 @@ impl KernelSpec {
                 ))
             } else if self.head_dim > 128 {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
-            } else if !staging_fits {
-                Some("a K/V buffer too small to stage the output tile".to_string())
             } else {
                 None
             };

@@ -170,7 +170,8 @@ impl Device {
         let LoadedModule { module, launch, name } = match modules.get(kernel) {
             Some(loaded) => loaded.clone(),
             None => {
-                let rendered = render_any(kernel)?;
+                let mut rendered = render_any(kernel)?;
+                rendered.options.extend(experiment_defines()?);
                 let cached = self.cache.get_or_compile(&rendered)?;
                 let image = if cached.is_ptx {
                     Ptx::from_src(String::from_utf8_lossy(&cached.image).trim_end_matches('\0').to_string())
@@ -198,6 +199,34 @@ impl Device {
         self.functions.lock().map_err(|_| poisoned())?.insert((*kernel, entry.to_string()), loaded.clone());
         Ok(loaded)
     }
+}
+
+/// `MINF_KERNEL_DEFINES=NAME=VALUE[,NAME=VALUE...]`: preprocessor definitions added to every
+/// kernel compile (they are part of the cache key), for trying template variants such as
+/// `WGMMA_OVERLAP=0` without changing the spec. Unset or empty: none.
+fn experiment_defines() -> Result<Vec<String>, MinfError> {
+    let Ok(value) = std::env::var("MINF_KERNEL_DEFINES") else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| {
+            let d = d.trim();
+            let valid = d.split_once('=').is_some_and(|(name, value)| {
+                !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+            if valid {
+                Ok(format!("-D{d}"))
+            } else {
+                Err(MinfError::Shape(format!(
+                    "MINF_KERNEL_DEFINES entry {d:?}: expected NAME=VALUE (letters, digits, '_'), comma-separated"
+                )))
+            }
+        })
+        .collect()
 }
 
 fn poisoned() -> MinfError {

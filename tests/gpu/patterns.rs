@@ -19,6 +19,9 @@ enum Variant {
     /// Index-driven patterns with 128-row blocks serving two 64-row index entries (8 warps,
     /// 128-key tiles), which shares ranges listed by both.
     TwoRowBlocks,
+    /// The wgmma engine on 128-row blocks for the index-driven patterns (two consumer warpgroups,
+    /// each skipping the tiles its half does not list) with a three-stage ring.
+    WgmmaTwoRowBlocks,
 }
 
 thread_local! {
@@ -37,6 +40,14 @@ fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &
         Variant::TwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, ..base })
         }
+        Variant::WgmmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => Some(KernelSpec {
+            block_m: 128,
+            block_n: 128,
+            warps: 8,
+            stages: 3,
+            mainloop: Mainloop::Wgmma,
+            ..base
+        }),
         _ => None,
     }
 }
@@ -49,6 +60,9 @@ fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
     }
     if device.arch() == minf::codegen::Arch::Sm90a {
         variants.push(Variant::Wgmma);
+        if pattern.is_indexed() {
+            variants.push(Variant::WgmmaTwoRowBlocks);
+        }
     }
     variants
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Compiles generated kernel sources with NVRTC on the CPU and prints the ptxas resource report
+(registers, spills, stack, shared memory): `scripts/nvrtc-check.py ARCH FILE.cu [-DNAME=VALUE ...]`.
+Needs the pip wheel nvidia-cuda-nvrtc (as .ci/run installs)."""
+import ctypes, glob, os, sys
+import nvidia
+
+lib = None
+for root in nvidia.__path__:
+    for path in glob.glob(os.path.join(root, "cu*", "lib", "libnvrtc.so*")) + glob.glob(os.path.join(root, "cuda_nvrtc", "lib", "libnvrtc.so*")):
+        if "builtins" not in path:
+            lib = path
+if lib is None:
+    sys.exit("nvrtc-check: libnvrtc not found in the nvidia wheels")
+for builtins in glob.glob(os.path.join(os.path.dirname(lib), "libnvrtc-builtins.so*")):
+    ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+nvrtc = ctypes.CDLL(lib)
+arch, path, *defines = sys.argv[1:]
+src = open(path, "rb").read()
+prog = ctypes.c_void_p()
+assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, path.encode(), 0, None, None) == 0
+opts = [f"--gpu-architecture={arch}", "--std=c++17", "--use_fast_math", "--ptxas-options=-v", *defines]
+arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+rc = nvrtc.nvrtcCompileProgram(prog, len(opts), arr)
+size = ctypes.c_size_t()
+nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+log = ctypes.create_string_buffer(size.value)
+nvrtc.nvrtcGetProgramLog(prog, log)
+print(log.value.decode(errors="replace"))
+print("nvrtc-check:", "ok" if rc == 0 else f"FAILED ({rc})")
+sys.exit(0 if rc == 0 else 1)
