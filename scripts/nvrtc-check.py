@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Compiles generated kernel sources with NVRTC on the CPU and prints the ptxas resource report
-(registers, spills, stack, shared memory): `scripts/nvrtc-check.py ARCH FILE.cu [-DNAME=VALUE ...]`.
+(registers, spills, stack, shared memory): `scripts/nvrtc-check.py ARCH FILE.cu [-DNAME=VALUE ...]`;
+with PTX_OUT=FILE it also writes the PTX.
 Needs the pip wheel nvidia-cuda-nvrtc (as .ci/run installs)."""
 import ctypes, glob, os, sys
 import nvidia
@@ -27,5 +28,11 @@ nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
 log = ctypes.create_string_buffer(size.value)
 nvrtc.nvrtcGetProgramLog(prog, log)
 print(log.value.decode(errors="replace"))
+if rc == 0 and os.environ.get("PTX_OUT"):
+    ptx_size = ctypes.c_size_t()
+    nvrtc.nvrtcGetPTXSize(prog, ctypes.byref(ptx_size))
+    ptx = ctypes.create_string_buffer(ptx_size.value)
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    open(os.environ["PTX_OUT"], "wb").write(ptx.value)
 print("nvrtc-check:", "ok" if rc == 0 else f"FAILED ({rc})")
 sys.exit(0 if rc == 0 else 1)

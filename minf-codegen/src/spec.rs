@@ -399,14 +399,14 @@ impl KernelSpec {
 
     /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
     /// stage the key index of each tile slot plus the tile's flags; `wgmma` adds its mbarriers (Q
-    /// loaded, and a full and an empty barrier per stage).
+    /// loaded, and per stage a full and an empty barrier for K and for V).
     pub fn shared_bytes(&self) -> u32 {
         let row = self.smem_row() * 2;
         let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
         let flags = self.stages.next_multiple_of(2);
         let barriers = match self.mainloop {
             Mainloop::MmaSync => 0,
-            Mainloop::Wgmma => 8 * (1 + 2 * self.stages),
+            Mainloop::Wgmma => 8 * (1 + 4 * self.stages),
         };
         let keys = (self.stages * (self.block_n + 1) * 4).div_ceil(16) * 16;
         let keys = match self.mainloop {
