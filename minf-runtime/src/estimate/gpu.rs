@@ -168,6 +168,45 @@ impl EstimateWorkspace {
             + self.block_tables.device_bytes()
             + self.convert.device_bytes()
     }
+
+    /// The vertical and slash scores of the last vertical-slash estimate, `[batch, heads, seq]`
+    /// each (only the listed heads are meaningful); for tests and inspection (synchronises).
+    pub fn scores_to_host(&self, len: usize) -> Result<(Vec<f32>, Vec<f32>), MinfError> {
+        Ok((
+            download(&self.vertical_scores, len, "vertical scores")?,
+            download(&self.slash_scores, len, "slash scores")?,
+        ))
+    }
+
+    /// The selections of the last vertical-slash estimate before conversion: columns
+    /// `[batch, heads, nnz_v]` ascending and diagonals `[batch, heads, nnz_s]` descending, each row
+    /// padded with -1 (all -1 for heads not listed); for tests and inspection (synchronises).
+    pub fn selections_to_host(&self) -> Result<(Vec<i32>, Vec<i32>), MinfError> {
+        let len = |b: &Option<CudaSlice<i32>>| b.as_ref().map_or(0, |b| b.len());
+        Ok((
+            download(&self.raw_vertical, len(&self.raw_vertical), "selected columns")?,
+            download(&self.raw_slash, len(&self.raw_slash), "selected diagonals")?,
+        ))
+    }
+}
+
+/// The first `len` elements of a workspace buffer (empty when there is none).
+fn download<T: DeviceRepr + Default + Clone>(
+    buffer: &Option<CudaSlice<T>>,
+    len: usize,
+    what: &str,
+) -> Result<Vec<T>, MinfError> {
+    let Some(buffer) = buffer else { return Ok(Vec::new()) };
+    if len > buffer.len() {
+        return Err(shape_error(format!("{what}: {len} elements asked, the workspace holds {}", buffer.len())));
+    }
+    let mut host = vec![T::default(); len];
+    buffer
+        .stream()
+        .memcpy_dtoh(&buffer.slice(..len), &mut host)
+        .map_err(MinfError::driver(format!("downloading the {what}")))?;
+    buffer.stream().synchronize().map_err(MinfError::driver(format!("waiting for the {what}")))?;
+    Ok(host)
 }
 
 /// One vertical-slash head to estimate: query head index and its requested sizes (clamped like
