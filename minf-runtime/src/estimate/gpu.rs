@@ -39,8 +39,6 @@ pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
 /// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every
 /// candidate block in shared memory (16384 blocks = 1M tokens = 64 KiB).
 pub const MAX_BLOCK_SPARSE_ROWS: usize = 16_384;
-/// Default dynamic shared memory a kernel may use without raising its limit.
-const DEFAULT_SHARED_LIMIT: usize = 48 * 1024;
 
 fn shape_error(message: String) -> MinfError {
     MinfError::Shape(message)
@@ -354,8 +352,8 @@ fn scores_shared_bytes(head_dim: usize, accumulate: bool) -> usize {
     k_stages + probabilities + diagonals
 }
 
-/// Loads `entry` of `kernel` with its dynamic shared-memory limit raised to `shared_bytes` when
-/// that passes the default.
+/// Loads `entry` of `kernel` with its dynamic shared-memory limit set to `shared_bytes` (when
+/// any: static and dynamic shared memory together may pass the 48 KiB default only that way).
 fn load(
     device: &Device,
     kernel: IndexKernel,
@@ -365,7 +363,7 @@ fn load(
     let spec = IndexKernelSpec { kernel, arch: device.arch() };
     let name = format!("{}_{entry}", spec.kernel_name());
     let loaded = device.index_kernel(&spec, &name)?;
-    if shared_bytes > DEFAULT_SHARED_LIMIT {
+    if shared_bytes > 0 {
         loaded
             .function
             .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_bytes as i32)
