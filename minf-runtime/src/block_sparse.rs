@@ -1,5 +1,5 @@
 //! The block-sparse index on the device: per 64-row query block, the 64-key blocks it visits, in
-//! the layout [`BlockSparseIndexRef`](crate::BlockSparseIndexRef) reads. Built on the GPU by
+//! the layout [`BlockSparseIndexRef`] reads. Built on the GPU by
 //! [`estimate_block_sparse_gpu`](crate::estimate::gpu::estimate_block_sparse_gpu).
 
 use crate::attention::BlockSparseIndexRef;
