@@ -6,6 +6,7 @@
 #   # on the GPU machine:
 #   DIR/gpu --include-ignored --test-threads=1     # correctness against the CPU reference
 #   DIR/dense_bench --seqs 16384,65536              # timing through the runtime
+#   DIR/estimate_bench --seq 131072                 # the GPU estimates (bench/NOTES.md)
 #
 # The GPU machine also needs libnvrtc.so.13 (a CUDA toolkit, or `pip install nvidia-cuda-nvrtc`).
 set -euo pipefail
@@ -21,7 +22,8 @@ for line in sys.stdin:
 [ -n "$tests" ] || { echo "gpu-bundle: could not build the gpu test binary" >&2; exit 1; }
 cp "$tests" "$out/gpu"
 cargo build --release --examples --bin minf
-for example in dense_bench quickstart vs_bench; do cp "target/release/examples/$example" "$out/"; done
+for example in dense_bench estimate_bench quickstart vs_bench; do cp "target/release/examples/$example" "$out/"; done
 cp target/release/minf "$out/"
+cp bench/estimate_torch.py "$out/"  # the PyTorch baseline of the estimate (needs torch and safetensors)
 strip "$out"/* 2>/dev/null || true
 ls -la "$out"

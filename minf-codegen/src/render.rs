@@ -22,6 +22,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("block_sparse.cu.tera", include_str!("../../templates/block_sparse.cu.tera")),
     ("vs_convert.cu.tera", include_str!("../../templates/vs_convert.cu.tera")),
     ("vs_scores.cu.tera", include_str!("../../templates/vs_scores.cu.tera")),
+    ("est_select.cu.tera", include_str!("../../templates/est_select.cu.tera")),
 ];
 
 /// Errors while rendering.

@@ -560,20 +560,26 @@ pub enum IndexKernel {
     /// `block_count / block_offset / column_count / column_index` format.
     VerticalSlashConvert,
     /// The vertical and slash scores of MInference's vertical-slash estimate: softmax mass the last
-    /// 64 queries put on each key column and each diagonal (bf16 or f16, any head_dim that is a
-    /// multiple of 8, chosen at run time).
+    /// 64 queries put on each key column and each diagonal, on tensor cores (one entry point per
+    /// dtype and head_dim: bf16 or f16, head_dim 64, 96, 128 or 256).
     VerticalSlashScores,
+    /// The selections of the estimates: the vertical-slash top-k (radix select and ordered
+    /// compaction, per-head sizes) and the block-sparse estimate (64-token mean pooling, block
+    /// scores, top-k per query block).
+    EstimateSelect,
 }
 
 impl IndexKernel {
     /// Every index kernel.
-    pub const ALL: &'static [IndexKernel] = &[IndexKernel::VerticalSlashConvert, IndexKernel::VerticalSlashScores];
+    pub const ALL: &'static [IndexKernel] =
+        &[IndexKernel::VerticalSlashConvert, IndexKernel::VerticalSlashScores, IndexKernel::EstimateSelect];
 
     /// The name used in cache names and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             IndexKernel::VerticalSlashConvert => "vs_convert",
             IndexKernel::VerticalSlashScores => "vs_scores",
+            IndexKernel::EstimateSelect => "est_select",
         }
     }
 }

@@ -30,6 +30,14 @@ fn rendered_source_of_the_vertical_slash_scores() {
 }
 
 #[test]
+fn rendered_source_of_the_estimate_selections() {
+    let spec = IndexKernelSpec { kernel: IndexKernel::EstimateSelect, arch: Arch::Sm90a };
+    let kernel = render_index(&spec).expect("the selection kernel renders");
+    assert!(!kernel.source.contains("#include"), "the selection kernel includes a header");
+    insta::assert_snapshot!(spec.readable_name(), kernel.source);
+}
+
+#[test]
 fn rendered_source_of_the_wgmma_engine() {
     // Not a default yet (bench/RESULTS.md): pinned here so its source is reviewed like the others.
     for pattern in [minf_codegen::Pattern::Dense, minf_codegen::Pattern::VerticalSlash] {

@@ -5,13 +5,15 @@
 //! once per CUDA context, and the launchers ([`mod@attention`]) check shapes and indices and launch it.
 //! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads;
 //! [`config`] reads MInference's per-head configs; [`estimate`] holds the CPU reference of
-//! MInference's index estimation and its first GPU stage (the vertical-slash scores), and
+//! MInference's index estimation and the GPU estimates (vertical-slash and block-sparse, with the
+//! [`block_sparse`] index they fill), and
 //! [`inputs`] structured test inputs and safetensors I/O;
 //! [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
 
 pub mod attention;
+pub mod block_sparse;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -28,12 +30,17 @@ pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
     AttentionOptions, BlockSparseIndexRef, PatternArgs, Varlen, VerticalSlashIndexRef,
 };
+pub use block_sparse::BlockSparseIndex;
 pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
 pub use device::Device;
 pub use error::MinfError;
 pub use estimate::cpu::{
     estimate_block_sparse, estimate_vertical_slash, BlockSparseEstimate, HeadSelection, VerticalSlashEstimate,
     VerticalSlashScores,
+};
+pub use estimate::gpu::{
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
+    VerticalSlashHead,
 };
 pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Planted, Repeat, StructuredInputs};
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct

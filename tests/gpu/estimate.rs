@@ -176,3 +176,272 @@ fn scores_at_128k_timing() {
         assert!((total - 64.0).abs() < 1e-2, "head {h}: vertical mass {total}, want 64");
     }
 }
+
+// ---- The whole estimates: selections, converted index and block lists against the CPU ----
+
+use minf::estimate::cpu::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
+use minf::estimate::gpu::{
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, EstimateWorkspace, VerticalSlashHead,
+};
+use minf::estimate::{clamp_sizes, FORCED_COLUMNS, FORCED_DIAGONALS};
+use minf::vertical_slash::cpu::convert_cpu;
+use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
+use minf::BlockSparseIndex;
+
+/// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
+fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {
+    let sizes = [(1000, 6096), (0, 0), (31, 60), (seq + 5, seq + 7), (45, 120), (200, 50)];
+    (0..heads)
+        .filter(|h| h % 4 != 3) // every fourth head is not estimated
+        .map(|h| {
+            let (vertical, slash) = sizes[h % sizes.len()];
+            VerticalSlashHead { head: h, vertical, slash }
+        })
+        .collect()
+}
+
+/// The top-`k` of `scores` as the CPU reference ranks them (`forced` first, ties to the smaller
+/// index), applied to the GPU's own f32 scores: the GPU top-k must match it exactly.
+fn select_from(scores: &[f32], slash: &[f32], v: usize, s: usize) -> (Vec<i32>, Vec<i32>) {
+    let widen = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    let pick = select_vertical_slash(&VerticalSlashScores { vertical: widen(scores), slash: widen(slash) }, v, s);
+    (pick.vertical.iter().map(|&x| x as i32).collect(), pick.slash.iter().map(|&x| x as i32).collect())
+}
+
+/// Indices in `got` but not in `want` must be near-ties: CPU score within `tolerance` of the
+/// CPU's k-th score. Returns how many swaps there were.
+fn near_tie_swaps(got: &[i32], want: &[usize], scores: &[f64], forced: usize, what: &str) -> usize {
+    let key = |i: usize| if i < forced { f64::INFINITY } else { scores[i] };
+    let threshold = want.iter().map(|&i| key(i)).fold(f64::INFINITY, f64::min);
+    let top = scores.iter().copied().fold(0.0f64, f64::max);
+    let tolerance = 2e-3 * top + 1e-7;
+    let mut swaps = 0;
+    for &g in got {
+        if !want.contains(&(g as usize)) {
+            let gap = (key(g as usize) - threshold).abs();
+            assert!(gap <= tolerance, "{what}: {g} selected with score {} vs threshold {threshold}", key(g as usize));
+            swaps += 1;
+        }
+    }
+    swaps
+}
+
+fn vertical_slash_case<T: AttentionElement>(
+    device: &Device,
+    workspace: &mut EstimateWorkspace,
+    (batch, seq, heads, kv_heads, head_dim): (usize, usize, usize, usize, usize),
+    seed: u64,
+) {
+    let (q_host, k_host, q_f32, k_f32) = inputs::<T>(seq, heads, kv_heads, head_dim, seed);
+    let (q_host, k_host) = (&q_host[..batch * seq * heads * head_dim], &k_host[..batch * seq * kv_heads * head_dim]);
+    let stream = device.stream();
+    let q = stream.clone_htod(q_host).expect("upload q");
+    let k = stream.clone_htod(k_host).expect("upload k");
+    let list = head_list(heads, seq);
+    let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(seq, e.vertical, e.slash)).collect();
+    let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(1).max(1);
+    let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(1).max(1);
+    let shape = IndexShape { batch, heads, rows: seq.div_ceil(64), nnz_s, nnz_v };
+    let index = VerticalSlashIndex::zeros(device, shape).expect("index");
+    // Poison the index: every count must be rewritten.
+    let (_, [mut bc, mut bo, mut cc, mut ci]) = index.into_parts();
+    for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
+        let poison = vec![0x7f7f_7f7f; buffer.len()];
+        stream.memcpy_htod(&poison, buffer).expect("poison");
+    }
+    let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts");
+    estimate_vertical_slash_gpu(
+        device,
+        TensorRef::bshd(&q, [batch, seq, heads, head_dim]).expect("q view"),
+        TensorRef::bshd(&k, [batch, seq, kv_heads, head_dim]).expect("k view"),
+        &list,
+        workspace,
+        &mut index,
+    )
+    .expect("estimate");
+    let got_index = index.to_host().expect("download index");
+    let (vertical_scores, slash_scores) = workspace.scores_to_host(batch * heads * seq).expect("scores");
+    let (raw_v, raw_s) = workspace.selections_to_host().expect("selections");
+    let reference_shape = ReferenceShape { batch, seq, heads, kv_heads, head_dim };
+    let (mut cpu_v, mut cpu_s) = (vec![-1i32; batch * heads * nnz_v], vec![-1i32; batch * heads * nnz_s]);
+    let mut swaps = 0;
+    for b in 0..batch {
+        for h in 0..heads {
+            let bh = b * heads + h;
+            let (got_v, got_s) = (&raw_v[bh * nnz_v..(bh + 1) * nnz_v], &raw_s[bh * nnz_s..(bh + 1) * nnz_s]);
+            let Some(pos) = list.iter().position(|e| e.head == h) else {
+                assert!(got_v.iter().chain(got_s).all(|&x| x == -1), "unlisted head {h} has selections");
+                continue;
+            };
+            let (v, s) = clamped[pos];
+            let what = format!("{} d={head_dim} seq={seq} b={b} h={h} (v {v}, s {s})", T::DTYPE);
+            assert!(got_v[v..].iter().chain(&got_s[s..]).all(|&x| x == -1), "{what}: padding");
+            // Exact: the top-k of the GPU's own scores.
+            let at = bh * seq;
+            let (want_v, want_s) = select_from(
+                &vertical_scores[at..at + seq],
+                &slash_scores[at..at + seq],
+                list[pos].vertical,
+                list[pos].slash,
+            );
+            assert_eq!(&got_v[..v], &want_v[..], "{what}: columns vs the top-k of the GPU scores");
+            assert_eq!(&got_s[..s], &want_s[..], "{what}: diagonals vs the top-k of the GPU scores");
+            // Against the f64 reference: equal up to near-ties.
+            let reference = vertical_slash_scores(&q_f32, &k_f32, reference_shape, b, h).expect("reference");
+            let pick = select_vertical_slash(&reference, list[pos].vertical, list[pos].slash);
+            swaps += near_tie_swaps(&got_v[..v], &pick.vertical, &reference.vertical, FORCED_COLUMNS, &what);
+            swaps += near_tie_swaps(&got_s[..s], &pick.slash, &reference.slash, FORCED_DIAGONALS, &what);
+            for (slot, &x) in cpu_v[bh * nnz_v..].iter_mut().zip(&pick.vertical) {
+                *slot = x as i32;
+            }
+            for (slot, &x) in cpu_s[bh * nnz_s..].iter_mut().zip(&pick.slash) {
+                *slot = x as i32;
+            }
+        }
+    }
+    let seqlens = vec![seq as i32; batch];
+    let from_gpu_selection = convert_cpu(&seqlens, &raw_v, &raw_s, batch, heads, nnz_v, nnz_s, seq);
+    assert!(from_gpu_selection == got_index, "{} seq={seq}: the converted index differs from convert_cpu", T::DTYPE);
+    if swaps == 0 {
+        let from_cpu_selection = convert_cpu(&seqlens, &cpu_v, &cpu_s, batch, heads, nnz_v, nnz_s, seq);
+        assert!(from_cpu_selection == got_index, "{} seq={seq}: index differs from the CPU pipeline", T::DTYPE);
+    }
+    println!("ok   {} d={head_dim} seq={seq} heads {heads}/{kv_heads} batch {batch}: near-tie swaps {swaps}", T::DTYPE);
+}
+
+fn estimate_matrix_for<T: AttentionElement>(device: &Device) {
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    let mut workspace = EstimateWorkspace::new();
+    for (head_dim, seq) in
+        [(128, 1), (128, 63), (64, 64), (128, 65), (96, 1000), (256, 1000), (128, 4097), (128, 32768)]
+    {
+        vertical_slash_case::<T>(device, &mut workspace, (2, seq, 8, 2, head_dim), seed.wrapping_add(seq as u64));
+    }
+    // MHA (one query head per KV head: half of each score block idles) and an odd group.
+    vertical_slash_case::<T>(device, &mut workspace, (1, 3000, 4, 4, 128), seed + 7);
+    vertical_slash_case::<T>(device, &mut workspace, (1, 3000, 6, 2, 128), seed + 8);
+    println!("workspace {} bytes", workspace.device_bytes());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_estimate_bf16_matches_reference() {
+    estimate_matrix_for::<bf16>(&device());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_estimate_f16_matches_reference() {
+    estimate_matrix_for::<f16>(&device());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_estimate_at_128k_matches_reference() {
+    let mut workspace = EstimateWorkspace::new();
+    vertical_slash_case::<bf16>(&device(), &mut workspace, (1, 131_072, 4, 2, 128), fresh_seed());
+}
+
+fn block_sparse_case<T: AttentionElement>(
+    device: &Device,
+    workspace: &mut EstimateWorkspace,
+    (seq, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize),
+    seed: u64,
+) {
+    let batch = 2;
+    let (q_host, k_host, q_f32, k_f32) = inputs::<T>(seq, heads, kv_heads, head_dim, seed);
+    let stream = device.stream();
+    let q = stream.clone_htod(&q_host).expect("upload q");
+    let k = stream.clone_htod(&k_host).expect("upload k");
+    let listed: Vec<usize> = (0..heads).filter(|h| h % 3 != 1).collect();
+    let rows = seq.div_ceil(64);
+    let capacity = top_k.min(rows).max(1);
+    let mut index = BlockSparseIndex::zeros(device, batch, heads, rows, capacity).expect("index");
+    estimate_block_sparse_gpu(
+        device,
+        TensorRef::bshd(&q, [batch, seq, heads, head_dim]).expect("q view"),
+        TensorRef::bshd(&k, [batch, seq, kv_heads, head_dim]).expect("k view"),
+        &listed,
+        top_k,
+        workspace,
+        &mut index,
+    )
+    .expect("block-sparse estimate");
+    let got = index.to_host().expect("download");
+    let want = estimate_block_sparse(&q_f32, &k_f32, ReferenceShape { batch, seq, heads, kv_heads, head_dim }, top_k)
+        .expect("reference");
+    let mut mismatched_rows = 0;
+    for b in 0..batch {
+        for h in 0..heads {
+            for r in 0..rows {
+                let blocks = got.blocks(b, h, r);
+                if !listed.contains(&h) {
+                    assert!(blocks.is_empty(), "unlisted head {h} has blocks");
+                    continue;
+                }
+                let expected = want.blocks(b, h, r);
+                assert_eq!(blocks.len(), expected.len(), "b={b} h={h} r={r}: count");
+                assert!(blocks.windows(2).all(|w| w[0] < w[1]), "b={b} h={h} r={r}: ascending {blocks:?}");
+                if blocks != expected {
+                    mismatched_rows += 1;
+                }
+            }
+        }
+    }
+    // f32 pooling on the GPU against f64 on the CPU: a rare near-tie may swap one block.
+    let listed_rows = batch * listed.len() * rows;
+    assert!(
+        mismatched_rows * 200 <= listed_rows,
+        "{} seq={seq} top_k={top_k}: {mismatched_rows} of {listed_rows} block lists differ",
+        T::DTYPE
+    );
+    println!("ok   {} block-sparse seq={seq} top_k={top_k}: {mismatched_rows}/{listed_rows} lists differ", T::DTYPE);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_sparse_estimate_matches_reference() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    let mut workspace = EstimateWorkspace::new();
+    for (seq, top_k) in [(1, 100), (65, 100), (1000, 3), (4097, 100), (32768, 100), (5000, 0), (5000, 1000)] {
+        block_sparse_case::<bf16>(&device, &mut workspace, (seq, 6, 2, 128, top_k), seed + seq as u64);
+    }
+    block_sparse_case::<f16>(&device, &mut workspace, (4097, 4, 4, 64, 100), seed + 1);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn estimate_arguments_are_checked() {
+    let device = device();
+    let stream = device.stream();
+    let (seq, heads) = (100, 4);
+    let q = stream.alloc_zeros::<bf16>(seq * heads * 64).expect("q");
+    let k = stream.alloc_zeros::<bf16>(seq * 2 * 64).expect("k");
+    let q_view = TensorRef::bshd(&q, [1, seq, heads, 64]).expect("q");
+    let k_view = TensorRef::bshd(&k, [1, seq, 2, 64]).expect("k");
+    let mut workspace = EstimateWorkspace::new();
+    let shape = IndexShape { batch: 1, heads, rows: 2, nnz_s: 50, nnz_v: 30 };
+    let mut index = VerticalSlashIndex::zeros(&device, shape).expect("index");
+    let head = |head, vertical, slash| VerticalSlashHead { head, vertical, slash };
+    let mut estimate = |list: &[VerticalSlashHead], index: &mut VerticalSlashIndex| {
+        estimate_vertical_slash_gpu(&device, q_view, k_view, list, &mut workspace, index).map(|_| ())
+    };
+    let err = estimate(&[head(4, 30, 50)], &mut index).expect_err("head past the count");
+    assert!(err.to_string().contains("head 4"), "{err}");
+    let err = estimate(&[head(1, 30, 50), head(1, 30, 50)], &mut index).expect_err("twice");
+    assert!(err.to_string().contains("twice"), "{err}");
+    let err = estimate(&[head(0, 31, 50)], &mut index).expect_err("over capacity");
+    assert!(err.to_string().contains("at most 30 columns"), "{err}");
+    let mut wrong = VerticalSlashIndex::zeros(&device, IndexShape { rows: 3, ..shape }).expect("index");
+    let err = estimate(&[head(0, 30, 50)], &mut wrong).expect_err("rows");
+    assert!(err.to_string().contains("rows"), "{err}");
+    estimate(&[head(0, 0, 0), head(3, 1, 1)], &mut index).expect("sizes clamp up to 30 / 50");
+    let mut blocks = BlockSparseIndex::zeros(&device, 1, heads, 2, 1).expect("index");
+    let err = estimate_block_sparse_gpu(&device, q_view, k_view, &[0], 2, &mut workspace, &mut blocks)
+        .expect_err("capacity 1 for top_k 2");
+    assert!(err.to_string().contains("holds 1 per list"), "{err}");
+    assert!(BlockSparseIndex::zeros(&device, 1, heads, 2, 0).is_err(), "capacity 0");
+}

@@ -1,24 +1,115 @@
-//! The GPU vertical-slash scores: what [`cpu::vertical_slash_scores`](super::cpu::vertical_slash_scores)
-//! computes for one head, for every (batch, query head) at once, in f32 on the device
-//! (`templates/vs_scores.cu.tera`, three passes on `device.stream()`, no host sync).
+//! MInference's estimates on the GPU, every stage on `device.stream()` with no host sync:
+//!
+//! - [`estimate_vertical_slash_gpu`]: the vertical and slash scores on tensor cores
+//!   (`templates/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
+//!   per-head top-k (`templates/est_select.cu.tera`: radix select and ordered compaction) and the
+//!   conversion to MInference's index ([`convert_vertical_slash_into`]);
+//! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
+//!   of every query block (`templates/est_select.cu.tera`);
+//! - [`vertical_slash_scores_gpu`]: the scores alone, as
+//!   [`cpu::vertical_slash_scores`](super::cpu::vertical_slash_scores) defines them.
 
-use super::LAST_Q;
+use super::{clamp_sizes, BLOCK, LAST_Q};
+use crate::block_sparse::BlockSparseIndex;
 use crate::device::Device;
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorRef};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use crate::vertical_slash::{convert_vertical_slash_into, ConvertWorkspace, VerticalSlashIndex};
+use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
 use minf_codegen::spec::HEAD_DIMS;
 use minf_codegen::{DType, IndexKernel, IndexKernelSpec};
 use std::sync::Arc;
 
-/// Keys each thread of `vs_scores` scores (so each Q value read from shared memory feeds this many
-/// keys); mirrors `KEYS` in `templates/vs_scores.cu.tera`.
-const KEYS_PER_THREAD: usize = 2;
-/// Largest batch and head count (the launch grid's y and z).
+/// Keys each block of the score passes covers; mirrors `CHUNK_KEYS` in
+/// `templates/vs_scores.cu.tera`.
+pub const SCORE_CHUNK_KEYS: usize = 1024;
+/// Query heads of one KV group that share a score block's K tiles; mirrors `HEADS_PER_BLOCK`.
+const SCORE_HEADS_PER_BLOCK: usize = 2;
+/// Threads of the selection blocks; mirrors `SELECT_THREADS` in `templates/est_select.cu.tera`.
+const SELECT_THREADS: u32 = 1024;
+/// Threads of the pooling blocks; mirrors `POOL_THREADS`.
+const POOL_THREADS: u32 = 256;
+/// Largest batch and head count (launch grid dimensions).
 pub const MAX_BATCH_OR_HEADS: usize = 65_535;
+/// Largest sequence of the score passes: their grid's y dimension counts chunks.
+pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
+/// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every
+/// candidate block in shared memory (16384 blocks = 1M tokens = 64 KiB).
+pub const MAX_BLOCK_SPARSE_ROWS: usize = 16_384;
+
+fn shape_error(message: String) -> MinfError {
+    MinfError::Shape(message)
+}
+
+/// A device buffer that grows on demand and keeps its memory; used with another device, it
+/// reallocates there.
+fn grow<T: DeviceRepr>(
+    slot: &mut Option<CudaSlice<T>>,
+    stream: &Arc<CudaStream>,
+    len: usize,
+    what: &str,
+) -> Result<(), MinfError> {
+    if slot.as_ref().is_some_and(|b| b.len() >= len && Arc::ptr_eq(b.context(), stream.context())) {
+        return Ok(());
+    }
+    *slot = None;
+    // SAFETY: every user writes the elements it reads first (or zeroes them).
+    let buffer = unsafe { stream.alloc::<T>(len.max(1)) }
+        .map_err(MinfError::driver(format!("allocating the estimate's {what} ({len} elements)")))?;
+    *slot = Some(buffer);
+    Ok(())
+}
+
+/// As [`grow`], but the buffer has exactly `len` elements (for callees that check lengths).
+fn exact<T: DeviceRepr + ValidAsZeroBits>(
+    slot: &mut Option<CudaSlice<T>>,
+    stream: &Arc<CudaStream>,
+    len: usize,
+    what: &str,
+) -> Result<(), MinfError> {
+    if slot.as_ref().is_some_and(|b| b.len() == len && Arc::ptr_eq(b.context(), stream.context())) {
+        return Ok(());
+    }
+    *slot = None;
+    let buffer =
+        stream.alloc_zeros::<T>(len).map_err(MinfError::driver(format!("allocating the estimate's {what} ({len})")))?;
+    *slot = Some(buffer);
+    Ok(())
+}
+
+/// A small `i32` table mirrored on the device: uploaded (asynchronously, no device sync) only when
+/// its contents change.
+#[derive(Debug, Default)]
+struct DeviceTable {
+    buffer: Option<CudaSlice<i32>>,
+    host: Vec<i32>,
+}
+
+impl DeviceTable {
+    fn sync(&mut self, stream: &Arc<CudaStream>, values: &[i32], what: &str) -> Result<&CudaSlice<i32>, MinfError> {
+        let current = self.buffer.as_ref().is_some_and(|b| Arc::ptr_eq(b.context(), stream.context()));
+        if !current || self.host != values {
+            exact(&mut self.buffer, stream, values.len().max(1), what)?;
+            if let Some(buffer) = self.buffer.as_mut() {
+                stream
+                    .memcpy_htod(values, &mut buffer.slice_mut(..values.len()))
+                    .map_err(MinfError::driver(format!("uploading the estimate's {what}")))?;
+            }
+            self.host = values.to_vec();
+        }
+        self.buffer.as_ref().ok_or_else(|| shape_error(format!("the estimate's {what} was not allocated")))
+    }
+
+    fn device_bytes(&self) -> usize {
+        self.buffer.as_ref().map_or(0, |b| b.num_bytes())
+    }
+}
 
 /// Reusable device scratch of [`vertical_slash_scores_gpu`]: per (batch, head) the softmax
-/// partials of every key tile and the combined row statistics. It grows on demand and keeps its
+/// partials of every key chunk and the combined row statistics. It grows on demand and keeps its
 /// memory (used with another device, it reallocates there). The `&mut` borrow and the single
 /// stream keep uses in order.
 #[derive(Debug, Default)]
@@ -36,23 +127,100 @@ impl ScoresWorkspace {
     pub fn device_bytes(&self) -> usize {
         self.buffer.as_ref().map_or(0, |b| b.num_bytes())
     }
+}
 
-    fn reserve(&mut self, device: &Device, len: usize) -> Result<&mut CudaSlice<f32>, MinfError> {
-        let stream = device.stream();
-        let fits = |b: &CudaSlice<f32>| b.len() >= len && Arc::ptr_eq(b.context(), stream.context());
-        match self.buffer.take() {
-            Some(buffer) if fits(&buffer) => Ok(self.buffer.insert(buffer)),
-            _ => {
-                // SAFETY: the kernels write every partial and statistic before reading it.
-                let buffer = unsafe { stream.alloc::<f32>(len.max(1)) }
-                    .map_err(MinfError::driver(format!("allocating the scores workspace ({len} x f32)")))?;
-                Ok(self.buffer.insert(buffer))
-            }
-        }
+/// Reusable device scratch of the estimates (scores, top-k, conversion, block pooling); grows on
+/// demand and keeps its memory.
+#[derive(Debug, Default)]
+pub struct EstimateWorkspace {
+    scores: ScoresWorkspace,
+    vertical_scores: Option<CudaSlice<f32>>,
+    slash_scores: Option<CudaSlice<f32>>,
+    raw_vertical: Option<CudaSlice<i32>>,
+    raw_slash: Option<CudaSlice<i32>>,
+    head_sizes: DeviceTable,
+    seqlens: DeviceTable,
+    convert: ConvertWorkspace,
+    block_tables: DeviceTable,
+    pooled: Option<CudaSlice<f32>>,
+}
+
+impl EstimateWorkspace {
+    /// An empty workspace; the first estimate allocates what it needs.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of device memory held.
+    pub fn device_bytes(&self) -> usize {
+        let bytes = |b: &Option<CudaSlice<f32>>| b.as_ref().map_or(0, |b| b.num_bytes());
+        let int_bytes = |b: &Option<CudaSlice<i32>>| b.as_ref().map_or(0, |b| b.num_bytes());
+        self.scores.device_bytes()
+            + bytes(&self.vertical_scores)
+            + bytes(&self.slash_scores)
+            + bytes(&self.pooled)
+            + int_bytes(&self.raw_vertical)
+            + int_bytes(&self.raw_slash)
+            + self.head_sizes.device_bytes()
+            + self.seqlens.device_bytes()
+            + self.block_tables.device_bytes()
+            + self.convert.device_bytes()
+    }
+
+    /// The vertical and slash scores of the last vertical-slash estimate, `[batch, heads, seq]`
+    /// each (only the listed heads are meaningful); for tests and inspection (synchronises).
+    pub fn scores_to_host(&self, len: usize) -> Result<(Vec<f32>, Vec<f32>), MinfError> {
+        Ok((
+            download(&self.vertical_scores, len, "vertical scores")?,
+            download(&self.slash_scores, len, "slash scores")?,
+        ))
+    }
+
+    /// The selections of the last vertical-slash estimate before conversion: columns
+    /// `[batch, heads, nnz_v]` ascending and diagonals `[batch, heads, nnz_s]` descending, each row
+    /// padded with -1 (all -1 for heads not listed); for tests and inspection (synchronises).
+    pub fn selections_to_host(&self) -> Result<(Vec<i32>, Vec<i32>), MinfError> {
+        let len = |b: &Option<CudaSlice<i32>>| b.as_ref().map_or(0, |b| b.len());
+        Ok((
+            download(&self.raw_vertical, len(&self.raw_vertical), "selected columns")?,
+            download(&self.raw_slash, len(&self.raw_slash), "selected diagonals")?,
+        ))
     }
 }
 
-/// Kernel parameters, passed by value; mirrors `ScoresParams` in `templates/vs_scores.cu.tera`.
+/// The first `len` elements of a workspace buffer (empty when there is none).
+fn download<T: DeviceRepr + Default + Clone>(
+    buffer: &Option<CudaSlice<T>>,
+    len: usize,
+    what: &str,
+) -> Result<Vec<T>, MinfError> {
+    let Some(buffer) = buffer else { return Ok(Vec::new()) };
+    if len > buffer.len() {
+        return Err(shape_error(format!("{what}: {len} elements asked, the workspace holds {}", buffer.len())));
+    }
+    let mut host = vec![T::default(); len];
+    buffer
+        .stream()
+        .memcpy_dtoh(&buffer.slice(..len), &mut host)
+        .map_err(MinfError::driver(format!("downloading the {what}")))?;
+    buffer.stream().synchronize().map_err(MinfError::driver(format!("waiting for the {what}")))?;
+    Ok(host)
+}
+
+/// One vertical-slash head to estimate: query head index and its requested sizes (clamped like
+/// MInference, see [`clamp_sizes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerticalSlashHead {
+    /// Query head index.
+    pub head: usize,
+    /// Requested key columns.
+    pub vertical: usize,
+    /// Requested diagonals.
+    pub slash: usize,
+}
+
+/// Kernel parameters of the score passes, passed by value; mirrors `ScoresParams` in
+/// `templates/vs_scores.cu.tera`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct ScoresParams {
@@ -62,24 +230,67 @@ struct ScoresParams {
     slash: u64,
     partial: u64,
     stats: u64,
+    head_sizes: u64,
     q_stride: [i64; 3],
     k_stride: [i64; 3],
     seq: i32,
     heads: i32,
     group: i32,
-    head_dim: i32,
+    pairs: i32,
     last_q: i32,
-    tiles: i32,
-    is_f16: i32,
-    scale: f32,
+    chunks: i32,
+    scale_log2: f32,
 }
 
 // SAFETY: plain-old-data with the C layout the kernel declares.
 unsafe impl DeviceRepr for ScoresParams {}
 
-fn shape_error(message: String) -> MinfError {
-    MinfError::Shape(message)
+/// Kernel parameters of the vertical-slash top-k; mirrors `SelectParams` in
+/// `templates/est_select.cu.tera`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct SelectParams {
+    vertical: u64,
+    slash: u64,
+    head_sizes: u64,
+    out_vertical: u64,
+    out_slash: u64,
+    seq: i32,
+    heads: i32,
+    capacity_v: i32,
+    capacity_s: i32,
 }
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for SelectParams {}
+
+/// Kernel parameters of the block-sparse estimate; mirrors `BlockParams` in
+/// `templates/est_select.cu.tera`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct BlockParams {
+    q: u64,
+    k: u64,
+    jobs: u64,
+    entries: u64,
+    pooled: u64,
+    kv_num_blocks: u64,
+    kv_indices: u64,
+    q_stride: [i64; 3],
+    k_stride: [i64; 3],
+    seq: i32,
+    heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    rows: i32,
+    jobs_count: i32,
+    top_k: i32,
+    capacity: i32,
+    is_f16: i32,
+}
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for BlockParams {}
 
 fn strides(layout: &Layout) -> Result<[i64; 3], MinfError> {
     let mut out = [0i64; 3];
@@ -87,6 +298,164 @@ fn strides(layout: &Layout) -> Result<[i64; 3], MinfError> {
         *o = i64::try_from(s).map_err(|_| shape_error(format!("stride {s} does not fit i64")))?;
     }
     Ok(out)
+}
+
+/// The checked dimensions of a q/k pair.
+#[derive(Debug, Clone, Copy)]
+struct QkDims {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+fn check_qk<T: AttentionElement>(what: &str, q: &TensorRef<'_, T>, k: &TensorRef<'_, T>) -> Result<QkDims, MinfError> {
+    check_layout("q", &q.layout, q.data.len())?;
+    check_layout("k", &k.layout, k.data.len())?;
+    let [batch, seq, heads, head_dim] = q.layout.shape;
+    let kv_heads = k.layout.shape[2];
+    if k.layout.shape != [batch, seq, kv_heads, head_dim] {
+        return Err(shape_error(format!(
+            "{what}: k shape {:?} does not match q shape {:?} (same batch, seq and head_dim expected)",
+            k.layout.shape, q.layout.shape
+        )));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(shape_error(format!(
+            "{what}: {heads} query heads is not a multiple of {kv_heads} key/value heads"
+        )));
+    }
+    if !HEAD_DIMS.contains(&u32::try_from(head_dim).unwrap_or(0)) {
+        return Err(shape_error(format!("{what}: head_dim {head_dim}, allowed {HEAD_DIMS:?}")));
+    }
+    if batch > MAX_BATCH_OR_HEADS || heads > MAX_BATCH_OR_HEADS {
+        return Err(shape_error(format!(
+            "{what}: batch {batch} and heads {heads} must each be at most {MAX_BATCH_OR_HEADS}"
+        )));
+    }
+    if seq > MAX_SCORE_SEQ {
+        return Err(shape_error(format!("{what}: seq {seq} is longer than the {MAX_SCORE_SEQ} tokens allowed")));
+    }
+    Ok(QkDims { batch, seq, heads, kv_heads, head_dim })
+}
+
+/// Dynamic shared memory of a score pass; mirrors `Geometry` in `templates/vs_scores.cu.tera`.
+fn scores_shared_bytes(head_dim: usize, accumulate: bool) -> usize {
+    let tile_n = if head_dim == 256 { 32 } else { 64 };
+    let k_stages = 2 * tile_n * (head_dim + 8) * 2;
+    if !accumulate {
+        return k_stages;
+    }
+    let probabilities = SCORE_HEADS_PER_BLOCK * LAST_Q * (tile_n + 4) * 4;
+    let diagonals = SCORE_HEADS_PER_BLOCK * (SCORE_CHUNK_KEYS + LAST_Q - 1) * 4;
+    k_stages + probabilities + diagonals
+}
+
+/// Loads `entry` of `kernel` with its dynamic shared-memory limit set to `shared_bytes` (when
+/// any: static and dynamic shared memory together may pass the 48 KiB default only that way).
+fn load(
+    device: &Device,
+    kernel: IndexKernel,
+    entry: &str,
+    shared_bytes: usize,
+) -> Result<crate::device::LoadedKernel, MinfError> {
+    let spec = IndexKernelSpec { kernel, arch: device.arch() };
+    let name = format!("{}_{entry}", spec.kernel_name());
+    let loaded = device.index_kernel(&spec, &name)?;
+    if shared_bytes > 0 {
+        loaded
+            .function
+            .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_bytes as i32)
+            .map_err(MinfError::driver(format!("raising the shared-memory limit of {name} to {shared_bytes} bytes")))?;
+    }
+    Ok(loaded)
+}
+
+/// Device addresses the score passes read and write.
+#[derive(Debug, Clone, Copy)]
+struct ScoreTargets {
+    /// `[heads, 2]` sizes (heads with vertical size 0 are skipped), or 0: every head.
+    head_sizes: u64,
+    /// `[batch, heads, seq]` f32.
+    vertical: u64,
+    /// `[batch, heads, seq]` f32, zeroed by the caller.
+    slash: u64,
+}
+
+/// Launches the three score passes.
+fn launch_scores<T: AttentionElement>(
+    device: &Device,
+    q: &TensorRef<'_, T>,
+    k: &TensorRef<'_, T>,
+    dims: QkDims,
+    workspace: &mut ScoresWorkspace,
+    targets: ScoreTargets,
+) -> Result<(), MinfError> {
+    let QkDims { batch, seq, heads, kv_heads, head_dim } = dims;
+    let ScoreTargets { head_sizes, vertical, slash } = targets;
+    let dtype = if T::DTYPE == DType::F16 { "f16" } else { "bf16" };
+    let stats_shared = scores_shared_bytes(head_dim, false);
+    let accumulate_shared = scores_shared_bytes(head_dim, true);
+    let stats = load(device, IndexKernel::VerticalSlashScores, &format!("stats_{dtype}_d{head_dim}"), stats_shared)?;
+    let combine = load(device, IndexKernel::VerticalSlashScores, "combine", 0)?;
+    let accumulate =
+        load(device, IndexKernel::VerticalSlashScores, &format!("accumulate_{dtype}_d{head_dim}"), accumulate_shared)?;
+    let chunks = seq.div_ceil(SCORE_CHUNK_KEYS);
+    let heads_total = batch * heads;
+    // Per (batch, head): a (max, sum) pair per chunk and row, then one per row.
+    let partial_len = heads_total * chunks * LAST_Q * 2;
+    let stats_len = heads_total * LAST_Q * 2;
+    let stream = device.stream();
+    grow(&mut workspace.buffer, stream, partial_len + stats_len, "score statistics")?;
+    let buffer =
+        workspace.buffer.as_mut().ok_or_else(|| shape_error("the scores workspace was not allocated".into()))?;
+    let (q_ptr, _q_sync) = q.data.device_ptr(stream);
+    let (k_ptr, _k_sync) = k.data.device_ptr(stream);
+    let (buffer_ptr, _buffer_sync) = buffer.device_ptr_mut(stream);
+    let group = heads / kv_heads;
+    let pairs = group.div_ceil(SCORE_HEADS_PER_BLOCK);
+    // `seq` is at most MAX_SCORE_SEQ, so every count below fits i32.
+    let params = ScoresParams {
+        q: q_ptr,
+        k: k_ptr,
+        vertical,
+        slash,
+        partial: buffer_ptr,
+        stats: buffer_ptr + (partial_len * std::mem::size_of::<f32>()) as u64,
+        head_sizes,
+        q_stride: strides(&q.layout)?,
+        k_stride: strides(&k.layout)?,
+        seq: seq as i32,
+        heads: heads as i32,
+        group: group as i32,
+        pairs: pairs as i32,
+        last_q: LAST_Q.min(seq) as i32,
+        chunks: chunks as i32,
+        scale_log2: (std::f64::consts::LOG2_E / (head_dim as f64).sqrt()) as f32,
+    };
+    let threads = IndexKernelSpec::THREADS;
+    let chunked = |shared: usize| LaunchConfig {
+        grid_dim: ((kv_heads * pairs) as u32, chunks as u32, batch as u32),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: shared as u32,
+    };
+    let per_head =
+        LaunchConfig { grid_dim: (heads as u32, batch as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    for (kernel, config, pass) in [
+        (&stats, chunked(stats_shared), "stats"),
+        (&combine, per_head, "combine"),
+        (&accumulate, chunked(accumulate_shared), "accumulate"),
+    ] {
+        let mut launch = stream.launch_builder(&kernel.function);
+        launch.arg(&params);
+        // SAFETY: the parameter block matches the kernel's declaration; q and k spans were checked
+        // against their buffers, the outputs hold batch * heads * seq floats, the workspace
+        // partial_len + stats_len, head_sizes (when given) 2 * heads ints; the kernels bound every
+        // key by seq, every row by last_q and every head by the group.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching vs_scores {pass}")))?;
+    }
+    Ok(())
 }
 
 /// The vertical and slash scores of every (batch, query head), as
@@ -109,101 +478,331 @@ pub fn vertical_slash_scores_gpu<T: AttentionElement>(
     out_vertical: &mut CudaSlice<f32>,
     out_slash: &mut CudaSlice<f32>,
 ) -> Result<(), MinfError> {
-    check_layout("q", &q.layout, q.data.len())?;
-    check_layout("k", &k.layout, k.data.len())?;
-    let [batch, seq, heads, head_dim] = q.layout.shape;
-    let kv_heads = k.layout.shape[2];
-    if k.layout.shape != [batch, seq, kv_heads, head_dim] {
-        return Err(shape_error(format!(
-            "vertical-slash scores: k shape {:?} does not match q shape {:?} (same batch, seq and head_dim expected)",
-            k.layout.shape, q.layout.shape
-        )));
-    }
-    if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(shape_error(format!(
-            "vertical-slash scores: {heads} query heads is not a multiple of {kv_heads} key/value heads"
-        )));
-    }
-    if !HEAD_DIMS.contains(&u32::try_from(head_dim).unwrap_or(0)) {
-        return Err(shape_error(format!("vertical-slash scores: head_dim {head_dim}, allowed {HEAD_DIMS:?}")));
-    }
-    if batch > MAX_BATCH_OR_HEADS || heads > MAX_BATCH_OR_HEADS {
-        return Err(shape_error(format!(
-            "vertical-slash scores: batch {batch} and heads {heads} must each be at most {MAX_BATCH_OR_HEADS}"
-        )));
-    }
-    let seq_i32 = i32::try_from(seq)
-        .map_err(|_| shape_error(format!("vertical-slash scores: seq {seq} does not fit the kernel's i32 index")))?;
-    let out_len = batch * heads * seq;
+    let dims = check_qk("vertical-slash scores", &q, &k)?;
+    let out_len = dims.batch * dims.heads * dims.seq;
     for (name, len) in [("out_vertical", out_vertical.len()), ("out_slash", out_slash.len())] {
         if len != out_len {
             return Err(shape_error(format!(
-                "vertical-slash scores: {name} holds {len} floats but [batch, heads, seq] = [{batch}, {heads}, {seq}] \
-                 needs {out_len}"
+                "vertical-slash scores: {name} holds {len} floats but [batch, heads, seq] = [{}, {}, {}] needs \
+                 {out_len}",
+                dims.batch, dims.heads, dims.seq
             )));
         }
     }
     if out_len == 0 {
         return Ok(());
     }
-
-    let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashScores, arch: device.arch() };
-    let name = spec.kernel_name();
-    let partials = device.index_kernel(&spec, &format!("{name}_partials"))?;
-    let combine = device.index_kernel(&spec, &format!("{name}_combine"))?;
-    let accumulate = device.index_kernel(&spec, &format!("{name}_accumulate"))?;
-    let threads = partials.launch.threads;
-    // Each block scores KEYS_PER_THREAD * threads keys.
-    let tiles = seq.div_ceil(KEYS_PER_THREAD * threads as usize);
-    let heads_total = batch * heads;
-    // Per (batch, head): a (max, sum) pair per tile and row, then one per row.
-    let partial_len = heads_total * tiles * LAST_Q * 2;
-    let stats_len = heads_total * LAST_Q * 2;
-    let buffer = workspace.reserve(device, partial_len + stats_len)?;
-
     let stream = device.stream();
     stream.memset_zeros(out_slash).map_err(MinfError::driver("zeroing out_slash"))?;
-    let (q_ptr, _q_sync) = q.data.device_ptr(stream);
-    let (k_ptr, _k_sync) = k.data.device_ptr(stream);
     let (vertical_ptr, _vertical_sync) = out_vertical.device_ptr_mut(stream);
     let (slash_ptr, _slash_sync) = out_slash.device_ptr_mut(stream);
-    let (buffer_ptr, _buffer_sync) = buffer.device_ptr_mut(stream);
-    let f32_bytes = std::mem::size_of::<f32>() as u64;
-    // `seq` fits i32 (checked), so do `tiles`, heads / kv_heads and head_dim.
-    let params = ScoresParams {
+    let targets = ScoreTargets { head_sizes: 0, vertical: vertical_ptr, slash: slash_ptr };
+    launch_scores(device, &q, &k, dims, workspace, targets)
+}
+
+/// The clamped `[heads, 2]` size table of a vertical-slash estimate, checked against the index's
+/// capacities; heads not listed get `(0, 0)`.
+fn size_table(heads: &[VerticalSlashHead], dims: QkDims, nnz_v: usize, nnz_s: usize) -> Result<Vec<i32>, MinfError> {
+    let mut table = vec![0i32; 2 * dims.heads];
+    let mut seen = vec![false; dims.heads];
+    for entry in heads {
+        if entry.head >= dims.heads {
+            return Err(shape_error(format!(
+                "vertical-slash estimate: head {} is listed but there are {} query heads (allowed 0 to {})",
+                entry.head,
+                dims.heads,
+                dims.heads.saturating_sub(1)
+            )));
+        }
+        if std::mem::replace(&mut seen[entry.head], true) {
+            return Err(shape_error(format!("vertical-slash estimate: head {} is listed twice", entry.head)));
+        }
+        let (v, s) = clamp_sizes(dims.seq, entry.vertical, entry.slash);
+        if v > nnz_v || s > nnz_s {
+            return Err(shape_error(format!(
+                "vertical-slash estimate: head {} keeps {v} columns and {s} diagonals (clamped from {} and {} at \
+                 seq {}) but the index holds at most {nnz_v} columns and {nnz_s} range starts per row block",
+                entry.head, entry.vertical, entry.slash, dims.seq
+            )));
+        }
+        // Both are at most seq, which fits i32.
+        table[2 * entry.head] = v as i32;
+        table[2 * entry.head + 1] = s as i32;
+    }
+    Ok(table)
+}
+
+/// What the stages of [`run_vertical_slash`] report to: called with 0 before the scores, then
+/// after the scores (1), the top-k (2) and the conversion (3).
+type StageMark<'a> = &'a mut dyn FnMut(usize) -> Result<(), MinfError>;
+
+fn run_vertical_slash<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    heads: &[VerticalSlashHead],
+    workspace: &mut EstimateWorkspace,
+    index: &mut VerticalSlashIndex,
+    mark: StageMark<'_>,
+) -> Result<(), MinfError> {
+    let what = "vertical-slash estimate";
+    let dims = check_qk(what, &q, &k)?;
+    let shape = index.shape();
+    if dims.seq == 0 {
+        return Err(shape_error(format!("{what}: seq is 0; the index needs at least one token")));
+    }
+    let rows = dims.seq.div_ceil(BLOCK);
+    if (shape.batch, shape.heads, shape.rows) != (dims.batch, dims.heads, rows) {
+        return Err(shape_error(format!(
+            "{what}: the index is [batch {}, heads {}, rows {}] but q gives [batch {}, heads {}, rows ceil({} / 64) = \
+             {rows}]",
+            shape.batch, shape.heads, shape.rows, dims.batch, dims.heads, dims.seq
+        )));
+    }
+    let table = size_table(heads, dims, shape.nnz_v, shape.nnz_s)?;
+    let stream = device.stream();
+    let heads_total = dims.batch * dims.heads;
+    let scores_len = heads_total * dims.seq;
+    grow(&mut workspace.vertical_scores, stream, scores_len, "vertical scores")?;
+    grow(&mut workspace.slash_scores, stream, scores_len, "slash scores")?;
+    exact(&mut workspace.raw_vertical, stream, heads_total * shape.nnz_v, "selected columns")?;
+    exact(&mut workspace.raw_slash, stream, heads_total * shape.nnz_s, "selected diagonals")?;
+    // seq fits i32 (MAX_SCORE_SEQ).
+    workspace.seqlens.sync(stream, &vec![dims.seq as i32; dims.batch], "sequence lengths")?;
+    let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
+    let topk = load(device, IndexKernel::EstimateSelect, "vertical_slash", 0)?;
+    let (Some(vertical_scores), Some(slash_scores), Some(raw_vertical), Some(raw_slash), Some(seqlens)) = (
+        workspace.vertical_scores.as_mut(),
+        workspace.slash_scores.as_mut(),
+        workspace.raw_vertical.as_mut(),
+        workspace.raw_slash.as_mut(),
+        workspace.seqlens.buffer.as_ref(),
+    ) else {
+        return Err(shape_error(format!("{what}: the workspace was not allocated")));
+    };
+
+    mark(0)?;
+    stream
+        .memset_zeros(&mut slash_scores.slice_mut(..scores_len))
+        .map_err(MinfError::driver("zeroing the slash scores"))?;
+    let (sizes_ptr, _sizes_sync) = head_sizes.device_ptr(stream);
+    {
+        let (vertical_ptr, _vertical_sync) = vertical_scores.device_ptr_mut(stream);
+        let (slash_ptr, _slash_sync) = slash_scores.device_ptr_mut(stream);
+        let targets = ScoreTargets { head_sizes: sizes_ptr, vertical: vertical_ptr, slash: slash_ptr };
+        launch_scores(device, &q, &k, dims, &mut workspace.scores, targets)?;
+    }
+    mark(1)?;
+    {
+        let (vertical_ptr, _vertical_sync) = vertical_scores.device_ptr(stream);
+        let (slash_ptr, _slash_sync) = slash_scores.device_ptr(stream);
+        let (out_vertical, _out_vertical_sync) = raw_vertical.device_ptr_mut(stream);
+        let (out_slash, _out_slash_sync) = raw_slash.device_ptr_mut(stream);
+        // IndexShape bounds the capacities by i32::MAX; heads by MAX_BATCH_OR_HEADS.
+        let params = SelectParams {
+            vertical: vertical_ptr,
+            slash: slash_ptr,
+            head_sizes: sizes_ptr,
+            out_vertical,
+            out_slash,
+            seq: dims.seq as i32,
+            heads: dims.heads as i32,
+            capacity_v: shape.nnz_v as i32,
+            capacity_s: shape.nnz_s as i32,
+        };
+        let config = LaunchConfig {
+            grid_dim: (dims.heads as u32, dims.batch as u32, 2),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&topk.function);
+        launch.arg(&params);
+        // SAFETY: the parameter block matches the kernel's declaration; the scores hold
+        // batch * heads * seq floats, the size table 2 * heads ints, the outputs
+        // batch * heads * capacity ints; the kernel clamps every size to the capacity and seq.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver("launching the vertical-slash top-k"))?;
+    }
+    mark(2)?;
+    convert_vertical_slash_into(device, seqlens, raw_vertical, raw_slash, dims.seq, &mut workspace.convert, index)?;
+    mark(3)
+}
+
+/// Estimates the listed heads of `q`/`k` (`[batch, seq, heads | kv_heads, head_dim]`, any layout
+/// the kernels accept: contiguous 16-byte aligned rows; bf16 or f16; head_dim 64, 96, 128 or 256)
+/// and writes their converted index into `index` (shape `[batch, heads, ceil(seq / 64)]`,
+/// capacities at least the largest clamped sizes; heads not listed get
+/// `block_count = column_count = 0`). Each listed head keeps its own
+/// [`clamp_sizes`]`(seq, vertical, slash)` columns and diagonals, chosen as
+/// [`cpu::select_vertical_slash`](super::cpu::select_vertical_slash) chooses them. Launches on
+/// `device.stream()` with no host sync; `workspace` is reused across calls.
+pub fn estimate_vertical_slash_gpu<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    heads: &[VerticalSlashHead],
+    workspace: &mut EstimateWorkspace,
+    index: &mut VerticalSlashIndex,
+) -> Result<(), MinfError> {
+    run_vertical_slash(device, q, k, heads, workspace, index, &mut |_| Ok(()))
+}
+
+/// [`estimate_vertical_slash_gpu`] with its three stages timed by CUDA events: returns
+/// `[scores, top-k, conversion]` in milliseconds (synchronises on the last event).
+pub fn estimate_vertical_slash_gpu_timed<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    heads: &[VerticalSlashHead],
+    workspace: &mut EstimateWorkspace,
+    index: &mut VerticalSlashIndex,
+) -> Result<[f32; 3], MinfError> {
+    let stream = device.stream().clone();
+    let mut events = Vec::with_capacity(4);
+    run_vertical_slash(device, q, k, heads, workspace, index, &mut |_| {
+        events.push(
+            stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(MinfError::driver("recording a stage event"))?,
+        );
+        Ok(())
+    })?;
+    let [start, scores, topk, convert] = <[_; 4]>::try_from(events)
+        .map_err(|_| shape_error("vertical-slash estimate: a stage event is missing".into()))?;
+    convert.synchronize().map_err(MinfError::driver("waiting for the estimate"))?;
+    let elapsed = |a: &cudarc::driver::CudaEvent, b: &cudarc::driver::CudaEvent| {
+        a.elapsed_ms(b).map_err(MinfError::driver("reading a stage event"))
+    };
+    Ok([elapsed(&start, &scores)?, elapsed(&scores, &topk)?, elapsed(&topk, &convert)?])
+}
+
+/// Block-sparse: mean-pools Q and K over 64-token blocks (dividing by 64 even for a partial last
+/// block, as [`cpu::estimate_block_sparse`](super::cpu::estimate_block_sparse) does), scores
+/// `pooled_q . pooled_k` causally at block level and keeps the `min(top_k, rows)` best key blocks
+/// of every query block (all of them when it has fewer; MInference uses
+/// [`BLOCK_SPARSE_TOP_K`](super::BLOCK_SPARSE_TOP_K)), ascending, for the listed query `heads`;
+/// other heads get count 0. `index` is `[batch, heads, ceil(seq / 64)]` with a capacity of at
+/// least `min(top_k, rows)`; it is zeroed first. Layouts as [`estimate_vertical_slash_gpu`].
+/// Launches on `device.stream()` with no host sync.
+pub fn estimate_block_sparse_gpu<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    heads: &[usize],
+    top_k: usize,
+    workspace: &mut EstimateWorkspace,
+    index: &mut BlockSparseIndex,
+) -> Result<(), MinfError> {
+    let what = "block-sparse estimate";
+    let dims = check_qk(what, &q, &k)?;
+    let rows = dims.seq.div_ceil(BLOCK);
+    let (index_batch, index_heads, index_rows, capacity) = index.dims();
+    if (index_batch, index_heads, index_rows) != (dims.batch, dims.heads, rows) {
+        return Err(shape_error(format!(
+            "{what}: the index is [batch {index_batch}, heads {index_heads}, rows {index_rows}] but q gives [batch {}, \
+             heads {}, rows ceil({} / 64) = {rows}]",
+            dims.batch, dims.heads, dims.seq
+        )));
+    }
+    let kept = top_k.min(rows);
+    if kept > capacity {
+        return Err(shape_error(format!(
+            "{what}: top_k {top_k} keeps up to {kept} of {rows} key blocks but the index holds {capacity} per list"
+        )));
+    }
+    if rows > MAX_BLOCK_SPARSE_ROWS {
+        return Err(shape_error(format!(
+            "{what}: seq {} has {rows} blocks; at most {MAX_BLOCK_SPARSE_ROWS} are allowed",
+            dims.seq
+        )));
+    }
+    let mut seen = vec![false; dims.heads];
+    for &h in heads {
+        if h >= dims.heads {
+            return Err(shape_error(format!(
+                "{what}: head {h} is listed but there are {} query heads (allowed 0 to {})",
+                dims.heads,
+                dims.heads.saturating_sub(1)
+            )));
+        }
+        if std::mem::replace(&mut seen[h], true) {
+            return Err(shape_error(format!("{what}: head {h} is listed twice")));
+        }
+    }
+    let stream = device.stream();
+    let (kv_num_blocks, kv_indices) = index.buffers_mut();
+    stream.memset_zeros(kv_num_blocks).map_err(MinfError::driver("zeroing kv_num_blocks"))?;
+    stream.memset_zeros(kv_indices).map_err(MinfError::driver("zeroing kv_indices"))?;
+    if heads.is_empty() || kept == 0 {
+        return Ok(());
+    }
+
+    // Pooling jobs: every listed query head, then every KV head they read (once each).
+    let group = dims.heads / dims.kv_heads;
+    let mut kv_used: Vec<usize> = heads.iter().map(|h| h / group).collect();
+    kv_used.sort_unstable();
+    kv_used.dedup();
+    let jobs = heads.len() + kv_used.len();
+    // Heads are below MAX_BATCH_OR_HEADS, so every entry fits i32.
+    let mut table: Vec<i32> = Vec::with_capacity(2 * jobs + 3 * heads.len());
+    table.extend(heads.iter().flat_map(|&h| [0, h as i32]));
+    table.extend(kv_used.iter().flat_map(|&kv| [1, kv as i32]));
+    for (job, &h) in heads.iter().enumerate() {
+        let kv_job = heads.len() + kv_used.partition_point(|&kv| kv < h / group);
+        table.extend([h as i32, job as i32, kv_job as i32]);
+    }
+    let pooled_len = jobs * dims.batch * rows * dims.head_dim;
+    grow(&mut workspace.pooled, stream, pooled_len, "pooled blocks")?;
+    let tables = workspace.block_tables.sync(stream, &table, "block-sparse jobs")?;
+    let pooled = workspace.pooled.as_mut().ok_or_else(|| shape_error(format!("{what}: no pooled buffer")))?;
+    let select_shared = (rows + dims.head_dim) * std::mem::size_of::<u32>();
+    let pool = load(device, IndexKernel::EstimateSelect, "block_pool", 0)?;
+    let select = load(device, IndexKernel::EstimateSelect, "block_select", select_shared)?;
+
+    let (q_ptr, _q_sync) = q.data.device_ptr(stream);
+    let (k_ptr, _k_sync) = k.data.device_ptr(stream);
+    let (tables_ptr, _tables_sync) = tables.device_ptr(stream);
+    let (pooled_ptr, _pooled_sync) = pooled.device_ptr_mut(stream);
+    let (counts_ptr, _counts_sync) = kv_num_blocks.device_ptr_mut(stream);
+    let (indices_ptr, _indices_sync) = kv_indices.device_ptr_mut(stream);
+    // rows <= MAX_BLOCK_SPARSE_ROWS, capacity fits i32 (BlockSparseIndex::zeros), and so on.
+    let params = BlockParams {
         q: q_ptr,
         k: k_ptr,
-        vertical: vertical_ptr,
-        slash: slash_ptr,
-        partial: buffer_ptr,
-        stats: buffer_ptr + partial_len as u64 * f32_bytes,
+        jobs: tables_ptr,
+        entries: tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64,
+        pooled: pooled_ptr,
+        kv_num_blocks: counts_ptr,
+        kv_indices: indices_ptr,
         q_stride: strides(&q.layout)?,
         k_stride: strides(&k.layout)?,
-        seq: seq_i32,
-        heads: heads as i32,
-        group: (heads / kv_heads) as i32,
-        head_dim: head_dim as i32,
-        last_q: LAST_Q.min(seq) as i32,
-        tiles: tiles as i32,
+        seq: dims.seq as i32,
+        heads: dims.heads as i32,
+        kv_heads: dims.kv_heads as i32,
+        head_dim: dims.head_dim as i32,
+        rows: rows as i32,
+        jobs_count: jobs as i32,
+        top_k: kept as i32,
+        capacity: capacity as i32,
         is_f16: i32::from(T::DTYPE == DType::F16),
-        scale: (1.0 / (head_dim as f64).sqrt()) as f32,
     };
-    let tiled = LaunchConfig {
-        grid_dim: (tiles as u32, heads as u32, batch as u32),
-        block_dim: (threads, 1, 1),
+    let pool_config = LaunchConfig {
+        grid_dim: (rows as u32, jobs as u32, dims.batch as u32),
+        block_dim: (POOL_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let per_head =
-        LaunchConfig { grid_dim: (heads as u32, batch as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-    for (kernel, config, pass) in
-        [(&partials, tiled, "partials"), (&combine, per_head, "combine"), (&accumulate, tiled, "accumulate")]
-    {
+    let select_config = LaunchConfig {
+        grid_dim: (rows as u32, heads.len() as u32, dims.batch as u32),
+        block_dim: (SELECT_THREADS, 1, 1),
+        shared_mem_bytes: select_shared as u32,
+    };
+    for (kernel, config, pass) in [(&pool, pool_config, "pooling"), (&select, select_config, "selection")] {
         let mut launch = stream.launch_builder(&kernel.function);
         launch.arg(&params);
-        // SAFETY: the parameter block matches the kernel's declaration; q and k spans were checked
-        // against their buffers, the outputs hold batch * heads * seq floats and the workspace
-        // partial_len + stats_len; the kernels bound every key by seq and every row by last_q.
-        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {name}_{pass}")))?;
+        // SAFETY: the parameter block matches the kernels' declaration; q and k spans were checked,
+        // the job table holds 2 * jobs + 3 * entries ints, pooled jobs * batch * rows * head_dim
+        // floats, the index batch * heads * rows (* capacity) ints; the kernels range-check every
+        // head and job they read and write at most min(top_k, capacity) entries per list.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching the block-sparse {pass}")))?;
     }
     Ok(())
 }

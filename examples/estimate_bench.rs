@@ -1,0 +1,132 @@
+//! Times minf's GPU estimates on structured inputs (RoPE'd queries and keys with sinks, heavy
+//! columns and induction repeats; `minf::StructuredInputs`), bf16:
+//!
+//! - vertical-slash (every query head, MInference's sizes): scores on tensor cores, per-head top-k,
+//!   conversion to the kernel index, each stage timed with CUDA events, and the total;
+//! - block-sparse (every query head, top-k key blocks per query block).
+//!
+//! Warm-up runs first, then the median of `--reps` runs.
+//!
+//! `estimate_bench [--seq 131072] [--heads 32] [--kv-heads 8] [--head-dim 128] [--vertical 1000]
+//!                 [--slash 6096] [--block-top-k 100] [--reps 20] [--seed 1]`
+
+use half::bf16;
+use minf::estimate::gpu::{
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
+    VerticalSlashHead,
+};
+use minf::timing::median_ms;
+use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
+use minf::{BlockSparseIndex, Device, InputSpec, StructuredInputs, TensorRef};
+
+struct Args {
+    seq: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vertical: usize,
+    slash: usize,
+    block_top_k: usize,
+    reps: usize,
+    seed: u64,
+}
+
+fn parse() -> Result<Args, Box<dyn std::error::Error>> {
+    let mut args = Args {
+        seq: 131_072,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        vertical: 1000,
+        slash: 6096,
+        block_top_k: 100,
+        reps: 20,
+        seed: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || value.parse::<usize>().map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--seq" => args.seq = number()?,
+            "--heads" => args.heads = number()?,
+            "--kv-heads" => args.kv_heads = number()?,
+            "--head-dim" => args.head_dim = number()?,
+            "--vertical" => args.vertical = number()?,
+            "--slash" => args.slash = number()?,
+            "--block-top-k" => args.block_top_k = number()?,
+            "--reps" => args.reps = number()?.max(1),
+            "--seed" => args.seed = number()? as u64,
+            _ => return Err(format!("unknown argument {flag}").into()),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let device = match Device::new(0) {
+        Ok(device) => device,
+        Err(e) => {
+            println!("estimate_bench needs a CUDA GPU: {e}");
+            return Ok(());
+        }
+    };
+    let Args { seq, heads, kv_heads, head_dim, .. } = args;
+    println!("generating structured inputs: {seq} tokens, {heads}/{kv_heads} heads, d={head_dim}, seed {}", args.seed);
+    let qkv = StructuredInputs::generate(&InputSpec::new(seq, heads, kv_heads, head_dim, args.seed))?;
+    let stream = device.stream();
+    let q = stream.clone_htod(&qkv.q.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())?;
+    let k = stream.clone_htod(&qkv.k.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())?;
+    drop(qkv);
+    let q_view = TensorRef::bshd(&q, [1, seq, heads, head_dim])?;
+    let k_view = TensorRef::bshd(&k, [1, seq, kv_heads, head_dim])?;
+    let mut workspace = EstimateWorkspace::new();
+
+    let list: Vec<VerticalSlashHead> =
+        (0..heads).map(|head| VerticalSlashHead { head, vertical: args.vertical, slash: args.slash }).collect();
+    let (nnz_v, nnz_s) = minf::estimate::clamp_sizes(seq, args.vertical, args.slash);
+    let shape = IndexShape { batch: 1, heads, rows: seq.div_ceil(64), nnz_s, nnz_v };
+    let mut index = VerticalSlashIndex::zeros(&device, shape)?;
+    for _ in 0..3 {
+        estimate_vertical_slash_gpu(&device, q_view, k_view, &list, &mut workspace, &mut index)?;
+    }
+    let mut stages: Vec<[f32; 3]> = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps {
+        stages.push(estimate_vertical_slash_gpu_timed(&device, q_view, k_view, &list, &mut workspace, &mut index)?);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let stage = |i: usize| median(stages.iter().map(|s| s[i] as f64).collect());
+    let total = median_ms(stream, 1, args.reps, || {
+        estimate_vertical_slash_gpu(&device, q_view, k_view, &list, &mut workspace, &mut index)
+    })?;
+    println!(
+        "vertical-slash ({}, {}) {seq} tokens x {heads} heads (kv {kv_heads}), d={head_dim}, bf16 on {}: scores {:.3} ms, \
+         top-k {:.3} ms, conversion {:.3} ms, total {total:.3} ms (medians of {})",
+        args.vertical,
+        args.slash,
+        device.name(),
+        stage(0),
+        stage(1),
+        stage(2),
+        args.reps
+    );
+
+    let rows = seq.div_ceil(64);
+    let capacity = args.block_top_k.min(rows).max(1);
+    let mut blocks = BlockSparseIndex::zeros(&device, 1, heads, rows, capacity)?;
+    let all: Vec<usize> = (0..heads).collect();
+    let block_ms = median_ms(stream, 2, args.reps, || {
+        estimate_block_sparse_gpu(&device, q_view, k_view, &all, args.block_top_k, &mut workspace, &mut blocks)
+    })?;
+    println!(
+        "block-sparse top-{} {seq} tokens x {heads} heads: {block_ms:.3} ms (median of {}); workspace {} bytes",
+        args.block_top_k,
+        args.reps,
+        workspace.device_bytes()
+    );
+    Ok(())
+}
