@@ -26,7 +26,7 @@ pub mod vertical_slash;
 
 pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
-    AttentionOptions, BlockSparseIndexRef, PatternArgs, Varlen, VerticalSlashIndexRef,
+    AttentionOptions, BlockSparseIndexRef, HeadSubset, PatternArgs, Varlen, VerticalSlashIndexRef,
 };
 pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
 pub use device::Device;
