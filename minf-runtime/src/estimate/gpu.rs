@@ -3,6 +3,11 @@
 //! (`templates/vs_scores.cu.tera`, three passes on `device.stream()`, no host sync).
 
 use super::LAST_Q;
+// PROVISIONAL: host-assisted stand-ins with the final signatures, replaced by the GPU versions at merge.
+pub use super::provisional::{
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, BlockSparseIndex,
+    EstimateWorkspace, VerticalSlashHead,
+};
 use crate::device::Device;
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorRef};
