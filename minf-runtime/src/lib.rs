@@ -6,7 +6,8 @@
 //! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads;
 //! [`config`] reads MInference's per-head configs; [`estimate`] holds the CPU reference of
 //! MInference's index estimation and its first GPU stage (the vertical-slash scores), and
-//! [`inputs`] structured test inputs and safetensors I/O;
+//! [`inputs`] structured test inputs and safetensors I/O; [`prefill`](mod@prefill) runs a whole
+//! layer under a per-head config;
 //! [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
@@ -18,6 +19,7 @@ pub mod error;
 pub mod estimate;
 pub mod inputs;
 pub mod jit;
+pub mod prefill;
 pub mod reference;
 pub mod registry;
 pub mod tensor;
@@ -40,6 +42,7 @@ pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Planted
 /// dependency on `inventory`.
 pub use inventory;
 pub use minf_codegen as codegen;
+pub use prefill::{HeadGroups, Prefill, PrefillOptions, PrefillTiming, RealisedMask};
 pub use reference::{recall, RecallStats, ReferenceShape};
 pub use registry::{
     registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,

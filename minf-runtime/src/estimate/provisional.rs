@@ -179,10 +179,8 @@ pub fn estimate_vertical_slash_gpu_timed<T: AttentionElement>(
         for head in heads {
             let at = (b * head_count + head.head) * seq;
             let widen = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
-            let scores = VerticalSlashScores {
-                vertical: widen(&vertical[at..at + seq]),
-                slash: widen(&slash[at..at + seq]),
-            };
+            let scores =
+                VerticalSlashScores { vertical: widen(&vertical[at..at + seq]), slash: widen(&slash[at..at + seq]) };
             let selection = cpu::select_vertical_slash(&scores, head.vertical, head.slash);
             let row = b * head_count + head.head;
             // Columns and offsets are below seq, which the scores kernel checked fits i32.
