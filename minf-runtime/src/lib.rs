@@ -37,7 +37,7 @@ pub use estimate::cpu::{
     estimate_block_sparse, estimate_vertical_slash, BlockSparseEstimate, HeadSelection, VerticalSlashEstimate,
     VerticalSlashScores,
 };
-pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Planted, Repeat, StructuredInputs};
+pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Needle, Planted, Repeat, StructuredInputs};
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.
 pub use inventory;
