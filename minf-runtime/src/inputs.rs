@@ -312,11 +312,17 @@ impl Subspaces {
     }
 }
 
-/// Rotates `x` (one head, `rotate_half` layout) to position `pos` and stores it as f32.
-fn rope(x: &[f64], pos: usize, base: f64, out: &mut [f32]) {
+/// The rotary frequency of each pair of a head of `head_dim`: `base^(-2m / head_dim)`.
+fn rope_frequencies(base: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2).map(|m| base.powf(-2.0 * m as f64 / head_dim as f64)).collect()
+}
+
+/// Rotates `x` (one head, `rotate_half` layout) to position `pos` with the pairs' `frequencies`
+/// and stores it as f32.
+fn rope(x: &[f64], pos: usize, frequencies: &[f64], out: &mut [f32]) {
     let pairs = x.len() / 2;
-    for m in 0..pairs {
-        let angle = pos as f64 * base.powf(-2.0 * m as f64 / x.len() as f64);
+    for (m, frequency) in frequencies.iter().enumerate() {
+        let angle = pos as f64 * frequency;
         let (sin, cos) = angle.sin_cos();
         let (a, b) = (x[m], x[m + pairs]);
         out[m] = (a * cos - b * sin) as f32;
@@ -337,6 +343,7 @@ impl StructuredInputs {
         let quarter = (d as f64).sqrt().sqrt();
         let content_scale = (spec.local_logit).sqrt() * quarter;
         let identity_scale = (spec.induction_logit).sqrt() * quarter;
+        let frequencies = rope_frequencies(spec.rope_base, d);
         // A needle takes the lowest-frequency identity pair for itself.
         let (identity_pairs, needle_pair) = match spec.needle {
             Some(_) => (sub.identity.start..sub.identity.end - 1, Some(sub.identity.end - 1)),
@@ -399,11 +406,11 @@ impl StructuredInputs {
                 sub.put(&mut unrotated, &sub.anchor, &anchor, anchor_logit * quarter);
                 if let (Some(needle), Some(m)) = (spec.needle.filter(|n| n.position == j), needle_pair) {
                     // Pre-rotated so that, after both rotations, it aligns with the last query's.
-                    let angle = (seq - 1 - j) as f64 * spec.rope_base.powf(-2.0 * m as f64 / d as f64);
+                    let angle = (seq - 1 - j) as f64 * frequencies[m];
                     unrotated[m] += needle.logit * quarter * angle.cos();
                     unrotated[m + sub.pairs] += needle.logit * quarter * angle.sin();
                 }
-                rope(&unrotated, j, spec.rope_base, &mut k[(j * kv_heads + g) * d..][..d]);
+                rope(&unrotated, j, &frequencies, &mut k[(j * kv_heads + g) * d..][..d]);
             }
             for h in g * group..(g + 1) * group {
                 let jitter = random_normal(seq * content_dims, stream(seed, 5, h));
@@ -427,7 +434,7 @@ impl StructuredInputs {
                             unrotated[m] += quarter;
                         }
                     }
-                    rope(&unrotated, i, spec.rope_base, &mut q[(i * heads + h) * d..][..d]);
+                    rope(&unrotated, i, &frequencies, &mut q[(i * heads + h) * d..][..d]);
                 }
             }
         }
