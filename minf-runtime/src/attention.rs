@@ -80,7 +80,7 @@ impl HeadSubset {
 
 /// Checks a head subset on the host (non-empty, every head below `head_count`, no duplicates,
 /// `head_count` within the launch grid) and returns it as the kernel's `int32` entries.
-pub fn check_head_subset(heads: &[usize], head_count: usize) -> Result<Vec<i32>, MinfError> {
+fn check_head_subset(heads: &[usize], head_count: usize) -> Result<Vec<i32>, MinfError> {
     if head_count == 0 || head_count > MAX_GRID_Y {
         return Err(shape_error(format!(
             "head subset: the layer has {head_count} query heads; allowed 1 to {MAX_GRID_Y}"
