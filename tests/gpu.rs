@@ -22,6 +22,8 @@ mod convert;
 mod estimate;
 #[path = "gpu/patterns.rs"]
 mod patterns;
+#[path = "gpu/prefill.rs"]
+mod prefill;
 
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;

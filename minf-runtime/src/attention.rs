@@ -33,7 +33,83 @@ pub struct AttentionOptions<'a> {
     pub spec: Option<KernelSpec>,
     /// Packed sequences of different lengths; `None` means every batch entry has the tensors' length.
     pub varlen: Option<Varlen<'a>>,
+    /// Compute only these query heads (one launch over any subset of a layer's heads); `None`
+    /// computes every head. The other heads' outputs (and lse) are left untouched; index tensors
+    /// stay addressed by the real query head.
+    pub heads: Option<&'a HeadSubset>,
 }
+
+/// A subset of a layer's query heads, uploaded once, for [`AttentionOptions::heads`]: launch slot
+/// `y` of the grid works on query head `heads()[y]`. Heads are checked on construction (in range,
+/// no duplicates, at least one) and the kernel checks each again against the call's head count, so
+/// an entry outside it does nothing.
+#[derive(Debug)]
+pub struct HeadSubset {
+    heads: Vec<usize>,
+    head_count: usize,
+    device_heads: CudaSlice<i32>,
+}
+
+impl HeadSubset {
+    /// Uploads `heads` (query-head indices below `head_count`, each at most once, in any order) on
+    /// the device's stream.
+    pub fn new(device: &Device, heads: &[usize], head_count: usize) -> Result<HeadSubset, MinfError> {
+        let listed = check_head_subset(heads, head_count)?;
+        let device_heads = device
+            .stream()
+            .clone_htod(&listed)
+            .map_err(MinfError::driver(format!("uploading a head map of {} heads", heads.len())))?;
+        Ok(HeadSubset { heads: heads.to_vec(), head_count, device_heads })
+    }
+
+    /// The query heads, in launch-slot order.
+    pub fn heads(&self) -> &[usize] {
+        &self.heads
+    }
+
+    /// The number of query heads of the layer the subset was checked against.
+    pub fn head_count(&self) -> usize {
+        self.head_count
+    }
+
+    /// The heads as the kernel reads them (`int32`, one per launch slot).
+    pub fn device_heads(&self) -> &CudaSlice<i32> {
+        &self.device_heads
+    }
+}
+
+/// Checks a head subset on the host (non-empty, every head below `head_count`, no duplicates,
+/// `head_count` within the launch grid) and returns it as the kernel's `int32` entries.
+fn check_head_subset(heads: &[usize], head_count: usize) -> Result<Vec<i32>, MinfError> {
+    if head_count == 0 || head_count > MAX_GRID_Y {
+        return Err(shape_error(format!(
+            "head subset: the layer has {head_count} query heads; allowed 1 to {MAX_GRID_Y}"
+        )));
+    }
+    if heads.is_empty() {
+        return Err(shape_error("head subset: list at least one query head".into()));
+    }
+    let mut seen = vec![false; head_count];
+    for &head in heads {
+        match seen.get_mut(head) {
+            None => {
+                return Err(shape_error(format!(
+                    "head subset: head {head} is out of range; allowed 0 to {} ({head_count} query heads)",
+                    head_count - 1
+                )))
+            }
+            Some(true) => {
+                return Err(shape_error(format!("head subset: head {head} is listed twice; list each head once")))
+            }
+            Some(slot) => *slot = true,
+        }
+    }
+    // Every head is below head_count <= MAX_GRID_Y, which fits i32.
+    Ok(heads.iter().map(|&h| h as i32).collect())
+}
+
+/// Largest grid y (query heads, or head-subset slots) and grid z (sequences) of a launch.
+const MAX_GRID_Y: usize = 65_535;
 
 /// MInference's converted vertical-slash index (int32, byte-compatible with its
 /// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block).
@@ -129,6 +205,7 @@ struct AttentionParams {
     column_capacity: i32,
     n_init: i32,
     n_local: i32,
+    head_index: u64,
 }
 
 // SAFETY: plain-old-data with the C layout the kernel declares.
@@ -299,8 +376,16 @@ fn check_tensors<T: AttentionElement>(
             (varlen.cu_seqlens.len() - 1, varlen.max_seqlen)
         }
     };
-    if batch > 65_535 || heads > 65_535 {
-        return Err(shape_error(format!("batch {batch} and heads {heads} must each be at most 65535")));
+    if batch > MAX_GRID_Y || heads > MAX_GRID_Y {
+        return Err(shape_error(format!("batch {batch} and heads {heads} must each be at most {MAX_GRID_Y}")));
+    }
+    if let Some(subset) = options.heads {
+        if subset.head_count() != heads {
+            return Err(shape_error(format!(
+                "the head subset was checked against {} query heads but q has {heads}",
+                subset.head_count()
+            )));
+        }
     }
     if let Some(lse) = &options.lse {
         let (needed, layout) = match options.varlen {
@@ -370,8 +455,9 @@ pub fn attention_with_spec<T: AttentionElement>(
     spec.validate()?;
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
     let stream = device.stream();
-    // The int32 buffers the kernel reads: index_count, index_list, column_count, column_index, cu_seqlens.
-    let mut int_buffers: [Option<&CudaSlice<i32>>; 5] = [None; 5];
+    // The int32 buffers the kernel reads: index_count, index_list, column_count, column_index,
+    // cu_seqlens, head_index.
+    let mut int_buffers: [Option<&CudaSlice<i32>>; 6] = [None; 6];
     let (mut index_rows, mut list_capacity, mut column_capacity, mut n_init, mut n_local) = (0, 0, 0, 0, 0);
     match args {
         PatternArgs::Dense => {}
@@ -417,7 +503,10 @@ pub fn attention_with_spec<T: AttentionElement>(
         }
     }
     int_buffers[4] = options.varlen.as_ref().map(|varlen| varlen.cu_seqlens);
-    if checked.batch * checked.heads * checked.max_seq == 0 {
+    int_buffers[5] = options.heads.map(HeadSubset::device_heads);
+    // Grid y: every query head, or the subset's slots.
+    let head_slots = options.heads.map_or(checked.heads, |subset| subset.heads().len());
+    if checked.batch * head_slots * checked.max_seq == 0 {
         return Ok(());
     }
     // Device addresses, each with the guard that orders the stream's use of its buffer.
@@ -460,11 +549,12 @@ pub fn attention_with_spec<T: AttentionElement>(
         column_capacity,
         n_init,
         n_local,
+        head_index: int_ptr(5),
     };
     let config = LaunchConfig {
         grid_dim: (
             checked.max_seq.div_ceil(kernel.launch.block_m as usize) as u32,
-            checked.heads as u32,
+            head_slots as u32,
             checked.batch as u32,
         ),
         block_dim: (kernel.launch.threads, 1, 1),
@@ -478,4 +568,21 @@ pub fn attention_with_spec<T: AttentionElement>(
     unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
     drop(int_ptrs);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_subsets_are_checked_against_the_head_count() {
+        assert_eq!(check_head_subset(&[3, 0, 7], 8).unwrap(), vec![3, 0, 7]);
+        assert_eq!(check_head_subset(&[0], 1).unwrap(), vec![0]);
+        let message = |heads: &[usize], count: usize| check_head_subset(heads, count).unwrap_err().to_string();
+        assert!(message(&[8], 8).contains("head 8 is out of range; allowed 0 to 7"), "{}", message(&[8], 8));
+        assert!(message(&[1, 2, 1], 8).contains("head 1 is listed twice"));
+        assert!(message(&[], 8).contains("at least one"));
+        assert!(message(&[0], 0).contains("allowed 1 to 65535"));
+        assert!(message(&[0], 65_536).contains("allowed 1 to 65535"));
+    }
 }

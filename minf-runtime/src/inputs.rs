@@ -125,6 +125,23 @@ pub struct InputSpec {
     /// Scaled score of an induction match (default 6): query `i` against key `j` when token
     /// `j - 1` has token `i`'s identity.
     pub induction_logit: f64,
+    /// A needle (default none): one key that only the last queries attend to strongly.
+    pub needle: Option<Needle>,
+}
+
+/// A planted needle: the key at `position` (in every KV head) scores `logit` (a scaled score)
+/// against the last query and about as much against each of the last `queries` queries, at any
+/// distance, and 0 against the others. It takes the lowest-frequency identity pair of the head
+/// dimension for itself (so the generated tensors differ a little from the same spec without a
+/// needle) and is pre-rotated so that the rotary embedding aligns it with the last queries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Needle {
+    /// The needle key's position.
+    pub position: usize,
+    /// How many of the last queries attend to it (at least 1).
+    pub queries: usize,
+    /// Their scaled score against it.
+    pub logit: f64,
 }
 
 impl InputSpec {
@@ -148,6 +165,7 @@ impl InputSpec {
             heavy_logit: 6.0,
             repeats,
             induction_logit: 6.0,
+            needle: None,
         };
         spec.sink_tokens = spec.sink_tokens.min(seq);
         spec.heavy_columns = spec.heavy_columns.min(spec.heavy_range().len());
@@ -191,6 +209,17 @@ impl InputSpec {
                 self.heavy_range().len(),
                 self.heavy_range()
             ));
+        }
+        if let Some(needle) = &self.needle {
+            if needle.position >= self.seq || needle.queries == 0 || needle.queries > self.seq {
+                return bad(format!("needle {needle:?} needs position < seq {} and 1 <= queries <= seq", self.seq));
+            }
+            if self.head_dim < 16 {
+                return bad(format!("a needle needs head_dim >= 16 (got {})", self.head_dim));
+            }
+            if !needle.logit.is_finite() {
+                return bad(format!("needle logit {} must be finite", needle.logit));
+            }
         }
         for r in &self.repeats {
             if r.len == 0 || r.src >= r.dst || r.dst.checked_add(r.len).filter(|&end| end <= self.seq).is_none() {
@@ -283,11 +312,17 @@ impl Subspaces {
     }
 }
 
-/// Rotates `x` (one head, `rotate_half` layout) to position `pos` and stores it as f32.
-fn rope(x: &[f64], pos: usize, base: f64, out: &mut [f32]) {
+/// The rotary frequency of each pair of a head of `head_dim`: `base^(-2m / head_dim)`.
+fn rope_frequencies(base: f64, head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2).map(|m| base.powf(-2.0 * m as f64 / head_dim as f64)).collect()
+}
+
+/// Rotates `x` (one head, `rotate_half` layout) to position `pos` with the pairs' `frequencies`
+/// and stores it as f32.
+fn rope(x: &[f64], pos: usize, frequencies: &[f64], out: &mut [f32]) {
     let pairs = x.len() / 2;
-    for m in 0..pairs {
-        let angle = pos as f64 * base.powf(-2.0 * m as f64 / x.len() as f64);
+    for (m, frequency) in frequencies.iter().enumerate() {
+        let angle = pos as f64 * frequency;
         let (sin, cos) = angle.sin_cos();
         let (a, b) = (x[m], x[m + pairs]);
         out[m] = (a * cos - b * sin) as f32;
@@ -308,6 +343,12 @@ impl StructuredInputs {
         let quarter = (d as f64).sqrt().sqrt();
         let content_scale = (spec.local_logit).sqrt() * quarter;
         let identity_scale = (spec.induction_logit).sqrt() * quarter;
+        let frequencies = rope_frequencies(spec.rope_base, d);
+        // A needle takes the lowest-frequency identity pair for itself.
+        let (identity_pairs, needle_pair) = match spec.needle {
+            Some(_) => (sub.identity.start..sub.identity.end - 1, Some(sub.identity.end - 1)),
+            None => (sub.identity.clone(), None),
+        };
         let rho = (-1.0 / spec.correlation_length).exp();
         let innovation = (1.0 - rho * rho).sqrt();
 
@@ -349,7 +390,12 @@ impl StructuredInputs {
                 unrotated.fill(0.0);
                 sub.put(&mut unrotated, &sub.content, &content[j * content_dims..][..content_dims], content_scale);
                 // Key j carries the identity of token j - 1 (slot j of `identity`; slot t + 1 is token t).
-                sub.put(&mut unrotated, &sub.identity, &identity[j * identity_dims..][..identity_dims], identity_scale);
+                sub.put(
+                    &mut unrotated,
+                    &identity_pairs,
+                    &identity[j * identity_dims..][..identity_dims],
+                    identity_scale,
+                );
                 let anchor_logit = if planted.sink.contains(&j) {
                     spec.sink_logit
                 } else if planted.heavy[g].binary_search(&j).is_ok() {
@@ -358,7 +404,13 @@ impl StructuredInputs {
                     0.0
                 };
                 sub.put(&mut unrotated, &sub.anchor, &anchor, anchor_logit * quarter);
-                rope(&unrotated, j, spec.rope_base, &mut k[(j * kv_heads + g) * d..][..d]);
+                if let (Some(needle), Some(m)) = (spec.needle.filter(|n| n.position == j), needle_pair) {
+                    // Pre-rotated so that, after both rotations, it aligns with the last query's.
+                    let angle = (seq - 1 - j) as f64 * frequencies[m];
+                    unrotated[m] += needle.logit * quarter * angle.cos();
+                    unrotated[m + sub.pairs] += needle.logit * quarter * angle.sin();
+                }
+                rope(&unrotated, j, &frequencies, &mut k[(j * kv_heads + g) * d..][..d]);
             }
             for h in g * group..(g + 1) * group {
                 let jitter = random_normal(seq * content_dims, stream(seed, 5, h));
@@ -372,12 +424,17 @@ impl StructuredInputs {
                     sub.put(&mut unrotated, &sub.content, &noisy, content_scale);
                     sub.put(
                         &mut unrotated,
-                        &sub.identity,
+                        &identity_pairs,
                         &identity[(i + 1) * identity_dims..][..identity_dims],
                         identity_scale,
                     );
                     sub.put(&mut unrotated, &sub.anchor, &anchor, quarter);
-                    rope(&unrotated, i, spec.rope_base, &mut q[(i * heads + h) * d..][..d]);
+                    if let (Some(needle), Some(m)) = (spec.needle, needle_pair) {
+                        if i + needle.queries >= seq {
+                            unrotated[m] += quarter;
+                        }
+                    }
+                    rope(&unrotated, i, &frequencies, &mut q[(i * heads + h) * d..][..d]);
                 }
             }
         }
@@ -579,6 +636,19 @@ mod tests {
             }
             assert!(logit(&sink, 1, i, 4).abs() < 1e-9);
         }
+        // The needle: only the last 64 queries see it, at any distance.
+        let needle = Needle { position: 100, queries: 64, logit: 9.0 };
+        let planted = StructuredInputs::generate(&InputSpec { needle: Some(needle), ..base.clone() }).unwrap();
+        for i in [1984, 2000, 2047] {
+            let got = logit(&planted, 1, i, 100);
+            assert!((got - 9.0).abs() < 0.05, "needle seen by query {i}: {got}");
+        }
+        for i in [100, 700, 1983] {
+            assert!(logit(&planted, 1, i, 100).abs() < 1e-6, "needle seen by query {i}");
+        }
+        assert!(logit(&planted, 1, 2047, 101).abs() < 1e-9);
+        let bad = InputSpec { needle: Some(Needle { position: 2048, ..needle }), ..base.clone() };
+        assert!(StructuredInputs::generate(&bad).is_err());
         let heavy = StructuredInputs::generate(&InputSpec { heavy_logit: 6.0, ..base.clone() }).unwrap();
         let column = base.planted().unwrap().heavy[0][0];
         assert!((logit(&heavy, 0, 2047, column) - 6.0).abs() < 0.05);

@@ -7,7 +7,8 @@
 //! [`config`] reads MInference's per-head configs; [`estimate`] holds the CPU reference of
 //! MInference's index estimation and the GPU estimates (vertical-slash and block-sparse, with the
 //! [`block_sparse`] index they fill), and
-//! [`inputs`] structured test inputs and safetensors I/O;
+//! [`inputs`] structured test inputs and safetensors I/O; [`prefill`](mod@prefill) runs a whole
+//! layer under a per-head config;
 //! [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
@@ -20,6 +21,7 @@ pub mod error;
 pub mod estimate;
 pub mod inputs;
 pub mod jit;
+pub mod prefill;
 pub mod reference;
 pub mod registry;
 pub mod tensor;
@@ -28,7 +30,7 @@ pub mod vertical_slash;
 
 pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
-    AttentionOptions, BlockSparseIndexRef, PatternArgs, Varlen, VerticalSlashIndexRef,
+    AttentionOptions, BlockSparseIndexRef, HeadSubset, PatternArgs, Varlen, VerticalSlashIndexRef,
 };
 pub use block_sparse::BlockSparseIndex;
 pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
@@ -42,11 +44,12 @@ pub use estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
     VerticalSlashHead,
 };
-pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Planted, Repeat, StructuredInputs};
+pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Needle, Planted, Repeat, StructuredInputs};
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.
 pub use inventory;
 pub use minf_codegen as codegen;
+pub use prefill::{HeadGroups, Prefill, PrefillOptions, PrefillTiming, RealisedMask};
 pub use reference::{recall, RecallStats, ReferenceShape};
 pub use registry::{
     registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,

@@ -12,6 +12,7 @@
 
 pub mod cpu;
 pub mod gpu;
+// PROVISIONAL (replaced by the GPU estimation at merge): re-exported from `gpu`.
 
 /// Query rows (the last ones) the vertical-slash estimate reads: `min(LAST_Q, N)`.
 pub const LAST_Q: usize = 64;

@@ -1,0 +1,771 @@
+//! MInference's per-layer prefill: a [`PatternConfig`] decides which pattern each query head of a
+//! layer runs, and [`Prefill::prefill`] runs the whole layer with as few launches as the config
+//! allows:
+//!
+//! - **dense** for layers below the config's starting layer, and for every layer when the prompt
+//!   is shorter than [`PrefillOptions::dense_below`] (sparse attention does not pay there);
+//! - **A-shape** (`stream_llm`): one launch per distinct `(n_init, n_local)`;
+//! - **vertical-slash**: one estimation call for all vertical-slash heads of the layer (each with
+//!   its own sizes) and one attention launch over them;
+//! - **block-sparse**: one estimation call and one attention launch.
+//!
+//! Heads of one launch are selected with a [`HeadSubset`] (the kernels' head map), uploaded once
+//! per layer and pattern group when the [`Prefill`] is built. Indices and estimation scratch are
+//! kept and reused, so a warm `prefill` call allocates nothing on the device (an index is
+//! reallocated only when the batch, the prompt length or a needed capacity grows).
+
+use crate::attention::{attention, AShape, AttentionOptions, HeadSubset, PatternArgs};
+use crate::config::{HeadPattern, ModelShape, PatternConfig};
+use crate::device::Device;
+use crate::error::MinfError;
+use crate::estimate::cpu::BlockSparseEstimate;
+use crate::block_sparse::BlockSparseIndex;
+use crate::estimate::gpu::{
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
+    VerticalSlashHead,
+};
+use crate::estimate::{clamp_sizes, BLOCK, BLOCK_SPARSE_TOP_K};
+use crate::tensor::{AttentionElement, TensorMut, TensorRef};
+use crate::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaStream};
+
+/// Default of [`PrefillOptions::dense_below`], in tokens: MInference observed its sparse prefill
+/// to be slower than dense below about 10K tokens. **Provisional: to be set from minf's own
+/// measurements** (dense vs. sparse prefill of one layer at increasing lengths).
+pub const DEFAULT_DENSE_BELOW: usize = 10_240;
+
+/// How [`Prefill`] runs a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillOptions {
+    /// Prompts of fewer tokens run every head dense (the sparse patterns' estimation and index
+    /// do not pay for short prompts); default [`DEFAULT_DENSE_BELOW`]. `0` never falls back.
+    pub dense_below: usize,
+    /// Key blocks (of 64) each 64-row query block of a block-sparse head keeps; default
+    /// [`BLOCK_SPARSE_TOP_K`] (MInference's 100, which its configs' sizes do not change).
+    pub block_sparse_top_k: usize,
+}
+
+impl Default for PrefillOptions {
+    fn default() -> Self {
+        PrefillOptions { dense_below: DEFAULT_DENSE_BELOW, block_sparse_top_k: BLOCK_SPARSE_TOP_K }
+    }
+}
+
+impl PrefillOptions {
+    /// Whether a prompt of `seq` tokens runs every head dense.
+    pub fn runs_dense(&self, seq: usize) -> bool {
+        seq < self.dense_below
+    }
+}
+
+/// The query heads of one layer grouped by what they run: each group is one launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadGroups {
+    /// Heads running dense (every head of a layer below the starting layer).
+    pub dense: Vec<usize>,
+    /// A-shape heads, grouped by equal parameters, in order of each group's first head.
+    pub a_shape: Vec<(AShape, Vec<usize>)>,
+    /// Vertical-slash heads with their sizes (before MInference's clamp), ascending.
+    pub vertical_slash: Vec<VerticalSlashHead>,
+    /// Block-sparse heads, ascending.
+    pub block_sparse: Vec<usize>,
+}
+
+impl HeadGroups {
+    /// The groups of layer `layer` of `config`. An A-shape head whose local window is 0 (a
+    /// `stream_llm` entry with `slash_size` 0, or scaled to 0 by the ratio) is an error: the
+    /// window includes the diagonal, so it must be at least 1.
+    pub fn for_layer(config: &PatternConfig, layer: usize) -> Result<HeadGroups, MinfError> {
+        let heads = config.layers().get(layer).ok_or_else(|| {
+            MinfError::Shape(format!(
+                "{}: layer {layer} is out of range; the config has layers 0 to {}",
+                config.source().display(),
+                config.layers().len().saturating_sub(1)
+            ))
+        })?;
+        let mut groups = HeadGroups::default();
+        for (head, entry) in heads.iter().enumerate() {
+            match entry.pattern {
+                HeadPattern::Dense => groups.dense.push(head),
+                HeadPattern::AShape { n_init, n_local } => {
+                    if n_local == 0 {
+                        return Err(MinfError::Shape(format!(
+                            "{}: layer {layer}, head {head}: stream_llm local window (slash_size {} after the ratio) \
+                             is 0; it must be at least 1 (it includes the diagonal)",
+                            config.source().display(),
+                            entry.slash_size
+                        )));
+                    }
+                    let shape = AShape { n_init, n_local };
+                    match groups.a_shape.iter_mut().find(|(s, _)| *s == shape) {
+                        Some((_, members)) => members.push(head),
+                        None => groups.a_shape.push((shape, vec![head])),
+                    }
+                }
+                HeadPattern::VerticalSlash { vertical, slash } => {
+                    groups.vertical_slash.push(VerticalSlashHead { head, vertical, slash })
+                }
+                HeadPattern::BlockSparse { .. } => groups.block_sparse.push(head),
+            }
+        }
+        Ok(groups)
+    }
+
+    /// The launches this layer needs for a sparse prompt (dense, one per A-shape group,
+    /// vertical-slash, block-sparse).
+    pub fn launches(&self) -> usize {
+        usize::from(!self.dense.is_empty())
+            + self.a_shape.len()
+            + usize::from(!self.vertical_slash.is_empty())
+            + usize::from(!self.block_sparse.is_empty())
+    }
+
+    /// The largest clamped vertical and slash sizes of the vertical-slash heads at `seq` tokens
+    /// (the index capacities the layer needs); `None` without vertical-slash heads.
+    pub fn vertical_slash_capacity(&self, seq: usize) -> Option<(usize, usize)> {
+        self.vertical_slash
+            .iter()
+            .map(|h| clamp_sizes(seq, h.vertical, h.slash))
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+    }
+}
+
+/// The heads of one launch: all of them (no head map), or a subset on the device.
+#[derive(Debug)]
+enum LaunchHeads {
+    All,
+    Subset(HeadSubset),
+}
+
+impl LaunchHeads {
+    fn new(device: &Device, heads: &[usize], head_count: usize) -> Result<LaunchHeads, MinfError> {
+        if heads.iter().copied().eq(0..head_count) {
+            Ok(LaunchHeads::All)
+        } else {
+            Ok(LaunchHeads::Subset(HeadSubset::new(device, heads, head_count)?))
+        }
+    }
+
+    fn subset(&self) -> Option<&HeadSubset> {
+        match self {
+            LaunchHeads::All => None,
+            LaunchHeads::Subset(subset) => Some(subset),
+        }
+    }
+}
+
+/// One layer's groups with their head maps on the device.
+#[derive(Debug)]
+struct LayerPlan {
+    groups: HeadGroups,
+    dense: Option<LaunchHeads>,
+    a_shape: Vec<(AShape, LaunchHeads)>,
+    vertical_slash: Option<LaunchHeads>,
+    block_sparse: Option<LaunchHeads>,
+}
+
+impl LayerPlan {
+    fn new(device: &Device, groups: HeadGroups, head_count: usize) -> Result<LayerPlan, MinfError> {
+        let heads = |list: &[usize]| -> Result<Option<LaunchHeads>, MinfError> {
+            (!list.is_empty()).then(|| LaunchHeads::new(device, list, head_count)).transpose()
+        };
+        let vertical_slash: Vec<usize> = groups.vertical_slash.iter().map(|h| h.head).collect();
+        Ok(LayerPlan {
+            dense: heads(&groups.dense)?,
+            a_shape: groups
+                .a_shape
+                .iter()
+                .map(|(shape, members)| Ok((*shape, LaunchHeads::new(device, members, head_count)?)))
+                .collect::<Result<_, MinfError>>()?,
+            vertical_slash: heads(&vertical_slash)?,
+            block_sparse: heads(&groups.block_sparse)?,
+            groups,
+        })
+    }
+}
+
+/// Where the time of one [`Prefill::prefill_timed`] call went, in milliseconds (CUDA events on
+/// the device's stream).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefillTiming {
+    /// Index estimation (vertical-slash scores and top-k, block-sparse), without the conversion.
+    pub estimation_ms: f64,
+    /// Converting the vertical-slash selection into the kernel's index.
+    pub conversion_ms: f64,
+    /// The attention launches.
+    pub attention_ms: f64,
+    /// The whole call.
+    pub total_ms: f64,
+}
+
+/// What the last [`Prefill::prefill`] call ran: which layer, at what size, and whether it fell
+/// back to dense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LastCall {
+    layer: usize,
+    batch: usize,
+    seq: usize,
+    dense_fallback: bool,
+}
+
+/// MInference's per-layer prefill on one device (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Prefill<'d> {
+    device: &'d Device,
+    shape: ModelShape,
+    options: PrefillOptions,
+    layers: Vec<LayerPlan>,
+    workspace: EstimateWorkspace,
+    vertical_slash_index: Option<VerticalSlashIndex>,
+    block_sparse_index: Option<BlockSparseIndex>,
+    last: Option<LastCall>,
+}
+
+fn shape_error(message: String) -> MinfError {
+    MinfError::Shape(message)
+}
+
+fn event(stream: &CudaStream) -> Result<CudaEvent, MinfError> {
+    stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(MinfError::driver("recording a timing event"))
+}
+
+fn elapsed(start: &CudaEvent, end: &CudaEvent) -> Result<f64, MinfError> {
+    Ok(start.elapsed_ms(end).map_err(MinfError::driver("reading a timing event"))? as f64)
+}
+
+/// Checks that `config` and `options` fit a model of `shape`.
+fn check_model(config: &PatternConfig, shape: ModelShape, options: PrefillOptions) -> Result<(), MinfError> {
+    if shape.heads == 0 || shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+        return Err(shape_error(format!(
+            "model shape: {} query heads and {} key/value heads; both must be positive and kv_heads must divide heads",
+            shape.heads, shape.kv_heads
+        )));
+    }
+    if config.heads() != shape.heads || config.layers().len() != shape.layers {
+        return Err(shape_error(format!(
+            "{}: the config has {} layers of {} heads but the model shape has {} layers of {} heads",
+            config.source().display(),
+            config.layers().len(),
+            config.heads(),
+            shape.layers,
+            shape.heads
+        )));
+    }
+    if options.block_sparse_top_k == 0 {
+        return Err(shape_error("prefill options: block_sparse_top_k must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Checks a call's layer and the shapes of q, k, v and out against the model; returns
+/// `(batch, seq)`.
+fn check_call(shape: ModelShape, layer: usize, tensors: [[usize; 4]; 4]) -> Result<(usize, usize), MinfError> {
+    let ModelShape { layers, heads, kv_heads, head_dim } = shape;
+    if layer >= layers {
+        return Err(shape_error(format!(
+            "prefill: layer {layer} is out of range; the model has layers 0 to {}",
+            layers.saturating_sub(1)
+        )));
+    }
+    let [batch, seq, _, _] = tensors[0];
+    let d = head_dim as usize;
+    for (name, have, want_heads) in ["q", "k", "v", "out"]
+        .into_iter()
+        .zip(tensors)
+        .zip([heads, kv_heads, kv_heads, heads])
+        .map(|((n, t), w)| (n, t, w))
+    {
+        if have != [batch, seq, want_heads, d] {
+            return Err(shape_error(format!(
+                "prefill: {name} has shape {have:?} but the model needs [batch, seq, {want_heads}, {d}] with q's batch \
+                 {batch} and seq {seq} ({heads} query heads, {kv_heads} key/value heads, head_dim {d})"
+            )));
+        }
+    }
+    Ok((batch, seq))
+}
+
+impl<'d> Prefill<'d> {
+    /// Plans every layer of `config` for a model of `shape` and uploads each launch's head map.
+    /// The config must have `shape.layers` layers of `shape.heads` heads.
+    pub fn new(
+        device: &'d Device,
+        config: &PatternConfig,
+        shape: ModelShape,
+        options: PrefillOptions,
+    ) -> Result<Prefill<'d>, MinfError> {
+        check_model(config, shape, options)?;
+        let layers = (0..shape.layers)
+            .map(|layer| LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads))
+            .collect::<Result<Vec<_>, MinfError>>()?;
+        Ok(Prefill {
+            device,
+            shape,
+            options,
+            layers,
+            workspace: EstimateWorkspace::new(),
+            vertical_slash_index: None,
+            block_sparse_index: None,
+            last: None,
+        })
+    }
+
+    /// The model shape.
+    pub fn shape(&self) -> ModelShape {
+        self.shape
+    }
+
+    /// The options.
+    pub fn options(&self) -> PrefillOptions {
+        self.options
+    }
+
+    /// The head groups of `layer` (what a sparse prompt runs); `None` past the last layer.
+    pub fn head_groups(&self, layer: usize) -> Option<&HeadGroups> {
+        self.layers.get(layer).map(|plan| &plan.groups)
+    }
+
+    /// The vertical-slash index of the last call that estimated one (its shape may be larger
+    /// than that call needed: indices are reused).
+    pub fn vertical_slash_index(&self) -> Option<&VerticalSlashIndex> {
+        self.vertical_slash_index.as_ref()
+    }
+
+    /// The block-sparse index of the last call that estimated one.
+    pub fn block_sparse_index(&self) -> Option<&BlockSparseIndex> {
+        self.block_sparse_index.as_ref()
+    }
+
+    /// Device memory held for indices and estimation scratch, in bytes.
+    pub fn device_bytes(&self) -> usize {
+        self.workspace.device_bytes()
+            + self.vertical_slash_index.as_ref().map_or(0, |index| {
+                let shape = index.shape();
+                4 * (2 * shape.count_len().unwrap_or(0)
+                    + shape.offset_len().unwrap_or(0)
+                    + shape.column_len().unwrap_or(0))
+            })
+            + self.block_sparse_index.as_ref().map_or(0, |index| {
+                let index = index.as_ref();
+                4 * (index.kv_num_blocks.len() + index.kv_indices.len())
+            })
+    }
+
+    /// Attention of every query head of layer `layer`: `out = attention(q, k, v)` with each head's
+    /// pattern (see the [module docs](self)). `q` and `out` are `[batch, seq, heads, head_dim]`,
+    /// `k` and `v` `[batch, seq, kv_heads, head_dim]` (any strides with contiguous rows), bf16 or
+    /// f16, with the model's head counts and dimension. Launches on `device.stream()`; nothing
+    /// waits for the device.
+    pub fn prefill<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+    ) -> Result<(), MinfError> {
+        self.run(layer, q, k, v, out, false).map(|_| ())
+    }
+
+    /// [`Prefill::prefill`] timed with CUDA events: where the time went. Waits for the device at
+    /// the end (to read the events).
+    pub fn prefill_timed<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+    ) -> Result<PrefillTiming, MinfError> {
+        self.run(layer, q, k, v, out, true)
+    }
+
+    fn run<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+        timed: bool,
+    ) -> Result<PrefillTiming, MinfError> {
+        let (batch, seq) =
+            check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
+        let device = self.device;
+        let stream = device.stream();
+        let start = if timed { Some(event(stream)?) } else { None };
+        let dense_fallback = self.options.runs_dense(seq);
+        self.last = None;
+        let mut conversion_ms = 0.0;
+        let plan = &self.layers[layer];
+        let groups = &plan.groups;
+        if !dense_fallback {
+            if let Some((nnz_v, nnz_s)) = groups.vertical_slash_capacity(seq) {
+                let rows = seq.div_ceil(BLOCK);
+                let reusable = self.vertical_slash_index.as_ref().is_some_and(|index| {
+                    let have = index.shape();
+                    (have.batch, have.heads, have.rows) == (batch, self.shape.heads, rows)
+                        && have.nnz_v >= nnz_v
+                        && have.nnz_s >= nnz_s
+                });
+                if !reusable {
+                    self.vertical_slash_index = None;
+                    let shape = IndexShape { batch, heads: self.shape.heads, rows, nnz_s, nnz_v };
+                    self.vertical_slash_index = Some(VerticalSlashIndex::zeros(device, shape)?);
+                }
+                let Some(index) = self.vertical_slash_index.as_mut() else {
+                    return Err(shape_error("prefill: the vertical-slash index was not allocated".into()));
+                };
+                if timed {
+                    let [_, _, convert] = estimate_vertical_slash_gpu_timed(
+                        device,
+                        q,
+                        k,
+                        &groups.vertical_slash,
+                        &mut self.workspace,
+                        index,
+                    )?;
+                    conversion_ms = convert as f64;
+                } else {
+                    estimate_vertical_slash_gpu(device, q, k, &groups.vertical_slash, &mut self.workspace, index)?;
+                }
+            }
+            if !groups.block_sparse.is_empty() {
+                let rows = seq.div_ceil(BLOCK);
+                let capacity = self.options.block_sparse_top_k.min(rows);
+                let reusable = self.block_sparse_index.as_ref().is_some_and(|index| {
+                    let have = index.as_ref();
+                    (have.batch, have.heads, have.rows) == (batch, self.shape.heads, rows) && have.capacity >= capacity
+                });
+                if !reusable {
+                    self.block_sparse_index = None;
+                    self.block_sparse_index =
+                        Some(BlockSparseIndex::zeros(device, batch, self.shape.heads, rows, capacity)?);
+                }
+                let Some(index) = self.block_sparse_index.as_mut() else {
+                    return Err(shape_error("prefill: the block-sparse index was not allocated".into()));
+                };
+                estimate_block_sparse_gpu(
+                    device,
+                    q,
+                    k,
+                    &groups.block_sparse,
+                    self.options.block_sparse_top_k,
+                    &mut self.workspace,
+                    index,
+                )?;
+            }
+        }
+        let estimated = if timed { Some(event(stream)?) } else { None };
+
+        let mut launch = |args: PatternArgs<'_>, heads: Option<&HeadSubset>| {
+            let out = TensorMut { data: &mut *out.data, layout: out.layout };
+            attention(device, q, k, v, out, args, AttentionOptions { heads, ..Default::default() })
+        };
+        if dense_fallback {
+            launch(PatternArgs::Dense, None)?;
+        } else {
+            if let Some(heads) = &plan.dense {
+                launch(PatternArgs::Dense, heads.subset())?;
+            }
+            for (shape, heads) in &plan.a_shape {
+                launch(PatternArgs::AShape(*shape), heads.subset())?;
+            }
+            if let (Some(heads), Some(index)) = (&plan.vertical_slash, &self.vertical_slash_index) {
+                launch(PatternArgs::VerticalSlash(index.as_ref()), heads.subset())?;
+            }
+            if let (Some(heads), Some(index)) = (&plan.block_sparse, &self.block_sparse_index) {
+                launch(PatternArgs::BlockSparse(index.as_ref()), heads.subset())?;
+            }
+        }
+        self.last = Some(LastCall { layer, batch, seq, dense_fallback });
+        let (Some(start), Some(estimated)) = (start, estimated) else {
+            return Ok(PrefillTiming::default());
+        };
+        let end = event(stream)?;
+        end.synchronize().map_err(MinfError::driver("waiting for the timed prefill"))?;
+        let estimate_and_convert = elapsed(&start, &estimated)?;
+        Ok(PrefillTiming {
+            estimation_ms: estimate_and_convert - conversion_ms,
+            conversion_ms,
+            attention_ms: elapsed(&estimated, &end)?,
+            total_ms: elapsed(&start, &end)?,
+        })
+    }
+
+    /// The mask the last [`Prefill::prefill`] call computed, per head, with its indices downloaded
+    /// (waits for the device).
+    pub fn realised_mask(&self) -> Result<RealisedMask, MinfError> {
+        let last = self.last.ok_or_else(|| shape_error("realised_mask: no prefill call has completed yet".into()))?;
+        let groups = &self.layers[last.layer].groups;
+        let mut heads = vec![HeadMask::Dense; self.shape.heads];
+        let (mut vertical_slash, mut block_sparse) = (None, None);
+        if !last.dense_fallback {
+            for (shape, members) in &groups.a_shape {
+                for &h in members {
+                    heads[h] = HeadMask::AShape(*shape);
+                }
+            }
+            if let (false, Some(index)) = (groups.vertical_slash.is_empty(), &self.vertical_slash_index) {
+                for h in &groups.vertical_slash {
+                    heads[h.head] = HeadMask::VerticalSlash;
+                }
+                vertical_slash = Some(index.to_host()?);
+            }
+            if let (false, Some(index)) = (groups.block_sparse.is_empty(), &self.block_sparse_index) {
+                for &h in &groups.block_sparse {
+                    heads[h] = HeadMask::BlockSparse;
+                }
+                block_sparse = Some(index.to_host()?);
+            }
+        }
+        Ok(RealisedMask { batch: last.batch, seq: last.seq, heads, vertical_slash, block_sparse })
+    }
+}
+
+/// What one head of a [`RealisedMask`] computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadMask {
+    /// Every causal key.
+    Dense,
+    /// Sinks and a local window.
+    AShape(AShape),
+    /// The vertical-slash index.
+    VerticalSlash,
+    /// The block-sparse index.
+    BlockSparse,
+}
+
+/// The keys each query of a prefill call attended to, head by head, on the host: for recall,
+/// accuracy checks and density.
+#[derive(Debug, Clone)]
+pub struct RealisedMask {
+    /// Sequences.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// What each query head computed.
+    pub heads: Vec<HeadMask>,
+    /// The vertical-slash index, when a head used it.
+    pub vertical_slash: Option<HostVerticalSlashIndex>,
+    /// The block-sparse index, when a head used it.
+    pub block_sparse: Option<BlockSparseEstimate>,
+}
+
+impl RealisedMask {
+    /// Whether query `i` of (`b`, `h`) attended to key `j`.
+    pub fn contains(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
+        if j > i || i >= self.seq {
+            return false;
+        }
+        match self.heads.get(h) {
+            Some(HeadMask::Dense) => true,
+            Some(HeadMask::AShape(shape)) => j < shape.n_init || i - j < shape.n_local,
+            Some(HeadMask::VerticalSlash) => {
+                self.vertical_slash.as_ref().is_some_and(|index| realised_mask_contains(index, b, h, i, j))
+            }
+            Some(HeadMask::BlockSparse) => self.block_sparse.as_ref().is_some_and(|index| index.contains(b, h, i, j)),
+            None => false,
+        }
+    }
+
+    /// Keys the kernel visits for 64-row block `r` of (`b`, `h`), counted in whole 64-key ranges
+    /// and gathered columns as the kernels load them, at most the causal keys up to the block's end.
+    pub fn visited_keys(&self, b: usize, h: usize, r: usize) -> usize {
+        let causal = ((r + 1) * BLOCK).min(self.seq);
+        let visited = match self.heads.get(h) {
+            Some(HeadMask::Dense) => causal,
+            Some(HeadMask::AShape(shape)) => shape.n_init + shape.n_local + BLOCK - 1,
+            Some(HeadMask::VerticalSlash) => self.vertical_slash.as_ref().map_or(0, |index| {
+                if r >= index.shape.rows {
+                    return 0;
+                }
+                index.ranges(b, h, r).len() * BLOCK + index.columns(b, h, r).len()
+            }),
+            Some(HeadMask::BlockSparse) => {
+                self.block_sparse.as_ref().map_or(0, |index| index.blocks(b, h, r).len() * BLOCK)
+            }
+            None => 0,
+        };
+        visited.min(causal)
+    }
+
+    /// Share of the causal keys visited, over every 64-row block of the listed heads (all heads
+    /// when `heads` is empty) and every sequence.
+    pub fn density(&self, heads: &[usize]) -> f64 {
+        let all: Vec<usize> = (0..self.heads.len()).collect();
+        let heads = if heads.is_empty() { &all } else { heads };
+        let (mut visited, mut causal) = (0usize, 0usize);
+        for b in 0..self.batch {
+            for &h in heads {
+                for r in 0..self.seq.div_ceil(BLOCK) {
+                    visited += self.visited_keys(b, h, r);
+                    causal += ((r + 1) * BLOCK).min(self.seq);
+                }
+            }
+        }
+        visited as f64 / causal.max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layer 0: heads 0 and 2 A-shape (64, 256), head 1 A-shape (16, 256), head 3 block-sparse,
+    /// head 4 vertical-slash (100, 200), heads 5..8 missing (MInference's fallback). Layer 1:
+    /// every head vertical-slash (30, 50).
+    const MIXED: &str = r#"[
+        {"0": ["stream_llm", 64, 256, 0.9], "1": ["stream_llm", 16, 256, 0.9], "2": ["stream_llm", 64, 256, 0.8],
+         "3": ["block_sparse", 7, 7, 0.5], "4": ["vertical_and_slash", 100, 200, 0.7]},
+        {"0": ["vertical_and_slash", 30, 50, 1], "1": ["vertical_and_slash", 30, 50, 1],
+         "2": ["vertical_and_slash", 30, 50, 1], "3": ["vertical_and_slash", 30, 50, 1],
+         "4": ["vertical_and_slash", 30, 50, 1], "5": ["vertical_and_slash", 30, 50, 1],
+         "6": ["vertical_and_slash", 30, 50, 1], "7": ["vertical_and_slash", 30, 50, 1]}
+    ]"#;
+
+    fn mixed() -> PatternConfig {
+        PatternConfig::parse(MIXED, "mixed.json", 8).unwrap()
+    }
+
+    fn vs(head: usize, vertical: usize, slash: usize) -> VerticalSlashHead {
+        VerticalSlashHead { head, vertical, slash }
+    }
+
+    #[test]
+    fn heads_are_grouped_by_pattern_and_parameters() {
+        let groups = HeadGroups::for_layer(&mixed(), 0).unwrap();
+        assert_eq!(
+            groups,
+            HeadGroups {
+                dense: vec![],
+                a_shape: vec![
+                    (AShape { n_init: 64, n_local: 256 }, vec![0, 2]),
+                    (AShape { n_init: 16, n_local: 256 }, vec![1]),
+                ],
+                vertical_slash: vec![vs(4, 100, 200), vs(5, 1000, 6096), vs(6, 1000, 6096), vs(7, 1000, 6096)],
+                block_sparse: vec![3],
+            }
+        );
+        assert_eq!(groups.launches(), 4);
+        // Clamped as MInference does: v = min(N, max(v, 30)), s = min(N, max(s, 50)).
+        assert_eq!(groups.vertical_slash_capacity(100_000), Some((1000, 6096)));
+        assert_eq!(groups.vertical_slash_capacity(500), Some((500, 500)));
+        let uniform = HeadGroups::for_layer(&mixed(), 1).unwrap();
+        assert_eq!(uniform.launches(), 1);
+        assert_eq!(uniform.vertical_slash.len(), 8);
+        assert_eq!(uniform.vertical_slash_capacity(40), Some((30, 40)));
+    }
+
+    #[test]
+    fn starting_layer_and_ratio_change_the_groups() {
+        let dense = HeadGroups::for_layer(&mixed().with_starting_layer(1), 0).unwrap();
+        assert_eq!(dense, HeadGroups { dense: (0..8).collect(), ..HeadGroups::default() });
+        assert_eq!(dense.launches(), 1);
+        let sparse = HeadGroups::for_layer(&mixed().with_starting_layer(1), 1).unwrap();
+        assert_eq!(sparse.vertical_slash.len(), 8);
+        let scaled = HeadGroups::for_layer(&mixed().with_ratio(0.5).unwrap(), 0).unwrap();
+        assert_eq!(scaled.a_shape[0], (AShape { n_init: 32, n_local: 128 }, vec![0, 2]));
+        assert_eq!(scaled.vertical_slash[0], vs(4, 50, 100));
+        assert_eq!(scaled.vertical_slash[1], vs(5, 500, 3048));
+        assert_eq!(scaled.block_sparse, vec![3]);
+    }
+
+    #[test]
+    fn bad_layers_and_windows_are_errors() {
+        let message = HeadGroups::for_layer(&mixed(), 2).unwrap_err().to_string();
+        assert!(message.contains("mixed.json: layer 2 is out of range; the config has layers 0 to 1"), "{message}");
+        let zero = PatternConfig::parse(r#"[{"0": ["stream_llm", 4, 0, 1]}]"#, "zero.json", 1).unwrap();
+        let message = HeadGroups::for_layer(&zero, 0).unwrap_err().to_string();
+        assert!(message.contains("zero.json: layer 0, head 0") && message.contains("at least 1"), "{message}");
+    }
+
+    #[test]
+    fn dense_threshold() {
+        let options = PrefillOptions::default();
+        assert_eq!(options.dense_below, DEFAULT_DENSE_BELOW);
+        assert_eq!(options.block_sparse_top_k, 100);
+        assert!(options.runs_dense(DEFAULT_DENSE_BELOW - 1));
+        assert!(!options.runs_dense(DEFAULT_DENSE_BELOW));
+        let never = PrefillOptions { dense_below: 0, ..options };
+        assert!(!never.runs_dense(0) && !never.runs_dense(1));
+        let always = PrefillOptions { dense_below: usize::MAX, ..options };
+        assert!(always.runs_dense(1 << 20));
+    }
+
+    fn model(layers: usize, heads: usize, kv_heads: usize) -> ModelShape {
+        ModelShape { layers, heads, kv_heads, head_dim: 64 }
+    }
+
+    #[test]
+    fn the_model_must_fit_the_config() {
+        let options = PrefillOptions::default();
+        assert!(check_model(&mixed(), model(2, 8, 2), options).is_ok());
+        let message = check_model(&mixed(), model(3, 8, 2), options).unwrap_err().to_string();
+        assert!(message.contains("2 layers of 8 heads but the model shape has 3 layers of 8 heads"), "{message}");
+        let message = check_model(&mixed(), model(2, 8, 3), options).unwrap_err().to_string();
+        assert!(message.contains("kv_heads must divide heads"), "{message}");
+        let message =
+            check_model(&mixed(), model(2, 8, 2), PrefillOptions { block_sparse_top_k: 0, ..options }).unwrap_err();
+        assert!(message.to_string().contains("block_sparse_top_k must be at least 1"));
+    }
+
+    #[test]
+    fn calls_must_fit_the_model() {
+        let shape = model(2, 8, 2);
+        let (q, kv) = ([1, 100, 8, 64], [1, 100, 2, 64]);
+        assert_eq!(check_call(shape, 1, [q, kv, kv, q]).unwrap(), (1, 100));
+        let message = check_call(shape, 2, [q, kv, kv, q]).unwrap_err().to_string();
+        assert!(message.contains("layer 2 is out of range; the model has layers 0 to 1"), "{message}");
+        let message = check_call(shape, 0, [[1, 100, 4, 64], kv, kv, [1, 100, 4, 64]]).unwrap_err().to_string();
+        assert!(message.contains("q has shape [1, 100, 4, 64] but the model needs [batch, seq, 8, 64]"), "{message}");
+        let message = check_call(shape, 0, [q, kv, [1, 99, 2, 64], q]).unwrap_err().to_string();
+        assert!(message.contains("v has shape [1, 99, 2, 64]"), "{message}");
+        let message = check_call(shape, 0, [q, kv, kv, [2, 100, 8, 64]]).unwrap_err().to_string();
+        assert!(message.contains("out has shape"), "{message}");
+        let message = check_call(shape, 0, [[1, 100, 8, 128], kv, kv, q]).unwrap_err().to_string();
+        assert!(message.contains("head_dim 64"), "{message}");
+    }
+
+    #[test]
+    fn realised_masks_by_hand() {
+        let window = AShape { n_init: 2, n_local: 3 };
+        let mask = RealisedMask {
+            batch: 1,
+            seq: 200,
+            heads: vec![HeadMask::Dense, HeadMask::AShape(window), HeadMask::VerticalSlash],
+            vertical_slash: None,
+            block_sparse: None,
+        };
+        assert!(mask.contains(0, 0, 150, 0) && mask.contains(0, 0, 150, 150) && !mask.contains(0, 0, 150, 151));
+        assert!(mask.contains(0, 1, 150, 1) && !mask.contains(0, 1, 150, 2) && mask.contains(0, 1, 150, 148));
+        assert!(!mask.contains(0, 1, 150, 147) && !mask.contains(0, 1, 200, 199));
+        // A vertical-slash head without its index, and a head past the layer, see nothing.
+        assert!(!mask.contains(0, 2, 150, 150) && !mask.contains(0, 3, 150, 150));
+        // Dense: the causal keys up to each block's end (64, 128, then 200 of the last block).
+        assert_eq!([0, 1, 3].map(|r| mask.visited_keys(0, 0, r)), [64, 128, 200]);
+        assert_eq!(mask.density(&[0]), 1.0);
+        // A-shape: at most n_init + n_local + 63 keys per block.
+        assert_eq!([0, 3].map(|r| mask.visited_keys(0, 1, r)), [64, 68]);
+        assert!((mask.density(&[1]) - (64.0 + 68.0 * 3.0) / (64.0 + 128.0 + 192.0 + 200.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn llama_3_8b_runs_one_vertical_slash_launch_per_layer() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/minference-configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json"
+        );
+        let config = PatternConfig::load_for_model(path).unwrap().with_starting_layer(2);
+        for layer in 0..32 {
+            let groups = HeadGroups::for_layer(&config, layer).unwrap();
+            assert_eq!(groups.launches(), 1, "layer {layer}");
+            if layer < 2 {
+                assert_eq!(groups.dense, (0..32).collect::<Vec<_>>());
+            } else {
+                assert!(groups.vertical_slash.iter().map(|h| h.head).eq(0..32), "layer {layer}");
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! GPU tests of the per-layer prefill (`minf::prefill`): head-map launches against launches over
+//! every head, and whole layers of a config with all three sparse patterns against the float64
+//! reference under each head's realised mask.
+
+use super::{device, fresh_seed, reference_rows, TOLERANCE};
+use half::bf16;
+use minf::config::{ModelShape, PatternConfig};
+use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
+use minf::{
+    attention, AShape, AttentionElement, AttentionOptions, Device, HeadSubset, IndexShape, InputSpec, PatternArgs,
+    Prefill, PrefillOptions, StructuredInputs, TensorMut, TensorRef, VerticalSlashIndex,
+};
+
+/// Eight heads over two KV heads. Layer 0 runs dense (below the starting layer); layer 1 mixes
+/// every pattern: heads 0 and 5 A-shape (16, 128), head 2 A-shape (4, 300), heads 1 and 6
+/// block-sparse, head 3 vertical-slash (40, 60), heads 4 and 7 missing (the vertical-slash
+/// fallback (1000, 6096)); layer 2 is all vertical-slash with small sizes.
+const ALL_PATTERNS: &str = r#"[
+    {},
+    {"0": ["stream_llm", 16, 128, 1], "5": ["stream_llm", 16, 128, 1], "2": ["stream_llm", 4, 300, 1],
+     "1": ["block_sparse", 0, 0, 1], "6": ["block_sparse", 0, 0, 1], "3": ["vertical_and_slash", 40, 60, 1]},
+    {"0": ["vertical_and_slash", 30, 50, 1], "1": ["vertical_and_slash", 30, 50, 1],
+     "2": ["vertical_and_slash", 64, 100, 1], "3": ["vertical_and_slash", 64, 100, 1],
+     "4": ["vertical_and_slash", 30, 200, 1], "5": ["vertical_and_slash", 30, 200, 1],
+     "6": ["vertical_and_slash", 100, 50, 1], "7": ["vertical_and_slash", 100, 50, 1]}
+]"#;
+
+const SHAPE: ModelShape = ModelShape { layers: 3, heads: 8, kv_heads: 2, head_dim: 128 };
+
+fn config() -> PatternConfig {
+    PatternConfig::parse(ALL_PATTERNS, "all_patterns.json", SHAPE.heads).expect("config").with_starting_layer(1)
+}
+
+fn upload<T: AttentionElement>(device: &Device, host: &[f32]) -> cudarc::driver::CudaSlice<T> {
+    let rounded: Vec<T> = host.iter().map(|&x| T::from_f32(x)).collect();
+    device.stream().clone_htod(&rounded).expect("upload")
+}
+
+fn poisoned<T: AttentionElement>(device: &Device, len: usize) -> cudarc::driver::CudaSlice<T> {
+    device.stream().clone_htod(&vec![T::from_f32(f32::NAN); len]).expect("upload poison")
+}
+
+fn download(device: &Device, buffer: &cudarc::driver::CudaSlice<bf16>) -> Vec<f32> {
+    device.stream().clone_dtoh(buffer).expect("download").into_iter().map(|x| x.to_f32()).collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn head_map_launches_equal_launches_over_every_head() {
+    let device = device();
+    let seed = fresh_seed();
+    let (seq, heads, kv_heads, d) = (1000, 8, 2, 128);
+    println!("seed {seed}");
+    let q = upload::<bf16>(&device, &random_normal(seq * heads * d, seed));
+    let k = upload::<bf16>(&device, &random_normal(seq * kv_heads * d, seed ^ 1));
+    let v = upload::<bf16>(&device, &random_normal(seq * kv_heads * d, seed ^ 2));
+    let (q_shape, kv_shape) = ([1, seq, heads, d], [1, seq, kv_heads, d]);
+    // A vertical-slash index whose every row block lists its diagonal range and column 0.
+    let rows = seq.div_ceil(64);
+    let shape = IndexShape { batch: 1, heads, rows, nnz_s: 1, nnz_v: 1 };
+    let stream = device.stream();
+    let index = VerticalSlashIndex::from_parts(
+        shape,
+        stream.clone_htod(&vec![1i32; heads * rows]).expect("counts"),
+        stream.clone_htod(&(0..heads * rows).map(|x| ((x % rows) * 64) as i32).collect::<Vec<_>>()).expect("ranges"),
+        stream.clone_htod(&vec![1i32; heads * rows]).expect("counts"),
+        stream.clone_htod(&vec![0i32; heads * rows]).expect("columns"),
+    )
+    .expect("index");
+    let subset_heads = [5usize, 0, 6, 3];
+    let subset = HeadSubset::new(&device, &subset_heads, heads).expect("subset");
+    for args in [
+        PatternArgs::Dense,
+        PatternArgs::AShape(AShape { n_init: 8, n_local: 100 }),
+        PatternArgs::VerticalSlash(index.as_ref()),
+    ] {
+        let run = |heads_option: Option<&HeadSubset>| {
+            let mut out = poisoned::<bf16>(&device, seq * heads * d);
+            attention(
+                &device,
+                TensorRef::bshd(&q, q_shape).expect("q"),
+                TensorRef::bshd(&k, kv_shape).expect("k"),
+                TensorRef::bshd(&v, kv_shape).expect("v"),
+                TensorMut::bshd(&mut out, q_shape).expect("out"),
+                args,
+                AttentionOptions { heads: heads_option, ..Default::default() },
+            )
+            .expect("launch");
+            download(&device, &out)
+        };
+        let (all, some) = (run(None), run(Some(&subset)));
+        for t in 0..seq {
+            for h in 0..heads {
+                let at = (t * heads + h) * d;
+                let (want, got) = (&all[at..at + d], &some[at..at + d]);
+                if subset_heads.contains(&h) {
+                    assert!(
+                        want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{:?}: row {t} head {h} differs with the head map",
+                        args.pattern()
+                    );
+                } else {
+                    assert!(
+                        got.iter().all(|x| x.is_nan()),
+                        "{:?}: head {h} is not in the map but was written",
+                        args.pattern()
+                    );
+                }
+            }
+        }
+    }
+    // A subset checked against another head count is refused before launching.
+    let other = HeadSubset::new(&device, &[0], 4).expect("subset of 4");
+    let mut out = poisoned::<bf16>(&device, seq * heads * d);
+    let error = attention(
+        &device,
+        TensorRef::bshd(&q, q_shape).expect("q"),
+        TensorRef::bshd(&k, kv_shape).expect("k"),
+        TensorRef::bshd(&v, kv_shape).expect("v"),
+        TensorMut::bshd(&mut out, q_shape).expect("out"),
+        PatternArgs::Dense,
+        AttentionOptions { heads: Some(&other), ..Default::default() },
+    )
+    .expect_err("mismatched subset");
+    assert!(error.to_string().contains("checked against 4 query heads but q has 8"), "{error}");
+}
+
+/// Runs `layer` of the all-patterns config through the prefill on structured inputs and compares
+/// every head with the float64 reference under the realised mask; returns the relative L2 error.
+fn check_layer(device: &Device, prefill: &mut Prefill<'_>, layer: usize, seq: usize, seed: u64) -> f64 {
+    let ModelShape { heads, kv_heads, head_dim, .. } = SHAPE;
+    let d = head_dim as usize;
+    let inputs = StructuredInputs::generate(&InputSpec::new(seq, heads, kv_heads, d, seed)).expect("inputs");
+    let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+    let (q_host, k_host, v_host) = (round(&inputs.q), round(&inputs.k), round(&inputs.v));
+    let (q, k, v) = (upload::<bf16>(device, &q_host), upload::<bf16>(device, &k_host), upload::<bf16>(device, &v_host));
+    let mut out = poisoned::<bf16>(device, seq * heads * d);
+    let (q_shape, kv_shape) = ([1, seq, heads, d], [1, seq, kv_heads, d]);
+    prefill
+        .prefill(
+            layer,
+            TensorRef::bshd(&q, q_shape).expect("q"),
+            TensorRef::bshd(&k, kv_shape).expect("k"),
+            TensorRef::bshd(&v, kv_shape).expect("v"),
+            TensorMut::bshd(&mut out, q_shape).expect("out"),
+        )
+        .expect("prefill");
+    let got = download(device, &out);
+    assert!(got.iter().all(|x| !x.is_nan()), "layer {layer} seq {seq}: an output element was not written");
+    let mask = prefill.realised_mask().expect("mask");
+    let shape = ReferenceShape { batch: 1, seq, heads, kv_heads, head_dim: d };
+    let rows = reference_rows(seq);
+    let reference =
+        masked_attention_rows(shape, &q_host, &k_host, &v_host, 1.0 / (d as f64).sqrt(), &rows, |b, h, i, j| {
+            mask.contains(b, h, i, j)
+        });
+    let got_rows: Vec<f64> = reference
+        .rows
+        .iter()
+        .flat_map(|&(_, i, h)| got[(i * heads + h) * d..][..d].iter().map(|&x| x as f64))
+        .collect();
+    relative_l2(&got_rows, &reference.out)
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn prefill_of_every_pattern_matches_the_reference_under_the_realised_mask() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("seed {seed}");
+    // Sparse at every length, so the small cases exercise the estimation and every pattern.
+    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    for seq in [1000, 4097] {
+        for layer in [0, 1, 2] {
+            let error = check_layer(&device, &mut prefill, layer, seq, seed);
+            println!("layer {layer} seq {seq}: rel L2 {error:.2e}");
+            assert!(error <= TOLERANCE, "layer {layer} seq {seq}: rel L2 {error:.2e} (seed {seed})");
+            let mask = prefill.realised_mask().expect("mask");
+            if layer == 1 {
+                // The A-shape and block-sparse heads are sparse at 4097 tokens.
+                assert!(seq < 4097 || mask.density(&[0, 1, 2]) < 0.9, "density {}", mask.density(&[0, 1, 2]));
+            }
+        }
+    }
+    // Warm calls reuse the indices: the device memory held stays the same.
+    let held = prefill.device_bytes();
+    check_layer(&device, &mut prefill, 1, 4097, seed ^ 7);
+    assert_eq!(prefill.device_bytes(), held);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn short_prompts_fall_back_to_dense_and_calls_are_validated() {
+    let device = device();
+    let seed = fresh_seed();
+    let options = PrefillOptions { dense_below: 2048, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    let error = check_layer(&device, &mut prefill, 1, 1000, seed);
+    assert!(error <= TOLERANCE, "rel L2 {error:.2e} (seed {seed})");
+    let mask = prefill.realised_mask().expect("mask");
+    assert_eq!(mask.density(&[]), 1.0, "a prompt below the threshold runs dense");
+    // Timed: the split adds up and the attention takes time.
+    let (seq, d) = (1000, SHAPE.head_dim as usize);
+    let q = upload::<bf16>(&device, &random_normal(seq * SHAPE.heads * d, seed));
+    let kv = upload::<bf16>(&device, &random_normal(seq * SHAPE.kv_heads * d, seed ^ 1));
+    let mut out = poisoned::<bf16>(&device, seq * SHAPE.heads * d);
+    let (q_shape, kv_shape) = ([1, seq, SHAPE.heads, d], [1, seq, SHAPE.kv_heads, d]);
+    let timing = prefill
+        .prefill_timed(
+            2,
+            TensorRef::bshd(&q, q_shape).expect("q"),
+            TensorRef::bshd(&kv, kv_shape).expect("k"),
+            TensorRef::bshd(&kv, kv_shape).expect("v"),
+            TensorMut::bshd(&mut out, q_shape).expect("out"),
+        )
+        .expect("timed prefill");
+    assert!(timing.attention_ms > 0.0 && timing.total_ms >= timing.attention_ms, "{timing:?}");
+    let error = prefill
+        .prefill(
+            3,
+            TensorRef::bshd(&q, q_shape).expect("q"),
+            TensorRef::bshd(&kv, kv_shape).expect("k"),
+            TensorRef::bshd(&kv, kv_shape).expect("v"),
+            TensorMut::bshd(&mut out, q_shape).expect("out"),
+        )
+        .expect_err("layer 3 of 3");
+    assert!(error.to_string().contains("layer 3 is out of range"), "{error}");
+    let error = prefill
+        .prefill(
+            0,
+            TensorRef::bshd(&kv, kv_shape).expect("q"),
+            TensorRef::bshd(&kv, kv_shape).expect("k"),
+            TensorRef::bshd(&kv, kv_shape).expect("v"),
+            TensorMut::bshd(&mut out, q_shape).expect("out"),
+        )
+        .expect_err("q with kv heads");
+    assert!(error.to_string().contains("q has shape"), "{error}");
+}
