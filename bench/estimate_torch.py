@@ -26,14 +26,15 @@ import argparse
 import json
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 FORCED_COLUMNS = 30
 FORCED_DIAGONALS = 100
 
 
 def load_qk(path):
+    from safetensors import safe_open  # only for --inputs (the GPU machine may lack safetensors)
+    from safetensors.torch import load_file
+
     tensors = load_file(path)
     with safe_open(path, framework="pt") as f:
         layout = (f.metadata() or {}).get("layout", "bshd")
@@ -117,8 +118,12 @@ def main():
     )
     v_idx, s_idx = estimate(q, k, args.vertical, args.slash)
     if args.save_selection:
+        from safetensors.torch import save_file
+
         save_file({"vertical": v_idx.int().cpu().contiguous(), "slash": s_idx.int().cpu().contiguous()}, args.save_selection)
     if args.compare:
+        from safetensors.torch import load_file
+
         other = load_file(args.compare)
         for h in range(heads):
             dv = len(set(v_idx[h].tolist()) ^ set(other["vertical"][h].tolist()))

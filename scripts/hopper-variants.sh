@@ -17,17 +17,14 @@ run() {  # label, then the command; 120 s cap each so a hang cannot eat the leas
   [ $rc -eq 0 ] || echo "   ($label exited $rc)"
 }
 run dense-mma "$bin/dense_bench" --seqs 16384,65536
-for stages in 2 3; do
-  for overlap in 1 0; do
-    run dense-wgmma-s$stages-o$overlap env MINF_KERNEL_DEFINES=WGMMA_OVERLAP=$overlap "$bin/dense_bench" --seqs 16384,65536 --mainloop wgmma --tile 128,128,8,$stages
-  done
+for overlap in 1 0; do
+  run dense-wgmma-o$overlap env MINF_KERNEL_DEFINES=WGMMA_OVERLAP=$overlap "$bin/dense_bench" --seqs 16384,65536 --mainloop wgmma --tile 128,128,8,2
 done
 run vs-mma "$bin/vs_bench" --generate 131072
-for stages in 2 3; do
-  for overlap in 1 0; do
-    run vs-wgmma-s$stages-o$overlap env MINF_KERNEL_DEFINES=WGMMA_OVERLAP=$overlap "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 128,128,8,$stages
-  done
+for overlap in 1 0; do
+  run vs-wgmma-s2-o$overlap env MINF_KERNEL_DEFINES=WGMMA_OVERLAP=$overlap "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 128,128,8,2
 done
+run vs-wgmma-s3-o1 "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 128,128,8,3
 if [ "${SDPA:-1}" = 1 ]; then
   echo "== sdpa"; timeout 180 python3 bench/dense_check.py --bench --seqs 16384,65536 2>&1 | tail -n 8
 fi

@@ -368,11 +368,12 @@ impl KernelSpec {
         self.block_m / (16 * self.warps)
     }
 
-    /// Elements per shared-memory row: padded for `mma.sync`, dense core matrices for `wgmma`.
+    /// Elements per shared-memory row: padded by 16 bytes for `mma.sync`; for `wgmma`, whole
+    /// 64-element (128-byte) swizzled column blocks.
     pub fn smem_row(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.head_dim + SMEM_ROW_PAD,
-            Mainloop::Wgmma => self.head_dim,
+            Mainloop::Wgmma => self.head_dim.next_multiple_of(64),
         }
     }
 
@@ -411,7 +412,8 @@ impl KernelSpec {
         let keys = (self.stages * (self.block_n + 1) * 4).div_ceil(16) * 16;
         let keys = match self.mainloop {
             Mainloop::MmaSync => keys,
-            Mainloop::Wgmma => ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16,
+            // The swizzled tiles start at a 1024-byte boundary: up to 1008 bytes of alignment.
+            Mainloop::Wgmma => ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16 + 1008,
         };
         tiles + keys
     }
