@@ -1,7 +1,7 @@
 //! Pins the generated source of every default spec and the cache-key inputs, so any change that
 //! invalidates users' kernel caches shows up in review (`cargo insta review`).
 
-use minf_codegen::{render, render_index, Arch, CacheKeyInputs, IndexKernel, IndexKernelSpec, KernelSpec};
+use minf_codegen::{render, render_index, Arch, CacheKeyInputs, IndexKernel, IndexKernelSpec, KernelSpec, Mainloop};
 
 const SNAPSHOT_ARCHES: &[Arch] = &[Arch::Sm80, Arch::Sm90a];
 
@@ -88,6 +88,11 @@ fn templates_are_header_free() {
     for spec in KernelSpec::default_set(SNAPSHOT_ARCHES) {
         let source = render(&spec).expect("renders").source;
         assert!(!source.contains("#include"), "{} includes a header", spec.readable_name());
-        assert!(source.contains(&format!("__global__ void __launch_bounds__(THREADS) {}(", spec.kernel_name())));
+        let bounds = match spec.mainloop {
+            Mainloop::MmaSync => "THREADS",
+            Mainloop::Wgmma => "THREADS, MIN_BLOCKS_PER_SM",
+        };
+        let entry = format!("__global__ void __launch_bounds__({bounds}) {}(", spec.kernel_name());
+        assert!(source.contains(&entry), "{} has no entry `{entry}`", spec.readable_name());
     }
 }

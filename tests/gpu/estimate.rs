@@ -233,7 +233,10 @@ fn vertical_slash_case<T: AttentionElement>(
     seed: u64,
 ) {
     let (q_host, k_host, q_f32, k_f32) = inputs::<T>(seq, heads, kv_heads, head_dim, seed);
-    let (q_host, k_host) = (&q_host[..batch * seq * heads * head_dim], &k_host[..batch * seq * kv_heads * head_dim]);
+    // `inputs` makes two sequences; keep the first `batch` of both the stored and the widened copy.
+    let (q_len, k_len) = (batch * seq * heads * head_dim, batch * seq * kv_heads * head_dim);
+    let (q_host, k_host) = (&q_host[..q_len], &k_host[..k_len]);
+    let (q_f32, k_f32) = (&q_f32[..q_len], &k_f32[..k_len]);
     let stream = device.stream();
     let q = stream.clone_htod(q_host).expect("upload q");
     let k = stream.clone_htod(k_host).expect("upload k");
@@ -287,7 +290,7 @@ fn vertical_slash_case<T: AttentionElement>(
             assert_eq!(&got_v[..v], &want_v[..], "{what}: columns vs the top-k of the GPU scores");
             assert_eq!(&got_s[..s], &want_s[..], "{what}: diagonals vs the top-k of the GPU scores");
             // Against the f64 reference: equal up to near-ties.
-            let reference = vertical_slash_scores(&q_f32, &k_f32, reference_shape, b, h).expect("reference");
+            let reference = vertical_slash_scores(q_f32, k_f32, reference_shape, b, h).expect("reference");
             let pick = select_vertical_slash(&reference, list[pos].vertical, list[pos].slash);
             swaps += near_tie_swaps(&got_v[..v], &pick.vertical, &reference.vertical, FORCED_COLUMNS, &what);
             swaps += near_tie_swaps(&got_s[..s], &pick.slash, &reference.slash, FORCED_DIAGONALS, &what);

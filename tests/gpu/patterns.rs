@@ -22,6 +22,9 @@ enum Variant {
     /// The wgmma engine on 128-row blocks for the index-driven patterns (two consumer warpgroups,
     /// each skipping the tiles its half does not list) with a three-stage ring.
     WgmmaTwoRowBlocks,
+    /// The default tile on the mma.sync engine (what A100-class cards run), where the default is
+    /// the wgmma engine.
+    MmaSync,
 }
 
 thread_local! {
@@ -38,7 +41,7 @@ fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &
             Some(KernelSpec { block_m, warps, mainloop: Mainloop::Wgmma, ..base })
         }
         Variant::TwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
-            Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, ..base })
+            Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop: Mainloop::MmaSync, ..base })
         }
         Variant::WgmmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => Some(KernelSpec {
             block_m: 128,
@@ -48,6 +51,7 @@ fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &
             mainloop: Mainloop::Wgmma,
             ..base
         }),
+        Variant::MmaSync if base.mainloop != Mainloop::MmaSync => Some(KernelSpec { mainloop: Mainloop::MmaSync, ..base }),
         _ => None,
     }
 }
@@ -63,6 +67,7 @@ fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
         if pattern.is_indexed() {
             variants.push(Variant::WgmmaTwoRowBlocks);
         }
+        variants.push(Variant::MmaSync);
     }
     variants
 }
