@@ -20,7 +20,7 @@
 //! On a machine without a GPU it says so and points to what does work there.
 
 use half::bf16;
-use minf::reference::{causal_attention_rows, recall, relative_l2, RecallStats, ReferenceShape};
+use minf::reference::{causal_attention_rows, masked_attention_rows, recall, relative_l2, RecallStats, ReferenceShape};
 use minf::timing::median_ms;
 use minf::{
     dense_attention, AttentionOptions, Device, HeadGroups, InputSpec, MinfError, ModelShape, Needle, PatternConfig,
@@ -49,6 +49,8 @@ struct Args {
     needle: Option<usize>,
     threshold: Option<usize>,
     table: bool,
+    /// Also compare the sparse output with the f64 reference under the mask it realised.
+    check_mask: bool,
 }
 
 fn default_config() -> PathBuf {
@@ -71,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         needle: None,
         threshold: None,
         table: false,
+        check_mask: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,9 +94,10 @@ fn parse_args() -> Result<Args, String> {
             "--needle" => args.needle = Some(number(value()?)?),
             "--threshold" => args.threshold = Some(number(value()?)?),
             "--table" => args.table = true,
+            "--check-mask" => args.check_mask = true,
             "--help" | "-h" => {
                 return Err("usage: prefill_demo [--config FILE] [--seq N] [--layer L] [--seed S] [--reps R] \
-                            [--needle POS] [--threshold TOKENS] [--table [--seqs N,N,...]]"
+                            [--needle POS] [--threshold TOKENS] [--check-mask] [--table [--seqs N,N,...]]"
                     .into())
             }
             other => return Err(format!("unknown flag {other:?} (see --help)")),
@@ -141,6 +145,9 @@ struct Measured {
     /// Relative L2 of the sparse and of the dense output against the f64 dense reference.
     sparse_error: f64,
     dense_error: f64,
+    /// With `--check-mask`: relative L2 of the sparse output against the f64 reference under the
+    /// mask the prefill realised (the kernels' exactness, apart from the estimate's choices).
+    mask_error: Option<f64>,
     needle: Option<NeedleResult>,
 }
 
@@ -283,6 +290,22 @@ fn measure(
         relative_l2(&got, &want)
     };
     let sparse_error = error(&sparse_host, &|_| true);
+    let mask_error = if args.check_mask {
+        let started = std::time::Instant::now();
+        let masked =
+            masked_attention_rows(sel_shape, &q_sel, &k_sel, &v_sel, 1.0 / (d as f64).sqrt(), &rows, |b, h, i, j| {
+                mask.contains(b, measured[h], i, j)
+            });
+        eprintln!("  CPU reference under the realised mask: {:.1} s", started.elapsed().as_secs_f64());
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (t, &(_, i, h)) in masked.rows.iter().enumerate() {
+            got.extend(sparse_host[(i * heads + measured[h]) * d..][..d].iter().map(|&x| x as f64));
+            want.extend_from_slice(&masked.out[t * d..][..d]);
+        }
+        Some(relative_l2(&got, &want))
+    } else {
+        None
+    };
     let dense_error = error(&dense_host, &|_| true);
     let needle = needle.map(|position| NeedleResult {
         position,
@@ -290,7 +313,18 @@ fn measure(
         heads,
         error: error(&sparse_host, &|i| i + LAST_ROWS >= seq),
     });
-    Ok(Measured { seq, dense_ms, sparse, density, heads: measured, recall, sparse_error, dense_error, needle })
+    Ok(Measured {
+        seq,
+        dense_ms,
+        sparse,
+        density,
+        heads: measured,
+        recall,
+        sparse_error,
+        dense_error,
+        mask_error,
+        needle,
+    })
 }
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -377,6 +411,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         m.recall.worst,
         (m.recall.worst_row.0, m.heads[m.recall.worst_row.1], m.recall.worst_row.2)
     );
+    if let Some(mask_error) = m.mask_error {
+        println!("  sparse output vs f64 attention under the realised mask: rel L2 {mask_error:.2e}");
+    }
     if let Some(needle) = &m.needle {
         println!(
             "  needle at {}: in the index of {}/{} heads for the last query; last {LAST_ROWS} rows rel L2 vs dense {:.2e}",

@@ -26,7 +26,7 @@ use quote::quote;
 /// Arguments: `pattern` and `head_dim` (required); `dtype` (default `"bf16"`); `block_m`,
 /// `block_n`, `warps`, `stages` (default: `KernelSpec::default_for` of the pattern, dtype, head
 /// dimension and target); `arch` (pins the target; without it the device's architecture is used
-/// at run time); `mainloop` (`"mma_sync"`, the default, or `"wgmma"` on `sm_90a`). Invalid combinations are compile errors that point at the offending argument.
+/// at run time); `mainloop` (`"mma_sync"`, or `"wgmma"` on `sm_90a`; the default follows the target). Invalid combinations are compile errors that point at the offending argument.
 #[proc_macro_attribute]
 pub fn sparse_attention(args: proc_macro::TokenStream, item: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand(args.into(), item.into()).into()
