@@ -8,13 +8,27 @@ use minf_runtime::reference::recall;
 const SEQ: usize = 2048;
 
 fn inputs() -> (HostQkv, Planted) {
-    let spec = InputSpec::new(SEQ, 4, 2, 128, 11);
+    inputs_of(SEQ)
+}
+
+fn inputs_of(seq: usize) -> (HostQkv, Planted) {
+    let spec = InputSpec::new(seq, 4, 2, 128, 11);
     (StructuredInputs::generate(&spec).unwrap(), spec.planted().unwrap())
 }
 
 #[test]
 fn structured_rows_are_neither_uniform_nor_one_hot() {
-    let (qkv, planted) = inputs();
+    shares_hold(SEQ);
+}
+
+/// The length boost keeps the planted shares where they are at 2048 tokens.
+#[test]
+fn structured_shares_hold_at_16k() {
+    shares_hold(16384);
+}
+
+fn shares_hold(seq: usize) {
+    let (qkv, planted) = inputs_of(seq);
     for h in 0..4 {
         let s = vertical_slash_scores(&qkv.q, &qkv.k, qkv.shape(), 0, h).unwrap();
         // Shares of the last 64 rows' mass (each row sums to 1).
@@ -24,12 +38,17 @@ fn structured_rows_are_neither_uniform_nor_one_hot() {
         let local = share(s.slash[..64].iter().sum());
         let repeat = share(s.slash[planted.repeats[0].induction_offset()]);
         let top_column = share(s.vertical.iter().copied().fold(0.0, f64::max));
-        assert!((0.1..0.5).contains(&sink), "head {h}: sink {sink}");
-        assert!((0.1..0.5).contains(&local), "head {h}: local {local}");
-        assert!((0.05..0.4).contains(&heavy), "head {h}: heavy {heavy}");
-        assert!((0.05..0.4).contains(&repeat), "head {h}: repeat {repeat}");
-        assert!(top_column < 0.2, "head {h}: one key takes {top_column}");
-        assert!(sink + heavy + local + repeat < 0.95, "head {h}: no long tail");
+        eprintln!("seq {seq} head {h}: sink {sink:.3} local {local:.3} heavy {heavy:.3} repeat {repeat:.3}");
+        assert!((0.1..0.5).contains(&sink), "seq {seq} head {h}: sink {sink}");
+        assert!((0.1..0.5).contains(&local), "seq {seq} head {h}: local {local}");
+        assert!((0.05..0.4).contains(&heavy), "seq {seq} head {h}: heavy {heavy}");
+        // The repeat sits `seq / 2` or more tokens back; the rotary embedding turns its identity
+        // match a little over such distances, so at long lengths its share is smaller.
+        let repeat_min = if seq <= SEQ { 0.05 } else { 0.01 };
+        assert!((repeat_min..0.4).contains(&repeat), "seq {seq} head {h}: repeat {repeat}");
+        assert!(sink + heavy + local + repeat > 0.5, "seq {seq} head {h}: the tail took over");
+        assert!(top_column < 0.2, "seq {seq} head {h}: one key takes {top_column}");
+        assert!(sink + heavy + local + repeat < 0.95, "seq {seq} head {h}: no long tail");
     }
 }
 
