@@ -2,3 +2,6 @@
 /// Declares a sparse-attention kernel on a struct; see [`SparseAttentionKernel`] and `MACRO.md`.
 pub use minf_macros::sparse_attention;
 pub use minf_runtime::*;
+
+/// `minf bench`: cases, GPU timing, records, plot and comparison.
+pub mod bench;
