@@ -11,8 +11,11 @@ pub const DEFAULT_SEQS: &[usize] = &[32_768, 131_072, 262_144, 524_288, 1_048_57
 pub const DEFAULT_LONG_FROM: usize = 524_288;
 /// Heads measured from [`DEFAULT_LONG_FROM`] tokens on.
 pub const DEFAULT_LONG_HEADS: usize = 4;
-/// The MInference config measured by default (when it exists), relative to the project root.
-pub const DEFAULT_CONFIG: &str = "../shared/minference-configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json";
+/// The MInference config measured by default, when it exists in one of [`DEFAULT_CONFIG_DIRS`].
+pub const DEFAULT_CONFIG: &str = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json";
+/// Where the default config is looked for, relative to the project root: beside the project, or
+/// in the GPU bundle (`scripts/gpu-bundle.sh` copies it there).
+pub const DEFAULT_CONFIG_DIRS: &[&str] = &["../shared/minference-configs", ".gpu/minference-configs"];
 /// The layer of a config measured when `config:PATH` names none (the middle of Llama-3-8B).
 pub const DEFAULT_CONFIG_LAYER: usize = 16;
 /// The fixed patterns measured by default, in order (the default config is added when it exists).
@@ -200,12 +203,17 @@ impl fmt::Display for PatternSpec {
     }
 }
 
-/// The default pattern list: the fixed patterns, plus the default config at `root` when it exists.
+/// The default config under `root`, if one of [`DEFAULT_CONFIG_DIRS`] has it.
+pub fn default_config(root: &Path) -> Option<PathBuf> {
+    DEFAULT_CONFIG_DIRS.iter().map(|dir| root.join(dir).join(DEFAULT_CONFIG)).find(|path| path.exists())
+}
+
+/// The default pattern list: the fixed patterns, plus the default config under `root` when it
+/// exists.
 pub fn default_patterns(root: &Path) -> Vec<PatternSpec> {
     let mut patterns = PatternSpec::parse_list(DEFAULT_PATTERNS).unwrap_or_default();
-    let config = root.join(DEFAULT_CONFIG);
-    if config.exists() {
-        patterns.push(PatternSpec::Config { path: config, layer: DEFAULT_CONFIG_LAYER });
+    if let Some(path) = default_config(root) {
+        patterns.push(PatternSpec::Config { path, layer: DEFAULT_CONFIG_LAYER });
     }
     patterns
 }

@@ -155,15 +155,23 @@ pub struct GpuBench {
 }
 
 impl GpuBench {
-    /// Opens GPU 0; fails with [`BenchError::NoGpu`] (which points to `minf doctor`) without one.
-    pub fn new(source: InputSource) -> Result<GpuBench, BenchError> {
+    /// Opens GPU 0 with structured inputs of seed 1 ([`GpuBench::use_inputs`] changes them);
+    /// fails with [`BenchError::NoGpu`] (which points to `minf doctor`) without a usable GPU.
+    pub fn new() -> Result<GpuBench, BenchError> {
         if !driver_available() {
             return Err(BenchError::NoGpu(MinfError::NoDriver.to_string()));
         }
         let info = probe(0).map_err(|e| BenchError::NoGpu(e.to_string()))?;
         let device = Device::new(0).map_err(|e| BenchError::NoGpu(e.to_string()))?;
         let driver = format!("CUDA {}.{}", info.driver_version.0, info.driver_version.1);
+        let source = InputSource::Structured { seed: 1 };
         Ok(GpuBench { device, driver, source, inputs: None, dense_ms: HashMap::new() })
+    }
+
+    /// Takes the inputs of the following cases from `source`.
+    pub fn use_inputs(&mut self, source: InputSource) {
+        self.source = source;
+        self.inputs = None;
     }
 
     /// The GPU's name.
