@@ -54,7 +54,7 @@ pub fn latency_svg(records: &[Record]) -> Result<String, String> {
             .x_desc(X_LABEL)
             .y_desc(Y_LABEL)
             .x_label_formatter(&|x| tokens(*x))
-            .y_label_formatter(&|y| format!("{y:.3}"))
+            .y_label_formatter(&|y| milliseconds(*y))
             .draw()
             .map_err(draw_error)?;
         for (i, (name, points)) in lines.iter().enumerate() {
@@ -95,5 +95,16 @@ pub fn tokens(seq: f64) -> String {
         format!("{}K", n / 1024.0)
     } else {
         format!("{n}")
+    }
+}
+
+/// A tick label in milliseconds with as many decimals as the magnitude needs.
+fn milliseconds(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{ms:.0}")
+    } else if ms >= 1.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.3}")
     }
 }
