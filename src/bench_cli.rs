@@ -1,7 +1,9 @@
 //! The `minf bench` command line; the work is in [`minf::bench`].
 
 use indicatif::{ProgressBar, ProgressStyle};
-use minf::bench::cases::{default_patterns, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_LONG_HEADS};
+use minf::bench::cases::{
+    default_patterns, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_LONG_HEADS,
+};
 use minf::bench::compare::markdown;
 use minf::bench::plot::{tokens, write_latency_svg};
 use minf::bench::record::{read_records, write_records, Record, MINF_METHOD};
@@ -163,7 +165,13 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     if args.list {
         for case in &cases {
             let subset = if case.is_subset() { format!(" (of {})", case.layer_heads) } else { String::new() };
-            println!("{:>7}  {:<40} heads {}/{}{subset}", tokens(case.seq as f64), case.pattern, case.heads, case.kv_heads);
+            println!(
+                "{:>7}  {:<40} heads {}/{}{subset}",
+                tokens(case.seq as f64),
+                case.pattern,
+                case.heads,
+                case.kv_heads
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -206,7 +214,12 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
     }
 
-    println!("minf bench on {} ({}), {} cases, medians of CUDA-event timed runs after warm-up", bench.card(), bench.driver(), cases.len());
+    println!(
+        "minf bench on {} ({}), {} cases, medians of CUDA-event timed runs after warm-up",
+        bench.card(),
+        bench.driver(),
+        cases.len()
+    );
     if let Some(long) = cases.iter().find(|c| c.is_subset()) {
         println!(
             "from {} tokens on: {} of {} query heads timed; ms/head compares across lengths",

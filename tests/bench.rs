@@ -196,7 +196,8 @@ fn bench_without_a_gpu_fails_and_points_to_doctor() {
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("minf doctor") && text.contains("needs an NVIDIA GPU"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
-    let listed = common::minf(&["bench", "--seqs", "32K", "--patterns", "dense,block_sparse:100", "--list"]).output().unwrap();
+    let listed =
+        common::minf(&["bench", "--seqs", "32K", "--patterns", "dense,block_sparse:100", "--list"]).output().unwrap();
     assert!(listed.status.success(), "{}", common::text(&listed));
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 2);
     let bad = common::minf(&["bench", "--patterns", "nope"]).output().unwrap();

@@ -15,11 +15,11 @@
 //! reallocated only when the batch, the prompt length or a needed capacity grows).
 
 use crate::attention::{attention, AShape, AttentionOptions, HeadSubset, PatternArgs};
+use crate::block_sparse::BlockSparseIndex;
 use crate::config::{HeadPattern, ModelShape, PatternConfig};
 use crate::device::Device;
 use crate::error::MinfError;
 use crate::estimate::cpu::BlockSparseEstimate;
-use crate::block_sparse::BlockSparseIndex;
 use crate::estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
     VerticalSlashHead,

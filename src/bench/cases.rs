@@ -109,14 +109,10 @@ impl PatternSpec {
         let text = text.trim();
         let (name, params) = text.split_once(':').map_or((text, None), |(n, p)| (n, Some(p)));
         let numbers = |want: usize, what: &str| -> Result<Vec<usize>, CaseError> {
-            let params = params.ok_or_else(|| {
-                CaseError(format!("pattern {text:?}: {name} needs its parameters, {name}:{what}"))
-            })?;
-            let values: Vec<usize> = params
-                .split(',')
-                .map(|p| p.trim().parse::<usize>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
+            let params = params
+                .ok_or_else(|| CaseError(format!("pattern {text:?}: {name} needs its parameters, {name}:{what}")))?;
+            let values: Vec<usize> =
+                params.split(',').map(|p| p.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|_| {
                     CaseError(format!(
                         "pattern {text:?}: {params:?} is not {want} non-negative integer(s); expected {name}:{what}"
                     ))
@@ -141,7 +137,10 @@ impl PatternSpec {
             "dense" => Err(CaseError(format!("pattern {text:?}: dense takes no parameters"))),
             "a_shape" => {
                 let v = numbers(2, "N_INIT,N_LOCAL")?;
-                Ok(PatternSpec::AShape { n_init: v[0], n_local: positive(v[1], "N_LOCAL (the window includes the diagonal)")? })
+                Ok(PatternSpec::AShape {
+                    n_init: v[0],
+                    n_local: positive(v[1], "N_LOCAL (the window includes the diagonal)")?,
+                })
             }
             "vertical_slash" => {
                 let v = numbers(2, "VERTICAL,SLASH")?;
@@ -152,9 +151,9 @@ impl PatternSpec {
                 Ok(PatternSpec::BlockSparse { top_k: positive(v[0], "TOP_K")? })
             }
             "config" => {
-                let params = params.filter(|p| !p.is_empty()).ok_or_else(|| {
-                    CaseError(format!("pattern {text:?}: config needs a file, config:PATH[:LAYER]"))
-                })?;
+                let params = params
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| CaseError(format!("pattern {text:?}: config needs a file, config:PATH[:LAYER]")))?;
                 let (path, layer) = match params.rsplit_once(':') {
                     Some((path, layer)) if !layer.is_empty() && layer.bytes().all(|b| b.is_ascii_digit()) => {
                         let layer = layer

@@ -53,7 +53,7 @@ pub fn ratios(records: &[Record]) -> Vec<RatioRow> {
             RatioRow { minf: minf.clone(), ratios }
         })
         .collect();
-    rows.sort_by(|a, b| (a.minf.seq, a.minf.label()).cmp(&(b.minf.seq, b.minf.label())));
+    rows.sort_by_key(|row| (row.minf.seq, row.minf.label()));
     rows
 }
 
@@ -152,8 +152,9 @@ pub fn markdown(records: &[Record]) -> String {
          faster), on the same pattern and length, or against the peer's dense time when it ran only dense \
          there (the dense-equivalent speedup).\n"
     );
-    let mut header = "| tokens | pattern | heads | minf ms/head | est / conv / attn ms | density | TFLOP/s | vs minf dense |"
-        .to_string();
+    let mut header =
+        "| tokens | pattern | heads | minf ms/head | est / conv / attn ms | density | TFLOP/s | vs minf dense |"
+            .to_string();
     let mut rule = "|---|---|---|---|---|---|---|---|".to_string();
     for method in &methods {
         let _ = write!(header, " vs {method} |");
@@ -175,7 +176,8 @@ pub fn markdown(records: &[Record]) -> String {
             r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x"))
         );
         for method in &methods {
-            let _ = write!(out, " {} |", row.ratios.get(method).map_or_else(|| "-".to_string(), |v| format!("{v:.2}x")));
+            let _ =
+                write!(out, " {} |", row.ratios.get(method).map_or_else(|| "-".to_string(), |v| format!("{v:.2}x")));
         }
         out.push('\n');
     }

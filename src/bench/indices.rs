@@ -57,7 +57,8 @@ pub fn key_blocks(mask: &RealisedMask, h: usize, r: usize) -> Vec<usize> {
             }
             let ranges = index.ranges(0, h, r).iter().flat_map(|&start| {
                 let start = usize::try_from(start).unwrap_or(0);
-                [start / BLOCK, (start + BLOCK - 1) / BLOCK]
+                // The range's first and last key: `(start + 63) / 64` is the last key's block.
+                [start / BLOCK, start.div_ceil(BLOCK)]
             });
             let columns = index.columns(0, h, r).iter().map(|&c| usize::try_from(c).unwrap_or(0) / BLOCK);
             ranges.chain(columns).collect()

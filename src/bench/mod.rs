@@ -23,8 +23,18 @@ use record::Record;
 pub fn table_header() -> String {
     format!(
         "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9}",
-        "tokens", "pattern", "heads", "est ms", "conv ms", "attn ms", "total ms", "ms/head", "density", "TFLOP/s",
-        "speedup", "compile s"
+        "tokens",
+        "pattern",
+        "heads",
+        "est ms",
+        "conv ms",
+        "attn ms",
+        "total ms",
+        "ms/head",
+        "density",
+        "TFLOP/s",
+        "speedup",
+        "compile s"
     )
 }
 
@@ -32,8 +42,9 @@ pub fn table_header() -> String {
 pub fn table_row(r: &Record) -> String {
     let number = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"));
     let mut label = r.label();
-    if label.len() > 34 {
-        label = format!("...{}", &label[label.len() - 31..]);
+    let chars = label.chars().count();
+    if chars > 34 {
+        label = format!("...{}", label.chars().skip(chars - 31).collect::<String>());
     }
     format!(
         "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10.3} {:>10.3} {:>8} {:>7} {:>9} {:>9}",

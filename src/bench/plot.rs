@@ -30,8 +30,7 @@ fn series(records: &[Record]) -> BTreeMap<String, Vec<(f64, f64)>> {
 pub fn latency_svg(records: &[Record]) -> Result<String, String> {
     let lines = series(records);
     let points = || lines.values().flatten();
-    let (Some(x_min), Some(x_max)) =
-        (points().map(|p| p.0).reduce(f64::min), points().map(|p| p.0).reduce(f64::max))
+    let (Some(x_min), Some(x_max)) = (points().map(|p| p.0).reduce(f64::min), points().map(|p| p.0).reduce(f64::max))
     else {
         return Err("nothing to plot: no record has a positive time".into());
     };
@@ -64,9 +63,7 @@ pub fn latency_svg(records: &[Record]) -> Result<String, String> {
                 .map_err(draw_error)?
                 .label(name.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(draw_error)?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(draw_error)?;
         }
         chart
             .configure_series_labels()

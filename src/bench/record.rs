@@ -84,7 +84,8 @@ impl Record {
 pub fn read_records(path: &Path) -> Result<Vec<Record>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if text.trim_start().starts_with('[') {
-        return serde_json::from_str(&text).map_err(|e| format!("{}: not a JSON array of records: {e}", path.display()));
+        return serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a JSON array of records: {e}", path.display()));
     }
     text.lines()
         .enumerate()

@@ -112,11 +112,20 @@ impl<T: AttentionElement> Buffers<T> {
     }
 
     /// One prefill call on these buffers (`seq` tokens); timed when `timed`.
-    fn prefill(&mut self, prefill: &mut Prefill<'_>, case: &Case, seq: usize, timed: bool) -> Result<PrefillTiming, MinfError> {
+    fn prefill(
+        &mut self,
+        prefill: &mut Prefill<'_>,
+        case: &Case,
+        seq: usize,
+        timed: bool,
+    ) -> Result<PrefillTiming, MinfError> {
         let q_shape = [1, seq, case.heads, case.head_dim];
         let kv_shape = [1, seq, case.kv_heads, case.head_dim];
-        let (q, k, v) =
-            (TensorRef::bshd(&self.q, q_shape)?, TensorRef::bshd(&self.k, kv_shape)?, TensorRef::bshd(&self.v, kv_shape)?);
+        let (q, k, v) = (
+            TensorRef::bshd(&self.q, q_shape)?,
+            TensorRef::bshd(&self.k, kv_shape)?,
+            TensorRef::bshd(&self.v, kv_shape)?,
+        );
         let out = TensorMut::bshd(&mut self.out, q_shape)?;
         if timed {
             prefill.prefill_timed(0, q, k, v, out)
@@ -209,7 +218,14 @@ impl GpuBench {
                     return Err(BenchError::Case(format!(
                         "--inputs holds {} tokens, {}/{} heads, head_dim {}; the case needs {} tokens, {}/{} heads, \
                          head_dim {}",
-                        qkv.seq, qkv.heads, qkv.kv_heads, qkv.head_dim, case.seq, case.heads, case.kv_heads, case.head_dim
+                        qkv.seq,
+                        qkv.heads,
+                        qkv.kv_heads,
+                        qkv.head_dim,
+                        case.seq,
+                        case.heads,
+                        case.kv_heads,
+                        case.head_dim
                     )));
                 }
                 qkv.clone()
@@ -233,7 +249,8 @@ impl GpuBench {
     ) -> Result<Record, BenchError> {
         self.prepare_inputs(case, progress)?;
         let (config, options) = case_config(case)?;
-        let shape = ModelShape { layers: 1, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim as u32 };
+        let shape =
+            ModelShape { layers: 1, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim as u32 };
         let reps = if case.seq >= settings.long_from { settings.long_reps } else { settings.reps }.max(1);
         let device = &self.device;
         let mut prefill = Prefill::new(device, &config, shape, options)?;
@@ -258,8 +275,8 @@ impl GpuBench {
             self.dense_ms.insert((case.seq, case.heads), timing.total_ms);
         }
         let tile_flops = 4.0 * (BLOCK_FLOP_TILE * BLOCK_FLOP_TILE) as f64 * case.head_dim as f64;
-        let tflops = (timing.attention_ms > 0.0)
-            .then(|| computed as f64 * tile_flops / (timing.attention_ms * 1e-3) / 1e12);
+        let tflops =
+            (timing.attention_ms > 0.0).then(|| computed as f64 * tile_flops / (timing.attention_ms * 1e-3) / 1e12);
         let mut notes = vec![format!(
             "peak_mem_bytes: q, k, v, out, indices and estimation scratch allocated for the case; TFLOP/s on attn_ms, \
              {BLOCK_FLOP_TILE}x{BLOCK_FLOP_TILE} tiles with causal diagonal tiles counted whole"
@@ -361,7 +378,10 @@ fn case_config(case: &Case) -> Result<(PatternConfig, PrefillOptions), BenchErro
                 PatternSpec::VerticalSlash { vertical, slash } => (vertical, slash),
                 _ => (1, 1),
             };
-            (uniform(serde_json::json!(["vertical_and_slash", vertical, slash, 1])), PathBuf::from(case.pattern.to_string()))
+            (
+                uniform(serde_json::json!(["vertical_and_slash", vertical, slash, 1])),
+                PathBuf::from(case.pattern.to_string()),
+            )
         }
         PatternSpec::AShape { n_init, n_local } => {
             (uniform(serde_json::json!(["stream_llm", n_init, n_local, 1])), PathBuf::from(case.pattern.to_string()))
@@ -395,15 +415,20 @@ fn case_config(case: &Case) -> Result<(PatternConfig, PrefillOptions), BenchErro
                 .enumerate()
                 .map(|(slot, h)| {
                     let entry = &heads[h];
-                    let value =
-                        serde_json::json!([entry.file_pattern.as_str(), entry.vertical_size, entry.slash_size, entry.score]);
+                    let value = serde_json::json!([
+                        entry.file_pattern.as_str(),
+                        entry.vertical_size,
+                        entry.slash_size,
+                        entry.score
+                    ]);
                     (slot.to_string(), value)
                 })
                 .collect();
             (serde_json::Value::Array(vec![serde_json::Value::Object(layer)]), path.clone())
         }
     };
-    let config = PatternConfig::parse(&json.to_string(), name, case.heads).map_err(|e| BenchError::Case(e.to_string()))?;
+    let config =
+        PatternConfig::parse(&json.to_string(), name, case.heads).map_err(|e| BenchError::Case(e.to_string()))?;
     let config = if case.pattern == PatternSpec::Dense { config.with_starting_layer(1) } else { config };
     Ok((config, options))
 }

@@ -43,15 +43,12 @@ fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &
         Variant::TwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop: Mainloop::MmaSync, ..base })
         }
-        Variant::WgmmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => Some(KernelSpec {
-            block_m: 128,
-            block_n: 128,
-            warps: 8,
-            stages: 3,
-            mainloop: Mainloop::Wgmma,
-            ..base
-        }),
-        Variant::MmaSync if base.mainloop != Mainloop::MmaSync => Some(KernelSpec { mainloop: Mainloop::MmaSync, ..base }),
+        Variant::WgmmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
+            Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 3, mainloop: Mainloop::Wgmma, ..base })
+        }
+        Variant::MmaSync if base.mainloop != Mainloop::MmaSync => {
+            Some(KernelSpec { mainloop: Mainloop::MmaSync, ..base })
+        }
         _ => None,
     }
 }
