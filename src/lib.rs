@@ -3,5 +3,4 @@
 pub use minf_macros::sparse_attention;
 pub use minf_runtime::*;
 
-/// `minf bench`: cases, GPU timing, records, plot and comparison.
 pub mod bench;
