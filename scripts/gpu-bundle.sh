@@ -7,6 +7,7 @@
 #   DIR/gpu --include-ignored --test-threads=1     # correctness against the CPU reference
 #   DIR/dense_bench --seqs 16384,65536              # timing through the runtime
 #   DIR/estimate_bench --seq 131072                 # the GPU estimates (bench/NOTES.md)
+#   bash bench/run-all.sh                           # minf bench, the peers and the comparison
 #
 # The GPU machine also needs libnvrtc.so.13 (a CUDA toolkit, or `pip install nvidia-cuda-nvrtc`).
 set -euo pipefail
@@ -25,5 +26,8 @@ cargo build --release --examples --bin minf
 for example in dense_bench estimate_bench quickstart vs_bench prefill_demo; do cp "target/release/examples/$example" "$out/"; done
 cp target/release/minf "$out/"
 cp bench/estimate_torch.py "$out/"  # the PyTorch baseline of the estimate (needs torch and safetensors)
+# minf bench's default config case looks for the Llama-3-8B-262K config in .gpu/ (../shared does not travel).
+config=../shared/minference-configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json
+if [ -f "$config" ]; then cp "$config" "$(dirname "$out")/"; fi
 strip "$out"/* 2>/dev/null || true
 ls -la "$out"
