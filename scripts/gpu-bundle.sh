@@ -26,8 +26,5 @@ cargo build --release --examples --bin minf
 for example in dense_bench estimate_bench quickstart vs_bench prefill_demo; do cp "target/release/examples/$example" "$out/"; done
 cp target/release/minf "$out/"
 cp bench/estimate_torch.py "$out/"  # the PyTorch baseline of the estimate (needs torch and safetensors)
-# minf bench's default config case looks for the Llama-3-8B-262K config in .gpu/ (../shared does not travel).
-config=../shared/minference-configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json
-if [ -f "$config" ]; then cp "$config" "$(dirname "$out")/"; fi
 strip "$out"/* 2>/dev/null || true
 ls -la "$out"

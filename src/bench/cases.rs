@@ -13,9 +13,9 @@ pub const DEFAULT_LONG_FROM: usize = 524_288;
 pub const DEFAULT_LONG_HEADS: usize = 4;
 /// The MInference config measured by default, when it exists in one of [`DEFAULT_CONFIG_DIRS`].
 pub const DEFAULT_CONFIG: &str = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json";
-/// Where the default config is looked for, relative to the project root: beside the project, or
-/// in the GPU bundle (`scripts/gpu-bundle.sh` copies it there).
-pub const DEFAULT_CONFIG_DIRS: &[&str] = &["../shared/minference-configs", ".gpu"];
+/// Where the default config is looked for, relative to the project root: the copy shipped in
+/// `configs/`, then beside the project.
+pub const DEFAULT_CONFIG_DIRS: &[&str] = &["configs", "../shared/minference-configs"];
 /// The layer of a config measured when `config:PATH` names none (the middle of Llama-3-8B).
 pub const DEFAULT_CONFIG_LAYER: usize = 16;
 /// The fixed patterns measured by default, in order (the default config is added when it exists).
