@@ -64,7 +64,10 @@ fn generate_and_convert(device: &Device, seq: usize, g: Generated) -> Result<Hos
     let heads = 32usize;
     let Generated { sinks, randoms, slashes, far_slashes } = g;
     if sinks + randoms > seq || slashes + far_slashes > seq {
-        return Err(format!("--generate {seq}: {sinks} + {randoms} columns or {slashes} + {far_slashes} diagonals do not fit").into());
+        return Err(format!(
+            "--generate {seq}: {sinks} + {randoms} columns or {slashes} + {far_slashes} diagonals do not fit"
+        )
+        .into());
     }
     let mut rng = minf::reference::TestRng::new(7);
     let mut vertical = Vec::with_capacity(heads * (sinks + randoms));

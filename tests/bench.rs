@@ -227,3 +227,77 @@ fn compare_cli_writes_markdown_and_plot() {
     assert!(std::fs::read_to_string(&md).unwrap().contains("1.10x"));
     assert!(std::fs::read_to_string(&svg).unwrap().contains("sdpa_flash dense"));
 }
+
+/// The bench's tile lists cover every key the realised mask attends to: the 64-key blocks of
+/// each 64-row block (what TFLOP/s and density count) and the 128-key blocks of each 128-row
+/// block (FlexAttention's BlockMask for the peers), on each kind of head.
+#[test]
+fn tile_lists_cover_the_realised_mask() {
+    use minf::bench::indices::{blocks_128, key_blocks, tile_counts};
+    use minf::estimate::cpu::BlockSparseEstimate;
+    use minf::prefill::HeadMask;
+    use minf::reference::TestRng;
+    use minf::vertical_slash::cpu::convert_cpu;
+    use minf::{AShape, RealisedMask};
+
+    let (seq, heads) = (333usize, 4usize);
+    let rows = seq.div_ceil(64);
+    let mut rng = TestRng::new(fresh_seed());
+    // Head 2 is vertical-slash: random columns and diagonals through the CPU converter.
+    let (nnz_v, nnz_s) = (7usize, 5usize);
+    let raw = |n: usize, rng: &mut TestRng| (0..heads * n).map(|_| rng.below(seq) as i32).collect::<Vec<i32>>();
+    let (vertical, slash) = (raw(nnz_v, &mut rng), raw(nnz_s, &mut rng));
+    let vs = convert_cpu(&[seq as i32], &vertical, &slash, 1, heads, nnz_v, nnz_s, seq);
+    // Head 3 is block-sparse: up to 3 random causal blocks per row block, ascending.
+    let capacity = 3;
+    let mut kv_num_blocks = vec![0i32; heads * rows];
+    let mut kv_indices = vec![0i32; heads * rows * capacity];
+    for r in 0..rows {
+        let mut blocks: Vec<i32> = (0..capacity).map(|_| rng.below(r + 1) as i32).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        let at = 3 * rows + r;
+        kv_num_blocks[at] = blocks.len() as i32;
+        kv_indices[at * capacity..][..blocks.len()].copy_from_slice(&blocks);
+    }
+    let bs = BlockSparseEstimate { batch: 1, heads, rows, capacity, kv_num_blocks, kv_indices };
+    let mask = RealisedMask {
+        batch: 1,
+        seq,
+        heads: vec![
+            HeadMask::Dense,
+            HeadMask::AShape(AShape { n_init: 70, n_local: 100 }),
+            HeadMask::VerticalSlash,
+            HeadMask::BlockSparse,
+        ],
+        vertical_slash: Some(vs),
+        block_sparse: Some(bs),
+    };
+    let (counts, width, lists) = blocks_128(&mask);
+    let rows_128 = seq.div_ceil(128);
+    for h in 0..heads {
+        for i in 0..seq {
+            let blocks = key_blocks(&mask, h, i / 64);
+            assert!(
+                blocks.iter().all(|&b| b <= i / 64),
+                "head {h} row block {}: a block right of the diagonal",
+                i / 64
+            );
+            let at = h * rows_128 + i / 128;
+            let list = &lists[at * width..][..counts[at] as usize];
+            for j in (0..=i).filter(|&j| mask.contains(0, h, i, j)) {
+                assert!(blocks.contains(&(j / 64)), "head {h}: ({i}, {j}) outside the 64-key blocks {blocks:?}");
+                assert!(list.contains(&((j / 128) as i32)), "head {h}: ({i}, {j}) outside the 128-key blocks {list:?}");
+            }
+        }
+    }
+    let (computed, causal) = tile_counts(&mask);
+    assert_eq!(causal, (heads * rows * (rows + 1) / 2) as u64);
+    assert!(computed >= (rows * (rows + 1) / 2) as u64 && computed <= causal, "{computed} of {causal}");
+}
+
+fn fresh_seed() -> u64 {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    eprintln!("seed {seed}");
+    seed
+}
