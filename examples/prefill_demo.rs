@@ -53,12 +53,14 @@ struct Args {
     check_mask: bool,
 }
 
+/// The config shipped in `configs/`: found from the working directory (a bundle run from the
+/// project root on another machine), else from where the project was built.
 fn default_config() -> PathBuf {
-    let beside_repo = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/minference-configs")).join(CONFIG);
-    if beside_repo.exists() {
-        beside_repo
+    let relative = PathBuf::from("configs").join(CONFIG);
+    if relative.exists() {
+        relative
     } else {
-        PathBuf::from("../shared/minference-configs").join(CONFIG)
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/configs")).join(CONFIG)
     }
 }
 

@@ -1,11 +1,13 @@
 //! Times minf's vertical-slash kernel on a converted index saved by `bench/minference_vs.py`
 //! (MInference's own converter output), so both kernels run on exactly the same tiles in one
-//! session; or, with `--generate SEQ`, on an index of the same kind (30 sink columns + 970 random
-//! columns and the 6096 nearest diagonals per head, 32 heads) converted by minf's GPU converter.
+//! session; or, with `--generate SEQ`, on an index of the same kind (by default 30 sink columns +
+//! 970 random columns and the 6096 nearest diagonals per head, 32 heads) converted by minf's GPU
+//! converter; the counts can be changed, and random far diagonals added, to time the parts apart.
 //! Q/K/V are `[batch, heads, seq, dim]` like MInference's, bf16, random.
 //!
-//! `vs_bench (INDEX.safetensors | --generate SEQ) [--head-dim 128] [--iters 10]
-//!           [--tile [block_m,]block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
+//! `vs_bench (INDEX.safetensors | --generate SEQ [--sinks 30] [--random-columns 970] [--slashes 6096]
+//!           [--far-slashes 0]) [--head-dim 128] [--iters 10] [--tile [block_m,]block_n,warps,stages]
+//!           [--mainloop mma_sync|wgmma] [--json FILE]`
 
 use half::bf16;
 use minf::reference::random_normal;
@@ -42,9 +44,26 @@ fn load_index(path: &str) -> Result<HostIndex, Box<dyn std::error::Error>> {
     Ok((block_count, block_offset, column_count, column_index, [batch, heads, rows, offset_shape[3], column_shape[3]]))
 }
 
+/// What `--generate` builds per head: sink columns, random columns, nearest diagonals, and random
+/// far diagonals (scattered ones, as estimates on real or structured inputs pick).
+#[derive(Debug, Clone, Copy)]
+struct Generated {
+    sinks: usize,
+    randoms: usize,
+    slashes: usize,
+    far_slashes: usize,
+}
+
 /// Raw indices like `bench/minference_vs.py`'s, converted on the GPU (timed), downloaded.
-fn generate_and_convert(device: &Device, seq: usize) -> Result<HostIndex, Box<dyn std::error::Error>> {
-    let (heads, sinks, randoms, slashes) = (32usize, 30usize, 970usize, 6096usize);
+fn generate_and_convert(device: &Device, seq: usize, g: Generated) -> Result<HostIndex, Box<dyn std::error::Error>> {
+    let heads = 32usize;
+    let Generated { sinks, randoms, slashes, far_slashes } = g;
+    if sinks + randoms > seq || slashes + far_slashes > seq {
+        return Err(format!(
+            "--generate {seq}: {sinks} + {randoms} columns or {slashes} + {far_slashes} diagonals do not fit"
+        )
+        .into());
+    }
     let mut rng = minf::reference::TestRng::new(7);
     let mut vertical = Vec::with_capacity(heads * (sinks + randoms));
     for _ in 0..heads {
@@ -57,7 +76,17 @@ fn generate_and_convert(device: &Device, seq: usize) -> Result<HostIndex, Box<dy
         }
         vertical.extend(cols);
     }
-    let slash: Vec<i32> = (0..heads).flat_map(|_| (0..slashes as i32).rev()).collect();
+    let mut slash = Vec::with_capacity(heads * (slashes + far_slashes));
+    for _ in 0..heads {
+        let mut diagonals: Vec<i32> = (0..slashes as i32).rev().collect();
+        while diagonals.len() < slashes + far_slashes {
+            let d = (slashes + rng.below(seq - slashes)) as i32;
+            if !diagonals.contains(&d) {
+                diagonals.push(d);
+            }
+        }
+        slash.extend(diagonals);
+    }
     let stream = device.stream();
     let (seqlens, vertical, slash) =
         (stream.clone_htod(&[seq as i32])?, stream.clone_htod(&vertical)?, stream.clone_htod(&slash)?);
@@ -86,7 +115,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::new(0)?;
     let (block_count, block_offset, column_count, column_index, [batch, heads, rows, nnz_s, nnz_v]) =
         match flag("--generate") {
-            Some(seq) => generate_and_convert(&device, seq.parse()?)?,
+            Some(seq) => {
+                let count = |name: &str, default: usize| flag(name).map_or(Ok(default), |v| v.parse::<usize>());
+                let generated = Generated {
+                    sinks: count("--sinks", 30)?,
+                    randoms: count("--random-columns", 970)?,
+                    slashes: count("--slashes", 6096)?,
+                    far_slashes: count("--far-slashes", 0)?,
+                };
+                println!("generated index per head: {generated:?}");
+                generate_and_convert(&device, seq.parse()?, generated)?
+            }
             None => {
                 let path = args.get(1).ok_or("usage: vs_bench (INDEX.safetensors | --generate SEQ) [...]")?;
                 load_index(path)?

@@ -7,6 +7,7 @@
 #   DIR/gpu --include-ignored --test-threads=1     # correctness against the CPU reference
 #   DIR/dense_bench --seqs 16384,65536              # timing through the runtime
 #   DIR/estimate_bench --seq 131072                 # the GPU estimates (bench/NOTES.md)
+#   bash bench/run-all.sh                           # minf bench, the peers and the comparison
 #
 # The GPU machine also needs libnvrtc.so.13 (a CUDA toolkit, or `pip install nvidia-cuda-nvrtc`).
 set -euo pipefail

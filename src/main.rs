@@ -1,4 +1,6 @@
-//! `minf`: warm the kernel cache, inspect it, and check the machine's CUDA setup.
+//! `minf`: warm the kernel cache, inspect it, check the machine's CUDA setup, and benchmark.
+
+mod bench_cli;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -16,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "minf", version, about = "Dynamic sparse attention kernels: JIT cache and diagnostics")]
+#[command(name = "minf", version, about = "Dynamic sparse attention kernels: JIT cache, diagnostics and benchmark")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,6 +40,8 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Time every pattern at several context lengths (needs a GPU), or compare record files.
+    Bench(Box<bench_cli::BenchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         Command::Cache { command } => cache(&command),
         Command::Doctor => doctor(),
         Command::Config { command: ConfigCommand::Show(args) } => config_show(&args),
+        Command::Bench(args) => bench_cli::bench(&args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

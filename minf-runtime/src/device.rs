@@ -4,7 +4,7 @@
 use crate::error::MinfError;
 use crate::jit::KernelCache;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
 use minf_codegen::{render_any, AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape};
 use std::collections::HashMap;
@@ -199,6 +199,26 @@ impl Device {
         self.functions.lock().map_err(|_| poisoned())?.insert((*kernel, entry.to_string()), loaded.clone());
         Ok(loaded)
     }
+}
+
+/// Makes `slot` a device buffer of at least `len` elements in `stream`'s context, keeping the one it
+/// holds when that is large enough (a workspace grows on demand and may move between devices).
+/// The new buffer is uninitialised: callers write every element before they read it.
+pub(crate) fn reserve_buffer<T: DeviceRepr>(
+    slot: &mut Option<CudaSlice<T>>,
+    stream: &Arc<CudaStream>,
+    len: usize,
+    what: &str,
+) -> Result<(), MinfError> {
+    if slot.as_ref().is_some_and(|b| b.len() >= len && Arc::ptr_eq(b.context(), stream.context())) {
+        return Ok(());
+    }
+    *slot = None;
+    // SAFETY: uninitialised device memory; the contract above makes every read follow a write.
+    let buffer = unsafe { stream.alloc::<T>(len.max(1)) }
+        .map_err(MinfError::driver(format!("allocating {what} ({len} elements)")))?;
+    *slot = Some(buffer);
+    Ok(())
 }
 
 /// `MINF_KERNEL_DEFINES=NAME=VALUE[,NAME=VALUE...]`: preprocessor definitions added to every

@@ -45,7 +45,7 @@
 //! diagonal), so the converted index covers most keys.
 
 use crate::error::MinfError;
-use crate::reference::{random_normal, ReferenceShape, TestRng};
+use crate::reference::{parallel_map, random_normal, ReferenceShape, TestRng};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -391,10 +391,13 @@ impl StructuredInputs {
         let rho = (-1.0 / spec.correlation_length).exp();
         let innovation = (1.0 - rho * rho).sqrt();
 
-        let mut q = vec![0.0f32; seq * heads * d];
-        let mut k = vec![0.0f32; seq * kv_heads * d];
-        let mut unrotated = vec![0.0f64; d];
-        for g in 0..kv_heads {
+        // Each KV head and its query heads are independent: generate them in parallel, each into
+        // its own `[seq, d]` buffers, then interleave into the tensors' layouts.
+        let groups: Vec<usize> = (0..kv_heads).collect();
+        let generated = parallel_map(&groups, |&g| {
+            let mut unrotated = vec![0.0f64; d];
+            let mut k_g = vec![0.0f32; seq * d];
+            let mut q_g = vec![0.0f32; group * seq * d];
             // Smooth content, unit norm on average: AR(1) per dimension.
             let noise = random_normal(seq * content_dims, stream(seed, 2, g));
             let mut content = vec![0.0f64; seq * content_dims];
@@ -456,7 +459,7 @@ impl StructuredInputs {
                     unrotated[m] += needle.logit * quarter * angle.cos();
                     unrotated[m + sub.pairs] += needle.logit * quarter * angle.sin();
                 }
-                rope(&unrotated, j, &frequencies, &mut k[(j * kv_heads + g) * d..][..d]);
+                rope(&unrotated, j, &frequencies, &mut k_g[j * d..][..d]);
             }
             for h in g * group..(g + 1) * group {
                 let jitter = random_normal(seq * content_dims, stream(seed, 5, h));
@@ -481,7 +484,18 @@ impl StructuredInputs {
                             unrotated[m] += quarter;
                         }
                     }
-                    rope(&unrotated, i, &frequencies, &mut q[(i * heads + h) * d..][..d]);
+                    rope(&unrotated, i, &frequencies, &mut q_g[((h - g * group) * seq + i) * d..][..d]);
+                }
+            }
+            (k_g, q_g)
+        });
+        let mut q = vec![0.0f32; seq * heads * d];
+        let mut k = vec![0.0f32; seq * kv_heads * d];
+        for (g, (k_g, q_g)) in generated.iter().enumerate() {
+            for t in 0..seq {
+                k[(t * kv_heads + g) * d..][..d].copy_from_slice(&k_g[t * d..][..d]);
+                for local in 0..group {
+                    q[(t * heads + g * group + local) * d..][..d].copy_from_slice(&q_g[(local * seq + t) * d..][..d]);
                 }
             }
         }

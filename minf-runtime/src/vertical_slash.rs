@@ -18,11 +18,10 @@
 //! every causal `(i, j)` on a chosen column or diagonal. [`cpu::convert_cpu`] is the plain model
 //! the GPU output is tested against.
 
-use crate::device::Device;
+use crate::device::{reserve_buffer, Device};
 use crate::error::MinfError;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
-use std::sync::Arc;
 
 /// Query rows per row block and keys per range step; fixed by the format.
 pub const BLOCK: usize = 64;
@@ -339,27 +338,9 @@ impl ConvertWorkspace {
 
     fn reserve(&mut self, device: &Device, size: WorkspaceSize) -> Result<(), MinfError> {
         let stream = device.stream();
-        fn grow<T: DeviceRepr>(
-            slot: &mut Option<CudaSlice<T>>,
-            stream: &Arc<CudaStream>,
-            len: usize,
-            what: &str,
-        ) -> Result<(), MinfError> {
-            // Large enough and in this device's context (a workspace may move between devices).
-            if slot.as_ref().is_some_and(|b| b.len() >= len && Arc::ptr_eq(b.context(), stream.context())) {
-                return Ok(());
-            }
-            *slot = None;
-            // SAFETY: the bitmaps are zeroed before every use and the kernels read list entries
-            // only below the lengths the first pass writes.
-            let buffer = unsafe { stream.alloc::<T>(len.max(1)) }
-                .map_err(MinfError::driver(format!("allocating the converter's {what} ({len} elements)")))?;
-            *slot = Some(buffer);
-            Ok(())
-        }
-        grow(&mut self.bits, stream, size.bits, "bitmaps")?;
-        grow(&mut self.lists, stream, size.lists, "lists")?;
-        grow(&mut self.lengths, stream, size.lengths, "list lengths")?;
+        reserve_buffer(&mut self.bits, stream, size.bits, "the converter's bitmaps")?;
+        reserve_buffer(&mut self.lists, stream, size.lists, "the converter's lists")?;
+        reserve_buffer(&mut self.lengths, stream, size.lengths, "the converter's list lengths")?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 
 use super::{clamp_sizes, BLOCK, LAST_Q};
 use crate::block_sparse::BlockSparseIndex;
-use crate::device::Device;
+use crate::device::{reserve_buffer, Device};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorRef};
 use crate::vertical_slash::{convert_vertical_slash_into, ConvertWorkspace, VerticalSlashIndex};
@@ -44,26 +44,7 @@ fn shape_error(message: String) -> MinfError {
     MinfError::Shape(message)
 }
 
-/// A device buffer that grows on demand and keeps its memory; used with another device, it
-/// reallocates there.
-fn grow<T: DeviceRepr>(
-    slot: &mut Option<CudaSlice<T>>,
-    stream: &Arc<CudaStream>,
-    len: usize,
-    what: &str,
-) -> Result<(), MinfError> {
-    if slot.as_ref().is_some_and(|b| b.len() >= len && Arc::ptr_eq(b.context(), stream.context())) {
-        return Ok(());
-    }
-    *slot = None;
-    // SAFETY: every user writes the elements it reads first (or zeroes them).
-    let buffer = unsafe { stream.alloc::<T>(len.max(1)) }
-        .map_err(MinfError::driver(format!("allocating the estimate's {what} ({len} elements)")))?;
-    *slot = Some(buffer);
-    Ok(())
-}
-
-/// As [`grow`], but the buffer has exactly `len` elements (for callees that check lengths).
+/// As [`reserve_buffer`], but the buffer has exactly `len` elements (for callees that check lengths).
 fn exact<T: DeviceRepr + ValidAsZeroBits>(
     slot: &mut Option<CudaSlice<T>>,
     stream: &Arc<CudaStream>,
@@ -407,7 +388,7 @@ fn launch_scores<T: AttentionElement>(
     let partial_len = heads_total * chunks * LAST_Q * 2;
     let stats_len = heads_total * LAST_Q * 2;
     let stream = device.stream();
-    grow(&mut workspace.buffer, stream, partial_len + stats_len, "score statistics")?;
+    reserve_buffer(&mut workspace.buffer, stream, partial_len + stats_len, "the estimate's score statistics")?;
     let buffer =
         workspace.buffer.as_mut().ok_or_else(|| shape_error("the scores workspace was not allocated".into()))?;
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
@@ -563,8 +544,8 @@ fn run_vertical_slash<T: AttentionElement>(
     let stream = device.stream();
     let heads_total = dims.batch * dims.heads;
     let scores_len = heads_total * dims.seq;
-    grow(&mut workspace.vertical_scores, stream, scores_len, "vertical scores")?;
-    grow(&mut workspace.slash_scores, stream, scores_len, "slash scores")?;
+    reserve_buffer(&mut workspace.vertical_scores, stream, scores_len, "the estimate's vertical scores")?;
+    reserve_buffer(&mut workspace.slash_scores, stream, scores_len, "the estimate's slash scores")?;
     exact(&mut workspace.raw_vertical, stream, heads_total * shape.nnz_v, "selected columns")?;
     exact(&mut workspace.raw_slash, stream, heads_total * shape.nnz_s, "selected diagonals")?;
     // seq fits i32 (MAX_SCORE_SEQ).
@@ -751,7 +732,7 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
         table.extend([h as i32, job as i32, kv_job as i32]);
     }
     let pooled_len = jobs * dims.batch * rows * dims.head_dim;
-    grow(&mut workspace.pooled, stream, pooled_len, "pooled blocks")?;
+    reserve_buffer(&mut workspace.pooled, stream, pooled_len, "the estimate's pooled blocks")?;
     let tables = workspace.block_tables.sync(stream, &table, "block-sparse jobs")?;
     let pooled = workspace.pooled.as_mut().ok_or_else(|| shape_error(format!("{what}: no pooled buffer")))?;
     let select_shared = (rows + dims.head_dim) * std::mem::size_of::<u32>();

@@ -1,0 +1,247 @@
+"""Peers of `minf bench` on the same card, in the same record schema (see src/bench/record.rs):
+
+- sdpa_flash, sdpa_cudnn: PyTorch SDPA pinned to FLASH_ATTENTION / CUDNN_ATTENTION, causal, dense;
+- flex_attention: FlexAttention with a BlockMask built from minf's saved 128-block lists
+  (`minf bench --save-indices DIR`: `block128_num` / `block128_indices`, causal mask_mod), i.e.
+  minf's tiles rounded up to 128x128 blocks;
+- minference_vs, minference_bs, minference_ashape: MInference 0.1.6's Triton kernels (kernel time
+  only, its estimation excluded) on minf's own vertical-slash index and block-sparse lists, and its
+  streaming (A-shape) kernel with the same n_init / n_local.
+
+Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
+values). K and V are expanded to the query heads (repeat_interleave) for every method, since
+MInference's kernels need that. Medians of CUDA-event timed runs after warm-up.
+
+    python3 bench/peers.py --indices idx/ --json peers.json [--seqs 32768,131072] [--methods ...]
+        [--heads 32 --kv-heads 8 --head-dim 128 --long-from 524288 --long-heads 4 --dense-long-heads 1]
+
+From --long-from tokens on, cases use --long-heads heads like minf's, and dense SDPA runs on
+--dense-long-heads heads (said in each record's note); compare per_head_ms.
+MInference must be installed into /tmp/site first (bash .gpu/install_minference.sh); without it the
+minference_* methods are skipped with a message. The safetensors package is needed to read the
+indices; without it only the SDPA methods run.
+"""
+
+import argparse
+import datetime
+import glob
+import importlib
+import json
+import os
+import sys
+import types
+
+import torch
+
+DENSE_METHODS = ("sdpa_flash", "sdpa_cudnn")
+INDEX_METHODS = ("flex_attention", "minference_vs", "minference_bs", "minference_ashape")
+
+
+def time_ms(fn, iters, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def import_minference(site):
+    for blocked in ("sgl_kernel", "vllm_flash_attn", "vllm"):
+        sys.modules[blocked] = None  # make sure MInference does not switch to another kernel
+    sys.path.insert(0, site)
+    for name, path in (("minference", "minference"), ("minference.ops", "minference/ops")):
+        module = types.ModuleType(name)
+        module.__path__ = [os.path.join(site, path)]
+        sys.modules[name] = module
+    return {
+        "vs": importlib.import_module("minference.ops.pit_sparse_flash_attention_v2"),
+        "bs": importlib.import_module("minference.ops.block_sparse_flash_attention"),
+        "ashape": importlib.import_module("minference.ops.streaming_kernel"),
+    }
+
+
+def base_record(method, pattern, params, seq, heads, kv_heads, head_dim, total_ms, reps):
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "method": method, "pattern": pattern, "params": params, "seq": seq, "heads": heads,
+        "kv_heads": kv_heads, "head_dim": head_dim, "dtype": "bf16",
+        "est_ms": None, "conv_ms": None, "attn_ms": total_ms, "total_ms": total_ms,
+        "per_head_ms": total_ms / heads, "density": None, "tflops": None, "dense_speedup": None,
+        "compile_s": None, "peak_mem_bytes": torch.cuda.max_memory_allocated(), "card": props.name,
+        "driver": f"CUDA {torch.version.cuda} (torch build)", "version": f"torch {torch.__version__}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "reps": reps,
+        "note": "random normal inputs; K/V expanded to the query heads; peak_mem_bytes: "
+                "torch.cuda.max_memory_allocated since the case began",
+    }
+
+
+def qkv(seq, heads, head_dim):
+    return [torch.randn(1, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+
+
+def dense_records(args, seq, heads, kv_heads, methods, reps, note):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
+    q, k, v = qkv(seq, heads, args.head_dim)
+    flops = 4.0 * seq * seq / 2 * args.head_dim * heads
+    records = []
+    for method in methods:
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            with sdpa_kernel([backends[method]]):
+                ms = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), reps)
+        except RuntimeError as error:
+            print(f"{method} at {seq}: failed: {error}", flush=True)
+            continue
+        record = base_record(method, "dense", "", seq, heads, kv_heads, args.head_dim, ms, reps)
+        record["density"] = 1.0
+        record["tflops"] = flops / (ms * 1e-3) / 1e12  # causal half of the score matrix
+        if note:
+            record["note"] += "; " + note
+        records.append(record)
+        print(f"{method:17s} dense {seq:8d} x {heads:2d} heads: {ms:9.3f} ms ({ms / heads:.3f} per head)", flush=True)
+    del q, k, v
+    return records
+
+
+def index_records(args, path, methods, ops, reps):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    seq, heads, kv_heads, d = (int(meta[k]) for k in ("seq", "heads", "kv_heads", "head_dim"))
+    pattern, params = meta["pattern"], meta["params"]
+    q, k, v = qkv(seq, heads, d)
+    scale = d ** -0.5
+    seqlens = torch.tensor([seq], dtype=torch.int32, device="cuda")
+    rows64 = (seq + 63) // 64
+    records = []
+
+    def add(method, ms, tiles, tile, causal_tiles, extra=""):
+        record = base_record(method, pattern, params, seq, heads, kv_heads, d, ms, reps)
+        record["density"] = tiles / causal_tiles
+        record["tflops"] = tiles * 4.0 * tile * tile * d / (ms * 1e-3) / 1e12
+        record["note"] += f"; same tiles as minf ({os.path.basename(path)}){extra}"
+        records.append(record)
+        print(f"{method:17s} {pattern}:{params} {seq:8d} x {heads:2d} heads: {ms:9.3f} ms, density "
+              f"{record['density']:.4f}, {record['tflops']:.1f} TFLOP/s on computed tiles", flush=True)
+
+    if "flex_attention" in methods:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        counts = tensors["block128_num"].cuda()
+        indices = tensors["block128_indices"].cuda()
+        causal = lambda b, h, qi, ki: qi >= ki
+        mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=128, mask_mod=causal, seq_lengths=(seq, seq))
+        flex = torch.compile(flex_attention)
+        torch.cuda.reset_peak_memory_stats()
+        ms = time_ms(lambda: flex(q, k, v, block_mask=mask, scale=scale), reps)
+        rows128 = (seq + 127) // 128
+        add("flex_attention", ms, counts.sum().item(), 128, heads * rows128 * (rows128 + 1) // 2,
+            "; 128x128 blocks (minf's 64x64 tiles rounded up), causal mask_mod")
+    if "minference_vs" in methods and ops and pattern == "vertical_slash":
+        bc, bo, cc, ci = (tensors[n].cuda() for n in ("block_count", "block_offset", "column_count", "column_index"))
+        torch.cuda.reset_peak_memory_stats()
+        ms = time_ms(lambda: ops["vs"]._triton_mixed_sparse_attention(
+            q, k, v, seqlens, bc, bo, cc, ci, scale, 64, 64), reps)
+        tiles = bc.sum().item() + ((cc + 63) // 64).sum().item()
+        add("minference_vs", ms, tiles, 64, heads * rows64 * (rows64 + 1) // 2, "; kernel only (estimation excluded)")
+    if "minference_bs" in methods and ops and pattern == "block_sparse":
+        index = tensors["kv_indices"].cuda()
+        torch.cuda.reset_peak_memory_stats()
+        ms = time_ms(lambda: ops["bs"]._triton_block_sparse_attention(q, k, v, seqlens, index, scale, 64, 64), reps)
+        add("minference_bs", ms, index.shape[-1] * heads * rows64, 64, heads * rows64 * (rows64 + 1) // 2,
+            "; kernel only; every list slot is computed (padded slots repeat block 0, as MInference's own top-k "
+            "lists are always full)")
+    if "minference_ashape" in methods and ops and pattern == "a_shape":
+        n_init, n_local = (int(x) for x in params.split(","))
+        torch.cuda.reset_peak_memory_stats()
+        ms = time_ms(lambda: ops["ashape"].streaming_forward(q, k, v, n_init, n_local), reps)
+        tiles = tensors["block128_num"].sum().item() * 4  # 64x64 tiles within minf's 128 blocks (upper bound)
+        add("minference_ashape", ms, tiles, 64, heads * rows64 * (rows64 + 1) // 2,
+            "; streaming kernel; density an upper bound from minf's 128-blocks")
+    del q, k, v
+    return records
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--indices", help="folder of minf bench --save-indices files")
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--seqs", default="32768,131072,262144,524288,1048576")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--long-from", type=int, default=524288)
+    parser.add_argument("--long-heads", type=int, default=4)
+    parser.add_argument("--dense-long-heads", type=int, default=1)
+    parser.add_argument("--methods", default=",".join(DENSE_METHODS + INDEX_METHODS))
+    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--long-reps", type=int, default=5)
+    parser.add_argument("--site", default="/tmp/site", help="where install_minference.sh put MInference")
+    parser.add_argument("--append", action="store_true", help="keep the records already in --json")
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in DENSE_METHODS + INDEX_METHODS]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}: allowed {', '.join(DENSE_METHODS + INDEX_METHODS)}")
+    seqs = [int(s) for s in args.seqs.split(",")]
+    records = []
+    if args.append and os.path.exists(args.json):
+        records = json.load(open(args.json))
+
+    def save():
+        with open(args.json + ".partial", "w") as f:
+            json.dump(records, f, indent=1)
+        os.replace(args.json + ".partial", args.json)
+
+    dense = [m for m in methods if m in DENSE_METHODS]
+    for seq in seqs:
+        long = seq >= args.long_from
+        heads = args.dense_long_heads if long else args.heads
+        kv_heads = max(1, heads * args.kv_heads // args.heads)
+        note = f"timed on {heads} of {args.heads} heads; compare per_head_ms" if long else ""
+        records += dense_records(args, seq, heads, kv_heads, dense, args.long_reps if long else args.reps, note)
+        save()
+
+    wanted = [m for m in methods if m in INDEX_METHODS]
+    if wanted and args.indices:
+        try:
+            import safetensors  # noqa: F401
+        except ImportError:
+            print("the safetensors package is missing (pip install safetensors): the index-based peers "
+                  f"({', '.join(wanted)}) cannot read minf's indices and are skipped", flush=True)
+            wanted = []
+        ops = None
+        if any(m.startswith("minference") for m in wanted):
+            try:
+                ops = import_minference(args.site)
+            except Exception as error:  # not installed or not importable here
+                print(f"MInference not importable from {args.site} ({error}): run bash .gpu/install_minference.sh; "
+                      "minference_* skipped", flush=True)
+        for path in sorted(glob.glob(os.path.join(args.indices, "*.safetensors"))):
+            seq = int(os.path.basename(path).rsplit("_", 1)[-1].split(".")[0])
+            if seq not in seqs:
+                continue
+            reps = args.long_reps if seq >= args.long_from else args.reps
+            try:
+                records += index_records(args, path, wanted, ops, reps)
+            except (RuntimeError, ValueError) as error:
+                print(f"{os.path.basename(path)}: failed: {error}", flush=True)
+            torch.cuda.empty_cache()
+            save()
+    save()
+    print(f"wrote {len(records)} records to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+//! `minf bench compare`: minf's records against the peers' (same schema), as ratios per case, the
+//! targets of the benchmark, and a Markdown report.
+
+use super::plot::tokens;
+use super::record::{Record, MINF_METHOD};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One minf case with the peers' times on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatioRow {
+    /// minf's record.
+    pub minf: Record,
+    /// Per peer method: its per-head time over minf's (above 1: minf is faster). A peer is
+    /// compared on the same pattern and length, or, when it ran only dense at that length, on
+    /// dense (the dense-equivalent speedup).
+    pub ratios: BTreeMap<String, f64>,
+}
+
+/// The peer record minf's `record` is compared with for `method`: same length and pattern, else
+/// the peer's dense record of that length.
+fn counterpart<'a>(records: &'a [Record], method: &str, record: &Record) -> Option<&'a Record> {
+    let same_length = || records.iter().filter(move |r| r.method == method && r.seq == record.seq);
+    same_length().find(|r| r.label() == record.label()).or_else(|| same_length().find(|r| r.pattern == "dense"))
+}
+
+/// The peer methods present, in order of first appearance.
+pub fn peer_methods(records: &[Record]) -> Vec<String> {
+    let mut methods: Vec<String> = Vec::new();
+    for record in records.iter().filter(|r| r.method != MINF_METHOD) {
+        if !methods.contains(&record.method) {
+            methods.push(record.method.clone());
+        }
+    }
+    methods
+}
+
+/// Every minf record with its ratios to every peer that measured a comparable case, sorted by
+/// length then pattern.
+pub fn ratios(records: &[Record]) -> Vec<RatioRow> {
+    let methods = peer_methods(records);
+    let mut rows: Vec<RatioRow> = records
+        .iter()
+        .filter(|r| r.method == MINF_METHOD)
+        .map(|minf| {
+            let ratios = methods
+                .iter()
+                .filter_map(|method| {
+                    let peer = counterpart(records, method, minf)?;
+                    (minf.per_head_ms > 0.0).then(|| (method.clone(), peer.per_head_ms / minf.per_head_ms))
+                })
+                .collect();
+            RatioRow { minf: minf.clone(), ratios }
+        })
+        .collect();
+    rows.sort_by_key(|row| (row.minf.seq, row.minf.label()));
+    rows
+}
+
+/// One of the benchmark's required targets, evaluated on the records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// What is compared.
+    pub name: String,
+    /// The measured value, `None` when the records lack a side.
+    pub value: Option<f64>,
+    /// The bound the value must meet.
+    pub bound: f64,
+    /// Whether the value must be at most (`true`) or at least (`false`) the bound.
+    pub at_most: bool,
+}
+
+impl Target {
+    /// Whether the target is met (`None` when it was not measured).
+    pub fn met(&self) -> Option<bool> {
+        self.value.map(|v| if self.at_most { v <= self.bound } else { v >= self.bound })
+    }
+}
+
+fn find<'a>(records: &'a [Record], method: &str, label: &str, seq: usize) -> Option<&'a Record> {
+    records.iter().find(|r| r.method == method && r.label() == label && r.seq == seq)
+}
+
+/// The three required targets: minf's vertical-slash (1000, 6096) total at 128K against
+/// MInference's kernel alone (at most 1.0x); minf's dense TFLOP/s against SDPA FlashAttention's
+/// at 128K (at least 0.9x); the config layer at 1M against SDPA cuDNN (at least 30x faster per head).
+pub fn targets(records: &[Record]) -> Vec<Target> {
+    const K128: usize = 131_072;
+    const M1: usize = 1_048_576;
+    let vs = "vertical_slash:1000,6096";
+    let vs_ratio = find(records, MINF_METHOD, vs, K128)
+        .zip(find(records, "minference_vs", vs, K128))
+        .map(|(minf, peer)| minf.per_head_ms / peer.per_head_ms);
+    let dense_ratio = find(records, MINF_METHOD, "dense", K128)
+        .zip(find(records, "sdpa_flash", "dense", K128))
+        .and_then(|(minf, peer)| Some(minf.tflops? / peer.tflops?));
+    let config_speedup = records
+        .iter()
+        .find(|r| r.method == MINF_METHOD && r.pattern == "config" && r.seq == M1)
+        .zip(find(records, "sdpa_cudnn", "dense", M1))
+        .map(|(minf, peer)| peer.per_head_ms / minf.per_head_ms);
+    vec![
+        Target {
+            name: "minf vertical_slash:1000,6096 total / MInference kernel (128K)".into(),
+            value: vs_ratio,
+            bound: 1.0,
+            at_most: true,
+        },
+        Target {
+            name: "minf dense TFLOP/s / SDPA FLASH_ATTENTION TFLOP/s (128K)".into(),
+            value: dense_ratio,
+            bound: 0.9,
+            at_most: false,
+        },
+        Target {
+            name: "SDPA CUDNN_ATTENTION / minf config layer, per head (1M)".into(),
+            value: config_speedup,
+            bound: 30.0,
+            at_most: false,
+        },
+    ]
+}
+
+fn cell(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// The Markdown report: the targets, the ratio table and every record.
+pub fn markdown(records: &[Record]) -> String {
+    let mut out = String::new();
+    let methods = peer_methods(records);
+    let cards: Vec<&str> = {
+        let mut cards: Vec<&str> = records.iter().map(|r| r.card.as_str()).collect();
+        cards.sort_unstable();
+        cards.dedup();
+        cards
+    };
+    let _ = writeln!(out, "Cards: {}\n", cards.join(", "));
+    let _ = writeln!(out, "## Targets\n\n| target | value | bound | met |\n|---|---|---|---|");
+    for target in targets(records) {
+        let bound = format!("{} {}", if target.at_most { "<=" } else { ">=" }, target.bound);
+        let met = match target.met() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {} | {} | {bound} | {met} |", target.name, cell(target.value, 3));
+    }
+    let _ = writeln!(
+        out,
+        "\n## minf against each peer\n\nEach `vs` column is the peer's time per head over minf's (above 1: minf is \
+         faster), on the same pattern and length, or against the peer's dense time when it ran only dense \
+         there (the dense-equivalent speedup).\n"
+    );
+    let mut header =
+        "| tokens | pattern | heads | minf ms/head | est / conv / attn ms | density | TFLOP/s | vs minf dense |"
+            .to_string();
+    let mut rule = "|---|---|---|---|---|---|---|---|".to_string();
+    for method in &methods {
+        let _ = write!(header, " vs {method} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    for row in ratios(records) {
+        let r = &row.minf;
+        let split = format!("{} / {} / {}", cell(r.est_ms, 2), cell(r.conv_ms, 2), cell(r.attn_ms, 2));
+        let _ = write!(
+            out,
+            "| {} | {} | {} | {:.3} | {split} | {} | {} | {} |",
+            tokens(r.seq as f64),
+            r.label(),
+            r.heads,
+            r.per_head_ms,
+            cell(r.density, 3),
+            cell(r.tflops, 1),
+            r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x"))
+        );
+        for method in &methods {
+            let _ =
+                write!(out, " {} |", row.ratios.get(method).map_or_else(|| "-".to_string(), |v| format!("{v:.2}x")));
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "\n## Every record\n\n| method | pattern | tokens | heads | total ms | ms/head | density | TFLOP/s | note |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by(|a, b| (a.seq, &a.method, a.label()).cmp(&(b.seq, &b.method, b.label())));
+    for r in sorted {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} | {} |",
+            r.method,
+            r.label(),
+            tokens(r.seq as f64),
+            r.heads,
+            r.total_ms,
+            r.per_head_ms,
+            cell(r.density, 3),
+            cell(r.tflops, 1),
+            r.note.as_deref().unwrap_or("")
+        );
+    }
+    out
+}

@@ -1,0 +1,270 @@
+//! The `minf bench` command line; the work is in [`minf::bench`].
+
+use indicatif::{ProgressBar, ProgressStyle};
+use minf::bench::cases::{
+    default_patterns, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_LONG_HEADS,
+};
+use minf::bench::compare::markdown;
+use minf::bench::plot::{tokens, write_latency_svg};
+use minf::bench::record::{read_records, write_records, Record, MINF_METHOD};
+use minf::bench::run::{GpuBench, InputSource, RunSettings};
+use minf::bench::{table_header, table_row};
+use minf_runtime::codegen::DType;
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// `minf bench [OPTIONS]` or `minf bench compare FILES...`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Merge record files (minf's and the peers') into one table of ratios and one plot.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Record files (JSON arrays or JSON Lines), e.g. minf.json peers.json.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Write the latency plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write the Markdown report here (default: print it).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Context lengths, comma-separated (tokens; 128K and 1M are accepted).
+    #[arg(long, default_value = "32768,131072,262144,524288,1048576")]
+    seqs: String,
+    /// Query heads.
+    #[arg(long, default_value_t = 32)]
+    heads: usize,
+    /// Key/value heads (divides --heads).
+    #[arg(long, default_value_t = 8)]
+    kv_heads: usize,
+    /// Head dimension.
+    #[arg(long, default_value_t = 128)]
+    head_dim: usize,
+    /// Element type.
+    #[arg(long, default_value = "bf16")]
+    dtype: DType,
+    /// Patterns, comma-separated: dense, a_shape:N_INIT,N_LOCAL, vertical_slash:VERTICAL,SLASH,
+    /// block_sparse:TOP_K, config:PATH[:LAYER] (default: all of MInference's benchmark settings
+    /// and the Llama-3-8B-262K config's layer 16 when the config is found).
+    #[arg(long)]
+    patterns: Option<String>,
+    /// From this length on, cases run on --long-heads query heads and report per-head times.
+    #[arg(long, default_value_t = DEFAULT_LONG_FROM)]
+    long_from: usize,
+    /// Query heads of the long cases.
+    #[arg(long, default_value_t = DEFAULT_LONG_HEADS)]
+    long_heads: usize,
+    /// Timed runs per case (median).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Timed runs per case from --long-from on.
+    #[arg(long, default_value_t = 5)]
+    long_reps: usize,
+    /// Untimed runs per case before the timed ones.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Seed of the structured inputs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Take the inputs from this file (q, k, v; see `minf::load_safetensors`) instead of the
+    /// generator; the cases then have its length and heads.
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Write the records here (a JSON array, rewritten after every case).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Keep the records already in --json and add this run's (to split a run over several calls).
+    #[arg(long, requires = "json")]
+    append: bool,
+    /// Draw latency per head against context length (log-log SVG) from every record of the run.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write each sparse case's index (safetensors) into this folder, for bench/peers.py.
+    #[arg(long)]
+    save_indices: Option<PathBuf>,
+    /// Print the cases and exit (no GPU needed).
+    #[arg(long)]
+    list: bool,
+}
+
+/// Runs `minf bench`.
+pub fn bench(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
+    match &args.command {
+        Some(BenchCommand::Compare(compare)) => compare_files(compare),
+        None => run(&args.run),
+    }
+}
+
+fn compare_files(args: &CompareArgs) -> Result<ExitCode, Box<dyn Error>> {
+    let mut records: Vec<Record> = Vec::new();
+    for file in &args.files {
+        records.extend(read_records(file)?);
+    }
+    let report = markdown(&records);
+    match &args.markdown {
+        Some(path) => {
+            std::fs::write(path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+            println!("wrote {} ({} records)", path.display(), records.len());
+        }
+        None => print!("{report}"),
+    }
+    if let Some(path) = &args.plot {
+        write_latency_svg(&records, path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOptions, Box<dyn Error>> {
+    let patterns = match &args.patterns {
+        Some(list) => PatternSpec::parse_list(list)?,
+        None => default_patterns(Path::new(".")),
+    };
+    let mut options = CaseOptions {
+        seqs: parse_seqs(&args.seqs)?,
+        heads: args.heads,
+        kv_heads: args.kv_heads,
+        head_dim: args.head_dim,
+        dtype: args.dtype,
+        patterns,
+        long_from: args.long_from,
+        long_heads: args.long_heads,
+    };
+    if let Some(qkv) = inputs {
+        options.seqs = vec![qkv.seq];
+        options.heads = qkv.heads;
+        options.kv_heads = qkv.kv_heads;
+        options.head_dim = qkv.head_dim;
+        options.long_from = usize::MAX;
+    }
+    Ok(options)
+}
+
+fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
+    // Fast checks first: the case list, then the GPU, then anything slow.
+    let cases = case_options(args, None)?.cases()?;
+    if args.list {
+        for case in &cases {
+            let subset = if case.is_subset() { format!(" (of {})", case.layer_heads) } else { String::new() };
+            println!(
+                "{:>7}  {:<40} heads {}/{}{subset}",
+                tokens(case.seq as f64),
+                case.pattern,
+                case.heads,
+                case.kv_heads
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut bench = GpuBench::new()?;
+    let cases = match &args.inputs {
+        Some(path) => {
+            let qkv = minf::load_safetensors(path)?;
+            let cases = case_options(args, Some(&qkv))?.cases()?;
+            bench.use_inputs(InputSource::File(qkv));
+            cases
+        }
+        None => {
+            bench.use_inputs(InputSource::Structured { seed: args.seed });
+            cases
+        }
+    };
+    let mut records = match (&args.json, args.append) {
+        (Some(path), true) if path.exists() => read_records(path)?,
+        _ => Vec::new(),
+    };
+    for record in records.iter().filter(|r| r.method == MINF_METHOD && r.pattern == "dense") {
+        bench.know_dense(record.seq, record.heads, record.total_ms);
+    }
+    let settings = RunSettings {
+        reps: args.reps,
+        long_reps: args.long_reps,
+        long_from: args.long_from,
+        warmup: args.warmup,
+        save_indices: args.save_indices.clone(),
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    if let Err(e) = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current case (Ctrl-C again to quit now)");
+    }) {
+        eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
+    }
+
+    println!(
+        "minf bench on {} ({}), {} cases, medians of CUDA-event timed runs after warm-up",
+        bench.card(),
+        bench.driver(),
+        cases.len()
+    );
+    if let Some(long) = cases.iter().find(|c| c.is_subset()) {
+        println!(
+            "from {} tokens on: {} of {} query heads timed; ms/head compares across lengths",
+            tokens(long.seq as f64),
+            long.heads,
+            long.layer_heads
+        );
+    }
+    println!("{}", table_header());
+    let bar = ProgressBar::new(cases.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut failed = 0;
+    for case in &cases {
+        if stop.load(Ordering::SeqCst) {
+            bar.println("stopped: the finished records are written");
+            break;
+        }
+        bar.set_message(format!("{} at {}", case.pattern, tokens(case.seq as f64)));
+        match bench.run_case(case, &settings, &|message| bar.set_message(message.to_string())) {
+            Ok(record) => {
+                bar.println(table_row(&record));
+                records.push(record);
+                if let Some(path) = &args.json {
+                    write_records(path, &records)?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                bar.println(format!("failed: {} at {} tokens: {e}", case.pattern, case.seq));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if let Some(path) = &args.json {
+        println!("records: {} ({} in the file)", path.display(), records.len());
+    }
+    if let Some(path) = &args.plot {
+        match write_latency_svg(&records, path) {
+            Ok(()) => println!("plot: {}", path.display()),
+            Err(e) => eprintln!("plot not written: {e}"),
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
