@@ -17,10 +17,12 @@ run() {  # label, then the command; 120 s cap each so a hang cannot eat the leas
   [ $rc -eq 0 ] || echo "   ($label exited $rc)"
 }
 run dense-mma "$bin/dense_bench" --seqs 16384,65536 --mainloop mma_sync
-run dense-wgmma "$bin/dense_bench" --seqs 16384,65536 --mainloop wgmma --tile 128,128,8,2
+run dense-wgmma-s2 "$bin/dense_bench" --seqs 16384,65536 --mainloop wgmma --tile 128,128,8,2
+run dense-wgmma-s3 "$bin/dense_bench" --seqs 16384,65536 --mainloop wgmma --tile 128,128,8,3
 run vs-mma "$bin/vs_bench" --generate 131072 --mainloop mma_sync
-run vs-wgmma-m128 "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 128,128,8,2
-run vs-wgmma-m64-s2 "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 64,64,4,2
+run vs-wgmma-s2 "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 128,128,8,2
+run vs-wgmma-s3 "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 128,128,8,3
+run vs-wgmma-m64 "$bin/vs_bench" --generate 131072 --mainloop wgmma --tile 64,64,4,2
 if [ "${SDPA:-1}" = 1 ]; then
   echo "== sdpa"; timeout 180 python3 bench/dense_check.py --bench --seqs 16384,65536 2>&1 | tail -n 8
 fi
