@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from common import time_ms  # same folder
+
 cuda = ctypes.CDLL("libcuda.so.1")
 
 
@@ -138,22 +140,6 @@ def run_checks(kernels, tolerance, seqs=(1, 63, 64, 65, 1000, 4097)):
                 print(f"{'ok  ' if ok else 'FAIL'} {dtype_name} d={d:3} seq={seq:5} h={h}/{hkv} b={batch} "
                       f"{layout}: rel_l2={err:.2e} lse_err={lse_err:.1e}", flush=True)
     return rows, worst
-
-
-def time_ms(fn, iters=20, warmup=5):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def run_bench(kernels, seqs, heads=32, d=128):

@@ -27,6 +27,8 @@ import json
 
 import torch
 
+from common import time_ms  # same folder
+
 FORCED_COLUMNS = 30
 FORCED_DIAGONALS = 100
 
@@ -70,22 +72,6 @@ def estimate(q, k, vertical_size, slash_size):
     v_idx = torch.topk(vertical, v, dim=-1).indices.sort(dim=-1).values
     s_idx = torch.topk(slash, s, dim=-1).indices.sort(dim=-1, descending=True).values
     return v_idx, s_idx
-
-
-def time_ms(fn, reps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main():

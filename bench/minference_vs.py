@@ -13,28 +13,13 @@ The index: per head, `sinks` first columns plus `verticals` random distinct colu
 """
 
 import argparse
-import importlib
 import json
 import os
-import sys
-import types
 
 import torch
 from safetensors.torch import save_file
 
-from dense_check import time_ms  # same folder: event-timed median after warm-up
-
-
-def import_minference(site="/tmp/site"):
-    for blocked in ("sgl_kernel", "vllm_flash_attn", "vllm"):
-        sys.modules[blocked] = None  # make sure MInference does not switch to another kernel
-    sys.path.insert(0, site)
-    for name, path in (("minference", "minference"), ("minference.ops", "minference/ops")):
-        module = types.ModuleType(name)
-        module.__path__ = [os.path.join(site, path)]
-        sys.modules[name] = module
-    ops = importlib.import_module("minference.ops.pit_sparse_flash_attention_v2")
-    return ops
+from common import import_minference, time_ms  # same folder
 
 
 def main():
@@ -49,7 +34,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    ops = import_minference()
+    ops = import_minference()["pit_sparse_flash_attention_v2"]
     assert ops.sparse_attn_func is None and ops.convert_vertical_slash_indexes_opt is None, "not the Triton path"
 
     n, h, d = args.seq, args.heads, args.head_dim

@@ -25,46 +25,17 @@ indices; without it only the SDPA methods run.
 import argparse
 import datetime
 import glob
-import importlib
 import json
 import os
 import sys
-import types
 
 import torch
 
+from common import import_minference, time_ms  # same folder
+
 DENSE_METHODS = ("sdpa_flash", "sdpa_cudnn")
 INDEX_METHODS = ("flex_attention", "minference_vs", "minference_bs", "minference_ashape")
-
-
-def time_ms(fn, iters, warmup=2):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
-
-
-def import_minference(site):
-    for blocked in ("sgl_kernel", "vllm_flash_attn", "vllm"):
-        sys.modules[blocked] = None  # make sure MInference does not switch to another kernel
-    sys.path.insert(0, site)
-    for name, path in (("minference", "minference"), ("minference.ops", "minference/ops")):
-        module = types.ModuleType(name)
-        module.__path__ = [os.path.join(site, path)]
-        sys.modules[name] = module
-    return {
-        "vs": importlib.import_module("minference.ops.pit_sparse_flash_attention_v2"),
-        "bs": importlib.import_module("minference.ops.block_sparse_flash_attention"),
-        "ashape": importlib.import_module("minference.ops.streaming_kernel"),
-    }
+MINFERENCE_MODULES = ("pit_sparse_flash_attention_v2", "block_sparse_flash_attention", "streaming_kernel")
 
 
 def base_record(method, pattern, params, seq, heads, kv_heads, head_dim, total_ms, reps):
@@ -224,7 +195,9 @@ def main():
         ops = None
         if any(m.startswith("minference") for m in wanted):
             try:
-                ops = import_minference(args.site)
+                ops = import_minference(args.site, MINFERENCE_MODULES)
+                ops = {"vs": ops["pit_sparse_flash_attention_v2"], "bs": ops["block_sparse_flash_attention"],
+                       "ashape": ops["streaming_kernel"]}
             except Exception as error:  # not installed or not importable here
                 print(f"MInference not importable from {args.site} ({error}): run bash .gpu/install_minference.sh; "
                       "minference_* skipped", flush=True)

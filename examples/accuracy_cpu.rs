@@ -11,7 +11,7 @@
 //!  [--layer 16] [--seed 1] [--config FILE]` prints a Markdown table.
 
 use minf::estimate::cpu::{select_vertical_slash, vertical_slash_scores};
-use minf::reference::{causal_attention_rows, masked_attention_rows, recall, relative_l2};
+use minf::reference::{causal_attention_rows, masked_attention_rows, recall, relative_l2, sampled_rows};
 use minf::vertical_slash::cpu::convert_cpu;
 use minf::vertical_slash::realised_mask_contains;
 use minf::{HeadGroups, InputSpec, Needle, PatternConfig, ReferenceShape, StructuredInputs};
@@ -19,19 +19,12 @@ use std::path::PathBuf;
 
 const CONFIG: &str = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json";
 const LAST_ROWS: usize = 64;
+/// Rows spread over the rest of the sequence that the CPU reference also measures.
+const SPREAD_ROWS: usize = 64;
 const NEEDLE_LOGIT: f64 = 10.0;
 
 fn flag(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-/// The last [`LAST_ROWS`] rows and 64 spread over the rest.
-fn sample_rows(seq: usize) -> Vec<usize> {
-    let tail = seq.saturating_sub(LAST_ROWS);
-    let mut rows: Vec<usize> = (0..64).map(|i| i * tail / 64).chain(tail..seq).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    rows
 }
 
 /// Head `h` of a `[seq, all, d]` tensor as `[seq, 1, d]`.
@@ -81,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let qkv = StructuredInputs::generate(&spec)?;
         eprintln!("{seq} tokens: inputs in {:.1} s", started.elapsed().as_secs_f64());
         let shape = ReferenceShape { batch: 1, seq, heads: 1, kv_heads: 1, head_dim: d };
-        let rows = sample_rows(seq);
+        let rows = sampled_rows(seq, LAST_ROWS, SPREAD_ROWS);
         let (k, v) = (qkv.k.clone(), qkv.v.clone());
         for (m, head) in chosen.iter().enumerate() {
             let started = std::time::Instant::now();

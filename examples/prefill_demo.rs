@@ -20,7 +20,9 @@
 //! On a machine without a GPU it says so and points to what does work there.
 
 use half::bf16;
-use minf::reference::{causal_attention_rows, masked_attention_rows, recall, relative_l2, RecallStats, ReferenceShape};
+use minf::reference::{
+    causal_attention_rows, masked_attention_rows, recall, relative_l2, sampled_rows, RecallStats, ReferenceShape,
+};
 use minf::timing::median_ms;
 use minf::{
     dense_attention, AttentionOptions, Device, HeadGroups, InputSpec, MinfError, ModelShape, Needle, PatternConfig,
@@ -32,6 +34,8 @@ use std::process::ExitCode;
 const CONFIG: &str = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json";
 /// Query rows at the end of the prompt: those the vertical-slash estimate reads, and the needle's.
 const LAST_ROWS: usize = 64;
+/// Rows spread over the rest of the sequence that the CPU reference also measures.
+const SPREAD_ROWS: usize = 64;
 /// Scaled score of the needle against the last queries.
 const NEEDLE_LOGIT: f64 = 10.0;
 /// Beyond this length the CPU reference measures [`LONG_HEADS`] heads only.
@@ -162,15 +166,6 @@ struct NeedleResult {
     error: f64,
 }
 
-/// Query rows the CPU reference measures: the last [`LAST_ROWS`] and 64 spread over the rest.
-fn sample_rows(seq: usize) -> Vec<usize> {
-    let tail = seq.saturating_sub(LAST_ROWS);
-    let mut rows: Vec<usize> = (0..64).map(|i| i * tail / 64).chain(tail..seq).collect();
-    rows.sort_unstable();
-    rows.dedup();
-    rows
-}
-
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -263,7 +258,7 @@ fn measure(
     drop(inputs);
     let n = measured.len();
     let sel_shape = ReferenceShape { batch: 1, seq, heads: n, kv_heads: n, head_dim: d };
-    let rows = sample_rows(seq);
+    let rows = sampled_rows(seq, LAST_ROWS, SPREAD_ROWS);
     let started = std::time::Instant::now();
     let recall = recall(&q_sel, &k_sel, sel_shape, |b, h, i, j| mask.contains(b, measured[h], i, j), &rows)?;
     let reference = causal_attention_rows(sel_shape, &q_sel, &k_sel, &v_sel, 1.0 / (d as f64).sqrt(), &rows);
@@ -405,7 +400,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  accuracy on {} sampled rows x {} heads vs f64 dense: rel L2 {:.2e} (dense minf {:.2e}), recall mean {:.4}, \
          worst {:.4} at (batch, head, row) {:?}",
-        sample_rows(m.seq).len(),
+        sampled_rows(m.seq, LAST_ROWS, SPREAD_ROWS).len(),
         m.heads.len(),
         m.sparse_error,
         m.dense_error,

@@ -25,6 +25,5 @@ cp "$tests" "$out/gpu"
 cargo build --release --examples --bin minf
 for example in dense_bench estimate_bench quickstart vs_bench prefill_demo; do cp "target/release/examples/$example" "$out/"; done
 cp target/release/minf "$out/"
-cp bench/estimate_torch.py "$out/"  # the PyTorch baseline of the estimate (needs torch and safetensors)
 strip "$out"/* 2>/dev/null || true
 ls -la "$out"

@@ -410,18 +410,15 @@ impl KernelSpec {
     pub fn shared_bytes(&self) -> u32 {
         let row = self.smem_row() * 2;
         let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
-        let flags = self.stages.next_multiple_of(2);
-        let barriers = match self.mainloop {
-            Mainloop::MmaSync => 0,
-            Mainloop::Wgmma => 8 * (1 + 4 * self.stages),
+        // Flag words, mbarrier bytes and the alignment in front of the tiles.
+        let (flags, barriers, alignment) = match self.mainloop {
+            Mainloop::MmaSync => (self.stages, 0, 0),
+            // Flags padded to 8 bytes for the mbarriers (Q loaded; K and V full and empty per
+            // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
+            Mainloop::Wgmma => (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages), 1008),
         };
-        let keys = (self.stages * (self.block_n + 1) * 4).div_ceil(16) * 16;
-        let keys = match self.mainloop {
-            Mainloop::MmaSync => keys,
-            // The swizzled tiles start at a 1024-byte boundary: up to 1008 bytes of alignment.
-            Mainloop::Wgmma => ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16 + 1008,
-        };
-        tiles + keys
+        let metadata = ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16;
+        tiles + metadata + alignment
     }
 
     /// Launch geometry of this spec.

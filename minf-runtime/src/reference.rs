@@ -179,6 +179,17 @@ pub struct RecallStats {
     pub worst_row: (usize, usize, usize),
 }
 
+/// Query rows to measure on a long sequence: the last `last` rows and `spread` rows evenly spread
+/// over the rest, ascending and distinct.
+pub fn sampled_rows(seq: usize, last: usize, spread: usize) -> Vec<usize> {
+    let tail = seq.saturating_sub(last);
+    let mut rows: Vec<usize> =
+        (0..spread).map(|i| i * tail / spread.max(1)).chain(tail..seq).filter(|&r| r < seq).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    rows
+}
+
 /// Attention recall of `mask`: for query row `i` of (batch `b`, head `h`), the dense causal
 /// softmax (scale `1/sqrt(head_dim)`, computed in f64) puts weight `p_j` on key `j <= i`; the row's
 /// recall is the sum of `p_j` over the keys with `mask(b, h, i, j)` (keys above the diagonal do not
@@ -280,6 +291,14 @@ pub fn random_normal(len: usize, seed: u64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampled_rows_cover_the_tail_and_spread_over_the_rest() {
+        let rows = sampled_rows(1000, 10, 4);
+        assert_eq!(rows, vec![0, 247, 495, 742, 990, 991, 992, 993, 994, 995, 996, 997, 998, 999]);
+        assert_eq!(sampled_rows(5, 10, 4), vec![0, 1, 2, 3, 4]);
+        assert!(sampled_rows(0, 10, 4).is_empty());
+    }
 
     #[test]
     fn first_row_attends_only_to_itself_and_rows_sum_to_one() {
