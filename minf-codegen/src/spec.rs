@@ -406,16 +406,20 @@ impl KernelSpec {
 
     /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
     /// stage the key index of each tile slot plus the tile's flags; `wgmma` adds its mbarriers (Q
-    /// loaded, and per stage a full and an empty barrier for K and for V).
+    /// loaded, and per stage a full and an empty barrier for K and for V) and, per stage, the slot
+    /// bits of merged column tiles (one bit per slot and 64-row half) and two column counts.
     pub fn shared_bytes(&self) -> u32 {
         let row = self.smem_row() * 2;
         let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
-        // Flag words, mbarrier bytes and the alignment in front of the tiles.
+        // Flag words, mbarrier and column-merge bytes, and the alignment in front of the tiles.
         let (flags, barriers, alignment) = match self.mainloop {
             Mainloop::MmaSync => (self.stages, 0, 0),
             // Flags padded to 8 bytes for the mbarriers (Q loaded; K and V full and empty per
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
-            Mainloop::Wgmma => (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages), 1008),
+            Mainloop::Wgmma => {
+                let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
+                (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
+            }
         };
         let metadata = ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16;
         tiles + metadata + alignment
