@@ -522,6 +522,13 @@ impl KernelSpec {
                 ))
             } else if self.head_dim > 128 {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
+            } else if self.stages < 2 {
+                // The producer announces a tile only once the next tile's copies are out, into
+                // another stage: with one stage it would wait for itself.
+                Some(format!(
+                    "{} stage (wgmma's producer fills one stage while the consumers read another)",
+                    self.stages
+                ))
             } else {
                 None
             };
@@ -721,6 +728,16 @@ mod tests {
         assert!(matches!(err, SpecError::SharedMemory { .. }), "{err}");
         let err = KernelSpec { block_m: 128, warps: 4, block_n: 128, head_dim: 128, ..base }.validate().unwrap_err();
         assert!(matches!(err, SpecError::Registers { .. }), "{err}");
+    }
+
+    #[test]
+    fn wgmma_needs_two_stages() {
+        let base = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
+        assert_eq!(base.mainloop, Mainloop::Wgmma);
+        assert!(KernelSpec { stages: 2, ..base }.validate().is_ok());
+        let err = KernelSpec { stages: 1, ..base }.validate().unwrap_err();
+        assert!(err.to_string().contains("1 stage"), "{err}");
+        assert!(KernelSpec { stages: 1, mainloop: Mainloop::MmaSync, ..base }.validate().is_ok());
     }
 
     #[test]
