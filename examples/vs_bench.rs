@@ -24,16 +24,11 @@ fn int_tensor(file: &SafeTensors<'_>, name: &str) -> Result<(Vec<i32>, Vec<usize
     Ok((data, view.shape().to_vec()))
 }
 
-/// Tiles minf computes for one row block: adjacent 64-key ranges pair into one 128-key tile, and
-/// columns go 128 at a time.
+/// Tiles minf computes for one 64-row index entry: with 128-key tiles, consecutive 64-key ranges
+/// share a tile two at a time (adjacent or not); columns go `block_n` at a time.
 fn minf_tiles(offsets: &[i32], columns: usize, block_n: usize) -> usize {
-    let mut tiles = 0;
-    let mut i = 0;
-    while i < offsets.len() {
-        tiles += 1;
-        i += if block_n == 128 && i + 1 < offsets.len() && offsets[i + 1] == offsets[i] + 64 { 2 } else { 1 };
-    }
-    tiles + columns.div_ceil(block_n)
+    let ranges = if block_n == 128 { offsets.len().div_ceil(2) } else { offsets.len() };
+    ranges + columns.div_ceil(block_n)
 }
 
 type HostIndex = (Vec<i32>, Vec<i32>, Vec<i32>, Vec<i32>, [usize; 5]);

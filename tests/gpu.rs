@@ -8,7 +8,7 @@
 
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use minf::codegen::{DType, KernelSpec, Pattern};
+use minf::codegen::{Arch, DType, KernelSpec, Mainloop, Pattern};
 use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::tensor::Layout;
 use minf::{
@@ -250,12 +250,20 @@ fn dense_f16_matches_reference() {
 fn explicit_specs_agree_with_the_default() {
     let device = device();
     let case = Case { batch: 1, seq: 777, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
-    for (block_m, block_n, warps, stages) in [(128, 64, 8, 2), (64, 32, 4, 1), (128, 32, 4, 3)] {
+    // Tiles of the mma.sync engine (every arch), and on sm_90a two more of the wgmma engine (which
+    // needs 16 rows per warp and at least two stages).
+    let mut tiles =
+        vec![(128, 64, 8, 2, Mainloop::MmaSync), (64, 32, 4, 1, Mainloop::MmaSync), (128, 32, 4, 3, Mainloop::MmaSync)];
+    if device.arch() == Arch::Sm90a {
+        tiles.extend([(64, 128, 4, 2, Mainloop::Wgmma), (128, 128, 8, 3, Mainloop::Wgmma)]);
+    }
+    for (block_m, block_n, warps, stages, mainloop) in tiles {
         let spec = KernelSpec {
             block_m,
             block_n,
             warps,
             stages,
+            mainloop,
             ..KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, device.arch())
         };
         let seed = fresh_seed();

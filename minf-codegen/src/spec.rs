@@ -406,16 +406,20 @@ impl KernelSpec {
 
     /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
     /// stage the key index of each tile slot plus the tile's flags; `wgmma` adds its mbarriers (Q
-    /// loaded, and per stage a full and an empty barrier for K and for V).
+    /// loaded, and per stage a full and an empty barrier for K and for V) and, per stage, the slot
+    /// bits of merged column tiles (one bit per slot and 64-row half) and two column counts.
     pub fn shared_bytes(&self) -> u32 {
         let row = self.smem_row() * 2;
         let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
-        // Flag words, mbarrier bytes and the alignment in front of the tiles.
+        // Flag words, mbarrier and column-merge bytes, and the alignment in front of the tiles.
         let (flags, barriers, alignment) = match self.mainloop {
             Mainloop::MmaSync => (self.stages, 0, 0),
             // Flags padded to 8 bytes for the mbarriers (Q loaded; K and V full and empty per
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
-            Mainloop::Wgmma => (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages), 1008),
+            Mainloop::Wgmma => {
+                let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
+                (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
+            }
         };
         let metadata = ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16;
         tiles + metadata + alignment
@@ -518,6 +522,13 @@ impl KernelSpec {
                 ))
             } else if self.head_dim > 128 {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
+            } else if self.stages < 2 {
+                // The producer announces a tile only once the next tile's copies are out, into
+                // another stage: with one stage it would wait for itself.
+                Some(format!(
+                    "{} stage (wgmma's producer fills one stage while the consumers read another)",
+                    self.stages
+                ))
             } else {
                 None
             };
@@ -717,6 +728,16 @@ mod tests {
         assert!(matches!(err, SpecError::SharedMemory { .. }), "{err}");
         let err = KernelSpec { block_m: 128, warps: 4, block_n: 128, head_dim: 128, ..base }.validate().unwrap_err();
         assert!(matches!(err, SpecError::Registers { .. }), "{err}");
+    }
+
+    #[test]
+    fn wgmma_needs_two_stages() {
+        let base = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
+        assert_eq!(base.mainloop, Mainloop::Wgmma);
+        assert!(KernelSpec { stages: 2, ..base }.validate().is_ok());
+        let err = KernelSpec { stages: 1, ..base }.validate().unwrap_err();
+        assert!(err.to_string().contains("1 stage"), "{err}");
+        assert!(KernelSpec { stages: 1, mainloop: Mainloop::MmaSync, ..base }.validate().is_ok());
     }
 
     #[test]

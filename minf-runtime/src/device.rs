@@ -166,9 +166,11 @@ impl Device {
         if let Some(found) = self.functions.lock().map_err(|_| poisoned())?.get(&(*kernel, entry.to_string())) {
             return Ok(found.clone());
         }
-        let mut modules = self.modules.lock().map_err(|_| poisoned())?;
-        let LoadedModule { module, launch, name } = match modules.get(kernel) {
-            Some(loaded) => loaded.clone(),
+        // Compiling (NVRTC, seconds) happens outside the lock, so threads that need different
+        // kernels compile in parallel; if two race for the same one, the first module stored wins.
+        let known = self.modules.lock().map_err(|_| poisoned())?.get(kernel).cloned();
+        let LoadedModule { module, launch, name } = match known {
+            Some(loaded) => loaded,
             None => {
                 let mut rendered = render_any(kernel)?;
                 rendered.options.extend(experiment_defines()?);
@@ -181,11 +183,9 @@ impl Device {
                 let module =
                     self.ctx.load_module(image).map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
                 let loaded = LoadedModule { module, launch: rendered.launch, name: cached.key.name };
-                modules.insert(*kernel, loaded.clone());
-                loaded
+                self.modules.lock().map_err(|_| poisoned())?.entry(*kernel).or_insert(loaded).clone()
             }
         };
-        drop(modules);
         let function = module.load_function(entry).map_err(MinfError::driver(format!("finding {entry} in {name}")))?;
         if launch.shared_bytes > 0 {
             function

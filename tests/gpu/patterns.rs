@@ -454,7 +454,8 @@ fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<S
         let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
         run_vertical_slash::<T>(device, &case, seed ^ 11, &index, Some(&packed), "vertical_slash varlen", failures);
     }
-    if T::DTYPE == minf::codegen::DType::Bf16 {
+    // The 32K case (its f64 reference is most of this test's time) runs once, on the default kernel.
+    if T::DTYPE == minf::codegen::DType::Bf16 && VARIANT.get() == Variant::Default {
         let case = Case { batch: 1, seq: 32768, heads: 32, kv_heads: 8, head_dim: 128, bhsd: false };
         let index = vertical_slash_index(&mut rng, 1, 32, &[32768], false);
         run_vertical_slash::<T>(device, &case, seed ^ 13, &index, None, "vertical_slash 32K", failures);

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One GPU call: this build (.gpu/bin) against an older build (REF, default .gpu/old: dense_bench and
+# vs_bench only) on dense 16K/64K and the 128K vertical-slash index, MInference's kernel on the same
+# index in the same call, then the GPU tests (TESTS, default all) on this build.
+#   bash scripts/gpu-compare.sh                               (logs under $OUT)
+set -u
+out=${OUT:-/tmp/gpu-compare}; mkdir -p "$out"
+export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
+ref=${REF:-.gpu/old}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+[ -d /tmp/site/minference ] || { bash .gpu/install_minference.sh > "$out/install.log" 2>&1 & }
+vs() { timeout 90 "$@" 2>&1 | grep -E "^minf vertical-slash|rror" | sed 's/, NVIDIA.*//'; }
+for b in $ref .gpu/bin $ref .gpu/bin; do
+  echo "== $b dense"; timeout 60 $b/dense_bench --seqs 16384,65536 2>&1 | grep -iE "tflop|rror"
+  echo "== $b vertical-slash 128K"; vs $b/vs_bench --generate 131072
+done
+wait
+export PYTHONPATH=/tmp/site
+timeout 120 python3 bench/minference_vs.py --out /tmp/vs 2>&1 | tail -1
+echo "== .gpu/bin on MInference's index"; vs .gpu/bin/vs_bench /tmp/vs/vs_index.safetensors --json "$out/minf_vs.json"
+cp /tmp/vs/minference_vs.json "$out/" 2>/dev/null
+echo "== tests: ${TESTS:-all}"
+timeout ${TEST_LIMIT:-330} .gpu/bin/gpu --include-ignored ${TESTS:-} --test-threads=8 --nocapture > "$out/tests.log" 2>&1
+echo "tests rc $?"; grep -E "^test |test result|FAIL|panicked|worst" "$out/tests.log" | head -50
