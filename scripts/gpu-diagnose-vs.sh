@@ -10,7 +10,6 @@ other=${2:-}
 out=${OUT:-/tmp/diagnose}
 mkdir -p "$out"
 export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 # MInference builds on the CPU while the GPU runs minf.
 [ -f .gpu/install_minference.sh ] && { bash .gpu/install_minference.sh > "$out/install.log" 2>&1 & }
 
@@ -23,18 +22,9 @@ profile() {  # label, kernel regex, command...
   echo "rc $? ($(wc -l < "$out/ncu-$label.txt") lines)"
 }
 
-part() {  # label, then vs_bench --generate arguments
-  local label=$1; shift
-  for b in "$bin" $other; do
-    echo "== $label ($b)"
-    timeout 90 "$b/vs_bench" --generate 131072 "$@" 2>&1 | grep -E "^minf vertical-slash|rror" | sed 's/, NVIDIA.*//'
-  done
-}
-part "30 sinks + 970 columns + 6096 nearest diagonals" --sinks 30 --random-columns 970 --slashes 6096
-part "band only: 1 sink + 6096 nearest diagonals" --sinks 1 --random-columns 0 --slashes 6096
-part "columns only: 30 sinks + 970 columns + 64 diagonals" --sinks 30 --random-columns 970 --slashes 64
-part "scattered: 1 sink + 100 nearest + 1000 far diagonals" --sinks 1 --random-columns 0 --slashes 100 --far-slashes 1000
+MAINLOOPS=default scripts/vs-parts.sh "$bin" $other
 
+# Session 3, call 1: ncu produced nothing on the 128K vertical-slash kernel within 180 s.
 profile vs-default minf_vertical_slash "$bin/vs_bench" --generate 131072 --iters 1
 profile dense-32k minf_dense "$bin/dense_bench" --seqs 32768 --iters 1
 
