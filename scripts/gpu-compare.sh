@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call: this build (.gpu/bin) against an older build (REF, default .gpu/old: dense_bench and
 # vs_bench only) on dense 16K/64K and the 128K vertical-slash index, MInference's kernel on the same
-# index in the same call, then the GPU tests (TESTS, default all) on this build.
-#   bash scripts/gpu-compare.sh                               (logs under $OUT)
+# index in the same call, then the GPU tests (TESTS, default all) on this build. VS_VARIANTS: more
+# vs_bench argument sets (';'-separated, e.g. '--tile 128,128,8,3 --mainloop wgmma') run per build.
+#   REF=.gpu/main VS_VARIANTS='...' bash scripts/gpu-compare.sh      (logs under $OUT)
 set -u
 out=${OUT:-/tmp/gpu-compare}; mkdir -p "$out"
 export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
@@ -13,6 +14,8 @@ vs() { timeout 90 "$@" 2>&1 | grep -E "^minf vertical-slash|rror" | sed 's/, NVI
 for b in $ref .gpu/bin $ref .gpu/bin; do
   echo "== $b dense"; timeout 60 $b/dense_bench --seqs 16384,65536 2>&1 | grep -iE "tflop|rror"
   echo "== $b vertical-slash 128K"; vs $b/vs_bench --generate 131072
+  IFS=';' read -ra variants <<< "${VS_VARIANTS:-}"
+  for v in "${variants[@]}"; do echo "== $b vertical-slash 128K $v"; vs $b/vs_bench --generate 131072 $v; done
 done
 wait
 export PYTHONPATH=/tmp/site
