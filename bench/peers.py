@@ -111,6 +111,11 @@ def index_records(args, path, methods, ops, reps):
 
         counts = tensors["block128_num"].cuda()
         indices = tensors["block128_indices"].cuda()
+        # from_kv_blocks sizes its dense mask by the index width: pad the lists to every KV block
+        # (a narrower width makes its scatter index out of bounds, a device assert that ends the run).
+        kv_blocks = (seq + 127) // 128
+        if indices.shape[-1] < kv_blocks:
+            indices = torch.nn.functional.pad(indices, (0, kv_blocks - indices.shape[-1]))
         causal = lambda b, h, qi, ki: qi >= ki
         mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=128, mask_mod=causal, seq_lengths=(seq, seq))
         flex = torch.compile(flex_attention)

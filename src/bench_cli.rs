@@ -9,6 +9,7 @@ use minf::bench::plot::{tokens, write_latency_svg};
 use minf::bench::record::{read_records, write_records, Record, MINF_METHOD};
 use minf::bench::run::{GpuBench, InputSource, RunSettings};
 use minf::bench::{table_header, table_row};
+use minf::codegen::Tile;
 use minf_runtime::codegen::DType;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -89,6 +90,11 @@ struct RunArgs {
     /// generator; the cases then have its length and heads.
     #[arg(long)]
     inputs: Option<PathBuf>,
+    /// Tile and engine of the index-driven kernels (vertical-slash, block-sparse and their config
+    /// heads) instead of the device default: BLOCK_M,BLOCK_N,WARPS,STAGES,MAINLOOP, e.g.
+    /// 64,64,4,2,wgmma (64-row blocks suit scattered indices; bench/NOTES.md).
+    #[arg(long)]
+    index_tile: Option<Tile>,
     /// Write the records here (a JSON array, rewritten after every case).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -201,6 +207,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         long_from: args.long_from,
         warmup: args.warmup,
         save_indices: args.save_indices.clone(),
+        index_tile: args.index_tile,
     };
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -205,6 +205,20 @@ fn bench_without_a_gpu_fails_and_points_to_doctor() {
 }
 
 #[test]
+fn index_tile_is_checked_before_the_gpu() {
+    let bad = common::minf(&["bench", "--index-tile", "64,64,4", "--list"]).output().unwrap();
+    let text = common::text(&bad);
+    assert!(!bad.status.success() && text.contains("BLOCK_M,BLOCK_N,WARPS,STAGES,MAINLOOP"), "{text}");
+    let engine = common::minf(&["bench", "--index-tile", "64,64,4,2,wgmm", "--list"]).output().unwrap();
+    assert!(!engine.status.success() && common::text(&engine).contains("did you mean `wgmma`"));
+    let good =
+        common::minf(&["bench", "--seqs", "32K", "--patterns", "dense", "--index-tile", "64,64,4,2,wgmma", "--list"])
+            .output()
+            .unwrap();
+    assert!(good.status.success(), "{}", common::text(&good));
+}
+
+#[test]
 fn compare_cli_writes_markdown_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("minf.json"), dir.path().join("peers.json"));

@@ -15,5 +15,5 @@ pub mod spec;
 pub use key::{CacheKey, CacheKeyInputs};
 pub use render::{render, render_any, render_index, RenderError, RenderedKernel};
 pub use spec::{
-    AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, Pattern, SpecError,
+    AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, Pattern, SpecError, Tile,
 };

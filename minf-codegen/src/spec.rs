@@ -300,6 +300,60 @@ named_enum!(
     }
 );
 
+/// A kernel's tile and engine apart from its pattern, element type, head dimension and target: what
+/// a caller overrides in a default spec, written `BLOCK_M,BLOCK_N,WARPS,STAGES,MAINLOOP`
+/// (e.g. `64,64,4,2,wgmma`). [`KernelSpec::validate`] still decides whether the result is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Tile {
+    /// Query rows per block.
+    pub block_m: u32,
+    /// Keys per tile.
+    pub block_n: u32,
+    /// Warps per block.
+    pub warps: u32,
+    /// Pipeline stages.
+    pub stages: u32,
+    /// How each tile is computed.
+    pub mainloop: Mainloop,
+}
+
+impl Tile {
+    /// `spec` with this tile and engine.
+    pub fn apply(self, spec: KernelSpec) -> KernelSpec {
+        let Tile { block_m, block_n, warps, stages, mainloop } = self;
+        KernelSpec { block_m, block_n, warps, stages, mainloop, ..spec }
+    }
+}
+
+impl fmt::Display for Tile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},{},{},{},{}", self.block_m, self.block_n, self.warps, self.stages, self.mainloop)
+    }
+}
+
+impl FromStr for Tile {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let invalid = || SpecError::Invalid {
+            field: "tile",
+            value: s.to_string(),
+            allowed: "BLOCK_M,BLOCK_N,WARPS,STAGES,MAINLOOP, e.g. 64,64,4,2,wgmma or 128,128,8,2,mma_sync".into(),
+        };
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [block_m, block_n, warps, stages, mainloop] = parts[..] else {
+            return Err(invalid());
+        };
+        let number = |text: &str| text.parse::<u32>().map_err(|_| invalid());
+        Ok(Tile {
+            block_m: number(block_m)?,
+            block_n: number(block_n)?,
+            warps: number(warps)?,
+            stages: number(stages)?,
+            mainloop: mainloop.parse()?,
+        })
+    }
+}
+
 /// Launch geometry that follows from a spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LaunchShape {
@@ -744,5 +798,19 @@ mod tests {
     fn hopper_maps_to_sm90a() {
         assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90a));
         assert_eq!(Arch::for_compute_capability(7, 5), None);
+    }
+
+    #[test]
+    fn tiles_parse_apply_and_print() {
+        let tile: Tile = "64,64,4,2,wgmma".parse().unwrap();
+        let base = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
+        let spec = tile.apply(base);
+        assert_eq!((spec.block_m, spec.block_n, spec.warps, spec.stages), (64, 64, 4, 2));
+        assert_eq!((spec.mainloop, spec.pattern, spec.head_dim), (Mainloop::Wgmma, base.pattern, 128));
+        assert_eq!(tile.to_string().parse::<Tile>().unwrap(), tile);
+        for bad in ["64,64,4,2", "64,64,4,x,wgmma", "64,64,4,2,wgmmma"] {
+            let err = bad.parse::<Tile>().unwrap_err().to_string();
+            assert!(err.contains("tile") || err.contains("mainloop"), "{bad}: {err}");
+        }
     }
 }

@@ -29,6 +29,7 @@ use crate::tensor::{AttentionElement, TensorMut, TensorRef};
 use crate::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
+use minf_codegen::{KernelSpec, Tile};
 
 /// Default of [`PrefillOptions::dense_below`], in tokens: MInference observed its sparse prefill
 /// to be slower than dense below about 10K tokens. **Provisional: to be set from minf's own
@@ -44,11 +45,16 @@ pub struct PrefillOptions {
     /// Key blocks (of 64) each 64-row query block of a block-sparse head keeps; default
     /// [`BLOCK_SPARSE_TOP_K`] (MInference's 100, which its configs' sizes do not change).
     pub block_sparse_top_k: usize,
+    /// Tile and engine of the index-driven kernels (vertical-slash and block-sparse heads) instead
+    /// of the device default. On an H100, 64-row wgmma blocks ran a scattered 128K vertical-slash
+    /// index 2.3x faster than the default 128-row blocks, and the banded one slower
+    /// (bench/NOTES.md). `None` (the default): [`KernelSpec::default_for`].
+    pub indexed_tile: Option<Tile>,
 }
 
 impl Default for PrefillOptions {
     fn default() -> Self {
-        PrefillOptions { dense_below: DEFAULT_DENSE_BELOW, block_sparse_top_k: BLOCK_SPARSE_TOP_K }
+        PrefillOptions { dense_below: DEFAULT_DENSE_BELOW, block_sparse_top_k: BLOCK_SPARSE_TOP_K, indexed_tile: None }
     }
 }
 
@@ -459,9 +465,15 @@ impl<'d> Prefill<'d> {
         }
         let estimated = if timed { Some(event(stream)?) } else { None };
 
+        let head_dim = q.layout.shape[3] as u32;
+        let indexed_tile = self.options.indexed_tile;
         let mut launch = |args: PatternArgs<'_>, heads: Option<&HeadSubset>| {
             let out = TensorMut { data: &mut *out.data, layout: out.layout };
-            attention(device, q, k, v, out, args, AttentionOptions { heads, ..Default::default() })
+            let pattern = args.pattern();
+            let spec = indexed_tile
+                .filter(|_| pattern.is_indexed())
+                .map(|tile| tile.apply(KernelSpec::default_for(pattern, T::DTYPE, head_dim, device.arch())));
+            attention(device, q, k, v, out, args, AttentionOptions { heads, spec, ..Default::default() })
         };
         if dense_fallback {
             launch(PatternArgs::Dense, None)?;

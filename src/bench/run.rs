@@ -7,7 +7,7 @@ use super::indices::{save_index, tile_counts};
 use super::record::{today, Record, MINF_METHOD};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use minf_runtime::codegen::DType;
+use minf_runtime::codegen::{DType, Tile};
 use minf_runtime::config::MINFERENCE_BLOCK_TOP_K;
 use minf_runtime::device::{driver_available, probe};
 use minf_runtime::{
@@ -77,6 +77,8 @@ pub struct RunSettings {
     pub warmup: usize,
     /// Where to write each sparse case's index (`--save-indices`).
     pub save_indices: Option<PathBuf>,
+    /// Tile and engine of the index-driven kernels instead of the device default (`--index-tile`).
+    pub index_tile: Option<Tile>,
 }
 
 /// Device buffers of one input: q, k, v and an output.
@@ -248,7 +250,8 @@ impl GpuBench {
         progress: &dyn Fn(&str),
     ) -> Result<Record, BenchError> {
         self.prepare_inputs(case, progress)?;
-        let (config, options) = case_config(case)?;
+        let (config, mut options) = case_config(case)?;
+        options.indexed_tile = settings.index_tile;
         let shape =
             ModelShape { layers: 1, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim as u32 };
         let reps = if case.seq >= settings.long_from { settings.long_reps } else { settings.reps }.max(1);
@@ -289,6 +292,9 @@ impl GpuBench {
         }
         if let PatternSpec::Config { .. } = case.pattern {
             notes.push(format!("config heads {:?}", config_heads(case.heads, case.layer_heads)));
+        }
+        if let Some(tile) = settings.index_tile {
+            notes.push(format!("index-driven kernels on tile {tile} (--index-tile)"));
         }
         notes.extend(index_note);
         Ok(Record {

@@ -22,6 +22,9 @@ enum Variant {
     /// The wgmma engine on 128-row blocks for the index-driven patterns (two consumer warpgroups,
     /// each skipping the tiles its half does not list) with a three-stage ring.
     WgmmaTwoRowBlocks,
+    /// The wgmma engine on 64x64 index-driven blocks (two per SM): the tile `--index-tile
+    /// 64,64,4,2,wgmma` selects, which ran scattered indices fastest.
+    WgmmaSquare,
     /// The default tile on the mma.sync engine (what A100-class cards run), where the default is
     /// the wgmma engine.
     MmaSync,
@@ -46,6 +49,9 @@ fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &
         Variant::WgmmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 3, mainloop: Mainloop::Wgmma, ..base })
         }
+        Variant::WgmmaSquare if pattern.is_indexed() && case.head_dim <= 128 => {
+            Some(KernelSpec { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::Wgmma, ..base })
+        }
         Variant::MmaSync if base.mainloop != Mainloop::MmaSync => {
             Some(KernelSpec { mainloop: Mainloop::MmaSync, ..base })
         }
@@ -63,6 +69,7 @@ fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
         variants.push(Variant::Wgmma);
         if pattern.is_indexed() {
             variants.push(Variant::WgmmaTwoRowBlocks);
+            variants.push(Variant::WgmmaSquare);
         }
         variants.push(Variant::MmaSync);
     }
