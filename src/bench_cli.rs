@@ -241,16 +241,19 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Lines above the bar; `ProgressBar::println` drops them when the bar is hidden (output not a
+    // terminal, e.g. a log file), so print through `suspend`, which always runs.
+    let say = |line: String| bar.suspend(|| println!("{line}"));
     let mut failed = 0;
     for case in &cases {
         if stop.load(Ordering::SeqCst) {
-            bar.println("stopped: the finished records are written");
+            say("stopped: the finished records are written".into());
             break;
         }
         bar.set_message(format!("{} at {}", case.pattern, tokens(case.seq as f64)));
         match bench.run_case(case, &settings, &|message| bar.set_message(message.to_string())) {
             Ok(record) => {
-                bar.println(table_row(&record));
+                say(table_row(&record));
                 records.push(record);
                 if let Some(path) = &args.json {
                     write_records(path, &records)?;
@@ -258,7 +261,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
             }
             Err(e) => {
                 failed += 1;
-                bar.println(format!("failed: {} at {} tokens: {e}", case.pattern, case.seq));
+                say(format!("failed: {} at {} tokens: {e}", case.pattern, case.seq));
             }
         }
         bar.inc(1);
