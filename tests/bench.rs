@@ -189,6 +189,7 @@ fn compare_divides_peer_time_by_minf_time_per_head() {
 fn bench_without_a_gpu_fails_and_points_to_doctor() {
     // The machines that run the test suite have no GPU; skip where one is present.
     if minf::device::probe(0).is_ok() {
+        eprintln!("skipped: bench_without_a_gpu_fails_and_points_to_doctor checks a machine without a GPU, and this one has one");
         return;
     }
     let output = common::minf(&["bench", "--seqs", "32K", "--patterns", "dense"]).output().unwrap();
