@@ -6,11 +6,10 @@
 #   REF=.gpu/main VS_VARIANTS='...' bash scripts/gpu-compare.sh      (logs under $OUT)
 set -u
 out=${OUT:-/tmp/gpu-compare}; mkdir -p "$out"
-export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
+source scripts/gpu-common.sh
 ref=${REF:-.gpu/old}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-[ -d /tmp/site/minference ] || { bash .gpu/install_minference.sh > "$out/install.log" 2>&1 & }
-vs() { timeout 90 "$@" 2>&1 | grep -E "^minf vertical-slash|rror" | sed 's/, NVIDIA.*//'; }
+start_minference_install "$out/install.log"
 for b in $ref .gpu/bin $ref .gpu/bin; do
   echo "== $b dense"; timeout 60 $b/dense_bench --seqs 16384,65536 2>&1 | grep -iE "tflop|rror"
   echo "== $b vertical-slash 128K"; vs $b/vs_bench --generate 131072
@@ -18,8 +17,7 @@ for b in $ref .gpu/bin $ref .gpu/bin; do
   for v in "${variants[@]}"; do echo "== $b vertical-slash 128K $v"; vs $b/vs_bench --generate 131072 $v; done
 done
 wait
-export PYTHONPATH=/tmp/site
-timeout 120 python3 bench/minference_vs.py --out /tmp/vs 2>&1 | tail -1
+minference_vs
 echo "== .gpu/bin on MInference's index"; vs .gpu/bin/vs_bench /tmp/vs/vs_index.safetensors --json "$out/minf_vs.json"
 cp /tmp/vs/minference_vs.json "$out/" 2>/dev/null
 echo "== tests: ${TESTS:-all}"

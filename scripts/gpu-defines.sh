@@ -5,9 +5,9 @@
 # ("-" for no defines), e.g. VARIANTS='-;WGMMA_PINGPONG=1;WGMMA_PINGPONG=1|--tile 128,128,8,3 --mainloop wgmma'.
 #   VARIANTS=... ROUNDS=2 bash scripts/gpu-defines.sh 2>&1 | tee $OUT/log
 set -u
-export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
+source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-[ -d /tmp/site/minference ] || { bash .gpu/install_minference.sh > /tmp/install.log 2>&1 & }
+start_minference_install
 IFS=';' read -ra variants <<< "${VARIANTS:--}"
 for round in $(seq "${ROUNDS:-2}"); do
   for variant in "${variants[@]}"; do
@@ -17,10 +17,8 @@ for round in $(seq "${ROUNDS:-2}"); do
     if [ -z "$args" ]; then
       MINF_KERNEL_DEFINES=$defines timeout 90 .gpu/bin/dense_bench --seqs 16384,65536 2>&1 | grep -iE "tflop|rror"
     fi
-    MINF_KERNEL_DEFINES=$defines timeout 120 .gpu/bin/vs_bench --generate 131072 $args 2>&1 |
-      grep -E "^minf vertical-slash|rror|panick" | sed 's/, NVIDIA.*//'
+    MINF_KERNEL_DEFINES=$defines vs .gpu/bin/vs_bench --generate 131072 $args
   done
 done
 wait
-export PYTHONPATH=/tmp/site
-timeout 150 python3 bench/minference_vs.py --out /tmp/vs 2>&1 | tail -1
+minference_vs

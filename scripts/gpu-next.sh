@@ -9,14 +9,13 @@
 #   run: OUT=$OUT bash scripts/gpu-next.sh        (carry .gpu/bin .gpu/alt and the MInference files)
 set -u
 out=${OUT:-/tmp/gpu-next}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
-export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
+source scripts/gpu-common.sh
 alt=${ALT:-.gpu/alt}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-[ -d /tmp/site/minference ] || { bash .gpu/install_minference.sh > /tmp/install.log 2>&1 & }
+start_minference_install
 banded="--generate 131072"
 scattered="--generate 131072 --sinks 30 --random-columns 70 --slashes 64 --far-slashes 736"
 square="--tile 64,64,4,2 --mainloop wgmma"
-vs() { timeout 90 "$@" 2>&1 | grep -E "^minf vertical-slash|rror|panick" | sed 's/, NVIDIA.*//'; }
 for round in 1 2; do
   for index in banded scattered; do
     for b in .gpu/bin "$alt"; do
@@ -26,7 +25,7 @@ for round in 1 2; do
   done
 done
 wait
-PYTHONPATH=/tmp/site timeout 150 python3 bench/minference_vs.py --out /tmp/vs 2>&1 | tail -1
+minference_vs
 for b in .gpu/bin "$alt"; do
   echo "== tests patterns:: $b"
   timeout ${TEST_LIMIT:-150} $b/gpu --include-ignored patterns:: --test-threads=8 --nocapture > "$out/tests-$(basename $b).log" 2>&1
