@@ -7,12 +7,18 @@
 //!
 //! `vs_bench (INDEX.safetensors | --generate SEQ [--sinks 30] [--random-columns 970] [--slashes 6096]
 //!           [--far-slashes 0]) [--head-dim 128] [--iters 10] [--tile [block_m,]block_n,warps,stages]
-//!           [--mainloop mma_sync|wgmma] [--json FILE]`
+//!           [--mainloop mma_sync|wgmma] [--choose] [--json FILE]`
+//!
+//! `--choose` runs the heads through a `TileChoice` (a chooser kernel picks 128-row or 64-row
+//! blocks per head, then both kernels launch over complementary head maps) and prints the choice.
 
 use half::bf16;
 use minf::reference::random_normal;
 use minf::tensor::Layout;
-use minf::{vertical_slash_attention, AttentionOptions, Device, TensorMut, TensorRef, VerticalSlashIndexRef};
+use minf::{
+    vertical_slash_attention, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef, TileChoice,
+    VerticalSlashIndexRef,
+};
 use safetensors::SafeTensors;
 
 fn int_tensor(file: &SafeTensors<'_>, name: &str) -> Result<(Vec<i32>, Vec<usize>), Box<dyn std::error::Error>> {
@@ -172,18 +178,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         nnz_s,
         nnz_v,
     };
+    let choose = args.iter().any(|a| a == "--choose");
+    let all_heads: Vec<usize> = (0..heads).collect();
+    let mut choice = TileChoice::new(&device, &all_heads, heads)?;
     let mut run = || {
-        vertical_slash_attention(
-            &device,
-            TensorRef::new(&q, layout)?,
-            TensorRef::new(&k, layout)?,
-            TensorRef::new(&v, layout)?,
-            TensorMut::new(&mut out, layout)?,
-            index,
-            AttentionOptions { spec: Some(spec), ..Default::default() },
-        )
+        let (q, k, v) = (TensorRef::new(&q, layout)?, TensorRef::new(&k, layout)?, TensorRef::new(&v, layout)?);
+        let out = TensorMut::new(&mut out, layout)?;
+        let options = AttentionOptions { spec: Some(spec), ..Default::default() };
+        if choose {
+            choice.attention(&device, q, k, v, out, PatternArgs::VerticalSlash(index), options)
+        } else {
+            vertical_slash_attention(&device, q, k, v, out, index, options)
+        }
     };
     let ms = minf::timing::median_ms(&stream, 3, iters, &mut run)?;
+    if choose {
+        match choice.last_choice(&device)? {
+            Some(wide) => println!(
+                "tile choice: {} of {heads} heads on 128-row blocks, the others on 64-row blocks",
+                wide.iter().filter(|&&w| w).count()
+            ),
+            None => println!("tile choice: the spec has no 64-row alternative; one launch"),
+        }
+    }
 
     // Tiles: MInference's 64x64 count (the index's own density) and what minf actually computes.
     let mut index_tiles = 0usize;

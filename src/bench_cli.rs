@@ -95,6 +95,10 @@ struct RunArgs {
     /// 64,64,4,2,wgmma (64-row blocks suit scattered indices; bench/NOTES.md).
     #[arg(long)]
     index_tile: Option<Tile>,
+    /// Run the index-driven heads on the device default tile only, without the per-head choice
+    /// between 128-row and 64-row blocks (minf::TileChoice) that runs otherwise.
+    #[arg(long, conflicts_with = "index_tile")]
+    no_tile_choice: bool,
     /// Write the records here (a JSON array, rewritten after every case).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -208,6 +212,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         warmup: args.warmup,
         save_indices: args.save_indices.clone(),
         index_tile: args.index_tile,
+        tile_choice: !args.no_tile_choice,
     };
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -12,7 +12,8 @@ use minf::codegen::{Arch, DType, KernelSpec, Mainloop, Pattern};
 use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::tensor::Layout;
 use minf::{
-    attention, dense_attention, AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef, Varlen,
+    attention, dense_attention, AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef,
+    TileChoice, Varlen,
 };
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -96,6 +97,21 @@ fn check_attention<T: AttentionElement>(
     packed: Option<&Packed<'_>>,
     visible: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
 ) -> Outcome {
+    check_attention_with::<T>(device, case, seed, spec, args, packed, visible, None)
+}
+
+/// [`check_attention`], launched through `choice` (a per-head tile choice over every head) if given.
+#[allow(clippy::too_many_arguments)]
+fn check_attention_with<T: AttentionElement>(
+    device: &Device,
+    case: &Case,
+    seed: u64,
+    spec: Option<KernelSpec>,
+    args: PatternArgs<'_>,
+    packed: Option<&Packed<'_>>,
+    visible: &(dyn Fn(usize, usize, usize, usize) -> bool + Sync),
+    choice: Option<&mut TileChoice>,
+) -> Outcome {
     let Case { batch, seq, heads, kv_heads, head_dim, bhsd } = *case;
     let layout = |h: usize| {
         if bhsd {
@@ -125,15 +141,17 @@ fn check_attention<T: AttentionElement>(
     };
     let varlen = packed
         .map(|p| Varlen { cu_seqlens: p.cu_seqlens, max_seqlen: sequences.iter().map(|s| s.1).max().unwrap_or(0) });
-    attention(
-        device,
+    let (q_ref, k_ref, v_ref) = (
         TensorRef::new(&q, q_layout).expect("q view"),
         TensorRef::new(&k, kv_layout).expect("k view"),
         TensorRef::new(&v, kv_layout).expect("v view"),
-        TensorMut::new(&mut out, q_layout).expect("out view"),
-        args,
-        AttentionOptions { lse: Some(&mut lse), varlen, spec, ..Default::default() },
-    )
+    );
+    let out_ref = TensorMut::new(&mut out, q_layout).expect("out view");
+    let options = AttentionOptions { lse: Some(&mut lse), varlen, spec, ..Default::default() };
+    match choice {
+        Some(choice) => choice.attention(device, q_ref, k_ref, v_ref, out_ref, args, options),
+        None => attention(device, q_ref, k_ref, v_ref, out_ref, args, options),
+    }
     .expect("launch");
     stream.synchronize().expect("kernel ran");
     let out_host: Vec<f32> = stream.clone_dtoh(&out).expect("download out").into_iter().map(T::to_f32).collect();

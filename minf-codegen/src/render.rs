@@ -21,6 +21,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("vertical_slash.cu.tera", include_str!("../../templates/vertical_slash.cu.tera")),
     ("block_sparse.cu.tera", include_str!("../../templates/block_sparse.cu.tera")),
     ("vs_convert.cu.tera", include_str!("../../templates/vs_convert.cu.tera")),
+    ("tile_choice.cu.tera", include_str!("../../templates/tile_choice.cu.tera")),
     ("vs_scores.cu.tera", include_str!("../../templates/vs_scores.cu.tera")),
     ("est_select.cu.tera", include_str!("../../templates/est_select.cu.tera")),
 ];

@@ -318,10 +318,29 @@ pub struct Tile {
 }
 
 impl Tile {
+    /// 64-row blocks of one `wgmma` consumer warpgroup with 64-key tiles, two blocks per SM: the
+    /// alternative the per-head tile choice ([`IndexKernel::TileChoice`]) runs next to 128-row
+    /// index-driven blocks. On an H100 they ran a scattered 128K vertical-slash index 1.2x faster
+    /// than 128-row blocks pairing ranges, and issue 3's banded one 1.17x slower (bench/NOTES.md).
+    pub const SQUARE_WGMMA: Tile = Tile { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::Wgmma };
+
     /// `spec` with this tile and engine.
     pub fn apply(self, spec: KernelSpec) -> KernelSpec {
         let Tile { block_m, block_n, warps, stages, mainloop } = self;
         KernelSpec { block_m, block_n, warps, stages, mainloop, ..spec }
+    }
+}
+
+impl KernelSpec {
+    /// The 64-row spec the per-head tile choice runs next to this one: [`Tile::SQUARE_WGMMA`] when
+    /// this is an index-driven spec on 128-row `wgmma` blocks (whose two halves may share few
+    /// keys) and that tile is valid for it; `None` otherwise (every head then runs on this spec).
+    pub fn square_alternative(&self) -> Option<KernelSpec> {
+        if !self.pattern.is_indexed() || self.mainloop != Mainloop::Wgmma || self.block_m != 128 {
+            return None;
+        }
+        let square = Tile::SQUARE_WGMMA.apply(*self);
+        square.validate().is_ok().then_some(square)
     }
 }
 
@@ -637,12 +656,20 @@ pub enum IndexKernel {
     /// compaction, per-head sizes) and the block-sparse estimate (64-token mean pooling, block
     /// scores, top-k per query block).
     EstimateSelect,
+    /// The per-head choice between two tiles of an index-driven pattern: from how many of its keys
+    /// the two halves of each 128-row block share, whether a head runs on 128-row or on 64-row
+    /// blocks (two head maps, one per launch).
+    TileChoice,
 }
 
 impl IndexKernel {
     /// Every index kernel.
-    pub const ALL: &'static [IndexKernel] =
-        &[IndexKernel::VerticalSlashConvert, IndexKernel::VerticalSlashScores, IndexKernel::EstimateSelect];
+    pub const ALL: &'static [IndexKernel] = &[
+        IndexKernel::VerticalSlashConvert,
+        IndexKernel::VerticalSlashScores,
+        IndexKernel::EstimateSelect,
+        IndexKernel::TileChoice,
+    ];
 
     /// The name used in cache names and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -650,6 +677,7 @@ impl IndexKernel {
             IndexKernel::VerticalSlashConvert => "vs_convert",
             IndexKernel::VerticalSlashScores => "vs_scores",
             IndexKernel::EstimateSelect => "est_select",
+            IndexKernel::TileChoice => "tile_choice",
         }
     }
 }

@@ -30,6 +30,14 @@ fn rendered_source_of_the_vertical_slash_scores() {
 }
 
 #[test]
+fn rendered_source_of_the_tile_choice() {
+    let spec = IndexKernelSpec { kernel: IndexKernel::TileChoice, arch: Arch::Sm90a };
+    let kernel = render_index(&spec).expect("the tile choice renders");
+    assert!(!kernel.source.contains("#include"), "the tile choice includes a header");
+    insta::assert_snapshot!(spec.readable_name(), kernel.source);
+}
+
+#[test]
 fn rendered_source_of_the_estimate_selections() {
     let spec = IndexKernelSpec { kernel: IndexKernel::EstimateSelect, arch: Arch::Sm90a };
     let kernel = render_index(&spec).expect("the selection kernel renders");

@@ -76,6 +76,12 @@ impl HeadSubset {
     pub fn device_heads(&self) -> &CudaSlice<i32> {
         &self.device_heads
     }
+
+    /// The device entries, for a kernel that rewrites them (the tile choice sets the slots the
+    /// other launch computes to -1).
+    pub(crate) fn device_heads_mut(&mut self) -> &mut CudaSlice<i32> {
+        &mut self.device_heads
+    }
 }
 
 /// Checks a head subset on the host (non-empty, every head below `head_count`, no duplicates,

@@ -557,13 +557,19 @@ impl PatternConfig {
     }
 
     /// The distinct attention kernels running this config needs, with their default tiles, in
-    /// [`Pattern`] order. Dense is always among them: it runs the layers below the starting layer
-    /// and is the fallback for prompts too short for sparse attention to pay (and for decoding).
+    /// [`Pattern`] order, each index-driven one followed by the 64-row alternative the per-head
+    /// tile choice runs next to it ([`KernelSpec::square_alternative`]), if any. Dense is always
+    /// among them: it runs the layers below the starting layer and is the fallback for prompts too
+    /// short for sparse attention to pay (and for decoding).
     pub fn kernel_specs(&self, head_dim: u32, dtype: DType, arch: Arch) -> Vec<KernelSpec> {
         let patterns: BTreeSet<Pattern> = std::iter::once(Pattern::Dense)
             .chain(self.layers.iter().flatten().map(|h| h.pattern.kernel_pattern()))
             .collect();
-        patterns.into_iter().map(|p| KernelSpec::default_for(p, dtype, head_dim, arch)).collect()
+        patterns
+            .into_iter()
+            .map(|p| KernelSpec::default_for(p, dtype, head_dim, arch))
+            .flat_map(|spec| std::iter::once(spec).chain(spec.square_alternative()))
+            .collect()
     }
 }
 

@@ -25,6 +25,7 @@ pub mod prefill;
 pub mod reference;
 pub mod registry;
 pub mod tensor;
+pub mod tile_choice;
 pub mod timing;
 pub mod vertical_slash;
 
@@ -55,6 +56,7 @@ pub use registry::{
     registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,
 };
 pub use tensor::{AttentionElement, TensorMut, TensorRef};
+pub use tile_choice::TileChoice;
 pub use vertical_slash::{
     convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, IndexShape, VerticalSlashIndex,
 };

@@ -26,6 +26,7 @@ use crate::estimate::gpu::{
 };
 use crate::estimate::{clamp_sizes, BLOCK, BLOCK_SPARSE_TOP_K};
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
+use crate::tile_choice::TileChoice;
 use crate::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
@@ -48,13 +49,22 @@ pub struct PrefillOptions {
     /// Tile and engine of the index-driven kernels (vertical-slash and block-sparse heads) instead
     /// of the device default. On an H100, 64-row wgmma blocks ran a scattered 128K vertical-slash
     /// index 2.3x faster than the default 128-row blocks, and the banded one slower
-    /// (bench/NOTES.md). `None` (the default): [`KernelSpec::default_for`].
+    /// (bench/NOTES.md). `None` (the default): [`KernelSpec::default_for`], split per head by
+    /// [`PrefillOptions::tile_choice`].
     pub indexed_tile: Option<Tile>,
+    /// With no `indexed_tile`: let a [`TileChoice`] pick, per head and call, between the default
+    /// 128-row blocks and 64-row blocks where the device has both (sm_90a); default `true`.
+    pub tile_choice: bool,
 }
 
 impl Default for PrefillOptions {
     fn default() -> Self {
-        PrefillOptions { dense_below: DEFAULT_DENSE_BELOW, block_sparse_top_k: BLOCK_SPARSE_TOP_K, indexed_tile: None }
+        PrefillOptions {
+            dense_below: DEFAULT_DENSE_BELOW,
+            block_sparse_top_k: BLOCK_SPARSE_TOP_K,
+            indexed_tile: None,
+            tile_choice: true,
+        }
     }
 }
 
@@ -161,20 +171,48 @@ impl LaunchHeads {
     }
 }
 
+/// The heads of an index-driven group: one launch, or a per-head tile choice between two.
+#[derive(Debug)]
+enum IndexedHeads {
+    Fixed(LaunchHeads),
+    Chosen(TileChoice),
+}
+
+impl IndexedHeads {
+    fn new(device: &Device, heads: &[usize], head_count: usize, choose: bool) -> Result<IndexedHeads, MinfError> {
+        Ok(if choose {
+            IndexedHeads::Chosen(TileChoice::new(device, heads, head_count)?)
+        } else {
+            IndexedHeads::Fixed(LaunchHeads::new(device, heads, head_count)?)
+        })
+    }
+
+    /// What a launch takes: a fixed head map, or the choice that makes two.
+    fn launch_heads(&mut self) -> (Option<&HeadSubset>, Option<&mut TileChoice>) {
+        match self {
+            IndexedHeads::Fixed(heads) => (heads.subset(), None),
+            IndexedHeads::Chosen(choice) => (None, Some(choice)),
+        }
+    }
+}
+
 /// One layer's groups with their head maps on the device.
 #[derive(Debug)]
 struct LayerPlan {
     groups: HeadGroups,
     dense: Option<LaunchHeads>,
     a_shape: Vec<(AShape, LaunchHeads)>,
-    vertical_slash: Option<LaunchHeads>,
-    block_sparse: Option<LaunchHeads>,
+    vertical_slash: Option<IndexedHeads>,
+    block_sparse: Option<IndexedHeads>,
 }
 
 impl LayerPlan {
-    fn new(device: &Device, groups: HeadGroups, head_count: usize) -> Result<LayerPlan, MinfError> {
+    fn new(device: &Device, groups: HeadGroups, head_count: usize, choose: bool) -> Result<LayerPlan, MinfError> {
         let heads = |list: &[usize]| -> Result<Option<LaunchHeads>, MinfError> {
             (!list.is_empty()).then(|| LaunchHeads::new(device, list, head_count)).transpose()
+        };
+        let indexed = |list: &[usize]| -> Result<Option<IndexedHeads>, MinfError> {
+            (!list.is_empty()).then(|| IndexedHeads::new(device, list, head_count, choose)).transpose()
         };
         let vertical_slash: Vec<usize> = groups.vertical_slash.iter().map(|h| h.head).collect();
         Ok(LayerPlan {
@@ -184,8 +222,8 @@ impl LayerPlan {
                 .iter()
                 .map(|(shape, members)| Ok((*shape, LaunchHeads::new(device, members, head_count)?)))
                 .collect::<Result<_, MinfError>>()?,
-            vertical_slash: heads(&vertical_slash)?,
-            block_sparse: heads(&groups.block_sparse)?,
+            vertical_slash: indexed(&vertical_slash)?,
+            block_sparse: indexed(&groups.block_sparse)?,
             groups,
         })
     }
@@ -303,7 +341,10 @@ impl<'d> Prefill<'d> {
     ) -> Result<Prefill<'d>, MinfError> {
         check_model(config, shape, options)?;
         let layers = (0..shape.layers)
-            .map(|layer| LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads))
+            .map(|layer| {
+                let choose = options.tile_choice && options.indexed_tile.is_none();
+                LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads, choose)
+            })
             .collect::<Result<Vec<_>, MinfError>>()?;
         Ok(Prefill {
             device,
@@ -404,7 +445,7 @@ impl<'d> Prefill<'d> {
         let dense_fallback = self.options.runs_dense(seq);
         self.last = None;
         let mut conversion_ms = 0.0;
-        let plan = &self.layers[layer];
+        let plan = &mut self.layers[layer];
         let groups = &plan.groups;
         if !dense_fallback {
             if let Some((nnz_v, nnz_s)) = groups.vertical_slash_capacity(seq) {
@@ -467,28 +508,34 @@ impl<'d> Prefill<'d> {
 
         let head_dim = q.layout.shape[3] as u32;
         let indexed_tile = self.options.indexed_tile;
-        let mut launch = |args: PatternArgs<'_>, heads: Option<&HeadSubset>| {
+        let mut launch = |args: PatternArgs<'_>, heads: Option<&HeadSubset>, choice: Option<&mut TileChoice>| {
             let out = TensorMut { data: &mut *out.data, layout: out.layout };
             let pattern = args.pattern();
             let spec = indexed_tile
                 .filter(|_| pattern.is_indexed())
                 .map(|tile| tile.apply(KernelSpec::default_for(pattern, T::DTYPE, head_dim, device.arch())));
-            attention(device, q, k, v, out, args, AttentionOptions { heads, spec, ..Default::default() })
+            let options = AttentionOptions { heads, spec, ..Default::default() };
+            match choice {
+                Some(choice) => choice.attention(device, q, k, v, out, args, options),
+                None => attention(device, q, k, v, out, args, options),
+            }
         };
         if dense_fallback {
-            launch(PatternArgs::Dense, None)?;
+            launch(PatternArgs::Dense, None, None)?;
         } else {
             if let Some(heads) = &plan.dense {
-                launch(PatternArgs::Dense, heads.subset())?;
+                launch(PatternArgs::Dense, heads.subset(), None)?;
             }
             for (shape, heads) in &plan.a_shape {
-                launch(PatternArgs::AShape(*shape), heads.subset())?;
+                launch(PatternArgs::AShape(*shape), heads.subset(), None)?;
             }
-            if let (Some(heads), Some(index)) = (&plan.vertical_slash, &self.vertical_slash_index) {
-                launch(PatternArgs::VerticalSlash(index.as_ref()), heads.subset())?;
+            if let (Some(heads), Some(index)) = (plan.vertical_slash.as_mut(), &self.vertical_slash_index) {
+                let (subset, choice) = heads.launch_heads();
+                launch(PatternArgs::VerticalSlash(index.as_ref()), subset, choice)?;
             }
-            if let (Some(heads), Some(index)) = (&plan.block_sparse, &self.block_sparse_index) {
-                launch(PatternArgs::BlockSparse(index.as_ref()), heads.subset())?;
+            if let (Some(heads), Some(index)) = (plan.block_sparse.as_mut(), &self.block_sparse_index) {
+                let (subset, choice) = heads.launch_heads();
+                launch(PatternArgs::BlockSparse(index.as_ref()), subset, choice)?;
             }
         }
         self.last = Some(LastCall { layer, batch, seq, dense_fallback });
@@ -504,6 +551,26 @@ impl<'d> Prefill<'d> {
             attention_ms: elapsed(&estimated, &end)?,
             total_ms: elapsed(&start, &end)?,
         })
+    }
+
+    /// The tile choice of the last [`Prefill::prefill`] call (waits for the device): each
+    /// index-driven head whose tile was chosen per head, with `true` where it ran on 128-row blocks;
+    /// empty when there was no choice (no call yet, the dense fallback, a fixed
+    /// [`PrefillOptions::indexed_tile`], or a device with one index-driven tile).
+    pub fn last_tile_choice(&self) -> Result<Vec<(usize, bool)>, MinfError> {
+        let Some(last) = self.last.as_ref().filter(|last| !last.dense_fallback) else {
+            return Ok(Vec::new());
+        };
+        let plan = &self.layers[last.layer];
+        let mut chosen = Vec::new();
+        for group in [&plan.vertical_slash, &plan.block_sparse].into_iter().flatten() {
+            if let IndexedHeads::Chosen(choice) = group {
+                if let Some(wide) = choice.last_choice(self.device)? {
+                    chosen.extend(choice.heads().iter().copied().zip(wide));
+                }
+            }
+        }
+        Ok(chosen)
     }
 
     /// The mask the last [`Prefill::prefill`] call computed, per head, with its indices downloaded

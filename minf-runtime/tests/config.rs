@@ -1,7 +1,7 @@
 //! MInference per-head configs: every shipped file loads and matches its JSON and the README's model
 //! table; every kind of malformed file gets an error naming the file, the layer and the head.
 
-use minf_codegen::{Arch, DType, KernelSpec, Pattern};
+use minf_codegen::{Arch, DType, KernelSpec, Pattern, Tile};
 use minf_runtime::config::{
     known_model, ConfigError, FilePattern, HeadPattern, ModelShape, PatternConfig, FALLBACK_SLASH, FALLBACK_VERTICAL,
     MINFERENCE_BLOCK_TOP_K,
@@ -132,13 +132,17 @@ fn spot_values() -> TestResult {
     assert_eq!(phi.head(8, 1).map(|h| h.file_pattern), Some(FilePattern::StreamLlm));
     assert_eq!(phi.head(0, 0).map(|h| h.score), Some(0.33349305391311646));
     assert_eq!(phi.shape().map(|s| s.head_dim), Some(96));
-    // Kernel needs: dense (always), A-shape and vertical-slash, at the model's head_dim.
+    // Kernel needs: dense (always), A-shape and vertical-slash at the model's head_dim, and on
+    // sm_90a vertical-slash's 64-row alternative for the per-head tile choice.
     let specs = phi.kernel_specs(96, DType::Bf16, Arch::Sm90a);
-    let want: Vec<KernelSpec> = [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash]
+    let mut want: Vec<KernelSpec> = [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash]
         .iter()
         .map(|&p| KernelSpec::default_for(p, DType::Bf16, 96, Arch::Sm90a))
         .collect();
+    want.push(Tile::SQUARE_WGMMA.apply(want[2]));
     assert_eq!(specs, want);
+    let on_sm80 = phi.kernel_specs(96, DType::Bf16, Arch::Sm80);
+    assert_eq!(on_sm80.len(), 3, "no 64-row alternative where the default already has 64-row blocks");
 
     // Qwen2.5-14B-1M layer 0: head 1 is (5096, 10192), head 4 (9192, 14288).
     let qwen = PatternConfig::load_for_model(shipped("Qwen2.5_14B_Instruct_1M")?)?;
@@ -185,7 +189,11 @@ fn starting_layer_ratio_and_fallback_follow_minference() -> TestResult {
     assert!(late.layers()[0].iter().all(|h| h.pattern == HeadPattern::Dense));
     assert_eq!(late.head(1, 0).map(|h| h.pattern), Some(HeadPattern::BlockSparse { top_k: 100 }));
     let kinds: Vec<Pattern> = late.kernel_specs(128, DType::Bf16, Arch::Sm90a).iter().map(|s| s.pattern).collect();
-    assert_eq!(kinds, [Pattern::Dense, Pattern::VerticalSlash, Pattern::BlockSparse]);
+    // Each index-driven pattern twice on sm_90a: its default and the tile choice's 64-row blocks.
+    assert_eq!(
+        kinds,
+        [Pattern::Dense, Pattern::VerticalSlash, Pattern::VerticalSlash, Pattern::BlockSparse, Pattern::BlockSparse]
+    );
     let all_dense = config.with_starting_layer(5);
     assert_eq!(all_dense.pattern_counts().into_iter().collect::<Vec<_>>(), [(Pattern::Dense, 6)]);
     Ok(())

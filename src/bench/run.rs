@@ -79,6 +79,8 @@ pub struct RunSettings {
     pub save_indices: Option<PathBuf>,
     /// Tile and engine of the index-driven kernels instead of the device default (`--index-tile`).
     pub index_tile: Option<Tile>,
+    /// Whether the index-driven heads choose their tile per head (`--no-tile-choice` turns it off).
+    pub tile_choice: bool,
 }
 
 /// Device buffers of one input: q, k, v and an output.
@@ -252,6 +254,7 @@ impl GpuBench {
         self.prepare_inputs(case, progress)?;
         let (config, mut options) = case_config(case)?;
         options.indexed_tile = settings.index_tile;
+        options.tile_choice = settings.tile_choice;
         let shape =
             ModelShape { layers: 1, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim as u32 };
         let reps = if case.seq >= settings.long_from { settings.long_reps } else { settings.reps }.max(1);
@@ -266,6 +269,7 @@ impl GpuBench {
             DeviceInputs::F16(buffers) => measure(device, &mut prefill, buffers, case, settings.warmup, reps)?,
         };
         let mask = prefill.realised_mask()?;
+        let chosen = prefill.last_tile_choice()?;
         let index_note = match (&settings.save_indices, case.pattern.is_sparse()) {
             (Some(dir), true) => {
                 let path = save_index(dir, case, &mask).map_err(BenchError::Case)?;
@@ -295,6 +299,15 @@ impl GpuBench {
         }
         if let Some(tile) = settings.index_tile {
             notes.push(format!("index-driven kernels on tile {tile} (--index-tile)"));
+        }
+        if !chosen.is_empty() {
+            let wide = chosen.iter().filter(|&&(_, wide)| wide).count();
+            notes.push(format!(
+                "tile choice: {wide} of {} index-driven heads on 128-row blocks, the others on 64-row blocks",
+                chosen.len()
+            ));
+        } else if case.pattern.is_sparse() && settings.index_tile.is_none() && !settings.tile_choice {
+            notes.push("index-driven kernels on the default tile (--no-tile-choice)".into());
         }
         notes.extend(index_note);
         Ok(Record {

@@ -2,11 +2,11 @@
 //! mask its arguments define, over head dims, lengths, GQA groupings, packed batches of different
 //! lengths, and indices that are random, adversarial (out of range, over capacity) or extreme.
 
-use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERANCE};
+use super::{check_attention, check_attention_with, describe, device, fresh_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
-use minf::codegen::{KernelSpec, Mainloop, Pattern};
+use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
 use minf::reference::TestRng;
-use minf::{AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, VerticalSlashIndexRef};
+use minf::{AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, TileChoice, VerticalSlashIndexRef};
 use std::cell::Cell;
 
 /// Kernel variants the pattern tests run besides the default spec.
@@ -482,4 +482,95 @@ fn vertical_slash_matches_masked_reference() {
     }
     VARIANT.set(Variant::Default);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
+}
+
+/// Heads `0..banded` list the nearest 16 ranges of every row block (the two halves of a 128-row
+/// block share 15 of them), the others the diagonal range and 12 far diagonals (adjacent row
+/// blocks' ranges lie 64 keys apart, so the halves share almost no key); every head also lists
+/// three sink columns left of its ranges.
+fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: usize, banded: usize) -> HostVs {
+    let rows = seq.div_ceil(64);
+    let (nnz_s, nnz_v) = (16, 3);
+    let mut ranges = HostLists::new(1, heads, rows, nnz_s);
+    let mut columns = HostLists::new(1, heads, rows, nnz_v);
+    for h in 0..heads {
+        // Far diagonals at least 128 apart, so each row block's ranges neither touch nor overlap.
+        let slashes: Vec<i64> = (0..12).map(|k| 128 + 200 * k as i64 + rng.below(50) as i64).collect();
+        for r in 0..rows {
+            let end_m = 64 * r as i64 + 64;
+            let mut starts: Vec<i32> = if h < banded {
+                (1..=16).map(|k| end_m - 64 * k).filter(|&s| s >= 0).map(|s| s as i32).collect()
+            } else {
+                let mut far: Vec<i32> =
+                    slashes.iter().map(|s| end_m - s - 64).filter(|&s| s >= 0).map(|s| s as i32).collect();
+                far.push((end_m - 64) as i32);
+                far
+            };
+            starts.sort_unstable();
+            let first = starts.first().copied().unwrap_or(0);
+            let cols: Vec<i32> = (0..3).filter(|&c| c < first).collect();
+            let at = ranges.slot(0, h, heads, r);
+            ranges.set(at, &starts, starts.len() as i32);
+            columns.set(at, &cols, cols.len() as i32);
+        }
+    }
+    HostVs { ranges, columns }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tile_choice_splits_heads_by_shared_keys_and_matches_reference() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("tile choice seed {seed}");
+    let mut rng = TestRng::new(seed);
+    let case = Case { batch: 1, seq: 4096, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
+    let index = banded_and_scattered_index(&mut rng, case.seq, case.heads, 2);
+    let stream = device.stream();
+    let block_count = stream.clone_htod(&index.ranges.counts).expect("block_count");
+    let block_offset = stream.clone_htod(&index.ranges.lists).expect("block_offset");
+    let column_count = stream.clone_htod(&index.columns.counts).expect("column_count");
+    let column_index = stream.clone_htod(&index.columns.lists).expect("column_index");
+    let args = PatternArgs::VerticalSlash(VerticalSlashIndexRef {
+        block_count: &block_count,
+        block_offset: &block_offset,
+        column_count: &column_count,
+        column_index: &column_index,
+        batch: 1,
+        heads: case.heads,
+        rows: index.ranges.rows,
+        nnz_s: index.ranges.capacity,
+        nnz_v: index.columns.capacity,
+    });
+    let visible = |b: usize, h: usize, i: usize, j: usize| {
+        let at = index.ranges.slot(b, h, case.heads, i / 64);
+        j <= i
+            && (index.ranges.entries(at).iter().any(|&s| (s as i64) <= j as i64 && (j as i64) < s as i64 + 64)
+                || index.columns.entries(at).contains(&(j as i32)))
+    };
+    // Launch slots in another order than the heads, so a slot/head mix-up shows.
+    let slots = [2, 0, 3, 1];
+    let mut choice = TileChoice::new(&device, &slots, case.heads).expect("tile choice");
+    let mut failures = Vec::new();
+    for round in 0..2 {
+        let o =
+            check_attention_with::<bf16>(&device, &case, seed + round, None, args, None, &visible, Some(&mut choice));
+        report("vertical_slash tile choice", describe::<bf16>(&case), o.out_error, o.lse_error, &mut failures);
+    }
+    let chosen = choice.last_choice(&device).expect("download the choice");
+    let has_alternative =
+        KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, device.arch()).square_alternative().is_some();
+    match chosen {
+        Some(wide) => {
+            assert!(has_alternative, "a choice was made on a device without a 64-row alternative");
+            let expected: Vec<bool> = slots.iter().map(|&h| h < 2).collect();
+            assert_eq!(wide, expected, "banded heads 0-1 on 128-row blocks, scattered 2-3 on 64-row (slots {slots:?})");
+            println!("tile choice: slots {slots:?} wide {wide:?}");
+        }
+        None => {
+            assert!(!has_alternative, "the device has a 64-row alternative but no choice was made");
+            println!("tile choice: {} has no 64-row alternative; one launch over every head", device.arch());
+        }
+    }
+    assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
 }

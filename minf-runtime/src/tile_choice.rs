@@ -1,0 +1,247 @@
+//! Per-head choice of the tile of an index-driven launch, made on the device from the index.
+//!
+//! The default index-driven kernels on sm_90a run 128-row blocks: the two 64-row index rows of a
+//! block (its halves) share every key tile, which pays when they list the same keys (a band of
+//! diagonals) and wastes a warpgroup when they do not (scattered diagonals, whose ranges for
+//! adjacent rows lie 64 keys apart). [`TileChoice::attention`] launches a small kernel that
+//! estimates, per head, the share of keys the halves have in common, then both kernels (128-row
+//! and [`minf_codegen::Tile::SQUARE_WGMMA`] blocks), each over head maps in which the heads the other launch
+//! computes are -1 (those blocks return at once). No host round trip; every head is computed by
+//! exactly one of the two launches.
+
+use crate::attention::{attention_with_spec, AttentionOptions, HeadSubset, PatternArgs};
+use crate::device::Device;
+use crate::error::MinfError;
+use crate::tensor::{AttentionElement, TensorMut, TensorRef};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use minf_codegen::{IndexKernel, IndexKernelSpec, KernelSpec};
+
+/// A head runs on 128-row blocks when at least `SHARED_NUM / SHARED_DEN` of its index's keys are
+/// listed by both halves of their 128-row block. From the H100 timings of one call (bench/NOTES.md):
+/// per 64x64 unit of work, 64-row blocks cost the same on banded and scattered indices, 128-row
+/// blocks 0.85 of that on keys both halves list and 1.22 on keys one half lists, so they break even
+/// where 0.85 f + 1.22 (1 - f) = 1, f = 0.6.
+const SHARED_NUM: i32 = 3;
+const SHARED_DEN: i32 = 5;
+
+/// Kernel parameters; mirrors `ChoiceParams` in `templates/tile_choice.cu.tera`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ChoiceParams {
+    count: u64,
+    list: u64,
+    column_count: u64,
+    column_index: u64,
+    slot_heads: u64,
+    wide: u64,
+    square: u64,
+    batch: i32,
+    heads: i32,
+    rows: i32,
+    list_capacity: i32,
+    column_capacity: i32,
+    range_scale: i32,
+    slots: i32,
+    shared_num: i32,
+    shared_den: i32,
+}
+
+// SAFETY: plain-old-data with the C layout the kernel declares.
+unsafe impl DeviceRepr for ChoiceParams {}
+
+/// The head maps of the two launches of one group of index-driven heads, kept on the device and
+/// rewritten by each [`TileChoice::attention`] call (so a warm call allocates nothing).
+#[derive(Debug)]
+pub struct TileChoice {
+    /// The group's heads, one per launch slot: the chooser reads them, and the launch uses them
+    /// where the spec has no 64-row alternative.
+    all: HeadSubset,
+    /// Head map of the 128-row launch: a slot's head, or -1 where the 64-row launch computes it.
+    wide: HeadSubset,
+    /// Head map of the 64-row launch, the complement of `wide`.
+    square: HeadSubset,
+    /// Whether the last call chose (its spec had a 64-row alternative).
+    chosen: bool,
+}
+
+impl TileChoice {
+    /// Head maps for the query heads `heads` (checked as for [`HeadSubset::new`]) of a layer of
+    /// `head_count` heads.
+    pub fn new(device: &Device, heads: &[usize], head_count: usize) -> Result<TileChoice, MinfError> {
+        Ok(TileChoice {
+            all: HeadSubset::new(device, heads, head_count)?,
+            wide: HeadSubset::new(device, heads, head_count)?,
+            square: HeadSubset::new(device, heads, head_count)?,
+            chosen: false,
+        })
+    }
+
+    /// The query heads of the group, in launch-slot order.
+    pub fn heads(&self) -> &[usize] {
+        self.all.heads()
+    }
+
+    /// Downloads the last choice (waits for the device): per head of [`TileChoice::heads`], `true`
+    /// where it ran on 128-row blocks; `None` if no call has chosen yet (none made, or the spec
+    /// had no 64-row alternative).
+    pub fn last_choice(&self, device: &Device) -> Result<Option<Vec<bool>>, MinfError> {
+        if !self.chosen {
+            return Ok(None);
+        }
+        let wide = device
+            .stream()
+            .clone_dtoh(self.wide.device_heads())
+            .map_err(MinfError::driver("downloading the tile choice"))?;
+        Ok(Some(wide.into_iter().map(|head| head >= 0).collect()))
+    }
+
+    /// Attention of an index-driven pattern over this group's heads (`options.heads` must be
+    /// `None`): when `options.spec` (or the device default) has a 64-row alternative
+    /// ([`KernelSpec::square_alternative`]), the chooser picks one of the two per head and both
+    /// are launched; otherwise this is one launch of that spec over the group.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention<T: AttentionElement>(
+        &mut self,
+        device: &Device,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+        args: PatternArgs<'_>,
+        options: AttentionOptions<'_>,
+    ) -> Result<(), MinfError> {
+        if options.heads.is_some() {
+            return Err(MinfError::Shape(
+                "tile choice: the choice's own heads replace options.heads; pass None".into(),
+            ));
+        }
+        let wide_spec = match options.spec {
+            Some(spec) => spec,
+            None => KernelSpec::default_for(args.pattern(), T::DTYPE, q.layout.shape[3] as u32, device.arch()),
+        };
+        let AttentionOptions { softmax_scale, mut lse, varlen, .. } = options;
+        let Some(square_spec) = wide_spec.square_alternative() else {
+            self.chosen = false;
+            let options =
+                AttentionOptions { softmax_scale, lse, spec: Some(wide_spec), varlen, heads: Some(&self.all) };
+            return attention_with_spec(device, &wide_spec, q, k, v, out, args, options);
+        };
+        self.choose(device, &args)?;
+        self.chosen = true;
+        let wide_options = AttentionOptions {
+            softmax_scale,
+            lse: lse.as_deref_mut(),
+            spec: Some(wide_spec),
+            varlen,
+            heads: Some(&self.wide),
+        };
+        let wide_out = TensorMut { data: &mut *out.data, layout: out.layout };
+        attention_with_spec(device, &wide_spec, q, k, v, wide_out, args, wide_options)?;
+        let square_options =
+            AttentionOptions { softmax_scale, lse, spec: Some(square_spec), varlen, heads: Some(&self.square) };
+        attention_with_spec(device, &square_spec, q, k, v, out, args, square_options)
+    }
+
+    /// Launches the chooser on `args`'s index, rewriting both head maps.
+    fn choose(&mut self, device: &Device, args: &PatternArgs<'_>) -> Result<(), MinfError> {
+        let head_count = self.all.head_count();
+        let (count, list, columns, (batch, heads, rows), list_capacity, range_scale) = match args {
+            PatternArgs::VerticalSlash(index) => (
+                index.block_count,
+                index.block_offset,
+                Some((index.column_count, index.column_index, index.nnz_v)),
+                (index.batch, index.heads, index.rows),
+                index.nnz_s,
+                1,
+            ),
+            PatternArgs::BlockSparse(index) => (
+                index.kv_num_blocks,
+                index.kv_indices,
+                None,
+                (index.batch, index.heads, index.rows),
+                index.capacity,
+                64,
+            ),
+            PatternArgs::Dense | PatternArgs::AShape(_) => {
+                return Err(MinfError::Shape(format!(
+                    "tile choice: pattern {} has no index to choose from; allowed vertical_slash, block_sparse",
+                    args.pattern()
+                )))
+            }
+        };
+        if heads != head_count {
+            return Err(MinfError::Shape(format!(
+                "tile choice: the index is for {heads} query heads but the choice was made for {head_count}"
+            )));
+        }
+        let entries = batch
+            .checked_mul(heads)
+            .and_then(|n| n.checked_mul(rows))
+            .ok_or_else(|| MinfError::Shape(format!("tile choice: index {batch} x {heads} x {rows} overflows")))?;
+        let check = |name: &str, len: usize, per_row: usize| -> Result<i32, MinfError> {
+            let needed = entries.checked_mul(per_row);
+            if needed.map_or(true, |needed| len < needed) || i32::try_from(per_row).is_err() {
+                return Err(MinfError::Shape(format!(
+                    "tile choice: {name} holds {len} entries but [batch {batch}, heads {heads}, rows {rows}, \
+                     {per_row}] are needed"
+                )));
+            }
+            Ok(per_row as i32)
+        };
+        check("the counts", count.len(), 1)?;
+        let list_capacity = check("the list", list.len(), list_capacity)?;
+        let column_capacity = match columns {
+            Some((column_count, column_index, capacity)) => {
+                check("column_count", column_count.len(), 1)?;
+                check("column_index", column_index.len(), capacity)?
+            }
+            None => 0,
+        };
+        let as_i32 = |what: &str, n: usize| {
+            i32::try_from(n).map_err(|_| MinfError::Shape(format!("tile choice: {what} {n} does not fit 32 bits")))
+        };
+        let slots = self.all.heads().len();
+        let spec = IndexKernelSpec { kernel: IndexKernel::TileChoice, arch: device.arch() };
+        let kernel = device.index_kernel(&spec, &spec.kernel_name())?;
+        let stream = device.stream();
+        let (count_ptr, _count_sync) = count.device_ptr(stream);
+        let (list_ptr, _list_sync) = list.device_ptr(stream);
+        let column_ptrs = columns
+            .map(|(column_count, column_index, _)| (column_count.device_ptr(stream), column_index.device_ptr(stream)));
+        let (column_count_ptr, column_index_ptr) =
+            column_ptrs.as_ref().map_or((0, 0), |((count, _), (index, _))| (*count, *index));
+        let (slots_ptr, _slots_sync) = self.all.device_heads().device_ptr(stream);
+        let (wide_ptr, _wide_sync) = self.wide.device_heads_mut().device_ptr_mut(stream);
+        let (square_ptr, _square_sync) = self.square.device_heads_mut().device_ptr_mut(stream);
+        let params = ChoiceParams {
+            count: count_ptr,
+            list: list_ptr,
+            column_count: column_count_ptr,
+            column_index: column_index_ptr,
+            slot_heads: slots_ptr,
+            wide: wide_ptr,
+            square: square_ptr,
+            batch: as_i32("batch", batch)?,
+            heads: as_i32("heads", heads)?,
+            rows: as_i32("rows", rows)?,
+            list_capacity,
+            column_capacity,
+            range_scale,
+            slots: as_i32("slots", slots)?,
+            shared_num: SHARED_NUM,
+            shared_den: SHARED_DEN,
+        };
+        let config = LaunchConfig {
+            grid_dim: (slots as u32, 1, 1),
+            block_dim: (kernel.launch.threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&kernel.function);
+        launch.arg(&params);
+        // SAFETY: the parameter block matches the kernel's declaration; every index buffer was
+        // checked above to hold [batch, heads, rows, capacity] entries, the kernel clamps each
+        // count to its capacity, and it writes one entry per slot of the two head maps.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
+        Ok(())
+    }
+}
