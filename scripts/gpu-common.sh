@@ -1,10 +1,17 @@
 # Shared by the device scripts (source it from the repository root on the GPU machine).
 export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
 
-# Builds MInference into /tmp/site in the background (CPU work while the GPU runs minf); `wait`
-# before timing it. $1: the install log.
+# Builds MInference into /tmp/site in the background (CPU work while the GPU runs minf); call
+# wait_minference_install before timing it. $1: the install log.
 start_minference_install() {
-  [ -d /tmp/site/minference ] || { bash .gpu/install_minference.sh > "${1:-/tmp/install.log}" 2>&1 & }
+  minference_install_pid=
+  [ -d /tmp/site/minference ] || { bash .gpu/install_minference.sh > "${1:-/tmp/install.log}" 2>&1 & minference_install_pid=$!; }
+}
+
+# Waits for the install only: a bare `wait` also waits for the `exec > >(tee ...)` logger of the
+# calling script, which never ends (session 5's calls 1 and 4 lost their tails to it).
+wait_minference_install() {
+  [ -z "${minference_install_pid:-}" ] || wait "$minference_install_pid"
 }
 
 # Runs a command (vs_bench, with a time limit of ${VS_LIMIT:-120} s) and keeps its result and error lines.

@@ -16,7 +16,7 @@ for b in $ref .gpu/bin $ref .gpu/bin; do
   IFS=';' read -ra variants <<< "${VS_VARIANTS:-}"
   for v in "${variants[@]}"; do echo "== $b vertical-slash 128K $v"; vs $b/vs_bench --generate 131072 $v; done
 done
-wait
+wait_minference_install
 minference_vs
 echo "== .gpu/bin on MInference's index"; vs .gpu/bin/vs_bench /tmp/vs/vs_index.safetensors --json "$out/minf_vs.json"
 cp /tmp/vs/minference_vs.json "$out/" 2>/dev/null

@@ -20,5 +20,5 @@ for round in $(seq "${ROUNDS:-2}"); do
     MINF_KERNEL_DEFINES=$defines vs .gpu/bin/vs_bench --generate 131072 $args
   done
 done
-wait
+wait_minference_install
 minference_vs

@@ -24,7 +24,7 @@ for round in 1 2; do
     echo "== round $round $index .gpu/bin 64x64 wgmma"; vs .gpu/bin/vs_bench ${!index} $square
   done
 done
-wait
+wait_minference_install
 minference_vs
 for b in .gpu/bin "$alt"; do
   echo "== tests patterns:: $b"
