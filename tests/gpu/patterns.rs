@@ -390,6 +390,9 @@ fn vertical_slash_index(rng: &mut TestRng, batch: usize, heads: usize, lens: &[u
     HostVs { ranges, columns }
 }
 
+/// Vertical-slash attention on `index` against the reference, through `choice` (a per-head tile
+/// choice over every head) if given, else on the variant's spec.
+#[allow(clippy::too_many_arguments)]
 fn run_vertical_slash<T: AttentionElement>(
     device: &Device,
     case: &Case,
@@ -398,6 +401,7 @@ fn run_vertical_slash<T: AttentionElement>(
     packed: Option<&Packed<'_>>,
     label: &str,
     failures: &mut Vec<String>,
+    choice: Option<&mut TileChoice>,
 ) {
     let stream = device.stream();
     let block_count = stream.clone_htod(&index.ranges.counts).expect("block_count");
@@ -423,15 +427,8 @@ fn run_vertical_slash<T: AttentionElement>(
             && (index.ranges.entries(at).iter().any(|&s| (s as i64) <= j as i64 && (j as i64) < s as i64 + 64)
                 || index.columns.entries(at).contains(&(j as i32)))
     };
-    let o = check_attention::<T>(
-        device,
-        case,
-        seed,
-        spec_override::<T>(device, Pattern::VerticalSlash, case),
-        args,
-        packed,
-        &visible,
-    );
+    let spec = if choice.is_some() { None } else { spec_override::<T>(device, Pattern::VerticalSlash, case) };
+    let o = check_attention_with::<T>(device, case, seed, spec, args, packed, &visible, choice);
     report(label, describe::<T>(case), o.out_error, o.lse_error, failures);
 }
 
@@ -450,7 +447,7 @@ fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<S
             let hostile = n == hostile_case;
             let index = vertical_slash_index(&mut rng, case.batch, case.heads, &vec![case.seq; case.batch], hostile);
             let label = if hostile { "vertical_slash hostile" } else { "vertical_slash" };
-            run_vertical_slash::<T>(device, case, seed + n as u64, &index, None, label, failures);
+            run_vertical_slash::<T>(device, case, seed + n as u64, &index, None, label, failures, None);
         }
         let lens = [4097, 700];
         let offsets = packed_offsets(&lens);
@@ -459,13 +456,22 @@ fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<S
         let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
         let index = vertical_slash_index(&mut rng, 2, 8, &lens, false);
         let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
-        run_vertical_slash::<T>(device, &case, seed ^ 11, &index, Some(&packed), "vertical_slash varlen", failures);
+        run_vertical_slash::<T>(
+            device,
+            &case,
+            seed ^ 11,
+            &index,
+            Some(&packed),
+            "vertical_slash varlen",
+            failures,
+            None,
+        );
     }
     // The 32K case (its f64 reference is most of this test's time) runs once, on the default kernel.
     if T::DTYPE == minf::codegen::DType::Bf16 && VARIANT.get() == Variant::Default {
         let case = Case { batch: 1, seq: 32768, heads: 32, kv_heads: 8, head_dim: 128, bhsd: false };
         let index = vertical_slash_index(&mut rng, 1, 32, &[32768], false);
-        run_vertical_slash::<T>(device, &case, seed ^ 13, &index, None, "vertical_slash 32K", failures);
+        run_vertical_slash::<T>(device, &case, seed ^ 13, &index, None, "vertical_slash 32K", failures, None);
     }
 }
 
@@ -526,36 +532,13 @@ fn tile_choice_splits_heads_by_shared_keys_and_matches_reference() {
     let mut rng = TestRng::new(seed);
     let case = Case { batch: 1, seq: 4096, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
     let index = banded_and_scattered_index(&mut rng, case.seq, case.heads, 2);
-    let stream = device.stream();
-    let block_count = stream.clone_htod(&index.ranges.counts).expect("block_count");
-    let block_offset = stream.clone_htod(&index.ranges.lists).expect("block_offset");
-    let column_count = stream.clone_htod(&index.columns.counts).expect("column_count");
-    let column_index = stream.clone_htod(&index.columns.lists).expect("column_index");
-    let args = PatternArgs::VerticalSlash(VerticalSlashIndexRef {
-        block_count: &block_count,
-        block_offset: &block_offset,
-        column_count: &column_count,
-        column_index: &column_index,
-        batch: 1,
-        heads: case.heads,
-        rows: index.ranges.rows,
-        nnz_s: index.ranges.capacity,
-        nnz_v: index.columns.capacity,
-    });
-    let visible = |b: usize, h: usize, i: usize, j: usize| {
-        let at = index.ranges.slot(b, h, case.heads, i / 64);
-        j <= i
-            && (index.ranges.entries(at).iter().any(|&s| (s as i64) <= j as i64 && (j as i64) < s as i64 + 64)
-                || index.columns.entries(at).contains(&(j as i32)))
-    };
     // Launch slots in another order than the heads, so a slot/head mix-up shows.
     let slots = [2, 0, 3, 1];
     let mut choice = TileChoice::new(&device, &slots, case.heads).expect("tile choice");
     let mut failures = Vec::new();
     for round in 0..2 {
-        let o =
-            check_attention_with::<bf16>(&device, &case, seed + round, None, args, None, &visible, Some(&mut choice));
-        report("vertical_slash tile choice", describe::<bf16>(&case), o.out_error, o.lse_error, &mut failures);
+        let label = "vertical_slash tile choice";
+        run_vertical_slash::<bf16>(&device, &case, seed + round, &index, None, label, &mut failures, Some(&mut choice));
     }
     let chosen = choice.last_choice(&device).expect("download the choice");
     let has_alternative =
