@@ -423,8 +423,10 @@ impl KernelSpec {
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
-    /// dimension, in a stable order, leaving out the few combinations that do not fit a target
-    /// (index-driven kernels with head_dim 256 on the 99 KiB shared-memory parts).
+    /// dimension, each index-driven default followed by its 64-row alternative where the per-head
+    /// tile choice has one ([`KernelSpec::square_alternative`]), in a stable order, leaving out the
+    /// few combinations that do not fit a target (index-driven kernels with head_dim 256 on the
+    /// 99 KiB shared-memory parts). Warming it leaves nothing for a default call to compile.
     pub fn default_set(arches: &[Arch]) -> Vec<KernelSpec> {
         let mut specs = Vec::new();
         for &arch in arches {
@@ -434,6 +436,7 @@ impl KernelSpec {
                         let spec = KernelSpec::default_for(pattern, dtype, head_dim, arch);
                         if spec.validate().is_ok() {
                             specs.push(spec);
+                            specs.extend(spec.square_alternative());
                         }
                     }
                 }
@@ -769,7 +772,13 @@ mod tests {
             }
         }
         let specs = KernelSpec::default_set(Arch::ALL);
-        assert_eq!(specs.len(), Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len() * Pattern::ALL.len() - 8);
+        // Plus the 64-row alternatives of the index-driven wgmma defaults (sm_90a, head_dim <= 128).
+        let alternatives = 2 * DType::ALL.len() * 3;
+        assert_eq!(
+            specs.len(),
+            Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len() * Pattern::ALL.len() - 8 + alternatives
+        );
+        assert_eq!(specs.iter().filter(|s| s.block_m == 64 && s.mainloop == Mainloop::Wgmma).count(), alternatives);
         for spec in specs {
             spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         }

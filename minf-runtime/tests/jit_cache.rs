@@ -189,7 +189,14 @@ fn nvrtc_compiles_every_default_spec_for_sm80_and_sm90a() -> TestResult {
     let dir = tempfile::tempdir()?;
     let cache = KernelCache::at(dir.path().to_path_buf());
     let specs = KernelSpec::default_set(&[Arch::Sm80, Arch::Sm90a]);
-    assert_eq!(specs.len(), 2 * Pattern::ALL.len() * DType::ALL.len() * 4, "sm_80 and sm_90a take every default");
+    // Every default on both, plus sm_90a's 64-row alternatives of the index-driven wgmma kernels
+    // (vertical-slash and block-sparse, head_dim 64, 96 and 128).
+    let alternatives = 2 * DType::ALL.len() * 3;
+    assert_eq!(
+        specs.len(),
+        2 * Pattern::ALL.len() * DType::ALL.len() * 4 + alternatives,
+        "sm_80 and sm_90a take every default"
+    );
     for spec in &specs {
         let kernel = render(spec)?;
         let cached = cache.get_or_compile(&kernel).map_err(|e| format!("{}: {e}", spec.readable_name()))?;
