@@ -140,7 +140,7 @@ pub struct InputSpec {
     /// A needle (default none): one key that only the last queries attend to strongly.
     pub needle: Option<Needle>,
     /// Scaled score every query gives keys at distance 0 through a shared constant direction in
-    /// the slower half of the content pairs (default 3): after the rotary embedding it falls off
+    /// the slower half of the content pairs (default 1): after the rotary embedding it falls off
     /// with distance over a few hundred to a few thousand tokens, the long-term decay RoPE models
     /// show, so the nearer diagonals outscore far ones.
     pub recency_logit: f64,
