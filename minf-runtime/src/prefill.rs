@@ -9,6 +9,11 @@
 //!   its own sizes) and one attention launch over them;
 //! - **block-sparse**: one estimation call and one attention launch.
 //!
+//! Where the device has two tiles for the index-driven patterns (sm_90a), each vertical-slash and
+//! block-sparse launch goes through a [`TileChoice`] ([`PrefillOptions::tile_choice`]): a small
+//! kernel picks 128-row or 64-row blocks per head from the index, and both kernels launch over
+//! complementary head maps.
+//!
 //! Heads of one launch are selected with a [`HeadSubset`] (the kernels' head map), uploaded once
 //! per layer and pattern group when the [`Prefill`] is built. Indices and estimation scratch are
 //! kept and reused, so a warm `prefill` call allocates nothing on the device (an index is
@@ -343,11 +348,9 @@ impl<'d> Prefill<'d> {
         options: PrefillOptions,
     ) -> Result<Prefill<'d>, MinfError> {
         check_model(config, shape, options)?;
+        let choose = options.tile_choice && options.indexed_tile.is_none();
         let layers = (0..shape.layers)
-            .map(|layer| {
-                let choose = options.tile_choice && options.indexed_tile.is_none();
-                LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads, choose)
-            })
+            .map(|layer| LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads, choose))
             .collect::<Result<Vec<_>, MinfError>>()?;
         Ok(Prefill {
             device,
