@@ -217,6 +217,15 @@ fn index_tile_is_checked_before_the_gpu() {
             .output()
             .unwrap();
     assert!(good.status.success(), "{}", common::text(&good));
+    // A fixed tile leaves nothing to choose: the two options exclude each other.
+    let both =
+        common::minf(&["bench", "--index-tile", "64,64,4,2,wgmma", "--no-tile-choice", "--list"]).output().unwrap();
+    let text = common::text(&both);
+    assert!(!both.status.success() && text.contains("cannot be used with"), "{text}");
+    let fixed = common::minf(&["bench", "--seqs", "32K", "--patterns", "dense", "--no-tile-choice", "--list"])
+        .output()
+        .unwrap();
+    assert!(fixed.status.success(), "{}", common::text(&fixed));
 }
 
 #[test]
