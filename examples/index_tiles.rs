@@ -4,11 +4,9 @@
 //! instead. It runs MInference's estimate (the float64 CPU reference) and the converter's CPU model,
 //! then walks each 128-row block's ranges the way `templates/indexed.cu.tera` does (ascending
 //! starts; any two ranges with the same halves share a 128-key tile; a range left over gets a
-//! 64-key tile), and its columns as one merged stream. With `--split` it walks them as the
-//! `SPLIT_TILES` template switch does: a range one half lists alone first pairs with one the other
-//! half lists alone (a split tile, each warpgroup on its own 64 keys).
+//! 64-key tile), and its columns as one merged stream.
 //!
-//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1] [--split]`
+//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1]`
 //!
 //! The heads share one KV head (the estimate reads each query head with its KV head).
 
@@ -24,8 +22,6 @@ struct WideTiles {
     both: usize,
     /// 128-key range tiles one half computes (the other warpgroup idles).
     one_half: usize,
-    /// 128-key split tiles: 64 keys for each half.
-    split: usize,
     /// 64-key range tiles (a range left without a partner).
     narrow: usize,
     /// Range tiles that need the mask (narrow, past the sequence, or reaching the block's rows).
@@ -42,7 +38,6 @@ fn wide_block(
     index: &HostVerticalSlashIndex,
     (h, r, second): (usize, usize, bool),
     seq: usize,
-    split: bool,
     out: &mut WideTiles,
 ) {
     let halves: Vec<&[i32]> =
@@ -61,7 +56,6 @@ fn wide_block(
             out.single_units += units;
         }
         match (width, members) {
-            (128, 4) => out.split += 1,
             (128, 3) => out.both += 1,
             (128, _) => out.one_half += 1,
             _ => out.narrow += 1,
@@ -86,13 +80,6 @@ fn wide_block(
         }
         for (half, cursor) in next.iter_mut().enumerate() {
             *cursor += (members >> half) & 1;
-        }
-        let other = 3 - members; // the other half alone
-        if split && members != 3 {
-            if let Some(waiting) = pending[other - 1].take() {
-                tile(best.min(waiting), best.max(waiting), 128, 4, out); // 4: a split tile
-                continue;
-            }
         }
         match pending[members - 1].take() {
             Some(first) => tile(first, best, 128, members, out),
@@ -129,7 +116,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heads = flag("--heads", 4)?;
     let (vertical, slash) = (flag("--vertical", 1000)?, flag("--slash", 6096)?);
     let seed = flag("--seed", 1)? as u64;
-    let split = args.iter().any(|a| a == "--split");
     let started = std::time::Instant::now();
     let qkv = StructuredInputs::generate(&InputSpec::new(seq, heads, 1, 128, seed))?;
     let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
@@ -140,10 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "vertical-slash ({vertical}, {slash}) estimated at {seq} tokens, {heads} heads, seed {seed} ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "head  density  128-row tiles: both  one-half  split  64-key  masked  columns  shared keys  64-row tiles{}",
-        if split { " (split tiles on)" } else { "" }
-    );
+    println!("head  density  128-row tiles: both  one-half  64-key  masked  columns  shared keys  64-row tiles");
     let rows = seq.div_ceil(64);
     let causal_tiles = rows * (rows + 1) / 2;
     for h in 0..heads {
@@ -151,7 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut square = 0usize;
         let mut index_tiles = 0usize;
         for r in (0..rows).step_by(2) {
-            wide_block(&index, (h, r, r + 1 < rows), seq, split, &mut wide);
+            wide_block(&index, (h, r, r + 1 < rows), seq, &mut wide);
         }
         for r in 0..rows {
             let (ranges, columns) = (index.ranges(0, h, r).len(), index.columns(0, h, r).len());
@@ -161,11 +144,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // As the chooser counts: keys both halves list count once per half.
         let shared = 2.0 * wide.shared_units / (2.0 * wide.shared_units + wide.single_units);
         println!(
-            "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>5}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}",
+            "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}",
             100.0 * index_tiles as f64 / causal_tiles as f64,
             wide.both,
             wide.one_half,
-            wide.split,
             wide.narrow,
             wide.masked,
             wide.columns,
