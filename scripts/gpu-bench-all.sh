@@ -21,3 +21,4 @@ PYTHONPATH=/tmp/site timeout $left python3 bench/peers.py --indices /tmp/idx --j
 echo "rc $? at ${SECONDS}s"; tail -3 "$out/peers.log"
 .gpu/bin/minf bench compare "$out/minf.json" "$out/peers.json" --plot "$out/latency.svg" --markdown "$out/compare.md" > "$out/compare.log" 2>&1
 echo "compare rc $?"; grep -iA6 "target" "$out/compare.md" | head -12
+pack_outputs "$out" minf.json peers.json compare.md latency.svg minf.svg

@@ -19,3 +19,14 @@ vs() { timeout "${VS_LIMIT:-120}" "$@" 2>&1 | grep -E "^minf vertical-slash|rror
 
 # MInference's Triton vertical-slash kernel on its own converted index of issue 3's kind (writes /tmp/vs).
 minference_vs() { PYTHONPATH=/tmp/site timeout 150 python3 bench/minference_vs.py --out /tmp/vs 2>&1 | tail -1; }
+
+# A call returns at most eight files from $OUT: packs everything under $1 into $1/all.tgz and keeps
+# only that, the log and the files named after it loose.
+pack_outputs() {
+  local dir=$1; shift
+  tar -czf /tmp/all.tgz -C "$dir" . && mv /tmp/all.tgz "$dir/all.tgz"
+  local keep=" all.tgz log $* "
+  find "$dir" -type f | while read -r f; do
+    case "$keep" in *" ${f#"$dir"/} "*) ;; *) rm -f "$f" ;; esac
+  done
+}

@@ -5,6 +5,8 @@
 # with MBARRIER_SUSPEND_NS (a suspend hint on every mbarrier wait); MInference on the banded index;
 # minf bench at 128K while CALL_LIMIT allows.   run: OUT=$OUT bash scripts/gpu-copies.sh
 #   (carry .gpu/bin and the MInference files)
+# DIRECT_COPIES and MBARRIER_SUSPEND_NS were defines of that build only (removed after this call):
+# on later builds those variants run the default kernels.
 set -u
 out=${OUT:-/tmp/gpu-copies}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
