@@ -34,12 +34,7 @@ struct WideTiles {
 }
 
 /// The 128-row schedule over rows `r` and, if `second`, `r + 1` (the last block may have one).
-fn wide_block(
-    index: &HostVerticalSlashIndex,
-    (h, r, second): (usize, usize, bool),
-    seq: usize,
-    out: &mut WideTiles,
-) {
+fn wide_block(index: &HostVerticalSlashIndex, (h, r, second): (usize, usize, bool), seq: usize, out: &mut WideTiles) {
     let halves: Vec<&[i32]> =
         if second { vec![index.ranges(0, h, r), index.ranges(0, h, r + 1)] } else { vec![index.ranges(0, h, r)] };
     let m_start = (r * 64) as i64;
