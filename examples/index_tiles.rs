@@ -6,7 +6,8 @@
 //! starts; any two ranges with the same halves share a 128-key tile; a range left over gets a
 //! 64-key tile), and its columns as one merged stream.
 //!
-//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1]`
+//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1] [--decay 0]`
+//! (`--decay` sets [`InputSpec::decay_logit`](minf::InputSpec::decay_logit)).
 //!
 //! The heads share one KV head (the estimate reads each query head with its KV head).
 
@@ -111,14 +112,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heads = flag("--heads", 4)?;
     let (vertical, slash) = (flag("--vertical", 1000)?, flag("--slash", 6096)?);
     let seed = flag("--seed", 1)? as u64;
+    let decay: f64 = match args.iter().position(|a| a == "--decay") {
+        Some(i) => args.get(i + 1).ok_or("--decay needs a value")?.parse()?,
+        None => 0.0,
+    };
     let started = std::time::Instant::now();
-    let qkv = StructuredInputs::generate(&InputSpec::new(seq, heads, 1, 128, seed))?;
+    let qkv =
+        StructuredInputs::generate(&InputSpec { decay_logit: decay, ..InputSpec::new(seq, heads, 1, 128, seed) })?;
     let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
     let estimate = minf::estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
     let index =
         convert_cpu(&[seq as i32], &estimate.vertical, &estimate.slash, 1, heads, estimate.nnz_v, estimate.nnz_s, seq);
     println!(
-        "vertical-slash ({vertical}, {slash}) estimated at {seq} tokens, {heads} heads, seed {seed} ({:.1} s)",
+        "vertical-slash ({vertical}, {slash}) estimated at {seq} tokens, {heads} heads, seed {seed}, decay logit {decay} ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
     println!("head  density  128-row tiles: both  one-half  64-key  masked  columns  shared keys  64-row tiles");

@@ -42,7 +42,27 @@
 //! columns and 6096 diagonals keeps 16% of the last rows' mass with fixed logits, 66% with the
 //! boost and 76% with the boost and the recency term. Still unlike a model: beyond the planted
 //! ones the top diagonals scatter over the whole length (600 of 6096 lie within 8192 of the main
-//! diagonal), so the converted index covers most keys.
+//! diagonal), so the converted index covers most keys: `examples/index_tiles.rs` (4 heads, seed 1)
+//! counts 97% of the causal 64x64 tiles at 32K tokens, 80% at 128K and 66% at 256K, where real
+//! models' indexes are ~10% dense at 128K (a band of ~6K diagonals plus the columns is ~11%).
+//!
+//! The recency term's decay ends after a few thousand tokens: the last rows' mass per diagonal is
+//! flat (about `e^-9` each, spread about 0.9 in its log) from 2K tokens on, so the picked
+//! diagonals are noise. [`InputSpec::decay_logit`] (off by default) adds RoPE's long-term decay
+//! out to the rotary base's scale: a direction every query and key shares in the slower half of
+//! the non-anchor pairs, whose score falls about linearly in `ln(distance)`. (Spread evenly over
+//! all of those pairs instead, the fast pairs' cosines make the score oscillate by about as much
+//! as it falls per e-fold of distance whatever its size, and the index stays 56-63% dense at 128K
+//! for logits 20-32.) It concentrates the picks, but only at logits that break the shares the
+//! tests pin: the index density at 32K / 128K / 256K is 87% / 53% / 41% with `decay_logit` 8, 84%
+//! / 41% / 31% with 12 and 74% / 21% / 12% with 32, while already at 4 (67% at 128K) the 16K
+//! shares leave their ranges (sink and heavy ~0.05, local 0.51 on two heads), because the sink,
+//! heavy columns and repeat sit `seq / 4` or more tokens back and lose the decay that the local
+//! and nearby tail keys keep. Using it by default needs a length boost that depends on each planted
+//! part's distance (the sink's would grow by the decay lost between 2048 and `seq` tokens), and
+//! lower per-diagonal noise than the content, identity and their cross terms with the decay
+//! direction give now (their spread, not the decay's oscillation, is what still scatters picks
+//! with the slow-half decay).
 
 use crate::error::MinfError;
 use crate::reference::{parallel_map, random_normal, ReferenceShape, TestRng};
@@ -144,6 +164,16 @@ pub struct InputSpec {
     /// with distance over a few hundred to a few thousand tokens, the long-term decay RoPE models
     /// show, so the nearer diagonals outscore far ones.
     pub recency_logit: f64,
+    /// Scaled score every query gives keys at distance 0 through a second shared constant
+    /// direction, spread with equal weight (and seeded phases) over the slower half of the pairs
+    /// the anchor does not use (default 0: off). The pair at frequency `f` stops contributing
+    /// once `f * distance` passes about 1, and the pairs are evenly spaced in `ln f`, so the score
+    /// falls roughly linearly in `ln(distance)`, from the logit at a few hundred tokens to about 0
+    /// near `1 / f` of the slowest pair (~270K tokens with base 500000, head_dim 128). A model of
+    /// the low-frequency mean component real queries and keys share. Not on by default: the
+    /// values that make the vertical-slash estimate's diagonals realistic break the pinned shares
+    /// (see the [module docs](self)).
+    pub decay_logit: f64,
 }
 
 /// A planted needle: the key at `position` (in every KV head) scores `logit` (a scaled score)
@@ -188,6 +218,7 @@ impl InputSpec {
             induction_logit: 6.0 + boost,
             needle: None,
             recency_logit: 1.0,
+            decay_logit: 0.0,
         };
         spec.sink_tokens = spec.sink_tokens.min(seq);
         spec.heavy_columns = spec.heavy_columns.min(spec.heavy_range().len());
@@ -213,6 +244,7 @@ impl InputSpec {
             ("local_logit", self.local_logit),
             ("induction_logit", self.induction_logit),
             ("recency_logit", self.recency_logit),
+            ("decay_logit", self.decay_logit),
         ] {
             if !(value >= 0.0 && value.is_finite()) {
                 return bad(format!("{name} {value} must be finite and non-negative"));
@@ -341,6 +373,12 @@ impl Subspaces {
         self.content.start + self.content.len() / 2..self.content.end
     }
 
+    /// The slower half of the pairs the anchor does not use (the slow content pairs and the
+    /// identity pairs), which carry the long-range decay direction.
+    fn decay(&self) -> Range<usize> {
+        (self.content.start + self.identity.end) / 2..self.identity.end
+    }
+
     /// Writes `scale * values` (two components per pair of `pairs`) into the unrotated `out`.
     fn put(&self, out: &mut [f64], pairs: &Range<usize>, values: &[f64], scale: f64) {
         for (m, pair) in pairs.clone().zip(values.chunks_exact(2)) {
@@ -429,6 +467,20 @@ impl StructuredInputs {
             let recency_norm =
                 recency_raw.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
             let recency: Vec<f64> = recency_raw.iter().map(|x| *x as f64 / recency_norm).collect();
+            // The decay direction: constant over positions, the same norm in every pair of
+            // `sub.decay()` with a seeded phase, unit norm; its score at distance `t` is
+            // `decay_logit` times the mean of `cos(frequency * t)` over those pairs.
+            let decay: Vec<f64> = {
+                let mut rng = TestRng::new(stream(seed, 8, g));
+                let per_pair = 1.0 / (sub.decay().len().max(1) as f64).sqrt();
+                (0..sub.decay().len())
+                    .flat_map(|_| {
+                        let phase = std::f64::consts::TAU * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                        [per_pair * phase.cos(), per_pair * phase.sin()]
+                    })
+                    .collect()
+            };
+            let decay_scale = spec.decay_logit.sqrt() * quarter;
             // The direction sinks and heavy columns share, unit norm.
             let anchor_raw = random_normal(anchor_dims, stream(seed, 4, g));
             let anchor_norm = anchor_raw.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
@@ -438,6 +490,9 @@ impl StructuredInputs {
                 unrotated.fill(0.0);
                 sub.put(&mut unrotated, &sub.content, &content[j * content_dims..][..content_dims], content_scale);
                 sub.put(&mut unrotated, &sub.recency(), &recency, recency_scale);
+                if spec.decay_logit > 0.0 {
+                    sub.put(&mut unrotated, &sub.decay(), &decay, decay_scale);
+                }
                 // Key j carries the identity of token j - 1 (slot j of `identity`; slot t + 1 is token t).
                 sub.put(
                     &mut unrotated,
@@ -472,6 +527,9 @@ impl StructuredInputs {
                     unrotated.fill(0.0);
                     sub.put(&mut unrotated, &sub.content, &noisy, content_scale);
                     sub.put(&mut unrotated, &sub.recency(), &recency, recency_scale);
+                    if spec.decay_logit > 0.0 {
+                        sub.put(&mut unrotated, &sub.decay(), &decay, decay_scale);
+                    }
                     sub.put(
                         &mut unrotated,
                         &identity_pairs,
@@ -738,6 +796,38 @@ mod tests {
     }
 
     #[test]
+    fn decay_falls_off_with_log_distance() {
+        // The decay direction alone: its score is exactly the logit times the mean cosine of the
+        // rotation over its pairs.
+        let spec = InputSpec {
+            local_logit: 0.0,
+            induction_logit: 0.0,
+            sink_logit: 0.0,
+            heavy_logit: 0.0,
+            query_noise: 0.0,
+            recency_logit: 0.0,
+            decay_logit: 8.0,
+            ..InputSpec::new(16384, 1, 1, 128, 3)
+        };
+        let qkv = StructuredInputs::generate(&spec).unwrap();
+        let pairs = Subspaces::new(128).decay();
+        let frequencies = rope_frequencies(spec.rope_base, 128);
+        let expected =
+            |t: usize| 8.0 * pairs.clone().map(|m| (frequencies[m] * t as f64).cos()).sum::<f64>() / pairs.len() as f64;
+        let at = |t: usize| logit(&qkv, 0, 16383, 16383 - t);
+        for t in [0, 64, 600, 4096, 8192, 16000] {
+            assert!((at(t) - expected(t)).abs() < 0.01, "distance {t}: {} vs {}", at(t), expected(t));
+        }
+        // Flat over the first hundreds of tokens, then falling about linearly in ln(distance).
+        assert!(at(0) > 7.99 && at(600) > 7.5, "{} {}", at(0), at(600));
+        assert!(at(4096) > 4.5 && at(4096) < 5.2, "{}", at(4096));
+        assert!(at(16000) > 2.3 && at(16000) < 3.0, "{}", at(16000));
+        // Off, it changes nothing.
+        let off = StructuredInputs::generate(&InputSpec { decay_logit: 0.0, ..spec.clone() }).unwrap();
+        assert!(logit(&off, 0, 16383, 16383).abs() < 1e-9);
+    }
+
+    #[test]
     fn bad_specs_are_errors() {
         let ok = InputSpec::new(256, 4, 2, 64, 1);
         let bad = [
@@ -747,6 +837,7 @@ mod tests {
             InputSpec { head_dim: 6, ..ok.clone() },
             InputSpec { rope_base: 1.0, ..ok.clone() },
             InputSpec { local_logit: -1.0, ..ok.clone() },
+            InputSpec { decay_logit: -1.0, ..ok.clone() },
             InputSpec { sink_logit: f64::NAN, ..ok.clone() },
             InputSpec { correlation_length: 0.0, ..ok.clone() },
             InputSpec { sink_tokens: 257, ..ok.clone() },
