@@ -43,8 +43,9 @@
 //! boost and 76% with the boost and the recency term. Still unlike a model: beyond the planted
 //! ones the top diagonals scatter over the whole length (600 of 6096 lie within 8192 of the main
 //! diagonal), so the converted index covers most keys: `examples/index_tiles.rs` (4 heads, seed 1)
-//! counts 97% of the causal 64x64 tiles at 32K tokens, 80% at 128K and 66% at 256K, where real
-//! models' indexes are ~10% dense at 128K (a band of ~6K diagonals plus the columns is ~11%).
+//! counts 97% of the causal 64x64 tiles at 32K tokens, 80% at 128K and 66% at 256K, where the
+//! issues' reference index of this size is ~10% dense at 128K (a band of ~6K diagonals plus the
+//! columns is ~11%).
 //!
 //! The recency term's decay ends after a few thousand tokens: the last rows' mass per diagonal is
 //! flat (about `e^-9` each, spread about 0.9 in its log) from 2K tokens on, so the picked
