@@ -3,6 +3,8 @@
 # intra-warpgroup overlap (WGMMA_OVERLAP), two and three stages, against the default on dense and on
 # issue 3's banded index; then the dense, pattern and prefill tests under both ping-pong variants.
 #   run: OUT=$OUT bash scripts/gpu-pingpong.sh   (carry .gpu/bin)
+# WGMMA_PINGPONG was a define of that call's scratch build only (the idea is commit 6a479a5; it did not
+# pay and was not kept): on later builds those variants run the default or overlap kernels.
 set -u
 out=${OUT:-/tmp/gpu-pingpong}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
