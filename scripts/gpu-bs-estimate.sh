@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call (session 6, call 8): the block-sparse estimate that reads each pooled K row once per
-# run of up to 8 query blocks (merge 6967f94) against the build before it (.gpu/prev, ff8151e):
+# run of up to 8 query blocks (branch bs-estimate, dbddaeb; not merged: slower) against main (.gpu/prev, ff8151e):
 # the estimate and prefill GPU tests on the new build, estimate_bench and minf bench's block-sparse
 # case at 128K (32 heads) and 1M (4 heads) on both builds.
 #   run: OUT=$OUT bash scripts/gpu-bs-estimate.sh   (carry .gpu/bin .gpu/prev)
