@@ -4,6 +4,7 @@
 # WGMMA_OVERLAP, two and three stages, against the default on dense and issue 3's banded index; then
 # the dense, pattern and prefill tests under ASYNC_ANNOUNCE=1,WGMMA_OVERLAP=1.
 #   run: OUT=$OUT bash scripts/gpu-async-overlap.sh   (carry .gpu/bin)
+# ASYNC_ANNOUNCE was a define of that call's scratch build only (not kept; bench/RESULTS.md, call 10).
 set -u
 out=${OUT:-/tmp/gpu-async-overlap}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
