@@ -9,15 +9,8 @@ set -u
 out=${OUT:-/tmp/gpu-async-overlap}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-wide="--mainloop wgmma --tile"
-for variant in "-|128,128,8,2" "ASYNC_ANNOUNCE=1|128,128,8,2" "ASYNC_ANNOUNCE=1,WGMMA_OVERLAP=1|128,128,8,2" \
-  "ASYNC_ANNOUNCE=1|128,128,8,3" "ASYNC_ANNOUNCE=1,WGMMA_OVERLAP=1|128,128,8,3" "-|128,128,8,2"; do
-  IFS='|' read -r defines tile <<< "$variant"; [ "$defines" = "-" ] && defines=""
-  echo "== dense tile $tile ${defines:-default}"
-  MINF_KERNEL_DEFINES=$defines timeout 100 .gpu/bin/dense_bench --seqs 32768,131072 --iters 5 $wide $tile 2>&1 | grep -E "^seq|rror"
-  echo "== banded tile $tile ${defines:-default}"
-  MINF_KERNEL_DEFINES=$defines vs .gpu/bin/vs_bench --generate 131072 --iters 5 $wide $tile
-done
+time_dense_and_banded "-|128,128,8,2" "ASYNC_ANNOUNCE=1|128,128,8,2" "ASYNC_ANNOUNCE=1,WGMMA_OVERLAP=1|128,128,8,2" \
+  "ASYNC_ANNOUNCE=1|128,128,8,3" "ASYNC_ANNOUNCE=1,WGMMA_OVERLAP=1|128,128,8,3" "-|128,128,8,2"
 defines=ASYNC_ANNOUNCE=1,WGMMA_OVERLAP=1
 echo "== tests dense patterns:: prefill:: with $defines"
 MINF_KERNEL_DEFINES=$defines timeout 170 .gpu/bin/gpu --include-ignored dense patterns:: prefill:: --test-threads=8 \

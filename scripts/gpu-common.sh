@@ -30,3 +30,17 @@ pack_outputs() {
     case "$keep" in *" ${f#"$dir"/} "*) ;; *) rm -f "$f" ;; esac
   done
 }
+
+# Times dense_bench (32K and 128K) and vs_bench on issue 3's banded 128K index with the wgmma engine,
+# for each "DEFINES|BLOCK_M,BLOCK_N,WARPS,STAGES" argument (DEFINES "-" for none).
+time_dense_and_banded() {
+  local variant defines tile
+  for variant in "$@"; do
+    IFS='|' read -r defines tile <<< "$variant"; [ "$defines" = "-" ] && defines=""
+    echo "== dense tile $tile ${defines:-default}"
+    MINF_KERNEL_DEFINES=$defines timeout 100 .gpu/bin/dense_bench --seqs 32768,131072 --iters 5 --mainloop wgmma \
+      --tile "$tile" 2>&1 | grep -E "^seq|rror"
+    echo "== banded tile $tile ${defines:-default}"
+    MINF_KERNEL_DEFINES=$defines vs .gpu/bin/vs_bench --generate 131072 --iters 5 --mainloop wgmma --tile "$tile"
+  done
+}

@@ -737,18 +737,24 @@ mod tests {
         assert_eq!(planted.repeats[0].induction_offset(), 187);
     }
 
-    #[test]
-    fn each_planted_part_scores_its_logit_at_any_distance() {
-        // One part at a time, so each score is exactly that part's.
-        let base = InputSpec {
+    /// `spec` with every planted part, the recency term and the query noise off (the decay is off
+    /// by default), so a test can turn on one part at a time.
+    fn silent(spec: InputSpec) -> InputSpec {
+        InputSpec {
             local_logit: 0.0,
             induction_logit: 0.0,
             sink_logit: 0.0,
             heavy_logit: 0.0,
             query_noise: 0.0,
             recency_logit: 0.0,
-            ..InputSpec::new(2048, 2, 1, 128, 3)
-        };
+            ..spec
+        }
+    }
+
+    #[test]
+    fn each_planted_part_scores_its_logit_at_any_distance() {
+        // One part at a time, so each score is exactly that part's.
+        let base = silent(InputSpec::new(2048, 2, 1, 128, 3));
         let sink = StructuredInputs::generate(&InputSpec { sink_logit: 7.0, ..base.clone() }).unwrap();
         for i in [0, 5, 700, 2047] {
             for j in 0..4 {
@@ -800,16 +806,7 @@ mod tests {
     fn decay_falls_off_with_log_distance() {
         // The decay direction alone: its score is exactly the logit times the mean cosine of the
         // rotation over its pairs.
-        let spec = InputSpec {
-            local_logit: 0.0,
-            induction_logit: 0.0,
-            sink_logit: 0.0,
-            heavy_logit: 0.0,
-            query_noise: 0.0,
-            recency_logit: 0.0,
-            decay_logit: 8.0,
-            ..InputSpec::new(16384, 1, 1, 128, 3)
-        };
+        let spec = InputSpec { decay_logit: 8.0, ..silent(InputSpec::new(16384, 1, 1, 128, 3)) };
         let qkv = StructuredInputs::generate(&spec).unwrap();
         let pairs = Subspaces::new(128).decay();
         let frequencies = rope_frequencies(spec.rope_base, 128);
