@@ -6,8 +6,10 @@
 //! starts; any two ranges with the same halves share a 128-key tile; a range left over gets a
 //! 64-key tile), and its columns as one merged stream.
 //!
-//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1] [--decay 0]`
-//! (`--decay` sets [`InputSpec::decay_logit`](minf::InputSpec::decay_logit)).
+//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1] [--decay L]
+//! [--flat-tail]` (`--decay` sets [`InputSpec::decay_logit`](minf::InputSpec::decay_logit);
+//! `--flat-tail` takes [`InputSpec::flat_tail`](minf::InputSpec::flat_tail), the inputs before the
+//! decay).
 //!
 //! The heads share one KV head (the estimate reads each query head with its KV head).
 
@@ -112,13 +114,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heads = flag("--heads", 4)?;
     let (vertical, slash) = (flag("--vertical", 1000)?, flag("--slash", 6096)?);
     let seed = flag("--seed", 1)? as u64;
-    let decay: f64 = match args.iter().position(|a| a == "--decay") {
-        Some(i) => args.get(i + 1).ok_or("--decay needs a value")?.parse()?,
-        None => 0.0,
+    let mut spec = if args.iter().any(|a| a == "--flat-tail") {
+        InputSpec::flat_tail(seq, heads, 1, 128, seed)
+    } else {
+        InputSpec::new(seq, heads, 1, 128, seed)
     };
+    if let Some(i) = args.iter().position(|a| a == "--decay") {
+        spec.decay_logit = args.get(i + 1).ok_or("--decay needs a value")?.parse()?;
+    }
+    let decay = spec.decay_logit;
     let started = std::time::Instant::now();
-    let qkv =
-        StructuredInputs::generate(&InputSpec { decay_logit: decay, ..InputSpec::new(seq, heads, 1, 128, seed) })?;
+    let qkv = StructuredInputs::generate(&spec)?;
     let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
     let estimate = minf::estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
     let index =

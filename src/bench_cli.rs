@@ -86,6 +86,10 @@ struct RunArgs {
     /// Seed of the structured inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Generate the structured inputs as before the long-range decay (`InputSpec::flat_tail`:
+    /// far diagonals are flat noise, so estimated indices scatter), to compare against.
+    #[arg(long, conflicts_with = "inputs")]
+    flat_tail: bool,
     /// Take the inputs from this file (q, k, v; see `minf::load_safetensors`) instead of the
     /// generator; the cases then have its length and heads.
     #[arg(long)]
@@ -194,7 +198,7 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
             cases
         }
         None => {
-            bench.use_inputs(InputSource::Structured { seed: args.seed });
+            bench.use_inputs(InputSource::Structured { seed: args.seed, flat_tail: args.flat_tail });
             cases
         }
     };

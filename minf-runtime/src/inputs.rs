@@ -7,13 +7,16 @@
 //! - **local structure** (the main diagonal and its neighbours): every token has a smooth content
 //!   vector (an AR(1) process over positions, correlation length
 //!   [`InputSpec::correlation_length`]) shared by its query and key, so nearby tokens score high;
+//! - **long-range decay** (RoPE's long-term decay): a direction every query and key carries in
+//!   pairs of its own ([`InputSpec::decay_logit`]), whose score falls about linearly in
+//!   `ln(distance)` from 2K to 64K tokens, so nearer keys outscore far ones at every distance;
 //! - **an attention sink**: the keys of the first [`InputSpec::sink_tokens`] tokens align with a
 //!   direction every query of the KV head carries;
 //! - **heavy columns** (verticals): [`InputSpec::heavy_columns`] keys per KV head align with that
 //!   direction too, a little less strongly;
-//! - **recency** (RoPE's long-term decay): a direction every query and key carries in the slower
-//!   half of the content pairs ([`InputSpec::recency_logit`]), whose score the rotation alone makes
-//!   fall off over hundreds to thousands of tokens;
+//! - **recency**: a direction every query and key carries in the slower half of the content pairs
+//!   ([`InputSpec::recency_logit`]), whose score the rotation alone makes fall off over hundreds
+//!   to thousands of tokens;
 //! - **repeated segments** (off-diagonal slashes): [`InputSpec::repeats`] copy a span's tokens
 //!   later in the sequence, and an induction-style identity match makes query `dst + t` attend to
 //!   key `src + t + 1`, a diagonal at offset [`Repeat::induction_offset`].
@@ -21,49 +24,56 @@
 //! Queries and keys are then rotated with a real rotary embedding (Llama's `rotate_half` layout,
 //! pair `m` pairs dims `m` and `m + head_dim / 2` at frequency `base^(-2m / head_dim)`), so every
 //! score depends on positions only through their distance. The head dimension is split by
-//! frequency: the highest-frequency pairs carry the content (their rotation makes it local), the
-//! next quarter of the pairs (low frequencies, which barely rotate across thousands of tokens)
-//! carry the token identities that make repeats findable, and the lowest `max(1, head_dim / 64)`
-//! pairs carry the sink/heavy direction, so sinks and heavy columns stay heavy at any distance.
+//! frequency: the highest-frequency pairs carry the content (their rotation makes it local), every
+//! other pair whose period lies between 2K and 64K tokens carries the decay, the next quarter of
+//! the pairs (low frequencies, which barely rotate across thousands of tokens) carry the token
+//! identities that make repeats findable, and the lowest `max(1, head_dim / 64)` pairs carry the
+//! sink/heavy direction. The default rotary base grows with the length (`max(500000, 4 * seq)`,
+//! as long-context fine-tunes raise it), so even the slowest pair turns by less than a third of a
+//! radian across the sequence and sinks and heavy columns stay heavy at any distance.
 //!
 //! The knobs are expressed as scaled scores (logits after the `1/sqrt(head_dim)` softmax scale):
-//! with the defaults a query gives its own key about [`InputSpec::local_logit`], the sink
-//! [`InputSpec::sink_logit`], a heavy column [`InputSpec::heavy_logit`] and the key after an
-//! earlier occurrence of itself [`InputSpec::induction_logit`], while unrelated keys spread with a
-//! standard deviation of about 1.3 (head_dim 128). With the defaults at 2048 tokens, the last rows
-//! put about a quarter of their mass on the sink, a quarter within 64 tokens of the diagonal, a
-//! tenth or more on the heavy columns, a tenth or more on the repeat's diagonal and the rest on
-//! the long tail (the tests hold these shares in ranges at 2048 and 16384 tokens): neither uniform
-//! nor one-hot. Past 2048 tokens the planted logits grow by `ln(seq / 2048)`
-//! ([`InputSpec::length_boost`]) so these shares hold at any length; with fixed logits the tail
-//! (whose weight grows with the length) would take ~97% of the mass at 128K, far more diffuse than
-//! the long-context attention MInference measured (its top 4096 of 128K keys hold ~96% of it). On
-//! the CPU reference at 128K (two heads, seed 1) MInference's vertical-slash estimate with 1000
-//! columns and 6096 diagonals keeps 16% of the last rows' mass with fixed logits, 66% with the
-//! boost and 76% with the boost and the recency term. Still unlike a model: beyond the planted
-//! ones the top diagonals scatter over the whole length (600 of 6096 lie within 8192 of the main
-//! diagonal), so the converted index covers most keys: `examples/index_tiles.rs` (4 heads, seed 1)
-//! counts 97% of the causal 64x64 tiles at 32K tokens, 80% at 128K and 66% at 256K, where the
-//! issues' reference index of this size is ~10% dense at 128K (a band of ~6K diagonals plus the
-//! columns is ~11%).
+//! with the defaults a query gives its own key about [`InputSpec::local_logit`] plus the decay, the
+//! sink [`InputSpec::sink_logit`], a heavy column [`InputSpec::heavy_logit`] and the key after an
+//! earlier occurrence of itself [`InputSpec::induction_logit`], each of these three *plus what the
+//! decay gives a key at distance 0*: the generator hands each planted key (and a needle) back what
+//! the decay takes from it at its distance from the last query, and raises the identity term by
+//! what it takes at the first repeat's offset, so planted parts keep their weight at any distance,
+//! as sinks and retrieval heads do in real models. Unrelated far keys spread with a standard
+//! deviation of about 1 around 0. With the defaults the last rows put about a quarter of their
+//! mass on the sink, a quarter to a half within 64 tokens of the diagonal, a tenth or more on the
+//! heavy columns, a few percent on the repeat's diagonal and the rest on the nearer tail (the
+//! tests hold these shares in ranges at 2048 and 16384 tokens). Past 64K tokens the decay grows by
+//! `ln(seq / 65536)` ([`InputSpec::length_boost`]), so the far tail, whose weight grows with the
+//! length, keeps about the same share.
 //!
-//! The recency term's decay ends after a few thousand tokens: the last rows' mass per diagonal is
-//! flat (about `e^-9` each, spread about 0.9 in its log) from 2K tokens on, so the picked
-//! diagonals are noise. [`InputSpec::decay_logit`] (off by default) adds RoPE's long-term decay
-//! out to the rotary base's scale: a direction every query and key shares in the slower half of
-//! the non-anchor pairs, whose score falls about linearly in `ln(distance)`. (Spread evenly over
-//! all of those pairs instead, the fast pairs' cosines make the score oscillate by about as much
-//! as it falls per e-fold of distance whatever its size, and the index stays 56-63% dense at 128K
-//! for logits 20-32.) It concentrates the picks, but only at logits that break the shares the
-//! tests pin: the index density at 32K / 128K / 256K is 87% / 53% / 41% with `decay_logit` 8, 84%
-//! / 41% / 31% with 12 and 74% / 21% / 12% with 32, while already at 4 (67% at 128K) the 16K
-//! shares leave their ranges (sink and heavy ~0.05, local 0.51 on two heads), because the sink,
-//! heavy columns and repeat sit `seq / 4` or more tokens back and lose the decay that the local
-//! and nearby tail keys keep. Using it by default needs a length boost that depends on each planted
-//! part's distance (the sink's would grow by the decay lost between 2048 and `seq` tokens), and
-//! lower per-diagonal noise than the content, identity and their cross terms with the decay
-//! direction give now (their spread, not the decay's oscillation, is what still scatters picks
-//! with the slow-half decay).
+//! What this gives, measured by `examples/inputs_realism.rs` (the float64 CPU reference, one
+//! head, seed 1; the last 64 rows, which the vertical-slash estimate reads):
+//!
+//! | tokens | top 4096 keys' share of the mass | (1000, 6096): tiles / mass kept | (100, 800) | (3500, 100) |
+//! |---|---|---|---|---|
+//! | 32K | 99.5% | 44.0% / 99.4% | 18.4% / 92.2% | 2.7% / 98.6% |
+//! | 128K | 98.9% | 12.6% / 99.1% | 5.3% / 80.2% | 0.5% / 96.3% |
+//! | 256K | 99.1% | 7.0% / 99.3% | 2.7% / 82.3% | 0.2% / 97.0% |
+//! | 1M | 96.3% | 2.8% / 95.3% | 0.6% / 85.8% | 0.1% / 94.0% |
+//!
+//! "Tiles" is the share of the causal 64x64 tiles the converted index covers (a band of 6096
+//! diagonals plus 1000 columns is ~11% at 128K); MInference reports that the top 4096 of 128K keys
+//! hold ~96% of a row's mass in real models. [`InputSpec::flat_tail`], the generator before the
+//! decay, gives 94.5% / 82.1% / 82.9% / 60.5% for the top 4096 keys, and its (1000, 6096) index
+//! covers 97.1% / 79.7% / 65.7% / 30.8% of the tiles while keeping only 87% / 65% / 64% / 35% of
+//! the mass (at 1M, with the base 500000, its sink direction turns past a right angle and rows in
+//! the middle keep 8%).
+//!
+//! How the decay came to be built this way (sixth and seventh sessions): without it the last rows'
+//! mass per far diagonal is flat and the estimate's diagonals beyond the planted ones are noise
+//! scattered over the whole length, hence the flat tail's dense indices. A decay sharing its pairs
+//! with
+//! the content and identities adds cross terms whose per-diagonal noise scatters the picks as much
+//! (21% at 128K even at logit 32), and a decay in faster pairs (periods from 256 tokens) makes the
+//! score oscillate along the distance by about as much as it falls per e-fold (16-37% of the tiles
+//! at 128K in the seventh session's trials).
+//! Decay pairs of their own, slow enough to vary smoothly, give the densities above.
 
 use crate::error::MinfError;
 use crate::reference::{parallel_map, random_normal, ReferenceShape, TestRng};
@@ -132,10 +142,12 @@ pub struct InputSpec {
     pub head_dim: usize,
     /// Seed; the same spec always gives the same tensors.
     pub seed: u64,
-    /// Rotary base: 500000 (Llama-3, default) or 10000 (Llama-2). With 10000, identities rotate
-    /// enough over a few thousand tokens that long-distance repeats fade, as they do in such models.
+    /// Rotary base: default `max(500000, 4 * seq)` (Llama-3's 500000, raised for longer contexts
+    /// as long-context fine-tunes do, so the sink direction turns by at most a third of a radian),
+    /// or e.g. 10000 (Llama-2), with which identities rotate enough over a few thousand tokens that
+    /// long-distance repeats fade, as they do in such models.
     pub rope_base: f64,
-    /// Scaled score of a query against its own key's content (default 7, plus [`InputSpec::length_boost`] past 2048 tokens); neighbours score less
+    /// Scaled score of a query against its own key's content (default 7); neighbours score less
     /// as content decorrelates and the rotation turns.
     pub local_logit: f64,
     /// Tokens over which content correlation falls by `1/e` (default 16).
@@ -145,17 +157,21 @@ pub struct InputSpec {
     pub query_noise: f64,
     /// Sink tokens at the start (default 4, at most `seq`).
     pub sink_tokens: usize,
-    /// Scaled score of every query against a sink key (default 7 plus the length boost).
+    /// Scaled score of every query against a sink key beyond the decay's value at distance 0
+    /// (default 7).
     pub sink_logit: f64,
     /// Heavy key columns per KV head (default 4, fewer if the sequence is too short), at seeded positions after the sink and before
     /// the last quarter of the sequence ([`InputSpec::planted`] lists them).
     pub heavy_columns: usize,
-    /// Scaled score of every query against a heavy key (default 6 plus the length boost).
+    /// Scaled score of every query against a heavy key beyond the decay's value at distance 0
+    /// (default 6).
     pub heavy_logit: f64,
-    /// Repeated spans, applied in order (default: the last `seq / 8` tokens repeat the span at
-    /// `seq / 4`, so the final queries, which the vertical-slash estimate reads, are in a copy).
+    /// Repeated spans, applied in order (default: the last `seq / 8` tokens repeat the span that
+    /// starts 512 tokens earlier, or at `seq / 4` in short sequences, so the final queries, which
+    /// the vertical-slash estimate reads, are in a copy).
     pub repeats: Vec<Repeat>,
-    /// Scaled score of an induction match (default 6 plus the length boost): query `i` against key `j` when token
+    /// Scaled score of an induction match beyond the decay's value at distance 0 (default 6.5):
+    /// query `i` against key `j` when token
     /// `j - 1` has token `i`'s identity.
     pub induction_logit: f64,
     /// A needle (default none): one key that only the last queries attend to strongly.
@@ -166,14 +182,12 @@ pub struct InputSpec {
     /// show, so the nearer diagonals outscore far ones.
     pub recency_logit: f64,
     /// Scaled score every query gives keys at distance 0 through a second shared constant
-    /// direction, spread with equal weight (and seeded phases) over the slower half of the pairs
-    /// the anchor does not use (default 0: off). The pair at frequency `f` stops contributing
-    /// once `f * distance` passes about 1, and the pairs are evenly spaced in `ln f`, so the score
-    /// falls roughly linearly in `ln(distance)`, from the logit at a few hundred tokens to about 0
-    /// near `1 / f` of the slowest pair (~270K tokens with base 500000, head_dim 128). A model of
-    /// the low-frequency mean component real queries and keys share. Not on by default: the
-    /// values that make the vertical-slash estimate's diagonals realistic break the pinned shares
-    /// (see the [module docs](self)).
+    /// direction in pairs of its own: every other pair whose period `1 / f` lies between 2048 and
+    /// 65536 tokens, with equal weight, so its score at distance `t` is the logit times the mean
+    /// of `cos(f t)` over those pairs, falling about linearly in `ln(t)` over that range (default
+    /// 8 plus [`length_boost`](Self::length_boost); 0 turns it off and gives the content those
+    /// pairs back). Planted keys, a needle and the first repeat's match get back what it takes
+    /// from them at their distance from the last query (see the [module docs](self)).
     pub decay_logit: f64,
 }
 
@@ -193,13 +207,15 @@ pub struct Needle {
 }
 
 impl InputSpec {
-    /// A spec with the default knobs. The planted logits grow with `ln(seq / 2048)` past 2048
-    /// tokens ([`length_boost`](Self::length_boost)), so the sink, local, heavy and repeat shares of
-    /// the last rows stay what they are at 2048 tokens instead of drowning in a tail that grows with
-    /// the length.
+    /// A spec with the default knobs. The decay grows with `ln(seq / 65536)` past 65536 tokens
+    /// ([`length_boost`](Self::length_boost)), so the sink, local, heavy and repeat shares of the
+    /// last rows stay about what they are at shorter lengths instead of drowning in a far tail that
+    /// grows with the length.
     pub fn new(seq: usize, heads: usize, kv_heads: usize, head_dim: usize, seed: u64) -> InputSpec {
         let len = seq / 8;
-        let repeats = if len > 0 { vec![Repeat { src: seq / 4, dst: seq - len, len }] } else { Vec::new() };
+        let dst = seq - len;
+        let src = if dst > REPEAT_GAP + seq / 4 { dst - REPEAT_GAP } else { seq / 4 };
+        let repeats = if len > 0 { vec![Repeat { src, dst, len }] } else { Vec::new() };
         let boost = Self::length_boost(seq);
         let mut spec = InputSpec {
             seq,
@@ -207,30 +223,50 @@ impl InputSpec {
             kv_heads,
             head_dim,
             seed,
-            rope_base: 500_000.0,
-            local_logit: 7.0 + boost,
+            rope_base: (4.0 * seq as f64).max(500_000.0),
+            local_logit: 7.0,
             correlation_length: 16.0,
             query_noise: 0.3,
             sink_tokens: 4,
-            sink_logit: 7.0 + boost,
+            sink_logit: 7.0,
             heavy_columns: 4,
-            heavy_logit: 6.0 + boost,
+            heavy_logit: 6.0,
             repeats,
-            induction_logit: 6.0 + boost,
+            induction_logit: 6.5,
             needle: None,
             recency_logit: 1.0,
-            decay_logit: 0.0,
+            decay_logit: 8.0 + boost,
         };
         spec.sink_tokens = spec.sink_tokens.min(seq);
         spec.heavy_columns = spec.heavy_columns.min(spec.heavy_range().len());
         spec
     }
 
-    /// What [`new`](Self::new) adds to each planted logit at `seq` tokens: `ln(seq / 2048)`, 0 up
-    /// to 2048. The unrelated keys' total weight grows in proportion to the length; adding its log
-    /// to the planted logits grows their weight in step.
+    /// What [`new`](Self::new) adds to the decay at `seq` tokens: `ln(seq / 65536)`, 0 up to
+    /// 65536. The far keys' total weight grows in proportion to the length; lowering them by its
+    /// log keeps their share.
     pub fn length_boost(seq: usize) -> f64 {
-        (seq as f64 / 2048.0).ln().max(0.0)
+        (seq as f64 / BOOST_FROM).ln().max(0.0)
+    }
+
+    /// The generator's defaults before the decay (sixth session and earlier), kept to compare
+    /// against: no decay, the rotary base 500000, the repeat's source at `seq / 4`, and the
+    /// planted logits (local 7, sink 7, heavy 6, induction 6) raised by `ln(seq / 2048)` past
+    /// 2048 tokens. Its far diagonals are flat noise, so vertical-slash estimates of it scatter
+    /// over the whole length (see the [module docs](self)).
+    pub fn flat_tail(seq: usize, heads: usize, kv_heads: usize, head_dim: usize, seed: u64) -> InputSpec {
+        let boost = (seq as f64 / 2048.0).ln().max(0.0);
+        let len = seq / 8;
+        InputSpec {
+            rope_base: 500_000.0,
+            local_logit: 7.0 + boost,
+            sink_logit: 7.0 + boost,
+            heavy_logit: 6.0 + boost,
+            induction_logit: 6.0 + boost,
+            decay_logit: 0.0,
+            repeats: if len > 0 { vec![Repeat { src: seq / 4, dst: seq - len, len }] } else { Vec::new() },
+            ..InputSpec::new(seq, heads, kv_heads, head_dim, seed)
+        }
     }
 
     fn validate(&self) -> Result<(), MinfError> {
@@ -346,46 +382,72 @@ fn stream(seed: u64, tag: u64, index: usize) -> u64 {
 }
 
 /// Which rotary pairs carry what: `content` the highest frequencies, then `identity`, then
-/// `anchor` the lowest.
+/// `anchor` the lowest; with a decay, `decay` takes every other pair whose period lies in
+/// [`DECAY_PERIODS`] away from the others.
 #[derive(Debug, Clone)]
 struct Subspaces {
     pairs: usize,
-    content: Range<usize>,
-    identity: Range<usize>,
-    anchor: Range<usize>,
+    content: Vec<usize>,
+    identity: Vec<usize>,
+    anchor: Vec<usize>,
+    decay: Vec<usize>,
 }
 
+/// How far before its copy a repeated span starts by default (when the sequence is long enough).
+const REPEAT_GAP: usize = 512;
+
+/// The length past which [`InputSpec::length_boost`] raises the decay.
+const BOOST_FROM: f64 = 65536.0;
+
+/// The distances (in tokens, `1 / frequency`) the decay pairs cover.
+const DECAY_PERIODS: (f64, f64) = (2048.0, 65536.0);
+
 impl Subspaces {
-    fn new(head_dim: usize) -> Subspaces {
+    fn new(head_dim: usize, frequencies: &[f64], with_decay: bool) -> Subspaces {
         let pairs = head_dim / 2;
-        let anchor = (pairs / 32).max(1);
-        let identity = (pairs / 4).max(1);
-        let content = pairs - anchor - identity;
+        let anchors = (pairs / 32).max(1);
+        let free = pairs - anchors;
+        let (lo, hi) = DECAY_PERIODS;
+        let decay: Vec<usize> = if with_decay {
+            let mut in_range: Vec<usize> =
+                (0..free).rev().filter(|&m| (lo..=hi).contains(&(1.0 / frequencies[m]))).step_by(2).collect();
+            in_range.reverse();
+            in_range
+        } else {
+            Vec::new()
+        };
+        let rest: Vec<usize> = (0..free).filter(|m| !decay.contains(m)).collect();
+        let identity_count = (pairs / 4).max(1);
+        let split = rest.len() - identity_count;
         Subspaces {
             pairs,
-            content: 0..content,
-            identity: content..content + identity,
-            anchor: content + identity..pairs,
+            content: rest[..split].to_vec(),
+            identity: rest[split..].to_vec(),
+            anchor: (free..pairs).collect(),
+            decay,
         }
     }
 
     /// The slower half of the content pairs, which carries the recency direction.
-    fn recency(&self) -> Range<usize> {
-        self.content.start + self.content.len() / 2..self.content.end
-    }
-
-    /// The slower half of the pairs the anchor does not use (the slow content pairs and the
-    /// identity pairs), which carry the long-range decay direction.
-    fn decay(&self) -> Range<usize> {
-        (self.content.start + self.identity.end) / 2..self.identity.end
+    fn recency(&self) -> Vec<usize> {
+        self.content[self.content.len() / 2..].to_vec()
     }
 
     /// Writes `scale * values` (two components per pair of `pairs`) into the unrotated `out`.
-    fn put(&self, out: &mut [f64], pairs: &Range<usize>, values: &[f64], scale: f64) {
-        for (m, pair) in pairs.clone().zip(values.chunks_exact(2)) {
+    fn put(&self, out: &mut [f64], pairs: &[usize], values: &[f64], scale: f64) {
+        for (&m, pair) in pairs.iter().zip(values.chunks_exact(2)) {
             out[m] += scale * pair[0];
             out[m + self.pairs] += scale * pair[1];
         }
+    }
+
+    /// The decay's scaled score at distance `t` for `logit`: the logit times the mean cosine of
+    /// the rotation over the decay pairs (0 without them).
+    fn decay_at(&self, logit: f64, frequencies: &[f64], t: usize) -> f64 {
+        if self.decay.is_empty() {
+            return 0.0;
+        }
+        logit * self.decay.iter().map(|&m| (frequencies[m] * t as f64).cos()).sum::<f64>() / self.decay.len() as f64
     }
 }
 
@@ -413,7 +475,8 @@ impl StructuredInputs {
         let planted = spec.planted()?;
         let InputSpec { seq, heads, kv_heads, head_dim: d, seed, .. } = *spec;
         let group = heads / kv_heads;
-        let sub = Subspaces::new(d);
+        let frequencies = rope_frequencies(spec.rope_base, d);
+        let sub = Subspaces::new(d, &frequencies, spec.decay_logit > 0.0);
         let (content_dims, identity_dims, anchor_dims) =
             (2 * sub.content.len(), 2 * sub.identity.len(), 2 * sub.anchor.len());
         // Scales giving the documented scaled scores for unit-norm content, identity and anchor.
@@ -421,10 +484,9 @@ impl StructuredInputs {
         let content_scale = (spec.local_logit).sqrt() * quarter;
         let identity_scale = (spec.induction_logit).sqrt() * quarter;
         let recency_scale = (spec.recency_logit).sqrt() * quarter;
-        let frequencies = rope_frequencies(spec.rope_base, d);
         // A needle takes the lowest-frequency identity pair for itself.
         let (identity_pairs, needle_pair) = match spec.needle {
-            Some(_) => (sub.identity.start..sub.identity.end - 1, Some(sub.identity.end - 1)),
+            Some(_) => (sub.identity[..sub.identity.len() - 1].to_vec(), sub.identity.last().copied()),
             None => (sub.identity.clone(), None),
         };
         let rho = (-1.0 / spec.correlation_length).exp();
@@ -464,22 +526,25 @@ impl StructuredInputs {
             }
             // The recency direction: constant over positions in the slower half of the content
             // pairs, unit norm; the rotation alone makes its score fall off with distance.
-            let recency_raw = random_normal(2 * sub.recency().len(), stream(seed, 7, g));
+            let recency_pairs = sub.recency();
+            let recency_raw = random_normal(2 * recency_pairs.len(), stream(seed, 7, g));
             let recency_norm =
                 recency_raw.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
             let recency: Vec<f64> = recency_raw.iter().map(|x| *x as f64 / recency_norm).collect();
-            // The decay direction: constant over positions, the same norm in every pair of
-            // `sub.decay()` with a seeded phase, unit norm; its score at distance `t` is
-            // `decay_logit` times the mean of `cos(frequency * t)` over those pairs.
+            // The decay direction: constant over positions, the same norm in every decay pair, unit
+            // norm; its score at distance `t` is `sub.decay_at(decay_logit, t)`.
             let decay: Vec<f64> = {
-                let mut rng = TestRng::new(stream(seed, 8, g));
-                let per_pair = 1.0 / (sub.decay().len().max(1) as f64).sqrt();
-                (0..sub.decay().len())
-                    .flat_map(|_| {
-                        let phase = std::f64::consts::TAU * (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                        [per_pair * phase.cos(), per_pair * phase.sin()]
-                    })
-                    .collect()
+                let per_pair = 1.0 / (sub.decay.len().max(1) as f64).sqrt();
+                sub.decay.iter().flat_map(|_| [per_pair, 0.0]).collect()
+            };
+            // What the decay took from a key at distance `t` from the last query, given back to
+            // the planted parts so they keep their shares.
+            let lost = |t: usize| spec.decay_logit - sub.decay_at(spec.decay_logit, &frequencies, t);
+            // A planted part's logit with that given back (a part that is off stays off).
+            let planted_logit = |logit: f64, t: usize| if logit == 0.0 { 0.0 } else { logit + lost(t) };
+            let identity_scale = match planted.repeats.first() {
+                Some(r) => planted_logit(spec.induction_logit, r.induction_offset()).sqrt() * quarter,
+                None => identity_scale,
             };
             let decay_scale = spec.decay_logit.sqrt() * quarter;
             // The direction sinks and heavy columns share, unit norm.
@@ -490,9 +555,9 @@ impl StructuredInputs {
             for j in 0..seq {
                 unrotated.fill(0.0);
                 sub.put(&mut unrotated, &sub.content, &content[j * content_dims..][..content_dims], content_scale);
-                sub.put(&mut unrotated, &sub.recency(), &recency, recency_scale);
+                sub.put(&mut unrotated, &recency_pairs, &recency, recency_scale);
                 if spec.decay_logit > 0.0 {
-                    sub.put(&mut unrotated, &sub.decay(), &decay, decay_scale);
+                    sub.put(&mut unrotated, &sub.decay, &decay, decay_scale);
                 }
                 // Key j carries the identity of token j - 1 (slot j of `identity`; slot t + 1 is token t).
                 sub.put(
@@ -502,9 +567,9 @@ impl StructuredInputs {
                     identity_scale,
                 );
                 let anchor_logit = if planted.sink.contains(&j) {
-                    spec.sink_logit
+                    planted_logit(spec.sink_logit, seq - 1 - j)
                 } else if planted.heavy[g].binary_search(&j).is_ok() {
-                    spec.heavy_logit
+                    planted_logit(spec.heavy_logit, seq - 1 - j)
                 } else {
                     0.0
                 };
@@ -512,8 +577,9 @@ impl StructuredInputs {
                 if let (Some(needle), Some(m)) = (spec.needle.filter(|n| n.position == j), needle_pair) {
                     // Pre-rotated so that, after both rotations, it aligns with the last query's.
                     let angle = (seq - 1 - j) as f64 * frequencies[m];
-                    unrotated[m] += needle.logit * quarter * angle.cos();
-                    unrotated[m + sub.pairs] += needle.logit * quarter * angle.sin();
+                    let logit = planted_logit(needle.logit, seq - 1 - j);
+                    unrotated[m] += logit * quarter * angle.cos();
+                    unrotated[m + sub.pairs] += logit * quarter * angle.sin();
                 }
                 rope(&unrotated, j, &frequencies, &mut k_g[j * d..][..d]);
             }
@@ -527,9 +593,9 @@ impl StructuredInputs {
                     }
                     unrotated.fill(0.0);
                     sub.put(&mut unrotated, &sub.content, &noisy, content_scale);
-                    sub.put(&mut unrotated, &sub.recency(), &recency, recency_scale);
+                    sub.put(&mut unrotated, &recency_pairs, &recency, recency_scale);
                     if spec.decay_logit > 0.0 {
-                        sub.put(&mut unrotated, &sub.decay(), &decay, decay_scale);
+                        sub.put(&mut unrotated, &sub.decay, &decay, decay_scale);
                     }
                     sub.put(
                         &mut unrotated,
@@ -737,8 +803,8 @@ mod tests {
         assert_eq!(planted.repeats[0].induction_offset(), 187);
     }
 
-    /// `spec` with every planted part, the recency term and the query noise off (the decay is off
-    /// by default), so a test can turn on one part at a time.
+    /// `spec` with every planted part, the recency term, the decay and the query noise off, so a
+    /// test can turn on one part at a time.
     fn silent(spec: InputSpec) -> InputSpec {
         InputSpec {
             local_logit: 0.0,
@@ -747,6 +813,7 @@ mod tests {
             heavy_logit: 0.0,
             query_noise: 0.0,
             recency_logit: 0.0,
+            decay_logit: 0.0,
             ..spec
         }
     }
@@ -803,26 +870,49 @@ mod tests {
     }
 
     #[test]
-    fn decay_falls_off_with_log_distance() {
+    fn decay_falls_off_with_log_distance_and_planted_parts_keep_their_logits() {
         // The decay direction alone: its score is exactly the logit times the mean cosine of the
         // rotation over its pairs.
-        let spec = InputSpec { decay_logit: 8.0, ..silent(InputSpec::new(16384, 1, 1, 128, 3)) };
+        let spec = InputSpec { decay_logit: 8.0, ..silent(InputSpec::new(131072, 1, 1, 128, 3)) };
         let qkv = StructuredInputs::generate(&spec).unwrap();
-        let pairs = Subspaces::new(128).decay();
         let frequencies = rope_frequencies(spec.rope_base, 128);
-        let expected =
-            |t: usize| 8.0 * pairs.clone().map(|m| (frequencies[m] * t as f64).cos()).sum::<f64>() / pairs.len() as f64;
-        let at = |t: usize| logit(&qkv, 0, 16383, 16383 - t);
-        for t in [0, 64, 600, 4096, 8192, 16000] {
-            assert!((at(t) - expected(t)).abs() < 0.01, "distance {t}: {} vs {}", at(t), expected(t));
+        let sub = Subspaces::new(128, &frequencies, true);
+        assert!(sub.decay.len() >= 6, "{:?}", sub.decay);
+        for &m in &sub.decay {
+            let period = 1.0 / frequencies[m];
+            assert!((2048.0..=65536.0).contains(&period), "pair {m}: period {period}");
+            assert!(!sub.content.contains(&m) && !sub.identity.contains(&m) && !sub.anchor.contains(&m));
         }
-        // Flat over the first hundreds of tokens, then falling about linearly in ln(distance).
-        assert!(at(0) > 7.99 && at(600) > 7.5, "{} {}", at(0), at(600));
-        assert!(at(4096) > 4.5 && at(4096) < 5.2, "{}", at(4096));
-        assert!(at(16000) > 2.3 && at(16000) < 3.0, "{}", at(16000));
+        let last = 131071;
+        let at = |t: usize| logit(&qkv, 0, last, last - t);
+        for t in [0, 64, 600, 4096, 8192, 16000, 65536, 131071] {
+            let expected = sub.decay_at(8.0, &frequencies, t);
+            assert!((at(t) - expected).abs() < 0.01, "distance {t}: {} vs {expected}", at(t));
+        }
+        // Flat over the first hundreds of tokens, then falling with ln(distance).
+        assert!(at(0) > 7.99 && at(600) > 7.0, "{} {}", at(0), at(600));
+        assert!(at(600) > at(4096) + 1.0 && at(4096) > at(16000) + 1.0 && at(16000) > at(65536) + 1.0);
         // Off, it changes nothing.
         let off = StructuredInputs::generate(&InputSpec { decay_logit: 0.0, ..spec.clone() }).unwrap();
-        assert!(logit(&off, 0, 16383, 16383).abs() < 1e-9);
+        assert!(logit(&off, 0, last, last).abs() < 1e-9);
+
+        // With the decay on, the sink, a heavy column and a needle score their logit plus the
+        // decay at distance 0 against the last query, wherever they are (at 32K tokens the anchor
+        // pairs turn by under 0.1 radian, so the sink and heavy scores are within 0.5% of it).
+        let spec = InputSpec { decay_logit: 8.0, ..silent(InputSpec::new(32768, 1, 1, 128, 3)) };
+        let column = spec.planted().unwrap().heavy[0][0];
+        let needle = Needle { position: 5000, queries: 64, logit: 9.0 };
+        let planted = StructuredInputs::generate(&InputSpec {
+            sink_logit: 7.0,
+            heavy_logit: 6.0,
+            needle: Some(needle),
+            ..spec.clone()
+        })
+        .unwrap();
+        for (j, want) in [(0, 15.0), (3, 15.0), (column, 14.0), (5000, 17.0)] {
+            let got = logit(&planted, 0, 32767, j);
+            assert!((got - want).abs() < 0.08, "key {j}: {got}, want {want}");
+        }
     }
 
     #[test]

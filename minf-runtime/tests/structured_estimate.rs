@@ -76,15 +76,23 @@ fn vertical_slash_estimate_finds_the_planted_structure() {
 
 #[test]
 fn block_sparse_estimate_mostly_keeps_the_sink_and_most_mass() {
-    let (qkv, _) = inputs();
-    let est = estimate_block_sparse(&qkv.q, &qkv.k, qkv.shape(), 8).unwrap();
-    assert_eq!((est.rows, est.capacity), (32, 8));
     // Mean pooling dilutes the 4 sink tokens over their block, so the sink block is not always
-    // chosen (one reason MInference uses block-sparse for few heads), but mostly it is.
-    let with_sink =
-        (0..4).flat_map(|h| (8..32).map(move |r| (h, r))).filter(|&(h, r)| est.blocks(0, h, r)[0] == 0).count();
-    assert!(with_sink * 2 > 4 * 24, "the sink block is kept for {with_sink} of 96 query blocks");
-    let rows: Vec<usize> = (64..SEQ).step_by(97).collect();
-    let got = recall(&qkv.q, &qkv.k, qkv.shape(), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
-    assert!(got.mean > 0.7, "{got:?}");
+    // chosen (one reason MInference uses block-sparse for few heads). Over a flat tail
+    // (`InputSpec::flat_tail`) it still mostly is; with the default long-range decay the nearer
+    // blocks' pooled keys carry more of the decay than the first block's and often outrank it, so
+    // there the test asks only for the mass.
+    let flat = InputSpec::flat_tail(SEQ, 4, 2, 128, 11);
+    let flat_qkv = StructuredInputs::generate(&flat).unwrap();
+    for (qkv, check_sink) in [(flat_qkv, true), (inputs().0, false)] {
+        let est = estimate_block_sparse(&qkv.q, &qkv.k, qkv.shape(), 8).unwrap();
+        assert_eq!((est.rows, est.capacity), (32, 8));
+        let with_sink =
+            (0..4).flat_map(|h| (8..32).map(move |r| (h, r))).filter(|&(h, r)| est.blocks(0, h, r)[0] == 0).count();
+        if check_sink {
+            assert!(with_sink * 2 > 4 * 24, "the sink block is kept for {with_sink} of 96 query blocks");
+        }
+        let rows: Vec<usize> = (64..SEQ).step_by(97).collect();
+        let got = recall(&qkv.q, &qkv.k, qkv.shape(), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
+        assert!(got.mean > 0.7, "{got:?} (sink block kept for {with_sink} of 96 query blocks)");
+    }
 }

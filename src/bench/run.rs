@@ -59,6 +59,9 @@ pub enum InputSource {
     Structured {
         /// The generator's seed.
         seed: u64,
+        /// [`InputSpec::flat_tail`] instead of [`InputSpec::new`]: the generator's defaults before
+        /// the long-range decay (`--flat-tail`).
+        flat_tail: bool,
     },
     /// One file's inputs (`--inputs`), for every case at its length.
     File(HostQkv),
@@ -177,7 +180,7 @@ impl GpuBench {
         let info = probe(0).map_err(|e| BenchError::NoGpu(e.to_string()))?;
         let device = Device::new(0).map_err(|e| BenchError::NoGpu(e.to_string()))?;
         let driver = format!("CUDA {}.{}", info.driver_version.0, info.driver_version.1);
-        let source = InputSource::Structured { seed: 1 };
+        let source = InputSource::Structured { seed: 1, flat_tail: false };
         Ok(GpuBench { device, driver, source, inputs: None, dense_ms: HashMap::new() })
     }
 
@@ -212,9 +215,10 @@ impl GpuBench {
         self.inputs = None;
         let started = Instant::now();
         let host = match &self.source {
-            InputSource::Structured { seed } => {
+            InputSource::Structured { seed, flat_tail } => {
                 progress(&format!("generating inputs: {} tokens, {}/{} heads", case.seq, case.heads, case.kv_heads));
-                StructuredInputs::generate(&InputSpec::new(case.seq, case.heads, case.kv_heads, case.head_dim, *seed))?
+                let make = if *flat_tail { InputSpec::flat_tail } else { InputSpec::new };
+                StructuredInputs::generate(&make(case.seq, case.heads, case.kv_heads, case.head_dim, *seed))?
             }
             InputSource::File(qkv) => {
                 let shape = (qkv.seq, qkv.heads, qkv.kv_heads, qkv.head_dim);
@@ -288,6 +292,13 @@ impl GpuBench {
             "peak_mem_bytes: q, k, v, out, indices and estimation scratch allocated for the case; TFLOP/s on attn_ms, \
              {BLOCK_FLOP_TILE}x{BLOCK_FLOP_TILE} tiles with causal diagonal tiles counted whole"
         )];
+        notes.push(match &self.source {
+            InputSource::Structured { seed, flat_tail: false } => format!("structured inputs, seed {seed}"),
+            InputSource::Structured { seed, flat_tail: true } => {
+                format!("structured inputs without the long-range decay (--flat-tail), seed {seed}")
+            }
+            InputSource::File(_) => "inputs from --inputs".into(),
+        });
         if case.is_subset() {
             notes.push(format!(
                 "{} of the layer's {} query heads timed ({} KV heads); compare per_head_ms",
