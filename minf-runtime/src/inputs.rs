@@ -36,10 +36,10 @@
 //! with the defaults a query gives its own key about [`InputSpec::local_logit`] plus the decay, the
 //! sink [`InputSpec::sink_logit`], a heavy column [`InputSpec::heavy_logit`] and the key after an
 //! earlier occurrence of itself [`InputSpec::induction_logit`], each of these three *plus what the
-//! decay gives a key at distance 0*: the generator hands each planted key (and a needle) back what
-//! the decay takes from it at its distance from the last query, and raises the identity term by
-//! what it takes at the first repeat's offset, so planted parts keep their weight at any distance,
-//! as sinks and retrieval heads do in real models. Unrelated far keys spread with a standard
+//! decay gives a key at distance 0*: planted keys (and a needle) do not carry the decay direction
+//! and get its value at distance 0 added to their planted score instead, and the identity term is
+//! raised by what the decay takes at the first repeat's offset, so planted parts keep their weight
+//! at any distance, as sinks and retrieval heads do in real models. Unrelated far keys spread with a standard
 //! deviation of about 1 around 0. With the defaults the last rows put about a quarter of their
 //! mass on the sink, a quarter to a half within 64 tokens of the diagonal, a tenth or more on the
 //! heavy columns, a few percent on the repeat's diagonal and the rest on the nearer tail (the
@@ -186,8 +186,9 @@ pub struct InputSpec {
     /// 65536 tokens, with equal weight, so its score at distance `t` is the logit times the mean
     /// of `cos(f t)` over those pairs, falling about linearly in `ln(t)` over that range (default
     /// 8 plus [`length_boost`](Self::length_boost); 0 turns it off and gives the content those
-    /// pairs back). Planted keys, a needle and the first repeat's match get back what it takes
-    /// from them at their distance from the last query (see the [module docs](self)).
+    /// pairs back). Sink and heavy keys and a needle do not carry it and score its value at
+    /// distance 0 on top of their own logit against every query; the first repeat's match gets
+    /// back what it takes at the repeat's offset (see the [module docs](self)).
     pub decay_logit: f64,
 }
 
@@ -540,11 +541,13 @@ impl StructuredInputs {
             // What the decay took from a key at distance `t` from the last query, given back to
             // the planted parts so they keep their shares.
             let lost = |t: usize| spec.decay_logit - sub.decay_at(spec.decay_logit, &frequencies, t);
-            // A planted part's logit with that given back (a part that is off stays off).
-            let planted_logit = |logit: f64, t: usize| if logit == 0.0 { 0.0 } else { logit + lost(t) };
+            // The identity term is raised by what the decay takes at the first repeat's offset, so
+            // the match scores the induction logit plus the decay at distance 0.
             let identity_scale = match planted.repeats.first() {
-                Some(r) => planted_logit(spec.induction_logit, r.induction_offset()).sqrt() * quarter,
-                None => identity_scale,
+                Some(r) if spec.induction_logit != 0.0 => {
+                    (spec.induction_logit + lost(r.induction_offset())).sqrt() * quarter
+                }
+                _ => identity_scale,
             };
             let decay_scale = spec.decay_logit.sqrt() * quarter;
             // The direction sinks and heavy columns share, unit norm.
@@ -553,10 +556,23 @@ impl StructuredInputs {
             let anchor: Vec<f64> = anchor_raw.iter().map(|x| *x as f64 / anchor_norm).collect();
 
             for j in 0..seq {
+                // A planted key (sink, heavy column or needle, when on) does not carry the decay
+                // direction; its planted logit gets the decay's value at distance 0 instead, so
+                // every query scores it the same beyond the planted part, wherever it is.
+                let sink_or_heavy = if planted.sink.contains(&j) {
+                    spec.sink_logit
+                } else if planted.heavy[g].binary_search(&j).is_ok() {
+                    spec.heavy_logit
+                } else {
+                    0.0
+                };
+                let needle_here = spec.needle.filter(|n| n.position == j && n.logit != 0.0);
+                let exempt = sink_or_heavy != 0.0 || needle_here.is_some();
+                let decay_given = if exempt { spec.decay_logit } else { 0.0 };
                 unrotated.fill(0.0);
                 sub.put(&mut unrotated, &sub.content, &content[j * content_dims..][..content_dims], content_scale);
                 sub.put(&mut unrotated, &recency_pairs, &recency, recency_scale);
-                if spec.decay_logit > 0.0 {
+                if spec.decay_logit > 0.0 && !exempt {
                     sub.put(&mut unrotated, &sub.decay, &decay, decay_scale);
                 }
                 // Key j carries the identity of token j - 1 (slot j of `identity`; slot t + 1 is token t).
@@ -566,18 +582,12 @@ impl StructuredInputs {
                     &identity[j * identity_dims..][..identity_dims],
                     identity_scale,
                 );
-                let anchor_logit = if planted.sink.contains(&j) {
-                    planted_logit(spec.sink_logit, seq - 1 - j)
-                } else if planted.heavy[g].binary_search(&j).is_ok() {
-                    planted_logit(spec.heavy_logit, seq - 1 - j)
-                } else {
-                    0.0
-                };
+                let anchor_logit = if sink_or_heavy != 0.0 { sink_or_heavy + decay_given } else { 0.0 };
                 sub.put(&mut unrotated, &sub.anchor, &anchor, anchor_logit * quarter);
-                if let (Some(needle), Some(m)) = (spec.needle.filter(|n| n.position == j), needle_pair) {
+                if let (Some(needle), Some(m)) = (needle_here, needle_pair) {
                     // Pre-rotated so that, after both rotations, it aligns with the last query's.
                     let angle = (seq - 1 - j) as f64 * frequencies[m];
-                    let logit = planted_logit(needle.logit, seq - 1 - j);
+                    let logit = needle.logit + decay_given;
                     unrotated[m] += logit * quarter * angle.cos();
                     unrotated[m + sub.pairs] += logit * quarter * angle.sin();
                 }
@@ -898,7 +908,8 @@ mod tests {
 
         // With the decay on, the sink, a heavy column and a needle score their logit plus the
         // decay at distance 0 against the last query, wherever they are (at 32K tokens the anchor
-        // pairs turn by under 0.1 radian, so the sink and heavy scores are within 0.5% of it).
+        // pairs turn by under 0.1 radian, so the sink and heavy scores are within 0.5% of it),
+        // and the sink scores the same against any other query.
         let spec = InputSpec { decay_logit: 8.0, ..silent(InputSpec::new(32768, 1, 1, 128, 3)) };
         let column = spec.planted().unwrap().heavy[0][0];
         let needle = Needle { position: 5000, queries: 64, logit: 9.0 };
@@ -912,6 +923,10 @@ mod tests {
         for (j, want) in [(0, 15.0), (3, 15.0), (column, 14.0), (5000, 17.0)] {
             let got = logit(&planted, 0, 32767, j);
             assert!((got - want).abs() < 0.08, "key {j}: {got}, want {want}");
+        }
+        for i in [10, 700, 9000, 20000] {
+            let got = logit(&planted, 0, i, 0);
+            assert!((got - 15.0).abs() < 0.08, "sink seen by query {i}: {got}");
         }
     }
 
