@@ -51,6 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let heads: usize = value("--heads").map(|v| v.parse()).transpose()?.unwrap_or(1);
     let seed: u64 = value("--seed").map(|v| v.parse()).transpose()?.unwrap_or(1);
     let flat = args.iter().any(|a| a == "--flat-tail");
+    let decay_base: Option<f64> = value("--decay-base").map(|v| v.parse()).transpose()?;
     println!(
         "{} inputs, {heads} head(s), seed {seed}",
         if flat { "flat-tail (InputSpec::flat_tail)" } else { "default (InputSpec::new)" }
@@ -58,11 +59,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("| tokens | top-4096 share of the last rows (least) | (v, s) | index density | recall, last rows (worst) | recall, middle rows (worst) |");
     println!("|---|---|---|---|---|---|");
     for &seq in &seqs {
-        let spec = if flat {
+        let mut spec = if flat {
             InputSpec::flat_tail(seq, heads, 1, 128, seed)
         } else {
             InputSpec::new(seq, heads, 1, 128, seed)
         };
+        if let Some(base) = decay_base {
+            spec.decay_logit = base + InputSpec::length_boost(seq);
+        }
         let qkv = StructuredInputs::generate(&spec)?;
         let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
         let last: Vec<usize> = (seq - 64..seq).step_by(9).collect();
