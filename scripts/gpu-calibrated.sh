@@ -7,8 +7,6 @@
 #   (carry .gpu/bin .gpu/install_minference.sh .gpu/minference-0.1.6.0.tar.gz)
 set -u
 out=${OUT:-/tmp/gpu-calibrated}; mkdir -p "$out"
-source scripts/gpu-common.sh
-start_minference_install "$out/install.log"
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
   echo "== prefill_demo (defaults) at ${SECONDS}s"
