@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU call (session 7, call 5), on the inputs with the decay calibrated to MInference's 96%
 # (decay logit 5.5): the README's first command (prefill_demo, defaults), the same with a needle at
-# 64K, the GPU suite, then scripts/gpu-bench-all.sh: minf bench with every default case at all five
-# lengths, the peers at 128K and 1M on minf's indices, and the comparison.
-#   scripts/gpu-bundle.sh; run: OUT=$OUT bash scripts/gpu-calibrated.sh
-#   (carry .gpu/bin .gpu/install_minference.sh .gpu/minference-0.1.6.0.tar.gz)
+# 64K, and the GPU suite. Call 6 was then
+#   CALL_LIMIT=575 MINF_RESERVE=200 PEER_SEQS=131072,1048576 OUT=$OUT bash scripts/gpu-bench-all.sh
+# (minf bench with every default case at all five lengths, the peers at 128K and 1M on minf's
+# indices, and the comparison).
+#   scripts/gpu-bundle.sh; run: OUT=$OUT bash scripts/gpu-calibrated.sh  (carry .gpu/bin)
 set -u
 out=${OUT:-/tmp/gpu-calibrated}; mkdir -p "$out"
 {
@@ -16,5 +17,4 @@ out=${OUT:-/tmp/gpu-calibrated}; mkdir -p "$out"
   echo "== GPU suite at ${SECONDS}s"
   timeout 150 .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$out/tests.log" 2>&1
   echo "rc $?"; grep -E "test result|FAIL|panicked" "$out/tests.log" | head -12
-} 2>&1 | tee "$out/log-first"
-CALL_LIMIT=$(( 578 - SECONDS )) MINF_RESERVE=140 PEER_SEQS=131072,1048576 OUT=$out bash scripts/gpu-bench-all.sh
+} 2>&1 | tee "$out/log"
