@@ -8,13 +8,9 @@
 #   scripts/gpu-bundle.sh; run: OUT=$OUT bash scripts/gpu-calibrated.sh  (carry .gpu/bin)
 set -u
 out=${OUT:-/tmp/gpu-calibrated}; mkdir -p "$out"
+source scripts/gpu-common.sh
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  echo "== prefill_demo (defaults) at ${SECONDS}s"
-  timeout 150 .gpu/bin/prefill_demo > "$out/demo.log" 2>&1; echo "rc $?"; cat "$out/demo.log"
-  echo "== prefill_demo --needle 65536 --reps 5 at ${SECONDS}s"
-  timeout 150 .gpu/bin/prefill_demo --needle 65536 --reps 5 > "$out/needle.log" 2>&1; echo "rc $?"; cat "$out/needle.log"
-  echo "== GPU suite at ${SECONDS}s"
-  timeout 150 .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$out/tests.log" 2>&1
-  echo "rc $?"; grep -E "test result|FAIL|panicked" "$out/tests.log" | head -12
+  prefill_demos "$out"
+  gpu_suite "$out"
 } 2>&1 | tee "$out/log"

@@ -44,3 +44,20 @@ time_dense_and_banded() {
     MINF_KERNEL_DEFINES=$defines vs .gpu/bin/vs_bench --generate 131072 --iters 5 --mainloop wgmma --tile "$tile"
   done
 }
+
+# The README's first command (prefill_demo with its defaults) and the same with a needle at 64K,
+# each within ${DEMO_LIMIT:-150} s; logs $1/demo.log and $1/needle.log, echoed.
+prefill_demos() {
+  echo "== prefill_demo (defaults) at ${SECONDS}s"
+  timeout "${DEMO_LIMIT:-150}" .gpu/bin/prefill_demo > "$1/demo.log" 2>&1; echo "rc $?"; cat "$1/demo.log"
+  echo "== prefill_demo --needle 65536 --reps 5 at ${SECONDS}s"
+  timeout "${DEMO_LIMIT:-150}" .gpu/bin/prefill_demo --needle 65536 --reps 5 > "$1/needle.log" 2>&1
+  echo "rc $?"; cat "$1/needle.log"
+}
+
+# The whole GPU suite within ${TEST_LIMIT:-150} s; log $1/tests.log, its summary echoed.
+gpu_suite() {
+  echo "== GPU suite at ${SECONDS}s"
+  timeout "${TEST_LIMIT:-150}" .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$1/tests.log" 2>&1
+  echo "rc $?"; grep -E "test result|FAIL|panicked" "$1/tests.log" | head -12
+}

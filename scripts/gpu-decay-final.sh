@@ -6,11 +6,9 @@
 #   (carry .gpu/bin .gpu/install_minference.sh .gpu/minference-0.1.6.0.tar.gz)
 set -u
 out=${OUT:-/tmp/gpu-decay-final}; mkdir -p "$out"
+source scripts/gpu-common.sh
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  echo "== prefill_demo (defaults) at ${SECONDS}s"
-  timeout 150 .gpu/bin/prefill_demo > "$out/demo.log" 2>&1; echo "rc $?"; cat "$out/demo.log"
-  echo "== prefill_demo --needle 65536 --reps 5 at ${SECONDS}s"
-  timeout 150 .gpu/bin/prefill_demo --needle 65536 --reps 5 > "$out/needle.log" 2>&1; echo "rc $?"; cat "$out/needle.log"
+  prefill_demos "$out"
 } 2>&1 | tee "$out/log-demo"
 OUT=$out TOTAL_LIMIT=$(( 575 - SECONDS )) bash scripts/gpu-decay.sh

@@ -9,9 +9,7 @@ out=${OUT:-/tmp/gpu-decay}; mkdir -p "$out"
 source scripts/gpu-common.sh
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  echo "== GPU suite"
-  timeout ${TEST_LIMIT:-150} .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$out/tests.log" 2>&1
-  echo "rc $?"; grep -E "test result|FAIL|panicked" "$out/tests.log" | head -12
+  gpu_suite "$out"
 } 2>&1 | tee "$out/log-tests"
 CALL_LIMIT=$(( ${TOTAL_LIMIT:-570} - SECONDS )) MINF_ARGS="--seqs 131072,1048576" PEER_SEQS=131072,1048576 \
   OUT=$out bash scripts/gpu-bench-all.sh

@@ -8,10 +8,7 @@ set -u
 out=${OUT:-/tmp/gpu-demo-flat}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-echo "== prefill_demo (defaults) at ${SECONDS}s"
-timeout 170 .gpu/bin/prefill_demo > "$out/demo.log" 2>&1; echo "rc $?"; cat "$out/demo.log"
-echo "== prefill_demo --needle 65536 at ${SECONDS}s"
-timeout 170 .gpu/bin/prefill_demo --needle 65536 --reps 5 > "$out/needle.log" 2>&1; echo "rc $?"; cat "$out/needle.log"
+DEMO_LIMIT=170 prefill_demos "$out"
 echo "== minf bench --flat-tail at ${SECONDS}s"
 timeout $((560 - SECONDS)) .gpu/bin/minf bench --flat-tail --seqs 131072,1048576 \
   --patterns dense,vertical_slash:1000,6096,config:configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json:16 \
