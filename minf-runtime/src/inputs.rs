@@ -489,6 +489,8 @@ impl StructuredInputs {
         let group = heads / kv_heads;
         let frequencies = rope_frequencies(spec.rope_base, d);
         let sub = Subspaces::new(d, &frequencies, spec.decay_logit > 0.0);
+        // No pair in the decay's range (a small head or rotary base): no decay at all.
+        let decay_logit = if sub.decay.is_empty() { 0.0 } else { spec.decay_logit };
         let (content_dims, identity_dims, anchor_dims) =
             (2 * sub.content.len(), 2 * sub.identity.len(), 2 * sub.anchor.len());
         // Scales giving the documented scaled scores for unit-norm content, identity and anchor.
@@ -551,7 +553,7 @@ impl StructuredInputs {
             };
             // What the decay took from a key at distance `t` from the last query, given back to
             // the planted parts so they keep their shares.
-            let lost = |t: usize| spec.decay_logit - sub.decay_at(spec.decay_logit, &frequencies, t);
+            let lost = |t: usize| decay_logit - sub.decay_at(decay_logit, &frequencies, t);
             // The identity term is raised by what the decay takes at the first repeat's offset, so
             // the match scores the induction logit plus the decay at distance 0.
             let identity_scale = match planted.repeats.first() {
@@ -560,7 +562,7 @@ impl StructuredInputs {
                 }
                 _ => identity_scale,
             };
-            let decay_scale = spec.decay_logit.sqrt() * quarter;
+            let decay_scale = decay_logit.sqrt() * quarter;
             // The direction sinks and heavy columns share, unit norm.
             let anchor_raw = random_normal(anchor_dims, stream(seed, 4, g));
             let anchor_norm = anchor_raw.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
@@ -579,11 +581,11 @@ impl StructuredInputs {
                 };
                 let needle_here = spec.needle.filter(|n| n.position == j && n.logit != 0.0);
                 let exempt = sink_or_heavy != 0.0 || needle_here.is_some();
-                let decay_given = if exempt { spec.decay_logit } else { 0.0 };
+                let decay_given = if exempt { decay_logit } else { 0.0 };
                 unrotated.fill(0.0);
                 sub.put(&mut unrotated, &sub.content, &content[j * content_dims..][..content_dims], content_scale);
                 sub.put(&mut unrotated, &recency_pairs, &recency, recency_scale);
-                if spec.decay_logit > 0.0 && !exempt {
+                if decay_logit > 0.0 && !exempt {
                     sub.put(&mut unrotated, &sub.decay, &decay, decay_scale);
                 }
                 // Key j carries the identity of token j - 1 (slot j of `identity`; slot t + 1 is token t).
@@ -615,7 +617,7 @@ impl StructuredInputs {
                     unrotated.fill(0.0);
                     sub.put(&mut unrotated, &sub.content, &noisy, content_scale);
                     sub.put(&mut unrotated, &recency_pairs, &recency, recency_scale);
-                    if spec.decay_logit > 0.0 {
+                    if decay_logit > 0.0 {
                         sub.put(&mut unrotated, &sub.decay, &decay, decay_scale);
                     }
                     sub.put(
@@ -916,6 +918,13 @@ mod tests {
         // Off, it changes nothing.
         let off = StructuredInputs::generate(&InputSpec { decay_logit: 0.0, ..spec.clone() }).unwrap();
         assert!(logit(&off, 0, last, last).abs() < 1e-9);
+        // A head with no pair in the decay's range (head_dim 8, base 10000: periods up to 100
+        // tokens) gets no decay, and its planted parts nothing back.
+        let small = InputSpec { rope_base: 10_000.0, ..InputSpec::new(256, 2, 1, 8, 1) };
+        assert_eq!(
+            StructuredInputs::generate(&InputSpec { decay_logit: 5.0, ..small.clone() }).unwrap(),
+            StructuredInputs::generate(&InputSpec { decay_logit: 0.0, ..small }).unwrap()
+        );
 
         // With the decay on, the sink, a heavy column and a needle score their logit plus the
         // decay at distance 0 against the last query, wherever they are (at 32K tokens the anchor
