@@ -8,9 +8,7 @@ set -u
 out=${OUT:-/tmp/gpu-bs-estimate}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-echo "== tests estimate:: prefill::"
-timeout 240 .gpu/bin/gpu --include-ignored estimate:: prefill:: --test-threads=8 --nocapture > "$out/tests.log" 2>&1
-echo "rc $?"; grep -E "^test |test result|FAIL|panicked" "$out/tests.log" | head -24
+TEST_LIMIT=240 SUITE_GREP="^test " gpu_suite "$out" estimate:: prefill::
 for build in prev bin; do
   echo "== estimate_bench 128K x 32 heads (.gpu/$build)"
   timeout 90 .gpu/$build/estimate_bench --seq 131072 --heads 32 --kv-heads 8 --reps 10 2>&1 | grep -iE "block|total|rror" | head -5

@@ -8,9 +8,7 @@ set -u
 out=${OUT:-/tmp/gpu-choice}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-echo "== gpu suite"
-timeout ${TEST_LIMIT:-240} .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$out/tests.log" 2>&1
-echo "rc $?"; grep -E "test result|FAIL|panicked|tile choice" "$out/tests.log" | head -20
+TEST_LIMIT=${TEST_LIMIT:-240} SUITE_GREP="tile choice" gpu_suite "$out"
 banded="--generate 131072"
 scattered="--generate 131072 --sinks 30 --random-columns 70 --slashes 64 --far-slashes 736"
 for index in banded scattered; do

@@ -55,9 +55,11 @@ prefill_demos() {
   echo "rc $?"; cat "$1/needle.log"
 }
 
-# The whole GPU suite within ${TEST_LIMIT:-150} s; log $1/tests.log, its summary echoed.
+# The GPU suite (or the tests matching filters $2...) within ${TEST_LIMIT:-150} s; log $1/tests.log,
+# its results and failures echoed (and the lines matching ${SUITE_GREP}, if set).
 gpu_suite() {
-  echo "== GPU suite at ${SECONDS}s"
-  timeout "${TEST_LIMIT:-150}" .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$1/tests.log" 2>&1
-  echo "rc $?"; grep -E "test result|FAIL|panicked" "$1/tests.log" | head -12
+  local dir=$1; shift
+  echo "== GPU suite ${*:-(all)} at ${SECONDS}s"
+  timeout "${TEST_LIMIT:-150}" .gpu/bin/gpu --include-ignored "$@" --test-threads=8 --nocapture > "$dir/tests.log" 2>&1
+  echo "rc $?"; grep -E "test result|FAIL|panicked${SUITE_GREP:+|$SUITE_GREP}" "$dir/tests.log" | head -24
 }

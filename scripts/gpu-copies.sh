@@ -12,9 +12,7 @@ out=${OUT:-/tmp/gpu-copies}; mkdir -p "$out"; exec > >(tee -a "$out/log") 2>&1
 source scripts/gpu-common.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 start_minference_install "$out/install.log"
-echo "== GPU suite"
-timeout ${TEST_LIMIT:-200} .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$out/tests.log" 2>&1
-echo "rc $?"; grep -E "test result|FAIL|panicked|worst" "$out/tests.log" | head -12
+TEST_LIMIT=${TEST_LIMIT:-200} SUITE_GREP=worst gpu_suite "$out"
 hint=MBARRIER_SUSPEND_NS=10000000
 for defines in "" DIRECT_COPIES=0 $hint; do
   echo "== dense ${defines:-default}"

@@ -9,9 +9,7 @@ out=${OUT:-/tmp/gpu-gathered}; mkdir -p "$out"
 source scripts/gpu-common.sh
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-  echo "== GPU suite"
-  timeout ${TEST_LIMIT:-150} .gpu/bin/gpu --include-ignored --test-threads=8 --nocapture > "$out/tests.log" 2>&1
-  echo "rc $?"; grep -E "test result|FAIL|panicked" "$out/tests.log" | head -12
+  gpu_suite "$out"
   banded="--generate 131072"
   scattered="--generate 131072 --sinks 30 --random-columns 70 --slashes 64 --far-slashes 736"
   square="--tile 64,64,4,2 --mainloop wgmma"
