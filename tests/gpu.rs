@@ -25,6 +25,8 @@ mod estimate;
 mod patterns;
 #[path = "gpu/prefill.rs"]
 mod prefill;
+#[path = "gpu/sanitize.rs"]
+mod sanitize;
 
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;

@@ -29,7 +29,7 @@ fn minference_indices(rng: &mut TestRng, count: usize, length: i32, slash: bool)
     chosen
 }
 
-struct Inputs {
+pub(super) struct Inputs {
     seqlens: Vec<i32>,
     vertical: Vec<i32>,
     slash: Vec<i32>,
@@ -40,7 +40,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn raw(rng: &mut TestRng, seqlens: &[i32], heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+    pub(super) fn raw(rng: &mut TestRng, seqlens: &[i32], heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
         let context = *seqlens.iter().max().unwrap_or(&1) as usize;
         let (mut vertical, mut slash) = (Vec::new(), Vec::new());
         for &length in seqlens {
@@ -53,7 +53,7 @@ impl Inputs {
     }
 
     /// MInference-style: one sequence of `length`, capacities at most `length`.
-    fn minference(rng: &mut TestRng, length: i32, heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+    pub(super) fn minference(rng: &mut TestRng, length: i32, heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
         let (nnz_v, nnz_s) = (nnz_v.min(length as usize), nnz_s.min(length as usize));
         let (mut vertical, mut slash) = (Vec::new(), Vec::new());
         for _ in 0..heads {
@@ -63,12 +63,12 @@ impl Inputs {
         Inputs { seqlens: vec![length], vertical, slash, heads, nnz_v, nnz_s, context: length as usize }
     }
 
-    fn cpu(&self) -> HostVerticalSlashIndex {
+    pub(super) fn cpu(&self) -> HostVerticalSlashIndex {
         let batch = self.seqlens.len();
         convert_cpu(&self.seqlens, &self.vertical, &self.slash, batch, self.heads, self.nnz_v, self.nnz_s, self.context)
     }
 
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!(
             "seqlens {:?} context {} heads {} nnz_v {} nnz_s {}",
             self.seqlens, self.context, self.heads, self.nnz_v, self.nnz_s
@@ -91,7 +91,7 @@ fn upload(device: &Device, inputs: &Inputs) -> DeviceInputs {
     }
 }
 
-fn gpu(device: &Device, inputs: &Inputs, workspace: &mut ConvertWorkspace) -> VerticalSlashIndex {
+pub(super) fn gpu(device: &Device, inputs: &Inputs, workspace: &mut ConvertWorkspace) -> VerticalSlashIndex {
     let d = upload(device, inputs);
     convert_vertical_slash(
         device,
@@ -107,7 +107,7 @@ fn gpu(device: &Device, inputs: &Inputs, workspace: &mut ConvertWorkspace) -> Ve
 }
 
 /// Compares and, on a mismatch, names the first differing array and row.
-fn assert_same(got: &HostVerticalSlashIndex, want: &HostVerticalSlashIndex, what: &str) {
+pub(super) fn assert_same(got: &HostVerticalSlashIndex, want: &HostVerticalSlashIndex, what: &str) {
     if got == want {
         return;
     }

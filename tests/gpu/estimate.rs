@@ -35,7 +35,7 @@ fn inputs<T: AttentionElement>(
 }
 
 /// Runs one case and returns the worst relative L2 over every (batch, head) and both arrays.
-fn check_case<T: AttentionElement>(
+pub(super) fn check_case<T: AttentionElement>(
     device: &Device,
     workspace: &mut ScoresWorkspace,
     seq: usize,
@@ -226,7 +226,7 @@ fn near_tie_swaps(got: &[i32], want: &[usize], scores: &[f64], forced: usize, wh
     swaps
 }
 
-fn vertical_slash_case<T: AttentionElement>(
+pub(super) fn vertical_slash_case<T: AttentionElement>(
     device: &Device,
     workspace: &mut EstimateWorkspace,
     (batch, seq, heads, kv_heads, head_dim): (usize, usize, usize, usize, usize),
@@ -346,7 +346,7 @@ fn vertical_slash_estimate_at_128k_matches_reference() {
     vertical_slash_case::<bf16>(&device(), &mut workspace, (1, 131_072, 4, 2, 128), fresh_seed());
 }
 
-fn block_sparse_case<T: AttentionElement>(
+pub(super) fn block_sparse_case<T: AttentionElement>(
     device: &Device,
     workspace: &mut EstimateWorkspace,
     (seq, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize),

@@ -11,7 +11,7 @@ use std::cell::Cell;
 
 /// Kernel variants the pattern tests run besides the default spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
+pub(super) enum Variant {
     /// The default spec for the pattern and device.
     Default,
     /// The `wgmma` engine (sm_90a, head_dim <= 128).
@@ -32,10 +32,10 @@ enum Variant {
 
 thread_local! {
     /// The variant this test thread runs.
-    static VARIANT: Cell<Variant> = const { Cell::new(Variant::Default) };
+    pub(super) static VARIANT: Cell<Variant> = const { Cell::new(Variant::Default) };
 }
 
-fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &Case) -> Option<KernelSpec> {
+pub(super) fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &Case) -> Option<KernelSpec> {
     let base = KernelSpec::default_for(pattern, T::DTYPE, case.head_dim as u32, device.arch());
     match VARIANT.get() {
         Variant::Default => None,
@@ -60,7 +60,7 @@ fn spec_override<T: AttentionElement>(device: &Device, pattern: Pattern, case: &
 }
 
 /// The variants to test on this device for `pattern`.
-fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
+pub(super) fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
     let mut variants = vec![Variant::Default];
     if pattern.is_indexed() {
         variants.push(Variant::TwoRowBlocks);
@@ -78,7 +78,7 @@ fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
 
 /// Host copy of a per-(batch, head, 64-row block) index: a count and a fixed-capacity list.
 #[derive(Debug, Clone)]
-struct HostLists {
+pub(super) struct HostLists {
     rows: usize,
     capacity: usize,
     counts: Vec<i32>,
@@ -130,7 +130,7 @@ fn report(name: &str, case_desc: String, err: f64, lse_err: f64, failures: &mut 
     }
 }
 
-fn packed_offsets(lens: &[usize]) -> Vec<usize> {
+pub(super) fn packed_offsets(lens: &[usize]) -> Vec<usize> {
     let mut offsets = vec![0];
     for len in lens {
         offsets.push(offsets.last().copied().unwrap_or(0) + len);
@@ -212,7 +212,13 @@ fn a_shape_matches_masked_reference() {
 
 /// Random sorted key-block lists per query block (always causal: blocks <= the query block),
 /// with runs of adjacent blocks so 128-key tiles pair them; `hostile` adds ids out of range.
-fn block_sparse_index(rng: &mut TestRng, batch: usize, heads: usize, lens: &[usize], hostile: bool) -> HostLists {
+pub(super) fn block_sparse_index(
+    rng: &mut TestRng,
+    batch: usize,
+    heads: usize,
+    lens: &[usize],
+    hostile: bool,
+) -> HostLists {
     let max_len = lens.iter().copied().max().unwrap_or(0);
     let rows = max_len.div_ceil(64).max(1);
     let capacity = rows.min(24) + usize::from(hostile) * 2;
@@ -268,7 +274,7 @@ fn block_sparse_for<T: AttentionElement>(device: &Device, failures: &mut Vec<Str
     }
 }
 
-fn run_block_sparse<T: AttentionElement>(
+pub(super) fn run_block_sparse<T: AttentionElement>(
     device: &Device,
     case: &Case,
     seed: u64,
@@ -333,12 +339,18 @@ fn block_sparse_matches_masked_reference() {
 /// A random index in MInference's converted format: per 64-row block, non-overlapping 64-wide
 /// ranges (some adjacent, often the diagonal one) and ascending columns outside them, including
 /// columns inside the block itself (which must be masked causally).
-struct HostVs {
+pub(super) struct HostVs {
     ranges: HostLists,
     columns: HostLists,
 }
 
-fn vertical_slash_index(rng: &mut TestRng, batch: usize, heads: usize, lens: &[usize], hostile: bool) -> HostVs {
+pub(super) fn vertical_slash_index(
+    rng: &mut TestRng,
+    batch: usize,
+    heads: usize,
+    lens: &[usize],
+    hostile: bool,
+) -> HostVs {
     let max_len = lens.iter().copied().max().unwrap_or(0);
     let rows = max_len.div_ceil(64).max(1);
     let (nnz_s, nnz_v) = (40, 150);
@@ -393,7 +405,7 @@ fn vertical_slash_index(rng: &mut TestRng, batch: usize, heads: usize, lens: &[u
 /// Vertical-slash attention on `index` against the reference, through `choice` (a per-head tile
 /// choice over every head) if given, else on the variant's spec.
 #[allow(clippy::too_many_arguments)]
-fn run_vertical_slash<T: AttentionElement>(
+pub(super) fn run_vertical_slash<T: AttentionElement>(
     device: &Device,
     case: &Case,
     seed: u64,
@@ -494,7 +506,7 @@ fn vertical_slash_matches_masked_reference() {
 /// block share 15 of them), the others the diagonal range and 12 far diagonals (adjacent row
 /// blocks' ranges lie 64 keys apart, so the halves share almost no key); every head also lists
 /// three sink columns left of its ranges.
-fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: usize, banded: usize) -> HostVs {
+pub(super) fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: usize, banded: usize) -> HostVs {
     let rows = seq.div_ceil(64);
     let (nnz_s, nnz_v) = (16, 3);
     let mut ranges = HostLists::new(1, heads, rows, nnz_s);

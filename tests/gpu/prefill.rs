@@ -25,9 +25,9 @@ const ALL_PATTERNS: &str = r#"[
      "6": ["vertical_and_slash", 100, 50, 1], "7": ["vertical_and_slash", 100, 50, 1]}
 ]"#;
 
-const SHAPE: ModelShape = ModelShape { layers: 3, heads: 8, kv_heads: 2, head_dim: 128 };
+pub(super) const SHAPE: ModelShape = ModelShape { layers: 3, heads: 8, kv_heads: 2, head_dim: 128 };
 
-fn config() -> PatternConfig {
+pub(super) fn config() -> PatternConfig {
     PatternConfig::parse(ALL_PATTERNS, "all_patterns.json", SHAPE.heads).expect("config").with_starting_layer(1)
 }
 
@@ -127,7 +127,7 @@ fn head_map_launches_equal_launches_over_every_head() {
 
 /// Runs `layer` of the all-patterns config through the prefill on structured inputs and compares
 /// every head with the float64 reference under the realised mask; returns the relative L2 error.
-fn check_layer(device: &Device, prefill: &mut Prefill<'_>, layer: usize, seq: usize, seed: u64) -> f64 {
+pub(super) fn check_layer(device: &Device, prefill: &mut Prefill<'_>, layer: usize, seq: usize, seed: u64) -> f64 {
     let ModelShape { heads, kv_heads, head_dim, .. } = SHAPE;
     let d = head_dim as usize;
     let inputs = StructuredInputs::generate(&InputSpec::new(seq, heads, kv_heads, d, seed)).expect("inputs");

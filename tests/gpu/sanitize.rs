@@ -1,0 +1,115 @@
+//! One small launch of every kernel family, for `compute-sanitizer` (`scripts/gpu-sanitize.sh`):
+//! dense, A-shape, vertical-slash and block-sparse attention on every engine and tile variant of
+//! the device (hostile indices and packed batches included), the tile choice, the vertical-slash
+//! converter, the score passes, both estimates and a whole prefill layer. Sizes are small so the
+//! sanitizer's tools finish in minutes; each launch is still checked against its reference.
+
+use super::patterns::{
+    banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
+    spec_override, variants, vertical_slash_index, Variant, VARIANT,
+};
+use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERANCE};
+use half::{bf16, f16};
+use minf::codegen::Pattern;
+use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
+use minf::reference::TestRng;
+use minf::vertical_slash::ConvertWorkspace;
+use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
+
+fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, seed: u64, failures: &mut Vec<String>) {
+    let head_dims: &[usize] = if T::DTYPE == minf::codegen::DType::Bf16 { &[64, 128, 256] } else { &[128] };
+    for &head_dim in head_dims {
+        let case = Case { batch: 2, seq: 300, heads: 4, kv_heads: 2, head_dim, bhsd: head_dim == 64 };
+        for pattern in [Pattern::Dense, Pattern::AShape] {
+            let (args, n_init, n_local) = match pattern {
+                Pattern::AShape => (PatternArgs::AShape(AShape { n_init: 16, n_local: 100 }), 16, 100),
+                _ => (PatternArgs::Dense, usize::MAX, usize::MAX),
+            };
+            let visible = move |_: usize, _: usize, i: usize, j: usize| j <= i && (j < n_init || i - j < n_local);
+            let spec = spec_override::<T>(device, pattern, &case);
+            let o = check_attention::<T>(device, &case, seed, spec, args, None, &visible);
+            let ok = o.out_error <= TOLERANCE && o.lse_error <= 1e-2;
+            println!(
+                "{} {pattern:?} {}: rel_l2 {:.2e}",
+                if ok { "ok  " } else { "FAIL" },
+                describe::<T>(&case),
+                o.out_error
+            );
+            if !ok {
+                failures.push(format!("{pattern:?} {}", describe::<T>(&case)));
+            }
+        }
+        for hostile in [false, true] {
+            let label = if hostile { "vertical_slash hostile" } else { "vertical_slash" };
+            let index = vertical_slash_index(rng, case.batch, case.heads, &[case.seq; 2], hostile);
+            run_vertical_slash::<T>(device, &case, seed + 1, &index, None, label, failures, None);
+            let index = block_sparse_index(rng, case.batch, case.heads, &[case.seq; 2], hostile);
+            run_block_sparse::<T>(device, &case, seed + 2, &index, None, hostile, failures);
+        }
+    }
+    // Packed sequences of different lengths, on the index-driven kernels.
+    let lens = [300, 70];
+    let offsets = packed_offsets(&lens);
+    let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
+    let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+    let case = Case { batch: 1, seq: offsets[2], heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
+    let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+    let index = vertical_slash_index(rng, 2, 4, &lens, false);
+    run_vertical_slash::<T>(device, &case, seed + 3, &index, Some(&packed), "vertical_slash varlen", failures, None);
+    let index = block_sparse_index(rng, 2, 4, &lens, false);
+    run_block_sparse::<T>(device, &case, seed + 4, &index, Some(&packed), false, failures);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_kernel_family_at_small_sizes() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("sanitizer sweep seed {seed}");
+    let mut rng = TestRng::new(seed);
+    let mut failures = Vec::new();
+    for variant in variants(&device, Pattern::VerticalSlash) {
+        println!("variant: {variant:?}");
+        VARIANT.set(variant);
+        attention_families::<bf16>(&device, &mut rng, seed, &mut failures);
+        if variant == Variant::Default {
+            attention_families::<f16>(&device, &mut rng, seed, &mut failures);
+        }
+    }
+    VARIANT.set(Variant::Default);
+
+    // The tile choice and both of its launches.
+    let case = Case { batch: 1, seq: 1024, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
+    let index = banded_and_scattered_index(&mut rng, case.seq, case.heads, 2);
+    let mut choice = TileChoice::new(&device, &[2, 0, 3, 1], case.heads).expect("tile choice");
+    run_vertical_slash::<bf16>(&device, &case, seed + 5, &index, None, "tile choice", &mut failures, Some(&mut choice));
+
+    // The converter, byte for byte against its CPU model.
+    let mut workspace = ConvertWorkspace::new();
+    for inputs in [
+        super::convert::Inputs::raw(&mut rng, &[300, 129], 3, 200, 250),
+        super::convert::Inputs::minference(&mut rng, 700, 4, 100, 300),
+    ] {
+        let got = super::convert::gpu(&device, &inputs, &mut workspace).to_host().expect("download");
+        super::convert::assert_same(&got, &inputs.cpu(), &inputs.describe());
+    }
+
+    // The score passes and both estimates.
+    let mut scores = ScoresWorkspace::new();
+    let error = super::estimate::check_case::<bf16>(&device, &mut scores, 300, 128, seed);
+    println!("scores: worst rel_l2 {error:.2e}");
+    let mut estimate = EstimateWorkspace::new();
+    super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 700, 4, 2, 128), seed + 6);
+    super::estimate::block_sparse_case::<bf16>(&device, &mut estimate, (700, 6, 2, 128, 3), seed + 7);
+
+    // A whole layer of every pattern through the prefill (estimation, conversion, launches).
+    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut prefill =
+        minf::Prefill::new(&device, &super::prefill::config(), super::prefill::SHAPE, options).expect("prefill");
+    let error = super::prefill::check_layer(&device, &mut prefill, 1, 700, seed + 8);
+    println!("prefill layer 1: rel_l2 {error:.2e}");
+    if error > TOLERANCE {
+        failures.push(format!("prefill layer 1: rel_l2 {error:.2e}"));
+    }
+    assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
+}
