@@ -1,8 +1,9 @@
 //! One small launch of every kernel family, for `compute-sanitizer` (`scripts/gpu-sanitize.sh`):
 //! dense, A-shape, vertical-slash and block-sparse attention on every engine and tile variant of
 //! the device (hostile indices and packed batches included), the tile choice, the vertical-slash
-//! converter, the score passes, both estimates and a whole prefill layer. Sizes are small so the
-//! sanitizer's tools finish in minutes; each launch is still checked against its reference.
+//! converter, the score passes, both estimates and a whole prefill layer, in one test per engine
+//! variant plus one for the index kernels (so the tools can run them side by side). Sizes are small
+//! so the sanitizer's tools finish in minutes; each launch is still checked against its reference.
 
 use super::patterns::{
     banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
@@ -60,23 +61,72 @@ fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, s
     run_block_sparse::<T>(device, &case, seed + 4, &index, Some(&packed), false, failures);
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn every_kernel_family_at_small_sizes() {
+/// Attention of every pattern on `variant`'s kernels (skipped where the device has no such
+/// variant); bf16 on three head dims, f16 on the default kernels.
+fn attention_sweep(variant: Variant) {
     let device = device();
+    if !variants(&device, Pattern::VerticalSlash).contains(&variant) {
+        println!("skipped: {variant:?} does not run on {}", device.arch());
+        return;
+    }
     let seed = fresh_seed();
-    println!("sanitizer sweep seed {seed}");
+    println!("sanitizer sweep {variant:?} seed {seed}");
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
-    for variant in variants(&device, Pattern::VerticalSlash) {
-        println!("variant: {variant:?}");
-        VARIANT.set(variant);
-        attention_families::<bf16>(&device, &mut rng, seed, &mut failures);
-        if variant == Variant::Default {
-            attention_families::<f16>(&device, &mut rng, seed, &mut failures);
-        }
+    VARIANT.set(variant);
+    attention_families::<bf16>(&device, &mut rng, seed, &mut failures);
+    if variant == Variant::Default {
+        attention_families::<f16>(&device, &mut rng, seed, &mut failures);
     }
     VARIANT.set(Variant::Default);
+    assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_default_kernels() {
+    attention_sweep(Variant::Default);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_two_row_blocks() {
+    attention_sweep(Variant::TwoRowBlocks);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma() {
+    attention_sweep(Variant::Wgmma);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_two_row_blocks() {
+    attention_sweep(Variant::WgmmaTwoRowBlocks);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_square() {
+    attention_sweep(Variant::WgmmaSquare);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_mma_sync() {
+    attention_sweep(Variant::MmaSync);
+}
+
+/// The index kernels and a whole prefill layer.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn index_kernels_and_prefill() {
+    let device = device();
+    let seed = fresh_seed();
+    println!("sanitizer sweep (index kernels) seed {seed}");
+    let mut rng = TestRng::new(seed);
+    let mut failures = Vec::new();
 
     // The tile choice and both of its launches.
     let case = Case { batch: 1, seq: 1024, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
