@@ -1,16 +1,29 @@
-//! The `minf bench` command line; the work is in [`minf::bench`].
+//! `minf bench`: latency of every pattern at several context lengths, as records (JSON), a
+//! terminal table and a log-log plot, and the comparison with the peers' records
+//! (`bench/peers.py` writes the same schema).
+//!
+//! - [`cases`]: patterns and cases from the command line;
+//! - [`run`]: timing the cases on the GPU (through [`minf::Prefill`]);
+//! - [`indices`]: the computed tiles (density, TFLOP/s) and the index files for the peers;
+//! - [`record`]: the record schema and its file;
+//! - [`plot`]: the SVG plot;
+//! - [`compare`]: ratios, targets and the Markdown report.
 
+mod cases;
+mod compare;
+mod indices;
+mod plot;
+mod record;
+mod run;
+
+use cases::{default_patterns, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_LONG_HEADS};
+use compare::markdown;
 use indicatif::{ProgressBar, ProgressStyle};
-use minf::bench::cases::{
-    default_patterns, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_LONG_HEADS,
-};
-use minf::bench::compare::markdown;
-use minf::bench::plot::{tokens, write_latency_svg};
-use minf::bench::record::{read_records, write_records, Record, MINF_METHOD};
-use minf::bench::run::{GpuBench, InputSource, RunSettings};
-use minf::bench::{table_header, table_row};
 use minf::codegen::Tile;
 use minf_runtime::codegen::DType;
+use plot::{tokens, write_latency_svg};
+use record::{read_records, write_records, Record, MINF_METHOD};
+use run::{GpuBench, InputSource, RunSettings};
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -124,7 +137,7 @@ struct RunArgs {
 pub fn bench(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
     match &args.command {
         Some(BenchCommand::Compare(compare)) => compare_files(compare),
-        None => run(&args.run),
+        None => run_cases(&args.run),
     }
 }
 
@@ -173,7 +186,7 @@ fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOp
     Ok(options)
 }
 
-fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
+fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     // Fast checks first: the case list, then the GPU, then anything slow.
     let cases = case_options(args, None)?.cases()?;
     if args.list {
@@ -287,3 +300,50 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+/// The header of the terminal table ([`table_row`]).
+pub fn table_header() -> String {
+    format!(
+        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "tokens",
+        "pattern",
+        "heads",
+        "est ms",
+        "conv ms",
+        "attn ms",
+        "total ms",
+        "ms/head",
+        "density",
+        "TFLOP/s",
+        "speedup",
+        "compile s"
+    )
+}
+
+/// One record as a row of the terminal table.
+pub fn table_row(r: &Record) -> String {
+    let number = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"));
+    let mut label = r.label();
+    let chars = label.chars().count();
+    if chars > 34 {
+        label = format!("...{}", label.chars().skip(chars - 31).collect::<String>());
+    }
+    format!(
+        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10.3} {:>10.3} {:>8} {:>7} {:>9} {:>9}",
+        tokens(r.seq as f64),
+        label,
+        r.heads,
+        number(r.est_ms, 3),
+        number(r.conv_ms, 3),
+        number(r.attn_ms, 3),
+        r.total_ms,
+        r.per_head_ms,
+        number(r.density, 4),
+        number(r.tflops, 1),
+        r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x")),
+        number(r.compile_s, 2)
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -5,8 +5,6 @@ use minf_runtime::codegen::DType;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Context lengths measured by default: 32K, 128K, 256K, 512K and 1M tokens.
-pub const DEFAULT_SEQS: &[usize] = &[32_768, 131_072, 262_144, 524_288, 1_048_576];
 /// From this length on, cases run on [`CaseOptions::long_heads`] heads (and report per-head times).
 pub const DEFAULT_LONG_FROM: usize = 524_288;
 /// Heads measured from [`DEFAULT_LONG_FROM`] tokens on.
