@@ -26,6 +26,7 @@ fn bench_without_a_gpu_fails_and_points_to_doctor() {
     let text = common::text(&output);
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("minf doctor") && text.contains("needs an NVIDIA GPU"), "{text}");
+    assert_eq!(text.matches("minf warm").count(), 1, "the advice once: {text}");
     assert!(!text.contains("panicked"), "{text}");
     let listed =
         common::minf(&["bench", "--seqs", "32K", "--patterns", "dense,block_sparse:100", "--list"]).output().unwrap();
@@ -80,4 +81,53 @@ fn compare_cli_writes_markdown_and_plot() {
     assert!(output.status.success(), "{}", common::text(&output));
     assert!(std::fs::read_to_string(&md).unwrap().contains("1.10x"));
     assert!(std::fs::read_to_string(&svg).unwrap().contains("sdpa_flash dense"));
+}
+
+/// A config of a model minf does not know: `layers` layers of `heads` vertical-slash heads.
+fn unknown_model_config(dir: &std::path::Path, heads: usize, layers: usize) -> std::path::PathBuf {
+    let layer: serde_json::Map<String, serde_json::Value> =
+        (0..heads).map(|h| (h.to_string(), serde_json::json!(["vertical_and_slash", 1000, 6096, 0.5]))).collect();
+    let path = dir.join(format!("custom_{heads}_heads.json"));
+    std::fs::write(&path, serde_json::Value::Array(vec![serde_json::Value::Object(layer); layers]).to_string())
+        .unwrap();
+    path
+}
+
+#[test]
+fn list_reads_each_config_and_shows_its_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent.json");
+    let output =
+        common::minf(&["bench", "--list", "--patterns", &format!("config:{}", missing.display())]).output().unwrap();
+    let text = common::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains(&format!("{}: cannot read the pattern config", missing.display())), "{text}");
+
+    let config = unknown_model_config(dir.path(), 36, 4);
+    let pattern = format!("config:{}:2", config.display());
+    let list = |extra: &[&str]| {
+        let mut args = vec!["bench", "--list", "--seqs", "32K,1M", "--patterns", pattern.as_str()];
+        args.extend_from_slice(extra);
+        common::minf(&args).output().unwrap()
+    };
+    // Its model's key/value heads are unknown and the default 8 does not divide 36.
+    let output = list(&[]);
+    let text = common::text(&output);
+    assert!(!output.status.success() && text.contains("pass --kv-heads (a divisor of 36)"), "{text}");
+    let output = list(&["--kv-heads", "4"]);
+    let text = common::text(&output);
+    assert!(output.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("custom_36_heads.json:2")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].ends_with("heads 36/4"), "the config's 36 heads: {text}");
+    assert!(lines[1].ends_with("heads 9/1 (of 36)"), "one KV head's group at 1M: {text}");
+
+    let output = list(&["--kv-heads", "4", "--heads", "40"]);
+    let text = common::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("--heads 40") && text.contains("36 query heads per layer"), "{text}");
+    let far = format!("config:{}:9", config.display());
+    let output = common::minf(&["bench", "--list", "--kv-heads", "4", "--patterns", &far]).output().unwrap();
+    let text = common::text(&output);
+    assert!(!output.status.success() && text.contains("layer 9 is out of range"), "{text}");
 }

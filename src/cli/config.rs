@@ -1,5 +1,6 @@
 //! `minf config show`, and how the commands load a per-head config.
 
+use super::output::outln;
 use minf_runtime::codegen::Pattern;
 use minf_runtime::config::{known_model, ConfigError, HeadPattern, PatternConfig};
 use std::collections::BTreeMap;
@@ -35,29 +36,34 @@ pub fn load_config(path: &Path, heads: Option<usize>, starting_layer: usize) -> 
 /// Upper bounds (exclusive) of the size histogram's buckets; the last bucket is open.
 const SIZE_BUCKETS: &[usize] = &[100, 500, 1000, 2000, 4000, 8000, 16000];
 
+/// Runs `minf config show`.
 pub fn config_show(args: &ConfigShowArgs) -> Result<ExitCode, Box<dyn Error>> {
     let mut config = load_config(&args.file, args.heads, args.starting_layer)?;
     if let Some(ratio) = args.ratio {
         config = config.with_ratio(ratio)?;
     }
-    println!("file:     {}", args.file.display());
+    outln!("file:     {}", args.file.display())?;
     match (known_model(&args.file), config.shape()) {
-        (Some(model), Some(shape)) if model.shape == shape => println!(
+        (Some(model), Some(shape)) if model.shape == shape => outln!(
             "model:    {} ({} layers, {} query heads, {} KV heads, head_dim {})",
-            model.model, shape.layers, shape.heads, shape.kv_heads, shape.head_dim
-        ),
-        _ => println!("model:    unknown (shape not checked; --heads {})", config.heads()),
+            model.model,
+            shape.layers,
+            shape.heads,
+            shape.kv_heads,
+            shape.head_dim
+        )?,
+        _ => outln!("model:    unknown (shape not checked; --heads {})", config.heads())?,
     }
     let fallback = config.layers().iter().flatten().filter(|h| h.fallback).count();
-    println!(
+    outln!(
         "layers:   {}, {} heads each ({fallback} missing from the file: vertical_and_slash 1000/6096)",
         config.layers().len(),
         config.heads()
-    );
+    )?;
     let ratio = config.ratio().map_or_else(|| "none".to_string(), |r| r.to_string());
-    println!("options:  starting_layer {}, ratio {ratio}", config.starting_layer());
+    outln!("options:  starting_layer {}, ratio {ratio}", config.starting_layer())?;
 
-    println!("per layer:");
+    outln!("per layer:")?;
     let per_layer: Vec<String> = config
         .layers()
         .iter()
@@ -73,11 +79,11 @@ pub fn config_show(args: &ConfigShowArgs) -> Result<ExitCode, Box<dyn Error>> {
     while start < per_layer.len() {
         let end = (start..per_layer.len()).take_while(|&i| per_layer[i] == per_layer[start]).last().unwrap_or(start);
         let range = if end == start { format!("{start}") } else { format!("{start}-{end}") };
-        println!("  {:<9} {}", range, per_layer[start]);
+        outln!("  {:<9} {}", range, per_layer[start])?;
         start = end + 1;
     }
     let overall: Vec<String> = config.pattern_counts().iter().map(|(p, n)| format!("{p} {n}")).collect();
-    println!("overall:  {} ({} heads)", overall.join(", "), config.layers().iter().map(Vec::len).sum::<usize>());
+    outln!("overall:  {} ({} heads)", overall.join(", "), config.layers().iter().map(Vec::len).sum::<usize>())?;
 
     let mut vertical = Vec::new();
     let mut slash = Vec::new();
@@ -93,22 +99,22 @@ pub fn config_show(args: &ConfigShowArgs) -> Result<ExitCode, Box<dyn Error>> {
         }
     }
     if !vertical.is_empty() {
-        histogram("vertical sizes (vertical_slash heads)", &vertical);
-        histogram("slash sizes (vertical_slash heads)", &slash);
+        histogram("vertical sizes (vertical_slash heads)", &vertical)?;
+        histogram("slash sizes (vertical_slash heads)", &slash)?;
     }
     for ((n_init, n_local), count) in &a_shapes {
-        println!("a_shape:  n_init {n_init}, n_local {n_local}: {count} heads");
+        outln!("a_shape:  n_init {n_init}, n_local {n_local}: {count} heads")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn histogram(title: &str, sizes: &[usize]) {
+fn histogram(title: &str, sizes: &[usize]) -> std::io::Result<()> {
     let mut counts = vec![0usize; SIZE_BUCKETS.len() + 1];
     for &size in sizes {
         counts[SIZE_BUCKETS.iter().take_while(|&&upper| size >= upper).count()] += 1;
     }
     let max = counts.iter().copied().max().unwrap_or(0).max(1);
-    println!("{title}:");
+    outln!("{title}:")?;
     for (i, &count) in counts.iter().enumerate() {
         let low = if i == 0 { 0 } else { SIZE_BUCKETS[i - 1] };
         let label = match SIZE_BUCKETS.get(i) {
@@ -116,6 +122,7 @@ fn histogram(title: &str, sizes: &[usize]) {
             None => format!(">={low}"),
         };
         let line = format!("  {label:>11} {count:>6} {}", "#".repeat((count * 40).div_ceil(max)));
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end())?;
     }
+    Ok(())
 }

@@ -5,11 +5,14 @@ mod bench;
 mod cache;
 mod config;
 mod doctor;
+mod output;
 mod warm;
 
 use clap::{Parser, Subcommand};
 use minf_runtime::device::{driver_available, probe, GpuInfo};
 use minf_runtime::MinfError;
+use output::errln;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -72,10 +76,20 @@ pub fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Show(args) } => config::config_show(&args),
         Command::Bench(args) => bench::bench(&args),
     };
-    result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        ExitCode::FAILURE
-    })
+    match result {
+        Ok(code) => code,
+        // The reader of standard output went away (`minf cache list | head`): nothing is wrong.
+        Err(error) if output::is_closed_pipe(error.as_ref()) => ExitCode::SUCCESS,
+        Err(error) => {
+            errln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether log lines get colour codes: only on a terminal, and not with `NO_COLOR` set.
+fn colour_logs() -> bool {
+    std::io::stderr().is_terminal() && !std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
 }
 
 /// The GPU minf would run on, as an error that says how to proceed when there is none.

@@ -2,8 +2,10 @@
 
 use super::config::load_config;
 use super::current_gpu;
+use super::output::{errln, outln};
 use indicatif::{ProgressBar, ProgressStyle};
 use minf_runtime::codegen::{render_any, AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, Pattern};
+use minf_runtime::config::known_model;
 use minf_runtime::jit::{nvrtc_info, CacheOutcome, KernelCache};
 use minf_runtime::MinfError;
 use std::error::Error;
@@ -27,13 +29,13 @@ pub struct WarmArgs {
     /// Only these element types (comma-separated).
     #[arg(long, value_delimiter = ',')]
     dtype: Vec<DType>,
-    /// Parallel compile jobs (default: available cores).
-    #[arg(long)]
+    /// Parallel compile jobs, at least 1 (default: available cores).
+    #[arg(long, value_parser = at_least_one)]
     jobs: Option<usize>,
     /// Compile exactly the attention kernels this per-head config needs (plus the index kernels).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// With --config: query heads per layer (default: from the file name).
+    /// With --config: query heads per layer (default: from the file name, for the configs MInference ships).
     #[arg(long, requires = "config")]
     heads: Option<usize>,
     /// With --config: layers below this one run dense.
@@ -41,6 +43,17 @@ pub struct WarmArgs {
     starting_layer: usize,
 }
 
+/// Parses a count that must be positive (`--jobs`).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(count) => Ok(count),
+        Err(e) => Err(format!("{e}; expected a positive integer")),
+    }
+}
+
+/// Runs `minf warm`. Its product is the disk cache: a cache that cannot be written is an error
+/// before anything is compiled, and kernels compiled but not saved make it fail.
 pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     let arches = if args.arch.is_empty() {
         let gpu = current_gpu().map_err(|e| {
@@ -81,6 +94,9 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     let specs: Vec<AnyKernel> = attention.into_iter().chain(index).collect();
     let cache = KernelCache::from_env()?;
     if !cache.jit_disabled() {
+        cache.check_writable().map_err(|e| {
+            format!("the kernel cache cannot be written ({e}): nothing was compiled or saved; set MINF_CACHE_DIR to a writable directory")
+        })?;
         nvrtc_info()?;
     }
     let jobs =
@@ -115,10 +131,10 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     let failed: Vec<_> = results.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name, e))).collect();
     let cached = results.len() - compiled - failed.len();
     for (name, error) in &failed {
-        eprintln!("failed: {name}: {error}");
+        errln!("failed: {name}: {error}");
     }
     let arches: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
-    println!(
+    outln!(
         "warmed {} kernel(s) ({attention_count} attention, {} index) for {}: {compiled} compiled, {cached} cached, \
          {} failed in {:.3}s (cache: {})",
         results.len(),
@@ -127,17 +143,45 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
         failed.len(),
         start.elapsed().as_secs_f64(),
         cache.root().display()
-    );
+    )?;
+    if cache.is_memory_only() {
+        return Err(format!(
+            "the kernel cache at {} could not be written (see the warning above): the {compiled} compiled kernel(s) \
+             were not saved",
+            cache.root().display()
+        )
+        .into());
+    }
     Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The attention kernels a per-head config needs, for every target, dtype and head dimension asked.
 fn config_kernels(path: &Path, args: &WarmArgs, arches: &[Arch]) -> Result<Vec<KernelSpec>, Box<dyn Error>> {
+    let shape_known = match (known_model(path), args.heads) {
+        (Some(model), Some(heads)) => model.shape.heads == heads,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if !shape_known {
+        let missing: Vec<&str> = [(args.heads.is_none(), "--heads"), (args.head_dim.is_empty(), "--head-dim")]
+            .into_iter()
+            .filter_map(|(missing, flag)| missing.then_some(flag))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "{}: no known model shape for this file name, so its query heads and head dimension are unknown: \
+                 pass {}",
+                path.display(),
+                missing.join(" and ")
+            )
+            .into());
+        }
+    }
     let config = load_config(path, args.heads, args.starting_layer)?;
     let head_dims = match (args.head_dim.as_slice(), config.shape()) {
         ([], Some(shape)) => vec![shape.head_dim],
         ([], None) => {
-            return Err(format!("{}: unknown model, so its head_dim is unknown: pass --head-dim", path.display()).into())
+            return Err(format!("{}: the model's head dimension is unknown: pass --head-dim", path.display()).into())
         }
         (dims, _) => dims.to_vec(),
     };
@@ -154,6 +198,6 @@ fn config_kernels(path: &Path, args: &WarmArgs, arches: &[Arch]) -> Result<Vec<K
     patterns.sort();
     patterns.dedup();
     let patterns: Vec<&str> = patterns.iter().map(|p| p.as_str()).collect();
-    println!("{} needs {} kernels (head_dim {head_dims:?})", path.display(), patterns.join(", "));
+    outln!("{} needs {} kernels (head_dim {head_dims:?})", path.display(), patterns.join(", "))?;
     Ok(specs)
 }

@@ -1,7 +1,7 @@
 //! The bench's parts without a GPU: patterns and cases, records, the plot, the comparison and
 //! the tile lists of a realised mask.
 
-use super::cases::{parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_PATTERNS};
+use super::cases::{default_long_heads, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_PATTERNS};
 use super::compare::{markdown, ratios, targets};
 use super::plot::{latency_svg, TITLE, X_LABEL, Y_LABEL};
 use super::record::{read_records, write_records, Record};
@@ -111,6 +111,16 @@ fn cases_group_by_length_with_dense_first_and_fewer_heads_when_long() {
     let bad_dim = CaseOptions { head_dim: 100, ..options.clone() }.cases().unwrap_err().to_string();
     assert!(bad_dim.contains("--head-dim 100") && bad_dim.contains("128"), "{bad_dim}");
     assert!(CaseOptions { patterns: vec![], ..options }.cases().is_err());
+}
+
+#[test]
+fn long_cases_default_to_four_heads_when_they_fit_the_kv_groups() {
+    // (query heads, KV heads) -> long heads: 4 when a multiple or divisor of the group, else one group.
+    for ((heads, kv_heads), long) in
+        [((32, 8), 4), ((32, 32), 4), ((64, 8), 4), ((32, 2), 4), ((28, 4), 7), ((36, 4), 9)]
+    {
+        assert_eq!(default_long_heads(heads, kv_heads), long, "{heads}/{kv_heads}");
+    }
 }
 
 #[test]
