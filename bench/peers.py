@@ -1,4 +1,4 @@
-"""Peers of `minf bench` on the same card, in the same record schema (see src/bench/record.rs):
+"""Peers of `minf bench` on the same card, in the same record schema (see src/cli/bench/record.rs):
 
 - sdpa_flash, sdpa_cudnn: PyTorch SDPA pinned to FLASH_ATTENTION / CUDNN_ATTENTION, causal, dense;
 - flex_attention: FlexAttention with a BlockMask built from minf's saved 128-block lists

@@ -2,5 +2,3 @@
 /// Declares a sparse-attention kernel on a struct; see [`SparseAttentionKernel`] and `MACRO.md`.
 pub use minf_macros::sparse_attention;
 pub use minf_runtime::*;
-
-pub mod bench;

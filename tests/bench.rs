@@ -1,188 +1,18 @@
-//! `minf bench` without a GPU: case lists, records, the plot, the comparison, and the CLI's
-//! failure on a machine without a GPU.
+//! `minf bench` without a GPU, through the binary: the case list, bad options, the failure on a
+//! machine without a GPU, and `minf bench compare`.
 
 mod common;
 
-use minf::bench::cases::{parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_PATTERNS};
-use minf::bench::compare::{markdown, ratios, targets};
-use minf::bench::plot::{latency_svg, TITLE, X_LABEL, Y_LABEL};
-use minf::bench::record::{read_records, write_records, Record};
-use minf::codegen::DType;
-use std::path::PathBuf;
-
-fn record(method: &str, pattern: &str, params: &str, seq: usize, heads: usize, total_ms: f64) -> Record {
-    Record {
-        method: method.into(),
-        pattern: pattern.into(),
-        params: params.into(),
-        seq,
-        heads,
-        kv_heads: heads / 4,
-        head_dim: 128,
-        dtype: "bf16".into(),
-        est_ms: None,
-        conv_ms: None,
-        attn_ms: Some(total_ms),
-        total_ms,
-        per_head_ms: total_ms / heads as f64,
-        density: Some(0.1),
-        tflops: Some(300.0),
-        dense_speedup: None,
-        compile_s: None,
-        peak_mem_bytes: Some(1 << 30),
-        card: "NVIDIA H100 80GB HBM3".into(),
-        driver: "CUDA 13.0".into(),
-        version: "test".into(),
-        date: "2025-01-01".into(),
-        reps: Some(10),
-        note: None,
-    }
-}
-
-#[test]
-fn patterns_parse_with_their_parameters() {
-    let list = PatternSpec::parse_list(DEFAULT_PATTERNS).unwrap();
-    assert_eq!(
-        list,
-        vec![
-            PatternSpec::Dense,
-            PatternSpec::AShape { n_init: 1024, n_local: 4096 },
-            PatternSpec::AShape { n_init: 128, n_local: 3968 },
-            PatternSpec::VerticalSlash { vertical: 1000, slash: 6096 },
-            PatternSpec::VerticalSlash { vertical: 100, slash: 800 },
-            PatternSpec::VerticalSlash { vertical: 3500, slash: 100 },
-            PatternSpec::BlockSparse { top_k: 100 },
-        ]
-    );
-    assert_eq!(
-        PatternSpec::parse("config:dir/x.json:3").unwrap(),
-        PatternSpec::Config { path: PathBuf::from("dir/x.json"), layer: 3 }
-    );
-    assert_eq!(
-        PatternSpec::parse("config:x.json").unwrap(),
-        PatternSpec::Config { path: PathBuf::from("x.json"), layer: 16 }
-    );
-    for pattern in &list {
-        assert_eq!(&PatternSpec::parse(&pattern.to_string()).unwrap(), pattern, "label round trip");
-    }
-    assert_eq!(parse_seqs("32K,131072,1M").unwrap(), vec![32_768, 131_072, 1_048_576]);
-}
-
-#[test]
-fn bad_patterns_say_what_was_wrong_and_what_is_allowed() {
-    let error = |text: &str| PatternSpec::parse_list(text).unwrap_err().to_string();
-    let unknown = error("dense,sparse");
-    assert!(unknown.contains("\"sparse\"") && unknown.contains("vertical_slash:VERTICAL,SLASH"), "{unknown}");
-    let count = error("vertical_slash:1000");
-    assert!(count.contains("1 value(s)") && count.contains("vertical_slash:VERTICAL,SLASH"), "{count}");
-    assert!(error("a_shape:x,y").contains("a_shape:N_INIT,N_LOCAL"));
-    assert!(error("a_shape:1,0").contains("N_LOCAL"));
-    assert!(error("block_sparse").contains("block_sparse:TOP_K"));
-    assert!(error("dense:3").contains("no parameters"));
-    assert!(error("config").contains("config:PATH[:LAYER]"));
-    assert!(error("dense,,block_sparse:1").contains("empty entry"));
-    assert!(parse_seqs("32K,abc").unwrap_err().to_string().contains("\"abc\""));
-}
-
-#[test]
-fn cases_group_by_length_with_dense_first_and_fewer_heads_when_long() {
-    let options = CaseOptions {
-        seqs: vec![1_048_576, 32_768],
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        dtype: DType::Bf16,
-        patterns: PatternSpec::parse_list("block_sparse:100,dense").unwrap(),
-        long_from: DEFAULT_LONG_FROM,
-        long_heads: 4,
-    };
-    let cases = options.cases().unwrap();
-    let summary: Vec<(usize, String, usize, usize, bool)> =
-        cases.iter().map(|c| (c.seq, c.pattern.to_string(), c.heads, c.kv_heads, c.is_subset())).collect();
-    assert_eq!(
-        summary,
-        vec![
-            (32_768, "dense".into(), 32, 8, false),
-            (32_768, "block_sparse:100".into(), 32, 8, false),
-            (1_048_576, "dense".into(), 4, 1, true),
-            (1_048_576, "block_sparse:100".into(), 4, 1, true),
-        ]
-    );
-    let bad_heads = CaseOptions { kv_heads: 5, ..options.clone() }.cases().unwrap_err().to_string();
-    assert!(bad_heads.contains("--kv-heads 5"), "{bad_heads}");
-    let bad_dim = CaseOptions { head_dim: 100, ..options.clone() }.cases().unwrap_err().to_string();
-    assert!(bad_dim.contains("--head-dim 100") && bad_dim.contains("128"), "{bad_dim}");
-    assert!(CaseOptions { patterns: vec![], ..options }.cases().is_err());
-}
-
-#[test]
-fn records_round_trip_through_the_json_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("r.json");
-    let mut full = record("minf", "vertical_slash", "1000,6096", 131_072, 32, 40.0);
-    full.est_ms = Some(3.0);
-    full.note = Some("a note".into());
-    let records = vec![full, record("sdpa_flash", "dense", "", 131_072, 32, 400.0)];
-    write_records(&path, &records).unwrap();
-    assert_eq!(read_records(&path).unwrap(), records);
-    // JSON Lines, as a peer may write, and a record without the optional fields.
-    let lines: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
-    std::fs::write(&path, lines).unwrap();
-    assert_eq!(read_records(&path).unwrap(), records);
-    let mut value = serde_json::to_value(&records[1]).unwrap();
-    value.as_object_mut().unwrap().remove("note");
-    value.as_object_mut().unwrap().remove("reps");
-    std::fs::write(&path, format!("[{value}]")).unwrap();
-    assert_eq!(read_records(&path).unwrap()[0].note, None);
-}
-
-#[test]
-fn the_plot_is_an_svg_with_every_series_and_both_axes() {
-    let records = vec![
-        record("minf", "dense", "", 32_768, 32, 30.0),
-        record("minf", "dense", "", 131_072, 32, 400.0),
-        record("minf", "vertical_slash", "1000,6096", 32_768, 32, 10.0),
-        record("minf", "vertical_slash", "1000,6096", 1_048_576, 4, 80.0),
-        record("sdpa_cudnn", "dense", "", 131_072, 32, 226.0),
-    ];
-    let svg = latency_svg(&records).unwrap();
-    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{}", &svg[..svg.len().min(200)]);
-    for text in ["minf dense", "minf vertical_slash:1000,6096", "sdpa_cudnn dense", TITLE, X_LABEL, Y_LABEL] {
-        assert!(svg.contains(text), "the SVG lacks {text:?}");
-    }
-    assert!(latency_svg(&[]).is_err());
-}
-
-#[test]
-fn compare_divides_peer_time_by_minf_time_per_head() {
-    let records = vec![
-        record("minf", "dense", "", 131_072, 32, 320.0),
-        record("minf", "vertical_slash", "1000,6096", 131_072, 32, 40.0),
-        record("minf", "config", "llama.json:16", 1_048_576, 4, 40.0),
-        record("sdpa_flash", "dense", "", 131_072, 32, 400.0),
-        record("minference_vs", "vertical_slash", "1000,6096", 131_072, 32, 50.0),
-        // cuDNN at 1M on one head: 583 ms per head.
-        record("sdpa_cudnn", "dense", "", 1_048_576, 1, 583.0),
-    ];
-    let rows = ratios(&records);
-    assert_eq!(rows.len(), 3);
-    let dense = &rows.iter().find(|r| r.minf.pattern == "dense").unwrap().ratios;
-    assert!((dense["sdpa_flash"] - 1.25).abs() < 1e-12);
-    assert!(!dense.contains_key("minference_vs"), "minference_vs ran no dense case");
-    let vs = &rows.iter().find(|r| r.minf.pattern == "vertical_slash").unwrap().ratios;
-    assert!((vs["minference_vs"] - 1.25).abs() < 1e-12, "same pattern: {vs:?}");
-    assert!((vs["sdpa_flash"] - 10.0).abs() < 1e-12, "dense-equivalent: {vs:?}");
-    let config = &rows.iter().find(|r| r.minf.pattern == "config").unwrap().ratios;
-    assert!((config["sdpa_cudnn"] - 58.3).abs() < 1e-9, "per head: {config:?}");
-
-    let [vs_target, dense_target, config_target] = <[_; 3]>::try_from(targets(&records)).unwrap();
-    assert!((vs_target.value.unwrap() - 0.8).abs() < 1e-12);
-    assert_eq!(vs_target.met(), Some(true));
-    assert!((dense_target.value.unwrap() - 1.0).abs() < 1e-12, "equal TFLOP/s in the synthetic records");
-    assert_eq!(config_target.met(), Some(true));
-    let report = markdown(&records);
-    assert!(report.contains("vs minference_vs") && report.contains("1.25x") && report.contains("58.30x"), "{report}");
-    assert_eq!(targets(&records[..1])[0].met(), None);
+/// A record file of one case of `method` (the JSON schema of `minf bench --json`).
+fn record_file(path: &std::path::Path, method: &str, total_ms: f64) {
+    let record = serde_json::json!({
+        "method": method, "pattern": "dense", "params": "", "seq": 32768, "heads": 32, "kv_heads": 8,
+        "head_dim": 128, "dtype": "bf16", "est_ms": null, "conv_ms": null, "attn_ms": total_ms,
+        "total_ms": total_ms, "per_head_ms": total_ms / 32.0, "density": 1.0, "tflops": null,
+        "dense_speedup": null, "compile_s": null, "peak_mem_bytes": null, "card": "NVIDIA H100 80GB HBM3",
+        "driver": "CUDA 13.0", "version": "test", "date": "2025-01-01"
+    });
+    std::fs::write(path, serde_json::Value::Array(vec![record]).to_string()).unwrap();
 }
 
 #[test]
@@ -196,6 +26,7 @@ fn bench_without_a_gpu_fails_and_points_to_doctor() {
     let text = common::text(&output);
     assert!(!output.status.success(), "{text}");
     assert!(text.contains("minf doctor") && text.contains("needs an NVIDIA GPU"), "{text}");
+    assert_eq!(text.matches("minf warm").count(), 1, "the advice once: {text}");
     assert!(!text.contains("panicked"), "{text}");
     let listed =
         common::minf(&["bench", "--seqs", "32K", "--patterns", "dense,block_sparse:100", "--list"]).output().unwrap();
@@ -232,8 +63,8 @@ fn index_tile_is_checked_before_the_gpu() {
 fn compare_cli_writes_markdown_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("minf.json"), dir.path().join("peers.json"));
-    write_records(&a, &[record("minf", "dense", "", 32_768, 32, 30.0)]).unwrap();
-    write_records(&b, &[record("sdpa_flash", "dense", "", 32_768, 32, 33.0)]).unwrap();
+    record_file(&a, "minf", 30.0);
+    record_file(&b, "sdpa_flash", 33.0);
     let (md, svg) = (dir.path().join("out.md"), dir.path().join("out.svg"));
     let output = common::minf(&[
         "bench",
@@ -252,76 +83,51 @@ fn compare_cli_writes_markdown_and_plot() {
     assert!(std::fs::read_to_string(&svg).unwrap().contains("sdpa_flash dense"));
 }
 
-/// The bench's tile lists cover every key the realised mask attends to: the 64-key blocks of
-/// each 64-row block (what TFLOP/s and density count) and the 128-key blocks of each 128-row
-/// block (FlexAttention's BlockMask for the peers), on each kind of head.
-#[test]
-fn tile_lists_cover_the_realised_mask() {
-    use minf::bench::indices::{blocks_128, key_blocks, tile_counts};
-    use minf::estimate::cpu::BlockSparseEstimate;
-    use minf::prefill::HeadMask;
-    use minf::reference::TestRng;
-    use minf::vertical_slash::cpu::convert_cpu;
-    use minf::{AShape, RealisedMask};
-
-    let (seq, heads) = (333usize, 4usize);
-    let rows = seq.div_ceil(64);
-    let mut rng = TestRng::new(fresh_seed());
-    // Head 2 is vertical-slash: random columns and diagonals through the CPU converter.
-    let (nnz_v, nnz_s) = (7usize, 5usize);
-    let raw = |n: usize, rng: &mut TestRng| (0..heads * n).map(|_| rng.below(seq) as i32).collect::<Vec<i32>>();
-    let (vertical, slash) = (raw(nnz_v, &mut rng), raw(nnz_s, &mut rng));
-    let vs = convert_cpu(&[seq as i32], &vertical, &slash, 1, heads, nnz_v, nnz_s, seq);
-    // Head 3 is block-sparse: up to 3 random causal blocks per row block, ascending.
-    let capacity = 3;
-    let mut kv_num_blocks = vec![0i32; heads * rows];
-    let mut kv_indices = vec![0i32; heads * rows * capacity];
-    for r in 0..rows {
-        let mut blocks: Vec<i32> = (0..capacity).map(|_| rng.below(r + 1) as i32).collect();
-        blocks.sort_unstable();
-        blocks.dedup();
-        let at = 3 * rows + r;
-        kv_num_blocks[at] = blocks.len() as i32;
-        kv_indices[at * capacity..][..blocks.len()].copy_from_slice(&blocks);
-    }
-    let bs = BlockSparseEstimate { batch: 1, heads, rows, capacity, kv_num_blocks, kv_indices };
-    let mask = RealisedMask {
-        batch: 1,
-        seq,
-        heads: vec![
-            HeadMask::Dense,
-            HeadMask::AShape(AShape { n_init: 70, n_local: 100 }),
-            HeadMask::VerticalSlash,
-            HeadMask::BlockSparse,
-        ],
-        vertical_slash: Some(vs),
-        block_sparse: Some(bs),
-    };
-    let (counts, width, lists) = blocks_128(&mask);
-    let rows_128 = seq.div_ceil(128);
-    for h in 0..heads {
-        for i in 0..seq {
-            let blocks = key_blocks(&mask, h, i / 64);
-            assert!(
-                blocks.iter().all(|&b| b <= i / 64),
-                "head {h} row block {}: a block right of the diagonal",
-                i / 64
-            );
-            let at = h * rows_128 + i / 128;
-            let list = &lists[at * width..][..counts[at] as usize];
-            for j in (0..=i).filter(|&j| mask.contains(0, h, i, j)) {
-                assert!(blocks.contains(&(j / 64)), "head {h}: ({i}, {j}) outside the 64-key blocks {blocks:?}");
-                assert!(list.contains(&((j / 128) as i32)), "head {h}: ({i}, {j}) outside the 128-key blocks {list:?}");
-            }
-        }
-    }
-    let (computed, causal) = tile_counts(&mask);
-    assert_eq!(causal, (heads * rows * (rows + 1) / 2) as u64);
-    assert!(computed >= (rows * (rows + 1) / 2) as u64 && computed <= causal, "{computed} of {causal}");
+/// A config of a model minf does not know: `layers` layers of `heads` vertical-slash heads.
+fn unknown_model_config(dir: &std::path::Path, heads: usize, layers: usize) -> std::path::PathBuf {
+    let layer: serde_json::Map<String, serde_json::Value> =
+        (0..heads).map(|h| (h.to_string(), serde_json::json!(["vertical_and_slash", 1000, 6096, 0.5]))).collect();
+    let path = dir.join(format!("custom_{heads}_heads.json"));
+    std::fs::write(&path, serde_json::Value::Array(vec![serde_json::Value::Object(layer); layers]).to_string())
+        .unwrap();
+    path
 }
 
-fn fresh_seed() -> u64 {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
-    eprintln!("seed {seed}");
-    seed
+#[test]
+fn list_reads_each_config_and_shows_its_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent.json");
+    let output =
+        common::minf(&["bench", "--list", "--patterns", &format!("config:{}", missing.display())]).output().unwrap();
+    let text = common::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains(&format!("{}: cannot read the pattern config", missing.display())), "{text}");
+
+    let config = unknown_model_config(dir.path(), 36, 4);
+    let pattern = format!("config:{}:2", config.display());
+    let list = |extra: &[&str]| {
+        let mut args = vec!["bench", "--list", "--seqs", "32K,1M", "--patterns", pattern.as_str()];
+        args.extend_from_slice(extra);
+        common::minf(&args).output().unwrap()
+    };
+    // Its model's key/value heads are unknown and the default 8 does not divide 36.
+    let output = list(&[]);
+    let text = common::text(&output);
+    assert!(!output.status.success() && text.contains("pass --kv-heads (a divisor of 36)"), "{text}");
+    let output = list(&["--kv-heads", "4"]);
+    let text = common::text(&output);
+    assert!(output.status.success(), "{text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("custom_36_heads.json:2")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].ends_with("heads 36/4"), "the config's 36 heads: {text}");
+    assert!(lines[1].ends_with("heads 9/1 (of 36)"), "one KV head's group at 1M: {text}");
+
+    let output = list(&["--kv-heads", "4", "--heads", "40"]);
+    let text = common::text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("--heads 40") && text.contains("36 query heads per layer"), "{text}");
+    let far = format!("config:{}:9", config.display());
+    let output = common::minf(&["bench", "--list", "--kv-heads", "4", "--patterns", &far]).output().unwrap();
+    let text = common::text(&output);
+    assert!(!output.status.success() && text.contains("layer 9 is out of range"), "{text}");
 }

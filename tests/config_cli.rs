@@ -105,17 +105,34 @@ fn warm_with_a_config_compiles_exactly_its_kernels() -> TestResult {
         assert!(names.iter().any(|n| n.starts_with(&prefix)), "no {prefix} entry in {names:?}");
     }
 
-    // An unknown model needs --head-dim; --pattern does not go with --config.
+    // --pattern does not go with --config.
     let dir = tempfile::tempdir()?;
     let custom = dir.path().join("custom.json");
     fs::write(&custom, r#"[{"0": ["block_sparse", 1, 1, 0.5]}]"#)?;
     let custom = custom.to_str().ok_or("path")?;
-    let output = minf(&["warm", "--config", custom, "--heads", "2", "--arch", "sm_80"])
-        .env("MINF_CACHE_DIR", cache.path())
-        .output()?;
-    assert!(!output.status.success(), "{}", text(&output));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("pass --head-dim"), "{}", text(&output));
     let output = minf(&["warm", "--config", custom, "--pattern", "dense", "--arch", "sm_80"]).output()?;
     assert!(!output.status.success(), "{}", text(&output));
+    Ok(())
+}
+
+#[test]
+fn warm_with_a_config_of_an_unknown_model_asks_for_its_whole_shape_at_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let custom = dir.path().join("custom.json");
+    fs::write(&custom, r#"[{"0": ["block_sparse", 1, 1, 0.5]}]"#)?;
+    let custom = custom.to_str().ok_or("path")?;
+    for (given, asked) in [
+        (&[][..], "pass --heads and --head-dim"),
+        (&["--heads", "2"][..], "pass --head-dim"),
+        (&["--head-dim", "64"][..], "pass --heads"),
+    ] {
+        let mut args = vec!["warm", "--config", custom, "--arch", "sm_80"];
+        args.extend_from_slice(given);
+        let output = minf(&args).env("MINF_CACHE_DIR", dir.path().join("cache")).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{given:?}: {}", text(&output));
+        assert!(stderr.contains(&format!("{custom}: no known model shape")), "{given:?}: {}", text(&output));
+        assert!(stderr.trim_end().ends_with(asked), "{given:?} should ask for the rest: {}", text(&output));
+    }
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! `cargo test --release --test gpu -- --include-ignored` (or the bundle from
 //! `scripts/gpu-bundle.sh`). Without a GPU they fail with the reason rather than pass.
 //!
-//! Inputs are fresh random normals on every run (the seed is printed), outputs are poisoned with
-//! NaN bit patterns before each launch, and every output element must be written and finite.
+//! Inputs are fresh random normals on every run (the seed is printed; `MINF_TEST_SEED=N` replays
+//! it, see `tests/common/seed.rs`), outputs are poisoned with NaN bit patterns before each launch,
+//! and every output element must be written and finite.
 
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
@@ -15,7 +16,11 @@ use minf::{
     attention, dense_attention, AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef,
     TileChoice, Varlen,
 };
-use std::time::{SystemTime, UNIX_EPOCH};
+
+#[path = "common/seed.rs"]
+mod seed;
+
+use seed::test_seed;
 
 #[path = "gpu/convert.rs"]
 mod convert;
@@ -33,10 +38,6 @@ const TOLERANCE: f64 = 1e-2;
 
 fn device() -> Device {
     Device::new(0).unwrap_or_else(|e| panic!("GPU test needs a CUDA GPU, and none is usable: {e}"))
-}
-
-fn fresh_seed() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
 }
 
 /// Query rows the CPU reference computes: all of them for short sequences, a spread (including
@@ -225,8 +226,7 @@ fn describe<T: AttentionElement>(case: &Case) -> String {
 }
 
 fn matrix_for<T: AttentionElement>(device: &Device) {
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed(&format!("dense matrix {}", T::DTYPE.as_str()));
     let mut worst: f64 = 0.0;
     let mut failures = Vec::new();
     for head_dim in [64, 96, 128, 256] {
@@ -286,7 +286,7 @@ fn explicit_specs_agree_with_the_default() {
             mainloop,
             ..KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, device.arch())
         };
-        let seed = fresh_seed();
+        let seed = test_seed("explicit_specs_agree_with_the_default");
         let q_layout = Layout::bshd([1, 777, 4, 128]);
         let kv_layout = Layout::bshd([1, 777, 2, 128]);
         let stream = device.stream();

@@ -23,7 +23,9 @@ pub enum MinfError {
         source: cudarc::driver::DriverError,
     },
     /// No CUDA driver (`libcuda`) could be loaded.
-    #[error("no CUDA driver found (libcuda could not be loaded): minf needs an NVIDIA GPU and driver to run kernels; `minf warm --arch sm_80,sm_90a` compiles without one, `minf doctor` shows what was found")]
+    #[error(
+        "no CUDA driver found (libcuda could not be loaded): minf needs an NVIDIA GPU and its driver to run kernels"
+    )]
     NoDriver,
     /// The driver loaded but there is no GPU with that ordinal.
     #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]

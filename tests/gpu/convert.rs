@@ -2,7 +2,7 @@
 //! (`minf::vertical_slash::cpu::convert_cpu`) byte for byte, on raw inputs (any order, duplicates,
 //! out-of-range values), on MInference-style inputs and across reuses of the output and workspace.
 
-use super::{device, fresh_seed};
+use super::{device, test_seed};
 use minf::reference::TestRng;
 use minf::timing::median_ms;
 use minf::vertical_slash::cpu::{convert_cpu, hostile_raw_indices};
@@ -147,8 +147,7 @@ pub(super) fn assert_same(got: &HostVerticalSlashIndex, want: &HostVerticalSlash
 #[ignore = "needs a CUDA GPU"]
 fn converter_matches_the_cpu_model() {
     let device = device();
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed("converter_matches_the_cpu_model");
     let mut rng = TestRng::new(seed);
     // One workspace for every case: it grows and is reused across shapes.
     let mut workspace = ConvertWorkspace::new();
@@ -183,8 +182,7 @@ fn converter_matches_the_cpu_model() {
 #[ignore = "needs a CUDA GPU"]
 fn reused_outputs_are_zeroed_and_overlong_seqlens_clamped() {
     let device = device();
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed("reused_outputs_are_zeroed_and_overlong_seqlens_clamped");
     let mut rng = TestRng::new(seed);
     let mut workspace = ConvertWorkspace::new();
     // First a dense case (many entries), then a sparse one of the same shape into the same index.
@@ -230,8 +228,7 @@ fn reused_outputs_are_zeroed_and_overlong_seqlens_clamped() {
 #[ignore = "needs a CUDA GPU"]
 fn converter_128k_x_32_heads_timing() {
     let device = device();
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed("converter_128k_x_32_heads_timing");
     let mut rng = TestRng::new(seed);
     let (length, heads, nnz_v, nnz_s) = (131_072, 32, 1000, 6096);
     // Realistic picks: sinks and local diagonals near 0 plus spread-out ones, unsorted.

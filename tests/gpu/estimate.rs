@@ -2,7 +2,7 @@
 //! every (batch, head)'s vertical and slash arrays against the f64 CPU reference
 //! (`minf::estimate::cpu::vertical_slash_scores`) on structured inputs, and the time at 128K.
 
-use super::{device, fresh_seed};
+use super::{device, test_seed};
 use half::{bf16, f16};
 use minf::estimate::cpu::vertical_slash_scores;
 use minf::estimate::gpu::{vertical_slash_scores_gpu, ScoresWorkspace};
@@ -87,8 +87,7 @@ pub(super) fn check_case<T: AttentionElement>(
 }
 
 fn matrix_for<T: AttentionElement>(device: &Device) {
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed(&format!("vertical-slash scores {}", T::DTYPE.as_str()));
     let mut workspace = ScoresWorkspace::new();
     for head_dim in [64, 128] {
         for seq in [1, 63, 64, 65, 1000, 4097] {
@@ -313,8 +312,7 @@ pub(super) fn vertical_slash_case<T: AttentionElement>(
 }
 
 fn estimate_matrix_for<T: AttentionElement>(device: &Device) {
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed(&format!("vertical-slash estimate {}", T::DTYPE.as_str()));
     let mut workspace = EstimateWorkspace::new();
     for (head_dim, seq) in
         [(128, 1), (128, 63), (64, 64), (128, 65), (96, 1000), (256, 1000), (128, 4097), (128, 32768)]
@@ -343,7 +341,12 @@ fn vertical_slash_estimate_f16_matches_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn vertical_slash_estimate_at_128k_matches_reference() {
     let mut workspace = EstimateWorkspace::new();
-    vertical_slash_case::<bf16>(&device(), &mut workspace, (1, 131_072, 4, 2, 128), fresh_seed());
+    vertical_slash_case::<bf16>(
+        &device(),
+        &mut workspace,
+        (1, 131_072, 4, 2, 128),
+        test_seed("vertical_slash_estimate_at_128k_matches_reference"),
+    );
 }
 
 pub(super) fn block_sparse_case<T: AttentionElement>(
@@ -406,8 +409,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
 #[ignore = "needs a CUDA GPU"]
 fn block_sparse_estimate_matches_reference() {
     let device = device();
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed("block_sparse_estimate_matches_reference");
     let mut workspace = EstimateWorkspace::new();
     for (seq, top_k) in [(1, 100), (65, 100), (1000, 3), (4097, 100), (32768, 100), (5000, 0), (5000, 1000)] {
         block_sparse_case::<bf16>(&device, &mut workspace, (seq, 6, 2, 128, top_k), seed + seq as u64);

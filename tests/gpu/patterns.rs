@@ -2,7 +2,7 @@
 //! mask its arguments define, over head dims, lengths, GQA groupings, packed batches of different
 //! lengths, and indices that are random, adversarial (out of range, over capacity) or extreme.
 
-use super::{check_attention, check_attention_with, describe, device, fresh_seed, Case, Packed, TOLERANCE};
+use super::{check_attention, check_attention_with, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
 use minf::reference::TestRng;
@@ -142,8 +142,7 @@ pub(super) fn packed_offsets(lens: &[usize]) -> Vec<usize> {
 // A-shape
 
 fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
-    let seed = fresh_seed();
-    println!("a_shape seed {seed}");
+    let seed = test_seed(&format!("a_shape {}", T::DTYPE.as_str()));
     // Tiny and huge windows, MInference's default, no sinks, sinks longer than the sequence.
     let shapes = [(4, 64), (128, 3968), (0, 1), (1024, 100_000), (3000, 17)];
     for head_dim in [64, 96, 128, 256] {
@@ -248,8 +247,7 @@ pub(super) fn block_sparse_index(
 }
 
 fn block_sparse_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
-    let seed = fresh_seed();
-    println!("block_sparse seed {seed}");
+    let seed = test_seed(&format!("block_sparse {}", T::DTYPE.as_str()));
     let mut rng = TestRng::new(seed);
     for head_dim in [64, 96, 128, 256] {
         if T::DTYPE == minf::codegen::DType::F16 && head_dim != 128 {
@@ -445,8 +443,7 @@ pub(super) fn run_vertical_slash<T: AttentionElement>(
 }
 
 fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
-    let seed = fresh_seed();
-    println!("vertical_slash seed {seed}");
+    let seed = test_seed(&format!("vertical_slash {}", T::DTYPE.as_str()));
     let mut rng = TestRng::new(seed);
     for head_dim in [64, 96, 128, 256] {
         if T::DTYPE == minf::codegen::DType::F16 && head_dim != 128 {
@@ -539,8 +536,7 @@ pub(super) fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: u
 #[ignore = "needs a CUDA GPU"]
 fn tile_choice_splits_heads_by_shared_keys_and_matches_reference() {
     let device = device();
-    let seed = fresh_seed();
-    println!("tile choice seed {seed}");
+    let seed = test_seed("tile_choice_splits_heads_by_shared_keys_and_matches_reference");
     let mut rng = TestRng::new(seed);
     let case = Case { batch: 1, seq: 4096, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
     let index = banded_and_scattered_index(&mut rng, case.seq, case.heads, 2);

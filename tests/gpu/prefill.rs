@@ -2,7 +2,7 @@
 //! every head, and whole layers of a config with all three sparse patterns against the float64
 //! reference under each head's realised mask.
 
-use super::{device, fresh_seed, reference_rows, TOLERANCE};
+use super::{device, reference_rows, test_seed, TOLERANCE};
 use half::bf16;
 use minf::config::{ModelShape, PatternConfig};
 use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
@@ -48,9 +48,8 @@ fn download(device: &Device, buffer: &cudarc::driver::CudaSlice<bf16>) -> Vec<f3
 #[ignore = "needs a CUDA GPU"]
 fn head_map_launches_equal_launches_over_every_head() {
     let device = device();
-    let seed = fresh_seed();
+    let seed = test_seed("head_map_launches_equal_launches_over_every_head");
     let (seq, heads, kv_heads, d) = (1000, 8, 2, 128);
-    println!("seed {seed}");
     let q = upload::<bf16>(&device, &random_normal(seq * heads * d, seed));
     let k = upload::<bf16>(&device, &random_normal(seq * kv_heads * d, seed ^ 1));
     let v = upload::<bf16>(&device, &random_normal(seq * kv_heads * d, seed ^ 2));
@@ -166,8 +165,7 @@ pub(super) fn check_layer(device: &Device, prefill: &mut Prefill<'_>, layer: usi
 #[ignore = "needs a CUDA GPU"]
 fn prefill_of_every_pattern_matches_the_reference_under_the_realised_mask() {
     let device = device();
-    let seed = fresh_seed();
-    println!("seed {seed}");
+    let seed = test_seed("prefill_of_every_pattern_matches_the_reference_under_the_realised_mask");
     // Sparse at every length, so the small cases exercise the estimation and every pattern.
     let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
@@ -193,7 +191,7 @@ fn prefill_of_every_pattern_matches_the_reference_under_the_realised_mask() {
 #[ignore = "needs a CUDA GPU"]
 fn short_prompts_fall_back_to_dense_and_calls_are_validated() {
     let device = device();
-    let seed = fresh_seed();
+    let seed = test_seed("short_prompts_fall_back_to_dense_and_calls_are_validated");
     let options = PrefillOptions { dense_below: 2048, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
     let error = check_layer(&device, &mut prefill, 1, 1000, seed);

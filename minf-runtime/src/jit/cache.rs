@@ -134,6 +134,24 @@ impl KernelCache {
         self.memory_only.load(Ordering::Relaxed)
     }
 
+    /// Checks that entries can be written: creates the cache and lock directories and a temporary
+    /// directory in the root (removed again). [`KernelCache::get_or_compile`] does not need this (it
+    /// degrades to memory-only); callers whose job is the disk cache, like `minf warm`, do.
+    pub fn check_writable(&self) -> Result<(), JitError> {
+        if self.root.exists() && !self.root.is_dir() {
+            let not_a_directory = std::io::Error::other("it exists and is not a directory");
+            return Err(JitError::io("using as the cache directory", &self.root)(not_a_directory));
+        }
+        fs::create_dir_all(&self.root).map_err(JitError::io("creating the cache directory", &self.root))?;
+        let locks = self.root.join(LOCKS);
+        fs::create_dir_all(&locks).map_err(JitError::io("creating the lock directory", &locks))?;
+        let probe = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .tempdir_in(&self.root)
+            .map_err(JitError::io("creating a temporary directory in", &self.root))?;
+        probe.close().map_err(JitError::io("removing a temporary directory in", &self.root))
+    }
+
     /// Returns the compiled kernel: from memory, from disk, or compiled now and published. With JIT
     /// disabled, cached kernels are served even when NVRTC is not installed.
     pub fn get_or_compile(&self, kernel: &RenderedKernel) -> Result<CachedKernel, JitError> {
@@ -270,9 +288,9 @@ impl KernelCache {
         Ok(self.entries()?.iter().map(|e| e.size_bytes).sum())
     }
 
-    /// Removes every entry, saved failed sources and temporary directories older than an hour (left
-    /// by killed processes) from disk, and empties the memory cache; returns how many entries were
-    /// removed.
+    /// Removes every entry, saved failed sources, the lock files no builder holds, and temporary
+    /// directories older than an hour (left by killed processes) from disk, and empties the memory
+    /// cache; returns how many entries were removed.
     pub fn clear(&self) -> Result<usize, JitError> {
         let entries = self.entries()?;
         for entry in &entries {
@@ -284,6 +302,7 @@ impl KernelCache {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(JitError::io("removing", failed)(e)),
             _ => {}
         }
+        self.remove_free_locks()?;
         for item in fs::read_dir(&self.root).into_iter().flatten().flatten() {
             let stale = item
                 .metadata()
@@ -298,6 +317,30 @@ impl KernelCache {
         }
         self.memory.lock().unwrap_or_else(PoisonError::into_inner).clear();
         Ok(entries.len())
+    }
+
+    /// Removes the lock files of `locks/` that no builder holds (a held one is left to its builder;
+    /// the directory stays, since a builder may be about to create a file in it).
+    fn remove_free_locks(&self) -> Result<(), JitError> {
+        let dir = self.root.join(LOCKS);
+        let items = match fs::read_dir(&dir) {
+            Ok(items) => items,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(JitError::io("reading the lock directory", &dir)(e)),
+        };
+        for item in items {
+            let path = item.map_err(JitError::io("reading the lock directory", &dir))?.path();
+            let Ok(file) = fs::OpenOptions::new().write(true).open(&path) else { continue };
+            if fs4::FileExt::try_lock(&file).is_ok() {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != ErrorKind::NotFound => {
+                        return Err(JitError::io("removing the lock file", &path)(e))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Stores a kernel in memory and returns it with `outcome`.
@@ -396,7 +439,8 @@ impl KernelCache {
 fn read_entry(entry: &Path, key: &CacheKey) -> Lookup {
     let meta = match fs::read(entry.join(META)) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == ErrorKind::NotFound && !entry.exists() => return Lookup::Missing,
+        // No directory there, or none can be (the root is a regular file, or cannot be read): missing.
+        Err(_) if !entry.exists() => return Lookup::Missing,
         Err(e) => return Lookup::Corrupt(format!("cannot read {META}: {e}")),
     };
     let meta: EntryMeta = match serde_json::from_slice(&meta) {
@@ -474,11 +518,15 @@ mod tests {
     }
 
     #[test]
-    fn clear_removes_entries_and_stale_temporaries_only() -> Result<(), Box<dyn std::error::Error>> {
+    fn clear_removes_entries_free_lock_files_and_stale_temporaries_only() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         for sub in ["dense-a", "dense-b", ".tmp-old", ".tmp-fresh", LOCKS, FAILED] {
             fs::create_dir(dir.path().join(sub))?;
         }
+        let locks = dir.path().join(LOCKS);
+        fs::write(locks.join("dense-a.lock"), b"")?;
+        let held = File::create(locks.join("dense-b.lock"))?;
+        fs4::FileExt::lock(&held)?;
         fs::write(dir.path().join("dense-a").join(META), b"{}")?;
         let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
         File::open(dir.path().join(".tmp-old"))?.set_modified(two_hours_ago)?;
@@ -490,6 +538,28 @@ mod tests {
             .collect::<Result<_, _>>()?;
         left.sort();
         assert_eq!(left, vec![".tmp-fresh", LOCKS]);
+        let locks_left: Vec<String> = fs::read_dir(&locks)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(locks_left, vec!["dense-b.lock"], "the free lock file goes, the held one stays");
+        drop(held);
+        Ok(())
+    }
+
+    #[test]
+    fn a_root_that_is_a_regular_file_has_missing_entries_and_is_not_writable() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("cache");
+        fs::write(&file, b"not a directory")?;
+        let key = CacheKey { name: "dense-x".into(), hash: "0".repeat(64) };
+        assert!(matches!(read_entry(&file.join(&key.name), &key), Lookup::Missing));
+        for root in [file.clone(), file.join("sub")] {
+            let cache = KernelCache::at(root.clone());
+            let error = cache.check_writable().err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.contains(&root.display().to_string()), "{root:?}: {error:?}");
+        }
+        assert!(KernelCache::at(dir.path().join("new")).check_writable().is_ok());
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! (uniform patterns are written as a config whose heads all have that pattern), so each case is
 //! timed by the same code with the same split (estimation, conversion, attention, total).
 
-use super::cases::{Case, PatternSpec};
+use super::cases::{load_config, Case, PatternSpec};
 use super::indices::{save_index, tile_counts};
 use super::record::{today, Record, MINF_METHOD};
 use cudarc::driver::CudaSlice;
@@ -59,8 +59,8 @@ pub enum InputSource {
     Structured {
         /// The generator's seed.
         seed: u64,
-        /// [`InputSpec::flat_tail`] instead of [`InputSpec::new`]: the generator's defaults before
-        /// the long-range decay (`--flat-tail`).
+        /// [`InputSpec::flat_tail`] instead of [`InputSpec::new`]: the generator without the
+        /// long-range decay (`--flat-tail`).
         flat_tail: bool,
     },
     /// One file's inputs (`--inputs`), for every case at its length.
@@ -422,9 +422,7 @@ fn case_config(case: &Case) -> Result<(PatternConfig, PrefillOptions), BenchErro
             (json, PathBuf::from(case.pattern.to_string()))
         }
         PatternSpec::Config { path, layer } => {
-            let file = PatternConfig::load_for_model(path)
-                .or_else(|_| PatternConfig::load(path, case.layer_heads))
-                .map_err(|e| BenchError::Case(e.to_string()))?;
+            let file = load_config(path, case.layer_heads).map_err(|e| BenchError::Case(e.to_string()))?;
             let heads = file.layers().get(*layer).ok_or_else(|| {
                 BenchError::Case(format!(
                     "{}: layer {layer} is out of range; the config has layers 0 to {}",

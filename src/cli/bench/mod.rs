@@ -1,16 +1,33 @@
-//! The `minf bench` command line; the work is in [`minf::bench`].
+//! `minf bench`: latency of every pattern at several context lengths, as records (JSON), a
+//! terminal table and a log-log plot, and the comparison with the peers' records
+//! (`bench/peers.py` writes the same schema).
+//!
+//! - [`cases`]: patterns and cases from the command line;
+//! - [`run`]: timing the cases on the GPU (through [`minf::Prefill`]);
+//! - [`indices`]: the computed tiles (density, TFLOP/s) and the index files for the peers;
+//! - [`record`]: the record schema and its file;
+//! - [`plot`]: the SVG plot;
+//! - [`compare`]: ratios, targets and the Markdown report.
 
-use indicatif::{ProgressBar, ProgressStyle};
-use minf::bench::cases::{
-    default_patterns, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_LONG_HEADS,
+mod cases;
+mod compare;
+mod indices;
+mod plot;
+mod record;
+mod run;
+
+use super::output::{errln, outln, write_stdout};
+use cases::{
+    default_long_heads, default_patterns, parse_seqs, resolve_shape, CaseOptions, PatternSpec, ShapeArgs,
+    DEFAULT_LONG_FROM,
 };
-use minf::bench::compare::markdown;
-use minf::bench::plot::{tokens, write_latency_svg};
-use minf::bench::record::{read_records, write_records, Record, MINF_METHOD};
-use minf::bench::run::{GpuBench, InputSource, RunSettings};
-use minf::bench::{table_header, table_row};
+use compare::markdown;
+use indicatif::{ProgressBar, ProgressStyle};
 use minf::codegen::Tile;
 use minf_runtime::codegen::DType;
+use plot::{tokens, write_latency_svg};
+use record::{read_records, write_records, Record, MINF_METHOD};
+use run::{GpuBench, InputSource, RunSettings};
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,15 +68,15 @@ struct RunArgs {
     /// Context lengths, comma-separated (tokens; 128K and 1M are accepted).
     #[arg(long, default_value = "32768,131072,262144,524288,1048576")]
     seqs: String,
-    /// Query heads.
-    #[arg(long, default_value_t = 32)]
-    heads: usize,
-    /// Key/value heads (divides --heads).
-    #[arg(long, default_value_t = 8)]
-    kv_heads: usize,
-    /// Head dimension.
-    #[arg(long, default_value_t = 128)]
-    head_dim: usize,
+    /// Query heads (default: a config pattern's model's, else 32).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Key/value heads, dividing --heads (default: a config pattern's model's, else 8).
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Head dimension (default: a config pattern's model's, else 128).
+    #[arg(long)]
+    head_dim: Option<usize>,
     /// Element type.
     #[arg(long, default_value = "bf16")]
     dtype: DType,
@@ -71,9 +88,10 @@ struct RunArgs {
     /// From this length on, cases run on --long-heads query heads and report per-head times.
     #[arg(long, default_value_t = DEFAULT_LONG_FROM)]
     long_from: usize,
-    /// Query heads of the long cases.
-    #[arg(long, default_value_t = DEFAULT_LONG_HEADS)]
-    long_heads: usize,
+    /// Query heads of the long cases (default: 4 when that fits the query heads per KV head,
+    /// else one KV head's).
+    #[arg(long)]
+    long_heads: Option<usize>,
     /// Timed runs per case (median).
     #[arg(long, default_value_t = 10)]
     reps: usize,
@@ -86,8 +104,8 @@ struct RunArgs {
     /// Seed of the structured inputs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Generate the structured inputs as before the long-range decay (`InputSpec::flat_tail`:
-    /// far diagonals are flat noise, so estimated indices scatter), to compare against.
+    /// Generate the structured inputs without the long-range decay (`InputSpec::flat_tail`: far
+    /// diagonals are flat noise, so estimated indices scatter), to compare against.
     #[arg(long, conflicts_with = "inputs")]
     flat_tail: bool,
     /// Take the inputs from this file (q, k, v; see `minf::load_safetensors`) instead of the
@@ -96,7 +114,7 @@ struct RunArgs {
     inputs: Option<PathBuf>,
     /// Tile and engine of the index-driven kernels (vertical-slash, block-sparse and their config
     /// heads) instead of the device default: BLOCK_M,BLOCK_N,WARPS,STAGES,MAINLOOP, e.g.
-    /// 64,64,4,2,wgmma (64-row blocks suit scattered indices; bench/NOTES.md).
+    /// 64,64,4,2,wgmma (64-row blocks suit scattered indices; docs/design.md).
     #[arg(long)]
     index_tile: Option<Tile>,
     /// Run the index-driven heads on the device default tile only, without the per-head choice
@@ -124,7 +142,7 @@ struct RunArgs {
 pub fn bench(args: &BenchArgs) -> Result<ExitCode, Box<dyn Error>> {
     match &args.command {
         Some(BenchCommand::Compare(compare)) => compare_files(compare),
-        None => run(&args.run),
+        None => run_cases(&args.run),
     }
 }
 
@@ -137,13 +155,13 @@ fn compare_files(args: &CompareArgs) -> Result<ExitCode, Box<dyn Error>> {
     match &args.markdown {
         Some(path) => {
             std::fs::write(path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
-            println!("wrote {} ({} records)", path.display(), records.len());
+            outln!("wrote {} ({} records)", path.display(), records.len())?;
         }
-        None => print!("{report}"),
+        None => write_stdout(format_args!("{report}"))?,
     }
     if let Some(path) = &args.plot {
         write_latency_svg(&records, path)?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -153,39 +171,41 @@ fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOp
         Some(list) => PatternSpec::parse_list(list)?,
         None => default_patterns(Path::new(".")),
     };
+    let asked = match inputs {
+        Some(qkv) => ShapeArgs { heads: Some(qkv.heads), kv_heads: Some(qkv.kv_heads), head_dim: Some(qkv.head_dim) },
+        None => ShapeArgs { heads: args.heads, kv_heads: args.kv_heads, head_dim: args.head_dim },
+    };
+    let (heads, kv_heads, head_dim) = resolve_shape(&patterns, asked)?;
     let mut options = CaseOptions {
         seqs: parse_seqs(&args.seqs)?,
-        heads: args.heads,
-        kv_heads: args.kv_heads,
-        head_dim: args.head_dim,
+        heads,
+        kv_heads,
+        head_dim,
         dtype: args.dtype,
         patterns,
         long_from: args.long_from,
-        long_heads: args.long_heads,
+        long_heads: args.long_heads.unwrap_or_else(|| default_long_heads(heads, kv_heads)),
     };
     if let Some(qkv) = inputs {
         options.seqs = vec![qkv.seq];
-        options.heads = qkv.heads;
-        options.kv_heads = qkv.kv_heads;
-        options.head_dim = qkv.head_dim;
         options.long_from = usize::MAX;
     }
     Ok(options)
 }
 
-fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
+fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     // Fast checks first: the case list, then the GPU, then anything slow.
     let cases = case_options(args, None)?.cases()?;
     if args.list {
         for case in &cases {
             let subset = if case.is_subset() { format!(" (of {})", case.layer_heads) } else { String::new() };
-            println!(
+            outln!(
                 "{:>7}  {:<40} heads {}/{}{subset}",
                 tokens(case.seq as f64),
                 case.pattern,
                 case.heads,
                 case.kv_heads
-            );
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -225,26 +245,26 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         if flag.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nstopping after the current case (Ctrl-C again to quit now)");
+        errln!("\nstopping after the current case (Ctrl-C again to quit now)");
     }) {
-        eprintln!("warning: Ctrl-C will not stop cleanly: {e}");
+        errln!("warning: Ctrl-C will not stop cleanly: {e}");
     }
 
-    println!(
+    outln!(
         "minf bench on {} ({}), {} cases, medians of CUDA-event timed runs after warm-up",
         bench.card(),
         bench.driver(),
         cases.len()
-    );
+    )?;
     if let Some(long) = cases.iter().find(|c| c.is_subset()) {
-        println!(
+        outln!(
             "from {} tokens on: {} of {} query heads timed; ms/head compares across lengths",
             tokens(long.seq as f64),
             long.heads,
             long.layer_heads
-        );
+        )?;
     }
-    println!("{}", table_header());
+    outln!("{}", table_header())?;
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -252,17 +272,17 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     );
     // Lines above the bar; `ProgressBar::println` drops them when the bar is hidden (output not a
     // terminal, e.g. a log file), so print through `suspend`, which always runs.
-    let say = |line: String| bar.suspend(|| println!("{line}"));
+    let say = |line: String| bar.suspend(|| outln!("{line}"));
     let mut failed = 0;
     for case in &cases {
         if stop.load(Ordering::SeqCst) {
-            say("stopped: the finished records are written".into());
+            say("stopped: the finished records are written".into())?;
             break;
         }
         bar.set_message(format!("{} at {}", case.pattern, tokens(case.seq as f64)));
         match bench.run_case(case, &settings, &|message| bar.set_message(message.to_string())) {
             Ok(record) => {
-                say(table_row(&record));
+                say(table_row(&record))?;
                 records.push(record);
                 if let Some(path) = &args.json {
                     write_records(path, &records)?;
@@ -270,20 +290,67 @@ fn run(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
             }
             Err(e) => {
                 failed += 1;
-                say(format!("failed: {} at {} tokens: {e}", case.pattern, case.seq));
+                say(format!("failed: {} at {} tokens: {e}", case.pattern, case.seq))?;
             }
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     if let Some(path) = &args.json {
-        println!("records: {} ({} in the file)", path.display(), records.len());
+        outln!("records: {} ({} in the file)", path.display(), records.len())?;
     }
     if let Some(path) = &args.plot {
         match write_latency_svg(&records, path) {
-            Ok(()) => println!("plot: {}", path.display()),
-            Err(e) => eprintln!("plot not written: {e}"),
+            Ok(()) => outln!("plot: {}", path.display())?,
+            Err(e) => errln!("plot not written: {e}"),
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
+
+/// The header of the terminal table ([`table_row`]).
+pub fn table_header() -> String {
+    format!(
+        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "tokens",
+        "pattern",
+        "heads",
+        "est ms",
+        "conv ms",
+        "attn ms",
+        "total ms",
+        "ms/head",
+        "density",
+        "TFLOP/s",
+        "speedup",
+        "compile s"
+    )
+}
+
+/// One record as a row of the terminal table.
+pub fn table_row(r: &Record) -> String {
+    let number = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"));
+    let mut label = r.label();
+    let chars = label.chars().count();
+    if chars > 34 {
+        label = format!("...{}", label.chars().skip(chars - 31).collect::<String>());
+    }
+    format!(
+        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10.3} {:>10.3} {:>8} {:>7} {:>9} {:>9}",
+        tokens(r.seq as f64),
+        label,
+        r.heads,
+        number(r.est_ms, 3),
+        number(r.conv_ms, 3),
+        number(r.attn_ms, 3),
+        r.total_ms,
+        r.per_head_ms,
+        number(r.density, 4),
+        number(r.tflops, 1),
+        r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x")),
+        number(r.compile_s, 2)
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,11 +2,17 @@
 //! pattern at one context length and head count) built from the command line.
 
 use minf_runtime::codegen::DType;
+use minf_runtime::config::{known_model, PatternConfig};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Context lengths measured by default: 32K, 128K, 256K, 512K and 1M tokens.
-pub const DEFAULT_SEQS: &[usize] = &[32_768, 131_072, 262_144, 524_288, 1_048_576];
+/// Query heads of a run when neither `--heads` nor a config gives them.
+pub const DEFAULT_HEADS: usize = 32;
+/// Key/value heads of a run when neither `--kv-heads` nor a config's model gives them.
+pub const DEFAULT_KV_HEADS: usize = 8;
+/// Head dimension of a run when neither `--head-dim` nor a config's model gives it.
+pub const DEFAULT_HEAD_DIM: usize = 128;
+
 /// From this length on, cases run on [`CaseOptions::long_heads`] heads (and report per-head times).
 pub const DEFAULT_LONG_FROM: usize = 524_288;
 /// Heads measured from [`DEFAULT_LONG_FROM`] tokens on.
@@ -234,6 +240,111 @@ pub fn parse_seqs(text: &str) -> Result<Vec<usize>, CaseError> {
             }
         })
         .collect()
+}
+
+/// The attention shape asked for on the command line (or by `--inputs`); `None` is taken from the
+/// configs measured, else from [`DEFAULT_HEADS`], [`DEFAULT_KV_HEADS`] and [`DEFAULT_HEAD_DIM`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShapeArgs {
+    /// `--heads`.
+    pub heads: Option<usize>,
+    /// `--kv-heads`.
+    pub kv_heads: Option<usize>,
+    /// `--head-dim`.
+    pub head_dim: Option<usize>,
+}
+
+/// The query heads an unknown model's config lists: its largest head index plus one, `None` when
+/// the file lists none or is not a list of objects (loading it then says what is wrong).
+fn listed_heads(path: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let layers: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text).ok()?;
+    layers.iter().flat_map(|layer| layer.keys()).filter_map(|key| key.parse::<usize>().ok()).max().map(|h| h + 1)
+}
+
+/// Loads the config of a `config:` pattern: a model minf knows by the file name with that model's
+/// shape, any other file with the query heads it lists (`heads` when it lists none).
+pub fn load_config(path: &Path, heads: usize) -> Result<PatternConfig, CaseError> {
+    let loaded = match known_model(path) {
+        Some(_) => PatternConfig::load_for_model(path),
+        None => PatternConfig::load(path, listed_heads(path).unwrap_or(heads)),
+    };
+    loaded.map_err(|e| CaseError(e.to_string()))
+}
+
+/// The shape of a run's cases: the command line's, else the configs' (which must agree with it and
+/// with each other: a config's layer has as many heads as its model), else the defaults. Reads every
+/// config measured and checks its layer, so a bad `config:` pattern fails before any GPU work.
+pub fn resolve_shape(patterns: &[PatternSpec], asked: ShapeArgs) -> Result<(usize, usize, usize), CaseError> {
+    let mut from_config: Option<(PathBuf, usize, Option<usize>, Option<usize>)> = None;
+    for pattern in patterns {
+        let PatternSpec::Config { path, layer } = pattern else { continue };
+        let config = load_config(path, asked.heads.unwrap_or(DEFAULT_HEADS))?;
+        let layers = config.layers().len();
+        if *layer >= layers {
+            return Err(CaseError(format!(
+                "pattern config:{}:{layer}: layer {layer} is out of range; the config has layers 0 to {}",
+                path.display(),
+                layers.saturating_sub(1)
+            )));
+        }
+        let shape = config.shape();
+        let (heads, kv_heads, head_dim) =
+            (config.heads(), shape.map(|s| s.kv_heads), shape.map(|s| s.head_dim as usize));
+        let mismatch =
+            |flag: &str, asked: Option<usize>, has: Option<usize>, what: &dyn Fn(usize) -> String| match (asked, has) {
+                (Some(asked), Some(has)) if asked != has => Err(CaseError(format!(
+                    "{flag} {asked}: the config {} is of a model with {}; leave {flag} out to take the config's",
+                    path.display(),
+                    what(has)
+                ))),
+                _ => Ok(()),
+            };
+        mismatch("--heads", asked.heads, Some(heads), &|n| format!("{n} query heads per layer"))?;
+        mismatch("--kv-heads", asked.kv_heads, kv_heads, &|n| format!("{n} key/value heads per layer"))?;
+        mismatch("--head-dim", asked.head_dim, head_dim, &|n| format!("head dimension {n}"))?;
+        match &from_config {
+            Some((first, first_heads, first_kv, first_dim))
+                if (*first_heads, *first_kv, *first_dim) != (heads, kv_heads, head_dim) =>
+            {
+                return Err(CaseError(format!(
+                    "the configs {} and {} are of different model shapes ({first_heads} and {heads} query heads): \
+                     measure them in separate runs",
+                    first.display(),
+                    path.display()
+                )));
+            }
+            Some(_) => {}
+            None => from_config = Some((path.clone(), heads, kv_heads, head_dim)),
+        }
+    }
+    if let (None, None, Some((path, heads, None, _))) = (asked.heads, asked.kv_heads, &from_config) {
+        if heads % DEFAULT_KV_HEADS != 0 {
+            return Err(CaseError(format!(
+                "the config {} lists {heads} query heads and its model's key/value heads are unknown: pass \
+                 --kv-heads (a divisor of {heads})",
+                path.display()
+            )));
+        }
+    }
+    let (config_heads, config_kv, config_dim) =
+        from_config.map_or((None, None, None), |(_, heads, kv, dim)| (Some(heads), kv, dim));
+    Ok((
+        asked.heads.or(config_heads).unwrap_or(DEFAULT_HEADS),
+        asked.kv_heads.or(config_kv).unwrap_or(DEFAULT_KV_HEADS),
+        asked.head_dim.or(config_dim).unwrap_or(DEFAULT_HEAD_DIM),
+    ))
+}
+
+/// The query heads long cases run on when `--long-heads` is not given: [`DEFAULT_LONG_HEADS`]
+/// when it fits the query heads per KV head (a multiple or a divisor), else one KV head's group.
+pub fn default_long_heads(heads: usize, kv_heads: usize) -> usize {
+    let group = (heads / kv_heads.max(1)).max(1);
+    if DEFAULT_LONG_HEADS % group == 0 || group % DEFAULT_LONG_HEADS == 0 {
+        DEFAULT_LONG_HEADS
+    } else {
+        group
+    }
 }
 
 /// The shape and patterns of a run, before it is expanded into cases.
