@@ -9,7 +9,7 @@ use super::patterns::{
     banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
     spec_override, variants, vertical_slash_index, Variant, VARIANT,
 };
-use super::{check_attention, describe, device, fresh_seed, Case, Packed, TOLERANCE};
+use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::Pattern;
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
@@ -69,8 +69,7 @@ fn attention_sweep(variant: Variant) {
         println!("skipped: {variant:?} does not run on {}", device.arch());
         return;
     }
-    let seed = fresh_seed();
-    println!("sanitizer sweep {variant:?} seed {seed}");
+    let seed = test_seed(&format!("sanitizer sweep {variant:?}"));
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
     VARIANT.set(variant);
@@ -123,8 +122,7 @@ fn attention_mma_sync() {
 #[ignore = "needs a CUDA GPU"]
 fn index_kernels_and_prefill() {
     let device = device();
-    let seed = fresh_seed();
-    println!("sanitizer sweep (index kernels) seed {seed}");
+    let seed = test_seed("sanitizer sweep (index kernels)");
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
 
