@@ -7,16 +7,17 @@
 //! 64-key tile), and its columns as one merged stream.
 //!
 //! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1] [--decay L]
-//! [--flat-tail]` (`--decay` sets [`InputSpec::decay_logit`](minf::InputSpec::decay_logit);
-//! `--flat-tail` takes [`InputSpec::flat_tail`](minf::InputSpec::flat_tail), the inputs before the
-//! decay).
+//! [--flat-tail]` (`--decay` sets [`InputSpec::decay_logit`](minf_testkit::InputSpec::decay_logit);
+//! `--flat-tail` takes [`InputSpec::flat_tail`](minf_testkit::InputSpec::flat_tail), the inputs
+//! without the decay).
 //!
 //! The heads share one KV head (the estimate reads each query head with its KV head).
 
-use minf::inputs::{InputSpec, StructuredInputs};
-use minf::reference::ReferenceShape;
-use minf::vertical_slash::cpu::convert_cpu;
 use minf::vertical_slash::HostVerticalSlashIndex;
+use minf_testkit::convert::convert_cpu;
+use minf_testkit::estimate::estimate_vertical_slash;
+use minf_testkit::inputs::{InputSpec, StructuredInputs};
+use minf_testkit::reference::ReferenceShape;
 
 /// What the 128-row schedule visits for one head, in tiles.
 #[derive(Debug, Default, Clone, Copy)]
@@ -126,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let qkv = StructuredInputs::generate(&spec)?;
     let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
-    let estimate = minf::estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
+    let estimate = estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
     let index =
         convert_cpu(&[seq as i32], &estimate.vertical, &estimate.slash, 1, heads, estimate.nnz_v, estimate.nnz_s, seq);
     println!(

@@ -258,11 +258,10 @@ fn compare_cli_writes_markdown_and_plot() {
 #[test]
 fn tile_lists_cover_the_realised_mask() {
     use minf::bench::indices::{blocks_128, key_blocks, tile_counts};
-    use minf::estimate::cpu::BlockSparseEstimate;
     use minf::prefill::HeadMask;
-    use minf::reference::TestRng;
-    use minf::vertical_slash::cpu::convert_cpu;
-    use minf::{AShape, RealisedMask};
+    use minf::{AShape, HostBlockSparseIndex, RealisedMask};
+    use minf_testkit::convert::convert_cpu;
+    use minf_testkit::reference::TestRng;
 
     let (seq, heads) = (333usize, 4usize);
     let rows = seq.div_ceil(64);
@@ -284,7 +283,7 @@ fn tile_lists_cover_the_realised_mask() {
         kv_num_blocks[at] = blocks.len() as i32;
         kv_indices[at * capacity..][..blocks.len()].copy_from_slice(&blocks);
     }
-    let bs = BlockSparseEstimate { batch: 1, heads, rows, capacity, kv_num_blocks, kv_indices };
+    let bs = HostBlockSparseIndex { batch: 1, heads, rows, capacity, kv_num_blocks, kv_indices };
     let mask = RealisedMask {
         batch: 1,
         seq,
