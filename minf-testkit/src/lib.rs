@@ -8,12 +8,14 @@
 //!   random numbers ([`TestRng`], [`random_normal`]) inputs are drawn from;
 //! - [`estimate`]: MInference's vertical-slash and block-sparse estimates in f64, the reference of
 //!   the GPU estimates in [`minf_runtime::estimate`];
-//! - [`convert`]: the CPU model of the vertical-slash converter.
+//! - [`convert`]: the CPU model of the vertical-slash converter;
+//! - [`schedule`]: the CPU model of which key tiles the index-driven kernels compute.
 
 pub mod convert;
 pub mod estimate;
 pub mod inputs;
 pub mod reference;
+pub mod schedule;
 
 pub use inputs::{InputSpec, Needle, Planted, Repeat, StructuredInputs};
 pub use reference::{random_normal, recall, RecallStats, ReferenceShape, TestRng};
