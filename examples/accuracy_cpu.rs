@@ -10,11 +10,14 @@
 //! `cargo run --release --example accuracy_cpu -- [--seqs 32768,131072,524288] [--heads 4]
 //!  [--layer 16] [--seed 1] [--config FILE]` prints a Markdown table.
 
-use minf::estimate::cpu::{select_vertical_slash, vertical_slash_scores};
-use minf::reference::{causal_attention_rows, masked_attention_rows, recall, relative_l2, sampled_rows};
-use minf::vertical_slash::cpu::convert_cpu;
 use minf::vertical_slash::realised_mask_contains;
-use minf::{HeadGroups, InputSpec, Needle, PatternConfig, ReferenceShape, StructuredInputs};
+use minf::{HeadGroups, PatternConfig};
+use minf_testkit::convert::convert_cpu;
+use minf_testkit::estimate::{select_vertical_slash, vertical_slash_scores};
+use minf_testkit::inputs::{InputSpec, Needle, StructuredInputs};
+use minf_testkit::reference::{
+    causal_attention_rows, masked_attention_rows, recall, relative_l2, sampled_rows, ReferenceShape,
+};
 use std::path::PathBuf;
 
 const CONFIG: &str = "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json";

@@ -7,8 +7,8 @@
 
 use half::bf16;
 use minf::codegen::{DType, KernelSpec, Pattern};
-use minf::reference::random_normal;
 use minf::{dense_attention, AttentionOptions, Device, TensorMut, TensorRef};
+use minf_testkit::reference::random_normal;
 use std::time::Instant;
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {

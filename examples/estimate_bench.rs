@@ -1,5 +1,5 @@
 //! Times minf's GPU estimates on structured inputs (RoPE'd queries and keys with sinks, heavy
-//! columns and induction repeats; `minf::StructuredInputs`), bf16:
+//! columns and induction repeats; `minf_testkit::StructuredInputs`), bf16:
 //!
 //! - vertical-slash (every query head, MInference's sizes): scores on tensor cores, per-head top-k,
 //!   conversion to the kernel index, each stage timed with CUDA events, and the total;
@@ -17,7 +17,8 @@ use minf::estimate::gpu::{
 };
 use minf::timing::median_ms;
 use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
-use minf::{BlockSparseIndex, Device, InputSpec, StructuredInputs, TensorRef};
+use minf::{BlockSparseIndex, Device, TensorRef};
+use minf_testkit::inputs::{InputSpec, StructuredInputs};
 
 struct Args {
     seq: usize,

@@ -7,12 +7,14 @@
 //!
 //! `inputs_realism [--seqs 32768,131072,262144,1048576] [--heads 1] [--seed 1] [--flat-tail]`
 //!
-//! `--flat-tail` measures [`InputSpec::flat_tail`](minf::inputs::InputSpec::flat_tail), the
-//! generator's defaults before the long-range decay. One KV head; every query head reads it.
+//! `--flat-tail` measures [`InputSpec::flat_tail`](minf_testkit::InputSpec::flat_tail), the
+//! inputs without the long-range decay. One KV head; every query head reads it.
 
-use minf::inputs::{HostQkv, InputSpec, StructuredInputs};
-use minf::reference::{recall, ReferenceShape};
-use minf::vertical_slash::cpu::convert_cpu;
+use minf::HostQkv;
+use minf_testkit::convert::convert_cpu;
+use minf_testkit::estimate::estimate_vertical_slash;
+use minf_testkit::inputs::{InputSpec, StructuredInputs};
+use minf_testkit::reference::{recall, ReferenceShape};
 
 /// The vertical-slash sizes measured: the shipped Llama-3-8B-262K config's most common ones.
 const SIZES: [(usize, usize); 3] = [(1000, 6096), (100, 800), (3500, 100)];
@@ -78,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             top_least = top_least.min(least);
         }
         for (v, s) in SIZES {
-            let est = minf::estimate_vertical_slash(&qkv.q, &qkv.k, shape, v, s)?;
+            let est = estimate_vertical_slash(&qkv.q, &qkv.k, shape, v, s)?;
             let index = convert_cpu(&[seq as i32], &est.vertical, &est.slash, 1, heads, est.nnz_v, est.nnz_s, seq);
             let rows = seq.div_ceil(64);
             let causal = rows * (rows + 1) / 2 * heads;

@@ -20,13 +20,14 @@
 //! On a machine without a GPU it says so and points to what does work there.
 
 use half::bf16;
-use minf::reference::{
-    causal_attention_rows, masked_attention_rows, recall, relative_l2, sampled_rows, RecallStats, ReferenceShape,
-};
 use minf::timing::median_ms;
 use minf::{
-    dense_attention, AttentionOptions, Device, HeadGroups, InputSpec, MinfError, ModelShape, Needle, PatternConfig,
-    Prefill, PrefillOptions, PrefillTiming, StructuredInputs, TensorMut, TensorRef,
+    dense_attention, AttentionOptions, Device, HeadGroups, MinfError, ModelShape, PatternConfig, Prefill,
+    PrefillOptions, PrefillTiming, TensorMut, TensorRef,
+};
+use minf_testkit::inputs::{InputSpec, Needle, StructuredInputs};
+use minf_testkit::reference::{
+    causal_attention_rows, masked_attention_rows, recall, relative_l2, sampled_rows, RecallStats, ReferenceShape,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,8 +7,8 @@
 //! On a machine without a GPU it says so and points to what does work there.
 
 use half::bf16;
-use minf::reference::{causal_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::{dense_attention, AttentionOptions, Device, MinfError, TensorMut, TensorRef};
+use minf_testkit::reference::{causal_attention_rows, random_normal, relative_l2, ReferenceShape};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

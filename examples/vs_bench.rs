@@ -13,12 +13,12 @@
 //! blocks per head, then both kernels launch over complementary head maps) and prints the choice.
 
 use half::bf16;
-use minf::reference::random_normal;
 use minf::tensor::Layout;
 use minf::{
     vertical_slash_attention, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef, TileChoice,
     VerticalSlashIndexRef,
 };
+use minf_testkit::reference::random_normal;
 use safetensors::SafeTensors;
 
 fn int_tensor(file: &SafeTensors<'_>, name: &str) -> Result<(Vec<i32>, Vec<usize>), Box<dyn std::error::Error>> {
@@ -70,7 +70,7 @@ fn generate_and_convert(device: &Device, seq: usize, g: Generated) -> Result<Hos
         )
         .into());
     }
-    let mut rng = minf::reference::TestRng::new(7);
+    let mut rng = minf_testkit::TestRng::new(7);
     let mut vertical = Vec::with_capacity(heads * (sinks + randoms));
     for _ in 0..heads {
         let mut cols: Vec<i32> = (0..sinks as i32).collect();

@@ -10,12 +10,12 @@
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use minf::codegen::{Arch, DType, KernelSpec, Mainloop, Pattern};
-use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::tensor::Layout;
 use minf::{
     attention, dense_attention, AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef,
     TileChoice, Varlen,
 };
+use minf_testkit::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 
 #[path = "common/seed.rs"]
 mod seed;

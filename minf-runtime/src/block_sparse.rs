@@ -1,11 +1,12 @@
-//! The block-sparse index on the device: per 64-row query block, the 64-key blocks it visits, in
-//! the layout [`BlockSparseIndexRef`] reads. Built on the GPU by
-//! [`estimate_block_sparse_gpu`](crate::estimate::gpu::estimate_block_sparse_gpu).
+//! The block-sparse index: per 64-row query block, the 64-key blocks it visits, in the layout
+//! [`BlockSparseIndexRef`] reads. [`BlockSparseIndex`] holds it on the device (built on the GPU by
+//! [`estimate_block_sparse_gpu`](crate::estimate::gpu::estimate_block_sparse_gpu));
+//! [`HostBlockSparseIndex`] is the same layout in host memory.
 
 use crate::attention::BlockSparseIndexRef;
 use crate::device::Device;
 use crate::error::MinfError;
-use crate::estimate::cpu::BlockSparseEstimate;
+use crate::estimate::BLOCK;
 use cudarc::driver::CudaSlice;
 
 /// A block-sparse index on the device: `kv_num_blocks` `[batch, heads, rows]` and `kv_indices`
@@ -69,13 +70,12 @@ impl BlockSparseIndex {
         (&mut self.kv_num_blocks, &mut self.kv_indices)
     }
 
-    /// Downloads the index (synchronises with the stream the buffers belong to) in the host layout
-    /// of the CPU reference.
-    pub fn to_host(&self) -> Result<BlockSparseEstimate, MinfError> {
+    /// Downloads the index (synchronises with the stream the buffers belong to).
+    pub fn to_host(&self) -> Result<HostBlockSparseIndex, MinfError> {
         let download = |buffer: &CudaSlice<i32>, what: &str| {
             buffer.stream().clone_dtoh(buffer).map_err(MinfError::driver(format!("downloading {what}")))
         };
-        Ok(BlockSparseEstimate {
+        Ok(HostBlockSparseIndex {
             batch: self.batch,
             heads: self.heads,
             rows: self.rows,
@@ -83,5 +83,43 @@ impl BlockSparseIndex {
             kv_num_blocks: download(&self.kv_num_blocks, "kv_num_blocks")?,
             kv_indices: download(&self.kv_indices, "kv_indices")?,
         })
+    }
+}
+
+/// A block-sparse index in host memory, in the layout of [`BlockSparseIndexRef`] (and of
+/// [`BlockSparseIndex`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBlockSparseIndex {
+    /// Sequences.
+    pub batch: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// 64-row query blocks per head, `ceil(N / 64)`.
+    pub rows: usize,
+    /// Slots per list.
+    pub capacity: usize,
+    /// `[batch, heads, rows]`: listed key blocks per query block.
+    pub kv_num_blocks: Vec<i32>,
+    /// `[batch, heads, rows, capacity]`: key block ids, ascending, zero after the count.
+    pub kv_indices: Vec<i32>,
+}
+
+impl HostBlockSparseIndex {
+    /// The key blocks query block `r` of (`b`, `h`) visits; empty outside the index.
+    pub fn blocks(&self, b: usize, h: usize, r: usize) -> &[i32] {
+        if b >= self.batch || h >= self.heads || r >= self.rows {
+            return &[];
+        }
+        let row = (b * self.heads + h) * self.rows + r;
+        let count = self.kv_num_blocks.get(row).map_or(0, |&c| usize::try_from(c).unwrap_or(0).min(self.capacity));
+        self.kv_indices.get(row * self.capacity..row * self.capacity + count).unwrap_or(&[])
+    }
+
+    /// Whether query `i` of (`b`, `h`) keeps key `j`: `j <= i` in a listed block.
+    pub fn contains(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
+        let Ok(block) = i32::try_from(j / BLOCK) else {
+            return false;
+        };
+        j <= i && self.blocks(b, h, i / BLOCK).binary_search(&block).is_ok()
     }
 }

@@ -20,6 +20,7 @@
 //!
 //! Every error names the file, the layer and the head concerned, what was wrong and what is allowed.
 
+use crate::error::MinfError;
 use minf_codegen::spec::suggest;
 use minf_codegen::{Arch, DType, KernelSpec, Pattern};
 use serde_json::Value;
@@ -383,6 +384,12 @@ pub enum ConfigError {
         /// The ratio given.
         ratio: f64,
     },
+}
+
+impl From<ConfigError> for MinfError {
+    fn from(error: ConfigError) -> MinfError {
+        MinfError::Config(Box::new(error))
+    }
 }
 
 /// A short description of a JSON value for error messages.

@@ -47,9 +47,10 @@ pub enum MinfError {
         /// Minor compute capability.
         minor: i32,
     },
-    /// A per-head pattern config is invalid.
+    /// A per-head pattern config is invalid: the config module's error, which converts into this
+    /// variant (downcast the box to read its details).
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// Tensor shapes, strides or options do not fit the call.
     #[error("invalid arguments: {0}")]
     Shape(String),

@@ -4,12 +4,10 @@
 //! with NVRTC to a cubin for the exact device and keeps it in the disk cache, [`device`] loads it
 //! once per CUDA context, and the launchers ([`mod@attention`]) check shapes and indices and launch it.
 //! The [`vertical_slash`] converter builds the sparse index the vertical-slash pattern reads;
-//! [`config`] reads MInference's per-head configs; [`estimate`] holds the CPU reference of
-//! MInference's index estimation and the GPU estimates (vertical-slash and block-sparse, with the
-//! [`block_sparse`] index they fill), and
-//! [`inputs`] structured test inputs and safetensors I/O; [`prefill`](mod@prefill) runs a whole
-//! layer under a per-head config;
-//! [`reference`](mod@reference) is CPU attention and recall in f64. Kernels
+//! [`config`] reads MInference's per-head configs; [`estimate`] computes MInference's index
+//! estimates on the GPU (vertical-slash and block-sparse, with the [`block_sparse`] index they
+//! fill); [`qkv`] holds queries, keys and values on the host and reads and writes them as
+//! safetensors; [`prefill`](mod@prefill) runs a whole layer under a per-head config. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`].
 
@@ -19,10 +17,9 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod estimate;
-pub mod inputs;
 pub mod jit;
 pub mod prefill;
-pub mod reference;
+pub mod qkv;
 pub mod registry;
 pub mod tensor;
 pub mod tile_choice;
@@ -33,30 +30,26 @@ pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,
     AttentionOptions, BlockSparseIndexRef, HeadSubset, PatternArgs, Varlen, VerticalSlashIndexRef,
 };
-pub use block_sparse::BlockSparseIndex;
+pub use block_sparse::{BlockSparseIndex, HostBlockSparseIndex};
 pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
 pub use device::Device;
 pub use error::MinfError;
-pub use estimate::cpu::{
-    estimate_block_sparse, estimate_vertical_slash, BlockSparseEstimate, HeadSelection, VerticalSlashEstimate,
-    VerticalSlashScores,
-};
 pub use estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
     VerticalSlashHead,
 };
-pub use inputs::{load_safetensors, save_safetensors, HostQkv, InputSpec, Needle, Planted, Repeat, StructuredInputs};
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.
 pub use inventory;
 pub use minf_codegen as codegen;
 pub use prefill::{HeadGroups, Prefill, PrefillOptions, PrefillTiming, RealisedMask};
-pub use reference::{recall, RecallStats, ReferenceShape};
+pub use qkv::{load_safetensors, save_safetensors, HostQkv};
 pub use registry::{
     registered, warm_registered, warm_registered_on, RegisteredKernel, SparseAttentionKernel, WarmReport,
 };
 pub use tensor::{AttentionElement, TensorMut, TensorRef};
 pub use tile_choice::TileChoice;
 pub use vertical_slash::{
-    convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, IndexShape, VerticalSlashIndex,
+    convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, HostVerticalSlashIndex, IndexShape,
+    VerticalSlashIndex,
 };

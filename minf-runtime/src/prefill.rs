@@ -20,11 +20,10 @@
 //! reallocated only when the batch, the prompt length or a needed capacity grows).
 
 use crate::attention::{attention, AShape, AttentionOptions, HeadSubset, PatternArgs};
-use crate::block_sparse::BlockSparseIndex;
+use crate::block_sparse::{BlockSparseIndex, HostBlockSparseIndex};
 use crate::config::{HeadPattern, ModelShape, PatternConfig};
 use crate::device::Device;
 use crate::error::MinfError;
-use crate::estimate::cpu::BlockSparseEstimate;
 use crate::estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
     VerticalSlashHead,
@@ -635,7 +634,7 @@ pub struct RealisedMask {
     /// The vertical-slash index, when a head used it.
     pub vertical_slash: Option<HostVerticalSlashIndex>,
     /// The block-sparse index, when a head used it.
-    pub block_sparse: Option<BlockSparseEstimate>,
+    pub block_sparse: Option<HostBlockSparseIndex>,
 }
 
 impl RealisedMask {

@@ -4,9 +4,9 @@
 
 use minf_codegen::{render_index, Arch, IndexKernel, IndexKernelSpec};
 use minf_runtime::jit::KernelCache;
-use minf_runtime::reference::TestRng;
-use minf_runtime::vertical_slash::cpu::{convert_cpu, hostile_raw_indices};
 use minf_runtime::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, BLOCK};
+use minf_testkit::convert::{convert_cpu, hostile_raw_indices};
+use minf_testkit::reference::TestRng;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 

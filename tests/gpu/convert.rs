@@ -1,15 +1,15 @@
 //! GPU tests of the vertical-slash index converter: its output must equal the CPU model
-//! (`minf::vertical_slash::cpu::convert_cpu`) byte for byte, on raw inputs (any order, duplicates,
+//! (`minf_testkit::convert::convert_cpu`) byte for byte, on raw inputs (any order, duplicates,
 //! out-of-range values), on MInference-style inputs and across reuses of the output and workspace.
 
 use super::{device, test_seed};
-use minf::reference::TestRng;
 use minf::timing::median_ms;
-use minf::vertical_slash::cpu::{convert_cpu, hostile_raw_indices};
 use minf::vertical_slash::{
     convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, HostVerticalSlashIndex, VerticalSlashIndex,
 };
 use minf::{Device, MinfError};
+use minf_testkit::convert::{convert_cpu, hostile_raw_indices};
+use minf_testkit::reference::TestRng;
 
 /// Sorted unique in-range indices, the slashes descending and including 0 (MInference's inputs).
 fn minference_indices(rng: &mut TestRng, count: usize, length: i32, slash: bool) -> Vec<i32> {

@@ -1,14 +1,15 @@
 //! GPU tests of the vertical-slash scores (`minf::estimate::gpu::vertical_slash_scores_gpu`):
 //! every (batch, head)'s vertical and slash arrays against the f64 CPU reference
-//! (`minf::estimate::cpu::vertical_slash_scores`) on structured inputs, and the time at 128K.
+//! (`minf_testkit::estimate::vertical_slash_scores`) on structured inputs, and the time at 128K.
 
 use super::{device, test_seed};
 use half::{bf16, f16};
-use minf::estimate::cpu::vertical_slash_scores;
 use minf::estimate::gpu::{vertical_slash_scores_gpu, ScoresWorkspace};
-use minf::reference::relative_l2;
 use minf::timing::median_ms;
-use minf::{AttentionElement, Device, InputSpec, ReferenceShape, StructuredInputs, TensorRef};
+use minf::{AttentionElement, Device, TensorRef};
+use minf_testkit::estimate::vertical_slash_scores;
+use minf_testkit::inputs::{InputSpec, StructuredInputs};
+use minf_testkit::reference::{relative_l2, ReferenceShape};
 
 /// fp32 scores against the f64 reference, on identical (rounded) inputs.
 const SCORES_TOLERANCE: f64 = 1e-3;
@@ -178,14 +179,14 @@ fn scores_at_128k_timing() {
 
 // ---- The whole estimates: selections, converted index and block lists against the CPU ----
 
-use minf::estimate::cpu::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
 use minf::estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, EstimateWorkspace, VerticalSlashHead,
 };
 use minf::estimate::{clamp_sizes, FORCED_COLUMNS, FORCED_DIAGONALS};
-use minf::vertical_slash::cpu::convert_cpu;
 use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
+use minf_testkit::convert::convert_cpu;
+use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
 fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {

@@ -5,8 +5,8 @@
 use super::{check_attention, check_attention_with, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
-use minf::reference::TestRng;
 use minf::{AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, TileChoice, VerticalSlashIndexRef};
+use minf_testkit::reference::TestRng;
 use std::cell::Cell;
 
 /// Kernel variants the pattern tests run besides the default spec.

@@ -5,11 +5,12 @@
 use super::{device, reference_rows, test_seed, TOLERANCE};
 use half::bf16;
 use minf::config::{ModelShape, PatternConfig};
-use minf::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 use minf::{
-    attention, AShape, AttentionElement, AttentionOptions, Device, HeadSubset, IndexShape, InputSpec, PatternArgs,
-    Prefill, PrefillOptions, StructuredInputs, TensorMut, TensorRef, VerticalSlashIndex,
+    attention, AShape, AttentionElement, AttentionOptions, Device, HeadSubset, IndexShape, PatternArgs, Prefill,
+    PrefillOptions, TensorMut, TensorRef, VerticalSlashIndex,
 };
+use minf_testkit::inputs::{InputSpec, StructuredInputs};
+use minf_testkit::reference::{masked_attention_rows, random_normal, relative_l2, ReferenceShape};
 
 /// Eight heads over two KV heads. Layer 0 runs dense (below the starting layer); layer 1 mixes
 /// every pattern: heads 0 and 5 A-shape (16, 128), head 2 A-shape (4, 300), heads 1 and 6

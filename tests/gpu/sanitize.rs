@@ -13,7 +13,7 @@ use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANC
 use half::{bf16, f16};
 use minf::codegen::Pattern;
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
-use minf::reference::TestRng;
+use minf_testkit::reference::TestRng;
 use minf::vertical_slash::ConvertWorkspace;
 use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
 

@@ -6,8 +6,7 @@
 //!   conversion to MInference's index ([`convert_vertical_slash_into`]);
 //! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
 //!   of every query block (`templates/est_select.cu.tera`);
-//! - [`vertical_slash_scores_gpu`]: the scores alone, as
-//!   [`cpu::vertical_slash_scores`](super::cpu::vertical_slash_scores) defines them.
+//! - [`vertical_slash_scores_gpu`]: the scores alone.
 
 use super::{clamp_sizes, BLOCK, LAST_Q};
 use crate::block_sparse::BlockSparseIndex;
@@ -439,8 +438,7 @@ fn launch_scores<T: AttentionElement>(
     Ok(())
 }
 
-/// The vertical and slash scores of every (batch, query head), as
-/// [`cpu::vertical_slash_scores`](super::cpu::vertical_slash_scores) defines them: the last
+/// The vertical and slash scores of every (batch, query head), as MInference defines them: the last
 /// `min(64, N)` query rows score all `N` keys (scale `1/sqrt(head_dim)`, causal), take a softmax
 /// per row in f32, and `out_vertical[b, h, j]` receives the mass on key `j`,
 /// `out_slash[b, h, s]` the mass on keys `i - s`.
@@ -613,8 +611,8 @@ fn run_vertical_slash<T: AttentionElement>(
 /// and writes their converted index into `index` (shape `[batch, heads, ceil(seq / 64)]`,
 /// capacities at least the largest clamped sizes; heads not listed get
 /// `block_count = column_count = 0`). Each listed head keeps its own
-/// [`clamp_sizes`]`(seq, vertical, slash)` columns and diagonals, chosen as
-/// [`cpu::select_vertical_slash`](super::cpu::select_vertical_slash) chooses them. Launches on
+/// [`clamp_sizes`]`(seq, vertical, slash)` columns and diagonals, chosen by MInference's rules
+/// (the [module docs](super)). Launches on
 /// `device.stream()` with no host sync; `workspace` is reused across calls.
 pub fn estimate_vertical_slash_gpu<T: AttentionElement>(
     device: &Device,
@@ -657,7 +655,7 @@ pub fn estimate_vertical_slash_gpu_timed<T: AttentionElement>(
 }
 
 /// Block-sparse: mean-pools Q and K over 64-token blocks (dividing by 64 even for a partial last
-/// block, as [`cpu::estimate_block_sparse`](super::cpu::estimate_block_sparse) does), scores
+/// block, as MInference's zero padding does), scores
 /// `pooled_q . pooled_k` causally at block level and keeps the `min(top_k, rows)` best key blocks
 /// of every query block (all of them when it has fewer; MInference uses
 /// [`BLOCK_SPARSE_TOP_K`](super::BLOCK_SPARSE_TOP_K)), ascending, for the listed query `heads`;

@@ -1,6 +1,6 @@
 //! Index estimation: per prompt and head, which keys a sparse pattern keeps, by MInference's
-//! rules. [`cpu`] is the plain f64 reference; [`gpu`] computes the vertical-slash scores on the
-//! device.
+//! rules, computed on the device by [`gpu`] (the tests check it against a plain f64 reference
+//! outside the library).
 //!
 //! - **Vertical-slash**: the last [`LAST_Q`] queries score every key; the softmax mass each key
 //!   column and each diagonal receives ranks them; the first [`FORCED_COLUMNS`] columns and the
@@ -10,9 +10,7 @@
 //! - **Block-sparse**: queries and keys are mean-pooled over 64-token blocks; each query block
 //!   keeps its [`BLOCK_SPARSE_TOP_K`] best-scoring causal key blocks.
 
-pub mod cpu;
 pub mod gpu;
-// PROVISIONAL (replaced by the GPU estimation at merge): re-exported from `gpu`.
 
 /// Query rows (the last ones) the vertical-slash estimate reads: `min(LAST_Q, N)`.
 pub const LAST_Q: usize = 64;

@@ -11,9 +11,10 @@ use minf_runtime::codegen::{DType, Tile};
 use minf_runtime::config::MINFERENCE_BLOCK_TOP_K;
 use minf_runtime::device::{driver_available, probe};
 use minf_runtime::{
-    AttentionElement, Device, HostQkv, InputSpec, MinfError, ModelShape, PatternConfig, Prefill, PrefillOptions,
-    PrefillTiming, StructuredInputs, TensorMut, TensorRef,
+    AttentionElement, Device, HostQkv, MinfError, ModelShape, PatternConfig, Prefill, PrefillOptions, PrefillTiming,
+    TensorMut, TensorRef,
 };
+use minf_testkit::inputs::{InputSpec, StructuredInputs};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;

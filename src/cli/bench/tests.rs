@@ -206,10 +206,10 @@ fn tile_lists_cover_the_realised_mask() {
 /// [`tile_lists_cover_the_realised_mask`] on the random heads of `seed`.
 fn tile_lists_cover_the_realised_mask_of(seed: u64) {
     use super::indices::{blocks_128, key_blocks, tile_counts};
-    use minf::estimate::cpu::BlockSparseEstimate;
+    use minf::HostBlockSparseIndex;
     use minf::prefill::HeadMask;
-    use minf::reference::TestRng;
-    use minf::vertical_slash::cpu::convert_cpu;
+    use minf_testkit::reference::TestRng;
+    use minf_testkit::convert::convert_cpu;
     use minf::{AShape, RealisedMask};
 
     let (seq, heads) = (333usize, 4usize);
@@ -232,7 +232,7 @@ fn tile_lists_cover_the_realised_mask_of(seed: u64) {
         kv_num_blocks[at] = blocks.len() as i32;
         kv_indices[at * capacity..][..blocks.len()].copy_from_slice(&blocks);
     }
-    let bs = BlockSparseEstimate { batch: 1, heads, rows, capacity, kv_num_blocks, kv_indices };
+    let bs = HostBlockSparseIndex { batch: 1, heads, rows, capacity, kv_num_blocks, kv_indices };
     let mask = RealisedMask {
         batch: 1,
         seq,

@@ -1,7 +1,8 @@
-//! CPU reference attention in f64, used by the GPU tests and examples to check kernels, and the
-//! attention recall of a sparse mask.
+//! CPU reference attention in f64, used by the GPU tests and examples to check kernels; the
+//! attention recall of a sparse mask; and the seeded random numbers (`TestRng`, `random_normal`)
+//! the tests, examples and benchmarks draw their inputs from.
 
-use crate::error::MinfError;
+use minf_runtime::{HostQkv, MinfError};
 
 /// Shape of a reference problem; tensors are contiguous `[batch, seq, heads, head_dim]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,11 @@ pub struct ReferenceShape {
 }
 
 impl ReferenceShape {
+    /// The shape of `qkv` (batch 1).
+    pub fn of(qkv: &HostQkv) -> ReferenceShape {
+        ReferenceShape { batch: 1, seq: qkv.seq, heads: qkv.heads, kv_heads: qkv.kv_heads, head_dim: qkv.head_dim }
+    }
+
     /// Checks that `q` is `[batch, seq, heads, head_dim]` and `k` `[batch, seq, kv_heads, head_dim]`
     /// and that `kv_heads` is positive and divides `heads`.
     pub fn check_qk(&self, q: &[f32], k: &[f32]) -> Result<(), MinfError> {
@@ -41,7 +47,7 @@ impl ReferenceShape {
 }
 
 /// Maps `f` over `tasks` on all cores, keeping the order.
-pub(crate) fn parallel_map<T: Sync, R: Send>(tasks: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub fn parallel_map<T: Sync, R: Send>(tasks: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let chunk = tasks.len().div_ceil(threads).max(1);
     let f = &f;

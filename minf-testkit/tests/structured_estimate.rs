@@ -1,9 +1,10 @@
 //! The CPU estimation reference on structured inputs: what was planted is found, and the estimate
 //! keeps most of the attention mass.
 
-use minf_runtime::estimate::cpu::{estimate_block_sparse, estimate_vertical_slash, vertical_slash_scores};
-use minf_runtime::inputs::{HostQkv, InputSpec, Planted, StructuredInputs};
-use minf_runtime::reference::recall;
+use minf_runtime::HostQkv;
+use minf_testkit::estimate::{estimate_block_sparse, estimate_vertical_slash, vertical_slash_scores};
+use minf_testkit::inputs::{InputSpec, Planted, StructuredInputs};
+use minf_testkit::reference::{recall, ReferenceShape};
 
 const SEQ: usize = 2048;
 
@@ -30,7 +31,7 @@ fn structured_shares_hold_at_16k() {
 fn shares_hold(seq: usize) {
     let (qkv, planted) = inputs_of(seq);
     for h in 0..4 {
-        let s = vertical_slash_scores(&qkv.q, &qkv.k, qkv.shape(), 0, h).unwrap();
+        let s = vertical_slash_scores(&qkv.q, &qkv.k, ReferenceShape::of(&qkv), 0, h).unwrap();
         // Shares of the last 64 rows' mass (each row sums to 1).
         let share = |x: f64| x / 64.0;
         let sink = share(planted.sink.clone().map(|j| s.vertical[j]).sum());
@@ -56,7 +57,7 @@ fn shares_hold(seq: usize) {
 fn vertical_slash_estimate_finds_the_planted_structure() {
     let (qkv, planted) = inputs();
     // 10 columns and 10 diagonals beyond the forced ones.
-    let est = estimate_vertical_slash(&qkv.q, &qkv.k, qkv.shape(), 40, 110).unwrap();
+    let est = estimate_vertical_slash(&qkv.q, &qkv.k, ReferenceShape::of(&qkv), 40, 110).unwrap();
     let offset = planted.repeats[0].induction_offset() as i32;
     for h in 0..4 {
         let columns = est.columns(0, h);
@@ -68,8 +69,8 @@ fn vertical_slash_estimate_finds_the_planted_structure() {
     // The estimate keeps most of the mass of the last rows, and clearly more than the same forced
     // sink and window without the estimated columns and diagonals.
     let rows: Vec<usize> = (SEQ - 64..SEQ).step_by(7).collect();
-    let got = recall(&qkv.q, &qkv.k, qkv.shape(), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
-    let forced = recall(&qkv.q, &qkv.k, qkv.shape(), |_, _, i, j| j < 30 || i - j < 100, &rows).unwrap();
+    let got = recall(&qkv.q, &qkv.k, ReferenceShape::of(&qkv), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
+    let forced = recall(&qkv.q, &qkv.k, ReferenceShape::of(&qkv), |_, _, i, j| j < 30 || i - j < 100, &rows).unwrap();
     assert!(got.mean > 0.8 && got.worst > 0.6, "{got:?}");
     assert!(got.mean > forced.mean + 0.15, "estimate {got:?} vs forced only {forced:?}");
 }
@@ -84,7 +85,7 @@ fn block_sparse_estimate_mostly_keeps_the_sink_and_most_mass() {
     let flat = InputSpec::flat_tail(SEQ, 4, 2, 128, 11);
     let flat_qkv = StructuredInputs::generate(&flat).unwrap();
     for (qkv, check_sink) in [(flat_qkv, true), (inputs().0, false)] {
-        let est = estimate_block_sparse(&qkv.q, &qkv.k, qkv.shape(), 8).unwrap();
+        let est = estimate_block_sparse(&qkv.q, &qkv.k, ReferenceShape::of(&qkv), 8).unwrap();
         assert_eq!((est.rows, est.capacity), (32, 8));
         let with_sink =
             (0..4).flat_map(|h| (8..32).map(move |r| (h, r))).filter(|&(h, r)| est.blocks(0, h, r)[0] == 0).count();
@@ -92,7 +93,8 @@ fn block_sparse_estimate_mostly_keeps_the_sink_and_most_mass() {
             assert!(with_sink * 2 > 4 * 24, "the sink block is kept for {with_sink} of 96 query blocks");
         }
         let rows: Vec<usize> = (64..SEQ).step_by(97).collect();
-        let got = recall(&qkv.q, &qkv.k, qkv.shape(), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
+        let got =
+            recall(&qkv.q, &qkv.k, ReferenceShape::of(&qkv), |b, h, i, j| est.contains(b, h, i, j), &rows).unwrap();
         assert!(got.mean > 0.7, "{got:?} (sink block kept for {with_sink} of 96 query blocks)");
     }
 }

@@ -31,9 +31,9 @@
 //!   the diagonal block only if it is among them. The index lists exactly the visited blocks
 //!   (`kv_num_blocks = min(m + 1, k)`, zero padding after).
 
-use super::{clamp_sizes, BLOCK, FORCED_COLUMNS, FORCED_DIAGONALS, LAST_Q};
-use crate::error::MinfError;
 use crate::reference::{parallel_map, ReferenceShape};
+use minf_runtime::estimate::{clamp_sizes, BLOCK, FORCED_COLUMNS, FORCED_DIAGONALS, LAST_Q};
+use minf_runtime::{HostBlockSparseIndex, MinfError};
 
 /// The vertical-slash scores of one head, before forcing and top-k.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +54,8 @@ pub struct HeadSelection {
 }
 
 /// A vertical-slash estimate of every head, ready for
-/// [`convert_vertical_slash`](crate::vertical_slash::convert_vertical_slash): `[batch, heads, nnz]`
+/// [`convert_vertical_slash`](minf_runtime::convert_vertical_slash) (or
+/// [`convert_cpu`](crate::convert::convert_cpu)): `[batch, heads, nnz]`
 /// arrays, every head keeping the same clamped number of columns and diagonals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerticalSlashEstimate {
@@ -94,43 +95,6 @@ impl VerticalSlashEstimate {
         j <= i
             && (self.columns(b, h).binary_search(&column).is_ok()
                 || self.diagonals(b, h).binary_search_by(|x| offset.cmp(x)).is_ok())
-    }
-}
-
-/// A block-sparse estimate in the layout of [`BlockSparseIndexRef`](crate::BlockSparseIndexRef).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockSparseEstimate {
-    /// Sequences.
-    pub batch: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// 64-row query blocks per head, `ceil(N / 64)`.
-    pub rows: usize,
-    /// Slots per list, `min(top_k, rows)`.
-    pub capacity: usize,
-    /// `[batch, heads, rows]`: listed key blocks per query block.
-    pub kv_num_blocks: Vec<i32>,
-    /// `[batch, heads, rows, capacity]`: key block ids, ascending, zero after the count.
-    pub kv_indices: Vec<i32>,
-}
-
-impl BlockSparseEstimate {
-    /// The key blocks query block `r` of (`b`, `h`) visits; empty outside the estimate.
-    pub fn blocks(&self, b: usize, h: usize, r: usize) -> &[i32] {
-        if b >= self.batch || h >= self.heads || r >= self.rows {
-            return &[];
-        }
-        let row = (b * self.heads + h) * self.rows + r;
-        let count = self.kv_num_blocks.get(row).map_or(0, |&c| usize::try_from(c).unwrap_or(0).min(self.capacity));
-        self.kv_indices.get(row * self.capacity..row * self.capacity + count).unwrap_or(&[])
-    }
-
-    /// Whether query `i` of (`b`, `h`) keeps key `j`: `j <= i` in a listed block.
-    pub fn contains(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
-        let Ok(block) = i32::try_from(j / BLOCK) else {
-            return false;
-        };
-        j <= i && self.blocks(b, h, i / BLOCK).binary_search(&block).is_ok()
     }
 }
 
@@ -261,13 +225,13 @@ fn pool(x: &[f32], start: usize, stride: usize, n: usize, d: usize) -> Vec<f64> 
 /// The block-sparse estimate of every head: each 64-row query block keeps its `top_k` best causal
 /// 64-key blocks by pooled score (all of them when it has at most `top_k`), ascending. Layout as
 /// [`vertical_slash_scores`]; MInference uses `top_k = 100`
-/// ([`BLOCK_SPARSE_TOP_K`](super::BLOCK_SPARSE_TOP_K)).
+/// ([`BLOCK_SPARSE_TOP_K`](minf_runtime::estimate::BLOCK_SPARSE_TOP_K)).
 pub fn estimate_block_sparse(
     q: &[f32],
     k: &[f32],
     shape: ReferenceShape,
     top_k: usize,
-) -> Result<BlockSparseEstimate, MinfError> {
+) -> Result<HostBlockSparseIndex, MinfError> {
     check(q, k, shape)?;
     let ReferenceShape { batch, seq: n, heads, kv_heads, head_dim: d } = shape;
     let rows = n.div_ceil(BLOCK);
@@ -292,7 +256,7 @@ pub fn estimate_block_sparse(
         }
         (counts, indices)
     });
-    Ok(BlockSparseEstimate {
+    Ok(HostBlockSparseIndex {
         batch,
         heads,
         rows,

@@ -1,0 +1,21 @@
+//! minf's development kit: what the tests, examples and benchmarks check the library against.
+//! It is not part of the library (`publish = false`; `minf`, `minf-runtime`, `minf-codegen` and
+//! `minf-macros` never depend on it).
+//!
+//! - [`inputs`]: a seeded generator of queries, keys and values with the structure real attention
+//!   has (sinks, heavy columns, local and long-range decay, repeated segments, needles);
+//! - [`reference`](mod@reference): attention and the recall of a sparse mask in f64 on the CPU, and the seeded
+//!   random numbers ([`TestRng`], [`random_normal`]) inputs are drawn from;
+//! - [`estimate`]: MInference's vertical-slash and block-sparse estimates in f64, the reference of
+//!   the GPU estimates in [`minf_runtime::estimate`];
+//! - [`convert`]: the CPU model of the vertical-slash converter;
+//! - [`schedule`]: the CPU model of which key tiles the index-driven kernels compute.
+
+pub mod convert;
+pub mod estimate;
+pub mod inputs;
+pub mod reference;
+pub mod schedule;
+
+pub use inputs::{InputSpec, Needle, Planted, Repeat, StructuredInputs};
+pub use reference::{random_normal, recall, RecallStats, ReferenceShape, TestRng};

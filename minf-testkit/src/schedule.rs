@@ -1,0 +1,223 @@
+//! The CPU model of the index-driven schedule: which key tiles the attention kernels compute for a
+//! vertical-slash index ([`HostVerticalSlashIndex`], batch 0).
+//!
+//! - **64-row blocks** ([`narrow_tiles`]): each 64-row block computes one 64-key tile per range of
+//!   its index row and gathers its columns 64 at a time.
+//! - **128-row blocks** ([`wide_block`], [`wide_tiles`]): a 128-row block runs the two 64-row index
+//!   rows `r` and `r + 1` together, one half each. It walks the halves' range starts in ascending
+//!   order; a start both halves list belongs to both, one only one half lists to that half. Any two
+//!   starts with the same halves share a 128-key tile; a start left without a partner gets a 64-key
+//!   tile. The columns of both rows are merged into one ascending stream (a column both list is
+//!   loaded once), 128 per tile, always masked.
+//!
+//! `examples/index_tiles.rs` prints both counts for an index estimated from the structured inputs.
+
+use minf_runtime::vertical_slash::{HostVerticalSlashIndex, BLOCK};
+
+/// What the 128-row schedule computes, in tiles (summed over the blocks it was given).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct WideTiles {
+    /// 128-key range tiles both halves compute.
+    pub both: usize,
+    /// 128-key range tiles one half computes (the other half idles).
+    pub one_half: usize,
+    /// 64-key range tiles (a range left without a partner).
+    pub narrow: usize,
+    /// Range tiles that need the mask (narrow, past the sequence, or reaching the block's rows).
+    pub masked: usize,
+    /// Merged column tiles (always masked).
+    pub columns: usize,
+    /// 64x64 units of work both halves share.
+    pub shared_units: f64,
+    /// 64x64 units of work only one half needs.
+    pub single_units: f64,
+}
+
+impl WideTiles {
+    /// The share of the listed keys both halves have in common, counted as the tile chooser
+    /// ([`TileChoice`](minf_runtime::TileChoice)) counts it: a key both halves list counts once
+    /// per half. 0 when nothing is listed.
+    pub fn shared_share(&self) -> f64 {
+        let listed = 2.0 * self.shared_units + self.single_units;
+        if listed == 0.0 {
+            0.0
+        } else {
+            2.0 * self.shared_units / listed
+        }
+    }
+}
+
+/// Adds to `out` what the 128-row block over index rows `r` and, if `second`, `r + 1` of head `h`
+/// computes, for a sequence of `seq` tokens (the last block of an odd row count has one row).
+pub fn wide_block(index: &HostVerticalSlashIndex, h: usize, r: usize, second: bool, seq: usize, out: &mut WideTiles) {
+    let block = BLOCK as i64;
+    let halves: Vec<&[i32]> =
+        if second { vec![index.ranges(0, h, r), index.ranges(0, h, r + 1)] } else { vec![index.ranges(0, h, r)] };
+    let m_start = r as i64 * block;
+    let mut next = vec![0usize; halves.len()];
+    // A start waiting for a partner, per membership (bit 0: the first half, bit 1: the second).
+    let mut pending: [Option<i64>; 3] = [None; 3];
+    let mut tile = |first: i64, last: i64, width: usize, members: usize| {
+        let full = |s: i64| s >= 0 && s + block <= seq as i64;
+        let masked = width != 2 * BLOCK || !full(first) || !full(last) || last + block - 1 > m_start;
+        out.masked += usize::from(masked);
+        let units = (width / BLOCK) as f64;
+        if members == 3 {
+            out.shared_units += units;
+        } else {
+            out.single_units += units;
+        }
+        match (width == 2 * BLOCK, members) {
+            (true, 3) => out.both += 1,
+            (true, _) => out.one_half += 1,
+            _ => out.narrow += 1,
+        }
+    };
+    loop {
+        let mut best = i64::MAX;
+        let mut members = 0;
+        for (half, list) in halves.iter().enumerate() {
+            if let Some(&start) = list.get(next[half]) {
+                let start = start as i64;
+                if start < best {
+                    best = start;
+                    members = 1 << half;
+                } else if start == best {
+                    members |= 1 << half;
+                }
+            }
+        }
+        if members == 0 {
+            break;
+        }
+        for (half, cursor) in next.iter_mut().enumerate() {
+            *cursor += (members >> half) & 1;
+        }
+        match pending[members - 1].take() {
+            Some(first) => tile(first, best, 2 * BLOCK, members),
+            None => pending[members - 1] = Some(best),
+        }
+    }
+    for (slot, waiting) in pending.iter().enumerate() {
+        if let Some(start) = waiting {
+            tile(*start, *start, BLOCK, slot + 1);
+        }
+    }
+    let mut columns: Vec<i32> = index.columns(0, h, r).to_vec();
+    if second {
+        columns.extend_from_slice(index.columns(0, h, r + 1));
+    }
+    let listed = columns.len();
+    columns.sort_unstable();
+    columns.dedup();
+    out.columns += columns.len().div_ceil(2 * BLOCK);
+    let shared_columns = listed - columns.len();
+    out.shared_units += shared_columns as f64 / BLOCK as f64;
+    out.single_units += (columns.len() - shared_columns) as f64 / BLOCK as f64;
+}
+
+/// What the 128-row schedule computes for head `h` over every 128-row block of the index, for a
+/// sequence of `seq` tokens.
+pub fn wide_tiles(index: &HostVerticalSlashIndex, h: usize, seq: usize) -> WideTiles {
+    let rows = index.shape.rows;
+    let mut out = WideTiles::default();
+    for r in (0..rows).step_by(2) {
+        wide_block(index, h, r, r + 1 < rows, seq, &mut out);
+    }
+    out
+}
+
+/// The tiles the 64-row schedule computes for head `h`: one per range, and the columns gathered
+/// 64 per tile, over every index row.
+pub fn narrow_tiles(index: &HostVerticalSlashIndex, h: usize) -> usize {
+    (0..index.shape.rows).map(|r| index.ranges(0, h, r).len() + index.columns(0, h, r).len().div_ceil(BLOCK)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::convert::convert_cpu;
+    use crate::reference::TestRng;
+    use minf_runtime::vertical_slash::IndexShape;
+    use std::collections::BTreeSet;
+
+    /// One head of `rows` index rows with the given ranges and columns per row.
+    fn index(rows: &[(&[i32], &[i32])]) -> HostVerticalSlashIndex {
+        let nnz = 8;
+        let shape = IndexShape { batch: 1, heads: 1, rows: rows.len(), nnz_s: nnz, nnz_v: nnz };
+        let mut index = HostVerticalSlashIndex::zeros(shape).expect("small index");
+        for (r, (ranges, columns)) in rows.iter().enumerate() {
+            index.block_count[r] = ranges.len() as i32;
+            index.block_offset[r * nnz..][..ranges.len()].copy_from_slice(ranges);
+            index.column_count[r] = columns.len() as i32;
+            index.column_index[r * nnz..][..columns.len()].copy_from_slice(columns);
+        }
+        index
+    }
+
+    #[test]
+    fn shared_starts_pair_into_128_key_tiles() {
+        // Rows 2 and 3: both list 0 and 64 (one 128-key tile, unmasked: it ends before row 128),
+        // only row 3 lists 128 (a 64-key tile). Column 5 is listed by both, 200 and 210 by one.
+        let index = index(&[(&[], &[]), (&[], &[]), (&[0, 64], &[5, 200]), (&[0, 64, 128], &[5, 210]), (&[192], &[])]);
+        let mut got = WideTiles::default();
+        wide_block(&index, 0, 2, true, 320, &mut got);
+        let want = WideTiles {
+            both: 1,
+            one_half: 0,
+            narrow: 1,
+            masked: 1,
+            columns: 1,
+            shared_units: 2.0 + 1.0 / 64.0,
+            single_units: 1.0 + 2.0 / 64.0,
+        };
+        assert_eq!(got, want);
+        // The last block of an odd row count has one row: its range waits for no partner.
+        let mut last = WideTiles::default();
+        wide_block(&index, 0, 4, false, 320, &mut last);
+        assert_eq!((last.narrow, last.masked, last.single_units), (1, 1, 1.0));
+        // Over the whole head, and the 64-row count: 5 ranges and two rows of columns.
+        let all = wide_tiles(&index, 0, 320);
+        assert_eq!((all.both, all.narrow, all.columns), (1, 2, 1));
+        assert_eq!(narrow_tiles(&index, 0), 6 + 2);
+    }
+
+    #[test]
+    fn ranges_with_different_halves_never_share_a_tile() {
+        // Row 0 lists 0 alone, row 1 lists 0 and 64: the start 64 belongs to row 1 only, so each
+        // start gets a 64-key tile.
+        let index = index(&[(&[0], &[]), (&[0, 64], &[])]);
+        let got = wide_tiles(&index, 0, 128);
+        assert_eq!((got.both, got.one_half, got.narrow, got.masked), (0, 0, 2, 2));
+        assert_eq!((got.shared_units, got.single_units), (1.0, 1.0));
+        assert!((got.shared_share() - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn every_listed_range_is_computed_once_per_half() {
+        let mut rng = TestRng::new(17);
+        for _ in 0..20 {
+            let seq = 64 + rng.below(3000);
+            let nnz_s = 1 + rng.below(40);
+            let slash: Vec<i32> = (0..nnz_s).map(|_| rng.below(seq) as i32).collect();
+            // Verticals outside the sequence: no columns, only ranges.
+            let index = convert_cpu(&[seq as i32], &[-1], &slash, 1, 1, 1, nnz_s, seq);
+            let rows = index.shape.rows;
+            for r in (0..rows).step_by(2) {
+                let second = r + 1 < rows;
+                let mut got = WideTiles::default();
+                wide_block(&index, 0, r, second, seq, &mut got);
+                let halves: Vec<&[i32]> = if second {
+                    vec![index.ranges(0, 0, r), index.ranges(0, 0, r + 1)]
+                } else {
+                    vec![index.ranges(0, 0, r)]
+                };
+                let listed: usize = halves.iter().map(|h| h.len()).sum();
+                let distinct: BTreeSet<i32> = halves.iter().flat_map(|h| h.iter().copied()).collect();
+                assert_eq!(2.0 * got.shared_units + got.single_units, listed as f64, "row {r} of {index:?}");
+                assert_eq!(2 * (got.both + got.one_half) + got.narrow, distinct.len(), "row {r}");
+                assert!(got.masked >= got.narrow && got.columns == 0);
+            }
+        }
+    }
+}
