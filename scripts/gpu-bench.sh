@@ -52,7 +52,8 @@ args=(bench --json "$out/minf.json" --plot "$out/minf.svg" --save-indices "$indi
 [ -n "${PATTERNS:-}" ] && args+=(--patterns "$PATTERNS")
 echo "== minf ${args[*]} ${MINF_ARGS:-} ${append[*]:-}"
 ${minf_limit[@]+"${minf_limit[@]}"} "$bin/minf" "${args[@]}" ${MINF_ARGS:-} ${append[@]+"${append[@]}"}
-echo "minf bench: exit $? at ${SECONDS} s"
+minf_rc=$?
+echo "minf bench: exit $minf_rc at ${SECONDS} s"
 
 if [ -n "$install_pid" ]; then
   wait "$install_pid" || echo "gpu-bench: the MInference build failed (see $out/logs/minference-install.log)"
@@ -65,6 +66,10 @@ ${peer_limit[@]+"${peer_limit[@]}"} python3 bench/peers.py --indices "$indices" 
 echo "peers: exit $? at ${SECONDS} s"; grep -E "skipped|failed|wrote" "$out/logs/peers.log"
 
 "$bin/minf" bench compare "$out/minf.json" "$out/peers.json" --plot "$out/latency.svg" --markdown "$out/compare.md"
-echo "compare: exit $?"
-sed -n '/^## Targets/,/^## minf/p' "$out/compare.md" | head -10
+compare_rc=$?
+echo "compare: exit $compare_rc"
+[ "$compare_rc" = 0 ] && sed -n '/^## Targets/,/^## minf/p' "$out/compare.md" | head -10
 echo "results: $out/compare.md $out/latency.svg"
+# Non-zero when minf bench or the comparison failed (a peer that could not run is only reported).
+[ "$minf_rc" = 0 ] && exit "$compare_rc"
+exit "$minf_rc"

@@ -7,19 +7,17 @@
 # summary with the error count of each tool and exits non-zero if any tool reports an error or a
 # test fails. Logs: $OUT/<tool>.log.
 #
-# FILTERs are test-name substrings (`.gpu/bin/gpu --list` lists the names). The sanitizer slows
-# kernels down by one to two orders of magnitude, so the default set is the tests with small
-# sizes that together launch every kernel family:
-#   explicit_specs_agree_with_the_default   dense, both tile engines (777 tokens)
-#   prefill::                               every pattern's default kernel, head maps, the GPU
-#                                           estimation (scores, selections, block pooling), the
-#                                           converter and the tile choice (1000 and 4097 tokens)
-#   patterns::tile_choice                   the tile choice, 128-row and 64-row blocks (4096 tokens)
-#   convert::reused_outputs                 the converter into a reused index (3000 tokens)
-# `patterns::` adds every pattern on every tile engine and dtype (lengths up to 32K: slow).
+# FILTERs are test-name substrings (`.gpu/bin/gpu --list` lists the names). The default,
+# `sanitize::`, is the sanitizer sweep (tests/gpu/sanitize.rs): one small launch of every kernel
+# family (dense, A-shape, vertical-slash and block-sparse attention on every tile engine and
+# variant the device has, hostile indices and packed batches included, the tile choice, the
+# converter, the score passes, both estimates and a prefill layer), each still checked against
+# its reference, in one test per engine variant, run side by side. The sanitizer slows kernels down
+# by one to two orders of magnitude: other tests (e.g. `patterns::`, lengths up to 32K) are slow.
 #
 # Environment: BIN (default .gpu/bin/gpu), TOOLS (default "memcheck racecheck synccheck initcheck"),
-# TIME_LIMIT (seconds per tool, default 1800), OUT (default /tmp/gpu-sanitize),
+# THREADS (tests run side by side, default 8), TIME_LIMIT (seconds per tool, default 1800),
+# OUT (default /tmp/gpu-sanitize), MINF_TEST_SEED (replay a printed seed),
 # SANITIZER (default: compute-sanitizer on PATH, else /usr/local/cuda/bin/compute-sanitizer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,14 +29,13 @@ sanitizer=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bi
 [ -x "$bin" ] || { echo "gpu-sanitize: $bin not found; build it with scripts/gpu-bundle.sh" >&2; exit 2; }
 [ -x "$sanitizer" ] || { echo "gpu-sanitize: compute-sanitizer not found (CUDA toolkit; or set SANITIZER)" >&2; exit 2; }
 filters=("$@")
-[ ${#filters[@]} -gt 0 ] || filters=(explicit_specs_agree_with_the_default prefill:: patterns::tile_choice
-  convert::reused_outputs)
+[ ${#filters[@]} -gt 0 ] || filters=(sanitize::)
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 "$sanitizer" --version | tail -1
 echo "tests: ${filters[*]}"
 # Compile the kernels once, outside the sanitizer (NVRTC is host code; the cache serves later runs).
-timeout "${TIME_LIMIT:-1800}" "$bin" --include-ignored --test-threads=4 "${filters[@]}" > "$out/plain.log" 2>&1
+timeout "${TIME_LIMIT:-1800}" "$bin" --include-ignored --test-threads="${THREADS:-8}" "${filters[@]}" > "$out/plain.log" 2>&1
 echo "without the sanitizer: $(grep -E '^test result' "$out/plain.log" | tail -1)"
 
 summary=()
@@ -46,7 +43,7 @@ failed=0
 for tool in $tools; do
   start=$SECONDS
   timeout "${TIME_LIMIT:-1800}" "$sanitizer" --tool "$tool" --print-limit 50 \
-    "$bin" --include-ignored --test-threads=1 --nocapture "${filters[@]}" > "$out/$tool.log" 2>&1
+    "$bin" --include-ignored --test-threads="${THREADS:-8}" --nocapture "${filters[@]}" > "$out/$tool.log" 2>&1
   rc=$?
   errors=$(grep -oE "ERROR SUMMARY: [0-9]+" "$out/$tool.log" | tail -1 | grep -oE "[0-9]+$")
   tests=$(grep -E "^test result" "$out/$tool.log" | tail -1 | sed 's/^test result: //')
