@@ -1,6 +1,6 @@
-"""MInference's vertical-slash estimate written in PyTorch with every head batched: the baseline of
-issue 4 (measured 7.5 ms on an H100 at 128K x 32 heads, d=128, bf16). Same semantics as
-minf-runtime/src/estimate/cpu.rs:
+"""MInference's vertical-slash estimate written in PyTorch with every head batched: the baseline
+`estimate_bench` is compared with (docs/benchmark.md). Same semantics as minf's CPU reference of the
+estimate (minf-testkit's `estimate`):
 
 - the last last_q = min(64, N) queries score all N keys (bf16 matmul, scale 1/sqrt(d)), causal mask
   on the final last_q x last_q square, softmax per row in f32;

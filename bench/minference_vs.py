@@ -1,7 +1,8 @@
 """MInference 0.1.6's vertical-slash kernel on a fixed index, timed on one GPU, and the converted
-index saved so minf's kernel can run on exactly the same tiles in the same session.
+index saved so that minf's kernel runs on exactly the same tiles on the same card
+(`vs_bench DIR/vs_index.safetensors`; docs/benchmark.md).
 
-On the GPU machine, after `bash .gpu/install_minference.sh` (see ../shared/peers/README.md):
+On the GPU machine, with MInference installed under /tmp/site (docs/benchmark.md):
 
     python3 bench/minference_vs.py --out DIR [--seq 131072 --heads 32 --head-dim 128 \
         --sinks 30 --verticals 970 --slashes 6096 --seed 0]

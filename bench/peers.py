@@ -17,8 +17,10 @@ MInference's kernels need that. Medians of CUDA-event timed runs after warm-up.
 
 From --long-from tokens on, cases use --long-heads heads like minf's, and dense SDPA runs on
 --dense-long-heads heads (said in each record's note); compare per_head_ms.
-MInference must be installed into /tmp/site first (bash .gpu/install_minference.sh); without it the
-minference_* methods are skipped with a message. The safetensors package is needed to read the
+MInference 0.1.6 is imported from --site (default /tmp/site), where a pip install from its source
+puts it (`pip install --no-deps --no-build-isolation --target /tmp/site minference==0.1.6.0`, or
+scripts/gpu-bench.sh; docs/benchmark.md); without it the minference_* methods are skipped with a
+message. The safetensors package is needed to read the
 indices; without it only the SDPA methods run.
 """
 
@@ -163,7 +165,7 @@ def main():
     parser.add_argument("--methods", default=",".join(DENSE_METHODS + INDEX_METHODS))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--long-reps", type=int, default=5)
-    parser.add_argument("--site", default="/tmp/site", help="where install_minference.sh put MInference")
+    parser.add_argument("--site", default="/tmp/site", help="where MInference 0.1.6 is installed (pip install --target)")
     parser.add_argument("--append", action="store_true", help="keep the records already in --json")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -204,8 +206,8 @@ def main():
                 ops = {"vs": ops["pit_sparse_flash_attention_v2"], "bs": ops["block_sparse_flash_attention"],
                        "ashape": ops["streaming_kernel"]}
             except Exception as error:  # not installed or not importable here
-                print(f"MInference not importable from {args.site} ({error}): run bash .gpu/install_minference.sh; "
-                      "minference_* skipped", flush=True)
+                print(f"MInference not importable from {args.site} ({error}): install it there "
+                      "(docs/benchmark.md); minference_* skipped", flush=True)
         for path in sorted(glob.glob(os.path.join(args.indices, "*.safetensors"))):
             seq = int(os.path.basename(path).rsplit("_", 1)[-1].split(".")[0])
             if seq not in seqs:

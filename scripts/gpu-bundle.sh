@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# Builds the GPU test binary and the GPU examples in release mode into one folder (default .gpu/bin)
-# that can be copied to a machine with an NVIDIA GPU and driver and run there with no Rust toolchain:
+# Usage: scripts/gpu-bundle.sh [DIR]      (default DIR: .gpu/bin)
 #
-#   scripts/gpu-bundle.sh [DIR]
-#   # on the GPU machine:
-#   DIR/gpu --include-ignored --test-threads=1     # correctness against the CPU reference
-#   DIR/dense_bench --seqs 16384,65536              # timing through the runtime
-#   DIR/estimate_bench --seq 131072                 # the GPU estimates (bench/NOTES.md)
-#   bash bench/run-all.sh                           # minf bench, the peers and the comparison
+# Builds, in release mode, everything the GPU machine runs into one folder, so that a machine with
+# an NVIDIA GPU and driver but no Rust toolchain can run it: the GPU test binary `gpu`, the `minf`
+# CLI and the examples prefill_demo, quickstart, dense_bench, vs_bench and estimate_bench.
+# Copy the repository with DIR to the GPU machine and run, from the repository root:
 #
-# The GPU machine also needs libnvrtc.so.13 (a CUDA toolkit, or `pip install nvidia-cuda-nvrtc`).
+#   scripts/gpu-suite.sh [FILTER...]      the GPU tests (docs/testing.md)
+#   scripts/gpu-sanitize.sh [FILTER...]   the same under compute-sanitizer
+#   scripts/gpu-bench.sh                  minf bench, the peers and the comparison (docs/benchmark.md)
+#   DIR/prefill_demo                      the README's first command
+#
+# The GPU machine also needs NVRTC 13 (`pip install nvidia-cuda-nvrtc==13.0.88` or a CUDA 13 toolkit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.gpu/bin}
 mkdir -p "$out"
 tests=$(cargo test --release --test gpu --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
+  python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
         print(m["executable"])')
 [ -n "$tests" ] || { echo "gpu-bundle: could not build the gpu test binary" >&2; exit 1; }
 cp "$tests" "$out/gpu"
-cargo build --release --examples --bin minf
-for example in dense_bench estimate_bench quickstart vs_bench prefill_demo; do cp "target/release/examples/$example" "$out/"; done
+examples=(prefill_demo quickstart dense_bench vs_bench estimate_bench)
+cargo build --release --bin minf $(printf -- '--example %s ' "${examples[@]}")
+for example in "${examples[@]}"; do cp "target/release/examples/$example" "$out/"; done
 cp target/release/minf "$out/"
 strip "$out"/* 2>/dev/null || true
 ls -la "$out"

@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
-"""Prints the SASS instructions of an `ncu --page source --csv --print-source sass` export with the
-most warp-stall samples, and the stall reasons summed over the kernel. Usage: FILE.csv [TOP]."""
+"""Usage: scripts/ncu-top-stalls.py FILE.csv [TOP]
+
+Prints the TOP (default 40) SASS instructions of an `ncu --page source --csv --print-source sass`
+export with the most warp-stall samples, and the stall reasons summed over the kernel
+(scripts/gpu-profile.sh writes the export and calls this)."""
 import csv
 import sys
 
+if len(sys.argv) < 2:
+    sys.exit(__doc__.splitlines()[0])
 rows = list(csv.reader(open(sys.argv[1], newline="")))
 top = int(sys.argv[2]) if len(sys.argv) > 2 else 40
 header_at = next(i for i, r in enumerate(rows) if any("Sampl" in c for c in r))

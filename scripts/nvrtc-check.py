@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Compiles generated kernel sources with NVRTC on the CPU and prints the ptxas resource report
-(registers, spills, stack, shared memory): `scripts/nvrtc-check.py ARCH FILE.cu [-DNAME=VALUE ...]`;
-with PTX_OUT=FILE it also writes the PTX.
+"""Usage: scripts/nvrtc-check.py ARCH FILE.cu [NVRTC_OPTION ...]
+
+Compiles a rendered kernel source with NVRTC on the CPU (no GPU needed) and prints the ptxas
+resource report: registers, spills, stack, shared memory, and the C7514/C7518 warnings that say
+ptxas serialised a kernel's wgmma instructions. With PTX_OUT=FILE it also writes the PTX. ARCH is
+e.g. sm_90a. Render sources with `cargo run -p minf-codegen --example render` (docs/testing.md).
 Needs the pip wheel nvidia-cuda-nvrtc (as .ci/run installs)."""
 import ctypes, glob, os, sys
 import nvidia
@@ -16,11 +19,13 @@ if lib is None:
 for builtins in glob.glob(os.path.join(os.path.dirname(lib), "libnvrtc-builtins.so*")):
     ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
 nvrtc = ctypes.CDLL(lib)
-arch, path, *defines = sys.argv[1:]
+if len(sys.argv) < 3:
+    sys.exit(__doc__.splitlines()[0])
+arch, path, *extra = sys.argv[1:]
 src = open(path, "rb").read()
 prog = ctypes.c_void_p()
 assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src, path.encode(), 0, None, None) == 0
-opts = [f"--gpu-architecture={arch}", "--std=c++17", "--use_fast_math", "--ptxas-options=-v", *defines]
+opts = [f"--gpu-architecture={arch}", "--std=c++17", "--use_fast_math", "--ptxas-options=-v", *extra]
 arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
 rc = nvrtc.nvrtcCompileProgram(prog, len(opts), arr)
 size = ctypes.c_size_t()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Usage: scripts/gpu-suite.sh [FILTER... | --skip NAME | --exact | --list]
+#
+# Runs the GPU tests (every kernel against the float64 CPU reference; docs/testing.md) from the
+# bundle of scripts/gpu-bundle.sh, on a machine with an NVIDIA GPU, from the repository root.
+# Arguments go to the test binary: substrings of test names (any matches), e.g. `prefill::` or
+# `patterns::a_shape`, `--skip timing`, `--exact`, or `--list` for the test names.
+# The whole log goes to $LOG; the results, failures and each test's seed are echoed. The exit
+# status is the tests'. A failure is reproduced with the seed it printed: MINF_TEST_SEED=N.
+#
+# Environment: BIN (default .gpu/bin/gpu), THREADS (test threads, default 8), TIME_LIMIT (seconds,
+# default none), LOG (default /tmp/gpu-suite.log), MINF_CACHE_DIR (default /tmp/minf-cache).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bin=${BIN:-.gpu/bin/gpu}
+log=${LOG:-/tmp/gpu-suite.log}
+export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
+[ -x "$bin" ] || { echo "gpu-suite: $bin not found; build it with scripts/gpu-bundle.sh" >&2; exit 2; }
+if [[ " $* " == *" --list "* ]]; then
+  exec "$bin" --include-ignored "$@"
+fi
+limit=()
+[ -n "${TIME_LIMIT:-}" ] && limit=(timeout "$TIME_LIMIT")
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "gpu-suite: no nvidia-smi"
+echo "== gpu tests ${*:-(all)} (log $log)"
+start=$SECONDS
+${limit[@]+"${limit[@]}"} "$bin" --include-ignored --test-threads="${THREADS:-8}" --nocapture "$@" > "$log" 2>&1
+rc=$?
+grep -E "^test .* (ok|FAILED|ignored)$|test result|panicked|FAIL|seed" "$log" | head -80
+[ "$rc" = 124 ] && echo "gpu-suite: stopped after TIME_LIMIT=${TIME_LIMIT}s"
+echo "gpu-suite: exit $rc after $((SECONDS - start)) s"
+exit "$rc"
