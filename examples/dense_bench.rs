@@ -3,7 +3,7 @@
 //!
 //! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20]
 //!              [--tile block_m,block_n,warps,stages] [--mainloop mma_sync|wgmma] [--json FILE]`
-//! Run PyTorch SDPA in the same session for the baseline (`bench/dense_check.py --bench`).
+//! For the baselines on the same card, run `bench/peers.py --methods sdpa_flash,sdpa_cudnn`.
 
 use half::bf16;
 use minf::codegen::{DType, KernelSpec, Pattern};

@@ -1,4 +1,4 @@
-//! The README's first command: causal attention of one Llama-3-8B-shaped layer (32 query heads,
+//! The small check: causal attention of one Llama-3-8B-shaped layer (32 query heads,
 //! 8 key/value heads, d = 128, bf16) on the GPU through minf, checked against the CPU float64
 //! reference on sampled rows and timed.
 //!

@@ -1,6 +1,6 @@
 //! Times minf's vertical-slash kernel on a converted index saved by `bench/minference_vs.py`
-//! (MInference's own converter output), so both kernels run on exactly the same tiles in one
-//! session; or, with `--generate SEQ`, on an index of the same kind (by default 30 sink columns +
+//! (MInference's own converter output), so both kernels run on exactly the same tiles on one
+//! card; or, with `--generate SEQ`, on an index of the same kind (by default 30 sink columns +
 //! 970 random columns and the 6096 nearest diagonals per head, 32 heads) converted by minf's GPU
 //! converter; the counts can be changed, and random far diagonals added, to time the parts apart.
 //! Q/K/V are `[batch, heads, seq, dim]` like MInference's, bf16, random.
