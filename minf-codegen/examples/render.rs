@@ -19,8 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let rendered = render_index(&spec)?;
                 let path = std::path::Path::new(dir).join(format!("{}_{}", rendered.kernel_name, arch.short()));
                 std::fs::write(path.with_extension("cu"), &rendered.source)?;
-                let meta =
-                    serde_json::json!({ "kernel_name": rendered.kernel_name, "spec": spec, "launch": rendered.launch });
+                let meta = serde_json::json!({ "kernel_name": rendered.kernel_name, "spec": spec, "launch": rendered.entries });
                 std::fs::write(path.with_extension("json"), meta.to_string())?;
             }
             Ok(())
@@ -70,7 +69,7 @@ fn write_kernel(spec: &KernelSpec, dir: &str) -> Result<(), Box<dyn std::error::
     let kernel = render(spec)?;
     let path = std::path::Path::new(dir).join(format!("{}_{}", kernel.kernel_name, spec.arch.short()));
     std::fs::write(path.with_extension("cu"), &kernel.source)?;
-    let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.launch });
+    let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.entries });
     std::fs::write(path.with_extension("json"), meta.to_string())?;
     Ok(())
 }

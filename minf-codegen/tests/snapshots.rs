@@ -96,18 +96,37 @@ fn rendering_is_deterministic_and_key_tracks_every_input() {
 }
 
 #[test]
-fn templates_are_header_free() {
+fn templates_are_header_free_with_their_entry_points() {
     for kernel in every_kernel() {
         let rendered = render_any(&kernel).expect("renders");
         let name = kernel.readable_name();
         assert!(!rendered.source.contains("#include"), "{name} includes a header");
-        if let AnyKernel::Attention(spec) = kernel {
-            let bounds = match spec.mainloop {
-                Mainloop::MmaSync => "THREADS",
-                Mainloop::Wgmma => "THREADS, MIN_BLOCKS_PER_SM",
+        assert!(!rendered.source.contains("{{") && !rendered.source.contains("{%"), "{name}: unrendered template");
+        for entry in &rendered.entries {
+            let bounds = match kernel {
+                AnyKernel::Attention(spec) if spec.mainloop == Mainloop::Wgmma => "THREADS, MIN_BLOCKS_PER_SM",
+                AnyKernel::Attention(_) => "THREADS",
+                AnyKernel::Index(_) => "",
             };
-            let entry = format!("__global__ void __launch_bounds__({bounds}) {}(", spec.kernel_name());
-            assert!(rendered.source.contains(&entry), "{name} has no entry `{entry}`");
+            let declaration = format!("__global__ void __launch_bounds__({bounds}");
+            let found = rendered.source.lines().any(|line| {
+                line.contains("extern \"C\" __global__")
+                    && line.contains(&format!(" {}(", entry.name))
+                    && line.contains(&declaration)
+            });
+            assert!(found, "{name} has no entry point `{}`", entry.name);
         }
+    }
+}
+
+#[test]
+fn every_parameter_struct_is_rendered_from_the_abi() {
+    for kernel in every_kernel() {
+        let source = render_any(&kernel).expect("renders").source;
+        for struct_name in ["AttentionParams", "ConvertParams", "ChoiceParams", "ScoresParams", "SelectParams"] {
+            let declared = source.matches(&format!("struct {struct_name} {{")).count();
+            assert!(declared <= 1, "{} declares {struct_name} {declared} times", kernel.readable_name());
+        }
+        assert!(!source.contains("Mirrors"), "{}: a hand-written mirror of the ABI", kernel.readable_name());
     }
 }

@@ -4,10 +4,11 @@
 //! Every call checks shapes, strides, index sizes and options on the host, then launches on the
 //! device's stream without synchronising and without allocating.
 
-use crate::device::Device;
+use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr};
 use minf_codegen::{KernelSpec, Pattern};
 
 /// Packed variable-length batch (`cu_seqlens`-style): sequence `b` is rows
@@ -184,38 +185,6 @@ impl PatternArgs<'_> {
         }
     }
 }
-
-/// Kernel parameters, passed by value; mirrors `AttentionParams` in `templates/mainloop.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct AttentionParams {
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
-    lse: u64,
-    cu_seqlens: u64,
-    index_count: u64,
-    index_list: u64,
-    column_count: u64,
-    column_index: u64,
-    /// Element strides (batch, seq, head) of q, k, v, o.
-    strides: [[i64; 3]; 4],
-    seq_len: i32,
-    heads: i32,
-    kv_group: i32,
-    scale_log2: f32,
-    scale: f32,
-    index_rows: i32,
-    list_capacity: i32,
-    column_capacity: i32,
-    n_init: i32,
-    n_local: i32,
-    head_index: u64,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for AttentionParams {}
 
 fn strides(layout: &Layout) -> [i64; 3] {
     [layout.strides[0] as i64, layout.strides[1] as i64, layout.strides[2] as i64]
@@ -517,7 +486,7 @@ pub fn attention_with_spec<T: AttentionElement>(
     }
     // Device addresses, each with the guard that orders the stream's use of its buffer.
     let int_ptrs = int_buffers.map(|buffer| buffer.map(|slice| slice.device_ptr(stream)));
-    let int_ptr = |i: usize| int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr);
+    let int_ptr = |i: usize| ConstPtr::new(int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr));
     let kernel = device.kernel(spec)?;
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
@@ -534,11 +503,11 @@ pub fn attention_with_spec<T: AttentionElement>(
         None => (0, None),
     };
     let params = AttentionParams {
-        q: q_ptr,
-        k: k_ptr,
-        v: v_ptr,
-        o: o_ptr,
-        lse: lse_ptr,
+        q: q_ptr.into(),
+        k: k_ptr.into(),
+        v: v_ptr.into(),
+        o: o_ptr.into(),
+        lse: MutPtr::new(lse_ptr),
         cu_seqlens: int_ptr(4),
         index_count: int_ptr(0),
         index_list: int_ptr(1),
@@ -566,6 +535,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         block_dim: (kernel.launch.threads, 1, 1),
         shared_mem_bytes: kernel.launch.shared_bytes,
     };
+    let params = KernelArgs(params);
     let mut launch = stream.launch_builder(&kernel.function);
     launch.arg(&params);
     // SAFETY: the parameter block matches the kernel's declaration; every tensor's layout was
