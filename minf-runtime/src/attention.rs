@@ -9,7 +9,7 @@ use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr};
-use minf_codegen::{KernelSpec, Pattern};
+use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
 /// Packed variable-length batch (`cu_seqlens`-style): sequence `b` is rows
 /// `cu_seqlens[b]..cu_seqlens[b + 1]` of `[1, total_rows, heads, head_dim]` tensors.
@@ -262,7 +262,27 @@ pub fn block_sparse_attention<T: AttentionElement>(
     attention(device, q, k, v, out, PatternArgs::BlockSparse(index), options)
 }
 
-/// Attention with any pattern; the spec is `options.spec` or the default for the device.
+/// The kernel spec a launch runs: `spec` when the caller gives one; otherwise the device default
+/// for the pattern, element type and head dimension ([`KernelSpec::default_for`]), with `tile`
+/// applied when one is given. Every launcher (attention calls, the tile choice, prefill) picks its
+/// spec here.
+pub fn launch_spec(
+    device: &Device,
+    pattern: Pattern,
+    dtype: DType,
+    head_dim: usize,
+    spec: Option<KernelSpec>,
+    tile: Option<Tile>,
+) -> KernelSpec {
+    spec.unwrap_or_else(|| {
+        // A head dimension past u32 is no supported one: spec 0, which validation rejects.
+        let default = KernelSpec::default_for(pattern, dtype, u32::try_from(head_dim).unwrap_or(0), device.arch());
+        tile.map_or(default, |tile| tile.apply(default))
+    })
+}
+
+/// Attention with any pattern; the spec is `options.spec` or the default for the device
+/// ([`launch_spec`]).
 pub fn attention<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
@@ -272,11 +292,7 @@ pub fn attention<T: AttentionElement>(
     args: PatternArgs<'_>,
     options: AttentionOptions<'_>,
 ) -> Result<(), MinfError> {
-    let head_dim = q.layout.shape[3];
-    let spec = match options.spec {
-        Some(spec) => spec,
-        None => KernelSpec::default_for(args.pattern(), T::DTYPE, head_dim as u32, device.arch()),
-    };
+    let spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
     attention_with_spec(device, &spec, q, k, v, out, args, options)
 }
 

@@ -9,13 +9,13 @@
 //! computes are -1 (those blocks return at once). No host round trip; every head is computed by
 //! exactly one of the two launches.
 
-use crate::attention::{attention_with_spec, AttentionOptions, HeadSubset, PatternArgs};
+use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadSubset, PatternArgs};
 use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use minf_codegen::abi::{ChoiceParams, ConstPtr};
-use minf_codegen::{IndexKernel, IndexKernelSpec, KernelSpec};
+use minf_codegen::{IndexKernel, IndexKernelSpec};
 
 /// A head runs on 128-row blocks when at least `SHARED_NUM / SHARED_DEN` of its index's keys are
 /// listed by both halves of their 128-row block. From H100 timings (docs/design.md): per 64x64
@@ -73,7 +73,7 @@ impl TileChoice {
 
     /// Attention of an index-driven pattern over this group's heads (`options.heads` must be
     /// `None`): when `options.spec` (or the device default) has a 64-row alternative
-    /// ([`KernelSpec::square_alternative`]), the chooser picks one of the two per head and both
+    /// ([`KernelSpec::square_alternative`](minf_codegen::KernelSpec::square_alternative)), the chooser picks one of the two per head and both
     /// are launched; otherwise this is one launch of that spec over the group.
     #[allow(clippy::too_many_arguments)]
     pub fn attention<T: AttentionElement>(
@@ -91,10 +91,7 @@ impl TileChoice {
                 "tile choice: the choice's own heads replace options.heads; pass None".into(),
             ));
         }
-        let wide_spec = match options.spec {
-            Some(spec) => spec,
-            None => KernelSpec::default_for(args.pattern(), T::DTYPE, q.layout.shape[3] as u32, device.arch()),
-        };
+        let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
         let AttentionOptions { softmax_scale, mut lse, varlen, .. } = options;
         let Some(square_spec) = wide_spec.square_alternative() else {
             self.chosen = false;
