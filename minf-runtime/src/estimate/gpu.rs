@@ -1,11 +1,11 @@
 //! MInference's estimates on the GPU, every stage on `device.stream()` with no host sync:
 //!
 //! - [`estimate_vertical_slash_gpu`]: the vertical and slash scores on tensor cores
-//!   (`templates/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
-//!   per-head top-k (`templates/est_select.cu.tera`: radix select and ordered compaction) and the
+//!   (`templates/index/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
+//!   per-head top-k (`templates/index/est_select.cu.tera`: radix select and ordered compaction) and the
 //!   conversion to MInference's index ([`convert_vertical_slash_into`]);
 //! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
-//!   of every query block (`templates/est_select.cu.tera`);
+//!   of every query block (`templates/index/est_select.cu.tera`);
 //! - [`vertical_slash_scores_gpu`]: the scores alone, as
 //!   [`cpu::vertical_slash_scores`](super::cpu::vertical_slash_scores) defines them.
 
