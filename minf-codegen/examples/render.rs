@@ -1,16 +1,26 @@
 //! Prints the rendered source of a default spec: `render <pattern> <dtype> <head_dim> <arch>`, or
-//! writes every default spec of an arch into a folder: `render --all <arch> <dir>`, or the listed
+//! writes every default spec and every index kernel of an arch into a folder:
+//! `render --all <arch> <dir>`, or the listed
 //! specs: `render --specs 'dense,bf16,128,128,64,4,2,sm_90a[,wgmma];...' <dir>` (`<kernel>.cu`
 //! plus `<kernel>.json` with the spec and launch shape), for inspecting or compiling by hand.
-use minf_codegen::{render, Arch, DType, KernelSpec, Pattern};
+use minf_codegen::{render, render_index, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, Pattern};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [flag, arch, dir] if flag == "--all" => {
             std::fs::create_dir_all(dir)?;
-            for spec in KernelSpec::default_set(&[arch.parse::<Arch>()?]) {
+            let arch = arch.parse::<Arch>()?;
+            for spec in KernelSpec::default_set(&[arch]) {
                 write_kernel(&spec, dir)?;
+            }
+            for &kernel in IndexKernel::ALL {
+                let spec = IndexKernelSpec { kernel, arch };
+                let rendered = render_index(&spec)?;
+                let path = std::path::Path::new(dir).join(format!("{}_{}", rendered.kernel_name, arch.short()));
+                std::fs::write(path.with_extension("cu"), &rendered.source)?;
+                let meta = serde_json::json!({ "kernel_name": rendered.kernel_name, "spec": spec, "launch": rendered.entries });
+                std::fs::write(path.with_extension("json"), meta.to_string())?;
             }
             Ok(())
         }
@@ -57,9 +67,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn write_kernel(spec: &KernelSpec, dir: &str) -> Result<(), Box<dyn std::error::Error>> {
     let kernel = render(spec)?;
-    let path = std::path::Path::new(dir).join(&kernel.kernel_name);
+    let path = std::path::Path::new(dir).join(format!("{}_{}", kernel.kernel_name, spec.arch.short()));
     std::fs::write(path.with_extension("cu"), &kernel.source)?;
-    let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.launch });
+    let meta = serde_json::json!({ "kernel_name": kernel.kernel_name, "spec": spec, "launch": kernel.entries });
     std::fs::write(path.with_extension("json"), meta.to_string())?;
     Ok(())
 }

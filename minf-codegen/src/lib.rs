@@ -4,10 +4,12 @@
 //! the cache key, and has no CUDA dependency so both the proc-macro (`minf-macros`) and the runtime
 //! (`minf-runtime`) use the same validation rules.
 //!
+//! - [`abi`]: the parameter structs and constants the host and the kernels share, declared once.
 //! - [`spec`]: what a kernel is ([`KernelSpec`]) and which combinations are valid.
 //! - [`mod@render`]: the Tera templates that turn a spec into header-free CUDA C++.
 //! - [`key`]: the content-addressed cache key of a rendered kernel.
 
+pub mod abi;
 pub mod key;
 pub mod render;
 pub mod spec;
@@ -15,5 +17,6 @@ pub mod spec;
 pub use key::{CacheKey, CacheKeyInputs};
 pub use render::{render, render_any, render_index, RenderError, RenderedKernel};
 pub use spec::{
-    AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, Pattern, SpecError, Tile,
+    AnyKernel, Arch, DType, EntryPoint, IndexKernel, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, Pattern,
+    SpecError, Tile,
 };

@@ -4,26 +4,36 @@
 //! storage and every tensor-core, shared-memory and async-copy operation is inline PTX. Rendering
 //! is deterministic: the same spec always gives the same bytes, so the source hash is a cache key.
 
-use crate::spec::{AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape, Mainloop, SpecError};
+use crate::abi::{
+    self, AttentionParams, BlockParams, ChoiceParams, ConvertParams, KernelParams, ScoresParams, SelectParams,
+};
+use crate::spec::{
+    AnyKernel, Arch, DType, EntryPoint, IndexKernel, IndexKernelSpec, KernelSpec, Mainloop, SpecError, HEAD_DIMS,
+};
 use serde::Serialize;
 use std::sync::OnceLock;
 
-/// Every template file, by name; partials are included by the pattern kernels.
+/// Every template file, by its path under `templates/`: `common/` (types, PTX primitives, the
+/// rendered ABI), `attention/` (the kernel entry, the mainloop parts every engine shares, the
+/// engines and the schedules) and `index/` (one module per index kernel).
 const TEMPLATES: &[(&str, &str)] = &[
-    ("ptx.cu.tera", include_str!("../../templates/ptx.cu.tera")),
-    ("mainloop.cu.tera", include_str!("../../templates/mainloop.cu.tera")),
-    ("mainloop_mma.cu.tera", include_str!("../../templates/mainloop_mma.cu.tera")),
-    ("mainloop_wgmma.cu.tera", include_str!("../../templates/mainloop_wgmma.cu.tera")),
-    ("entry.cu.tera", include_str!("../../templates/entry.cu.tera")),
-    ("indexed.cu.tera", include_str!("../../templates/indexed.cu.tera")),
-    ("dense.cu.tera", include_str!("../../templates/dense.cu.tera")),
-    ("a_shape.cu.tera", include_str!("../../templates/a_shape.cu.tera")),
-    ("vertical_slash.cu.tera", include_str!("../../templates/vertical_slash.cu.tera")),
-    ("block_sparse.cu.tera", include_str!("../../templates/block_sparse.cu.tera")),
-    ("vs_convert.cu.tera", include_str!("../../templates/vs_convert.cu.tera")),
-    ("tile_choice.cu.tera", include_str!("../../templates/tile_choice.cu.tera")),
-    ("vs_scores.cu.tera", include_str!("../../templates/vs_scores.cu.tera")),
-    ("est_select.cu.tera", include_str!("../../templates/est_select.cu.tera")),
+    ("common/types.cu.tera", include_str!("../../templates/common/types.cu.tera")),
+    ("common/ptx.cu.tera", include_str!("../../templates/common/ptx.cu.tera")),
+    ("common/hopper.cu.tera", include_str!("../../templates/common/hopper.cu.tera")),
+    ("common/abi.cu.tera", include_str!("../../templates/common/abi.cu.tera")),
+    ("attention/kernel.cu.tera", include_str!("../../templates/attention/kernel.cu.tera")),
+    ("attention/mainloop/config.cu.tera", include_str!("../../templates/attention/mainloop/config.cu.tera")),
+    ("attention/mainloop/tiles.cu.tera", include_str!("../../templates/attention/mainloop/tiles.cu.tera")),
+    ("attention/mainloop/softmax.cu.tera", include_str!("../../templates/attention/mainloop/softmax.cu.tera")),
+    ("attention/engines/mma_sync.cu.tera", include_str!("../../templates/attention/engines/mma_sync.cu.tera")),
+    ("attention/engines/wgmma.cu.tera", include_str!("../../templates/attention/engines/wgmma.cu.tera")),
+    ("attention/schedules/dense.cu.tera", include_str!("../../templates/attention/schedules/dense.cu.tera")),
+    ("attention/schedules/a_shape.cu.tera", include_str!("../../templates/attention/schedules/a_shape.cu.tera")),
+    ("attention/schedules/indexed.cu.tera", include_str!("../../templates/attention/schedules/indexed.cu.tera")),
+    ("index/vs_convert.cu.tera", include_str!("../../templates/index/vs_convert.cu.tera")),
+    ("index/vs_scores.cu.tera", include_str!("../../templates/index/vs_scores.cu.tera")),
+    ("index/est_select.cu.tera", include_str!("../../templates/index/est_select.cu.tera")),
+    ("index/tile_choice.cu.tera", include_str!("../../templates/index/tile_choice.cu.tera")),
 ];
 
 /// Errors while rendering.
@@ -37,19 +47,20 @@ pub enum RenderError {
     Template(String),
 }
 
-/// A rendered kernel: what it is, its entry point, source, NVRTC options and launch geometry.
+/// A rendered module: what it is, its source, NVRTC options and entry points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedKernel {
     /// What was rendered.
     pub kernel: AnyKernel,
-    /// The `extern "C"` entry point.
+    /// The `extern "C"` entry point of an attention kernel; the prefix of an index module's entry
+    /// points.
     pub kernel_name: String,
     /// CUDA C++ source.
     pub source: String,
     /// NVRTC options.
     pub options: Vec<String>,
-    /// How to launch it.
-    pub launch: LaunchShape,
+    /// Every entry point and how to launch it (one for an attention kernel).
+    pub entries: Vec<EntryPoint>,
 }
 
 /// Values the templates see, derived from the spec.
@@ -75,6 +86,52 @@ struct TemplateContext {
     s_tiles: u32,
     o_tiles: u32,
     arch: &'static str,
+    mainloop: &'static str,
+    /// [`KernelSpec::merges_column_lists`].
+    merges_column_lists: bool,
+    /// The C declarations of the kernel ABI ([`crate::abi`]).
+    abi: String,
+}
+
+/// The C text of the ABI a kernel uses: the shared constants it names, then its parameter structs.
+fn abi_text(constants: &[&str], structs: &[String]) -> Result<String, RenderError> {
+    let mut text = String::new();
+    for name in constants {
+        let constant = abi::constant(name)
+            .ok_or_else(|| RenderError::Template(format!("no shared constant named {name} in abi.rs")))?;
+        text.push_str(&constant.c_declaration());
+    }
+    for declaration in structs {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(declaration);
+    }
+    Ok(text.trim_end().to_string())
+}
+
+/// What the index templates see.
+#[derive(Serialize)]
+struct IndexContext {
+    kernel_name: String,
+    threads: u32,
+    arch: &'static str,
+    abi: String,
+    /// The vertical-slash score passes' entry points, one pair per element type and head dimension.
+    score_entries: Vec<ScoreEntry>,
+}
+
+/// The two score passes of one element type and head dimension.
+#[derive(Serialize)]
+struct ScoreEntry {
+    dtype: &'static str,
+    head_dim: u32,
+    /// Whether the MMA reads f16 (else bf16).
+    f16: bool,
+    stats_entry: String,
+    accumulate_entry: String,
+    stats_bytes: u32,
+    accumulate_bytes: u32,
 }
 
 fn engine() -> Result<&'static tera::Tera, RenderError> {
@@ -91,6 +148,11 @@ fn engine() -> Result<&'static tera::Tera, RenderError> {
 }
 
 impl RenderedKernel {
+    /// The entry point named `name`, if the module has one.
+    pub fn entry(&self, name: &str) -> Option<&EntryPoint> {
+        self.entries.iter().find(|entry| entry.name == name)
+    }
+
     /// Target architecture.
     pub fn arch(&self) -> Arch {
         self.kernel.arch()
@@ -133,38 +195,67 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,
         arch: spec.arch.as_str(),
+        mainloop: spec.mainloop.as_str(),
+        merges_column_lists: spec.merges_column_lists(),
+        abi: abi_text(&[], &[AttentionParams::c_declaration()])?,
     };
     let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
-    let template = format!("{}.cu.tera", spec.pattern.as_str());
-    let source = engine()?.render(&template, &context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
+    let source =
+        engine()?.render("attention/kernel.cu.tera", &context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     Ok(RenderedKernel {
         kernel: AnyKernel::Attention(*spec),
         kernel_name: spec.kernel_name(),
         source,
         options: compile_options(spec.arch),
-        launch: spec.launch_shape(),
+        entries: vec![EntryPoint { name: spec.kernel_name(), launch: spec.launch_shape() }],
     })
 }
 
 /// Renders an index kernel.
 pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderError> {
-    #[derive(Serialize)]
-    struct IndexContext {
-        kernel_name: String,
-        threads: u32,
-        arch: &'static str,
+    let abi = match spec.kernel {
+        IndexKernel::VerticalSlashConvert => abi_text(&["INDEX_BLOCK"], &[ConvertParams::c_declaration()])?,
+        IndexKernel::VerticalSlashScores => {
+            abi_text(&["LAST_Q", "SCORE_CHUNK_KEYS", "SCORE_HEADS_PER_BLOCK"], &[ScoresParams::c_declaration()])?
+        }
+        IndexKernel::EstimateSelect => abi_text(
+            &["INDEX_BLOCK", "FORCED_COLUMNS", "FORCED_DIAGONALS", "SELECT_THREADS", "POOL_THREADS"],
+            &[SelectParams::c_declaration(), BlockParams::c_declaration()],
+        )?,
+        IndexKernel::TileChoice => abi_text(&["INDEX_BLOCK"], &[ChoiceParams::c_declaration()])?,
+    };
+    let mut score_entries = Vec::new();
+    if spec.kernel == IndexKernel::VerticalSlashScores {
+        for &head_dim in HEAD_DIMS {
+            for &dtype in DType::ALL {
+                score_entries.push(ScoreEntry {
+                    dtype: dtype.as_str(),
+                    head_dim,
+                    f16: dtype == DType::F16,
+                    stats_entry: spec.score_entry_name("stats", dtype, head_dim),
+                    accumulate_entry: spec.score_entry_name("accumulate", dtype, head_dim),
+                    stats_bytes: abi::score_shared_bytes(head_dim, false),
+                    accumulate_bytes: abi::score_shared_bytes(head_dim, true),
+                });
+            }
+        }
     }
-    let context =
-        IndexContext { kernel_name: spec.kernel_name(), threads: IndexKernelSpec::THREADS, arch: spec.arch.as_str() };
+    let context = IndexContext {
+        kernel_name: spec.kernel_name(),
+        threads: IndexKernelSpec::THREADS,
+        arch: spec.arch.as_str(),
+        abi,
+        score_entries,
+    };
     let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
-    let template = format!("{}.cu.tera", spec.template());
+    let template = format!("index/{}.cu.tera", spec.template());
     let source = engine()?.render(&template, &context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     Ok(RenderedKernel {
         kernel: AnyKernel::Index(*spec),
         kernel_name: spec.kernel_name(),
         source,
         options: compile_options(spec.arch),
-        launch: LaunchShape { threads: IndexKernelSpec::THREADS, shared_bytes: 0, block_m: 64 },
+        entries: spec.entries(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! target architecture. [`KernelSpec::validate`] is the single place that decides which combinations
 //! exist; the macro and the runtime both call it.
 
+use crate::abi;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -321,7 +322,7 @@ impl Tile {
     /// 64-row blocks of one `wgmma` consumer warpgroup with 64-key tiles, two blocks per SM: the
     /// alternative the per-head tile choice ([`IndexKernel::TileChoice`]) runs next to 128-row
     /// index-driven blocks. On an H100 they ran a scattered 128K vertical-slash index 1.2x faster
-    /// than 128-row blocks pairing ranges, and issue 3's banded one 1.17x slower (bench/NOTES.md).
+    /// than 128-row blocks pairing ranges, and a banded one 1.17x slower (docs/design.md).
     pub const SQUARE_WGMMA: Tile = Tile { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::Wgmma };
 
     /// `spec` with this tile and engine.
@@ -373,15 +374,27 @@ impl FromStr for Tile {
     }
 }
 
-/// Launch geometry that follows from a spec.
+/// Launch geometry of one kernel entry point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LaunchShape {
     /// Threads per block.
     pub threads: u32,
-    /// Dynamic shared memory per block, in bytes.
+    /// Dynamic shared memory per block, in bytes: what every launch passes, or, for an entry whose
+    /// need depends on the call (the block selection), the most any launch passes. The runtime
+    /// raises the function's dynamic shared-memory limit to it when it loads the entry.
     pub shared_bytes: u32,
-    /// Query rows per block (the grid's x dimension covers `ceil(seq / block_m)`).
+    /// Query rows per block of an attention kernel (the grid's x dimension covers
+    /// `ceil(seq / block_m)`); 0 for index kernels, whose launchers size their own grids.
     pub block_m: u32,
+}
+
+/// One `extern "C"` entry point of a rendered module and how to launch it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryPoint {
+    /// The entry point's name.
+    pub name: String,
+    /// How to launch it.
+    pub launch: LaunchShape,
 }
 
 impl KernelSpec {
@@ -389,13 +402,13 @@ impl KernelSpec {
     pub fn default_for(pattern: Pattern, dtype: DType, head_dim: u32, arch: Arch) -> KernelSpec {
         // Measured on an H100 (bf16, d=128, causal, 16K and 64K): 128x128 tiles on 8 warps ran at
         // 283-290 TFLOP/s, 128x32 on 4 warps at 273-276, 128x64 on 8 warps at 207-212
-        // (bench/RESULTS.md). The 128x128 tile needs more shared memory than sm_8x allows.
+        // (docs/design.md). The 128x128 tile needs more shared memory than sm_8x allows.
         let hopper = matches!(arch, Arch::Sm90 | Arch::Sm90a);
         let (block_m, block_n, warps, stages) = if pattern.is_indexed() {
             // Index-driven kernels read MInference's per-64-row index. On an H100 (vertical-slash,
             // 128K, 10% of tiles): 128-row blocks serving two index rows with 128-key tiles ran at
             // 223 TFLOP/s, 64x64 blocks at 194-205, 64-row blocks with 128-key tiles at 155
-            // (bench/RESULTS.md). The 128x128 tile needs more shared memory than sm_8x allows.
+            // (docs/design.md). The 128x128 tile needs more shared memory than sm_8x allows.
             match (head_dim, hopper) {
                 (256, true) => (64, 64, 4, 2),
                 (256, false) => (64, 64, 4, 1),
@@ -413,7 +426,7 @@ impl KernelSpec {
         };
         // On sm_90a the warp-specialised wgmma engine (swizzled tiles) ran dense at 368-378 TFLOP/s
         // at 16K on an H100 against 273 for mma.sync, and vertical-slash at least as fast
-        // (bench/RESULTS.md); it takes 64-row warpgroups and head_dim up to 128.
+        // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128.
         let mainloop = if arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8 {
             Mainloop::Wgmma
         } else {
@@ -504,6 +517,15 @@ impl KernelSpec {
     /// Launch geometry of this spec.
     pub fn launch_shape(&self) -> LaunchShape {
         LaunchShape { threads: self.threads(), shared_bytes: self.shared_bytes(), block_m: self.block_m }
+    }
+
+    /// Whether the index-driven schedule visits the gathered columns of a 128-row block's two
+    /// halves as one merged stream (a column both halves list is loaded once). It needs loader
+    /// threads that meet at a barrier of their own while they build a tile: the `wgmma` producer
+    /// warpgroup has them; with `mma.sync` every thread loads and computes, and each half's
+    /// columns are visited apart.
+    pub fn merges_column_lists(&self) -> bool {
+        self.pattern.is_indexed() && self.mainloop == Mainloop::Wgmma && self.block_m == 128
     }
 
     /// The `extern "C"` entry point name of the kernel.
@@ -695,8 +717,9 @@ pub struct IndexKernelSpec {
 }
 
 impl IndexKernelSpec {
-    /// Threads per block of the index kernels.
-    pub const THREADS: u32 = 256;
+    /// Threads per block of the index kernels other than the selections
+    /// ([`abi::INDEX_THREADS`](crate::abi::INDEX_THREADS)).
+    pub const THREADS: u32 = abi::INDEX_THREADS;
 
     /// The template file (without `.cu.tera`).
     pub fn template(&self) -> &'static str {
@@ -712,6 +735,61 @@ impl IndexKernelSpec {
     /// Readable prefix of cache entry names, e.g. `vs_convert-sm90a`.
     pub fn readable_name(&self) -> String {
         format!("{}-{}", self.kernel.as_str(), self.arch.short())
+    }
+
+    /// The name of entry point `suffix` (`""` for a kernel with one entry point).
+    pub fn entry_name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.kernel_name())
+    }
+
+    /// The vertical-slash score passes' entry point for `pass` (`stats` or `accumulate`), element
+    /// type `dtype` and head dimension `head_dim`.
+    pub fn score_entry_name(&self, pass: &str, dtype: DType, head_dim: u32) -> String {
+        self.entry_name(&format!("_{pass}_{dtype}_d{head_dim}"))
+    }
+
+    /// Every entry point of the module and its launch geometry.
+    pub fn entries(&self) -> Vec<EntryPoint> {
+        let entry = |suffix: &str, threads: u32, shared_bytes: u32| EntryPoint {
+            name: self.entry_name(suffix),
+            launch: LaunchShape { threads, shared_bytes, block_m: 0 },
+        };
+        match self.kernel {
+            IndexKernel::VerticalSlashConvert => {
+                vec![entry("_lists", abi::INDEX_THREADS, 0), entry("_rows", abi::INDEX_THREADS, 0)]
+            }
+            IndexKernel::VerticalSlashScores => {
+                let mut entries = vec![entry("_combine", abi::INDEX_THREADS, 0)];
+                for &head_dim in HEAD_DIMS {
+                    for &dtype in DType::ALL {
+                        for (pass, accumulate) in [("stats", false), ("accumulate", true)] {
+                            entries.push(EntryPoint {
+                                name: self.score_entry_name(pass, dtype, head_dim),
+                                launch: LaunchShape {
+                                    threads: abi::INDEX_THREADS,
+                                    shared_bytes: abi::score_shared_bytes(head_dim, accumulate),
+                                    block_m: 0,
+                                },
+                            });
+                        }
+                    }
+                }
+                entries
+            }
+            IndexKernel::EstimateSelect => {
+                let largest_head_dim = HEAD_DIMS.iter().copied().max().unwrap_or(0);
+                vec![
+                    entry("_vertical_slash", abi::SELECT_THREADS, 0),
+                    entry("_block_pool", abi::POOL_THREADS, 0),
+                    entry(
+                        "_block_select",
+                        abi::SELECT_THREADS,
+                        abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS, largest_head_dim),
+                    ),
+                ]
+            }
+            IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0)],
+        }
     }
 }
 

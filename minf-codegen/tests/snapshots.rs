@@ -1,75 +1,79 @@
-//! Pins the generated source of every default spec and the cache-key inputs, so any change that
-//! invalidates users' kernel caches shows up in review (`cargo insta review`).
+//! Pins the generated source so any change that invalidates users' kernel caches shows up in
+//! review (`cargo insta review`): a representative set in full (each pattern on each engine, each
+//! index kernel), and every kernel minf renders by the blake3 hash of its source in one listing
+//! (`snapshots__kernel_hashes.snap`).
 
-use minf_codegen::{render, render_index, Arch, CacheKeyInputs, IndexKernel, IndexKernelSpec, KernelSpec, Mainloop};
+use minf_codegen::{
+    render, render_any, render_index, AnyKernel, Arch, CacheKeyInputs, DType, IndexKernel, IndexKernelSpec, KernelSpec,
+    Mainloop, Pattern,
+};
 
-const SNAPSHOT_ARCHES: &[Arch] = &[Arch::Sm80, Arch::Sm90a];
+/// The spec pinned in full for `pattern` on `arch`: the bf16, head_dim 128 default (`mma.sync` on
+/// sm_80, `wgmma` on sm_90a).
+fn representative(pattern: Pattern, arch: Arch) -> KernelSpec {
+    KernelSpec::default_for(pattern, DType::Bf16, 128, arch)
+}
+
+/// Every kernel minf renders by default: the default specs of every architecture, then every
+/// index kernel of every architecture.
+fn every_kernel() -> Vec<AnyKernel> {
+    let mut kernels: Vec<AnyKernel> = KernelSpec::default_set(Arch::ALL).into_iter().map(AnyKernel::from).collect();
+    for &arch in Arch::ALL {
+        kernels.extend(IndexKernel::ALL.iter().map(|&kernel| AnyKernel::from(IndexKernelSpec { kernel, arch })));
+    }
+    kernels
+}
 
 #[test]
-fn rendered_source_of_every_default_spec() {
-    for spec in KernelSpec::default_set(SNAPSHOT_ARCHES) {
-        let kernel = render(&spec).expect("default specs render");
-        insta::assert_snapshot!(spec.readable_name(), kernel.source);
+fn rendered_source_of_each_pattern_on_each_engine() {
+    for &pattern in Pattern::ALL {
+        for (arch, mainloop) in [(Arch::Sm80, Mainloop::MmaSync), (Arch::Sm90a, Mainloop::Wgmma)] {
+            let spec = representative(pattern, arch);
+            assert_eq!(spec.mainloop, mainloop, "{spec:?}");
+            let kernel = render(&spec).expect("default specs render");
+            insta::assert_snapshot!(spec.readable_name(), kernel.source);
+        }
     }
 }
 
 #[test]
-fn rendered_source_of_the_vertical_slash_converter() {
-    let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashConvert, arch: Arch::Sm90a };
-    let kernel = render_index(&spec).expect("the converter renders");
-    assert!(!kernel.source.contains("#include"), "the converter includes a header");
-    insta::assert_snapshot!(spec.readable_name(), kernel.source);
-}
-
-#[test]
-fn rendered_source_of_the_vertical_slash_scores() {
-    let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashScores, arch: Arch::Sm90a };
-    let kernel = render_index(&spec).expect("the scores kernel renders");
-    assert!(!kernel.source.contains("#include"), "the scores kernel includes a header");
-    insta::assert_snapshot!(spec.readable_name(), kernel.source);
-}
-
-#[test]
-fn rendered_source_of_the_tile_choice() {
-    let spec = IndexKernelSpec { kernel: IndexKernel::TileChoice, arch: Arch::Sm90a };
-    let kernel = render_index(&spec).expect("the tile choice renders");
-    assert!(!kernel.source.contains("#include"), "the tile choice includes a header");
-    insta::assert_snapshot!(spec.readable_name(), kernel.source);
-}
-
-#[test]
-fn rendered_source_of_the_estimate_selections() {
-    let spec = IndexKernelSpec { kernel: IndexKernel::EstimateSelect, arch: Arch::Sm90a };
-    let kernel = render_index(&spec).expect("the selection kernel renders");
-    assert!(!kernel.source.contains("#include"), "the selection kernel includes a header");
-    insta::assert_snapshot!(spec.readable_name(), kernel.source);
-}
-
-#[test]
-fn rendered_source_of_the_wgmma_engine() {
-    // Not a default yet (bench/RESULTS.md): pinned here so its source is reviewed like the others.
-    for pattern in [minf_codegen::Pattern::Dense, minf_codegen::Pattern::VerticalSlash] {
-        let base = KernelSpec::default_for(pattern, minf_codegen::DType::Bf16, 128, Arch::Sm90a);
-        let (block_m, warps) = if pattern.is_indexed() { (64, 4) } else { (128, 8) };
-        let spec = KernelSpec { block_m, warps, mainloop: minf_codegen::Mainloop::Wgmma, ..base };
-        let kernel = render(&spec).expect("wgmma specs render");
-        assert!(kernel.source.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
-        insta::assert_snapshot!(spec.readable_name(), kernel.source);
+fn rendered_source_of_each_index_kernel() {
+    for &kernel in IndexKernel::ALL {
+        let spec = IndexKernelSpec { kernel, arch: Arch::Sm90a };
+        let rendered = render_index(&spec).expect("index kernels render");
+        insta::assert_snapshot!(spec.readable_name(), rendered.source);
     }
 }
 
 #[test]
-fn cache_key_inputs_of_every_default_spec() {
-    // A fixed NVRTC version keeps the snapshot independent of the machine.
-    let keys: Vec<(String, CacheKeyInputs, String)> = KernelSpec::default_set(SNAPSHOT_ARCHES)
-        .iter()
-        .map(|spec| {
-            let kernel = render(spec).expect("default specs render");
-            let inputs = CacheKeyInputs::new(&kernel, (13, 0));
-            let name = inputs.key(&spec.readable_name()).name;
-            (spec.readable_name(), inputs, name)
-        })
-        .collect();
+fn kernel_hashes() {
+    // One line per kernel: its cache name prefix and the blake3 of its source. A template change
+    // shows here as the list of kernels whose source it changes.
+    let mut listing = String::new();
+    for kernel in every_kernel() {
+        let rendered = render_any(&kernel).expect("every default kernel renders");
+        let hash = blake3::hash(rendered.source.as_bytes()).to_hex();
+        listing.push_str(&format!("{:<48} {hash}\n", kernel.readable_name()));
+    }
+    insta::assert_snapshot!("kernel_hashes", listing);
+}
+
+#[test]
+fn cache_key_inputs() {
+    // A fixed NVRTC version keeps the snapshot independent of the machine; the sources' hashes are
+    // pinned by `kernel_hashes`.
+    let keys: Vec<(String, CacheKeyInputs, String)> = [
+        AnyKernel::from(representative(Pattern::Dense, Arch::Sm80)),
+        AnyKernel::from(IndexKernelSpec { kernel: IndexKernel::VerticalSlashConvert, arch: Arch::Sm90a }),
+    ]
+    .iter()
+    .map(|kernel| {
+        let rendered = render_any(kernel).expect("renders");
+        let inputs = CacheKeyInputs::new(&rendered, (13, 0));
+        let name = inputs.key(&kernel.readable_name()).name;
+        (kernel.readable_name(), inputs, name)
+    })
+    .collect();
     insta::assert_json_snapshot!("cache_key_inputs", keys);
 }
 
@@ -92,15 +96,37 @@ fn rendering_is_deterministic_and_key_tracks_every_input() {
 }
 
 #[test]
-fn templates_are_header_free() {
-    for spec in KernelSpec::default_set(SNAPSHOT_ARCHES) {
-        let source = render(&spec).expect("renders").source;
-        assert!(!source.contains("#include"), "{} includes a header", spec.readable_name());
-        let bounds = match spec.mainloop {
-            Mainloop::MmaSync => "THREADS",
-            Mainloop::Wgmma => "THREADS, MIN_BLOCKS_PER_SM",
-        };
-        let entry = format!("__global__ void __launch_bounds__({bounds}) {}(", spec.kernel_name());
-        assert!(source.contains(&entry), "{} has no entry `{entry}`", spec.readable_name());
+fn templates_are_header_free_with_their_entry_points() {
+    for kernel in every_kernel() {
+        let rendered = render_any(&kernel).expect("renders");
+        let name = kernel.readable_name();
+        assert!(!rendered.source.contains("#include"), "{name} includes a header");
+        assert!(!rendered.source.contains("{{") && !rendered.source.contains("{%"), "{name}: unrendered template");
+        for entry in &rendered.entries {
+            let bounds = match kernel {
+                AnyKernel::Attention(spec) if spec.mainloop == Mainloop::Wgmma => "THREADS, MIN_BLOCKS_PER_SM",
+                AnyKernel::Attention(_) => "THREADS",
+                AnyKernel::Index(_) => "",
+            };
+            let declaration = format!("__global__ void __launch_bounds__({bounds}");
+            let found = rendered.source.lines().any(|line| {
+                line.contains("extern \"C\" __global__")
+                    && line.contains(&format!(" {}(", entry.name))
+                    && line.contains(&declaration)
+            });
+            assert!(found, "{name} has no entry point `{}`", entry.name);
+        }
+    }
+}
+
+#[test]
+fn every_parameter_struct_is_rendered_from_the_abi() {
+    for kernel in every_kernel() {
+        let source = render_any(&kernel).expect("renders").source;
+        for struct_name in ["AttentionParams", "ConvertParams", "ChoiceParams", "ScoresParams", "SelectParams"] {
+            let declared = source.matches(&format!("struct {struct_name} {{")).count();
+            assert!(declared <= 1, "{} declares {struct_name} {declared} times", kernel.readable_name());
+        }
+        assert!(!source.contains("Mirrors"), "{}: a hand-written mirror of the ABI", kernel.readable_name());
     }
 }

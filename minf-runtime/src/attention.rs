@@ -4,11 +4,12 @@
 //! Every call checks shapes, strides, index sizes and options on the host, then launches on the
 //! device's stream without synchronising and without allocating.
 
-use crate::device::Device;
+use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
-use minf_codegen::{KernelSpec, Pattern};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr};
+use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
 /// Packed variable-length batch (`cu_seqlens`-style): sequence `b` is rows
 /// `cu_seqlens[b]..cu_seqlens[b + 1]` of `[1, total_rows, heads, head_dim]` tensors.
@@ -185,38 +186,6 @@ impl PatternArgs<'_> {
     }
 }
 
-/// Kernel parameters, passed by value; mirrors `AttentionParams` in `templates/mainloop.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct AttentionParams {
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
-    lse: u64,
-    cu_seqlens: u64,
-    index_count: u64,
-    index_list: u64,
-    column_count: u64,
-    column_index: u64,
-    /// Element strides (batch, seq, head) of q, k, v, o.
-    strides: [[i64; 3]; 4],
-    seq_len: i32,
-    heads: i32,
-    kv_group: i32,
-    scale_log2: f32,
-    scale: f32,
-    index_rows: i32,
-    list_capacity: i32,
-    column_capacity: i32,
-    n_init: i32,
-    n_local: i32,
-    head_index: u64,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for AttentionParams {}
-
 fn strides(layout: &Layout) -> [i64; 3] {
     [layout.strides[0] as i64, layout.strides[1] as i64, layout.strides[2] as i64]
 }
@@ -293,7 +262,27 @@ pub fn block_sparse_attention<T: AttentionElement>(
     attention(device, q, k, v, out, PatternArgs::BlockSparse(index), options)
 }
 
-/// Attention with any pattern; the spec is `options.spec` or the default for the device.
+/// The kernel spec a launch runs: `spec` when the caller gives one; otherwise the device default
+/// for the pattern, element type and head dimension ([`KernelSpec::default_for`]), with `tile`
+/// applied when one is given. Every launcher (attention calls, the tile choice, prefill) picks its
+/// spec here.
+pub fn launch_spec(
+    device: &Device,
+    pattern: Pattern,
+    dtype: DType,
+    head_dim: usize,
+    spec: Option<KernelSpec>,
+    tile: Option<Tile>,
+) -> KernelSpec {
+    spec.unwrap_or_else(|| {
+        // A head dimension past u32 is no supported one: spec 0, which validation rejects.
+        let default = KernelSpec::default_for(pattern, dtype, u32::try_from(head_dim).unwrap_or(0), device.arch());
+        tile.map_or(default, |tile| tile.apply(default))
+    })
+}
+
+/// Attention with any pattern; the spec is `options.spec` or the default for the device
+/// ([`launch_spec`]).
 pub fn attention<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
@@ -303,11 +292,7 @@ pub fn attention<T: AttentionElement>(
     args: PatternArgs<'_>,
     options: AttentionOptions<'_>,
 ) -> Result<(), MinfError> {
-    let head_dim = q.layout.shape[3];
-    let spec = match options.spec {
-        Some(spec) => spec,
-        None => KernelSpec::default_for(args.pattern(), T::DTYPE, head_dim as u32, device.arch()),
-    };
+    let spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
     attention_with_spec(device, &spec, q, k, v, out, args, options)
 }
 
@@ -517,7 +502,7 @@ pub fn attention_with_spec<T: AttentionElement>(
     }
     // Device addresses, each with the guard that orders the stream's use of its buffer.
     let int_ptrs = int_buffers.map(|buffer| buffer.map(|slice| slice.device_ptr(stream)));
-    let int_ptr = |i: usize| int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr);
+    let int_ptr = |i: usize| ConstPtr::new(int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr));
     let kernel = device.kernel(spec)?;
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
@@ -534,11 +519,11 @@ pub fn attention_with_spec<T: AttentionElement>(
         None => (0, None),
     };
     let params = AttentionParams {
-        q: q_ptr,
-        k: k_ptr,
-        v: v_ptr,
-        o: o_ptr,
-        lse: lse_ptr,
+        q: q_ptr.into(),
+        k: k_ptr.into(),
+        v: v_ptr.into(),
+        o: o_ptr.into(),
+        lse: MutPtr::new(lse_ptr),
         cu_seqlens: int_ptr(4),
         index_count: int_ptr(0),
         index_list: int_ptr(1),
@@ -566,6 +551,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         block_dim: (kernel.launch.threads, 1, 1),
         shared_mem_bytes: kernel.launch.shared_bytes,
     };
+    let params = KernelArgs(params);
     let mut launch = stream.launch_builder(&kernel.function);
     launch.arg(&params);
     // SAFETY: the parameter block matches the kernel's declaration; every tensor's layout was

@@ -6,11 +6,12 @@ use crate::jit::KernelCache;
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
-use minf_codegen::{render_any, AnyKernel, Arch, IndexKernelSpec, KernelSpec, LaunchShape};
+use minf_codegen::abi::KernelParams;
+use minf_codegen::{render_any, AnyKernel, Arch, EntryPoint, IndexKernelSpec, KernelSpec, LaunchShape};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// A loaded kernel and how to launch it.
+/// A loaded kernel entry point and how to launch it.
 #[derive(Debug, Clone)]
 pub struct LoadedKernel {
     /// The function in this device's context.
@@ -19,11 +20,20 @@ pub struct LoadedKernel {
     pub launch: LaunchShape,
 }
 
-/// A compiled module in this context, with the launch geometry and cache name of its kernel.
+/// A kernel parameter struct ([`minf_codegen::abi`]) as a launch argument, passed by value.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelArgs<P: KernelParams>(pub P);
+
+// SAFETY: `KernelParams` types are `#[repr(C)]` plain-old-data whose layout is the C declaration
+// the kernels are rendered with (minf_codegen::abi checks it against the C layout rules).
+unsafe impl<P: KernelParams> DeviceRepr for KernelArgs<P> {}
+
+/// A compiled module in this context, with its entry points and cache name.
 #[derive(Debug, Clone)]
 struct LoadedModule {
     module: Arc<CudaModule>,
-    launch: LaunchShape,
+    entries: Vec<EntryPoint>,
     name: String,
 }
 
@@ -157,7 +167,8 @@ impl Device {
         self.function(&kernel, &spec.kernel_name())
     }
 
-    /// Loads entry point `entry` of an index kernel's module.
+    /// Loads entry point `entry` (one of [`IndexKernelSpec::entries`]) of an index kernel's
+    /// module, with its shared-memory limit raised to what the entry's launch shape allows.
     pub fn index_kernel(&self, spec: &IndexKernelSpec, entry: &str) -> Result<LoadedKernel, MinfError> {
         self.function(&AnyKernel::Index(*spec), entry)
     }
@@ -169,11 +180,10 @@ impl Device {
         // Compiling (NVRTC, seconds) happens outside the lock, so threads that need different
         // kernels compile in parallel; if two race for the same one, the first module stored wins.
         let known = self.modules.lock().map_err(|_| poisoned())?.get(kernel).cloned();
-        let LoadedModule { module, launch, name } = match known {
+        let LoadedModule { module, entries, name } = match known {
             Some(loaded) => loaded,
             None => {
-                let mut rendered = render_any(kernel)?;
-                rendered.options.extend(experiment_defines()?);
+                let rendered = render_any(kernel)?;
                 let cached = self.cache.get_or_compile(&rendered)?;
                 let image = if cached.is_ptx {
                     Ptx::from_src(String::from_utf8_lossy(&cached.image).trim_end_matches('\0').to_string())
@@ -182,18 +192,27 @@ impl Device {
                 };
                 let module =
                     self.ctx.load_module(image).map_err(MinfError::driver(format!("loading {}", cached.key.name)))?;
-                let loaded = LoadedModule { module, launch: rendered.launch, name: cached.key.name };
+                let loaded = LoadedModule { module, entries: rendered.entries, name: cached.key.name };
                 self.modules.lock().map_err(|_| poisoned())?.entry(*kernel).or_insert(loaded).clone()
             }
         };
+        let launch = entries.iter().find(|e| e.name == entry).map(|e| e.launch).ok_or_else(|| {
+            let known: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+            MinfError::Shape(format!("{name} has no entry point {entry}; it has {}", known.join(", ")))
+        })?;
         let function = module.load_function(entry).map_err(MinfError::driver(format!("finding {entry} in {name}")))?;
+        // The one place that opts a function in to more than the default 48 KiB of dynamic shared
+        // memory: up to what its launch shape says any launch of it passes.
         if launch.shared_bytes > 0 {
             function
                 .set_attribute(
                     CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     launch.shared_bytes as i32,
                 )
-                .map_err(MinfError::driver(format!("raising the shared-memory limit of {name}")))?;
+                .map_err(MinfError::driver(format!(
+                    "raising the shared-memory limit of {entry} to {} bytes",
+                    launch.shared_bytes
+                )))?;
         }
         let loaded = LoadedKernel { function, launch };
         self.functions.lock().map_err(|_| poisoned())?.insert((*kernel, entry.to_string()), loaded.clone());
@@ -219,34 +238,6 @@ pub(crate) fn reserve_buffer<T: DeviceRepr>(
         .map_err(MinfError::driver(format!("allocating {what} ({len} elements)")))?;
     *slot = Some(buffer);
     Ok(())
-}
-
-/// `MINF_KERNEL_DEFINES=NAME=VALUE[,NAME=VALUE...]`: preprocessor definitions added to every
-/// kernel compile (they are part of the cache key), for trying template variants such as
-/// `WGMMA_OVERLAP=0` without changing the spec. Unset or empty: none.
-fn experiment_defines() -> Result<Vec<String>, MinfError> {
-    let Ok(value) = std::env::var("MINF_KERNEL_DEFINES") else {
-        return Ok(Vec::new());
-    };
-    value
-        .split(',')
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| {
-            let d = d.trim();
-            let valid = d.split_once('=').is_some_and(|(name, value)| {
-                !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            });
-            if valid {
-                Ok(format!("-D{d}"))
-            } else {
-                Err(MinfError::Shape(format!(
-                    "MINF_KERNEL_DEFINES entry {d:?}: expected NAME=VALUE (letters, digits, '_'), comma-separated"
-                )))
-            }
-        })
-        .collect()
 }
 
 fn poisoned() -> MinfError {

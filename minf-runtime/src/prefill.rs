@@ -19,7 +19,7 @@
 //! kept and reused, so a warm `prefill` call allocates nothing on the device (an index is
 //! reallocated only when the batch, the prompt length or a needed capacity grows).
 
-use crate::attention::{attention, AShape, AttentionOptions, HeadSubset, PatternArgs};
+use crate::attention::{attention, launch_spec, AShape, AttentionOptions, HeadSubset, PatternArgs};
 use crate::block_sparse::{BlockSparseIndex, HostBlockSparseIndex};
 use crate::config::{HeadPattern, ModelShape, PatternConfig};
 use crate::device::Device;
@@ -34,7 +34,7 @@ use crate::tile_choice::TileChoice;
 use crate::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
-use minf_codegen::{KernelSpec, Tile};
+use minf_codegen::Tile;
 
 /// Default of [`PrefillOptions::dense_below`], in tokens. Measured with `minf bench` on an H100
 /// (bench/RESULTS.md, fifth session, call 4): one Llama-3-8B-262K layer (layer 16, structured
@@ -56,8 +56,8 @@ pub struct PrefillOptions {
     /// Tile and engine of the index-driven kernels (vertical-slash and block-sparse heads) instead
     /// of the device default. On an H100, 64-row wgmma blocks ran a scattered 128K vertical-slash
     /// index 2.3x faster than the default 128-row blocks, and the banded one slower
-    /// (bench/NOTES.md). `None` (the default): [`KernelSpec::default_for`], split per head by
-    /// [`PrefillOptions::tile_choice`].
+    /// (docs/design.md). `None` (the default): the device default ([`launch_spec`]), split per
+    /// head by [`PrefillOptions::tile_choice`].
     pub indexed_tile: Option<Tile>,
     /// With no `indexed_tile`: let a [`TileChoice`] pick, per head and call, between the default
     /// 128-row blocks and 64-row blocks where the device has both (sm_90a); default `true`.
@@ -511,15 +511,14 @@ impl<'d> Prefill<'d> {
         }
         let estimated = if timed { Some(event(stream)?) } else { None };
 
-        let head_dim = q.layout.shape[3] as u32;
+        let head_dim = q.layout.shape[3];
         let indexed_tile = self.options.indexed_tile;
         let mut launch = |args: PatternArgs<'_>, heads: Option<&HeadSubset>, choice: Option<&mut TileChoice>| {
             let out = TensorMut { data: &mut *out.data, layout: out.layout };
             let pattern = args.pattern();
-            let spec = indexed_tile
-                .filter(|_| pattern.is_indexed())
-                .map(|tile| tile.apply(KernelSpec::default_for(pattern, T::DTYPE, head_dim, device.arch())));
-            let options = AttentionOptions { heads, spec, ..Default::default() };
+            let tile = indexed_tile.filter(|_| pattern.is_indexed());
+            let spec = launch_spec(device, pattern, T::DTYPE, head_dim, None, tile);
+            let options = AttentionOptions { heads, spec: Some(spec), ..Default::default() };
             match choice {
                 Some(choice) => choice.attention(device, q, k, v, out, args, options),
                 None => attention(device, q, k, v, out, args, options),

@@ -9,45 +9,21 @@
 //! computes are -1 (those blocks return at once). No host round trip; every head is computed by
 //! exactly one of the two launches.
 
-use crate::attention::{attention_with_spec, AttentionOptions, HeadSubset, PatternArgs};
-use crate::device::Device;
+use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadSubset, PatternArgs};
+use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
-use minf_codegen::{IndexKernel, IndexKernelSpec, KernelSpec};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use minf_codegen::abi::{ChoiceParams, ConstPtr};
+use minf_codegen::{IndexKernel, IndexKernelSpec};
 
 /// A head runs on 128-row blocks when at least `SHARED_NUM / SHARED_DEN` of its index's keys are
-/// listed by both halves of their 128-row block. From the H100 timings of one call (bench/NOTES.md):
-/// per 64x64 unit of work, 64-row blocks cost the same on banded and scattered indices, 128-row
+/// listed by both halves of their 128-row block. From H100 timings (docs/design.md): per 64x64
+/// unit of work, 64-row blocks cost the same on banded and scattered indices, 128-row
 /// blocks 0.85 of that on keys both halves list and 1.22 on keys one half lists, so they break even
 /// where 0.85 f + 1.22 (1 - f) = 1, f = 0.6.
 const SHARED_NUM: i32 = 3;
 const SHARED_DEN: i32 = 5;
-
-/// Kernel parameters; mirrors `ChoiceParams` in `templates/tile_choice.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct ChoiceParams {
-    count: u64,
-    list: u64,
-    column_count: u64,
-    column_index: u64,
-    slot_heads: u64,
-    wide: u64,
-    square: u64,
-    batch: i32,
-    heads: i32,
-    rows: i32,
-    list_capacity: i32,
-    column_capacity: i32,
-    range_scale: i32,
-    slots: i32,
-    shared_num: i32,
-    shared_den: i32,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for ChoiceParams {}
 
 /// The head maps of the two launches of one group of index-driven heads, kept on the device and
 /// rewritten by each [`TileChoice::attention`] call (so a warm call allocates nothing).
@@ -97,7 +73,7 @@ impl TileChoice {
 
     /// Attention of an index-driven pattern over this group's heads (`options.heads` must be
     /// `None`): when `options.spec` (or the device default) has a 64-row alternative
-    /// ([`KernelSpec::square_alternative`]), the chooser picks one of the two per head and both
+    /// ([`KernelSpec::square_alternative`](minf_codegen::KernelSpec::square_alternative)), the chooser picks one of the two per head and both
     /// are launched; otherwise this is one launch of that spec over the group.
     #[allow(clippy::too_many_arguments)]
     pub fn attention<T: AttentionElement>(
@@ -115,10 +91,7 @@ impl TileChoice {
                 "tile choice: the choice's own heads replace options.heads; pass None".into(),
             ));
         }
-        let wide_spec = match options.spec {
-            Some(spec) => spec,
-            None => KernelSpec::default_for(args.pattern(), T::DTYPE, q.layout.shape[3] as u32, device.arch()),
-        };
+        let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
         let AttentionOptions { softmax_scale, mut lse, varlen, .. } = options;
         let Some(square_spec) = wide_spec.square_alternative() else {
             self.chosen = false;
@@ -202,25 +175,27 @@ impl TileChoice {
         };
         let slots = self.all.heads().len();
         let spec = IndexKernelSpec { kernel: IndexKernel::TileChoice, arch: device.arch() };
-        let kernel = device.index_kernel(&spec, &spec.kernel_name())?;
+        let kernel = device.index_kernel(&spec, &spec.entry_name(""))?;
         let stream = device.stream();
         let (count_ptr, _count_sync) = count.device_ptr(stream);
         let (list_ptr, _list_sync) = list.device_ptr(stream);
         let column_ptrs = columns
             .map(|(column_count, column_index, _)| (column_count.device_ptr(stream), column_index.device_ptr(stream)));
         let (column_count_ptr, column_index_ptr) =
-            column_ptrs.as_ref().map_or((0, 0), |((count, _), (index, _))| (*count, *index));
+            column_ptrs.as_ref().map_or((ConstPtr::NULL, ConstPtr::NULL), |((count, _), (index, _))| {
+                (ConstPtr::new(*count), ConstPtr::new(*index))
+            });
         let (slots_ptr, _slots_sync) = self.all.device_heads().device_ptr(stream);
         let (wide_ptr, _wide_sync) = self.wide.device_heads_mut().device_ptr_mut(stream);
         let (square_ptr, _square_sync) = self.square.device_heads_mut().device_ptr_mut(stream);
-        let params = ChoiceParams {
-            count: count_ptr,
-            list: list_ptr,
+        let params = KernelArgs(ChoiceParams {
+            count: count_ptr.into(),
+            list: list_ptr.into(),
             column_count: column_count_ptr,
             column_index: column_index_ptr,
-            slot_heads: slots_ptr,
-            wide: wide_ptr,
-            square: square_ptr,
+            slot_heads: slots_ptr.into(),
+            wide: wide_ptr.into(),
+            square: square_ptr.into(),
             batch: as_i32("batch", batch)?,
             heads: as_i32("heads", heads)?,
             rows: as_i32("rows", rows)?,
@@ -230,11 +205,11 @@ impl TileChoice {
             slots: as_i32("slots", slots)?,
             shared_num: SHARED_NUM,
             shared_den: SHARED_DEN,
-        };
+        });
         let config = LaunchConfig {
             grid_dim: (slots as u32, 1, 1),
             block_dim: (kernel.launch.threads, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: kernel.launch.shared_bytes,
         };
         let mut launch = stream.launch_builder(&kernel.function);
         launch.arg(&params);

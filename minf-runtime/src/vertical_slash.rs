@@ -17,13 +17,15 @@
 //! (no slash near the diagonal), minf keeps them as columns, so the realised mask always covers
 //! every causal `(i, j)` on a chosen column or diagonal.
 
-use crate::device::{reserve_buffer, Device};
+use crate::device::{reserve_buffer, Device, KernelArgs};
 use crate::error::MinfError;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use minf_codegen::abi::{ConvertParams, MutPtr, INDEX_BLOCK};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
-/// Query rows per row block and keys per range step; fixed by the format.
-pub const BLOCK: usize = 64;
+/// Query rows per row block and keys per range step; fixed by the format
+/// ([`INDEX_BLOCK`](minf_codegen::abi::INDEX_BLOCK)).
+pub const BLOCK: usize = INDEX_BLOCK as usize;
 
 /// Largest `context` the converter accepts (row starts and range ends stay inside `i32`).
 pub const MAX_CONTEXT: usize = 1 << 30;
@@ -344,33 +346,6 @@ impl ConvertWorkspace {
     }
 }
 
-/// Kernel parameters, passed by value; mirrors `ConvertParams` in `templates/vs_convert.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct ConvertParams {
-    seqlens: u64,
-    vertical: u64,
-    slash: u64,
-    block_count: u64,
-    block_offset: u64,
-    column_count: u64,
-    column_index: u64,
-    v_bits: u64,
-    s_bits: u64,
-    v_list: u64,
-    s_list: u64,
-    list_len: u64,
-    heads: i32,
-    rows: i32,
-    context: i32,
-    words: i32,
-    nnz_v: i32,
-    nnz_s: i32,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for ConvertParams {}
-
 /// Converts raw vertical and slash indices into a new [`VerticalSlashIndex`].
 ///
 /// - `seqlens`: `[batch]` valid lengths (clamped to `[0, context]`); row blocks at or past a
@@ -449,8 +424,8 @@ fn launch(
         return Err(MinfError::Shape("converter workspace was not allocated".into()));
     };
     let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashConvert, arch: device.arch() };
-    let lists_kernel = device.index_kernel(&spec, &format!("{}_lists", spec.kernel_name()))?;
-    let rows_kernel = device.index_kernel(&spec, &format!("{}_rows", spec.kernel_name()))?;
+    let lists_kernel = device.index_kernel(&spec, &spec.entry_name("_lists"))?;
+    let rows_kernel = device.index_kernel(&spec, &spec.entry_name("_rows"))?;
     let stream = device.stream();
     stream
         .memset_zeros(&mut bits.slice_mut(..size.bits))
@@ -468,31 +443,30 @@ fn launch(
     let (column_index, _ci_sync) = index.column_index.device_ptr_mut(stream);
     let i32_bytes = std::mem::size_of::<i32>() as u64;
     // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT).
-    let params = ConvertParams {
-        seqlens: seqlens_ptr,
-        vertical: vertical_ptr,
-        slash: slash_ptr,
-        block_count,
-        block_offset,
-        column_count,
-        column_index,
-        v_bits: bits_ptr,
-        s_bits: bits_ptr + (heads_total * size.words) as u64 * i32_bytes,
-        v_list: lists_ptr,
-        s_list: lists_ptr + (heads_total * shape.nnz_v) as u64 * i32_bytes,
-        list_len: lengths_ptr,
+    let params = KernelArgs(ConvertParams {
+        seqlens: seqlens_ptr.into(),
+        vertical: vertical_ptr.into(),
+        slash: slash_ptr.into(),
+        block_count: block_count.into(),
+        block_offset: block_offset.into(),
+        column_count: column_count.into(),
+        column_index: column_index.into(),
+        v_bits: bits_ptr.into(),
+        s_bits: MutPtr::new(bits_ptr + (heads_total * size.words) as u64 * i32_bytes),
+        v_list: lists_ptr.into(),
+        s_list: MutPtr::new(lists_ptr + (heads_total * shape.nnz_v) as u64 * i32_bytes),
+        list_len: lengths_ptr.into(),
         heads: shape.heads as i32,
         rows: shape.rows as i32,
         context: context as i32,
         words: size.words as i32,
         nnz_v: shape.nnz_v as i32,
         nnz_s: shape.nnz_s as i32,
-    };
-    let threads = lists_kernel.launch.threads;
+    });
     let lists_config = LaunchConfig {
         grid_dim: (shape.heads as u32, shape.batch as u32, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
+        block_dim: (lists_kernel.launch.threads, 1, 1),
+        shared_mem_bytes: lists_kernel.launch.shared_bytes,
     };
     let mut pass = stream.launch_builder(&lists_kernel.function);
     pass.arg(&params);
@@ -501,10 +475,11 @@ fn launch(
     // and the kernel range-checks every index it reads before using it as an address.
     unsafe { pass.launch(lists_config) }
         .map_err(MinfError::driver(format!("launching {}_lists", spec.kernel_name())))?;
+    let threads = rows_kernel.launch.threads;
     let rows_config = LaunchConfig {
         grid_dim: (shape.rows.div_ceil(threads as usize) as u32, shape.heads as u32, shape.batch as u32),
         block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
+        shared_mem_bytes: rows_kernel.launch.shared_bytes,
     };
     let mut pass = stream.launch_builder(&rows_kernel.function);
     pass.arg(&params);

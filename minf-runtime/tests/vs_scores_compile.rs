@@ -4,18 +4,23 @@
 //! sm_80 and sm_90a (NVRTC must be installed; this test fails, not skips, without it). Their
 //! results are checked on a GPU in `tests/gpu/estimate.rs`.
 
-use minf_codegen::{render_index, Arch, IndexKernel, IndexKernelSpec};
+use minf_codegen::spec::HEAD_DIMS;
+use minf_codegen::{render_index, Arch, DType, IndexKernel, IndexKernelSpec};
 use minf_runtime::jit::KernelCache;
 
-fn compiles_with_entries(kernel: IndexKernel, entries: &[String]) {
+/// Renders `kernel` for sm_80 and sm_90a, checks that it declares every entry point the runtime
+/// loads (`expected`, each also one of the module's launch-shape entries), and compiles it.
+fn compiles_with_entries(kernel: IndexKernel, expected: impl Fn(&IndexKernelSpec) -> Vec<String>) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let cache = KernelCache::at(dir.path().to_path_buf());
     for arch in [Arch::Sm80, Arch::Sm90a] {
         let spec = IndexKernelSpec { kernel, arch };
         let rendered = render_index(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}"));
         assert!(!rendered.source.contains("#include"), "{kernel:?} must be header-free");
-        for entry in entries {
-            let name = format!("{}{entry}", spec.kernel_name());
+        let names = expected(&spec);
+        assert_eq!(rendered.entries.len(), names.len(), "{kernel:?}: {:?}", rendered.entries);
+        for name in &names {
+            assert!(rendered.entry(name).is_some(), "no launch shape for {name}");
             assert!(rendered.source.contains(&format!("{name}(")), "missing entry point {name}");
         }
         let compiled = cache.get_or_compile(&rendered).unwrap_or_else(|e| panic!("compiling {spec:?}: {e}"));
@@ -26,18 +31,21 @@ fn compiles_with_entries(kernel: IndexKernel, entries: &[String]) {
 
 #[test]
 fn scores_template_compiles_for_sm80_and_sm90a() {
-    let mut entries = vec!["_combine".to_string()];
-    for head_dim in [64, 96, 128, 256] {
-        for dtype in ["bf16", "f16"] {
-            entries.push(format!("_stats_{dtype}_d{head_dim}"));
-            entries.push(format!("_accumulate_{dtype}_d{head_dim}"));
+    compiles_with_entries(IndexKernel::VerticalSlashScores, |spec| {
+        let mut entries = vec![spec.entry_name("_combine")];
+        for &head_dim in HEAD_DIMS {
+            for &dtype in DType::ALL {
+                entries.push(spec.score_entry_name("stats", dtype, head_dim));
+                entries.push(spec.score_entry_name("accumulate", dtype, head_dim));
+            }
         }
-    }
-    compiles_with_entries(IndexKernel::VerticalSlashScores, &entries);
+        entries
+    });
 }
 
 #[test]
 fn selection_template_compiles_for_sm80_and_sm90a() {
-    let entries = ["_vertical_slash", "_block_pool", "_block_select"].map(String::from);
-    compiles_with_entries(IndexKernel::EstimateSelect, &entries);
+    compiles_with_entries(IndexKernel::EstimateSelect, |spec| {
+        ["_vertical_slash", "_block_pool", "_block_select"].map(|suffix| spec.entry_name(suffix)).to_vec()
+    });
 }

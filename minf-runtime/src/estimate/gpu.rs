@@ -1,43 +1,40 @@
 //! MInference's estimates on the GPU, every stage on `device.stream()` with no host sync:
 //!
 //! - [`estimate_vertical_slash_gpu`]: the vertical and slash scores on tensor cores
-//!   (`templates/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
-//!   per-head top-k (`templates/est_select.cu.tera`: radix select and ordered compaction) and the
+//!   (`templates/index/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
+//!   per-head top-k (`templates/index/est_select.cu.tera`: radix select and ordered compaction) and the
 //!   conversion to MInference's index ([`convert_vertical_slash_into`]);
 //! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
-//!   of every query block (`templates/est_select.cu.tera`);
+//!   of every query block (`templates/index/est_select.cu.tera`);
 //! - [`vertical_slash_scores_gpu`]: the scores alone.
 
 use super::{clamp_sizes, BLOCK, LAST_Q};
 use crate::block_sparse::BlockSparseIndex;
-use crate::device::{reserve_buffer, Device};
+use crate::device::{reserve_buffer, Device, KernelArgs, LoadedKernel};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorRef};
 use crate::vertical_slash::{convert_vertical_slash_into, ConvertWorkspace, VerticalSlashIndex};
-use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
     CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
+use minf_codegen::abi::{self, BlockParams, ConstPtr, MutPtr, ScoresParams, SelectParams};
 use minf_codegen::spec::HEAD_DIMS;
 use minf_codegen::{DType, IndexKernel, IndexKernelSpec};
 use std::sync::Arc;
 
-/// Keys each block of the score passes covers; mirrors `CHUNK_KEYS` in
-/// `templates/vs_scores.cu.tera`.
-pub const SCORE_CHUNK_KEYS: usize = 1024;
-/// Query heads of one KV group that share a score block's K tiles; mirrors `HEADS_PER_BLOCK`.
-const SCORE_HEADS_PER_BLOCK: usize = 2;
-/// Threads of the selection blocks; mirrors `SELECT_THREADS` in `templates/est_select.cu.tera`.
-const SELECT_THREADS: u32 = 1024;
-/// Threads of the pooling blocks; mirrors `POOL_THREADS`.
-const POOL_THREADS: u32 = 256;
+/// Keys each block of the score passes covers ([`abi::SCORE_CHUNK_KEYS`]).
+pub const SCORE_CHUNK_KEYS: usize = abi::SCORE_CHUNK_KEYS as usize;
+/// Query heads of one KV group that share a score block's K tiles.
+const SCORE_HEADS_PER_BLOCK: usize = abi::SCORE_HEADS_PER_BLOCK as usize;
 /// Largest batch and head count (launch grid dimensions).
 pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 /// Largest sequence of the score passes: their grid's y dimension counts chunks.
 pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
-/// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every
-/// candidate block in shared memory (16384 blocks = 1M tokens = 64 KiB).
-pub const MAX_BLOCK_SPARSE_ROWS: usize = 16_384;
+/// Most 64-row query blocks of a block-sparse estimate ([`abi::MAX_BLOCK_SPARSE_ROWS`]): a query
+/// block keeps the keys of every candidate block in shared memory (16384 blocks = 1M tokens =
+/// 64 KiB).
+pub const MAX_BLOCK_SPARSE_ROWS: usize = abi::MAX_BLOCK_SPARSE_ROWS as usize;
 
 fn shape_error(message: String) -> MinfError {
     MinfError::Shape(message)
@@ -199,79 +196,6 @@ pub struct VerticalSlashHead {
     pub slash: usize,
 }
 
-/// Kernel parameters of the score passes, passed by value; mirrors `ScoresParams` in
-/// `templates/vs_scores.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct ScoresParams {
-    q: u64,
-    k: u64,
-    vertical: u64,
-    slash: u64,
-    partial: u64,
-    stats: u64,
-    head_sizes: u64,
-    q_stride: [i64; 3],
-    k_stride: [i64; 3],
-    seq: i32,
-    heads: i32,
-    group: i32,
-    pairs: i32,
-    last_q: i32,
-    chunks: i32,
-    scale_log2: f32,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for ScoresParams {}
-
-/// Kernel parameters of the vertical-slash top-k; mirrors `SelectParams` in
-/// `templates/est_select.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct SelectParams {
-    vertical: u64,
-    slash: u64,
-    head_sizes: u64,
-    out_vertical: u64,
-    out_slash: u64,
-    seq: i32,
-    heads: i32,
-    capacity_v: i32,
-    capacity_s: i32,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for SelectParams {}
-
-/// Kernel parameters of the block-sparse estimate; mirrors `BlockParams` in
-/// `templates/est_select.cu.tera`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct BlockParams {
-    q: u64,
-    k: u64,
-    jobs: u64,
-    entries: u64,
-    pooled: u64,
-    kv_num_blocks: u64,
-    kv_indices: u64,
-    q_stride: [i64; 3],
-    k_stride: [i64; 3],
-    seq: i32,
-    heads: i32,
-    kv_heads: i32,
-    head_dim: i32,
-    rows: i32,
-    jobs_count: i32,
-    top_k: i32,
-    capacity: i32,
-    is_f16: i32,
-}
-
-// SAFETY: plain-old-data with the C layout the kernel declares.
-unsafe impl DeviceRepr for BlockParams {}
-
 fn strides(layout: &Layout) -> Result<[i64; 3], MinfError> {
     let mut out = [0i64; 3];
     for (o, &s) in out.iter_mut().zip(&layout.strides[..3]) {
@@ -320,47 +244,21 @@ fn check_qk<T: AttentionElement>(what: &str, q: &TensorRef<'_, T>, k: &TensorRef
     Ok(QkDims { batch, seq, heads, kv_heads, head_dim })
 }
 
-/// Dynamic shared memory of a score pass; mirrors `Geometry` in `templates/vs_scores.cu.tera`.
-fn scores_shared_bytes(head_dim: usize, accumulate: bool) -> usize {
-    let tile_n = if head_dim == 256 { 32 } else { 64 };
-    let k_stages = 2 * tile_n * (head_dim + 8) * 2;
-    if !accumulate {
-        return k_stages;
-    }
-    let probabilities = SCORE_HEADS_PER_BLOCK * LAST_Q * (tile_n + 4) * 4;
-    let diagonals = SCORE_HEADS_PER_BLOCK * (SCORE_CHUNK_KEYS + LAST_Q - 1) * 4;
-    k_stages + probabilities + diagonals
-}
-
-/// Loads `entry` of `kernel` with its dynamic shared-memory limit set to `shared_bytes` (when
-/// any: static and dynamic shared memory together may pass the 48 KiB default only that way).
-fn load(
-    device: &Device,
-    kernel: IndexKernel,
-    entry: &str,
-    shared_bytes: usize,
-) -> Result<crate::device::LoadedKernel, MinfError> {
+/// Loads entry point `entry` (the name after the module's prefix) of index kernel `kernel`.
+fn load(device: &Device, kernel: IndexKernel, entry: &str) -> Result<LoadedKernel, MinfError> {
     let spec = IndexKernelSpec { kernel, arch: device.arch() };
-    let name = format!("{}_{entry}", spec.kernel_name());
-    let loaded = device.index_kernel(&spec, &name)?;
-    if shared_bytes > 0 {
-        loaded
-            .function
-            .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_bytes as i32)
-            .map_err(MinfError::driver(format!("raising the shared-memory limit of {name} to {shared_bytes} bytes")))?;
-    }
-    Ok(loaded)
+    device.index_kernel(&spec, &spec.entry_name(entry))
 }
 
 /// Device addresses the score passes read and write.
 #[derive(Debug, Clone, Copy)]
 struct ScoreTargets {
-    /// `[heads, 2]` sizes (heads with vertical size 0 are skipped), or 0: every head.
-    head_sizes: u64,
+    /// `[heads, 2]` sizes (heads with vertical size 0 are skipped), or null: every head.
+    head_sizes: ConstPtr<i32>,
     /// `[batch, heads, seq]` f32.
-    vertical: u64,
+    vertical: MutPtr<f32>,
     /// `[batch, heads, seq]` f32, zeroed by the caller.
-    slash: u64,
+    slash: MutPtr<f32>,
 }
 
 /// Launches the three score passes.
@@ -374,13 +272,12 @@ fn launch_scores<T: AttentionElement>(
 ) -> Result<(), MinfError> {
     let QkDims { batch, seq, heads, kv_heads, head_dim } = dims;
     let ScoreTargets { head_sizes, vertical, slash } = targets;
-    let dtype = if T::DTYPE == DType::F16 { "f16" } else { "bf16" };
-    let stats_shared = scores_shared_bytes(head_dim, false);
-    let accumulate_shared = scores_shared_bytes(head_dim, true);
-    let stats = load(device, IndexKernel::VerticalSlashScores, &format!("stats_{dtype}_d{head_dim}"), stats_shared)?;
-    let combine = load(device, IndexKernel::VerticalSlashScores, "combine", 0)?;
-    let accumulate =
-        load(device, IndexKernel::VerticalSlashScores, &format!("accumulate_{dtype}_d{head_dim}"), accumulate_shared)?;
+    let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashScores, arch: device.arch() };
+    // check_qk admits only HEAD_DIMS, which fit u32.
+    let head_dim_u32 = u32::try_from(head_dim).unwrap_or(0);
+    let stats = device.index_kernel(&spec, &spec.score_entry_name("stats", T::DTYPE, head_dim_u32))?;
+    let combine = device.index_kernel(&spec, &spec.entry_name("_combine"))?;
+    let accumulate = device.index_kernel(&spec, &spec.score_entry_name("accumulate", T::DTYPE, head_dim_u32))?;
     let chunks = seq.div_ceil(SCORE_CHUNK_KEYS);
     let heads_total = batch * heads;
     // Per (batch, head): a (max, sum) pair per chunk and row, then one per row.
@@ -396,13 +293,13 @@ fn launch_scores<T: AttentionElement>(
     let group = heads / kv_heads;
     let pairs = group.div_ceil(SCORE_HEADS_PER_BLOCK);
     // `seq` is at most MAX_SCORE_SEQ, so every count below fits i32.
-    let params = ScoresParams {
-        q: q_ptr,
-        k: k_ptr,
+    let params = KernelArgs(ScoresParams {
+        q: q_ptr.into(),
+        k: k_ptr.into(),
         vertical,
         slash,
-        partial: buffer_ptr,
-        stats: buffer_ptr + (partial_len * std::mem::size_of::<f32>()) as u64,
+        partial: buffer_ptr.into(),
+        stats: MutPtr::new(buffer_ptr + (partial_len * std::mem::size_of::<f32>()) as u64),
         head_sizes,
         q_stride: strides(&q.layout)?,
         k_stride: strides(&k.layout)?,
@@ -413,19 +310,18 @@ fn launch_scores<T: AttentionElement>(
         last_q: LAST_Q.min(seq) as i32,
         chunks: chunks as i32,
         scale_log2: (std::f64::consts::LOG2_E / (head_dim as f64).sqrt()) as f32,
+    });
+    let launch_config = |kernel: &LoadedKernel, grid_dim: (u32, u32, u32)| LaunchConfig {
+        grid_dim,
+        block_dim: (kernel.launch.threads, 1, 1),
+        shared_mem_bytes: kernel.launch.shared_bytes,
     };
-    let threads = IndexKernelSpec::THREADS;
-    let chunked = |shared: usize| LaunchConfig {
-        grid_dim: ((kv_heads * pairs) as u32, chunks as u32, batch as u32),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: shared as u32,
-    };
-    let per_head =
-        LaunchConfig { grid_dim: (heads as u32, batch as u32, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    let chunked = ((kv_heads * pairs) as u32, chunks as u32, batch as u32);
+    let per_head = (heads as u32, batch as u32, 1);
     for (kernel, config, pass) in [
-        (&stats, chunked(stats_shared), "stats"),
-        (&combine, per_head, "combine"),
-        (&accumulate, chunked(accumulate_shared), "accumulate"),
+        (&stats, launch_config(&stats, chunked), "stats"),
+        (&combine, launch_config(&combine, per_head), "combine"),
+        (&accumulate, launch_config(&accumulate, chunked), "accumulate"),
     ] {
         let mut launch = stream.launch_builder(&kernel.function);
         launch.arg(&params);
@@ -475,7 +371,7 @@ pub fn vertical_slash_scores_gpu<T: AttentionElement>(
     stream.memset_zeros(out_slash).map_err(MinfError::driver("zeroing out_slash"))?;
     let (vertical_ptr, _vertical_sync) = out_vertical.device_ptr_mut(stream);
     let (slash_ptr, _slash_sync) = out_slash.device_ptr_mut(stream);
-    let targets = ScoreTargets { head_sizes: 0, vertical: vertical_ptr, slash: slash_ptr };
+    let targets = ScoreTargets { head_sizes: ConstPtr::NULL, vertical: vertical_ptr.into(), slash: slash_ptr.into() };
     launch_scores(device, &q, &k, dims, workspace, targets)
 }
 
@@ -549,7 +445,7 @@ fn run_vertical_slash<T: AttentionElement>(
     // seq fits i32 (MAX_SCORE_SEQ).
     workspace.seqlens.sync(stream, &vec![dims.seq as i32; dims.batch], "sequence lengths")?;
     let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
-    let topk = load(device, IndexKernel::EstimateSelect, "vertical_slash", 0)?;
+    let topk = load(device, IndexKernel::EstimateSelect, "_vertical_slash")?;
     let (Some(vertical_scores), Some(slash_scores), Some(raw_vertical), Some(raw_slash), Some(seqlens)) = (
         workspace.vertical_scores.as_mut(),
         workspace.slash_scores.as_mut(),
@@ -568,7 +464,8 @@ fn run_vertical_slash<T: AttentionElement>(
     {
         let (vertical_ptr, _vertical_sync) = vertical_scores.device_ptr_mut(stream);
         let (slash_ptr, _slash_sync) = slash_scores.device_ptr_mut(stream);
-        let targets = ScoreTargets { head_sizes: sizes_ptr, vertical: vertical_ptr, slash: slash_ptr };
+        let targets =
+            ScoreTargets { head_sizes: sizes_ptr.into(), vertical: vertical_ptr.into(), slash: slash_ptr.into() };
         launch_scores(device, &q, &k, dims, &mut workspace.scores, targets)?;
     }
     mark(1)?;
@@ -578,21 +475,21 @@ fn run_vertical_slash<T: AttentionElement>(
         let (out_vertical, _out_vertical_sync) = raw_vertical.device_ptr_mut(stream);
         let (out_slash, _out_slash_sync) = raw_slash.device_ptr_mut(stream);
         // IndexShape bounds the capacities by i32::MAX; heads by MAX_BATCH_OR_HEADS.
-        let params = SelectParams {
-            vertical: vertical_ptr,
-            slash: slash_ptr,
-            head_sizes: sizes_ptr,
-            out_vertical,
-            out_slash,
+        let params = KernelArgs(SelectParams {
+            vertical: vertical_ptr.into(),
+            slash: slash_ptr.into(),
+            head_sizes: sizes_ptr.into(),
+            out_vertical: out_vertical.into(),
+            out_slash: out_slash.into(),
             seq: dims.seq as i32,
             heads: dims.heads as i32,
             capacity_v: shape.nnz_v as i32,
             capacity_s: shape.nnz_s as i32,
-        };
+        });
         let config = LaunchConfig {
             grid_dim: (dims.heads as u32, dims.batch as u32, 2),
-            block_dim: (SELECT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            block_dim: (topk.launch.threads, 1, 1),
+            shared_mem_bytes: topk.launch.shared_bytes,
         };
         let mut launch = stream.launch_builder(&topk.function);
         launch.arg(&params);
@@ -733,9 +630,11 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     reserve_buffer(&mut workspace.pooled, stream, pooled_len, "the estimate's pooled blocks")?;
     let tables = workspace.block_tables.sync(stream, &table, "block-sparse jobs")?;
     let pooled = workspace.pooled.as_mut().ok_or_else(|| shape_error(format!("{what}: no pooled buffer")))?;
-    let select_shared = (rows + dims.head_dim) * std::mem::size_of::<u32>();
-    let pool = load(device, IndexKernel::EstimateSelect, "block_pool", 0)?;
-    let select = load(device, IndexKernel::EstimateSelect, "block_select", select_shared)?;
+    // rows <= MAX_BLOCK_SPARSE_ROWS and head_dim is one of HEAD_DIMS: the entry's launch shape
+    // allows this much.
+    let select_shared = abi::block_select_shared_bytes(rows as u32, dims.head_dim as u32);
+    let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
+    let select = load(device, IndexKernel::EstimateSelect, "_block_select")?;
 
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
     let (k_ptr, _k_sync) = k.data.device_ptr(stream);
@@ -744,14 +643,14 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     let (counts_ptr, _counts_sync) = kv_num_blocks.device_ptr_mut(stream);
     let (indices_ptr, _indices_sync) = kv_indices.device_ptr_mut(stream);
     // rows <= MAX_BLOCK_SPARSE_ROWS, capacity fits i32 (BlockSparseIndex::zeros), and so on.
-    let params = BlockParams {
-        q: q_ptr,
-        k: k_ptr,
-        jobs: tables_ptr,
-        entries: tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64,
-        pooled: pooled_ptr,
-        kv_num_blocks: counts_ptr,
-        kv_indices: indices_ptr,
+    let params = KernelArgs(BlockParams {
+        q: q_ptr.into(),
+        k: k_ptr.into(),
+        jobs: tables_ptr.into(),
+        entries: ConstPtr::new(tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64),
+        pooled: pooled_ptr.into(),
+        kv_num_blocks: counts_ptr.into(),
+        kv_indices: indices_ptr.into(),
         q_stride: strides(&q.layout)?,
         k_stride: strides(&k.layout)?,
         seq: dims.seq as i32,
@@ -763,16 +662,23 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
         top_k: kept as i32,
         capacity: capacity as i32,
         is_f16: i32::from(T::DTYPE == DType::F16),
-    };
+    });
     let pool_config = LaunchConfig {
         grid_dim: (rows as u32, jobs as u32, dims.batch as u32),
-        block_dim: (POOL_THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        block_dim: (pool.launch.threads, 1, 1),
+        shared_mem_bytes: pool.launch.shared_bytes,
     };
+    if select_shared > select.launch.shared_bytes {
+        return Err(shape_error(format!(
+            "{what}: {rows} row blocks at head_dim {} need {select_shared} bytes of shared memory; the selection \
+             allows {}",
+            dims.head_dim, select.launch.shared_bytes
+        )));
+    }
     let select_config = LaunchConfig {
         grid_dim: (rows as u32, heads.len() as u32, dims.batch as u32),
-        block_dim: (SELECT_THREADS, 1, 1),
-        shared_mem_bytes: select_shared as u32,
+        block_dim: (select.launch.threads, 1, 1),
+        shared_mem_bytes: select_shared,
     };
     for (kernel, config, pass) in [(&pool, pool_config, "pooling"), (&select, select_config, "selection")] {
         let mut launch = stream.launch_builder(&kernel.function);

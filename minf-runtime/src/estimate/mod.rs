@@ -13,11 +13,11 @@
 pub mod gpu;
 
 /// Query rows (the last ones) the vertical-slash estimate reads: `min(LAST_Q, N)`.
-pub const LAST_Q: usize = 64;
+pub const LAST_Q: usize = minf_codegen::abi::LAST_Q as usize;
 /// Key columns `0 .. FORCED_COLUMNS` are always kept.
-pub const FORCED_COLUMNS: usize = 30;
+pub const FORCED_COLUMNS: usize = minf_codegen::abi::FORCED_COLUMNS as usize;
 /// Diagonal offsets `0 .. FORCED_DIAGONALS` rank above every other diagonal.
-pub const FORCED_DIAGONALS: usize = 100;
+pub const FORCED_DIAGONALS: usize = minf_codegen::abi::FORCED_DIAGONALS as usize;
 /// Fewest columns a vertical-slash head keeps (before clamping to `N`).
 pub const MIN_VERTICAL: usize = 30;
 /// Fewest diagonals a vertical-slash head keeps (before clamping to `N`).
@@ -25,7 +25,7 @@ pub const MIN_SLASH: usize = 50;
 /// Key blocks each query block keeps in MInference's block-sparse heads.
 pub const BLOCK_SPARSE_TOP_K: usize = 100;
 /// Tokens per block of the block-sparse estimate.
-pub const BLOCK: usize = 64;
+pub const BLOCK: usize = minf_codegen::abi::INDEX_BLOCK as usize;
 
 /// MInference's size clamp for a vertical-slash head of `seq` tokens:
 /// `(min(seq, max(vertical, 30)), min(seq, max(slash, 50)))`.

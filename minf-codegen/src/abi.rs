@@ -1,0 +1,642 @@
+//! The kernel ABI, declared once: every parameter struct a kernel takes by value and every constant
+//! the host and the kernels share.
+//!
+//! [`kernel_params!`] declares a struct once and produces both its `#[repr(C)]` Rust definition
+//! (which the runtime fills and passes to the launch) and its C declaration (which the templates get
+//! through the render context), so the two cannot drift apart. [`kernel_constants!`] does the same
+//! for constants, rendered as `#define`s. Device pointers are [`ConstPtr`] and [`MutPtr`], 64-bit
+//! addresses that carry the C type they point to.
+
+use std::fmt::Write;
+use std::marker::PhantomData;
+
+/// A type the kernels' C sees with the same size and alignment as Rust does.
+pub trait CType {
+    /// The C type written in front of a field name (`i32`, `const u16*`, ...); the templates'
+    /// common header defines the fixed-width names.
+    fn c_type() -> String;
+    /// What follows the field name: array extents, outermost first (`[4][3]`), or nothing.
+    fn c_suffix() -> String {
+        String::new()
+    }
+    /// Size in bytes under the C layout rules.
+    fn c_size() -> usize;
+    /// Alignment in bytes under the C layout rules.
+    fn c_align() -> usize;
+}
+
+macro_rules! scalar_c_types {
+    ($($rust:ty => $c:literal),+ $(,)?) => {$(
+        impl CType for $rust {
+            fn c_type() -> String {
+                $c.to_string()
+            }
+            fn c_size() -> usize {
+                std::mem::size_of::<$rust>()
+            }
+            fn c_align() -> usize {
+                std::mem::size_of::<$rust>()
+            }
+        }
+    )+};
+}
+
+scalar_c_types!(u16 => "u16", i32 => "i32", u32 => "u32", i64 => "i64", u64 => "u64", f32 => "float");
+
+impl<T: CType, const N: usize> CType for [T; N] {
+    fn c_type() -> String {
+        T::c_type()
+    }
+    fn c_suffix() -> String {
+        format!("[{N}]{}", T::c_suffix())
+    }
+    fn c_size() -> usize {
+        N * T::c_size()
+    }
+    fn c_align() -> usize {
+        T::c_align()
+    }
+}
+
+macro_rules! device_pointer {
+    ($(#[$meta:meta])* $name:ident, $qualifier:literal) => {
+        $(#[$meta])*
+        #[repr(transparent)]
+        pub struct $name<T> {
+            address: u64,
+            pointee: PhantomData<fn() -> T>,
+        }
+
+        impl<T> $name<T> {
+            /// The null pointer (an optional input the kernel skips).
+            pub const NULL: Self = Self::new(0);
+
+            /// The pointer at device address `address`.
+            pub const fn new(address: u64) -> Self {
+                Self { address, pointee: PhantomData }
+            }
+
+            /// The device address.
+            pub const fn address(self) -> u64 {
+                self.address
+            }
+        }
+
+        impl<T> From<u64> for $name<T> {
+            fn from(address: u64) -> Self {
+                Self::new(address)
+            }
+        }
+
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+
+        impl<T> Copy for $name<T> {}
+
+        impl<T> Default for $name<T> {
+            fn default() -> Self {
+                Self::NULL
+            }
+        }
+
+        impl<T> PartialEq for $name<T> {
+            fn eq(&self, other: &Self) -> bool {
+                self.address == other.address
+            }
+        }
+
+        impl<T> std::fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:#x}", self.address)
+            }
+        }
+
+        impl<T: CType> CType for $name<T> {
+            fn c_type() -> String {
+                format!(concat!($qualifier, "{}*"), T::c_type())
+            }
+            fn c_size() -> usize {
+                8
+            }
+            fn c_align() -> usize {
+                8
+            }
+        }
+    };
+}
+
+device_pointer!(
+    /// A device address the kernel reads through (`const T*` in C).
+    ConstPtr,
+    "const "
+);
+device_pointer!(
+    /// A device address the kernel writes through (`T*` in C).
+    MutPtr,
+    ""
+);
+
+/// One field of a parameter struct, as the C declaration and the layout tests see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// The field's name, the same in Rust and C.
+    pub name: &'static str,
+    /// Its C type ([`CType::c_type`]).
+    pub c_type: String,
+    /// Its array extents ([`CType::c_suffix`]).
+    pub c_suffix: String,
+    /// Its doc comment, rendered as the C comment.
+    pub doc: &'static str,
+    /// Its byte offset in the Rust struct.
+    pub offset: usize,
+    /// Its size in bytes under the C rules.
+    pub c_size: usize,
+    /// Its alignment in bytes under the C rules.
+    pub c_align: usize,
+}
+
+/// A kernel parameter struct declared by [`kernel_params!`].
+///
+/// # Safety
+///
+/// Implementors are `#[repr(C)]` plain-old-data whose fields are exactly [`KernelParams::fields`],
+/// so that passing the bytes of a value matches the C declaration [`KernelParams::c_declaration`]
+/// renders. Only [`kernel_params!`] implements it.
+pub unsafe trait KernelParams: Copy + 'static {
+    /// The struct's name, the same in Rust and C.
+    const NAME: &'static str;
+    /// What the struct is for, rendered as the comment above the C declaration.
+    const DOC: &'static str;
+    /// The fields in declaration order.
+    fn fields() -> Vec<Field>;
+
+    /// The C declaration the templates include.
+    fn c_declaration() -> String {
+        let mut text = String::new();
+        for line in Self::DOC.lines() {
+            let _ = writeln!(text, "//{}", line.trim_end());
+        }
+        let _ = writeln!(text, "struct {} {{", Self::NAME);
+        for field in Self::fields() {
+            for line in field.doc.lines() {
+                let _ = writeln!(text, "    //{}", line.trim_end());
+            }
+            let _ = writeln!(text, "    {} {}{};", field.c_type, field.name, field.c_suffix);
+        }
+        text.push_str("};\n");
+        text
+    }
+}
+
+/// Declares a kernel parameter struct once: its `#[repr(C)]` Rust definition and its
+/// [`KernelParams`] implementation, from which the C declaration is rendered. Field types implement
+/// [`CType`]; doc comments become the C comments.
+macro_rules! kernel_params {
+    (
+        $(#[doc = $doc:literal])*
+        pub struct $name:ident {
+            $( $(#[doc = $field_doc:literal])* pub $field:ident : $ty:ty ),+ $(,)?
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        pub struct $name {
+            $( $(#[doc = $field_doc])* pub $field: $ty ),+
+        }
+
+        // SAFETY: `#[repr(C)]` with exactly these fields, each a `CType` of C layout.
+        unsafe impl KernelParams for $name {
+            const NAME: &'static str = stringify!($name);
+            const DOC: &'static str = concat!($($doc, "\n"),*);
+            fn fields() -> Vec<Field> {
+                vec![$(Field {
+                    name: stringify!($field),
+                    c_type: <$ty as CType>::c_type(),
+                    c_suffix: <$ty as CType>::c_suffix(),
+                    doc: concat!($($field_doc, "\n"),*),
+                    offset: std::mem::offset_of!($name, $field),
+                    c_size: <$ty as CType>::c_size(),
+                    c_align: <$ty as CType>::c_align(),
+                }),+]
+            }
+        }
+    };
+}
+
+kernel_params! {
+    /// Parameters of every attention kernel, passed by value.
+    pub struct AttentionParams {
+        /// `[batch, seq, heads, head_dim]` queries.
+        pub q: ConstPtr<u16>,
+        /// `[batch, seq, kv_heads, head_dim]` keys.
+        pub k: ConstPtr<u16>,
+        /// `[batch, seq, kv_heads, head_dim]` values.
+        pub v: ConstPtr<u16>,
+        /// `[batch, seq, heads, head_dim]` output.
+        pub o: MutPtr<u16>,
+        /// `[batch, heads, seq]` (`[heads, total]` with cu_seqlens) log-sum-exp, or null.
+        pub lse: MutPtr<f32>,
+        /// `[batch + 1]` start rows of packed sequences, or null.
+        pub cu_seqlens: ConstPtr<i32>,
+        /// Per (batch, head, 64-row block): vertical-slash block_count / block-sparse count.
+        pub index_count: ConstPtr<i32>,
+        /// Vertical-slash block_offset / block-sparse key-block ids, `list_capacity` per row block.
+        pub index_list: ConstPtr<i32>,
+        /// Vertical-slash column_count.
+        pub column_count: ConstPtr<i32>,
+        /// Vertical-slash column_index, `column_capacity` per row block.
+        pub column_index: ConstPtr<i32>,
+        /// (batch, seq, head) element strides of q, k, v, o.
+        pub strides: [[i64; 3]; 4],
+        /// Rows per sequence (total packed rows with cu_seqlens).
+        pub seq_len: i32,
+        /// Query heads.
+        pub heads: i32,
+        /// Query heads per key/value head.
+        pub kv_group: i32,
+        /// Softmax scale * log2(e).
+        pub scale_log2: f32,
+        /// Softmax scale.
+        pub scale: f32,
+        /// 64-row blocks per (batch, head) in the index tensors.
+        pub index_rows: i32,
+        /// Entries per row block of `index_list`.
+        pub list_capacity: i32,
+        /// Entries per row block of `column_index`.
+        pub column_capacity: i32,
+        /// A-shape sink tokens.
+        pub n_init: i32,
+        /// A-shape local window.
+        pub n_local: i32,
+        /// Launch slot (grid y) -> query head, or null: slot y is head y.
+        pub head_index: ConstPtr<i32>,
+    }
+}
+
+kernel_params! {
+    /// Parameters of both passes of the vertical-slash converter (`vs_convert`), passed by value.
+    pub struct ConvertParams {
+        /// `[batch]` sequence lengths.
+        pub seqlens: ConstPtr<i32>,
+        /// `[batch, heads, nnz_v]` key columns, any order.
+        pub vertical: ConstPtr<i32>,
+        /// `[batch, heads, nnz_s]` diagonal offsets (j = i - s), any order.
+        pub slash: ConstPtr<i32>,
+        /// `[batch, heads, rows]`.
+        pub block_count: MutPtr<i32>,
+        /// `[batch, heads, rows, nnz_s]`.
+        pub block_offset: MutPtr<i32>,
+        /// `[batch, heads, rows]`.
+        pub column_count: MutPtr<i32>,
+        /// `[batch, heads, rows, nnz_v]`.
+        pub column_index: MutPtr<i32>,
+        /// `[batch * heads, words]`, zero on entry.
+        pub v_bits: MutPtr<u32>,
+        /// `[batch * heads, words]`, zero on entry.
+        pub s_bits: MutPtr<u32>,
+        /// `[batch * heads, nnz_v]` ascending unique verticals in [0, length).
+        pub v_list: MutPtr<i32>,
+        /// `[batch * heads, nnz_s]` ascending unique slashes in [0, length).
+        pub s_list: MutPtr<i32>,
+        /// `[batch * heads, 2]` lengths of the two lists.
+        pub list_len: MutPtr<i32>,
+        /// Query heads.
+        pub heads: i32,
+        /// ceil(context / 64).
+        pub rows: i32,
+        /// Maximum sequence length; longer seqlens are clamped to it.
+        pub context: i32,
+        /// Bitmap words per (batch, head), at least ceil(context / 32).
+        pub words: i32,
+        /// Capacity of each row block's column list.
+        pub nnz_v: i32,
+        /// Capacity of each row block's range list.
+        pub nnz_s: i32,
+    }
+}
+
+kernel_params! {
+    /// Parameters of the per-head tile choice (`tile_choice`), passed by value.
+    pub struct ChoiceParams {
+        /// `[batch, heads, rows]` ranges (or key blocks) per index row.
+        pub count: ConstPtr<i32>,
+        /// `[batch, heads, rows, list_capacity]` range starts (or key block ids).
+        pub list: ConstPtr<i32>,
+        /// `[batch, heads, rows]`, or null.
+        pub column_count: ConstPtr<i32>,
+        /// `[batch, heads, rows, column_capacity]`, or null.
+        pub column_index: ConstPtr<i32>,
+        /// `[slots]` query head of each launch slot, or null (slot = head).
+        pub slot_heads: ConstPtr<i32>,
+        /// `[slots]` out: the head if the 128-row launch computes it, else -1.
+        pub wide: MutPtr<i32>,
+        /// `[slots]` out: the head if the 64-row launch computes it, else -1.
+        pub square: MutPtr<i32>,
+        /// Batch entries of the index.
+        pub batch: i32,
+        /// Query heads of the index.
+        pub heads: i32,
+        /// Index rows (64-row query blocks) per (batch, head).
+        pub rows: i32,
+        /// Entries per row of `list`.
+        pub list_capacity: i32,
+        /// Entries per row of `column_index`.
+        pub column_capacity: i32,
+        /// 1: entries are start columns; 64: key block ids.
+        pub range_scale: i32,
+        /// Launch slots.
+        pub slots: i32,
+        /// Wide iff shared keys * shared_den >= all keys * shared_num.
+        pub shared_num: i32,
+        /// See shared_num.
+        pub shared_den: i32,
+    }
+}
+
+kernel_params! {
+    /// Parameters of the three vertical-slash score passes (`vs_scores`), passed by value.
+    pub struct ScoresParams {
+        /// `[batch, seq, heads, head_dim]` at q_stride (head_dim contiguous).
+        pub q: ConstPtr<u16>,
+        /// `[batch, seq, kv_heads, head_dim]` at k_stride (head_dim contiguous).
+        pub k: ConstPtr<u16>,
+        /// `[batch, heads, seq]`.
+        pub vertical: MutPtr<f32>,
+        /// `[batch, heads, seq]`, zero on entry.
+        pub slash: MutPtr<f32>,
+        /// `[batch * heads, chunks, LAST_Q, 2]` per-chunk (max, sum of exp2) of each row.
+        pub partial: MutPtr<f32>,
+        /// `[batch * heads, LAST_Q, 2]` per-row (max, 1 / sum of exp2).
+        pub stats: MutPtr<f32>,
+        /// `[heads, 2]` (vertical, slash) sizes; a head with vertical 0 is skipped; null: all.
+        pub head_sizes: ConstPtr<i32>,
+        /// Element strides of q's batch, seq, head.
+        pub q_stride: [i64; 3],
+        /// Element strides of k's batch, seq, head.
+        pub k_stride: [i64; 3],
+        /// Sequence length.
+        pub seq: i32,
+        /// Query heads.
+        pub heads: i32,
+        /// Query heads per key head.
+        pub group: i32,
+        /// Blocks per KV group: ceil(group / SCORE_HEADS_PER_BLOCK).
+        pub pairs: i32,
+        /// min(LAST_Q, seq).
+        pub last_q: i32,
+        /// ceil(seq / SCORE_CHUNK_KEYS).
+        pub chunks: i32,
+        /// log2(e) / sqrt(head_dim): scores in the log2 domain.
+        pub scale_log2: f32,
+    }
+}
+
+kernel_params! {
+    /// Parameters of the vertical-slash top-k (`est_select`), passed by value.
+    pub struct SelectParams {
+        /// `[batch, heads, seq]` column scores.
+        pub vertical: ConstPtr<f32>,
+        /// `[batch, heads, seq]` diagonal scores.
+        pub slash: ConstPtr<f32>,
+        /// `[heads, 2]` clamped (vertical, slash) sizes, 0 for heads not estimated.
+        pub head_sizes: ConstPtr<i32>,
+        /// `[batch, heads, capacity_v]`.
+        pub out_vertical: MutPtr<i32>,
+        /// `[batch, heads, capacity_s]`.
+        pub out_slash: MutPtr<i32>,
+        /// Sequence length.
+        pub seq: i32,
+        /// Query heads.
+        pub heads: i32,
+        /// Entries per (batch, head) of out_vertical.
+        pub capacity_v: i32,
+        /// Entries per (batch, head) of out_slash.
+        pub capacity_s: i32,
+    }
+}
+
+kernel_params! {
+    /// Parameters of the block-sparse estimate's pooling and selection (`est_select`), passed by
+    /// value.
+    pub struct BlockParams {
+        /// `[batch, seq, heads, head_dim]` at q_stride.
+        pub q: ConstPtr<u16>,
+        /// `[batch, seq, kv_heads, head_dim]` at k_stride.
+        pub k: ConstPtr<u16>,
+        /// `[jobs, 2]`: (0 = q / 1 = k, head) pooled by block_pool.
+        pub jobs: ConstPtr<i32>,
+        /// `[entries, 3]`: (query head, its q job, its k job) for block_select.
+        pub entries: ConstPtr<i32>,
+        /// `[jobs, batch, rows, head_dim]`.
+        pub pooled: MutPtr<f32>,
+        /// `[batch, heads, rows]`, zero on entry.
+        pub kv_num_blocks: MutPtr<i32>,
+        /// `[batch, heads, rows, capacity]`, zero on entry.
+        pub kv_indices: MutPtr<i32>,
+        /// Element strides of q's batch, seq, head.
+        pub q_stride: [i64; 3],
+        /// Element strides of k's batch, seq, head.
+        pub k_stride: [i64; 3],
+        /// Sequence length.
+        pub seq: i32,
+        /// Query heads.
+        pub heads: i32,
+        /// Key/value heads.
+        pub kv_heads: i32,
+        /// Head dimension.
+        pub head_dim: i32,
+        /// ceil(seq / 64).
+        pub rows: i32,
+        /// Pooling jobs.
+        pub jobs_count: i32,
+        /// min(top_k, rows).
+        pub top_k: i32,
+        /// Slots per list, >= top_k.
+        pub capacity: i32,
+        /// 1 for f16 inputs, 0 for bf16.
+        pub is_f16: i32,
+    }
+}
+
+/// A constant shared by the host and the kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Constant {
+    /// Its name, the same in Rust and C.
+    pub name: &'static str,
+    /// Its value.
+    pub value: i64,
+    /// Its doc comment.
+    pub doc: &'static str,
+}
+
+impl Constant {
+    /// The C `#define` the templates include, with its doc as a comment.
+    pub fn c_declaration(&self) -> String {
+        let mut text = String::new();
+        for line in self.doc.lines() {
+            let _ = writeln!(text, "//{}", line.trim_end());
+        }
+        let _ = writeln!(text, "#define {} {}", self.name, self.value);
+        text
+    }
+}
+
+/// Declares constants shared by the host and the kernels once: a Rust `pub const` each and the
+/// list [`CONSTANTS`] from which their C `#define`s are rendered.
+macro_rules! kernel_constants {
+    ($( $(#[doc = $doc:literal])* pub const $name:ident : $ty:ty = $value:expr; )+) => {
+        $( $(#[doc = $doc])* pub const $name: $ty = $value; )+
+
+        /// Every shared constant, in declaration order.
+        pub const CONSTANTS: &[Constant] = &[$(Constant {
+            name: stringify!($name),
+            value: $name as i64,
+            doc: concat!($($doc, "\n"),*),
+        }),+];
+    };
+}
+
+kernel_constants! {
+    /// Rows per query block of an index, keys per vertical-slash range and per block-sparse key
+    /// block, tokens per pooled block of the block-sparse estimate: fixed by MInference's formats.
+    pub const INDEX_BLOCK: u32 = 64;
+    /// Threads per block of the index kernels other than the selections.
+    pub const INDEX_THREADS: u32 = 256;
+    /// Query rows (the last ones) the vertical-slash estimate scores: min(LAST_Q, seq).
+    pub const LAST_Q: u32 = 64;
+    /// Keys each block of the vertical-slash score passes covers.
+    pub const SCORE_CHUNK_KEYS: u32 = 1024;
+    /// Query heads of one KV group that share a score block's K tiles.
+    pub const SCORE_HEADS_PER_BLOCK: u32 = 2;
+    /// Key columns 0 .. FORCED_COLUMNS rank above every scored column.
+    pub const FORCED_COLUMNS: u32 = 30;
+    /// Diagonal offsets 0 .. FORCED_DIAGONALS rank above every scored diagonal.
+    pub const FORCED_DIAGONALS: u32 = 100;
+    /// Threads per block of the vertical-slash top-k and of the block selection.
+    pub const SELECT_THREADS: u32 = 1024;
+    /// Threads per block of the block-sparse pooling.
+    pub const POOL_THREADS: u32 = 256;
+    /// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every
+    /// candidate block in shared memory (16384 blocks = 1M tokens = 64 KiB).
+    pub const MAX_BLOCK_SPARSE_ROWS: u32 = 16_384;
+}
+
+/// Looks up a shared constant by name.
+pub fn constant(name: &str) -> Option<&'static Constant> {
+    CONSTANTS.iter().find(|c| c.name == name)
+}
+
+/// Dynamic shared memory of the block selection for `rows` query blocks of head dimension
+/// `head_dim`: a key per candidate block and the pooled query row.
+pub fn block_select_shared_bytes(rows: u32, head_dim: u32) -> u32 {
+    (rows + head_dim) * 4
+}
+
+/// Keys per K tile of the vertical-slash score passes at head dimension `head_dim`.
+pub fn score_tile_keys(head_dim: u32) -> u32 {
+    if head_dim == 256 {
+        32
+    } else {
+        64
+    }
+}
+
+/// Dynamic shared memory of a vertical-slash score pass: two K stages of padded rows, and for the
+/// accumulating pass the probability tile of every head of the block and the chunk's diagonal sums.
+pub fn score_shared_bytes(head_dim: u32, accumulate: bool) -> u32 {
+    let tile_keys = score_tile_keys(head_dim);
+    let k_stages = 2 * tile_keys * (head_dim + 8) * 2;
+    if !accumulate {
+        return k_stages;
+    }
+    let probabilities = SCORE_HEADS_PER_BLOCK * LAST_Q * (tile_keys + 4) * 4;
+    let diagonals = SCORE_HEADS_PER_BLOCK * (SCORE_CHUNK_KEYS + LAST_Q - 1) * 4;
+    k_stages + probabilities + diagonals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_struct() -> Vec<(&'static str, String, Vec<Field>, usize, usize)> {
+        fn entry<P: KernelParams>() -> (&'static str, String, Vec<Field>, usize, usize) {
+            (P::NAME, P::c_declaration(), P::fields(), std::mem::size_of::<P>(), std::mem::align_of::<P>())
+        }
+        vec![
+            entry::<AttentionParams>(),
+            entry::<ConvertParams>(),
+            entry::<ChoiceParams>(),
+            entry::<ScoresParams>(),
+            entry::<SelectParams>(),
+            entry::<BlockParams>(),
+        ]
+    }
+
+    #[test]
+    fn declarations_list_every_field_in_order() {
+        for (name, declaration, fields, _, _) in every_struct() {
+            assert!(declaration.contains(&format!("struct {name} {{")), "{declaration}");
+            let mut rest = declaration.as_str();
+            for field in &fields {
+                let line = format!("    {} {}{};\n", field.c_type, field.name, field.c_suffix);
+                let at = rest.find(&line).unwrap_or_else(|| panic!("{name}: `{line}` missing or out of order"));
+                rest = &rest[at + line.len()..];
+            }
+            assert_eq!(rest, "};\n", "{name}: nothing but the closing brace after the last field");
+        }
+        let attention = AttentionParams::c_declaration();
+        assert!(attention.contains("    const u16* q;\n"), "{attention}");
+        assert!(attention.contains("    u16* o;\n"), "{attention}");
+        assert!(attention.contains("    i64 strides[4][3];\n"), "{attention}");
+        assert!(attention.contains("    float scale_log2;\n"), "{attention}");
+    }
+
+    #[test]
+    fn rust_layout_matches_the_c_layout_rules() {
+        for (name, _, fields, size, align) in every_struct() {
+            let mut offset = 0usize;
+            let mut max_align = 1usize;
+            for field in &fields {
+                offset = offset.next_multiple_of(field.c_align);
+                assert_eq!(field.offset, offset, "{name}.{}", field.name);
+                offset += field.c_size;
+                max_align = max_align.max(field.c_align);
+            }
+            assert_eq!(size, offset.next_multiple_of(max_align), "{name}: size");
+            assert_eq!(align, max_align, "{name}: alignment");
+        }
+        // Spot checks against hand-computed C offsets.
+        assert_eq!(std::mem::offset_of!(AttentionParams, strides), 80);
+        assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 216);
+        assert_eq!(std::mem::size_of::<AttentionParams>(), 224);
+        assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 28 + 4);
+    }
+
+    #[test]
+    fn constants_render_as_defines() {
+        assert_eq!(constant("LAST_Q").map(|c| c.value), Some(64));
+        assert!(
+            constant("FORCED_DIAGONALS").is_some_and(|c| c.c_declaration().ends_with("#define FORCED_DIAGONALS 100\n"))
+        );
+        let names: Vec<_> = CONSTANTS.iter().map(|c| c.name).collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
+    #[test]
+    fn score_shared_bytes_fit_every_target() {
+        for &head_dim in crate::spec::HEAD_DIMS {
+            for accumulate in [false, true] {
+                let bytes = score_shared_bytes(head_dim, accumulate);
+                assert!(bytes <= crate::Arch::Sm86.max_shared_memory(), "d{head_dim}: {bytes}");
+            }
+        }
+        assert_eq!(score_shared_bytes(128, false), 2 * 64 * 136 * 2);
+    }
+}
