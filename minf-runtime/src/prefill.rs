@@ -36,12 +36,12 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
 use minf_codegen::Tile;
 
-/// Default of [`PrefillOptions::dense_below`], in tokens. Measured with `minf bench` on an H100
-/// (bench/RESULTS.md, fifth session, call 4): one Llama-3-8B-262K layer (layer 16, structured
-/// inputs, 32 heads) took 23.25 ms sparse against 22.81 ms dense at 32K (0.98x: estimation and
-/// conversion, 3.1 ms, eat the gain) and 206.2 ms against 369.6 ms at 128K (1.79x); shorter prompts
-/// only widen the estimation's share. So prompts below 32K run dense. MInference's own break-even
-/// was about 10K; the right value depends on the config and the inputs' sparsity.
+/// Default of [`PrefillOptions::dense_below`], in tokens. On an H100 with `minf bench` on the
+/// flat-tail structured inputs (`--flat-tail`), one Llama-3-8B-262K layer (layer 16, 32 heads)
+/// takes 23.25 ms sparse against 22.81 ms dense at 32K (0.98x: estimation and conversion, 3.1 ms,
+/// eat the gain) and 206.2 ms against 369.6 ms at 128K (1.79x); shorter prompts only widen the
+/// estimation's share, so prompts below 32K run dense. MInference's own break-even is about 10K;
+/// the right value depends on the config and the inputs' sparsity (docs/design.md, known limits).
 pub const DEFAULT_DENSE_BELOW: usize = 32_768;
 
 /// How [`Prefill`] runs a layer.
