@@ -4,7 +4,7 @@
 use crate::error::MinfError;
 use crate::jit::KernelCache;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nvrtc::Ptx;
 use minf_codegen::abi::KernelParams;
 use minf_codegen::{render_any, AnyKernel, Arch, EntryPoint, IndexKernelSpec, KernelSpec, LaunchShape};
@@ -222,8 +222,9 @@ impl Device {
 
 /// Makes `slot` a device buffer of at least `len` elements in `stream`'s context, keeping the one it
 /// holds when that is large enough (a workspace grows on demand and may move between devices).
-/// The new buffer is uninitialised: callers write every element before they read it.
-pub(crate) fn reserve_buffer<T: DeviceRepr>(
+/// A new buffer is zero-filled once, when it is allocated (not on reuse): an element no launch wrote
+/// (e.g. the scores of heads an estimate did not list) reads as zero, never as uninitialised memory.
+pub(crate) fn reserve_buffer<T: DeviceRepr + ValidAsZeroBits>(
     slot: &mut Option<CudaSlice<T>>,
     stream: &Arc<CudaStream>,
     len: usize,
@@ -233,8 +234,8 @@ pub(crate) fn reserve_buffer<T: DeviceRepr>(
         return Ok(());
     }
     *slot = None;
-    // SAFETY: uninitialised device memory; the contract above makes every read follow a write.
-    let buffer = unsafe { stream.alloc::<T>(len.max(1)) }
+    let buffer = stream
+        .alloc_zeros::<T>(len.max(1))
         .map_err(MinfError::driver(format!("allocating {what} ({len} elements)")))?;
     *slot = Some(buffer);
     Ok(())

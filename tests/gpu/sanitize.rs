@@ -13,9 +13,9 @@ use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANC
 use half::{bf16, f16};
 use minf::codegen::Pattern;
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
-use minf_testkit::reference::TestRng;
 use minf::vertical_slash::ConvertWorkspace;
 use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
+use minf_testkit::reference::TestRng;
 
 fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, seed: u64, failures: &mut Vec<String>) {
     let head_dims: &[usize] = if T::DTYPE == minf::codegen::DType::Bf16 { &[64, 128, 256] } else { &[128] };

@@ -206,11 +206,11 @@ fn tile_lists_cover_the_realised_mask() {
 /// [`tile_lists_cover_the_realised_mask`] on the random heads of `seed`.
 fn tile_lists_cover_the_realised_mask_of(seed: u64) {
     use super::indices::{blocks_128, key_blocks, tile_counts};
-    use minf::HostBlockSparseIndex;
     use minf::prefill::HeadMask;
-    use minf_testkit::reference::TestRng;
-    use minf_testkit::convert::convert_cpu;
+    use minf::HostBlockSparseIndex;
     use minf::{AShape, RealisedMask};
+    use minf_testkit::convert::convert_cpu;
+    use minf_testkit::reference::TestRng;
 
     let (seq, heads) = (333usize, 4usize);
     let rows = seq.div_ceil(64);
