@@ -47,11 +47,14 @@ fn entry_names(root: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     Ok(names)
 }
 
-/// Checks an entry's meta.json against its binary.
+/// Checks an entry's meta.json against its binary, a CUBIN (an ELF image for EM_CUDA).
 fn assert_valid_entry(entry: &Path) -> TestResult {
     let meta: EntryMeta = serde_json::from_slice(&fs::read(entry.join("meta.json"))?)?;
+    assert!(!meta.is_ptx, "{}: PTX instead of a CUBIN", entry.display());
     let cubin = fs::read(entry.join("kernel.cubin"))?;
+    assert!(cubin.len() > 52, "{}: {} bytes is too short for an ELF header", entry.display(), cubin.len());
     assert_eq!(&cubin[..4], b"\x7fELF", "{}", entry.display());
+    assert_eq!(u16::from_le_bytes([cubin[18], cubin[19]]), 190, "{}: ELF machine is not CUDA", entry.display());
     assert_eq!(blake3::hash(&cubin).to_hex().as_str(), meta.binary_blake3, "{}", entry.display());
     assert_eq!(entry.file_name().and_then(|n| n.to_str()), Some(meta.key_name.as_str()));
     Ok(())
@@ -94,6 +97,8 @@ fn four_processes_warming_one_empty_cache_compile_each_kernel_once() -> TestResu
     Ok(())
 }
 
+/// Also the workspace's check that NVRTC compiles every default kernel (attention and index) for
+/// sm_80 and sm_90a to a valid CUBIN.
 #[test]
 fn second_warm_reports_everything_cached_in_under_a_second() -> TestResult {
     let dir = tempfile::tempdir()?;

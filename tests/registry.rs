@@ -17,6 +17,22 @@ struct PrefillAlias;
 #[sparse_attention(pattern = "dense", head_dim = 64, dtype = "f16", block_n = 32, stages = 3, arch = "sm_90a")]
 struct PinnedHopper;
 
+/// Every argument given, spelling out `PinnedHopper`'s spec, on a struct with fields and derives.
+#[sparse_attention(
+    pattern = "dense",
+    head_dim = 64,
+    dtype = "f16",
+    block_m = 128,
+    block_n = 32,
+    warps = 8,
+    stages = 3,
+    arch = "sm_90a"
+)]
+#[derive(Debug, Default)]
+struct Tuned {
+    calls: u64,
+}
+
 /// 136 KiB of shared memory: valid for sm_80 and sm_90a (checked at compile time) but not for
 /// sm_86 (99 KiB), which only the run-time check catches.
 #[sparse_attention(pattern = "dense", head_dim = 128, block_n = 64, stages = 3)]
@@ -30,7 +46,7 @@ fn find(name: &str) -> &'static RegisteredKernel {
 fn registry_lists_every_declared_kernel_with_its_spec() {
     let mut names: Vec<&str> = registered().map(|k| k.name).collect();
     names.sort_unstable();
-    assert_eq!(names, ["DeepPipeline", "PinnedHopper", "Prefill", "PrefillAlias"]);
+    assert_eq!(names, ["DeepPipeline", "PinnedHopper", "Prefill", "PrefillAlias", "Tuned"]);
 
     let prefill = find("Prefill");
     assert_eq!(prefill.fixed_arch, None);
@@ -56,6 +72,12 @@ fn trait_constants_match_the_attribute() {
     assert_eq!(PinnedHopper::DTYPE, DType::F16);
     assert_eq!(PinnedHopper::FIXED_ARCH, Some(Arch::Sm90a));
     assert_eq!(<PinnedHopper as SparseAttentionKernel>::spec(Arch::Sm86), (find("PinnedHopper").spec)(Arch::Sm86));
+    assert_eq!(Tuned::NAME, "Tuned");
+    assert_eq!((Tuned::PATTERN, Tuned::DTYPE, Tuned::FIXED_ARCH), (Pattern::Dense, DType::F16, Some(Arch::Sm90a)));
+    for &arch in Arch::ALL {
+        assert_eq!(Tuned::spec(arch), PinnedHopper::spec(arch), "explicit defaults give the same spec");
+    }
+    assert_eq!(Tuned::default().calls, 0);
     let deep = DeepPipeline::spec(Arch::Sm80);
     assert_eq!((deep.stages, deep.block_n), (3, 64));
     deep.validate().unwrap();
@@ -67,7 +89,8 @@ fn trait_constants_match_the_attribute() {
 fn warm_registered_reports_every_spec() {
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().to_path_buf());
-    // sm_86: Prefill (= PrefillAlias) and DeepPipeline for sm_86, PinnedHopper for its own sm_90a.
+    // sm_86: Prefill (= PrefillAlias) and DeepPipeline for sm_86, PinnedHopper (= Tuned) for its
+    // own sm_90a.
     let report = warm_registered(&cache, &[Arch::Sm86]);
     assert_eq!(report.compiled + report.cached + report.failed.len(), 3, "{report:?}");
     assert!(report.seconds >= 0.0);
@@ -77,7 +100,7 @@ fn warm_registered_reports_every_spec() {
     assert!(matches!(err, MinfError::Spec(SpecError::SharedMemory { .. })), "{err}");
     // The other two either compiled (NVRTC JIT) or failed inside the JIT (the contract stub).
     for (label, err) in &report.failed {
-        let expected = ["DeepPipeline@sm_86", "PinnedHopper@sm_90a", "Prefill@sm_86,PrefillAlias@sm_86"];
+        let expected = ["DeepPipeline@sm_86", "PinnedHopper@sm_90a,Tuned@sm_90a", "Prefill@sm_86,PrefillAlias@sm_86"];
         assert!(expected.contains(&label.as_str()), "{label}");
         assert!(label.starts_with("DeepPipeline") || matches!(err, MinfError::Jit(_)), "{label}: {err}");
     }
@@ -89,7 +112,8 @@ fn warm_registered_reports_every_spec() {
 
 #[test]
 fn kernels_sharing_a_spec_are_compiled_once() {
-    // Prefill and PrefillAlias share their spec on each arch: 2 (Prefill) + 2 (DeepPipeline) + 1 (pinned).
+    // Prefill and PrefillAlias share their spec on each arch, PinnedHopper and Tuned their pinned
+    // one: 2 (Prefill) + 2 (DeepPipeline) + 1 (pinned).
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().to_path_buf());
     let report = warm_registered(&cache, &[Arch::Sm80, Arch::Sm90a]);

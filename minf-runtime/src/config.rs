@@ -38,6 +38,10 @@ pub const FALLBACK_SCORE: f64 = 1.0;
 /// `block_sparse_kernel` hard-codes `topk = 100` and ignores the sizes written in the config.
 pub const MINFERENCE_BLOCK_TOP_K: usize = 100;
 
+/// The most head entries (layers × query heads) a config may describe; the largest models have a
+/// few tens of thousands.
+pub const MAX_HEAD_ENTRIES: usize = 1 << 20;
+
 /// A pattern name as written in MInference's config files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FilePattern {
@@ -376,6 +380,16 @@ pub enum ConfigError {
         /// The number given.
         heads: usize,
     },
+    /// The layers and heads make a table larger than any model's.
+    #[error("{}: {layers} layers of {heads} query heads is more than the {MAX_HEAD_ENTRIES} head entries minf reads from a config", file.display())]
+    TooLarge {
+        /// The file.
+        file: PathBuf,
+        /// Layers in the file.
+        layers: usize,
+        /// Query heads per layer.
+        heads: usize,
+    },
     /// The ratio is negative or not finite.
     #[error("{}: invalid ratio {ratio}: it must be a finite number >= 0 (it multiplies vertical and slash sizes)", file.display())]
     Ratio {
@@ -483,6 +497,9 @@ impl PatternConfig {
         let Value::Array(list) = value else {
             return Err(ConfigError::NotAList { file, found: describe(&value) });
         };
+        if list.len().saturating_mul(heads) > MAX_HEAD_ENTRIES {
+            return Err(ConfigError::TooLarge { file, layers: list.len(), heads });
+        }
         let layers = list
             .iter()
             .enumerate()

@@ -25,8 +25,8 @@ use crate::config::{HeadPattern, ModelShape, PatternConfig};
 use crate::device::Device;
 use crate::error::MinfError;
 use crate::estimate::gpu::{
-    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
-    VerticalSlashHead,
+    check_block_sparse_seq, estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed,
+    EstimateWorkspace, VerticalSlashHead,
 };
 use crate::estimate::{clamp_sizes, BLOCK, BLOCK_SPARSE_TOP_K};
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
@@ -337,6 +337,15 @@ fn check_call(shape: ModelShape, layer: usize, tensors: [[usize; 4]; 4]) -> Resu
     Ok((batch, seq))
 }
 
+/// Checks, before any GPU work, that a prompt of `seq` tokens fits the estimate of every layer
+/// that has block-sparse heads, so a prompt too long for the model fails on its first call.
+fn check_seq<'a>(layers: impl IntoIterator<Item = &'a HeadGroups>, seq: usize) -> Result<(), MinfError> {
+    match layers.into_iter().position(|groups| !groups.block_sparse.is_empty()) {
+        Some(layer) => check_block_sparse_seq(&format!("prefill (layer {layer} has block-sparse heads)"), seq),
+        None => Ok(()),
+    }
+}
+
 impl<'d> Prefill<'d> {
     /// Plans every layer of `config` for a model of `shape` and uploads each launch's head map.
     /// The config must have `shape.layers` layers of `shape.heads` heads.
@@ -444,10 +453,13 @@ impl<'d> Prefill<'d> {
     ) -> Result<PrefillTiming, MinfError> {
         let (batch, seq) =
             check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
+        let dense_fallback = self.options.runs_dense(seq);
+        if !dense_fallback {
+            check_seq(self.layers.iter().map(|plan| &plan.groups), seq)?;
+        }
         let device = self.device;
         let stream = device.stream();
         let start = if timed { Some(event(stream)?) } else { None };
-        let dense_fallback = self.options.runs_dense(seq);
         self.last = None;
         let mut conversion_ms = 0.0;
         let plan = &mut self.layers[layer];
@@ -739,6 +751,25 @@ mod tests {
         assert_eq!(uniform.launches(), 1);
         assert_eq!(uniform.vertical_slash.len(), 8);
         assert_eq!(uniform.vertical_slash_capacity(40), Some((30, 40)));
+    }
+
+    #[test]
+    fn prompts_past_the_block_sparse_estimate_are_refused_on_the_host() {
+        use crate::estimate::gpu::{MAX_BLOCK_SPARSE_ROWS, MAX_BLOCK_SPARSE_SEQ};
+        let config = mixed();
+        let layers = [HeadGroups::for_layer(&config, 1).unwrap(), HeadGroups::for_layer(&config, 0).unwrap()];
+        check_seq(&layers, MAX_BLOCK_SPARSE_SEQ).unwrap();
+        let err = check_seq(&layers, MAX_BLOCK_SPARSE_SEQ + 1).unwrap_err().to_string();
+        let expected = format!(
+            "prefill (layer 1 has block-sparse heads): {} tokens make {} query blocks of 64, but the block-sparse \
+             estimate takes at most {MAX_BLOCK_SPARSE_ROWS} blocks ({MAX_BLOCK_SPARSE_SEQ} tokens",
+            MAX_BLOCK_SPARSE_SEQ + 1,
+            MAX_BLOCK_SPARSE_ROWS + 1
+        );
+        assert!(err.contains(&expected), "{err}");
+        assert!(err.contains("use prompts of at most 1048576 tokens, or a config whose heads are not block_sparse"));
+        // Without block-sparse heads the length is not limited here.
+        check_seq(&layers[..1], 4 * MAX_BLOCK_SPARSE_SEQ).unwrap();
     }
 
     #[test]

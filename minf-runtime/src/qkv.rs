@@ -58,6 +58,24 @@ fn read_tensor(
     Ok(FileTensor { shape: view.shape().to_vec(), data })
 }
 
+/// Checks that each tensor's data ends inside the file, before the safetensors parser sums the
+/// offsets (an end near `u64::MAX` overflows there). Anything else malformed is left to the parser.
+fn check_data_offsets(bytes: &[u8]) -> Result<(), String> {
+    let Some((length, rest)) = bytes.split_first_chunk::<8>() else { return Ok(()) };
+    let Some(header) = usize::try_from(u64::from_le_bytes(*length)).ok().and_then(|n| rest.get(..n)) else {
+        return Ok(());
+    };
+    let data_len = (rest.len() - header.len()) as u64;
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(header) else { return Ok(()) };
+    for (name, entry) in &entries {
+        let end = entry.get("data_offsets").and_then(|offsets| offsets.get(1)).and_then(serde_json::Value::as_u64);
+        if let Some(end) = end.filter(|&end| end > data_len) {
+            return Err(format!("tensor `{name}`: its data would end at byte {end} of a {data_len}-byte data section"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads tensors named `q`, `k` and `v` (F32, BF16 or F16) from a safetensors file.
 ///
 /// Accepted shapes (all three of the same rank, `k` and `v` equal, the same `seq` and `dim`, and
@@ -74,6 +92,7 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<HostQkv, MinfError> {
     let path = path.as_ref();
     let err = |message: String| MinfError::Safetensors { path: path.to_path_buf(), message };
     let bytes = std::fs::read(path).map_err(|source| MinfError::Io { path: path.to_path_buf(), source })?;
+    check_data_offsets(&bytes).map_err(err)?;
     let file = SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
     let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
     let declared = match metadata.metadata().as_ref().and_then(|m| m.get("layout")) {
@@ -85,6 +104,9 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<HostQkv, MinfError> {
     let [q, k, v] = [read_tensor(&file, "q", &err)?, read_tensor(&file, "k", &err)?, read_tensor(&file, "v", &err)?];
     if k.shape != v.shape {
         return Err(err(format!("k has shape {:?} but v has {:?}", k.shape, v.shape)));
+    }
+    if q.data.is_empty() || k.data.is_empty() {
+        return Err(err(format!("q has shape {:?} and k/v {:?}: a tensor with no elements", q.shape, k.shape)));
     }
     // Normalise to (layout, seq, heads, dim) per tensor.
     let dims = |t: &FileTensor, layout: FileLayout| -> Result<[usize; 3], MinfError> {

@@ -35,6 +35,23 @@ pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
 /// block keeps the keys of every candidate block in shared memory (16384 blocks = 1M tokens =
 /// 64 KiB).
 pub const MAX_BLOCK_SPARSE_ROWS: usize = abi::MAX_BLOCK_SPARSE_ROWS as usize;
+/// Longest prompt of a block-sparse estimate, in tokens: [`MAX_BLOCK_SPARSE_ROWS`] blocks of 64.
+pub const MAX_BLOCK_SPARSE_SEQ: usize = MAX_BLOCK_SPARSE_ROWS * BLOCK;
+
+/// Checks, on the host, that a block-sparse estimate takes a prompt of `seq` tokens (at most
+/// [`MAX_BLOCK_SPARSE_SEQ`]); `what` names the caller in the error.
+pub fn check_block_sparse_seq(what: &str, seq: usize) -> Result<(), MinfError> {
+    let rows = seq.div_ceil(BLOCK);
+    if rows > MAX_BLOCK_SPARSE_ROWS {
+        return Err(shape_error(format!(
+            "{what}: {seq} tokens make {rows} query blocks of {BLOCK}, but the block-sparse estimate takes at most \
+             {MAX_BLOCK_SPARSE_ROWS} blocks ({MAX_BLOCK_SPARSE_SEQ} tokens: it keeps a query block's candidate key \
+             blocks in shared memory); use prompts of at most {MAX_BLOCK_SPARSE_SEQ} tokens, or a config whose heads \
+             are not block_sparse (e.g. vertical_and_slash)"
+        )));
+    }
+    Ok(())
+}
 
 fn shape_error(message: String) -> MinfError {
     MinfError::Shape(message)
@@ -570,6 +587,7 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
 ) -> Result<(), MinfError> {
     let what = "block-sparse estimate";
     let dims = check_qk(what, &q, &k)?;
+    check_block_sparse_seq(what, dims.seq)?;
     let rows = dims.seq.div_ceil(BLOCK);
     let (index_batch, index_heads, index_rows, capacity) = index.dims();
     if (index_batch, index_heads, index_rows) != (dims.batch, dims.heads, rows) {
@@ -583,12 +601,6 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     if kept > capacity {
         return Err(shape_error(format!(
             "{what}: top_k {top_k} keeps up to {kept} of {rows} key blocks but the index holds {capacity} per list"
-        )));
-    }
-    if rows > MAX_BLOCK_SPARSE_ROWS {
-        return Err(shape_error(format!(
-            "{what}: seq {} has {rows} blocks; at most {MAX_BLOCK_SPARSE_ROWS} are allowed",
-            dims.seq
         )));
     }
     let mut seen = vec![false; dims.heads];

@@ -1,4 +1,4 @@
-use minf::sparse_attention;
+use minf_macros::sparse_attention;
 
 // 429 KiB of shared memory: too large for every target.
 #[sparse_attention(pattern = "dense", head_dim = 256, block_n = 128, stages = 3)]

@@ -1,4 +1,4 @@
-use minf::sparse_attention;
+use minf_macros::sparse_attention;
 
 #[sparse_attention(head_dim = 128)]
 struct NoPattern;

@@ -1,4 +1,4 @@
-use minf::sparse_attention;
+use minf_macros::sparse_attention;
 
 // Index-driven patterns visit 64-key ranges.
 #[sparse_attention(pattern = "vertical_slash", head_dim = 128, block_n = 32)]
