@@ -161,3 +161,58 @@ fn index_kernels_and_prefill() {
     }
     assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
 }
+
+/// The smallest launches of every attention kernel variant (one 130-token sequence, d 128), for
+/// the slowest tool, racecheck: `scripts/gpu-sanitize.sh` runs it with `TOOLS=racecheck
+/// sanitize::tiny_`.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tiny_attention_every_variant() {
+    let device = device();
+    let seed = test_seed("tiny sanitizer sweep");
+    let mut rng = TestRng::new(seed);
+    let mut failures = Vec::new();
+    let case = Case { batch: 1, seq: 130, heads: 2, kv_heads: 1, head_dim: 128, bhsd: false };
+    for variant in variants(&device, Pattern::VerticalSlash) {
+        VARIANT.set(variant);
+        let causal = |_: usize, _: usize, i: usize, j: usize| j <= i;
+        let spec = spec_override::<bf16>(&device, Pattern::Dense, &case);
+        let o = check_attention::<bf16>(&device, &case, seed, spec, PatternArgs::Dense, None, &causal);
+        if o.out_error > TOLERANCE {
+            failures.push(format!("{variant:?} dense: rel_l2 {:.2e}", o.out_error));
+        }
+        let visible = |_: usize, _: usize, i: usize, j: usize| j <= i && (j < 4 || i - j < 50);
+        let spec = spec_override::<bf16>(&device, Pattern::AShape, &case);
+        let args = PatternArgs::AShape(AShape { n_init: 4, n_local: 50 });
+        let o = check_attention::<bf16>(&device, &case, seed, spec, args, None, &visible);
+        if o.out_error > TOLERANCE {
+            failures.push(format!("{variant:?} a_shape: rel_l2 {:.2e}", o.out_error));
+        }
+        let index = vertical_slash_index(&mut rng, 1, case.heads, &[case.seq], true);
+        run_vertical_slash::<bf16>(&device, &case, seed + 1, &index, None, "vertical_slash", &mut failures, None);
+        let index = block_sparse_index(&mut rng, 1, case.heads, &[case.seq], false);
+        run_block_sparse::<bf16>(&device, &case, seed + 2, &index, None, false, &mut failures);
+    }
+    VARIANT.set(Variant::Default);
+    assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
+}
+
+/// The smallest launches of the index kernels (converter, score passes, both estimates), for
+/// racecheck.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tiny_index_kernels() {
+    let device = device();
+    let seed = test_seed("tiny sanitizer sweep (index kernels)");
+    let mut rng = TestRng::new(seed);
+    let mut workspace = ConvertWorkspace::new();
+    let inputs = super::convert::Inputs::raw(&mut rng, &[130], 2, 20, 30);
+    let got = super::convert::gpu(&device, &inputs, &mut workspace).to_host().expect("download");
+    super::convert::assert_same(&got, &inputs.cpu(), &inputs.describe());
+    let mut scores = ScoresWorkspace::new();
+    let error = super::estimate::check_case::<bf16>(&device, &mut scores, 130, 64, seed);
+    println!("scores: worst rel_l2 {error:.2e}");
+    let mut estimate = EstimateWorkspace::new();
+    super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 130, 2, 1, 64), seed + 1);
+    super::estimate::block_sparse_case::<bf16>(&device, &mut estimate, (130, 3, 1, 64, 2), seed + 2);
+}
