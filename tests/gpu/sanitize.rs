@@ -11,7 +11,7 @@ use super::patterns::{
 };
 use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
-use minf::codegen::Pattern;
+use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
 use minf::vertical_slash::ConvertWorkspace;
 use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
@@ -162,39 +162,67 @@ fn index_kernels_and_prefill() {
     assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
 }
 
-/// The smallest launches of every attention kernel variant (one 130-token sequence, d 128), for
-/// the slowest tool, racecheck: `scripts/gpu-sanitize.sh` runs it with `TOOLS=racecheck
-/// sanitize::tiny_`.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn tiny_attention_every_variant() {
+/// The engine the current variant's kernel for `pattern` runs on.
+fn engine_of(device: &Device, pattern: Pattern, case: &Case) -> Mainloop {
+    let default = KernelSpec::default_for(pattern, DType::Bf16, case.head_dim as u32, device.arch());
+    spec_override::<bf16>(device, pattern, case).unwrap_or(default).mainloop
+}
+
+/// The smallest launches of every attention kernel variant on `engine` (one 130-token sequence,
+/// d 128), for the slowest tool, racecheck.
+fn tiny_attention(engine: Mainloop) {
     let device = device();
-    let seed = test_seed("tiny sanitizer sweep");
+    let seed = test_seed(&format!("tiny sanitizer sweep ({engine:?})"));
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
     let case = Case { batch: 1, seq: 130, heads: 2, kv_heads: 1, head_dim: 128, bhsd: false };
     for variant in variants(&device, Pattern::VerticalSlash) {
         VARIANT.set(variant);
-        let causal = |_: usize, _: usize, i: usize, j: usize| j <= i;
-        let spec = spec_override::<bf16>(&device, Pattern::Dense, &case);
-        let o = check_attention::<bf16>(&device, &case, seed, spec, PatternArgs::Dense, None, &causal);
-        if o.out_error > TOLERANCE {
-            failures.push(format!("{variant:?} dense: rel_l2 {:.2e}", o.out_error));
+        let on_engine = |pattern| engine_of(&device, pattern, &case) == engine;
+        if on_engine(Pattern::Dense) {
+            let causal = |_: usize, _: usize, i: usize, j: usize| j <= i;
+            let spec = spec_override::<bf16>(&device, Pattern::Dense, &case);
+            let o = check_attention::<bf16>(&device, &case, seed, spec, PatternArgs::Dense, None, &causal);
+            if o.out_error > TOLERANCE {
+                failures.push(format!("{variant:?} dense: rel_l2 {:.2e}", o.out_error));
+            }
         }
-        let visible = |_: usize, _: usize, i: usize, j: usize| j <= i && (j < 4 || i - j < 50);
-        let spec = spec_override::<bf16>(&device, Pattern::AShape, &case);
-        let args = PatternArgs::AShape(AShape { n_init: 4, n_local: 50 });
-        let o = check_attention::<bf16>(&device, &case, seed, spec, args, None, &visible);
-        if o.out_error > TOLERANCE {
-            failures.push(format!("{variant:?} a_shape: rel_l2 {:.2e}", o.out_error));
+        if on_engine(Pattern::AShape) {
+            let visible = |_: usize, _: usize, i: usize, j: usize| j <= i && (j < 4 || i - j < 50);
+            let spec = spec_override::<bf16>(&device, Pattern::AShape, &case);
+            let args = PatternArgs::AShape(AShape { n_init: 4, n_local: 50 });
+            let o = check_attention::<bf16>(&device, &case, seed, spec, args, None, &visible);
+            if o.out_error > TOLERANCE {
+                failures.push(format!("{variant:?} a_shape: rel_l2 {:.2e}", o.out_error));
+            }
         }
-        let index = vertical_slash_index(&mut rng, 1, case.heads, &[case.seq], true);
-        run_vertical_slash::<bf16>(&device, &case, seed + 1, &index, None, "vertical_slash", &mut failures, None);
-        let index = block_sparse_index(&mut rng, 1, case.heads, &[case.seq], false);
-        run_block_sparse::<bf16>(&device, &case, seed + 2, &index, None, false, &mut failures);
+        if on_engine(Pattern::VerticalSlash) {
+            let index = vertical_slash_index(&mut rng, 1, case.heads, &[case.seq], true);
+            run_vertical_slash::<bf16>(&device, &case, seed + 1, &index, None, "vertical_slash", &mut failures, None);
+        }
+        if on_engine(Pattern::BlockSparse) {
+            let index = block_sparse_index(&mut rng, 1, case.heads, &[case.seq], false);
+            run_block_sparse::<bf16>(&device, &case, seed + 2, &index, None, false, &mut failures);
+        }
     }
     VARIANT.set(Variant::Default);
     assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
+}
+
+/// [`tiny_attention`] on the `mma.sync` engine: `scripts/gpu-sanitize.sh` runs racecheck on the
+/// `sanitize::tiny_` tests but this one's `wgmma` sibling (racecheck runs warps one at a time, and a
+/// warp-specialised kernel's mbarrier waits then never see their producer: the tool hangs or fails).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tiny_attention_mma_sync() {
+    tiny_attention(Mainloop::MmaSync);
+}
+
+/// [`tiny_attention`] on the `wgmma` engine (sm_90a), for memcheck, synccheck and initcheck.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tiny_attention_wgmma() {
+    tiny_attention(Mainloop::Wgmma);
 }
 
 /// The smallest launches of the index kernels (converter, score passes, both estimates), for
