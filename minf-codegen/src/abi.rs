@@ -1,9 +1,9 @@
 //! The kernel ABI, declared once: every parameter struct a kernel takes by value and every constant
 //! the host and the kernels share.
 //!
-//! [`kernel_params!`] declares a struct once and produces both its `#[repr(C)]` Rust definition
+//! `kernel_params!` declares a struct once and produces both its `#[repr(C)]` Rust definition
 //! (which the runtime fills and passes to the launch) and its C declaration (which the templates get
-//! through the render context), so the two cannot drift apart. [`kernel_constants!`] does the same
+//! through the render context), so the two cannot drift apart. `kernel_constants!` does the same
 //! for constants, rendered as `#define`s. Device pointers are [`ConstPtr`] and [`MutPtr`], 64-bit
 //! addresses that carry the C type they point to.
 
@@ -158,13 +158,13 @@ pub struct Field {
     pub c_align: usize,
 }
 
-/// A kernel parameter struct declared by [`kernel_params!`].
+/// A kernel parameter struct declared by `kernel_params!`.
 ///
 /// # Safety
 ///
 /// Implementors are `#[repr(C)]` plain-old-data whose fields are exactly [`KernelParams::fields`],
 /// so that passing the bytes of a value matches the C declaration [`KernelParams::c_declaration`]
-/// renders. Only [`kernel_params!`] implements it.
+/// renders. Only `kernel_params!` implements it.
 pub unsafe trait KernelParams: Copy + 'static {
     /// The struct's name, the same in Rust and C.
     const NAME: &'static str;

@@ -718,7 +718,7 @@ pub struct IndexKernelSpec {
 
 impl IndexKernelSpec {
     /// Threads per block of the index kernels other than the selections
-    /// ([`abi::INDEX_THREADS`](crate::abi::INDEX_THREADS)).
+    /// ([`abi::INDEX_THREADS`]).
     pub const THREADS: u32 = abi::INDEX_THREADS;
 
     /// The template file (without `.cu.tera`).

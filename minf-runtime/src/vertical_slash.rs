@@ -24,7 +24,7 @@ use minf_codegen::abi::{ConvertParams, MutPtr, INDEX_BLOCK};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
 /// Query rows per row block and keys per range step; fixed by the format
-/// ([`INDEX_BLOCK`](minf_codegen::abi::INDEX_BLOCK)).
+/// ([`minf_codegen::abi::INDEX_BLOCK`]).
 pub const BLOCK: usize = INDEX_BLOCK as usize;
 
 /// Largest `context` the converter accepts (row starts and range ends stay inside `i32`).
