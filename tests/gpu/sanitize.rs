@@ -17,28 +17,37 @@ use minf::vertical_slash::ConvertWorkspace;
 use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
 use minf_testkit::reference::TestRng;
 
+/// Dense (`pattern` Dense) or A-shape attention with `window` on `case` against the reference,
+/// reported and added to `failures` when over tolerance.
+fn check_window<T: AttentionElement>(
+    device: &Device,
+    case: &Case,
+    seed: u64,
+    pattern: Pattern,
+    window: AShape,
+    failures: &mut Vec<String>,
+) {
+    let (args, AShape { n_init, n_local }) = match pattern {
+        Pattern::AShape => (PatternArgs::AShape(window), window),
+        _ => (PatternArgs::Dense, AShape { n_init: usize::MAX, n_local: usize::MAX }),
+    };
+    let visible = move |_: usize, _: usize, i: usize, j: usize| j <= i && (j < n_init || i - j < n_local);
+    let spec = spec_override::<T>(device, pattern, case);
+    let o = check_attention::<T>(device, case, seed, spec, args, None, &visible);
+    let ok = o.out_error <= TOLERANCE && o.lse_error <= 1e-2;
+    let what = format!("{:?} {pattern:?} {}", VARIANT.get(), describe::<T>(case));
+    println!("{} {what}: rel_l2 {:.2e}", if ok { "ok  " } else { "FAIL" }, o.out_error);
+    if !ok {
+        failures.push(what);
+    }
+}
+
 fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, seed: u64, failures: &mut Vec<String>) {
     let head_dims: &[usize] = if T::DTYPE == minf::codegen::DType::Bf16 { &[64, 128, 256] } else { &[128] };
     for &head_dim in head_dims {
         let case = Case { batch: 2, seq: 300, heads: 4, kv_heads: 2, head_dim, bhsd: head_dim == 64 };
         for pattern in [Pattern::Dense, Pattern::AShape] {
-            let (args, n_init, n_local) = match pattern {
-                Pattern::AShape => (PatternArgs::AShape(AShape { n_init: 16, n_local: 100 }), 16, 100),
-                _ => (PatternArgs::Dense, usize::MAX, usize::MAX),
-            };
-            let visible = move |_: usize, _: usize, i: usize, j: usize| j <= i && (j < n_init || i - j < n_local);
-            let spec = spec_override::<T>(device, pattern, &case);
-            let o = check_attention::<T>(device, &case, seed, spec, args, None, &visible);
-            let ok = o.out_error <= TOLERANCE && o.lse_error <= 1e-2;
-            println!(
-                "{} {pattern:?} {}: rel_l2 {:.2e}",
-                if ok { "ok  " } else { "FAIL" },
-                describe::<T>(&case),
-                o.out_error
-            );
-            if !ok {
-                failures.push(format!("{pattern:?} {}", describe::<T>(&case)));
-            }
+            check_window::<T>(device, &case, seed, pattern, AShape { n_init: 16, n_local: 100 }, failures);
         }
         for hostile in [false, true] {
             let label = if hostile { "vertical_slash hostile" } else { "vertical_slash" };
@@ -179,21 +188,9 @@ fn tiny_attention(engine: Mainloop) {
     for variant in variants(&device, Pattern::VerticalSlash) {
         VARIANT.set(variant);
         let on_engine = |pattern| engine_of(&device, pattern, &case) == engine;
-        if on_engine(Pattern::Dense) {
-            let causal = |_: usize, _: usize, i: usize, j: usize| j <= i;
-            let spec = spec_override::<bf16>(&device, Pattern::Dense, &case);
-            let o = check_attention::<bf16>(&device, &case, seed, spec, PatternArgs::Dense, None, &causal);
-            if o.out_error > TOLERANCE {
-                failures.push(format!("{variant:?} dense: rel_l2 {:.2e}", o.out_error));
-            }
-        }
-        if on_engine(Pattern::AShape) {
-            let visible = |_: usize, _: usize, i: usize, j: usize| j <= i && (j < 4 || i - j < 50);
-            let spec = spec_override::<bf16>(&device, Pattern::AShape, &case);
-            let args = PatternArgs::AShape(AShape { n_init: 4, n_local: 50 });
-            let o = check_attention::<bf16>(&device, &case, seed, spec, args, None, &visible);
-            if o.out_error > TOLERANCE {
-                failures.push(format!("{variant:?} a_shape: rel_l2 {:.2e}", o.out_error));
+        for pattern in [Pattern::Dense, Pattern::AShape] {
+            if on_engine(pattern) {
+                check_window::<bf16>(&device, &case, seed, pattern, AShape { n_init: 4, n_local: 50 }, &mut failures);
             }
         }
         if on_engine(Pattern::VerticalSlash) {
