@@ -15,9 +15,9 @@
 # its reference, in one test per engine variant, run side by side. The sanitizer slows kernels down
 # by one to two orders of magnitude: other tests (e.g. `patterns::`, lengths up to 32K) are slow.
 # racecheck runs the smallest launches instead (`sanitize::tiny_index_kernels` and
-# `sanitize::tiny_attention_mma_sync`) unless FILTERs are given: it runs a block's warps one at a
-# time, so the wgmma engine's warp-specialised mbarrier waits do not complete under it (the run
-# hangs or the tool fails); the other three tools cover that engine.
+# `sanitize::tiny_attention_mma_sync`) unless FILTERs are given: under racecheck 2025.3 the wgmma
+# engine's kernels do not complete (the run hangs, or the tool reports an internal error); the
+# other three tools cover that engine.
 #
 # Environment: BIN (default .gpu/bin/gpu), TOOLS (default "memcheck racecheck synccheck initcheck"),
 # THREADS (tests run side by side, default 8), TIME_LIMIT (seconds per tool, default 1800),

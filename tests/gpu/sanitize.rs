@@ -206,9 +206,9 @@ fn tiny_attention(engine: Mainloop) {
     assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
 }
 
-/// [`tiny_attention`] on the `mma.sync` engine: `scripts/gpu-sanitize.sh` runs racecheck on the
-/// `sanitize::tiny_` tests but this one's `wgmma` sibling (racecheck runs warps one at a time, and a
-/// warp-specialised kernel's mbarrier waits then never see their producer: the tool hangs or fails).
+/// [`tiny_attention`] on the `mma.sync` engine: `scripts/gpu-sanitize.sh` runs racecheck on it and
+/// on [`tiny_index_kernels`], not on the `wgmma` sibling (under racecheck 2025.3 the `wgmma`
+/// kernels do not complete: the run hangs, or the tool reports an internal error).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn tiny_attention_mma_sync() {
