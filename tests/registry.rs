@@ -17,16 +17,16 @@ struct PrefillAlias;
 #[sparse_attention(pattern = "dense", head_dim = 64, dtype = "f16", block_n = 32, stages = 3, arch = "sm_90a")]
 struct PinnedHopper;
 
-/// Every argument given, spelling out `PinnedHopper`'s spec, on a struct with fields and derives.
+/// Every argument given, none at its default, on a struct with fields and derives.
 #[sparse_attention(
     pattern = "dense",
     head_dim = 64,
     dtype = "f16",
-    block_m = 128,
+    block_m = 64,
     block_n = 32,
-    warps = 8,
+    warps = 4,
     stages = 3,
-    arch = "sm_90a"
+    arch = "sm_86"
 )]
 #[derive(Debug, Default)]
 struct Tuned {
@@ -73,9 +73,17 @@ fn trait_constants_match_the_attribute() {
     assert_eq!(PinnedHopper::FIXED_ARCH, Some(Arch::Sm90a));
     assert_eq!(<PinnedHopper as SparseAttentionKernel>::spec(Arch::Sm86), (find("PinnedHopper").spec)(Arch::Sm86));
     assert_eq!(Tuned::NAME, "Tuned");
-    assert_eq!((Tuned::PATTERN, Tuned::DTYPE, Tuned::FIXED_ARCH), (Pattern::Dense, DType::F16, Some(Arch::Sm90a)));
+    assert_eq!((Tuned::PATTERN, Tuned::DTYPE, Tuned::FIXED_ARCH), (Pattern::Dense, DType::F16, Some(Arch::Sm86)));
+    let tuned = KernelSpec {
+        block_m: 64,
+        block_n: 32,
+        warps: 4,
+        stages: 3,
+        ..KernelSpec::default_for(Pattern::Dense, DType::F16, 64, Arch::Sm86)
+    };
+    assert_ne!(KernelSpec::default_for(Pattern::Dense, DType::F16, 64, Arch::Sm86), tuned);
     for &arch in Arch::ALL {
-        assert_eq!(Tuned::spec(arch), PinnedHopper::spec(arch), "explicit defaults give the same spec");
+        assert_eq!(Tuned::spec(arch), tuned, "{arch}");
     }
     assert_eq!(Tuned::default().calls, 0);
     let deep = DeepPipeline::spec(Arch::Sm80);
@@ -89,33 +97,33 @@ fn trait_constants_match_the_attribute() {
 fn warm_registered_reports_every_spec() {
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().to_path_buf());
-    // sm_86: Prefill (= PrefillAlias) and DeepPipeline for sm_86, PinnedHopper (= Tuned) for its
-    // own sm_90a.
+    // sm_86: Prefill (= PrefillAlias), DeepPipeline and Tuned for sm_86, PinnedHopper for its own
+    // sm_90a.
     let report = warm_registered(&cache, &[Arch::Sm86]);
-    assert_eq!(report.compiled + report.cached + report.failed.len(), 3, "{report:?}");
+    assert_eq!(report.compiled + report.cached + report.failed.len(), 4, "{report:?}");
     assert!(report.seconds >= 0.0);
     // Whatever the JIT does, the spec that does not fit sm_86 fails before compiling, by name.
     let (label, err) = report.failed.iter().find(|(label, _)| label.starts_with("DeepPipeline")).expect("reported");
     assert_eq!(label, "DeepPipeline@sm_86");
     assert!(matches!(err, MinfError::Spec(SpecError::SharedMemory { .. })), "{err}");
-    // The other two either compiled (NVRTC JIT) or failed inside the JIT (the contract stub).
+    // The others either compiled (NVRTC JIT) or failed inside the JIT (the contract stub).
     for (label, err) in &report.failed {
-        let expected = ["DeepPipeline@sm_86", "PinnedHopper@sm_90a,Tuned@sm_90a", "Prefill@sm_86,PrefillAlias@sm_86"];
+        let expected = ["DeepPipeline@sm_86", "PinnedHopper@sm_90a", "Prefill@sm_86,PrefillAlias@sm_86", "Tuned@sm_86"];
         assert!(expected.contains(&label.as_str()), "{label}");
         assert!(label.starts_with("DeepPipeline") || matches!(err, MinfError::Jit(_)), "{label}: {err}");
     }
-    if report.compiled == 2 {
+    if report.compiled == 3 {
         let again = warm_registered(&cache, &[Arch::Sm86]);
-        assert_eq!((again.compiled, again.cached, again.failed.len()), (0, 2, 1), "{again:?}");
+        assert_eq!((again.compiled, again.cached, again.failed.len()), (0, 3, 1), "{again:?}");
     }
 }
 
 #[test]
 fn kernels_sharing_a_spec_are_compiled_once() {
-    // Prefill and PrefillAlias share their spec on each arch, PinnedHopper and Tuned their pinned
-    // one: 2 (Prefill) + 2 (DeepPipeline) + 1 (pinned).
+    // Prefill and PrefillAlias share their spec on each arch: 2 (Prefill) + 2 (DeepPipeline) + 1
+    // (PinnedHopper) + 1 (Tuned).
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().to_path_buf());
     let report = warm_registered(&cache, &[Arch::Sm80, Arch::Sm90a]);
-    assert_eq!(report.compiled + report.cached + report.failed.len(), 5, "{report:?}");
+    assert_eq!(report.compiled + report.cached + report.failed.len(), 6, "{report:?}");
 }
