@@ -9,12 +9,14 @@
 //! fill); [`qkv`] holds queries, keys and values on the host and reads and writes them as
 //! safetensors; [`prefill`](mod@prefill) runs a whole layer under a per-head config. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
-//! the [`registry`].
+//! the [`registry`]. [`mod@warm`] compiles kernel sets into the disk cache ahead of time and
+//! [`doctor`] reports what minf finds on the machine.
 
 pub mod attention;
 pub mod block_sparse;
 pub mod config;
 pub mod device;
+pub mod doctor;
 pub mod error;
 pub mod estimate;
 pub mod jit;
@@ -25,6 +27,7 @@ pub mod tensor;
 pub mod tile_choice;
 pub mod timing;
 pub mod vertical_slash;
+pub mod warm;
 
 pub use attention::{
     a_shape_attention, attention, block_sparse_attention, dense_attention, vertical_slash_attention, AShape,

@@ -2,6 +2,7 @@
 
 use super::output::outln;
 use super::CacheCommand;
+use minf_runtime::doctor::human_bytes;
 use minf_runtime::jit::{nvrtc_info, KernelCache};
 use std::error::Error;
 use std::process::ExitCode;
@@ -41,24 +42,5 @@ pub fn cache(command: &CacheCommand) -> Result<ExitCode, Box<dyn Error>> {
 
 /// NVRTC's version and path, or why it was not found.
 pub fn nvrtc_line() -> String {
-    match nvrtc_info() {
-        Ok(info) => format!("{}.{} at {}", info.version.0, info.version.1, info.path.display()),
-        Err(e) => format!("not found: {e}"),
-    }
-}
-
-/// A size in bytes, KiB, MiB or GiB.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    minf_runtime::doctor::nvrtc_line(&nvrtc_info())
 }

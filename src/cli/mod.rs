@@ -9,8 +9,6 @@ mod output;
 mod warm;
 
 use clap::{Parser, Subcommand};
-use minf_runtime::device::{driver_available, probe, GpuInfo};
-use minf_runtime::MinfError;
 use output::errln;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -90,12 +88,4 @@ pub fn main() -> ExitCode {
 /// Whether log lines get colour codes: only on a terminal, and not with `NO_COLOR` set.
 fn colour_logs() -> bool {
     std::io::stderr().is_terminal() && !std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
-}
-
-/// The GPU minf would run on, as an error that says how to proceed when there is none.
-pub fn current_gpu() -> Result<GpuInfo, MinfError> {
-    if !driver_available() {
-        return Err(MinfError::NoDriver);
-    }
-    probe(0)
 }

@@ -1,19 +1,19 @@
 //! `minf warm`: compile kernels into the disk cache.
 
 use super::config::load_config;
-use super::current_gpu;
 use super::output::{errln, outln};
 use indicatif::{ProgressBar, ProgressStyle};
-use minf_runtime::codegen::{render_any, AnyKernel, Arch, DType, IndexKernel, IndexKernelSpec, KernelSpec, Pattern};
+use minf_runtime::codegen::{Arch, DType, KernelSpec, Pattern};
 use minf_runtime::config::known_model;
-use minf_runtime::jit::{nvrtc_info, CacheOutcome, KernelCache};
+use minf_runtime::doctor::current_gpu;
+use minf_runtime::jit::KernelCache;
+use minf_runtime::warm::{
+    check_ready, config_kernels as kernels_for_config, default_kernels, warm_kernels, with_index_kernels, WarmError,
+};
 use minf_runtime::MinfError;
 use std::error::Error;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct WarmArgs {
@@ -71,77 +71,43 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
     if let Some(bad) = args.head_dim.iter().find(|d| !minf_runtime::codegen::spec::HEAD_DIMS.contains(d)) {
         return Err(format!("invalid --head-dim {bad}: allowed {:?}", minf_runtime::codegen::spec::HEAD_DIMS).into());
     }
-    let attention: Vec<AnyKernel> = match &args.config {
+    let attention = match &args.config {
         Some(path) => config_kernels(path, args, &arches)?,
-        None => KernelSpec::default_set(&arches)
-            .into_iter()
-            .filter(|s| args.pattern.is_empty() || args.pattern.contains(&s.pattern))
-            .filter(|s| args.head_dim.is_empty() || args.head_dim.contains(&s.head_dim))
-            .filter(|s| args.dtype.is_empty() || args.dtype.contains(&s.dtype))
-            .collect(),
-    }
-    .into_iter()
-    .map(AnyKernel::Attention)
-    .collect();
+        None => default_kernels(&arches, &args.pattern, &args.head_dim, &args.dtype),
+    };
     if attention.is_empty() {
-        return Err("no kernel in the default set matches these filters".into());
+        return Err(WarmError::NoKernels.into());
     }
     let attention_count = attention.len();
-    // The index kernels do not depend on pattern, dtype or head dimension: always warmed.
-    let index = arches.iter().flat_map(|&arch| {
-        IndexKernel::ALL.iter().map(move |&kernel| AnyKernel::Index(IndexKernelSpec { kernel, arch }))
-    });
-    let specs: Vec<AnyKernel> = attention.into_iter().chain(index).collect();
+    let specs = with_index_kernels(attention, &arches);
     let cache = KernelCache::from_env()?;
-    if !cache.jit_disabled() {
-        cache.check_writable().map_err(|e| {
-            format!("the kernel cache cannot be written ({e}): nothing was compiled or saved; set MINF_CACHE_DIR to a writable directory")
-        })?;
-        nvrtc_info()?;
-    }
-    let jobs =
-        args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, specs.len());
+    check_ready(&cache)?;
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
 
-    let start = Instant::now();
     let bar = ProgressBar::new(specs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let next = AtomicUsize::new(0);
-    let results = Mutex::new(Vec::with_capacity(specs.len()));
-    std::thread::scope(|scope| {
-        for _ in 0..jobs {
-            scope.spawn(|| {
-                while let Some(spec) = specs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    bar.set_message(spec.readable_name());
-                    let outcome = render_any(spec)
-                        .map_err(|e| e.to_string())
-                        .and_then(|kernel| cache.get_or_compile(&kernel).map_err(|e| e.to_string()))
-                        .map(|cached| cached.outcome);
-                    results.lock().unwrap_or_else(|e| e.into_inner()).push((spec.readable_name(), outcome));
-                    bar.inc(1);
-                }
-            });
-        }
+    let counts = warm_kernels(&cache, &specs, jobs, &|started| match started {
+        Some(name) => bar.set_message(name.to_string()),
+        None => bar.inc(1),
     });
     bar.finish_and_clear();
-    let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    let compiled = results.iter().filter(|(_, r)| matches!(r, Ok(CacheOutcome::Compiled { .. }))).count();
-    let failed: Vec<_> = results.iter().filter_map(|(name, r)| r.as_ref().err().map(|e| (name, e))).collect();
-    let cached = results.len() - compiled - failed.len();
-    for (name, error) in &failed {
+    for (name, error) in &counts.failed {
         errln!("failed: {name}: {error}");
     }
+    let compiled = counts.compiled;
     let arches: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
     outln!(
-        "warmed {} kernel(s) ({attention_count} attention, {} index) for {}: {compiled} compiled, {cached} cached, \
+        "warmed {} kernel(s) ({attention_count} attention, {} index) for {}: {compiled} compiled, {} cached, \
          {} failed in {:.3}s (cache: {})",
-        results.len(),
-        results.len() - attention_count,
+        counts.total(),
+        counts.total() - attention_count,
         arches.join(", "),
-        failed.len(),
-        start.elapsed().as_secs_f64(),
+        counts.cached,
+        counts.failed.len(),
+        counts.seconds,
         cache.root().display()
     )?;
     if cache.is_memory_only() {
@@ -152,7 +118,7 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
         )
         .into());
     }
-    Ok(if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if counts.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The attention kernels a per-head config needs, for every target, dtype and head dimension asked.
@@ -185,15 +151,7 @@ fn config_kernels(path: &Path, args: &WarmArgs, arches: &[Arch]) -> Result<Vec<K
         }
         (dims, _) => dims.to_vec(),
     };
-    let dtypes = if args.dtype.is_empty() { DType::ALL.to_vec() } else { args.dtype.clone() };
-    let mut specs = Vec::new();
-    for &arch in arches {
-        for &dtype in &dtypes {
-            for &head_dim in &head_dims {
-                specs.extend(config.kernel_specs(head_dim, dtype, arch));
-            }
-        }
-    }
+    let specs = kernels_for_config(&config, &head_dims, &args.dtype, arches);
     let mut patterns: Vec<Pattern> = specs.iter().map(|s| s.pattern).collect();
     patterns.sort();
     patterns.dedup();
