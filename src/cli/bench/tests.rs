@@ -236,6 +236,7 @@ fn tile_lists_cover_the_realised_mask_of(seed: u64) {
     let mask = RealisedMask {
         batch: 1,
         seq,
+        q_offset: 0,
         heads: vec![
             HeadMask::Dense,
             HeadMask::AShape(AShape { n_init: 70, n_local: 100 }),
