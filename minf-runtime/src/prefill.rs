@@ -523,13 +523,20 @@ impl<'d> Prefill<'d> {
         if chunk_tokens == 0 {
             return Err(shape_error("prefill_chunked: chunk_tokens must be at least 1".into()));
         }
-        for (name, layout) in [("q", q.layout), ("out", out.layout)] {
+        for (name, layout, len) in [("q", q.layout, q.data.len()), ("out", out.layout, out.data.len())] {
             if layout.strides != Layout::bshd(layout.shape).strides {
                 return Err(shape_error(format!(
                     "prefill_chunked: {name} has strides {:?}; the driver copies chunks of contiguous \
                      [batch, seq, heads, head_dim] tensors (strides {:?})",
                     layout.strides,
                     Layout::bshd(layout.shape).strides
+                )));
+            }
+            if layout.span() > len {
+                return Err(shape_error(format!(
+                    "prefill_chunked: {name} of shape {:?} spans {} elements but its buffer holds {len}",
+                    layout.shape,
+                    layout.span()
                 )));
             }
         }
