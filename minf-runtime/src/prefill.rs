@@ -501,8 +501,9 @@ impl<'d> Prefill<'d> {
     /// `q`, `out` contiguous `[batch, seq, heads, head_dim]` and `k`, `v`
     /// `[batch, seq, kv_heads, head_dim]` (any strides with contiguous rows) hold the whole
     /// prompt; chunk `c` attends to the keys `0 .. min((c + 1) * chunk_tokens, seq)`. Allocates a
-    /// query and an output buffer of one chunk per call (the chunks are copied through them).
-    /// Launches on `device.stream()`; nothing waits for the device.
+    /// query and an output buffer of one chunk per call (the chunks are copied through them);
+    /// [`Prefill::realised_mask`] then describes the last chunk. Launches on `device.stream()`;
+    /// nothing waits for the device.
     pub fn prefill_chunked<T: AttentionElement>(
         &mut self,
         layer: usize,
