@@ -15,7 +15,7 @@
 //!
 //! **Config.** MInference's JSON format: a list with one object per layer mapping each query
 //! head (`"0"`, `"1"`, ...) to `[pattern, size, size, score]`, the score being the criterion's
-//! value on the sampled rows (a mismatch count, or a mean recall).
+//! value on the sampled rows (a mismatch count, or a mean recall rounded to 6 decimals).
 
 use super::choice::Criterion;
 use super::space::{Candidate, SearchSpace};
@@ -180,11 +180,12 @@ pub fn config_json(layers: &[Vec<HeadChoice>], criterion: Criterion) -> String {
     text
 }
 
-/// A score as JSON: an integer count for mismatches, a number for recall (0 if not finite).
+/// A score as JSON: an integer count for mismatches, a recall rounded to 6 decimals (0 if not
+/// finite), so the last bits of a float sum never change the file.
 fn score_value(score: f64, criterion: Criterion) -> Value {
     match criterion {
         Criterion::Mismatch if score.is_finite() && score >= 0.0 => json!(score as u64),
-        _ => serde_json::Number::from_f64(score).map_or(json!(0), Value::Number),
+        _ => serde_json::Number::from_f64((score * 1e6).round() / 1e6).map_or(json!(0), Value::Number),
     }
 }
 
@@ -421,7 +422,7 @@ mod tests {
         assert!(config.layers().iter().flatten().all(|h| !h.fallback));
         assert!(text.contains("\"0\": [\"stream_llm\",100,800,3]"), "{text}");
         // Recall scores stay fractional.
-        let recall = config_json(&[vec![HeadChoice { score: 0.975, ..layers[0][0].clone() }]], Criterion::Recall);
+        let recall = config_json(&[vec![HeadChoice { score: 0.975_000_3, ..layers[0][0].clone() }]], Criterion::Recall);
         assert_eq!(PatternConfig::parse(&recall, "r.json", 1).unwrap().head(0, 0).unwrap().score, 0.975);
         // The same choices give the same text.
         assert_eq!(config_json(&layers, Criterion::Mismatch), text);

@@ -264,29 +264,28 @@ impl SearchSpace {
         Ok(space)
     }
 
-    /// The space as a space file's JSON (every candidate listed, `extends` left out), which
-    /// [`SearchSpace::parse`] reads back to the same space.
+    /// The space as a space file's JSON (every candidate listed, one per line, `extends` left
+    /// out), which [`SearchSpace::parse`] reads back to the same space.
     pub fn to_json(&self) -> String {
-        let candidates: Vec<serde_json::Value> = self
+        let candidates: Vec<String> = self
             .candidates
             .iter()
             .map(|c| match *c {
                 Candidate::StreamLlm { n_init, n_local } => {
-                    serde_json::json!({"pattern": "stream_llm", "n_init": n_init, "n_local": n_local})
+                    format!("{{\"pattern\": \"stream_llm\", \"n_init\": {n_init}, \"n_local\": {n_local}}}")
                 }
                 Candidate::VerticalSlash { vertical, slash } => {
-                    serde_json::json!({"pattern": "vertical_and_slash", "vertical": vertical, "slash": slash})
+                    format!("{{\"pattern\": \"vertical_and_slash\", \"vertical\": {vertical}, \"slash\": {slash}}}")
                 }
-                Candidate::BlockSparse => serde_json::json!({"pattern": "block_sparse"}),
+                Candidate::BlockSparse => "{\"pattern\": \"block_sparse\"}".to_string(),
             })
             .collect();
-        let value = serde_json::json!({
-            "budget_keys": self.budget_keys,
-            "tolerance": self.tolerance,
-            "candidates": candidates,
-        });
-        // A json! value always serialises.
-        serde_json::to_string_pretty(&value).unwrap_or_default()
+        format!(
+            "{{\n  \"budget_keys\": {},\n  \"tolerance\": {},\n  \"candidates\": [\n    {}\n  ]\n}}",
+            self.budget_keys,
+            serde_json::Value::from(self.tolerance),
+            candidates.join(",\n    ")
+        )
     }
 }
 
