@@ -93,19 +93,19 @@ pub fn wide_units(first: IndexRow<'_>, second: Option<IndexRow<'_>>) -> u64 {
 /// blocks that start in query rows `rows` of a `seq`-token prompt: per block, the sinks
 /// `[0, min(n_init, window start))` and the window `[max(0, m - n_local + 1), last row]`, each in
 /// `block_n`-key tiles.
-pub fn a_shape_units(shape: AShape, seq: usize, rows: Range<usize>, block_m: usize, block_n: usize) -> u64 {
+pub fn a_shape_units(shape: AShape, seq: usize, rows: Range<usize>, block_m: usize, block_n: usize) -> f64 {
     let (block_m, block_n) = (block_m.max(1), block_n.max(1));
     let first = rows.start.div_ceil(block_m) * block_m;
-    (first..rows.end.min(seq))
+    let tiles: usize = (first..rows.end.min(seq))
         .step_by(block_m)
         .map(|m| {
             let last_row = (m + block_m).min(seq) - 1;
             let local_start = (m + 1).saturating_sub(shape.n_local);
             let sink_end = shape.n_init.min(local_start);
-            let tiles = sink_end.div_ceil(block_n) + (last_row + 1 - local_start).div_ceil(block_n);
-            (tiles * (block_n / BLOCK).max(1) * (block_m / BLOCK).max(1)) as u64
+            sink_end.div_ceil(block_n) + (last_row + 1 - local_start).div_ceil(block_n)
         })
-        .sum()
+        .sum();
+    (tiles * block_m * block_n) as f64 / (BLOCK * BLOCK) as f64
 }
 
 /// The budget of the sampled rows in units: `min(budget_keys, causal keys)` keys per index row,
@@ -196,17 +196,20 @@ mod tests {
     fn a_shape_tiles_follow_the_schedule() {
         let shape = AShape { n_init: 100, n_local: 800 };
         // Rows 0..64: the window starts at 0, no sink range; one 64-key tile.
-        assert_eq!(a_shape_units(shape, 10_000, 0..64, 64, 64), 1);
+        assert_eq!(a_shape_units(shape, 10_000, 0..64, 64, 64), 1.0);
         // Rows 4096..4160: window [3297, 4159] = 863 keys = 14 tiles, sinks 100 keys = 2 tiles.
-        assert_eq!(a_shape_units(shape, 10_000, 4096..4160, 64, 64), 16);
+        assert_eq!(a_shape_units(shape, 10_000, 4096..4160, 64, 64), 16.0);
         // 128-row blocks with 128-key tiles: window [3297, 4223] = 927 keys = 8 tiles, sink 1;
         // each tile is 2 x 2 units.
-        assert_eq!(a_shape_units(shape, 10_000, 4096..4224, 128, 128), 36);
+        assert_eq!(a_shape_units(shape, 10_000, 4096..4224, 128, 128), 36.0);
         // The same rows in 64-row blocks: two blocks.
-        assert_eq!(a_shape_units(shape, 10_000, 4096..4224, 64, 64), 32);
+        assert_eq!(a_shape_units(shape, 10_000, 4096..4224, 64, 64), 32.0);
+        // 128-row blocks with 32-key tiles (sm_8x): window 927 keys = 29 tiles, sinks 100 = 4 tiles,
+        // each half a unit per 64 rows.
+        assert_eq!(a_shape_units(shape, 10_000, 4096..4224, 128, 32), 33.0);
         // A window covering everything: causal keys only.
         let wide = AShape { n_init: 4, n_local: 1 << 20 };
-        assert_eq!(a_shape_units(wide, 200, 128..200, 128, 128), 8);
+        assert_eq!(a_shape_units(wide, 200, 128..200, 128, 128), 8.0);
     }
 
     #[test]

@@ -214,7 +214,11 @@ fn score_heads(
                             *count += row_a[span.clone()]
                                 .iter()
                                 .zip(&row_b[span])
-                                .filter(|(x, y)| !((x.to_f32() - y.to_f32()).abs() <= MISMATCH_THRESHOLD))
+                                .filter(|(x, y)| {
+                                    // A NaN output counts as a mismatch.
+                                    let diff = (x.to_f32() - y.to_f32()).abs();
+                                    diff > MISMATCH_THRESHOLD || diff.is_nan()
+                                })
                                 .count() as u64;
                         }
                     }
@@ -321,12 +325,12 @@ impl<'d> Evaluator<'d> {
                     attention(device, q, k, v, out, PatternArgs::AShape(shape), options)?;
                     let spec = launch_spec(device, Pattern::AShape, DType::Bf16, head_dim, None, None);
                     let (block_m, block_n) = (spec.block_m as usize, spec.block_n as usize);
-                    let units: u64 = sample
+                    let units: f64 = sample
                         .blocks
                         .iter()
                         .map(|&s| a_shape_units(shape, seq, sample.rows(s), block_m, block_n))
                         .sum();
-                    Some(vec![units as f64; heads])
+                    Some(vec![units; heads])
                 }
                 Candidate::VerticalSlash { vertical, slash } => {
                     let (nnz_v, nnz_s) = self
