@@ -139,11 +139,27 @@ fn load_layer(files: &[std::path::PathBuf], shape: SearchShape) -> Result<Vec<Ho
         .collect()
 }
 
-/// Searches every layer of `inputs` not yet in the progress file next to `output`, then writes
-/// the config to `output` (through a temporary file, so a reader never sees half a config).
-/// Returns `choices[layer][head]`.
+/// Searches every layer of `inputs` not yet in the progress file next to `output` on `device`,
+/// then writes the config to `output` (through a temporary file, so a reader never sees half a
+/// config). Returns `choices[layer][head]`.
 pub fn run_search(
     device: &Device,
+    inputs: &SearchInputs,
+    shape: SearchShape,
+    space: &SearchSpace,
+    options: SearchOptions,
+    output: &Path,
+    on_layer: impl FnMut(&LayerReport<'_>),
+) -> Result<Vec<Vec<HeadChoice>>, MinfError> {
+    let mut evaluator = Evaluator::new(device, space.clone(), options.sample_blocks);
+    run_search_with(|qkv| evaluator.evaluate(qkv), inputs, shape, space, options, output, on_layer)
+}
+
+/// [`run_search`] with another evaluation of one prompt's layer (`evaluate` must give a
+/// [`PromptEvaluation`] for `space`'s candidates): the loading, choosing, progress and writing
+/// around it.
+pub fn run_search_with(
+    mut evaluate: impl FnMut(&HostQkv) -> Result<PromptEvaluation, MinfError>,
     inputs: &SearchInputs,
     shape: SearchShape,
     space: &SearchSpace,
@@ -164,7 +180,6 @@ pub fn run_search(
         on_layer(&LayerReport { layer, layers, resumed: true, load_seconds: 0.0, evaluate_seconds: 0.0, choices });
     }
     let pending: Vec<usize> = (0..layers).filter(|l| !progress.done().contains_key(l)).collect();
-    let mut evaluator = Evaluator::new(device, space.clone(), options.sample_blocks);
     std::thread::scope(|scope| -> Result<(), MinfError> {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let files = &inputs.files;
@@ -184,8 +199,14 @@ pub fn run_search(
                 .recv()
                 .map_err(|_| MinfError::Shape("search: the input reader stopped before the last layer".into()))??;
             let started = Instant::now();
-            let evaluations =
-                prompts.iter().map(|qkv| evaluator.evaluate(qkv)).collect::<Result<Vec<_>, MinfError>>()?;
+            let evaluations = prompts.iter().map(&mut evaluate).collect::<Result<Vec<_>, MinfError>>()?;
+            if let Some(bad) = evaluations.iter().find(|e| e.evaluations.len() != space.candidates.len()) {
+                return Err(MinfError::Shape(format!(
+                    "search: layer {layer}: an evaluation of {} candidates for a space of {}",
+                    bad.evaluations.len(),
+                    space.candidates.len()
+                )));
+            }
             let choices = choose_layer(space, options.criterion, &evaluations);
             let evaluate_seconds = started.elapsed().as_secs_f64();
             tracing::info!(
@@ -246,5 +267,117 @@ mod tests {
         // The same evaluations always give the same choices.
         assert_eq!(choose_layer(&space, Criterion::Mismatch, &prompts), choices);
         assert!(choose_layer(&space, Criterion::Mismatch, &[]).is_empty());
+    }
+
+    /// Two prompts of three tiny layers; `q[0]` holds the layer number, `q[1]` the prompt's.
+    fn write_inputs(dir: &Path, heads: usize) -> SearchInputs {
+        for (p, prompt) in ["one", "two"].iter().enumerate() {
+            std::fs::create_dir_all(dir.join(prompt)).unwrap();
+            for layer in 0..3 {
+                let (seq, d) = (64, 8);
+                let mut q = vec![0.5f32; seq * heads * d];
+                (q[0], q[1]) = (layer as f32, p as f32);
+                let qkv =
+                    HostQkv { seq, heads, kv_heads: 1, head_dim: d, q, k: vec![1.0; seq * d], v: vec![2.0; seq * d] };
+                crate::save_safetensors(&qkv, dir.join(prompt).join(format!("layer_{layer}.safetensors"))).unwrap();
+            }
+        }
+        SearchInputs::discover(dir).unwrap()
+    }
+
+    /// A stand-in for the GPU: candidate `c` of head `h` in layer `l` has `(c + h + l) % 3`
+    /// mismatches per prompt (plus one on the second prompt for candidate 0) and costs `10 c`.
+    fn fake(qkv: &HostQkv) -> Result<PromptEvaluation, MinfError> {
+        let (layer, prompt) = (qkv.q[0] as u64, qkv.q[1] as u64);
+        let evaluations = (0..3u64)
+            .map(|c| {
+                (0..qkv.heads as u64)
+                    .map(|h| Evaluation {
+                        mismatches: (c + h + layer) % 3 + u64::from(c == 0) * prompt,
+                        recall_sum: 0.0,
+                        rows: 1,
+                        cost: 10.0 * c as f64,
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(PromptEvaluation { evaluations, budget: 20.0, rows: 1 })
+    }
+
+    #[test]
+    fn searches_resume_from_their_progress_and_repeat_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = write_inputs(&dir.path().join("in"), 2);
+        let space =
+            SearchSpace { candidates: SearchSpace::default().candidates[..3].to_vec(), ..SearchSpace::default() };
+        let shape = SearchShape { heads: 2, kv_heads: 1, head_dim: 8 };
+        let options = SearchOptions::default();
+        let output = dir.path().join("config.json");
+        let mut calls = 0;
+        // The evaluation fails on layer 1: layer 0 is kept in the progress file, no config written.
+        let failing = |qkv: &HostQkv| {
+            calls += 1;
+            if qkv.q[0] == 1.0 {
+                return Err(MinfError::Shape("device lost".into()));
+            }
+            fake(qkv)
+        };
+        let error = run_search_with(failing, &inputs, shape, &space, options, &output, |_| {}).unwrap_err();
+        assert!(error.to_string().contains("device lost"));
+        assert_eq!(calls, 3);
+        assert!(!output.exists());
+
+        let mut reports = Vec::new();
+        let counted = |qkv: &HostQkv| {
+            calls += 1;
+            fake(qkv)
+        };
+        let record = |r: &LayerReport<'_>| reports.push((r.layer, r.resumed, r.choices.len()));
+        let choices = run_search_with(counted, &inputs, shape, &space, options, &output, record).unwrap();
+        // Layers 1 and 2, two prompts each.
+        assert_eq!(calls, 7);
+        assert_eq!(reports, vec![(0, true, 2), (1, false, 2), (2, false, 2)]);
+        // Layer 0, head 0: candidates 0, 1, 2 have 0 + 1, 1 + 1 and 2 + 2 mismatches over the two
+        // prompts: candidate 0. Head 1: 1 + 2, 2 + 2 and 0 + 0: candidate 2 (cost 40, within the
+        // budget of 40 times 1.25).
+        assert_eq!(choices[0].iter().map(|c| c.index).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!((choices[0][0].score, choices[0][0].cost, choices[0][0].budget), (1.0, 0.0, 40.0));
+        let text = std::fs::read_to_string(&output).unwrap();
+        assert_eq!(text, config_json(&choices, Criterion::Mismatch));
+
+        // Again: nothing evaluated, the same file.
+        calls = 0;
+        let again = run_search_with(
+            |q| {
+                calls += 1;
+                fake(q)
+            },
+            &inputs,
+            shape,
+            &space,
+            options,
+            &output,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!((calls, &again), (0, &choices));
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), text);
+        // A fresh search of the same inputs: the same file.
+        let fresh = dir.path().join("fresh.json");
+        run_search_with(fake, &inputs, shape, &space, options, &fresh, |_| {}).unwrap();
+        assert_eq!(std::fs::read_to_string(&fresh).unwrap(), text);
+        // Inputs of another shape are refused, naming the file.
+        let message = run_search_with(
+            fake,
+            &inputs,
+            SearchShape { heads: 4, ..shape },
+            &space,
+            options,
+            &dir.path().join("other.json"),
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(message.contains("layer_0.safetensors") && message.contains("2 query heads"), "{message}");
     }
 }
