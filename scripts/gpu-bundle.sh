@@ -3,7 +3,8 @@
 #
 # Builds, in release mode, everything the GPU machine runs into one folder, so that a machine with
 # an NVIDIA GPU and driver but no Rust toolchain can run it: the GPU test binary `gpu`, the `minf`
-# CLI and the examples prefill_demo, quickstart, dense_bench, vs_bench and estimate_bench.
+# CLI and the examples prefill_demo, quickstart, dense_bench, vs_bench, estimate_bench and
+# search_inputs (the input directory `minf search` is timed on, docs/search.md).
 # Copy the repository with DIR to the GPU machine and run, from the repository root:
 #
 #   scripts/gpu-suite.sh [FILTER...]      the GPU tests (docs/testing.md)
@@ -24,7 +25,7 @@ for line in sys.stdin:
         print(m["executable"])')
 [ -n "$tests" ] || { echo "gpu-bundle: could not build the gpu test binary" >&2; exit 1; }
 cp "$tests" "$out/gpu"
-examples=(prefill_demo quickstart dense_bench vs_bench estimate_bench)
+examples=(prefill_demo quickstart dense_bench vs_bench estimate_bench search_inputs)
 cargo build --release --bin minf $(printf -- '--example %s ' "${examples[@]}")
 for example in "${examples[@]}"; do cp "target/release/examples/$example" "$out/"; done
 cp target/release/minf "$out/"

@@ -32,6 +32,8 @@ mod patterns;
 mod prefill;
 #[path = "gpu/sanitize.rs"]
 mod sanitize;
+#[path = "gpu/search.rs"]
+mod search;
 
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;

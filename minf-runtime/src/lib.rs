@@ -10,7 +10,7 @@
 //! safetensors; [`prefill`](mod@prefill) runs a whole layer under a per-head config. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`]. [`mod@warm`] compiles kernel sets into the disk cache ahead of time and
-//! [`doctor`] reports what minf finds on the machine.
+//! [`doctor`] reports what minf finds on the machine; [`search`] finds per-head configs offline.
 
 pub mod attention;
 pub mod block_sparse;
@@ -23,6 +23,7 @@ pub mod jit;
 pub mod prefill;
 pub mod qkv;
 pub mod registry;
+pub mod search;
 pub mod tensor;
 pub mod tile_choice;
 pub mod timing;

@@ -2,7 +2,7 @@
 
 use super::output::outln;
 use minf_runtime::codegen::Pattern;
-use minf_runtime::config::{known_model, ConfigError, HeadPattern, PatternConfig};
+use minf_runtime::config::{known_model, ConfigError, FilePattern, HeadPattern, PatternConfig, MINFERENCE_BLOCK_TOP_K};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,50 @@ pub fn config_show(args: &ConfigShowArgs) -> Result<ExitCode, Box<dyn Error>> {
     for ((n_init, n_local), count) in &a_shapes {
         outln!("a_shape:  n_init {n_init}, n_local {n_local}: {count} heads")?;
     }
+    entries(&config)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A score as written: counts (MInference's mismatches) whole, fractions (recall) to 4 places.
+fn score(x: f64) -> String {
+    if x.fract() == 0.0 || x.abs() >= 1e4 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// Entries listed at most, most frequent first.
+const MAX_ENTRIES: usize = 20;
+
+/// The distinct entries of the file (what a search chose), with their head counts and scores.
+fn entries(config: &PatternConfig) -> std::io::Result<()> {
+    let mut scores: BTreeMap<(FilePattern, usize, usize), Vec<f64>> = BTreeMap::new();
+    for head in config.layers().iter().flatten().filter(|h| !h.fallback) {
+        let sizes = match head.file_pattern {
+            FilePattern::BlockSparse => (0, 0),
+            _ => (head.vertical_size, head.slash_size),
+        };
+        scores.entry((head.file_pattern, sizes.0, sizes.1)).or_default().push(head.score);
+    }
+    let mut rows: Vec<_> = scores.into_iter().collect();
+    rows.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+    outln!("entries (heads; score min / mean / max, the file's fourth field):")?;
+    for ((pattern, a, b), scores) in rows.iter().take(MAX_ENTRIES) {
+        let label = match pattern {
+            FilePattern::BlockSparse => format!("{pattern} (top {MINFERENCE_BLOCK_TOP_K})"),
+            _ => format!("{pattern} ({a}, {b})"),
+        };
+        let min = scores.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        let [min, mean, max] = [min, mean, max].map(score);
+        outln!("  {label:<34} {:>6}   {min} / {mean} / {max}", scores.len())?;
+    }
+    if rows.len() > MAX_ENTRIES {
+        outln!("  ... {} more", rows.len() - MAX_ENTRIES)?;
+    }
+    Ok(())
 }
 
 fn histogram(title: &str, sizes: &[usize]) -> std::io::Result<()> {

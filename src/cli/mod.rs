@@ -1,11 +1,12 @@
 //! The `minf` command line: warm the kernel cache, inspect it, check the machine's CUDA setup,
-//! inspect per-head configs, and benchmark.
+//! inspect per-head configs, search them, and benchmark.
 
 mod bench;
 mod cache;
 mod config;
 mod doctor;
 mod output;
+mod search;
 mod warm;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ enum Command {
     },
     /// Time every pattern at several context lengths (needs a GPU), or compare record files.
     Bench(Box<bench::BenchArgs>),
+    /// Search each head's pattern offline from reference Q/K/V and write a per-head config (GPU).
+    Search(Box<search::SearchArgs>),
 }
 
 #[derive(Subcommand)]
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Doctor => doctor::doctor(),
         Command::Config { command: ConfigCommand::Show(args) } => config::config_show(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Search(args) => search::search(&args),
     };
     match result {
         Ok(code) => code,
