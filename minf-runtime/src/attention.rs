@@ -91,6 +91,22 @@ impl Varlen {
     }
 }
 
+/// What the shape checks need of a [`Varlen`]: the sequences, the rows they cover, the longest
+/// query sequence.
+#[derive(Debug, Clone, Copy)]
+struct VarlenRows {
+    batch: usize,
+    total_q: usize,
+    total_k: usize,
+    max_q: usize,
+}
+
+impl Varlen {
+    fn rows(&self) -> VarlenRows {
+        VarlenRows { batch: self.batch(), total_q: self.total_q(), total_k: self.total_k(), max_q: self.max_seqlen_q }
+    }
+}
+
 /// Checks varlen offsets on the host and returns the longest query and key/value sequences.
 fn check_varlen(cu_q: &[i32], cu_k: &[i32]) -> Result<(usize, usize), MinfError> {
     if cu_q.len() < 2 || cu_q.len() != cu_k.len() {
@@ -417,6 +433,7 @@ pub fn attention<T: AttentionElement>(
 }
 
 /// The shapes of one call after checking: what the grid and parameters need.
+#[derive(Debug)]
 struct Checked {
     batch: usize,
     heads: usize,
@@ -437,7 +454,7 @@ fn check_shapes(
     k: [usize; 4],
     v: [usize; 4],
     out: [usize; 4],
-    varlen: Option<&Varlen>,
+    varlen: Option<VarlenRows>,
     lse_len: Option<usize>,
     heads_subset: Option<usize>,
 ) -> Result<Checked, MinfError> {
@@ -475,20 +492,20 @@ fn check_shapes(
                     "with varlen, tensors are [1, total_rows, heads, head_dim]; got batch {batch}"
                 )));
             }
-            if varlen.total_q() > q_rows {
+            if varlen.total_q > q_rows {
                 return Err(shape_error(format!(
                     "varlen cu_seqlens_q ends at row {} but q has {q_rows} rows",
-                    varlen.total_q()
+                    varlen.total_q
                 )));
             }
-            if varlen.total_k() > kv_rows {
+            if varlen.total_k > kv_rows {
                 return Err(shape_error(format!(
                     "varlen cu_seqlens_k ends at row {} but k and v have {kv_rows} rows: the KV buffer is shorter \
                      than the declared sequences",
-                    varlen.total_k()
+                    varlen.total_k
                 )));
             }
-            (varlen.batch(), varlen.max_seqlen_q())
+            (varlen.batch, varlen.max_q)
         }
     };
     if batch > MAX_GRID_Y || heads > MAX_GRID_Y {
@@ -542,7 +559,7 @@ fn check_tensors<T: AttentionElement>(
         k.layout.shape,
         v.layout.shape,
         out.layout.shape,
-        options.varlen,
+        options.varlen.map(Varlen::rows),
         options.lse.as_ref().map(|lse| lse.len()),
         options.heads.map(HeadSubset::head_count),
     )
@@ -737,6 +754,72 @@ pub fn attention_with_spec<T: AttentionElement>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error_of<T: std::fmt::Debug>(result: Result<T, MinfError>) -> String {
+        result.expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn varlen_offsets_are_checked_on_the_host() {
+        assert_eq!(check_varlen(&[0, 3, 3, 10], &[0, 5, 9, 20]).unwrap(), (7, 11));
+        assert_eq!(check_varlen(&[0, 1], &[0, 1]).unwrap(), (1, 1));
+        assert!(error_of(check_varlen(&[0], &[0])).contains("need batch + 1 >= 2 offsets each; got 1 and 1"));
+        assert!(error_of(check_varlen(&[0, 3], &[0, 3, 4])).contains("got 2 and 3"));
+        assert!(error_of(check_varlen(&[1, 3], &[0, 3])).contains("cu_seqlens_q must start at 0; got 1"));
+        assert!(error_of(check_varlen(&[0, 3], &[2, 3])).contains("cu_seqlens_k must start at 0; got 2"));
+        assert!(error_of(check_varlen(&[0, 4, 2], &[0, 4, 8]))
+            .contains("cu_seqlens_q decreases at sequence 1 (4 then 2); offsets must be non-decreasing"));
+        assert!(error_of(check_varlen(&[0, 1, 2], &[0, 9, 5])).contains("cu_seqlens_k decreases at sequence 1"));
+        assert!(error_of(check_varlen(&[0, 2, 9], &[0, 5, 10])).contains("sequence 1 has q_len 7 > kv_len 5"));
+    }
+
+    #[test]
+    fn chunk_shapes_are_checked_on_the_host() {
+        let q = [2, 100, 8, 64];
+        let kv = [2, 300, 2, 64];
+        let checked = check_shapes(q, kv, kv, q, None, Some(2 * 8 * 100), None).unwrap();
+        assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 100, 100, 300));
+        // q_len == 1 is a chunk too.
+        assert!(check_shapes([2, 1, 8, 64], kv, kv, [2, 1, 8, 64], None, None, None).is_ok());
+        assert!(error_of(check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None))
+            .contains("q_len 301 > kv_len 300"));
+        assert!(error_of(check_shapes(q, [1, 300, 2, 64], [1, 300, 2, 64], q, None, None, None))
+            .contains("same batch and head_dim expected"));
+        assert!(error_of(check_shapes(q, kv, [2, 299, 2, 64], q, None, None, None)).contains("!= v shape"));
+        assert!(error_of(check_shapes(q, kv, kv, [2, 300, 8, 64], None, None, None)).contains("out shape"));
+        assert!(error_of(check_shapes(q, kv, kv, q, None, Some(1599), None))
+            .contains("lse holds 1599 floats but [batch, heads, q_len] = 1600 are needed"));
+        assert!(error_of(check_shapes(q, kv, kv, q, None, None, Some(4))).contains("checked against 4 query heads"));
+        assert!(error_of(check_shapes(q, [2, 300, 3, 64], [2, 300, 3, 64], q, None, None, None))
+            .contains("not a multiple of 3"));
+    }
+
+    #[test]
+    fn varlen_totals_are_checked_against_the_tensors() {
+        // Sequences of 10 and 5 queries over 100 and 200 keys.
+        let (max_q, _) = check_varlen(&[0, 10, 15], &[0, 100, 300]).unwrap();
+        let rows = VarlenRows { batch: 2, total_q: 15, total_k: 300, max_q };
+        let check = |q_rows: usize, kv_rows: usize, batch: usize, lse: Option<usize>| {
+            let (q, kv) = ([batch, q_rows, 4, 64], [batch, kv_rows, 2, 64]);
+            check_shapes(q, kv, kv, q, Some(rows), lse, None)
+        };
+        let checked = check(15, 300, 1, Some(4 * 15)).unwrap();
+        assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 10, 15, 300));
+        assert!(error_of(check(14, 300, 1, None)).contains("cu_seqlens_q ends at row 15 but q has 14 rows"));
+        assert!(error_of(check(15, 299, 1, None))
+            .contains("cu_seqlens_k ends at row 300 but k and v have 299 rows: the KV buffer is shorter"));
+        assert!(error_of(check(15, 300, 2, None)).contains("got batch 2"));
+        assert!(error_of(check(15, 300, 1, Some(59))).contains("[heads, total_q_rows] = 60"));
+    }
+
+    #[test]
+    fn non_causal_is_for_dense_only() {
+        assert!(check_options(Pattern::Dense, false).is_ok());
+        for pattern in [Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse] {
+            assert!(check_options(pattern, true).is_ok());
+            assert!(error_of(check_options(pattern, false)).contains("causal = false is for the dense pattern only"));
+        }
+    }
 
     #[test]
     fn head_subsets_are_checked_against_the_head_count() {

@@ -14,7 +14,7 @@ use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
 use minf::vertical_slash::ConvertWorkspace;
-use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
+use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice, Varlen};
 use minf_testkit::reference::TestRng;
 
 /// Dense (`pattern` Dense) or A-shape attention with `window` on `case` against the reference,
@@ -61,9 +61,9 @@ fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, s
     let lens = [300, 70];
     let offsets = packed_offsets(&lens);
     let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
-    let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+    let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
     let case = Case { batch: 1, seq: offsets[2], heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
-    let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+    let packed = Packed { varlen: &varlen, offsets };
     let index = vertical_slash_index(rng, 2, 4, &lens, false);
     run_vertical_slash::<T>(device, &case, seed + 3, &index, Some(&packed), "vertical_slash varlen", failures, None);
     let index = block_sparse_index(rng, 2, 4, &lens, false);
