@@ -1,14 +1,16 @@
 //! One small launch of every kernel family, for `compute-sanitizer` (`scripts/gpu-sanitize.sh`):
 //! dense, A-shape, vertical-slash and block-sparse attention on every engine and tile variant of
-//! the device (hostile indices and packed batches included), the tile choice, the vertical-slash
-//! converter, the score passes, both estimates and a whole prefill layer, in one test per engine
-//! variant plus one for the index kernels (so the tools can run them side by side). Sizes are small
+//! the device (hostile indices, packed batches and chunks of queries after a prefix included), the
+//! tile choice, the vertical-slash converter, the score passes, both estimates and a whole prefill
+//! layer, in one test per engine variant plus one for the index kernels (so the tools can run them
+//! side by side). Sizes are small
 //! so the sanitizer's tools finish in minutes; each launch is still checked against its reference.
 
 use super::patterns::{
     banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
     spec_override, variants, vertical_slash_index, Variant, VARIANT,
 };
+use super::chunked::sanitizer_chunks;
 use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
@@ -68,6 +70,8 @@ fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, s
     run_vertical_slash::<T>(device, &case, seed + 3, &index, Some(&packed), "vertical_slash varlen", failures, None);
     let index = block_sparse_index(rng, 2, 4, &lens, false);
     run_block_sparse::<T>(device, &case, seed + 4, &index, Some(&packed), false, failures);
+    // Chunks of every pattern: queries after a prefix, alone and packed with different prefixes.
+    sanitizer_chunks::<T>(device, rng, seed + 5, failures);
 }
 
 /// Attention of every pattern on `variant`'s kernels (skipped where the device has no such
