@@ -796,10 +796,9 @@ impl IndexKernelSpec {
                 ]
             }
             IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0)],
-            IndexKernel::LseMerge => DType::ALL
-                .iter()
-                .map(|dtype| entry(&format!("_{dtype}"), abi::INDEX_THREADS, 0))
-                .collect(),
+            IndexKernel::LseMerge => {
+                DType::ALL.iter().map(|dtype| entry(&format!("_{dtype}"), abi::INDEX_THREADS, 0)).collect()
+            }
         }
     }
 }

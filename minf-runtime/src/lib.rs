@@ -39,7 +39,6 @@ pub use block_sparse::{BlockSparseIndex, HostBlockSparseIndex};
 pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig};
 pub use device::Device;
 pub use error::MinfError;
-pub use merge::merge_attention;
 pub use estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
     VerticalSlashHead,
@@ -47,6 +46,7 @@ pub use estimate::gpu::{
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.
 pub use inventory;
+pub use merge::merge_attention;
 pub use minf_codegen as codegen;
 pub use prefill::{HeadGroups, Prefill, PrefillOptions, PrefillTiming, RealisedMask};
 pub use qkv::{load_safetensors, save_safetensors, HostQkv};

@@ -7,7 +7,8 @@
 //! estimates, per head, the share of keys the halves have in common, then both kernels (128-row
 //! and [`minf_codegen::Tile::SQUARE_WGMMA`] blocks), each over head maps in which the heads the other launch
 //! computes are -1 (those blocks return at once). No host round trip; every head is computed by
-//! exactly one of the two launches.
+//! exactly one of the two launches. The chooser reads the index alone, so a chunk's index (rows of
+//! the chunk's queries, absolute keys) is chosen for like a whole sequence's.
 
 use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadSubset, PatternArgs};
 use crate::device::{Device, KernelArgs};

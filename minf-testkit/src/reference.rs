@@ -423,7 +423,8 @@ mod tests {
         let offset = chunk.q_offset();
         let q_chunk = &q[offset * heads * d..];
         let rows = [0, 1, 2, 3, 4];
-        let got = chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, i, j| crate::masks::causal(offset, i, j));
+        let got =
+            chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, i, j| crate::masks::causal(offset, i, j));
         assert!(relative_l2(&got.out, &want.out) < 1e-12 && relative_l2(&got.lse, &want.lse) < 1e-12);
         // Split: keys [0, 4) for every row (non-causal prefix) and the causal rest.
         let prefix = chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, _, j| j < 4);

@@ -402,13 +402,8 @@ fn pattern_for<T: AttentionElement>(device: &Device, pattern: Pattern, failures:
             let (heads, kv_heads) = GROUPINGS[n % GROUPINGS.len()];
             let prefix = PREFIXES[(n + head_dim / 32) % PREFIXES.len()];
             let batch = 1 + n % 2;
-            let case = ChunkCase {
-                sequences: vec![(q_len, q_len + prefix); batch],
-                packed: false,
-                heads,
-                kv_heads,
-                head_dim,
-            };
+            let case =
+                ChunkCase { sequences: vec![(q_len, q_len + prefix); batch], packed: false, heads, kv_heads, head_dim };
             run_pattern::<T>(device, &mut rng, &case, seed + n as u64, pattern, None, failures);
         }
         // Packed sequences with different prefixes (one with no queries at all).
@@ -476,9 +471,17 @@ fn non_causal_dense_sees_every_key() {
     let seed = test_seed("non-causal dense");
     let mut failures = Vec::new();
     for (n, &(q_len, kv_len)) in [(1, 1), (63, 1000), (130, 130), (1000, 2111)].iter().enumerate() {
-        let case = ChunkCase { sequences: vec![(q_len, kv_len); 2], packed: false, heads: 8, kv_heads: 2, head_dim: 128 };
-        let outcome =
-            check_chunk::<bf16>(&device, &case, seed + n as u64, PatternArgs::Dense, false, &|_, _, _, _, _| true, None);
+        let case =
+            ChunkCase { sequences: vec![(q_len, kv_len); 2], packed: false, heads: 8, kv_heads: 2, head_dim: 128 };
+        let outcome = check_chunk::<bf16>(
+            &device,
+            &case,
+            seed + n as u64,
+            PatternArgs::Dense,
+            false,
+            &|_, _, _, _, _| true,
+            None,
+        );
         report("non-causal dense", case.describe::<bf16>(), &outcome, &mut failures);
     }
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
@@ -559,8 +562,14 @@ fn dense_chunked_equals_one_shot_at_128k() {
             // The chunk's queries against the growing KV prefix (the prefix and the chunk).
             let end = start + chunk;
             let q_chunk = &q[start * heads * d..end * heads * d];
-            let (part, part_lse) =
-                dense_part(&device, q_chunk, &k[..end * kv_heads * d], &v[..end * kv_heads * d], (heads, kv_heads, d), true);
+            let (part, part_lse) = dense_part(
+                &device,
+                q_chunk,
+                &k[..end * kv_heads * d],
+                &v[..end * kv_heads * d],
+                (heads, kv_heads, d),
+                true,
+            );
             out.extend(part);
             for h in 0..heads {
                 lse[h * seq + start..h * seq + end].copy_from_slice(&part_lse[h * chunk..(h + 1) * chunk]);
@@ -569,7 +578,10 @@ fn dense_chunked_equals_one_shot_at_128k() {
         let error = relative_l2(&as_f64(&out), &as_f64(&one_shot));
         let lse_error = lse_difference(&lse, &one_shot_lse);
         let ok = error <= TOLERANCE && lse_error <= 1e-3;
-        println!("{} chunks of {chunk}: rel_l2 {error:.2e}, lse max abs {lse_error:.1e}", if ok { "ok  " } else { "FAIL" });
+        println!(
+            "{} chunks of {chunk}: rel_l2 {error:.2e}, lse max abs {lse_error:.1e}",
+            if ok { "ok  " } else { "FAIL" }
+        );
         if !ok {
             failures.push(chunk);
         }
@@ -635,7 +647,8 @@ fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: us
         for part in rest {
             exact = merge_rows(&exact, &as_rows(part));
         }
-        let got_lse_rows: Vec<f64> = (0..q_len * heads).map(|t| got_lse[(t % heads) * q_len + t / heads] as f64).collect();
+        let got_lse_rows: Vec<f64> =
+            (0..q_len * heads).map(|t| got_lse[(t % heads) * q_len + t / heads] as f64).collect();
         part_errors = part_errors.max(relative_l2(&as_f64(&got), &exact.out));
         for (g, w) in got_lse_rows.iter().zip(&exact.lse) {
             part_errors = part_errors.max(if g == w { 0.0 } else { (g - w).abs() });
@@ -685,7 +698,8 @@ fn lse_merge_handles_parts_without_keys() {
     let (rows, heads, d) = (5, 3, 64);
     let seed = test_seed("lse merge -inf");
     let a_host: Vec<bf16> = random_normal(rows * heads * d, seed).into_iter().map(bf16::from_f32).collect();
-    let a_lse: Vec<f32> = (0..rows * heads).map(|t| if t % 4 == 0 { f32::NEG_INFINITY } else { t as f32 * 0.3 }).collect();
+    let a_lse: Vec<f32> =
+        (0..rows * heads).map(|t| if t % 4 == 0 { f32::NEG_INFINITY } else { t as f32 * 0.3 }).collect();
     let b_host: Vec<bf16> = vec![bf16::from_f32(7.0); rows * heads * d];
     let b_lse = vec![f32::NEG_INFINITY; rows * heads];
     let mut a = stream.clone_htod(&a_host).expect("a");
@@ -725,7 +739,9 @@ pub(super) fn sanitizer_chunks<T: AttentionElement>(
     seed: u64,
     failures: &mut Vec<String>,
 ) {
-    for (n, pattern) in [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse].into_iter().enumerate() {
+    for (n, pattern) in
+        [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse].into_iter().enumerate()
+    {
         let single = ChunkCase { sequences: vec![(70, 301)], packed: false, heads: 4, kv_heads: 2, head_dim: 128 };
         run_pattern::<T>(device, rng, &single, seed + n as u64, pattern, None, failures);
         let packed =

@@ -6,11 +6,11 @@
 //! side by side). Sizes are small
 //! so the sanitizer's tools finish in minutes; each launch is still checked against its reference.
 
+use super::chunked::sanitizer_chunks;
 use super::patterns::{
     banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
     spec_override, variants, vertical_slash_index, Variant, VARIANT,
 };
-use super::chunked::sanitizer_chunks;
 use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
