@@ -577,7 +577,7 @@ fn dense_chunked_equals_one_shot_at_128k() {
         }
         let error = relative_l2(&as_f64(&out), &as_f64(&one_shot));
         let lse_error = lse_difference(&lse, &one_shot_lse);
-        let ok = error <= TOLERANCE && lse_error <= 1e-3;
+        let ok = error <= TOLERANCE && lse_error <= 1e-4;
         println!(
             "{} chunks of {chunk}: rel_l2 {error:.2e}, lse max abs {lse_error:.1e}",
             if ok { "ok  " } else { "FAIL" }
@@ -590,8 +590,10 @@ fn dense_chunked_equals_one_shot_at_128k() {
 }
 
 /// Split-KV: the chunk's queries against `splits - 1` non-causal parts of the prefix and the
-/// causal diagonal part, merged pairwise, equal one-shot attention of the chunk.
-fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: usize, seed: u64) -> (f64, f64, f64) {
+/// causal diagonal part, merged pairwise, equal one-shot attention of the chunk. Returns the
+/// merged result's rel L2 and largest LSE difference against one-shot, then against the f64 merge
+/// of the same device parts (the merge kernel's own error).
+fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: usize, seed: u64) -> [f64; 4] {
     let (batch, q_len, kv_len, heads, kv_heads, d) = (2, 700, 3001, 8, 2, 128);
     let q_offset = kv_len - q_len;
     let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
@@ -600,7 +602,7 @@ fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: us
     let mut merged_lse = Vec::new();
     let mut one_shot_out = Vec::new();
     let mut one_shot_lse = Vec::new();
-    let mut part_errors: f64 = 0.0;
+    let (mut merge_error, mut merge_lse_error): (f64, f64) = (0.0, 0.0);
     for b in 0..batch {
         let q = round(random_normal(q_len * heads * d, seed + b as u64));
         let k = round(random_normal(kv_len * kv_heads * d, seed ^ (0x5555 + b as u64)));
@@ -649,9 +651,9 @@ fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: us
         }
         let got_lse_rows: Vec<f64> =
             (0..q_len * heads).map(|t| got_lse[(t % heads) * q_len + t / heads] as f64).collect();
-        part_errors = part_errors.max(relative_l2(&as_f64(&got), &exact.out));
+        merge_error = merge_error.max(relative_l2(&as_f64(&got), &exact.out));
         for (g, w) in got_lse_rows.iter().zip(&exact.lse) {
-            part_errors = part_errors.max(if g == w { 0.0 } else { (g - w).abs() });
+            merge_lse_error = merge_lse_error.max(if g == w { 0.0 } else { (g - w).abs() });
         }
         merged_out.extend(got);
         merged_lse.extend(got_lse);
@@ -659,7 +661,7 @@ fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: us
         one_shot_lse.extend(want_lse);
     }
     let error = relative_l2(&as_f64(&merged_out), &as_f64(&one_shot_out));
-    (error, lse_difference(&merged_lse, &one_shot_lse), part_errors)
+    [error, lse_difference(&merged_lse, &one_shot_lse), merge_error, merge_lse_error]
 }
 
 #[test]
@@ -670,15 +672,15 @@ fn lse_merge_of_splits_equals_one_shot() {
     let mut failures = Vec::new();
     for splits in [2, 8] {
         for dtype in [DType::Bf16, DType::F16] {
-            let (error, lse_error, merge_error) = match dtype {
+            let [error, lse_error, merge_error, merge_lse_error] = match dtype {
                 DType::Bf16 => merged_splits_equal_one_shot::<bf16>(&device, splits, seed),
                 DType::F16 => merged_splits_equal_one_shot::<f16>(&device, splits, seed),
             };
             // The merge itself is exact up to fp32 and one rounding of the output.
-            let ok = error <= TOLERANCE && lse_error <= 1e-5 && merge_error <= TOLERANCE;
+            let ok = error <= TOLERANCE && lse_error <= 1e-5 && merge_error <= TOLERANCE && merge_lse_error <= 1e-5;
             println!(
                 "{} {splits} splits {dtype}: rel_l2 vs one-shot {error:.2e}, lse max abs {lse_error:.1e}, \
-                 vs f64 merge of the parts {merge_error:.1e}",
+                 vs f64 merge of the parts {merge_error:.1e} (lse {merge_lse_error:.1e})",
                 if ok { "ok  " } else { "FAIL" }
             );
             if !ok {
