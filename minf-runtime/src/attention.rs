@@ -255,7 +255,9 @@ fn check_head_subset(heads: &[usize], head_count: usize) -> Result<Vec<i32>, Min
 const MAX_GRID_Y: usize = 65_535;
 
 /// MInference's converted vertical-slash index (int32, byte-compatible with its
-/// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block).
+/// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block). For a
+/// chunk (`q_len < kv_len`), row `r` is the chunk's query rows `[64r, 64r + 64)` and every stored
+/// key (range starts, columns) is absolute in `[0, kv_len)`.
 #[derive(Debug, Clone, Copy)]
 pub struct VerticalSlashIndexRef<'a> {
     /// `[batch, heads, rows]`: how many 64-key ranges each block visits.
@@ -280,7 +282,8 @@ pub struct VerticalSlashIndexRef<'a> {
 
 /// A block-sparse index: per (batch, query head, 64-row query block), a count and a sorted list of
 /// 64-key block ids (FlexAttention's `kv_num_blocks` / `kv_indices` at block size 64). The diagonal
-/// block, if listed, is masked causally.
+/// block, if listed, is masked causally. For a chunk (`q_len < kv_len`), row `r` is the chunk's
+/// query rows `[64r, 64r + 64)` and block id `c` is the absolute keys `[64c, 64c + 64)`.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockSparseIndexRef<'a> {
     /// `[batch, heads, rows]`.
@@ -300,9 +303,10 @@ pub struct BlockSparseIndexRef<'a> {
 /// Which key tiles each query block visits, with what the pattern needs.
 #[derive(Debug, Clone, Copy)]
 pub enum PatternArgs<'a> {
-    /// Every key up to the diagonal.
+    /// Every key up to the diagonal (every key with [`AttentionOptions::causal`] false).
     Dense,
-    /// Key j is visible to query i iff `j <= i` and (`j < n_init` or `i - j < n_local`).
+    /// Key j is visible to the query at absolute position p iff `j <= p` and (`j < n_init` or
+    /// `p - j < n_local`).
     AShape(AShape),
     /// Ranges and columns from a converted vertical-slash index.
     VerticalSlash(VerticalSlashIndexRef<'a>),
@@ -334,9 +338,11 @@ fn fits_i32(what: &str, n: usize) -> Result<i32, MinfError> {
     i32::try_from(n).map_err(|_| shape_error(format!("{what} = {n} does not fit the kernel's 32-bit counters")))
 }
 
-/// Causal attention `out = softmax(q kᵀ · scale, causal) v` for `[batch, seq, heads, head_dim]`
-/// tensors (any strides with contiguous rows), with grouped-query attention when `k` and `v` have
-/// fewer heads than `q` (no copies).
+/// Causal attention `out = softmax(q kᵀ · scale, causal) v` for q `[batch, q_len, heads, head_dim]`
+/// against k and v `[batch, kv_len, kv_heads, head_dim]` (any strides with contiguous rows), with
+/// grouped-query attention when `k` and `v` have fewer heads than `q` (no copies). `q_len <= kv_len`:
+/// query row `i` sits at absolute position `kv_len - q_len + i` (the diagonal aligned bottom-right;
+/// `q_len == kv_len` is a whole sequence). Every pattern takes these shapes.
 pub fn dense_attention<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
