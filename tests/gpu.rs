@@ -7,7 +7,6 @@
 //! it, see `tests/common/seed.rs`), outputs are poisoned with NaN bit patterns before each launch,
 //! and every output element must be written and finite.
 
-use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use minf::codegen::{Arch, DType, KernelSpec, Mainloop, Pattern};
 use minf::tensor::Layout;
@@ -22,6 +21,8 @@ mod seed;
 
 use seed::test_seed;
 
+#[path = "gpu/chunked.rs"]
+mod chunked;
 #[path = "gpu/convert.rs"]
 mod convert;
 #[path = "gpu/estimate.rs"]
@@ -72,7 +73,7 @@ struct Outcome {
 
 /// A packed batch: host offsets of each sequence in the `[1, total, heads, dim]` tensors.
 struct Packed<'a> {
-    cu_seqlens: &'a CudaSlice<i32>,
+    varlen: &'a Varlen,
     offsets: Vec<usize>,
 }
 
@@ -144,8 +145,7 @@ fn check_attention_with<T: AttentionElement>(
         Some(p) => p.offsets.windows(2).map(|w| (w[0], w[1] - w[0])).collect(),
         None => vec![(0, seq); batch],
     };
-    let varlen = packed
-        .map(|p| Varlen { cu_seqlens: p.cu_seqlens, max_seqlen: sequences.iter().map(|s| s.1).max().unwrap_or(0) });
+    let varlen = packed.map(|p| p.varlen);
     let (q_ref, k_ref, v_ref) = (
         TensorRef::new(&q, q_layout).expect("q view"),
         TensorRef::new(&k, kv_layout).expect("k view"),

@@ -228,20 +228,25 @@ macro_rules! kernel_params {
 }
 
 kernel_params! {
-    /// Parameters of every attention kernel, passed by value.
+    /// Parameters of every attention kernel, passed by value. A sequence has `q_len <= kv_len`;
+    /// its query row `i` sits at absolute position `q_offset + i`, `q_offset = kv_len - q_len`
+    /// (the causal diagonal aligned bottom-right), and keys are the absolute positions
+    /// `[0, kv_len)`.
     pub struct AttentionParams {
-        /// `[batch, seq, heads, head_dim]` queries.
+        /// `[batch, q_rows, heads, head_dim]` queries.
         pub q: ConstPtr<u16>,
-        /// `[batch, seq, kv_heads, head_dim]` keys.
+        /// `[batch, kv_rows, kv_heads, head_dim]` keys.
         pub k: ConstPtr<u16>,
-        /// `[batch, seq, kv_heads, head_dim]` values.
+        /// `[batch, kv_rows, kv_heads, head_dim]` values.
         pub v: ConstPtr<u16>,
-        /// `[batch, seq, heads, head_dim]` output.
+        /// `[batch, q_rows, heads, head_dim]` output.
         pub o: MutPtr<u16>,
-        /// `[batch, heads, seq]` (`[heads, total]` with cu_seqlens) log-sum-exp, or null.
+        /// `[batch, heads, q_rows]` (`[heads, q_rows]` with cu_seqlens) log-sum-exp, or null.
         pub lse: MutPtr<f32>,
-        /// `[batch + 1]` start rows of packed sequences, or null.
-        pub cu_seqlens: ConstPtr<i32>,
+        /// `[batch + 1]` start rows of packed query sequences, or null (then cu_seqlens_k is null).
+        pub cu_seqlens_q: ConstPtr<i32>,
+        /// `[batch + 1]` start rows of packed key/value sequences, or null.
+        pub cu_seqlens_k: ConstPtr<i32>,
         /// Per (batch, head, 64-row block): vertical-slash block_count / block-sparse count.
         pub index_count: ConstPtr<i32>,
         /// Vertical-slash block_offset / block-sparse key-block ids, `list_capacity` per row block.
@@ -252,8 +257,10 @@ kernel_params! {
         pub column_index: ConstPtr<i32>,
         /// (batch, seq, head) element strides of q, k, v, o.
         pub strides: [[i64; 3]; 4],
-        /// Rows per sequence (total packed rows with cu_seqlens).
-        pub seq_len: i32,
+        /// Query rows per sequence (total packed query rows with cu_seqlens).
+        pub q_rows: i32,
+        /// Key/value rows per sequence (total packed key/value rows with cu_seqlens).
+        pub kv_rows: i32,
         /// Query heads.
         pub heads: i32,
         /// Query heads per key/value head.
@@ -272,6 +279,8 @@ kernel_params! {
         pub n_init: i32,
         /// A-shape local window.
         pub n_local: i32,
+        /// 1: key j is visible to the query at position p only if j <= p; 0: every key (dense).
+        pub causal: i32,
         /// Launch slot (grid y) -> query head, or null: slot y is head y.
         pub head_index: ConstPtr<i32>,
     }
@@ -470,6 +479,34 @@ kernel_params! {
     }
 }
 
+kernel_params! {
+    /// Parameters of the log-sum-exp merge (`lse_merge`), passed by value: `(out_a, lse_a)` and
+    /// `(out_b, lse_b)`, attention over two disjoint key sets, become the attention over their
+    /// union, written in place into `(out_a, lse_a)`.
+    pub struct MergeParams {
+        /// `[batch, rows, heads, head_dim]` at a_strides: part a's output, overwritten.
+        pub out_a: MutPtr<u16>,
+        /// `[batch, heads, rows]`: part a's log-sum-exp, overwritten.
+        pub lse_a: MutPtr<f32>,
+        /// `[batch, rows, heads, head_dim]` at b_strides.
+        pub out_b: ConstPtr<u16>,
+        /// `[batch, heads, rows]`.
+        pub lse_b: ConstPtr<f32>,
+        /// Element strides of out_a's batch, row, head.
+        pub a_strides: [i64; 3],
+        /// Element strides of out_b's batch, row, head.
+        pub b_strides: [i64; 3],
+        /// Batch entries.
+        pub batch: i32,
+        /// Rows per batch entry.
+        pub rows: i32,
+        /// Heads.
+        pub heads: i32,
+        /// Head dimension, a multiple of 8.
+        pub head_dim: i32,
+    }
+}
+
 /// A constant shared by the host and the kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Constant {
@@ -581,6 +618,7 @@ mod tests {
             entry::<ScoresParams>(),
             entry::<SelectParams>(),
             entry::<BlockParams>(),
+            entry::<MergeParams>(),
         ]
     }
 
@@ -618,9 +656,9 @@ mod tests {
             assert_eq!(align, max_align, "{name}: alignment");
         }
         // Spot checks against hand-computed C offsets.
-        assert_eq!(std::mem::offset_of!(AttentionParams, strides), 80);
-        assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 216);
-        assert_eq!(std::mem::size_of::<AttentionParams>(), 224);
+        assert_eq!(std::mem::offset_of!(AttentionParams, strides), 88);
+        assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 232);
+        assert_eq!(std::mem::size_of::<AttentionParams>(), 240);
         assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 32);
     }
 

@@ -5,7 +5,8 @@
 //! is deterministic: the same spec always gives the same bytes, so the source hash is a cache key.
 
 use crate::abi::{
-    self, AttentionParams, BlockParams, ChoiceParams, ConvertParams, KernelParams, ScoresParams, SelectParams,
+    self, AttentionParams, BlockParams, ChoiceParams, ConvertParams, KernelParams, MergeParams, ScoresParams,
+    SelectParams,
 };
 use crate::spec::{
     AnyKernel, Arch, DType, EntryPoint, IndexKernel, IndexKernelSpec, KernelSpec, Mainloop, SpecError, HEAD_DIMS,
@@ -34,6 +35,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("index/vs_scores.cu.tera", include_str!("../../templates/index/vs_scores.cu.tera")),
     ("index/est_select.cu.tera", include_str!("../../templates/index/est_select.cu.tera")),
     ("index/tile_choice.cu.tera", include_str!("../../templates/index/tile_choice.cu.tera")),
+    ("index/lse_merge.cu.tera", include_str!("../../templates/index/lse_merge.cu.tera")),
 ];
 
 /// Errors while rendering.
@@ -223,6 +225,7 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
             &[SelectParams::c_declaration(), BlockParams::c_declaration()],
         )?,
         IndexKernel::TileChoice => abi_text(&["INDEX_BLOCK"], &[ChoiceParams::c_declaration()])?,
+        IndexKernel::LseMerge => abi_text(&[], &[MergeParams::c_declaration()])?,
     };
     let mut score_entries = Vec::new();
     if spec.kernel == IndexKernel::VerticalSlashScores {

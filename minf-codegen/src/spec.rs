@@ -666,7 +666,9 @@ impl KernelSpec {
     }
 }
 
-/// Index kernels: the GPU kernels that build or convert sparse indices for the attention kernels.
+/// Index kernels: the GPU kernels next to attention, compiled once per architecture: those that
+/// build, convert or read sparse indices for the attention kernels, and the log-sum-exp merge of
+/// partial attention results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IndexKernel {
@@ -685,6 +687,9 @@ pub enum IndexKernel {
     /// the two halves of each 128-row block share, whether a head runs on 128-row or on 64-row
     /// blocks (two head maps, one per launch).
     TileChoice,
+    /// The log-sum-exp merge of two partial attention results over disjoint key sets (split-KV,
+    /// chunked prefill), in place into the first (one entry point per dtype).
+    LseMerge,
 }
 
 impl IndexKernel {
@@ -694,6 +699,7 @@ impl IndexKernel {
         IndexKernel::VerticalSlashScores,
         IndexKernel::EstimateSelect,
         IndexKernel::TileChoice,
+        IndexKernel::LseMerge,
     ];
 
     /// The name used in cache names and on the command line.
@@ -703,6 +709,7 @@ impl IndexKernel {
             IndexKernel::VerticalSlashScores => "vs_scores",
             IndexKernel::EstimateSelect => "est_select",
             IndexKernel::TileChoice => "tile_choice",
+            IndexKernel::LseMerge => "lse_merge",
         }
     }
 }
@@ -789,6 +796,9 @@ impl IndexKernelSpec {
                 ]
             }
             IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0)],
+            IndexKernel::LseMerge => {
+                DType::ALL.iter().map(|dtype| entry(&format!("_{dtype}"), abi::INDEX_THREADS, 0)).collect()
+            }
         }
     }
 }

@@ -11,33 +11,169 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKerne
 use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr};
 use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
-/// Packed variable-length batch (`cu_seqlens`-style): sequence `b` is rows
-/// `cu_seqlens[b]..cu_seqlens[b + 1]` of `[1, total_rows, heads, head_dim]` tensors.
+/// A packed variable-length batch (`cu_seqlens`-style), checked and uploaded once: sequence `b` has
+/// query rows `cu_seqlens_q[b]..cu_seqlens_q[b + 1]` of `[1, total_q_rows, heads, head_dim]`
+/// tensors and key/value rows `cu_seqlens_k[b]..cu_seqlens_k[b + 1]` of
+/// `[1, total_kv_rows, kv_heads, head_dim]` tensors. Each sequence has `q_len <= kv_len`; its query
+/// row `i` sits at absolute position `kv_len - q_len + i` (its own prefix length).
+#[derive(Debug)]
+pub struct Varlen {
+    cu_seqlens_q: Vec<i32>,
+    cu_seqlens_k: Vec<i32>,
+    max_seqlen_q: usize,
+    max_seqlen_k: usize,
+    device_q: CudaSlice<i32>,
+    device_k: CudaSlice<i32>,
+}
+
+impl Varlen {
+    /// Checks the host offsets (`batch + 1` each, starting at 0, non-decreasing, every sequence's
+    /// `q_len <= kv_len`) and uploads them on the device's stream. Self-attention of packed
+    /// sequences passes the same offsets twice.
+    pub fn new(device: &Device, cu_seqlens_q: &[i32], cu_seqlens_k: &[i32]) -> Result<Varlen, MinfError> {
+        let (max_seqlen_q, max_seqlen_k) = check_varlen(cu_seqlens_q, cu_seqlens_k)?;
+        let upload = |offsets: &[i32], what: &str| {
+            device.stream().clone_htod(offsets).map_err(MinfError::driver(format!("uploading {what}")))
+        };
+        Ok(Varlen {
+            cu_seqlens_q: cu_seqlens_q.to_vec(),
+            cu_seqlens_k: cu_seqlens_k.to_vec(),
+            max_seqlen_q,
+            max_seqlen_k,
+            device_q: upload(cu_seqlens_q, "cu_seqlens_q")?,
+            device_k: upload(cu_seqlens_k, "cu_seqlens_k")?,
+        })
+    }
+
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.cu_seqlens_q.len() - 1
+    }
+
+    /// The query row offsets (`batch + 1`).
+    pub fn cu_seqlens_q(&self) -> &[i32] {
+        &self.cu_seqlens_q
+    }
+
+    /// The key/value row offsets (`batch + 1`).
+    pub fn cu_seqlens_k(&self) -> &[i32] {
+        &self.cu_seqlens_k
+    }
+
+    /// The longest query sequence.
+    pub fn max_seqlen_q(&self) -> usize {
+        self.max_seqlen_q
+    }
+
+    /// The longest key/value sequence.
+    pub fn max_seqlen_k(&self) -> usize {
+        self.max_seqlen_k
+    }
+
+    /// The query offsets as the kernels read them.
+    pub fn device_cu_seqlens_q(&self) -> &CudaSlice<i32> {
+        &self.device_q
+    }
+
+    /// The key/value offsets as the kernels read them.
+    pub fn device_cu_seqlens_k(&self) -> &CudaSlice<i32> {
+        &self.device_k
+    }
+
+    /// Total query rows (the last query offset).
+    pub fn total_q(&self) -> usize {
+        self.cu_seqlens_q.last().map_or(0, |&n| n as usize)
+    }
+
+    /// Total key/value rows (the last key/value offset).
+    pub fn total_k(&self) -> usize {
+        self.cu_seqlens_k.last().map_or(0, |&n| n as usize)
+    }
+}
+
+/// What the shape checks need of a [`Varlen`]: the sequences, the rows they cover, the longest
+/// query sequence.
 #[derive(Debug, Clone, Copy)]
-pub struct Varlen<'a> {
-    /// `batch + 1` int32 row offsets, non-decreasing, starting at 0 and ending at most at the
-    /// tensors' row count. Offsets that break this are not trusted: the kernel skips that sequence.
-    pub cu_seqlens: &'a CudaSlice<i32>,
-    /// The longest sequence; rows past it are not computed.
-    pub max_seqlen: usize,
+struct VarlenRows {
+    batch: usize,
+    total_q: usize,
+    total_k: usize,
+    max_q: usize,
+}
+
+impl Varlen {
+    fn rows(&self) -> VarlenRows {
+        VarlenRows { batch: self.batch(), total_q: self.total_q(), total_k: self.total_k(), max_q: self.max_seqlen_q }
+    }
+}
+
+/// Checks varlen offsets on the host and returns the longest query and key/value sequences.
+fn check_varlen(cu_q: &[i32], cu_k: &[i32]) -> Result<(usize, usize), MinfError> {
+    if cu_q.len() < 2 || cu_q.len() != cu_k.len() {
+        return Err(shape_error(format!(
+            "varlen: cu_seqlens_q and cu_seqlens_k need batch + 1 >= 2 offsets each; got {} and {}",
+            cu_q.len(),
+            cu_k.len()
+        )));
+    }
+    if cu_q.len() - 1 > MAX_GRID_Y {
+        return Err(shape_error(format!("varlen: {} sequences; allowed at most {MAX_GRID_Y}", cu_q.len() - 1)));
+    }
+    for (name, offsets) in [("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)] {
+        if offsets[0] != 0 {
+            return Err(shape_error(format!("varlen: {name} must start at 0; got {}", offsets[0])));
+        }
+        if let Some(b) = offsets.windows(2).position(|w| w[1] < w[0]) {
+            return Err(shape_error(format!(
+                "varlen: {name} decreases at sequence {b} ({} then {}); offsets must be non-decreasing",
+                offsets[b],
+                offsets[b + 1]
+            )));
+        }
+    }
+    let (mut max_q, mut max_k) = (0usize, 0usize);
+    for b in 0..cu_q.len() - 1 {
+        let q_len = (cu_q[b + 1] - cu_q[b]) as usize;
+        let kv_len = (cu_k[b + 1] - cu_k[b]) as usize;
+        if q_len > kv_len {
+            return Err(shape_error(format!(
+                "varlen: sequence {b} has q_len {q_len} > kv_len {kv_len}; queries attend to a prefix of at least \
+                 their own length"
+            )));
+        }
+        max_q = max_q.max(q_len);
+        max_k = max_k.max(kv_len);
+    }
+    Ok((max_q, max_k))
 }
 
 /// Options of an attention call.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AttentionOptions<'a> {
     /// Softmax scale; `None` means `1 / sqrt(head_dim)`.
     pub softmax_scale: Option<f32>,
     /// Optional log-sum-exp output (natural log of the scaled scores' sum of exponentials): f32
-    /// `[batch, heads, seq]`, or `[heads, total_rows]` with [`Varlen`].
+    /// `[batch, heads, q_len]`, or `[heads, total_q_rows]` with [`Varlen`].
     pub lse: Option<&'a mut CudaSlice<f32>>,
     /// Tile configuration; `None` picks the default for the pattern, head dimension and device.
     pub spec: Option<KernelSpec>,
-    /// Packed sequences of different lengths; `None` means every batch entry has the tensors' length.
-    pub varlen: Option<Varlen<'a>>,
+    /// Packed sequences of different lengths; `None` means every batch entry has the tensors'
+    /// lengths (`q_len` query rows, `kv_len` key rows).
+    pub varlen: Option<&'a Varlen>,
     /// Compute only these query heads (one launch over any subset of a layer's heads); `None`
     /// computes every head. The other heads' outputs (and lse) are left untouched; index tensors
     /// stay addressed by the real query head.
     pub heads: Option<&'a HeadSubset>,
+    /// Causal (the default): the query at absolute position `p` sees keys `j <= p`. `false` (dense
+    /// only) sees every key of `[0, kv_len)`: a part of a split-KV computation whose parts are
+    /// merged by log-sum-exp ([`crate::merge`]).
+    pub causal: bool,
+}
+
+impl Default for AttentionOptions<'_> {
+    fn default() -> Self {
+        AttentionOptions { softmax_scale: None, lse: None, spec: None, varlen: None, heads: None, causal: true }
+    }
 }
 
 /// A subset of a layer's query heads, uploaded once, for [`AttentionOptions::heads`]: launch slot
@@ -119,7 +255,9 @@ fn check_head_subset(heads: &[usize], head_count: usize) -> Result<Vec<i32>, Min
 const MAX_GRID_Y: usize = 65_535;
 
 /// MInference's converted vertical-slash index (int32, byte-compatible with its
-/// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block).
+/// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block). For a
+/// chunk (`q_len < kv_len`), row `r` is the chunk's query rows `[64r, 64r + 64)` and every stored
+/// key (range starts, columns) is absolute in `[0, kv_len)`.
 #[derive(Debug, Clone, Copy)]
 pub struct VerticalSlashIndexRef<'a> {
     /// `[batch, heads, rows]`: how many 64-key ranges each block visits.
@@ -144,7 +282,8 @@ pub struct VerticalSlashIndexRef<'a> {
 
 /// A block-sparse index: per (batch, query head, 64-row query block), a count and a sorted list of
 /// 64-key block ids (FlexAttention's `kv_num_blocks` / `kv_indices` at block size 64). The diagonal
-/// block, if listed, is masked causally.
+/// block, if listed, is masked causally. For a chunk (`q_len < kv_len`), row `r` is the chunk's
+/// query rows `[64r, 64r + 64)` and block id `c` is the absolute keys `[64c, 64c + 64)`.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockSparseIndexRef<'a> {
     /// `[batch, heads, rows]`.
@@ -164,9 +303,10 @@ pub struct BlockSparseIndexRef<'a> {
 /// Which key tiles each query block visits, with what the pattern needs.
 #[derive(Debug, Clone, Copy)]
 pub enum PatternArgs<'a> {
-    /// Every key up to the diagonal.
+    /// Every key up to the diagonal (every key with [`AttentionOptions::causal`] false).
     Dense,
-    /// Key j is visible to query i iff `j <= i` and (`j < n_init` or `i - j < n_local`).
+    /// Key j is visible to the query at absolute position p iff `j <= p` and (`j < n_init` or
+    /// `p - j < n_local`).
     AShape(AShape),
     /// Ranges and columns from a converted vertical-slash index.
     VerticalSlash(VerticalSlashIndexRef<'a>),
@@ -198,9 +338,11 @@ fn fits_i32(what: &str, n: usize) -> Result<i32, MinfError> {
     i32::try_from(n).map_err(|_| shape_error(format!("{what} = {n} does not fit the kernel's 32-bit counters")))
 }
 
-/// Causal attention `out = softmax(q kᵀ · scale, causal) v` for `[batch, seq, heads, head_dim]`
-/// tensors (any strides with contiguous rows), with grouped-query attention when `k` and `v` have
-/// fewer heads than `q` (no copies).
+/// Causal attention `out = softmax(q kᵀ · scale, causal) v` for q `[batch, q_len, heads, head_dim]`
+/// against k and v `[batch, kv_len, kv_heads, head_dim]` (any strides with contiguous rows), with
+/// grouped-query attention when `k` and `v` have fewer heads than `q` (no copies). `q_len <= kv_len`:
+/// query row `i` sits at absolute position `kv_len - q_len + i` (the diagonal aligned bottom-right;
+/// `q_len == kv_len` is a whole sequence). Every pattern takes these shapes.
 pub fn dense_attention<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
@@ -297,14 +439,101 @@ pub fn attention<T: AttentionElement>(
 }
 
 /// The shapes of one call after checking: what the grid and parameters need.
+#[derive(Debug)]
 struct Checked {
     batch: usize,
     heads: usize,
     kv_heads: usize,
-    /// Rows per sequence (the longest, with varlen).
-    max_seq: usize,
-    /// Rows in the tensors.
-    tensor_rows: usize,
+    /// Query rows per sequence (the longest, with varlen).
+    max_q: usize,
+    /// Query rows in the tensors.
+    q_rows: usize,
+    /// Key/value rows in the tensors.
+    kv_rows: usize,
+}
+
+/// The shape checks of an attention call that need no device: `q` is `[batch, q_len, heads, d]`,
+/// `k` and `v` `[batch, kv_len, kv_heads, d]` with `q_len <= kv_len` (or packed rows that `varlen`
+/// describes), `out` like `q`, `lse` large enough.
+fn check_shapes(
+    q: [usize; 4],
+    k: [usize; 4],
+    v: [usize; 4],
+    out: [usize; 4],
+    varlen: Option<VarlenRows>,
+    lse_len: Option<usize>,
+    heads_subset: Option<usize>,
+) -> Result<Checked, MinfError> {
+    let [batch, q_rows, heads, head_dim] = q;
+    let [kv_batch, kv_rows, kv_heads, kv_head_dim] = k;
+    if k != v {
+        return Err(shape_error(format!("k shape {k:?} != v shape {v:?}")));
+    }
+    if kv_batch != batch || kv_head_dim != head_dim {
+        return Err(shape_error(format!(
+            "k shape {k:?} does not match q shape {q:?} (same batch and head_dim expected)"
+        )));
+    }
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(shape_error(format!("{heads} query heads is not a multiple of {kv_heads} key/value heads")));
+    }
+    if out != q {
+        return Err(shape_error(format!("out shape {out:?} != q shape {q:?}")));
+    }
+    fits_i32("q_len", q_rows)?;
+    fits_i32("kv_len", kv_rows)?;
+    let (batch, max_q) = match varlen {
+        None => {
+            if q_rows > kv_rows {
+                return Err(shape_error(format!(
+                    "q_len {q_rows} > kv_len {kv_rows}: queries attend to a key prefix at least as long as \
+                     themselves (q [batch, q_len, heads, d], k and v [batch, kv_len, kv_heads, d])"
+                )));
+            }
+            (batch, q_rows)
+        }
+        Some(varlen) => {
+            if batch != 1 {
+                return Err(shape_error(format!(
+                    "with varlen, tensors are [1, total_rows, heads, head_dim]; got batch {batch}"
+                )));
+            }
+            if varlen.total_q > q_rows {
+                return Err(shape_error(format!(
+                    "varlen cu_seqlens_q ends at row {} but q has {q_rows} rows",
+                    varlen.total_q
+                )));
+            }
+            if varlen.total_k > kv_rows {
+                return Err(shape_error(format!(
+                    "varlen cu_seqlens_k ends at row {} but k and v have {kv_rows} rows: the KV buffer is shorter \
+                     than the declared sequences",
+                    varlen.total_k
+                )));
+            }
+            (varlen.batch, varlen.max_q)
+        }
+    };
+    if batch > MAX_GRID_Y || heads > MAX_GRID_Y {
+        return Err(shape_error(format!("batch {batch} and heads {heads} must each be at most {MAX_GRID_Y}")));
+    }
+    if let Some(subset_heads) = heads_subset {
+        if subset_heads != heads {
+            return Err(shape_error(format!(
+                "the head subset was checked against {subset_heads} query heads but q has {heads}"
+            )));
+        }
+    }
+    if let Some(len) = lse_len {
+        let (needed, layout) = match varlen {
+            None => (batch * heads * q_rows, "[batch, heads, q_len]"),
+            Some(_) => (heads * q_rows, "[heads, total_q_rows]"),
+        };
+        if len < needed {
+            return Err(shape_error(format!("lse holds {len} floats but {layout} = {needed} are needed")));
+        }
+    }
+    Ok(Checked { batch, heads, kv_heads, max_q, q_rows, kv_rows })
 }
 
 fn check_tensors<T: AttentionElement>(
@@ -320,8 +549,7 @@ fn check_tensors<T: AttentionElement>(
     check_layout("k", &k.layout, k.data.len())?;
     check_layout("v", &v.layout, v.data.len())?;
     check_layout("out", &out.layout, out.data.len())?;
-    let [batch, seq, heads, head_dim] = q.layout.shape;
-    let kv_heads = k.layout.shape[2];
+    let head_dim = q.layout.shape[3];
     if spec.dtype != T::DTYPE {
         return Err(shape_error(format!("spec dtype {} but tensors are {}", spec.dtype, T::DTYPE)));
     }
@@ -331,63 +559,26 @@ fn check_tensors<T: AttentionElement>(
     if head_dim != spec.head_dim as usize {
         return Err(shape_error(format!("q has head_dim {head_dim} but the spec is for {}", spec.head_dim)));
     }
-    if k.layout.shape != v.layout.shape {
-        return Err(shape_error(format!("k shape {:?} != v shape {:?}", k.layout.shape, v.layout.shape)));
-    }
-    if k.layout.shape != [batch, seq, kv_heads, head_dim] {
+    check_options(spec.pattern, options.causal)?;
+    check_shapes(
+        q.layout.shape,
+        k.layout.shape,
+        v.layout.shape,
+        out.layout.shape,
+        options.varlen.map(Varlen::rows),
+        options.lse.as_ref().map(|lse| lse.len()),
+        options.heads.map(HeadSubset::head_count),
+    )
+}
+
+/// Non-causal attention exists for the dense pattern only (split-KV parts).
+fn check_options(pattern: Pattern, causal: bool) -> Result<(), MinfError> {
+    if !causal && pattern != Pattern::Dense {
         return Err(shape_error(format!(
-            "k shape {:?} does not match q shape {:?} (same batch, seq and head_dim expected)",
-            k.layout.shape, q.layout.shape
+            "causal = false is for the dense pattern only (split-KV parts); pattern {pattern} is causal"
         )));
     }
-    if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(shape_error(format!("{heads} query heads is not a multiple of {kv_heads} key/value heads")));
-    }
-    if out.layout.shape != q.layout.shape {
-        return Err(shape_error(format!("out shape {:?} != q shape {:?}", out.layout.shape, q.layout.shape)));
-    }
-    fits_i32("seq", seq)?;
-    let (batch, max_seq) = match &options.varlen {
-        None => (batch, seq),
-        Some(varlen) => {
-            if batch != 1 {
-                return Err(shape_error(format!(
-                    "with varlen, tensors are [1, total_rows, heads, head_dim]; got batch {batch}"
-                )));
-            }
-            if varlen.cu_seqlens.len() < 2 {
-                return Err(shape_error("varlen cu_seqlens needs batch + 1 >= 2 offsets".into()));
-            }
-            if varlen.max_seqlen > seq {
-                return Err(shape_error(format!(
-                    "varlen max_seqlen {} is longer than the {seq} rows of the tensors",
-                    varlen.max_seqlen
-                )));
-            }
-            (varlen.cu_seqlens.len() - 1, varlen.max_seqlen)
-        }
-    };
-    if batch > MAX_GRID_Y || heads > MAX_GRID_Y {
-        return Err(shape_error(format!("batch {batch} and heads {heads} must each be at most {MAX_GRID_Y}")));
-    }
-    if let Some(subset) = options.heads {
-        if subset.head_count() != heads {
-            return Err(shape_error(format!(
-                "the head subset was checked against {} query heads but q has {heads}",
-                subset.head_count()
-            )));
-        }
-    }
-    if let Some(lse) = &options.lse {
-        let (needed, layout) = match options.varlen {
-            None => (batch * heads * seq, "[batch, heads, seq]"),
-            Some(_) => (heads * seq, "[heads, total_rows]"),
-        };
-        if lse.len() < needed {
-            return Err(shape_error(format!("lse holds {} floats but {layout} = {needed} are needed", lse.len())));
-        }
-    }
-    Ok(Checked { batch, heads, kv_heads, max_seq, tensor_rows: seq })
+    Ok(())
 }
 
 fn check_index_dims(
@@ -402,11 +593,11 @@ fn check_index_dims(
             checked.batch, checked.heads
         )));
     }
-    let needed_rows = checked.max_seq.div_ceil(64);
+    let needed_rows = checked.max_q.div_ceil(64);
     if rows < needed_rows {
         return Err(shape_error(format!(
-            "{what} index has {rows} row blocks but {} rows need {needed_rows} (one per 64 query rows)",
-            checked.max_seq
+            "{what} index has {rows} row blocks but {} query rows need {needed_rows} (one per 64 query rows)",
+            checked.max_q
         )));
     }
     fits_i32("index rows", rows)?;
@@ -447,8 +638,8 @@ pub fn attention_with_spec<T: AttentionElement>(
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
     let stream = device.stream();
     // The int32 buffers the kernel reads: index_count, index_list, column_count, column_index,
-    // cu_seqlens, head_index.
-    let mut int_buffers: [Option<&CudaSlice<i32>>; 6] = [None; 6];
+    // cu_seqlens_q, head_index, cu_seqlens_k.
+    let mut int_buffers: [Option<&CudaSlice<i32>>; 7] = [None; 7];
     let (mut index_rows, mut list_capacity, mut column_capacity, mut n_init, mut n_local) = (0, 0, 0, 0, 0);
     match args {
         PatternArgs::Dense => {}
@@ -493,11 +684,12 @@ pub fn attention_with_spec<T: AttentionElement>(
             (index_rows, list_capacity) = (index.rows as i32, index.capacity as i32);
         }
     }
-    int_buffers[4] = options.varlen.as_ref().map(|varlen| varlen.cu_seqlens);
+    int_buffers[4] = options.varlen.map(Varlen::device_cu_seqlens_q);
     int_buffers[5] = options.heads.map(HeadSubset::device_heads);
+    int_buffers[6] = options.varlen.map(Varlen::device_cu_seqlens_k);
     // Grid y: every query head, or the subset's slots.
     let head_slots = options.heads.map_or(checked.heads, |subset| subset.heads().len());
-    if checked.batch * head_slots * checked.max_seq == 0 {
+    if checked.batch * head_slots * checked.max_q == 0 {
         return Ok(());
     }
     // Device addresses, each with the guard that orders the stream's use of its buffer.
@@ -524,13 +716,15 @@ pub fn attention_with_spec<T: AttentionElement>(
         v: v_ptr.into(),
         o: o_ptr.into(),
         lse: MutPtr::new(lse_ptr),
-        cu_seqlens: int_ptr(4),
+        cu_seqlens_q: int_ptr(4),
+        cu_seqlens_k: int_ptr(6),
         index_count: int_ptr(0),
         index_list: int_ptr(1),
         column_count: int_ptr(2),
         column_index: int_ptr(3),
         strides: [strides(&q.layout), strides(&k.layout), strides(&v.layout), strides(&o_layout)],
-        seq_len: checked.tensor_rows as i32,
+        q_rows: checked.q_rows as i32,
+        kv_rows: checked.kv_rows as i32,
         heads: checked.heads as i32,
         kv_group: (checked.heads / checked.kv_heads) as i32,
         scale_log2: scale * std::f32::consts::LOG2_E,
@@ -540,11 +734,12 @@ pub fn attention_with_spec<T: AttentionElement>(
         column_capacity,
         n_init,
         n_local,
+        causal: i32::from(options.causal),
         head_index: int_ptr(5),
     };
     let config = LaunchConfig {
         grid_dim: (
-            checked.max_seq.div_ceil(kernel.launch.block_m as usize) as u32,
+            checked.max_q.div_ceil(kernel.launch.block_m as usize) as u32,
             head_slots as u32,
             checked.batch as u32,
         ),
@@ -565,6 +760,72 @@ pub fn attention_with_spec<T: AttentionElement>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error_of<T: std::fmt::Debug>(result: Result<T, MinfError>) -> String {
+        result.expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn varlen_offsets_are_checked_on_the_host() {
+        assert_eq!(check_varlen(&[0, 3, 3, 10], &[0, 5, 9, 20]).unwrap(), (7, 11));
+        assert_eq!(check_varlen(&[0, 1], &[0, 1]).unwrap(), (1, 1));
+        assert!(error_of(check_varlen(&[0], &[0])).contains("need batch + 1 >= 2 offsets each; got 1 and 1"));
+        assert!(error_of(check_varlen(&[0, 3], &[0, 3, 4])).contains("got 2 and 3"));
+        assert!(error_of(check_varlen(&[1, 3], &[0, 3])).contains("cu_seqlens_q must start at 0; got 1"));
+        assert!(error_of(check_varlen(&[0, 3], &[2, 3])).contains("cu_seqlens_k must start at 0; got 2"));
+        assert!(error_of(check_varlen(&[0, 4, 2], &[0, 4, 8]))
+            .contains("cu_seqlens_q decreases at sequence 1 (4 then 2); offsets must be non-decreasing"));
+        assert!(error_of(check_varlen(&[0, 1, 2], &[0, 9, 5])).contains("cu_seqlens_k decreases at sequence 1"));
+        assert!(error_of(check_varlen(&[0, 2, 9], &[0, 5, 10])).contains("sequence 1 has q_len 7 > kv_len 5"));
+    }
+
+    #[test]
+    fn chunk_shapes_are_checked_on_the_host() {
+        let q = [2, 100, 8, 64];
+        let kv = [2, 300, 2, 64];
+        let checked = check_shapes(q, kv, kv, q, None, Some(2 * 8 * 100), None).unwrap();
+        assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 100, 100, 300));
+        // q_len == 1 is a chunk too.
+        assert!(check_shapes([2, 1, 8, 64], kv, kv, [2, 1, 8, 64], None, None, None).is_ok());
+        assert!(error_of(check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None))
+            .contains("q_len 301 > kv_len 300"));
+        assert!(error_of(check_shapes(q, [1, 300, 2, 64], [1, 300, 2, 64], q, None, None, None))
+            .contains("same batch and head_dim expected"));
+        assert!(error_of(check_shapes(q, kv, [2, 299, 2, 64], q, None, None, None)).contains("!= v shape"));
+        assert!(error_of(check_shapes(q, kv, kv, [2, 300, 8, 64], None, None, None)).contains("out shape"));
+        assert!(error_of(check_shapes(q, kv, kv, q, None, Some(1599), None))
+            .contains("lse holds 1599 floats but [batch, heads, q_len] = 1600 are needed"));
+        assert!(error_of(check_shapes(q, kv, kv, q, None, None, Some(4))).contains("checked against 4 query heads"));
+        assert!(error_of(check_shapes(q, [2, 300, 3, 64], [2, 300, 3, 64], q, None, None, None))
+            .contains("not a multiple of 3"));
+    }
+
+    #[test]
+    fn varlen_totals_are_checked_against_the_tensors() {
+        // Sequences of 10 and 5 queries over 100 and 200 keys.
+        let (max_q, _) = check_varlen(&[0, 10, 15], &[0, 100, 300]).unwrap();
+        let rows = VarlenRows { batch: 2, total_q: 15, total_k: 300, max_q };
+        let check = |q_rows: usize, kv_rows: usize, batch: usize, lse: Option<usize>| {
+            let (q, kv) = ([batch, q_rows, 4, 64], [batch, kv_rows, 2, 64]);
+            check_shapes(q, kv, kv, q, Some(rows), lse, None)
+        };
+        let checked = check(15, 300, 1, Some(4 * 15)).unwrap();
+        assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 10, 15, 300));
+        assert!(error_of(check(14, 300, 1, None)).contains("cu_seqlens_q ends at row 15 but q has 14 rows"));
+        assert!(error_of(check(15, 299, 1, None))
+            .contains("cu_seqlens_k ends at row 300 but k and v have 299 rows: the KV buffer is shorter"));
+        assert!(error_of(check(15, 300, 2, None)).contains("got batch 2"));
+        assert!(error_of(check(15, 300, 1, Some(59))).contains("[heads, total_q_rows] = 60"));
+    }
+
+    #[test]
+    fn non_causal_is_for_dense_only() {
+        assert!(check_options(Pattern::Dense, false).is_ok());
+        for pattern in [Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse] {
+            assert!(check_options(pattern, true).is_ok());
+            assert!(error_of(check_options(pattern, false)).contains("causal = false is for the dense pattern only"));
+        }
+    }
 
     #[test]
     fn head_subsets_are_checked_against_the_head_count() {

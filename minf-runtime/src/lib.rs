@@ -7,7 +7,8 @@
 //! [`config`] reads MInference's per-head configs; [`estimate`] computes MInference's index
 //! estimates on the GPU (vertical-slash and block-sparse, with the [`block_sparse`] index they
 //! fill); [`qkv`] holds queries, keys and values on the host and reads and writes them as
-//! safetensors; [`prefill`](mod@prefill) runs a whole layer under a per-head config. Kernels
+//! safetensors; [`prefill`](mod@prefill) runs a whole layer under a per-head config; [`merge`]
+//! combines partial attention results over disjoint key sets by their log-sum-exp. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`]. [`mod@warm`] compiles kernel sets into the disk cache ahead of time and
 //! [`doctor`] reports what minf finds on the machine; [`search`] finds per-head configs offline.
@@ -20,6 +21,7 @@ pub mod doctor;
 pub mod error;
 pub mod estimate;
 pub mod jit;
+pub mod merge;
 pub mod prefill;
 pub mod qkv;
 pub mod registry;
@@ -45,6 +47,7 @@ pub use estimate::gpu::{
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.
 pub use inventory;
+pub use merge::merge_attention;
 pub use minf_codegen as codegen;
 pub use prefill::{HeadGroups, Prefill, PrefillOptions, PrefillTiming, RealisedMask};
 pub use qkv::{load_safetensors, save_safetensors, HostQkv};

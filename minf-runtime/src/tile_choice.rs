@@ -7,7 +7,8 @@
 //! estimates, per head, the share of keys the halves have in common, then both kernels (128-row
 //! and [`minf_codegen::Tile::SQUARE_WGMMA`] blocks), each over head maps in which the heads the other launch
 //! computes are -1 (those blocks return at once). No host round trip; every head is computed by
-//! exactly one of the two launches.
+//! exactly one of the two launches. The chooser reads the index alone, so a chunk's index (rows of
+//! the chunk's queries, absolute keys) is chosen for like a whole sequence's.
 
 use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadSubset, PatternArgs};
 use crate::device::{Device, KernelArgs};
@@ -92,11 +93,11 @@ impl TileChoice {
             ));
         }
         let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
-        let AttentionOptions { softmax_scale, mut lse, varlen, .. } = options;
+        let AttentionOptions { softmax_scale, mut lse, varlen, causal, .. } = options;
         let Some(square_spec) = wide_spec.square_alternative() else {
             self.chosen = false;
             let options =
-                AttentionOptions { softmax_scale, lse, spec: Some(wide_spec), varlen, heads: Some(&self.all) };
+                AttentionOptions { softmax_scale, lse, spec: Some(wide_spec), varlen, heads: Some(&self.all), causal };
             return attention_with_spec(device, &wide_spec, q, k, v, out, args, options);
         };
         self.choose(device, &args)?;
@@ -107,11 +108,12 @@ impl TileChoice {
             spec: Some(wide_spec),
             varlen,
             heads: Some(&self.wide),
+            causal,
         };
         let wide_out = TensorMut { data: &mut *out.data, layout: out.layout };
         attention_with_spec(device, &wide_spec, q, k, v, wide_out, args, wide_options)?;
         let square_options =
-            AttentionOptions { softmax_scale, lse, spec: Some(square_spec), varlen, heads: Some(&self.square) };
+            AttentionOptions { softmax_scale, lse, spec: Some(square_spec), varlen, heads: Some(&self.square), causal };
         attention_with_spec(device, &square_spec, q, k, v, out, args, square_options)
     }
 

@@ -95,7 +95,52 @@ pub fn masked_attention_rows(
     rows: &[usize],
     visible: impl Fn(usize, usize, usize, usize) -> bool + Sync,
 ) -> ReferenceRows {
-    let ReferenceShape { batch, seq, heads, kv_heads, head_dim: d } = shape;
+    let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = shape;
+    let shape = ChunkShape { batch, q_len: seq, kv_len: seq, heads, kv_heads, head_dim };
+    chunk_attention_rows(shape, q, k, v, scale, rows, visible)
+}
+
+/// Shape of a chunk problem: `q_len` queries against `kv_len >= q_len` keys, query row `i` at
+/// absolute position `q_offset() + i`; tensors are contiguous, q `[batch, q_len, heads, head_dim]`,
+/// k and v `[batch, kv_len, kv_heads, head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkShape {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Queries per sequence.
+    pub q_len: usize,
+    /// Keys per sequence (the prefix and the chunk).
+    pub kv_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+impl ChunkShape {
+    /// The absolute position of query row 0: `kv_len - q_len` (the causal diagonal aligned
+    /// bottom-right).
+    pub fn q_offset(&self) -> usize {
+        self.kv_len - self.q_len
+    }
+}
+
+/// Attention of a chunk under an arbitrary mask: query row `i` (of `rows`, chunk-local) of (batch
+/// `b`, head `h`) attends to key `j < kv_len` iff `visible(b, h, i, j)` (the masks of
+/// [`crate::masks`] take absolute positions, `q_offset + i`). A row that sees no key has output 0
+/// and lse -inf. Computed in f64 on all cores.
+pub fn chunk_attention_rows(
+    shape: ChunkShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scale: f64,
+    rows: &[usize],
+    visible: impl Fn(usize, usize, usize, usize) -> bool + Sync,
+) -> ReferenceRows {
+    let ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim: d } = shape;
     let group = heads / kv_heads;
     let mut tasks = Vec::new();
     for b in 0..batch {
@@ -115,17 +160,17 @@ pub fn masked_attention_rows(
         {
             let visible = &visible;
             scope.spawn(move || {
-                let mut scores = vec![0.0f64; seq];
+                let mut scores = vec![0.0f64; kv_len];
                 for (t, &(b, i, h)) in task_chunk.iter().enumerate() {
                     let kh = h / group;
-                    let q_row = &q[((b * seq + i) * heads + h) * d..][..d];
+                    let q_row = &q[((b * q_len + i) * heads + h) * d..][..d];
                     let mut max = f64::NEG_INFINITY;
                     for (j, score) in scores.iter_mut().enumerate() {
                         if !visible(b, h, i, j) {
                             *score = f64::NEG_INFINITY;
                             continue;
                         }
-                        let k_row = &k[((b * seq + j) * kv_heads + kh) * d..][..d];
+                        let k_row = &k[((b * kv_len + j) * kv_heads + kh) * d..][..d];
                         let dot: f64 = q_row.iter().zip(k_row).map(|(a, b)| *a as f64 * *b as f64).sum();
                         *score = dot * scale;
                         max = max.max(*score);
@@ -143,7 +188,7 @@ pub fn masked_attention_rows(
                         }
                         let p = (score - max).exp();
                         sum += p;
-                        let v_row = &v[((b * seq + j) * kv_heads + kh) * d..][..d];
+                        let v_row = &v[((b * kv_len + j) * kv_heads + kh) * d..][..d];
                         for (acc, x) in o.iter_mut().zip(v_row) {
                             *acc += p * *x as f64;
                         }
@@ -157,6 +202,27 @@ pub fn masked_attention_rows(
         }
     });
     ReferenceRows { rows: tasks, out, lse }
+}
+
+/// Merges two partial results over disjoint key sets by their log-sum-exp, in f64: what
+/// `minf_runtime::merge` computes (`out`: `head_dim` values per row, rows in the same order).
+pub fn merge_rows(a: &ReferenceRows, b: &ReferenceRows) -> ReferenceRows {
+    let d = if a.lse.is_empty() { 0 } else { a.out.len() / a.lse.len() };
+    let mut out = Vec::with_capacity(a.out.len());
+    let mut lse = Vec::with_capacity(a.lse.len());
+    for (t, (&la, &lb)) in a.lse.iter().zip(&b.lse).enumerate() {
+        let m = la.max(lb);
+        if m == f64::NEG_INFINITY {
+            out.extend(std::iter::repeat(0.0).take(d));
+            lse.push(f64::NEG_INFINITY);
+            continue;
+        }
+        let (wa, wb) = ((la - m).exp(), (lb - m).exp());
+        let sum = wa + wb;
+        out.extend((0..d).map(|e| (wa * a.out[t * d + e] + wb * b.out[t * d + e]) / sum));
+        lse.push(m + sum.ln());
+    }
+    ReferenceRows { rows: a.rows.clone(), out, lse }
 }
 
 /// Relative L2 error `‖got − want‖ / ‖want‖`; NaN in `got` gives infinity.
@@ -341,6 +407,37 @@ mod tests {
         let o = &r.out[2 * 2..][..2];
         assert!(o[0] > 1.0 && o[0] < 5.0 && o[1] > 2.0 && o[1] < 6.0, "{o:?}");
         assert!(relative_l2(&[1.0, f64::NAN], &[1.0, 1.0]).is_infinite());
+    }
+
+    #[test]
+    fn chunk_rows_equal_the_last_rows_of_the_whole_sequence() {
+        // A chunk of the last 5 of 12 rows, causal in absolute positions, equals rows 7..12 of the
+        // one-shot computation; a non-causal split of the keys merges back into it.
+        let (seq, heads, kv_heads, d) = (12, 2, 1, 4);
+        let q = random_normal(seq * heads * d, 1);
+        let k = random_normal(seq * kv_heads * d, 2);
+        let v = random_normal(seq * kv_heads * d, 3);
+        let whole = ReferenceShape { batch: 1, seq, heads, kv_heads, head_dim: d };
+        let want = causal_attention_rows(whole, &q, &k, &v, 0.5, &[7, 8, 9, 10, 11]);
+        let chunk = ChunkShape { batch: 1, q_len: 5, kv_len: seq, heads, kv_heads, head_dim: d };
+        let offset = chunk.q_offset();
+        let q_chunk = &q[offset * heads * d..];
+        let rows = [0, 1, 2, 3, 4];
+        let got =
+            chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, i, j| crate::masks::causal(offset, i, j));
+        assert!(relative_l2(&got.out, &want.out) < 1e-12 && relative_l2(&got.lse, &want.lse) < 1e-12);
+        // Split: keys [0, 4) for every row (non-causal prefix) and the causal rest.
+        let prefix = chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, _, j| j < 4);
+        let rest = chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, i, j| j >= 4 && j <= offset + i);
+        let merged = merge_rows(&prefix, &rest);
+        assert!(relative_l2(&merged.out, &want.out) < 1e-12 && relative_l2(&merged.lse, &want.lse) < 1e-12);
+        // A part that sees nothing has weight 0; two such parts give 0 and -inf.
+        let nothing = chunk_attention_rows(chunk, q_chunk, &k, &v, 0.5, &rows, |_, _, _, _| false);
+        assert!(nothing.lse.iter().all(|&l| l == f64::NEG_INFINITY) && nothing.out.iter().all(|&x| x == 0.0));
+        let same = merge_rows(&got, &nothing);
+        assert!(relative_l2(&same.out, &want.out) < 1e-12 && relative_l2(&same.lse, &want.lse) < 1e-12);
+        let empty = merge_rows(&nothing, &nothing);
+        assert!(empty.lse.iter().all(|&l| l == f64::NEG_INFINITY) && empty.out.iter().all(|&x| x == 0.0));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use super::{check_attention, check_attention_with, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
-use minf::{AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, TileChoice, VerticalSlashIndexRef};
+use minf::{
+    AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, TileChoice, Varlen, VerticalSlashIndexRef,
+};
 use minf_testkit::reference::TestRng;
 use std::cell::Cell;
 
@@ -174,9 +176,9 @@ fn a_shape_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>)
         let lens = [1000, 333];
         let offsets = packed_offsets(&lens);
         let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
-        let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+        let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
         let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
-        let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+        let packed = Packed { varlen: &varlen, offsets };
         let visible = |_: usize, _: usize, i: usize, j: usize| j <= i && (j < 16 || i - j < 200);
         let o = check_attention::<T>(
             device,
@@ -264,10 +266,10 @@ fn block_sparse_for<T: AttentionElement>(device: &Device, failures: &mut Vec<Str
         let lens = [1000, 4097];
         let offsets = packed_offsets(&lens);
         let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
-        let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+        let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
         let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
         let index = block_sparse_index(&mut rng, 2, 8, &lens, false);
-        let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+        let packed = Packed { varlen: &varlen, offsets };
         run_block_sparse::<T>(device, &case, seed ^ 9, &index, Some(&packed), false, failures);
     }
 }
@@ -461,10 +463,10 @@ fn vertical_slash_for<T: AttentionElement>(device: &Device, failures: &mut Vec<S
         let lens = [4097, 700];
         let offsets = packed_offsets(&lens);
         let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
-        let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+        let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
         let case = Case { batch: 1, seq: offsets[2], heads: 8, kv_heads: 2, head_dim, bhsd: false };
         let index = vertical_slash_index(&mut rng, 2, 8, &lens, false);
-        let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+        let packed = Packed { varlen: &varlen, offsets };
         run_vertical_slash::<T>(
             device,
             &case,

@@ -1,10 +1,12 @@
 //! One small launch of every kernel family, for `compute-sanitizer` (`scripts/gpu-sanitize.sh`):
 //! dense, A-shape, vertical-slash and block-sparse attention on every engine and tile variant of
-//! the device (hostile indices and packed batches included), the tile choice, the vertical-slash
-//! converter, the score passes, both estimates and a whole prefill layer, in one test per engine
-//! variant plus one for the index kernels (so the tools can run them side by side). Sizes are small
+//! the device (hostile indices, packed batches and chunks of queries after a prefix included), the
+//! tile choice, the vertical-slash converter, the score passes, both estimates and a whole prefill
+//! layer, in one test per engine variant plus one for the index kernels (so the tools can run them
+//! side by side). Sizes are small
 //! so the sanitizer's tools finish in minutes; each launch is still checked against its reference.
 
+use super::chunked::sanitizer_chunks;
 use super::patterns::{
     banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
     spec_override, variants, vertical_slash_index, Variant, VARIANT,
@@ -14,7 +16,7 @@ use half::{bf16, f16};
 use minf::codegen::Pattern;
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
 use minf::vertical_slash::ConvertWorkspace;
-use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
+use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice, Varlen};
 use minf_testkit::reference::TestRng;
 
 /// Dense (`pattern` Dense) or A-shape attention with `window` on `case` against the reference,
@@ -61,13 +63,15 @@ fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, s
     let lens = [300, 70];
     let offsets = packed_offsets(&lens);
     let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
-    let cu_seqlens = device.stream().clone_htod(&cu).expect("cu_seqlens");
+    let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
     let case = Case { batch: 1, seq: offsets[2], heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
-    let packed = Packed { cu_seqlens: &cu_seqlens, offsets };
+    let packed = Packed { varlen: &varlen, offsets };
     let index = vertical_slash_index(rng, 2, 4, &lens, false);
     run_vertical_slash::<T>(device, &case, seed + 3, &index, Some(&packed), "vertical_slash varlen", failures, None);
     let index = block_sparse_index(rng, 2, 4, &lens, false);
     run_block_sparse::<T>(device, &case, seed + 4, &index, Some(&packed), false, failures);
+    // Chunks of every pattern: queries after a prefix, alone and packed with different prefixes.
+    sanitizer_chunks::<T>(device, rng, seed + 5, failures);
 }
 
 /// Attention of every pattern on `variant`'s kernels (skipped where the device has no such
