@@ -10,7 +10,8 @@
 //! safetensors; [`prefill`](mod@prefill) runs a whole layer under a per-head config. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`]. [`mod@warm`] compiles kernel sets into the disk cache ahead of time and
-//! [`doctor`] reports what minf finds on the machine.
+//! [`doctor`] reports what minf finds on the machine. [`foreign`] views memory and streams of
+//! another library (PyTorch) without copies.
 
 pub mod attention;
 pub mod block_sparse;
@@ -19,6 +20,7 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod estimate;
+pub mod foreign;
 pub mod jit;
 pub mod prefill;
 pub mod qkv;
