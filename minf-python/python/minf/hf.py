@@ -110,9 +110,12 @@ def _register(name: str, function: Any) -> None:
 
 
 def _set_implementation(model: Any, name: str) -> None:
-    if hasattr(model, "set_attn_implementation"):
+    """Switches the model to the registered attention function ``name``: through
+    ``set_attn_implementation`` where the model has it, else (or where it refuses a name outside
+    its own list) through the config field the attention modules read at every call."""
+    try:
         model.set_attn_implementation(name)
-    else:
+    except (AttributeError, ValueError):
         model.config._attn_implementation = name
 
 
