@@ -259,3 +259,28 @@ def test_hf_patch_needs_attention_modules():
     model.layers = []
     with pytest.raises(ValueError, match="has no attention modules with a layer_idx"):
         minf.hf.patch(model)
+
+
+NO_GPU = not os.path.exists("/dev/nvidiactl")
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_native_calls_take_the_descriptions_and_need_a_driver():
+    """The native entry points parse what the Python side passes, then need the CUDA driver."""
+    native = minf._minf
+    q, k, v = (t.description() for t in _tensors.check_qkv(*qkv(), "bshd"))
+    with pytest.raises(minf.MinfError, match="no CUDA driver found"):
+        native.attention_into(0, 0, "bf16", q, k, v, q, pattern="dense")
+    with pytest.raises(minf.MinfError, match="no CUDA driver found"):
+        native.attention_into(0, 0, "f16", q, k, v, q, pattern="vertical_slash", vertical_size=[100],
+                              slash_size=[200], lse=(1 << 20, 8 * 256))
+    index = [(4096, [1, 8, 4]), (8192, [1, 8, 4, 16])]
+    with pytest.raises(minf.MinfError, match="no CUDA driver found"):
+        native.attention_into(0, 0, "bf16", q, k, v, q, pattern="block_sparse", block_sparse_index=index)
+    with pytest.raises(ValueError, match=r"pattern \"a_shape\" needs n_local"):
+        native.attention_into(0, 0, "bf16", q, k, v, q, pattern="a_shape", n_init=4)
+    with pytest.raises(TypeError, match=r"dtype \"f32\": allowed bf16 and f16"):
+        native.attention_into(0, 0, "f32", q, k, v, q, pattern="dense")
+    prefill = minf.Prefill(layers=2, heads=8, kv_heads=2, head_dim=128)
+    with pytest.raises(minf.MinfError, match="no CUDA driver found"):
+        prefill._native.prefill_into(0, 0, "bf16", 1, q, k, v, q)
