@@ -26,6 +26,8 @@ use seed::test_seed;
 mod convert;
 #[path = "gpu/estimate.rs"]
 mod estimate;
+#[path = "gpu/foreign.rs"]
+mod foreign;
 #[path = "gpu/patterns.rs"]
 mod patterns;
 #[path = "gpu/prefill.rs"]

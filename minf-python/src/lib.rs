@@ -1,7 +1,8 @@
-//! The native part of minf's Python package (`minf._minf`): `doctor`, `warm`, the
-//! `MinfError` exception and the tensor entry points ([`tensors`]: `attention_into` and `Prefill`). The Python side (`python/minf/__init__.py`) re-exports them; the logic
-//! is the runtime's ([`minf_runtime::doctor`], [`minf_runtime::warm`]), shared with the `minf`
-//! command line.
+//! The native part of minf's Python package (`minf._minf`): `doctor`, `warm`, the `MinfError`
+//! exception and the tensor entry points (module `tensors`: `attention_into` and `Prefill`). The
+//! Python side (`python/minf/`) wraps them; the logic is the runtime's
+//! ([`minf_runtime::doctor`], [`minf_runtime::warm`], [`minf_runtime::foreign`]), shared with the
+//! `minf` command line and the Rust API.
 
 use minf_runtime::codegen::spec::HEAD_DIMS;
 use minf_runtime::codegen::{Arch, DType, KernelSpec, Pattern};
