@@ -25,6 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 LLAMA_CONFIG = os.path.join(ROOT, "configs", "Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json")
 #: bf16 inputs and outputs: the kernels land near 3e-3 relative L2 against a float64 reference.
 BF16_TOLERANCE = 1e-2
+#: Largest absolute log-sum-exp difference (the Rust GPU tests' bound).
+LSE_TOLERANCE = 1e-2
 SEED = int(os.environ.get("MINF_TEST_SEED", "1"))
 print(f"minf python GPU tests: seed {SEED} (MINF_TEST_SEED)")
 
@@ -32,6 +34,10 @@ print(f"minf python GPU tests: seed {SEED} (MINF_TEST_SEED)")
 def rel_l2(a: Any, b: Any) -> float:
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def lse_error(lse: Any, reference: Any) -> float:
+    return float((lse.double() - reference).abs().max())
 
 
 def random_qkv(seq: int, heads: int, kv_heads: int, d: int, layout: str, q_len: Optional[int] = None,
@@ -97,7 +103,7 @@ def test_dense_matches_sdpa_and_the_reference_on_a_side_stream(layout):
     error = rel_l2(out, reference)
     print(f"dense {layout}: rel L2 {error:.2e} vs float64, {error_sdpa:.2e} vs SDPA")
     assert error < BF16_TOLERANCE and error_sdpa < BF16_TOLERANCE
-    assert rel_l2(lse, reference_lse) < 1e-5
+    assert lse_error(lse, reference_lse) <= LSE_TOLERANCE
 
 
 def test_dense_f16_with_a_scale_and_strided_inputs():
@@ -200,7 +206,7 @@ def test_each_pattern_matches_the_masked_reference(layout, case):
     error = rel_l2(out, reference)
     print(f"{case} {layout}: rel L2 {error:.2e}")
     assert error < BF16_TOLERANCE
-    assert rel_l2(lse, reference_lse) < 1e-5
+    assert lse_error(lse, reference_lse) <= LSE_TOLERANCE
 
 
 def test_q_shorter_than_kv_is_refused_or_exact():
@@ -322,7 +328,8 @@ def test_hf_generate_16_tokens_after_a_128k_prefill():
     with torch.no_grad():
         generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, min_new_tokens=16,
                                    do_sample=False)
-    print(f"generate after a 128K prefill: {generated.shape[1] - seq} new tokens, {calls['prefill']} minf prefill calls")
+    print(f"generate after a 128K prefill: {generated.shape[1] - seq} new tokens, "
+          f"{calls['prefill']} minf prefill calls")
     assert generated.shape == (1, seq + 16)
     assert torch.equal(generated[:, :seq], ids)
     assert calls["prefill"] == 2, "the prefill ran on minf, the decoding steps on SDPA"

@@ -72,14 +72,20 @@ def _pattern_kwargs(pattern: str, args: Dict[str, Any], q: Tensor4) -> Dict[str,
         given = [name for name in _VS_INDEX if args.get(name) is not None]
         sizes = [name for name in ("vertical_size", "slash_size") if args.get(name) is not None]
         if given and sizes:
-            raise TypeError("vertical_slash takes either vertical_size and slash_size (estimated) or the four index tensors")
+            raise TypeError(
+                "vertical_slash takes either vertical_size and slash_size (estimated) or the four index tensors"
+            )
         if given:
             if len(given) != 4:
-                raise TypeError(f"vertical_slash with an index needs all of {', '.join(_VS_INDEX)} (got {', '.join(given)})")
+                raise TypeError(
+                    f"vertical_slash with an index needs all of {', '.join(_VS_INDEX)} (got {', '.join(given)})"
+                )
             index = [index_tensor(name, args[name], _VS_INDEX_DIMS[name], q.device_index) for name in _VS_INDEX]
             return {"vertical_slash_index": index}
         if len(sizes) != 2:
-            raise TypeError("pattern 'vertical_slash' needs vertical_size and slash_size, or the converted index tensors")
+            raise TypeError(
+                "pattern 'vertical_slash' needs vertical_size and slash_size, or the converted index tensors"
+            )
         return {name: _per_head(name, args[name], heads) for name in ("vertical_size", "slash_size")}
     if pattern == "block_sparse":
         given = [name for name in _BS_INDEX if args.get(name) is not None]

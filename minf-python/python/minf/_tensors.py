@@ -63,7 +63,10 @@ def check_device(name: str, tensor: Any) -> int:
 def check_layout(layout: str) -> str:
     """``layout`` if it is one of :data:`LAYOUTS`."""
     if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: allowed 'bshd' ([batch, seq, heads, head_dim]) and 'bhsd' ([batch, heads, seq, head_dim])")
+        raise ValueError(
+            f"layout {layout!r}: allowed 'bshd' ([batch, seq, heads, head_dim]) "
+            "and 'bhsd' ([batch, heads, seq, head_dim])"
+        )
     return layout
 
 
@@ -85,7 +88,8 @@ def tensor4(name: str, tensor: Any, layout: str) -> Tensor4:
     if len(shape) != 4:
         raise ValueError(f"{name} has shape {list(shape)}: layout {layout!r} needs 4 dimensions {dims}")
     if shape[3] not in HEAD_DIMS:
-        raise ValueError(f"{name} has head_dim {shape[3]} (shape {list(shape)}): allowed {', '.join(map(str, HEAD_DIMS))}")
+        allowed = ", ".join(map(str, HEAD_DIMS))
+        raise ValueError(f"{name} has head_dim {shape[3]} (shape {list(shape)}): allowed {allowed}")
     if strides[3] != 1:
         raise ValueError(
             f"{name} has strides {list(strides)}: its last dimension (head_dim) must be contiguous (stride 1); "
@@ -132,7 +136,8 @@ def check_qkv(q: Any, k: Any, v: Any, layout: str) -> Tuple[Tensor4, Tensor4, Te
         raise ValueError(f"q has {heads} heads and k/v {kv_heads}: the key/value heads must divide the query heads")
     if q_len > kv_len:
         raise ValueError(
-            f"q has {q_len} positions but k/v {kv_len}: allowed q_len <= kv_len (the queries are the last q_len positions)"
+            f"q has {q_len} positions but k/v {kv_len}: allowed q_len <= kv_len "
+            "(the queries are the last q_len positions)"
         )
     return qt, kt, vt
 

@@ -151,7 +151,8 @@ def patch(
         raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx: minf cannot patch it")
     previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if previous == ATTENTION_NAME:
-        previous = getattr(modules[0], "_minf_patch").previous if hasattr(modules[0], "_minf_patch") else "sdpa"
+        earlier = getattr(modules[0], "_minf_patch", None)
+        previous = earlier.previous if earlier is not None else "sdpa"
     _register(ATTENTION_NAME, _minf_attention)
     state = _Patch(prefill, previous)
     for module in modules:
