@@ -35,7 +35,11 @@ mkdir -p "$out/../wheels"
 wheels=$(cd "$out/../wheels" && pwd)
 if command -v maturin > /dev/null; then
   rm -f "$wheels"/minf-*.whl
-  (cd minf-python && maturin build --release --quiet --out "$wheels") && ls -la "$wheels"
+  (cd minf-python && maturin build --release --quiet --out "$wheels")
+  # pytest for machines without it and without network (pure-Python wheels).
+  python3 -m pip download --quiet --disable-pip-version-check --only-binary :all: --dest "$wheels" pytest ||
+    echo "gpu-bundle: could not download pytest into $wheels" >&2
+  ls -la "$wheels"
 else
   echo "gpu-bundle: maturin not found (pip install maturin): no wheel for scripts/gpu-suite.sh --python" >&2
 fi

@@ -11,7 +11,8 @@
 #
 # --python runs the Python package's GPU tests instead (minf-python/tests/test_gpu.py, docs/python.md):
 # it installs the bundle's wheel (.gpu/wheels/minf-*.whl, no dependencies: the machine's torch,
-# transformers and safetensors are used) and runs pytest with the given arguments, e.g. `-k hf`.
+# transformers and safetensors are used; pytest from .gpu/wheels when the machine lacks it) and
+# runs pytest with the given arguments, e.g. `-k hf`.
 #
 # Environment: BIN (default .gpu/bin/gpu), THREADS (test threads, default 8), TIME_LIMIT (seconds,
 # default none), LOG (default /tmp/gpu-suite.log), MINF_CACHE_DIR (default /tmp/minf-cache).
@@ -26,6 +27,8 @@ if [ "${1:-}" = --python ]; then
   [ -n "$wheel" ] || { echo "gpu-suite: no wheel in .gpu/wheels; build it with scripts/gpu-bundle.sh" >&2; exit 2; }
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
     --force-reinstall "$wheel" || exit 2
+  python3 -m pytest --version > /dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check \
+    --root-user-action=ignore --no-index --find-links .gpu/wheels pytest || exit 2
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "gpu-suite: no nvidia-smi"
   echo "== python gpu tests ${*:-(all)} ($wheel, log $log)"
   start=$SECONDS
