@@ -110,13 +110,19 @@ def _register(name: str, function: Any) -> None:
 
 
 def _set_implementation(model: Any, name: str) -> None:
-    """Switches the model to the registered attention function ``name``: through
-    ``set_attn_implementation`` where the model has it, else (or where it refuses a name outside
-    its own list) through the config field the attention modules read at every call."""
-    try:
+    """Switches the model to the registered attention function ``name`` (``set_attn_implementation``,
+    or the config field the attention modules read where the model has no such method). A model
+    whose attention does not go through transformers' attention interface cannot switch: that
+    raises ValueError rather than leaving the model silently unpatched."""
+    if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
-    except (AttributeError, ValueError):
+    else:
         model.config._attn_implementation = name
+    if getattr(model.config, "_attn_implementation", None) != name:
+        raise ValueError(
+            f"{type(model).__name__} did not switch to the attention function {name!r}: its attention does not "
+            "go through transformers' AttentionInterface, so minf cannot patch it"
+        )
 
 
 def patch(
@@ -154,10 +160,10 @@ def patch(
         earlier = getattr(modules[0], "_minf_patch", None)
         previous = earlier.previous if earlier is not None else "sdpa"
     _register(ATTENTION_NAME, _minf_attention)
+    _set_implementation(model, ATTENTION_NAME)
     state = _Patch(prefill, previous)
     for module in modules:
         module._minf_patch = state
-    _set_implementation(model, ATTENTION_NAME)
     return prefill
 
 
