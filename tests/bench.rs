@@ -60,6 +60,20 @@ fn index_tile_is_checked_before_the_gpu() {
 }
 
 #[test]
+fn chunk_is_checked_before_the_gpu_and_listed() {
+    let listed =
+        common::minf(&["bench", "--seqs", "128K", "--patterns", "dense", "--chunk", "8K", "--list"]).output().unwrap();
+    let text = common::text(&listed);
+    assert!(listed.status.success(), "{text}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("and in chunks of 8K"), "{text}");
+    for bad in ["0", "64K,8K", "big"] {
+        let output = common::minf(&["bench", "--chunk", bad, "--list"]).output().unwrap();
+        let text = common::text(&output);
+        assert!(!output.status.success() && text.contains("chunk size"), "{bad}: {text}");
+    }
+}
+
+#[test]
 fn compare_cli_writes_markdown_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("minf.json"), dir.path().join("peers.json"));

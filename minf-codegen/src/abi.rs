@@ -280,11 +280,13 @@ kernel_params! {
 kernel_params! {
     /// Parameters of both passes of the vertical-slash converter (`vs_convert`), passed by value.
     pub struct ConvertParams {
-        /// `[batch]` sequence lengths.
+        /// `[batch]` sequence lengths (keys, kv_len).
         pub seqlens: ConstPtr<i32>,
+        /// `[batch]` query rows of each sequence's chunk (clamped to [0, seqlen]), or null: q_len = seqlen.
+        pub q_lens: ConstPtr<i32>,
         /// `[batch, heads, nnz_v]` key columns, any order.
         pub vertical: ConstPtr<i32>,
-        /// `[batch, heads, nnz_s]` diagonal offsets (j = i - s), any order.
+        /// `[batch, heads, nnz_s]` diagonal offsets (j = p - s at absolute position p), any order.
         pub slash: ConstPtr<i32>,
         /// `[batch, heads, rows]`.
         pub block_count: MutPtr<i32>,
@@ -306,7 +308,7 @@ kernel_params! {
         pub list_len: MutPtr<i32>,
         /// Query heads.
         pub heads: i32,
-        /// ceil(context / 64).
+        /// Index rows: ceil(longest q_len / 64).
         pub rows: i32,
         /// Maximum sequence length; longer seqlens are clamped to it.
         pub context: i32,
@@ -360,7 +362,7 @@ kernel_params! {
 kernel_params! {
     /// Parameters of the three vertical-slash score passes (`vs_scores`), passed by value.
     pub struct ScoresParams {
-        /// `[batch, seq, heads, head_dim]` at q_stride (head_dim contiguous).
+        /// `[batch, q_seq, heads, head_dim]` at q_stride (head_dim contiguous).
         pub q: ConstPtr<u16>,
         /// `[batch, seq, kv_heads, head_dim]` at k_stride (head_dim contiguous).
         pub k: ConstPtr<u16>,
@@ -378,15 +380,17 @@ kernel_params! {
         pub q_stride: [i64; 3],
         /// Element strides of k's batch, seq, head.
         pub k_stride: [i64; 3],
-        /// Sequence length.
+        /// Keys per sequence (kv_len); query row i sits at absolute position seq - q_seq + i.
         pub seq: i32,
+        /// Query rows per sequence (the chunk's q_len, at most seq).
+        pub q_seq: i32,
         /// Query heads.
         pub heads: i32,
         /// Query heads per key head.
         pub group: i32,
         /// Blocks per KV group: ceil(group / SCORE_HEADS_PER_BLOCK).
         pub pairs: i32,
-        /// min(LAST_Q, seq).
+        /// min(LAST_Q, q_seq).
         pub last_q: i32,
         /// ceil(seq / SCORE_CHUNK_KEYS).
         pub chunks: i32,
@@ -423,7 +427,7 @@ kernel_params! {
     /// Parameters of the block-sparse estimate's pooling and selection (`est_select`), passed by
     /// value.
     pub struct BlockParams {
-        /// `[batch, seq, heads, head_dim]` at q_stride.
+        /// `[batch, q_seq, heads, head_dim]` at q_stride.
         pub q: ConstPtr<u16>,
         /// `[batch, seq, kv_heads, head_dim]` at k_stride.
         pub k: ConstPtr<u16>,
@@ -433,24 +437,28 @@ kernel_params! {
         pub entries: ConstPtr<i32>,
         /// `[jobs, batch, rows, head_dim]`.
         pub pooled: MutPtr<f32>,
-        /// `[batch, heads, rows]`, zero on entry.
+        /// `[batch, heads, q_rows]`, zero on entry.
         pub kv_num_blocks: MutPtr<i32>,
-        /// `[batch, heads, rows, capacity]`, zero on entry.
+        /// `[batch, heads, q_rows, capacity]`, zero on entry.
         pub kv_indices: MutPtr<i32>,
         /// Element strides of q's batch, seq, head.
         pub q_stride: [i64; 3],
         /// Element strides of k's batch, seq, head.
         pub k_stride: [i64; 3],
-        /// Sequence length.
+        /// Keys per sequence (kv_len); query row i sits at absolute position seq - q_seq + i.
         pub seq: i32,
+        /// Query rows per sequence (the chunk's q_len, at most seq).
+        pub q_seq: i32,
         /// Query heads.
         pub heads: i32,
         /// Key/value heads.
         pub kv_heads: i32,
         /// Head dimension.
         pub head_dim: i32,
-        /// ceil(seq / 64).
+        /// ceil(seq / 64): key blocks, and the pooled rows of every job.
         pub rows: i32,
+        /// ceil(q_seq / 64): query blocks, the index rows.
+        pub q_rows: i32,
         /// Pooling jobs.
         pub jobs_count: i32,
         /// min(top_k, rows).
@@ -613,7 +621,7 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AttentionParams, strides), 80);
         assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 216);
         assert_eq!(std::mem::size_of::<AttentionParams>(), 224);
-        assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 28 + 4);
+        assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 32);
     }
 
     #[test]

@@ -55,6 +55,6 @@ pub use registry::{
 pub use tensor::{AttentionElement, TensorMut, TensorRef};
 pub use tile_choice::TileChoice;
 pub use vertical_slash::{
-    convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, HostVerticalSlashIndex, IndexShape,
-    VerticalSlashIndex,
+    convert_vertical_slash, convert_vertical_slash_chunk_into, convert_vertical_slash_into, ChunkLengths,
+    ConvertWorkspace, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex,
 };

@@ -18,6 +18,17 @@
 //! per layer and pattern group when the [`Prefill`] is built. Indices and estimation scratch are
 //! kept and reused, so a warm `prefill` call allocates nothing on the device (an index is
 //! reallocated only when the batch, the prompt length or a needed capacity grows).
+//!
+//! **Chunked prefill.** [`Prefill::prefill_chunk`] runs one chunk of a prompt: its `q_len` queries
+//! against the caller's KV buffer holding the `kv_len` keys of the prefix and the chunk, query row
+//! `i` at absolute position `kv_len - q_len + i`. Each chunk estimates its own indices from its own
+//! last queries (MInference's rules in absolute positions, [`crate::estimate::gpu`]); A-shape
+//! windows are absolute; whether the chunk runs dense is decided by `kv_len` (the keys it attends
+//! to, which set both the attention's and the estimation's cost), so every chunk of a prompt shorter
+//! than [`PrefillOptions::dense_below`] runs dense and a late chunk of a long prompt runs sparse
+//! however short it is. [`Prefill::prefill_chunked`] drives a whole prompt chunk by chunk. Scratch
+//! per chunk is bounded by the chunk and its indices (`ceil(q_len / 64)` rows), never by
+//! `kv_len` squared.
 
 use crate::attention::{attention, launch_spec, AShape, AttentionOptions, HeadSubset, PatternArgs};
 use crate::block_sparse::{BlockSparseIndex, HostBlockSparseIndex};
@@ -29,11 +40,11 @@ use crate::estimate::gpu::{
     EstimateWorkspace, VerticalSlashHead,
 };
 use crate::estimate::{clamp_sizes, BLOCK, BLOCK_SPARSE_TOP_K};
-use crate::tensor::{AttentionElement, TensorMut, TensorRef};
+use crate::tensor::{AttentionElement, Layout, TensorMut, TensorRef};
 use crate::tile_choice::TileChoice;
-use crate::vertical_slash::{realised_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
+use crate::vertical_slash::{realised_chunk_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaStream};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use minf_codegen::Tile;
 
 /// Default of [`PrefillOptions::dense_below`], in tokens. On an H100 with `minf bench` on the
@@ -255,9 +266,16 @@ pub struct PrefillTiming {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LastCall {
     layer: usize,
-    batch: usize,
-    seq: usize,
+    dims: CallDims,
     dense_fallback: bool,
+}
+
+/// The checked sizes of a call: `q_len` queries (the last of the `kv_len` tokens) per sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallDims {
+    batch: usize,
+    q_len: usize,
+    kv_len: usize,
 }
 
 /// MInference's per-layer prefill on one device (see the [module docs](self)).
@@ -309,9 +327,9 @@ fn check_model(config: &PatternConfig, shape: ModelShape, options: PrefillOption
     Ok(())
 }
 
-/// Checks a call's layer and the shapes of q, k, v and out against the model; returns
-/// `(batch, seq)`.
-fn check_call(shape: ModelShape, layer: usize, tensors: [[usize; 4]; 4]) -> Result<(usize, usize), MinfError> {
+/// Checks a call's layer and the shapes of q, k, v and out against the model: q and out
+/// `[batch, q_len, heads, d]`, k and v `[batch, kv_len, kv_heads, d]`, `1 <= q_len <= kv_len`.
+fn check_call(shape: ModelShape, layer: usize, tensors: [[usize; 4]; 4]) -> Result<CallDims, MinfError> {
     let ModelShape { layers, heads, kv_heads, head_dim } = shape;
     if layer >= layers {
         return Err(shape_error(format!(
@@ -319,22 +337,28 @@ fn check_call(shape: ModelShape, layer: usize, tensors: [[usize; 4]; 4]) -> Resu
             layers.saturating_sub(1)
         )));
     }
-    let [batch, seq, _, _] = tensors[0];
+    let [batch, q_len, _, _] = tensors[0];
+    let kv_len = tensors[1][1];
     let d = head_dim as usize;
-    for (name, have, want_heads) in ["q", "k", "v", "out"]
-        .into_iter()
-        .zip(tensors)
-        .zip([heads, kv_heads, kv_heads, heads])
-        .map(|((n, t), w)| (n, t, w))
+    let expected = [("q", q_len, "seq", heads), ("k", kv_len, "kv_len", kv_heads), ("v", kv_len, "kv_len", kv_heads)];
+    for ((name, rows, what, want_heads), have) in
+        expected.into_iter().chain([("out", q_len, "seq", heads)]).zip(tensors)
     {
-        if have != [batch, seq, want_heads, d] {
+        if have != [batch, rows, want_heads, d] {
             return Err(shape_error(format!(
-                "prefill: {name} has shape {have:?} but the model needs [batch, seq, {want_heads}, {d}] with q's batch \
-                 {batch} and seq {seq} ({heads} query heads, {kv_heads} key/value heads, head_dim {d})"
+                "prefill: {name} has shape {have:?} but the model needs [batch, {what}, {want_heads}, {d}] with q's \
+                 batch {batch}, q's seq {q_len} and k's kv_len {kv_len} ({heads} query heads, {kv_heads} key/value \
+                 heads, head_dim {d})"
             )));
         }
     }
-    Ok((batch, seq))
+    if q_len == 0 || q_len > kv_len {
+        return Err(shape_error(format!(
+            "prefill: q has {q_len} tokens and k {kv_len}; a chunk's queries are the last q_len of the kv_len tokens \
+             in the KV buffer, so 1 <= q_len <= kv_len"
+        )));
+    }
+    Ok(CallDims { batch, q_len, kv_len })
 }
 
 /// Checks, before any GPU work, that a prompt of `seq` tokens fits the estimate of every layer
@@ -343,6 +367,15 @@ fn check_seq<'a>(layers: impl IntoIterator<Item = &'a HeadGroups>, seq: usize) -
     match layers.into_iter().position(|groups| !groups.block_sparse.is_empty()) {
         Some(layer) => check_block_sparse_seq(&format!("prefill (layer {layer} has block-sparse heads)"), seq),
         None => Ok(()),
+    }
+}
+
+/// The first `tokens` tokens of every sequence of `t` (a view of the same buffer).
+fn first_tokens<T>(t: TensorRef<'_, T>, tokens: usize) -> TensorRef<'_, T> {
+    let [batch, seq, heads, head_dim] = t.layout.shape;
+    TensorRef {
+        data: t.data,
+        layout: Layout { shape: [batch, tokens.min(seq), heads, head_dim], strides: t.layout.strides },
     }
 }
 
@@ -416,8 +449,9 @@ impl<'d> Prefill<'d> {
     /// Attention of every query head of layer `layer`: `out = attention(q, k, v)` with each head's
     /// pattern (see the [module docs](self)). `q` and `out` are `[batch, seq, heads, head_dim]`,
     /// `k` and `v` `[batch, seq, kv_heads, head_dim]` (any strides with contiguous rows), bf16 or
-    /// f16, with the model's head counts and dimension. Launches on `device.stream()`; nothing
-    /// waits for the device.
+    /// f16, with the model's head counts and dimension. `k` and `v` may also hold more tokens than
+    /// `q` (a chunk after its prefix): that is [`Prefill::prefill_chunk`] without the LSE. Launches
+    /// on `device.stream()`; nothing waits for the device.
     pub fn prefill<T: AttentionElement>(
         &mut self,
         layer: usize,
@@ -426,7 +460,7 @@ impl<'d> Prefill<'d> {
         v: TensorRef<'_, T>,
         out: TensorMut<'_, T>,
     ) -> Result<(), MinfError> {
-        self.run(layer, q, k, v, out, false).map(|_| ())
+        self.run(layer, q, k, v, out, None, false).map(|_| ())
     }
 
     /// [`Prefill::prefill`] timed with CUDA events: where the time went. Waits for the device at
@@ -439,9 +473,118 @@ impl<'d> Prefill<'d> {
         v: TensorRef<'_, T>,
         out: TensorMut<'_, T>,
     ) -> Result<PrefillTiming, MinfError> {
-        self.run(layer, q, k, v, out, true)
+        self.run(layer, q, k, v, out, None, true)
     }
 
+    /// One chunk of a prompt (see the [module docs](self)): `q_chunk` and `out` are the chunk's
+    /// `[batch, q_len, heads, head_dim]`, `k_all` and `v_all` the caller-owned KV buffer's
+    /// `[batch, kv_len, kv_heads, head_dim]` holding the prefix and this chunk (its last `q_len`
+    /// rows), `1 <= q_len <= kv_len`; query row `i` sits at absolute position `kv_len - q_len + i`.
+    /// `lse`, when given, receives the natural-log log-sum-exp of every query row, f32
+    /// `[batch, heads, q_len]` (to merge with attention over other keys). The chunk estimates its
+    /// own indices from its own last queries; it runs dense when `kv_len` is below
+    /// [`PrefillOptions::dense_below`]. Launches on `device.stream()`; nothing waits for the device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prefill_chunk<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q_chunk: TensorRef<'_, T>,
+        k_all: TensorRef<'_, T>,
+        v_all: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<(), MinfError> {
+        self.run(layer, q_chunk, k_all, v_all, out, lse, false).map(|_| ())
+    }
+
+    /// A whole prompt through [`Prefill::prefill_chunk`], `chunk_tokens` queries at a time:
+    /// `q`, `out` contiguous `[batch, seq, heads, head_dim]` and `k`, `v`
+    /// `[batch, seq, kv_heads, head_dim]` (any strides with contiguous rows) hold the whole
+    /// prompt; chunk `c` attends to the keys `0 .. min((c + 1) * chunk_tokens, seq)`. Allocates a
+    /// query and an output buffer of one chunk per call (the chunks are copied through them);
+    /// [`Prefill::realised_mask`] then describes the last chunk. Launches on `device.stream()`;
+    /// nothing waits for the device.
+    pub fn prefill_chunked<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+        chunk_tokens: usize,
+    ) -> Result<(), MinfError> {
+        let dims = check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
+        if dims.q_len != dims.kv_len {
+            return Err(shape_error(format!(
+                "prefill_chunked: q has {} tokens and k {}; the driver takes a whole prompt (use prefill_chunk for one \
+                 chunk after a prefix)",
+                dims.q_len, dims.kv_len
+            )));
+        }
+        if chunk_tokens == 0 {
+            return Err(shape_error("prefill_chunked: chunk_tokens must be at least 1".into()));
+        }
+        for (name, layout, len) in [("q", q.layout, q.data.len()), ("out", out.layout, out.data.len())] {
+            if layout.strides != Layout::bshd(layout.shape).strides {
+                return Err(shape_error(format!(
+                    "prefill_chunked: {name} has strides {:?}; the driver copies chunks of contiguous \
+                     [batch, seq, heads, head_dim] tensors (strides {:?})",
+                    layout.strides,
+                    Layout::bshd(layout.shape).strides
+                )));
+            }
+            if layout.span() > len {
+                return Err(shape_error(format!(
+                    "prefill_chunked: {name} of shape {:?} spans {} elements but its buffer holds {len}",
+                    layout.shape,
+                    layout.span()
+                )));
+            }
+        }
+        let CallDims { batch, q_len: seq, .. } = dims;
+        let [_, _, heads, head_dim] = q.layout.shape;
+        let row = heads * head_dim;
+        let chunk = chunk_tokens.min(seq);
+        let stream = self.device.stream().clone();
+        let alloc = |what: &str| {
+            stream
+                .alloc_zeros::<T>(batch * chunk * row)
+                .map_err(MinfError::driver(format!("allocating the chunk's {what} ({} rows)", batch * chunk)))
+        };
+        let (mut q_chunk, mut out_chunk) = (alloc("queries")?, alloc("output")?);
+        let out_data = out.data;
+        for start in (0..seq).step_by(chunk) {
+            let end = (start + chunk).min(seq);
+            let len = end - start;
+            for b in 0..batch {
+                let from = (b * seq + start) * row..(b * seq + end) * row;
+                stream
+                    .memcpy_dtod(&q.data.slice(from), &mut q_chunk.slice_mut(b * len * row..(b + 1) * len * row))
+                    .map_err(MinfError::driver("copying a chunk's queries"))?;
+            }
+            // The KV buffer's first `end` tokens: the prefix and this chunk.
+            let (k_all, v_all) = (first_tokens(k, end), first_tokens(v, end));
+            let chunk_shape = [batch, len, heads, head_dim];
+            self.run(
+                layer,
+                TensorRef::bshd(&q_chunk, chunk_shape)?,
+                k_all,
+                v_all,
+                TensorMut::bshd(&mut out_chunk, chunk_shape)?,
+                None,
+                false,
+            )?;
+            for b in 0..batch {
+                let to = (b * seq + start) * row..(b * seq + end) * row;
+                stream
+                    .memcpy_dtod(&out_chunk.slice(b * len * row..(b + 1) * len * row), &mut out_data.slice_mut(to))
+                    .map_err(MinfError::driver("copying a chunk's output"))?;
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn run<T: AttentionElement>(
         &mut self,
         layer: usize,
@@ -449,13 +592,14 @@ impl<'d> Prefill<'d> {
         k: TensorRef<'_, T>,
         v: TensorRef<'_, T>,
         out: TensorMut<'_, T>,
+        mut lse: Option<&mut CudaSlice<f32>>,
         timed: bool,
     ) -> Result<PrefillTiming, MinfError> {
-        let (batch, seq) =
-            check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
-        let dense_fallback = self.options.runs_dense(seq);
+        let dims = check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
+        let CallDims { batch, q_len, kv_len } = dims;
+        let dense_fallback = self.options.runs_dense(kv_len);
         if !dense_fallback {
-            check_seq(self.layers.iter().map(|plan| &plan.groups), seq)?;
+            check_seq(self.layers.iter().map(|plan| &plan.groups), kv_len)?;
         }
         let device = self.device;
         let stream = device.stream();
@@ -465,8 +609,8 @@ impl<'d> Prefill<'d> {
         let plan = &mut self.layers[layer];
         let groups = &plan.groups;
         if !dense_fallback {
-            if let Some((nnz_v, nnz_s)) = groups.vertical_slash_capacity(seq) {
-                let rows = seq.div_ceil(BLOCK);
+            if let Some((nnz_v, nnz_s)) = groups.vertical_slash_capacity(kv_len) {
+                let rows = q_len.div_ceil(BLOCK);
                 let reusable = self.vertical_slash_index.as_ref().is_some_and(|index| {
                     let have = index.shape();
                     (have.batch, have.heads, have.rows) == (batch, self.shape.heads, rows)
@@ -496,8 +640,8 @@ impl<'d> Prefill<'d> {
                 }
             }
             if !groups.block_sparse.is_empty() {
-                let rows = seq.div_ceil(BLOCK);
-                let capacity = self.options.block_sparse_top_k.min(rows);
+                let rows = q_len.div_ceil(BLOCK);
+                let capacity = self.options.block_sparse_top_k.min(kv_len.div_ceil(BLOCK));
                 let reusable = self.block_sparse_index.as_ref().is_some_and(|index| {
                     let have = index.as_ref();
                     (have.batch, have.heads, have.rows) == (batch, self.shape.heads, rows) && have.capacity >= capacity
@@ -530,7 +674,7 @@ impl<'d> Prefill<'d> {
             let pattern = args.pattern();
             let tile = indexed_tile.filter(|_| pattern.is_indexed());
             let spec = launch_spec(device, pattern, T::DTYPE, head_dim, None, tile);
-            let options = AttentionOptions { heads, spec: Some(spec), ..Default::default() };
+            let options = AttentionOptions { heads, spec: Some(spec), lse: lse.as_deref_mut(), ..Default::default() };
             match choice {
                 Some(choice) => choice.attention(device, q, k, v, out, args, options),
                 None => attention(device, q, k, v, out, args, options),
@@ -554,7 +698,7 @@ impl<'d> Prefill<'d> {
                 launch(PatternArgs::BlockSparse(index.as_ref()), subset, choice)?;
             }
         }
-        self.last = Some(LastCall { layer, batch, seq, dense_fallback });
+        self.last = Some(LastCall { layer, dims, dense_fallback });
         let (Some(start), Some(estimated)) = (start, estimated) else {
             return Ok(PrefillTiming::default());
         };
@@ -615,7 +759,8 @@ impl<'d> Prefill<'d> {
                 block_sparse = Some(index.to_host()?);
             }
         }
-        Ok(RealisedMask { batch: last.batch, seq: last.seq, heads, vertical_slash, block_sparse })
+        let CallDims { batch, q_len, kv_len } = last.dims;
+        Ok(RealisedMask { batch, seq: kv_len, q_offset: kv_len - q_len, heads, vertical_slash, block_sparse })
     }
 }
 
@@ -633,13 +778,17 @@ pub enum HeadMask {
 }
 
 /// The keys each query of a prefill call attended to, head by head, on the host: for recall,
-/// accuracy checks and density.
+/// accuracy checks and density. Positions are absolute: a chunk's queries are the positions
+/// `q_offset .. seq` (a whole prompt: `q_offset = 0`), its index row `r` their rows
+/// `q_offset + 64r ..`.
 #[derive(Debug, Clone)]
 pub struct RealisedMask {
     /// Sequences.
     pub batch: usize,
-    /// Tokens per sequence.
+    /// Tokens per sequence: the keys (`kv_len` of a chunk).
     pub seq: usize,
+    /// Absolute position of the first query (`kv_len - q_len` of a chunk, 0 for a whole prompt).
+    pub q_offset: usize,
     /// What each query head computed.
     pub heads: Vec<HeadMask>,
     /// The vertical-slash index, when a head used it.
@@ -649,26 +798,31 @@ pub struct RealisedMask {
 }
 
 impl RealisedMask {
-    /// Whether query `i` of (`b`, `h`) attended to key `j`.
+    /// Whether the query at absolute position `i` of (`b`, `h`) attended to key `j`.
     pub fn contains(&self, b: usize, h: usize, i: usize, j: usize) -> bool {
-        if j > i || i >= self.seq {
+        if j > i || i >= self.seq || i < self.q_offset {
             return false;
         }
         match self.heads.get(h) {
             Some(HeadMask::Dense) => true,
             Some(HeadMask::AShape(shape)) => j < shape.n_init || i - j < shape.n_local,
-            Some(HeadMask::VerticalSlash) => {
-                self.vertical_slash.as_ref().is_some_and(|index| realised_mask_contains(index, b, h, i, j))
-            }
-            Some(HeadMask::BlockSparse) => self.block_sparse.as_ref().is_some_and(|index| index.contains(b, h, i, j)),
+            Some(HeadMask::VerticalSlash) => self
+                .vertical_slash
+                .as_ref()
+                .is_some_and(|index| realised_chunk_mask_contains(index, self.q_offset, b, h, i, j)),
+            Some(HeadMask::BlockSparse) => self.block_sparse.as_ref().is_some_and(|index| {
+                i32::try_from(j / BLOCK)
+                    .is_ok_and(|block| index.blocks(b, h, (i - self.q_offset) / BLOCK).binary_search(&block).is_ok())
+            }),
             None => false,
         }
     }
 
-    /// Keys the kernel visits for 64-row block `r` of (`b`, `h`), counted in whole 64-key ranges
-    /// and gathered columns as the kernels load them, at most the causal keys up to the block's end.
+    /// Keys the kernel visits for 64-row block `r` (of the queries) of (`b`, `h`), counted in whole
+    /// 64-key ranges and gathered columns as the kernels load them, at most the causal keys up to
+    /// the block's end.
     pub fn visited_keys(&self, b: usize, h: usize, r: usize) -> usize {
-        let causal = ((r + 1) * BLOCK).min(self.seq);
+        let causal = (self.q_offset + (r + 1) * BLOCK).min(self.seq);
         let visited = match self.heads.get(h) {
             Some(HeadMask::Dense) => causal,
             Some(HeadMask::AShape(shape)) => shape.n_init + shape.n_local + BLOCK - 1,
@@ -694,9 +848,9 @@ impl RealisedMask {
         let (mut visited, mut causal) = (0usize, 0usize);
         for b in 0..self.batch {
             for &h in heads {
-                for r in 0..self.seq.div_ceil(BLOCK) {
+                for r in 0..(self.seq - self.q_offset).div_ceil(BLOCK) {
                     visited += self.visited_keys(b, h, r);
-                    causal += ((r + 1) * BLOCK).min(self.seq);
+                    causal += (self.q_offset + (r + 1) * BLOCK).min(self.seq);
                 }
             }
         }
@@ -829,7 +983,27 @@ mod tests {
     fn calls_must_fit_the_model() {
         let shape = model(2, 8, 2);
         let (q, kv) = ([1, 100, 8, 64], [1, 100, 2, 64]);
-        assert_eq!(check_call(shape, 1, [q, kv, kv, q]).unwrap(), (1, 100));
+        assert_eq!(check_call(shape, 1, [q, kv, kv, q]).unwrap(), CallDims { batch: 1, q_len: 100, kv_len: 100 });
+        // A chunk: 100 queries after a prefix of 900 keys.
+        let kv_all = [1, 1000, 2, 64];
+        assert_eq!(
+            check_call(shape, 1, [q, kv_all, kv_all, q]).unwrap(),
+            CallDims { batch: 1, q_len: 100, kv_len: 1000 }
+        );
+        let message = check_call(shape, 0, [[1, 1001, 8, 64], kv_all, kv_all, [1, 1001, 8, 64]]).unwrap_err();
+        assert!(message.to_string().contains("so 1 <= q_len <= kv_len"), "{message}");
+        let message = check_call(shape, 0, [[1, 0, 8, 64], kv_all, kv_all, [1, 0, 8, 64]]).unwrap_err();
+        assert!(message.to_string().contains("q has 0 tokens and k 1000"), "{message}");
+        let message = check_call(shape, 0, [q, kv_all, kv, q]).unwrap_err().to_string();
+        assert!(
+            message.contains("v has shape [1, 100, 2, 64] but the model needs [batch, kv_len, 2, 64]"),
+            "{message}"
+        );
+        let message = check_call(shape, 0, [q, kv_all, kv_all, [1, 1000, 8, 64]]).unwrap_err().to_string();
+        assert!(
+            message.contains("out has shape [1, 1000, 8, 64] but the model needs [batch, seq, 8, 64]"),
+            "{message}"
+        );
         let message = check_call(shape, 2, [q, kv, kv, q]).unwrap_err().to_string();
         assert!(message.contains("layer 2 is out of range; the model has layers 0 to 1"), "{message}");
         let message = check_call(shape, 0, [[1, 100, 4, 64], kv, kv, [1, 100, 4, 64]]).unwrap_err().to_string();
@@ -848,6 +1022,7 @@ mod tests {
         let mask = RealisedMask {
             batch: 1,
             seq: 200,
+            q_offset: 0,
             heads: vec![HeadMask::Dense, HeadMask::AShape(window), HeadMask::VerticalSlash],
             vertical_slash: None,
             block_sparse: None,
@@ -863,6 +1038,63 @@ mod tests {
         // A-shape: at most n_init + n_local + 63 keys per block.
         assert_eq!([0, 3].map(|r| mask.visited_keys(0, 1, r)), [64, 68]);
         assert!((mask.density(&[1]) - (64.0 + 68.0 * 3.0) / (64.0 + 128.0 + 192.0 + 200.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn realised_masks_of_a_chunk_are_in_absolute_positions() {
+        use crate::vertical_slash::HostVerticalSlashIndex;
+        // A chunk of 100 queries after 100 prefix tokens (q_offset 100, not a multiple of 64):
+        // index row 0 holds positions 100..164, row 1 positions 164..200.
+        let vs_shape = IndexShape { batch: 1, heads: 4, rows: 2, nnz_s: 2, nnz_v: 2 };
+        let mut vs = HostVerticalSlashIndex::zeros(vs_shape).unwrap();
+        // Head 2, row 0: the range 40..104 and the column 7; row 1: the column 150.
+        let row0 = vs_shape.row(0, 2, 0);
+        vs.block_count[row0] = 1;
+        vs.block_offset[row0 * 2] = 40;
+        vs.column_count[row0] = 1;
+        vs.column_index[row0 * 2] = 7;
+        let row1 = vs_shape.row(0, 2, 1);
+        vs.column_count[row1] = 1;
+        vs.column_index[row1 * 2] = 150;
+        // Head 3: row 0 keeps key block 0, row 1 key block 2 (keys 128..192).
+        let bs = HostBlockSparseIndex {
+            batch: 1,
+            heads: 4,
+            rows: 2,
+            capacity: 1,
+            kv_num_blocks: vec![0, 0, 0, 0, 0, 0, 1, 1],
+            kv_indices: vec![0, 0, 0, 0, 0, 0, 0, 2],
+        };
+        let mask = RealisedMask {
+            batch: 1,
+            seq: 200,
+            q_offset: 100,
+            heads: vec![
+                HeadMask::Dense,
+                HeadMask::AShape(AShape { n_init: 2, n_local: 3 }),
+                HeadMask::VerticalSlash,
+                HeadMask::BlockSparse,
+            ],
+            vertical_slash: Some(vs),
+            block_sparse: Some(bs),
+        };
+        // Prefix positions are not queries of this call.
+        assert!(!mask.contains(0, 0, 99, 0) && mask.contains(0, 0, 100, 100) && !mask.contains(0, 0, 100, 101));
+        // A-shape windows are absolute.
+        assert!(mask.contains(0, 1, 150, 1) && !mask.contains(0, 1, 150, 2) && mask.contains(0, 1, 150, 148));
+        assert!(!mask.contains(0, 1, 150, 147));
+        // Vertical-slash rows by (position - q_offset) / 64, causal by absolute position.
+        assert!(mask.contains(0, 2, 100, 7) && mask.contains(0, 2, 163, 103) && mask.contains(0, 2, 100, 40));
+        assert!(!mask.contains(0, 2, 100, 101) && !mask.contains(0, 2, 164, 7) && mask.contains(0, 2, 199, 150));
+        assert!(!mask.contains(0, 2, 149, 150), "column 150 is right of the diagonal at 149");
+        // Block-sparse: absolute key blocks.
+        assert!(mask.contains(0, 3, 163, 63) && !mask.contains(0, 3, 163, 64) && mask.contains(0, 3, 170, 130));
+        assert!(!mask.contains(0, 3, 170, 171) && !mask.contains(0, 3, 170, 10));
+        // Density over the chunk's causal keys: rows end at 164 and 200.
+        assert_eq!([0, 1].map(|r| mask.visited_keys(0, 0, r)), [164, 200]);
+        assert_eq!(mask.density(&[0]), 1.0);
+        assert_eq!([0, 1].map(|r| mask.visited_keys(0, 2, r)), [65, 1]);
+        assert!((mask.density(&[2]) - 66.0 / 364.0).abs() < 1e-12);
     }
 
     #[test]

@@ -16,11 +16,19 @@
 //! among the slashes). Where MInference would drop verticals at or past the end of its last range
 //! (no slash near the diagonal), minf keeps them as columns, so the realised mask always covers
 //! every causal `(i, j)` on a chosen column or diagonal.
+//!
+//! **Chunks.** A prompt prefilled in chunks has, per sequence, `kv_len` keys (the prefix and the
+//! chunk) and `q_len <= kv_len` queries (the chunk), query row `i` at absolute position
+//! `q_offset + i` with `q_offset = kv_len - q_len`. Its index has `ceil(q_len / 64)` rows: row `r`
+//! holds the chunk's rows `64r .. 64r + 63`, and every key it lists (range starts and columns) is
+//! absolute in `[0, kv_len)`; diagonal offsets count from each query's absolute position
+//! (`j = p - s`). [`convert_vertical_slash_chunk_into`] builds it; `q_offset` need not be a
+//! multiple of 64. With `q_len = kv_len` it is the whole-prompt index.
 
 use crate::device::{reserve_buffer, Device, KernelArgs};
 use crate::error::MinfError;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use minf_codegen::abi::{ConvertParams, MutPtr, INDEX_BLOCK};
+use minf_codegen::abi::{ConstPtr, ConvertParams, MutPtr, INDEX_BLOCK};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
 /// Query rows per row block and keys per range step; fixed by the format
@@ -112,6 +120,35 @@ impl IndexShape {
         Ok(shape)
     }
 
+    /// The shape a chunk conversion produces ([`convert_vertical_slash_chunk_into`]): as
+    /// [`IndexShape::for_conversion`] with `context = max_kv_len`, `q_lens_len` lengths of the
+    /// chunks and `rows = ceil(max_q_len / 64)`, `1 <= max_q_len <= max_kv_len`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_chunk_conversion(
+        q_lens_len: usize,
+        kv_lens_len: usize,
+        vertical_len: usize,
+        slash_len: usize,
+        batch: usize,
+        heads: usize,
+        max_q_len: usize,
+        max_kv_len: usize,
+    ) -> Result<IndexShape, MinfError> {
+        let shape = IndexShape::for_conversion(kv_lens_len, vertical_len, slash_len, batch, heads, max_kv_len)?;
+        if q_lens_len != batch {
+            return Err(MinfError::Shape(format!(
+                "q_lens holds {q_lens_len} lengths but batch is {batch} (one chunk length per sequence)"
+            )));
+        }
+        if !(1..=max_kv_len).contains(&max_q_len) {
+            return Err(MinfError::Shape(format!(
+                "longest chunk {max_q_len} tokens: allowed 1 to the longest kv_len ({max_kv_len}); a chunk's queries \
+                 are the last q_len of its kv_len tokens"
+            )));
+        }
+        Ok(IndexShape { rows: max_q_len.div_ceil(BLOCK), ..shape })
+    }
+
     fn lengths(&self) -> Result<(usize, usize, usize), MinfError> {
         match (self.count_len(), self.offset_len(), self.column_len()) {
             (Some(counts), Some(offsets), Some(columns)) => Ok((counts, offsets, columns)),
@@ -175,8 +212,25 @@ impl HostVerticalSlashIndex {
 /// Whether the attention kernel computes score `(i, j)` of `(b, h)` under `index`: `j <= i` and
 /// `j` lies in one of row block `i / 64`'s 64-wide ranges or in its column list.
 pub fn realised_mask_contains(index: &HostVerticalSlashIndex, b: usize, h: usize, i: usize, j: usize) -> bool {
-    let r = i / BLOCK;
-    if j > i || r >= index.shape.rows || b >= index.shape.batch || h >= index.shape.heads {
+    realised_chunk_mask_contains(index, 0, b, h, i, j)
+}
+
+/// [`realised_mask_contains`] for the index of a chunk whose first query sits at absolute
+/// position `q_offset`: whether the query at absolute position `p` (`q_offset <= p`) computes key
+/// `j`: `j <= p` and `j` lies in a range or the column list of row block `(p - q_offset) / 64`.
+pub fn realised_chunk_mask_contains(
+    index: &HostVerticalSlashIndex,
+    q_offset: usize,
+    b: usize,
+    h: usize,
+    p: usize,
+    j: usize,
+) -> bool {
+    if p < q_offset || j > p {
+        return false;
+    }
+    let r = (p - q_offset) / BLOCK;
+    if r >= index.shape.rows || b >= index.shape.batch || h >= index.shape.heads {
         return false;
     }
     let j = j as i64;
@@ -368,7 +422,7 @@ pub fn convert_vertical_slash(
 ) -> Result<VerticalSlashIndex, MinfError> {
     let shape = IndexShape::for_conversion(seqlens.len(), vertical.len(), slash.len(), batch, heads, context)?;
     let mut index = VerticalSlashIndex::zeros(device, shape)?;
-    launch(device, seqlens, vertical, slash, context, workspace, &mut index)?;
+    launch(device, seqlens, None, vertical, slash, context, workspace, &mut index)?;
     Ok(index)
 }
 
@@ -391,6 +445,61 @@ pub fn convert_vertical_slash_into(
             "the output index has shape {have:?} but these inputs and context {context} give {want:?}"
         )));
     }
+    zero_index(device, index)?;
+    launch(device, seqlens, None, vertical, slash, context, workspace, index)
+}
+
+/// The per-sequence lengths of a chunk conversion ([`convert_vertical_slash_chunk_into`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkLengths<'a> {
+    /// `[batch]` query rows of each sequence's chunk (clamped to `[0, kv_len]` on the device).
+    pub q_lens: &'a CudaSlice<i32>,
+    /// `[batch]` keys of each sequence, its prefix and its chunk (clamped to `[0, max_kv_len]`).
+    pub kv_lens: &'a CudaSlice<i32>,
+    /// The longest chunk: the index has `ceil(max_q_len / 64)` rows.
+    pub max_q_len: usize,
+    /// The longest kv_len (the padded key count).
+    pub max_kv_len: usize,
+}
+
+/// [`convert_vertical_slash_into`] for chunks (see the [module docs](self)): sequence `b` has
+/// `kv_lens[b]` keys and its last `q_lens[b]` tokens are the queries; `vertical` (absolute key
+/// columns) and `slash` (offsets from each query's absolute position) count only within
+/// `[0, kv_len)`. Row `r` of sequence `b` holds its chunk's rows `64r .. 64r + 63`; rows at or past
+/// `q_lens[b]` keep zero counts. The index shape must be
+/// [`IndexShape::for_chunk_conversion`]'s. With `q_lens = kv_lens` the output equals
+/// [`convert_vertical_slash_into`]'s.
+pub fn convert_vertical_slash_chunk_into(
+    device: &Device,
+    lengths: ChunkLengths<'_>,
+    vertical: &CudaSlice<i32>,
+    slash: &CudaSlice<i32>,
+    workspace: &mut ConvertWorkspace,
+    index: &mut VerticalSlashIndex,
+) -> Result<(), MinfError> {
+    let have = index.shape;
+    let want = IndexShape::for_chunk_conversion(
+        lengths.q_lens.len(),
+        lengths.kv_lens.len(),
+        vertical.len(),
+        slash.len(),
+        have.batch,
+        have.heads,
+        lengths.max_q_len,
+        lengths.max_kv_len,
+    )?;
+    if have != want {
+        return Err(MinfError::Shape(format!(
+            "the output index has shape {have:?} but these inputs, the longest chunk {} and the longest kv_len {} \
+             give {want:?}",
+            lengths.max_q_len, lengths.max_kv_len
+        )));
+    }
+    zero_index(device, index)?;
+    launch(device, lengths.kv_lens, Some(lengths.q_lens), vertical, slash, lengths.max_kv_len, workspace, index)
+}
+
+fn zero_index(device: &Device, index: &mut VerticalSlashIndex) -> Result<(), MinfError> {
     let stream = device.stream();
     for (name, buffer) in [
         ("block_count", &mut index.block_count),
@@ -400,13 +509,16 @@ pub fn convert_vertical_slash_into(
     ] {
         stream.memset_zeros(buffer).map_err(MinfError::driver(format!("zeroing {name}")))?;
     }
-    launch(device, seqlens, vertical, slash, context, workspace, index)
+    Ok(())
 }
 
-/// Zeroes the bitmaps and launches both passes into the (already zeroed) `index`.
+/// Zeroes the bitmaps and launches both passes into the (already zeroed) `index`; `q_lens`
+/// `None` converts whole prompts.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     device: &Device,
     seqlens: &CudaSlice<i32>,
+    q_lens: Option<&CudaSlice<i32>>,
     vertical: &CudaSlice<i32>,
     slash: &CudaSlice<i32>,
     context: usize,
@@ -432,6 +544,7 @@ fn launch(
         .map_err(MinfError::driver("zeroing the converter's bitmaps"))?;
 
     let (seqlens_ptr, _seqlens_sync) = seqlens.device_ptr(stream);
+    let q_lens_ptr = q_lens.map(|lens| lens.device_ptr(stream));
     let (vertical_ptr, _vertical_sync) = vertical.device_ptr(stream);
     let (slash_ptr, _slash_sync) = slash.device_ptr(stream);
     let (bits_ptr, _bits_sync) = bits.device_ptr_mut(stream);
@@ -442,9 +555,11 @@ fn launch(
     let (column_count, _cc_sync) = index.column_count.device_ptr_mut(stream);
     let (column_index, _ci_sync) = index.column_index.device_ptr_mut(stream);
     let i32_bytes = std::mem::size_of::<i32>() as u64;
-    // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT).
+    // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT, rows
+    // by it too).
     let params = KernelArgs(ConvertParams {
         seqlens: seqlens_ptr.into(),
+        q_lens: q_lens_ptr.as_ref().map_or(ConstPtr::NULL, |(ptr, _)| ConstPtr::new(*ptr)),
         vertical: vertical_ptr.into(),
         slash: slash_ptr.into(),
         block_count: block_count.into(),

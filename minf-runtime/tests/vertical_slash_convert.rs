@@ -407,4 +407,14 @@ fn conversion_shapes_are_checked_with_what_is_allowed() {
     assert!(e.contains("context 0: allowed 1 to"), "{e}");
     let e = message(IndexShape::for_conversion(0, 8, 8, 0, 4, 100));
     assert!(e.contains("each must be between 1 and 65535"), "{e}");
+    // Chunks: rows from the longest chunk, capacities as before, the chunk within the keys.
+    let chunk = IndexShape::for_chunk_conversion(2, 2, 2 * 32 * 1000, 2 * 32 * 6096, 2, 32, 8192, 131_072);
+    assert_eq!(chunk.expect("valid"), IndexShape { batch: 2, heads: 32, rows: 128, nnz_s: 6096, nnz_v: 1000 });
+    assert_eq!(IndexShape::for_chunk_conversion(1, 1, 1, 1, 1, 1, 1, 5000).expect("valid").rows, 1);
+    let e = message(IndexShape::for_chunk_conversion(1, 2, 8, 8, 2, 4, 10, 100));
+    assert!(e.contains("q_lens holds 1 lengths but batch is 2"), "{e}");
+    let e = message(IndexShape::for_chunk_conversion(2, 2, 8, 8, 2, 4, 101, 100));
+    assert!(e.contains("longest chunk 101 tokens: allowed 1 to the longest kv_len (100)"), "{e}");
+    let e = message(IndexShape::for_chunk_conversion(2, 2, 8, 8, 2, 4, 0, 100));
+    assert!(e.contains("longest chunk 0 tokens"), "{e}");
 }

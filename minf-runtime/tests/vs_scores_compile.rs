@@ -1,7 +1,7 @@
 //! The estimation kernels without a GPU: the tensor-core vertical-slash scores (`vs_scores`) and
 //! the selections (`est_select`: vertical-slash top-k, block-sparse pooling and selection) render
-//! header-free for sm_80 and sm_90a with every entry point the runtime loads. NVRTC compiles them
-//! in `tests/cache_concurrency.rs` (`minf warm` of every kernel for both architectures); their
+//! header-free for sm_80 and sm_90a with every entry point the runtime loads, and NVRTC compiles
+//! them to CUBINs (as `tests/cache_concurrency.rs` does through `minf warm` of every kernel); their
 //! results are checked on a GPU in `tests/gpu/estimate.rs`.
 
 use minf_codegen::spec::HEAD_DIMS;
@@ -42,4 +42,21 @@ fn selection_template_renders_every_entry_point() {
     renders_with_entries(IndexKernel::EstimateSelect, |spec| {
         ["_vertical_slash", "_block_pool", "_block_select"].map(|suffix| spec.entry_name(suffix)).to_vec()
     });
+}
+
+/// NVRTC compiles both estimation modules to CUBINs for sm_80 and sm_90a (NVRTC must be installed;
+/// this fails, not skips, without it).
+#[test]
+fn estimation_templates_compile_for_sm80_and_sm90a() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let cache = minf_runtime::jit::KernelCache::at(dir.path().to_path_buf());
+    for kernel in [IndexKernel::VerticalSlashScores, IndexKernel::EstimateSelect] {
+        for arch in [Arch::Sm80, Arch::Sm90a] {
+            let spec = IndexKernelSpec { kernel, arch };
+            let rendered = render_index(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}"));
+            let compiled = cache.get_or_compile(&rendered).unwrap_or_else(|e| panic!("compiling {spec:?}: {e}"));
+            assert!(!compiled.is_ptx, "{spec:?}: expected a CUBIN");
+            assert_eq!(&compiled.image[..4], b"\x7fELF", "{spec:?}: CUBIN without the ELF magic");
+        }
+    }
 }

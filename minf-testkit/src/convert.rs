@@ -69,13 +69,40 @@ pub fn convert_cpu(
     nnz_s: usize,
     context: usize,
 ) -> HostVerticalSlashIndex {
-    assert_eq!(seqlens.len(), batch, "seqlens length");
+    let lengths: Vec<i32> = seqlens.iter().map(|&n| n.clamp(0, context as i32)).collect();
+    convert_chunk_cpu(&lengths, seqlens, vertical, slash, (batch, heads, nnz_v, nnz_s), context, context)
+}
+
+/// Converts raw indices of chunks like the GPU converter
+/// ([`convert_vertical_slash_chunk_into`](minf_runtime::convert_vertical_slash_chunk_into)):
+/// sequence `b` has `kv_lens[b]` keys (clamped to `[0, max_kv_len]`) and its last `q_lens[b]`
+/// tokens (clamped to `[0, kv_len]`) are the queries, at absolute positions from
+/// `q_offset = kv_len - q_len`. `dims` is `(batch, heads, nnz_v, nnz_s)`; the index has
+/// `ceil(max_q_len / 64)` row blocks; row `r` ends at absolute position `q_offset + 64r + 64`, and
+/// every range start and column is an absolute key.
+///
+/// # Panics
+///
+/// If a length does not match its shape.
+pub fn convert_chunk_cpu(
+    q_lens: &[i32],
+    kv_lens: &[i32],
+    vertical: &[i32],
+    slash: &[i32],
+    (batch, heads, nnz_v, nnz_s): (usize, usize, usize, usize),
+    max_q_len: usize,
+    max_kv_len: usize,
+) -> HostVerticalSlashIndex {
+    assert_eq!(q_lens.len(), batch, "q_lens length");
+    assert_eq!(kv_lens.len(), batch, "kv_lens length");
     assert_eq!(vertical.len(), batch * heads * nnz_v, "vertical length");
     assert_eq!(slash.len(), batch * heads * nnz_s, "slash length");
-    let shape = IndexShape { batch, heads, rows: context.div_ceil(BLOCK), nnz_s, nnz_v };
+    let shape = IndexShape { batch, heads, rows: max_q_len.div_ceil(BLOCK), nnz_s, nnz_v };
     let mut index = HostVerticalSlashIndex::zeros(shape).unwrap_or_else(|| panic!("{shape:?} overflows"));
-    for (b, &seqlen) in seqlens.iter().enumerate() {
-        let length = seqlen.clamp(0, context as i32);
+    for b in 0..batch {
+        let length = kv_lens[b].clamp(0, max_kv_len as i32);
+        let q_len = q_lens[b].clamp(0, length);
+        let q_offset = length - q_len;
         for h in 0..heads {
             let bh = b * heads + h;
             let in_range = |raw: &[i32]| {
@@ -88,10 +115,10 @@ pub fn convert_cpu(
             let slashes = in_range(&slash[bh * nnz_s..(bh + 1) * nnz_s]);
             for r in 0..shape.rows {
                 let start_m = (r * BLOCK) as i32;
-                if start_m >= length {
+                if start_m >= q_len {
                     break;
                 }
-                let end_m = start_m + BLOCK as i32;
+                let end_m = q_offset + start_m + BLOCK as i32;
                 let ranges = row_ranges(&slashes, end_m);
                 let starts: Vec<i32> = ranges.iter().flat_map(|&(start, end)| (start..end).step_by(BLOCK)).collect();
                 let columns: Vec<i32> = verticals[..verticals.partition_point(|&v| v < end_m)]
@@ -108,4 +135,124 @@ pub fn convert_cpu(
         }
     }
     index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minf_runtime::vertical_slash::realised_chunk_mask_contains;
+
+    /// Raw inputs of `batch` sequences of `kv_len` keys and `heads` heads.
+    fn raw(rng: &mut TestRng, kv_len: i32, batch: usize, heads: usize, nnz: (usize, usize)) -> (Vec<i32>, Vec<i32>) {
+        let count = |n| batch * heads * n;
+        (
+            hostile_raw_indices(rng, count(nnz.0), kv_len, kv_len as usize),
+            hostile_raw_indices(rng, count(nnz.1), kv_len, kv_len as usize),
+        )
+    }
+
+    #[test]
+    fn a_whole_prompt_chunk_is_the_one_shot_conversion() {
+        let mut rng = TestRng::new(15);
+        for kv_len in [1, 63, 64, 65, 1000, 4097] {
+            let (vertical, slash) = raw(&mut rng, kv_len, 2, 3, (40, 70));
+            let lengths = [kv_len, kv_len - kv_len / 3];
+            let one_shot = convert_cpu(&lengths, &vertical, &slash, 2, 3, 40, 70, kv_len as usize);
+            let chunk = convert_chunk_cpu(
+                &lengths,
+                &lengths,
+                &vertical,
+                &slash,
+                (2, 3, 40, 70),
+                kv_len as usize,
+                kv_len as usize,
+            );
+            assert_eq!(one_shot, chunk, "kv_len {kv_len}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_at_a_block_boundary_is_the_one_shot_index_shifted() {
+        let mut rng = TestRng::new(16);
+        let kv_len = 1000;
+        let (vertical, slash) = raw(&mut rng, kv_len, 1, 2, (35, 60));
+        let full = convert_cpu(&[kv_len], &vertical, &slash, 1, 2, 35, 60, kv_len as usize);
+        for q_len in [1000 - 640, 1000 - 64, 1000 - 960] {
+            let chunk = convert_chunk_cpu(&[q_len], &[kv_len], &vertical, &slash, (1, 2, 35, 60), q_len as usize, 1000);
+            let shift = ((kv_len - q_len) / 64) as usize;
+            assert_eq!(chunk.shape.rows, (q_len as usize).div_ceil(64));
+            for h in 0..2 {
+                for r in 0..chunk.shape.rows {
+                    assert_eq!(chunk.ranges(0, h, r), full.ranges(0, h, r + shift), "q_len {q_len} h {h} r {r}");
+                    assert_eq!(chunk.columns(0, h, r), full.columns(0, h, r + shift), "q_len {q_len} h {h} r {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_at_any_offset_cover_their_columns_and_diagonals() {
+        let mut rng = TestRng::new(17);
+        for (kv_len, q_len) in [(1000, 1), (1000, 63), (1000, 64), (1000, 65), (1100, 1000), (130, 67), (77, 77)] {
+            let (vertical, slash) = raw(&mut rng, kv_len, 2, 2, (33, 57));
+            let q_lens = [q_len, (q_len - 5).max(1)];
+            let kv_lens = [kv_len, kv_len - 3];
+            let index = convert_chunk_cpu(
+                &q_lens,
+                &kv_lens,
+                &vertical,
+                &slash,
+                (2, 2, 33, 57),
+                q_len as usize,
+                kv_len as usize,
+            );
+            assert_eq!(index.shape.rows, (q_len as usize).div_ceil(64));
+            for b in 0..2 {
+                let (length, chunk) = (kv_lens[b] as usize, q_lens[b] as usize);
+                let q_offset = length - chunk;
+                for h in 0..2 {
+                    let bh = b * 2 + h;
+                    for r in 0..index.shape.rows {
+                        let (ranges, columns) = (index.ranges(b, h, r), index.columns(b, h, r));
+                        if r * 64 >= chunk {
+                            assert!(ranges.is_empty() && columns.is_empty(), "rows past the chunk stay empty");
+                            continue;
+                        }
+                        let end = q_offset + r * 64 + 64;
+                        assert!(
+                            columns.iter().all(|&c| (c as usize) < end.min(length)),
+                            "columns below the block's end"
+                        );
+                        assert!(columns.windows(2).all(|w| w[0] < w[1]), "columns ascending");
+                        assert!(ranges.windows(2).all(|w| w[0] < w[1]) && ranges.iter().all(|&s| s >= 0));
+                    }
+                    let chosen_v: Vec<usize> = vertical[bh * 33..][..33]
+                        .iter()
+                        .filter(|&&v| v >= 0 && (v as usize) < length)
+                        .map(|&v| v as usize)
+                        .collect();
+                    let chosen_s: Vec<usize> = slash[bh * 57..][..57]
+                        .iter()
+                        .filter(|&&s| s >= 0 && (s as usize) < length)
+                        .map(|&s| s as usize)
+                        .collect();
+                    for p in q_offset..length {
+                        for &v in chosen_v.iter().filter(|&&v| v <= p) {
+                            assert!(
+                                realised_chunk_mask_contains(&index, q_offset, b, h, p, v),
+                                "b {b} h {h}: ({p}, column {v})"
+                            );
+                        }
+                        for &s in chosen_s.iter().filter(|&&s| s <= p) {
+                            assert!(
+                                realised_chunk_mask_contains(&index, q_offset, b, h, p, p - s),
+                                "b {b} h {h}: ({p}, diagonal {s})"
+                            );
+                        }
+                        assert!(!realised_chunk_mask_contains(&index, q_offset, b, h, p, p + 1), "above the diagonal");
+                    }
+                }
+            }
+        }
+    }
 }

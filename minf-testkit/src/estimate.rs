@@ -30,6 +30,17 @@
 //!   all of them (the `-inf` ones sort after), and one with more keeps its `k` best-scoring blocks,
 //!   the diagonal block only if it is among them. The index lists exactly the visited blocks
 //!   (`kv_num_blocks = min(m + 1, k)`, zero padding after).
+//!
+//! **Chunks** ([`ChunkShape`]): MInference estimates whole prompts only; for a chunk of `q_len`
+//! queries, the last of `kv_len` tokens (query row `i` at absolute position
+//! `p = kv_len - q_len + i`), minf applies the same rules in absolute positions. Vertical-slash:
+//! the chunk's last `min(64, q_len)` queries score all `kv_len` keys causally (`j <= p`), the slash
+//! score of offset `s` is their mass on keys `p - s`, and the sizes clamp to `kv_len`. So a chunk of
+//! at least 64 queries scores exactly the rows a one-shot estimate of its `kv_len` tokens would.
+//! Block-sparse: the chunk's 64-row query blocks (local: block `r` is its rows `64r .. 64r + 63`)
+//! are pooled against all absolute 64-key blocks; query block `r`'s candidates are the key blocks
+//! `0 ..= c`, `c` the block of its last absolute position, and it keeps `min(top_k, c + 1)` of them
+//! (`k = min(top_k, kv_blocks)` as above). With `q_len = kv_len` both are the one-shot rules.
 
 use crate::reference::{parallel_map, ReferenceShape};
 use minf_runtime::estimate::{clamp_sizes, BLOCK, FORCED_COLUMNS, FORCED_DIAGONALS, LAST_Q};
@@ -98,12 +109,73 @@ impl VerticalSlashEstimate {
     }
 }
 
+/// The shape of a chunk's estimate: `q` is `[batch, q_len, heads, head_dim]`, the chunk's queries,
+/// the last `q_len` of the `kv_len` tokens of `k` (`[batch, kv_len, kv_heads, head_dim]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkShape {
+    /// Sequences.
+    pub batch: usize,
+    /// Queries of the chunk.
+    pub q_len: usize,
+    /// Keys: the prefix and the chunk.
+    pub kv_len: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (dividing `heads`).
+    pub kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+impl ChunkShape {
+    /// A whole prompt: `q_len = kv_len = shape.seq`.
+    pub fn whole(shape: ReferenceShape) -> ChunkShape {
+        let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = shape;
+        ChunkShape { batch, q_len: seq, kv_len: seq, heads, kv_heads, head_dim }
+    }
+
+    /// Absolute position of the chunk's first query: `kv_len - q_len`.
+    pub fn q_offset(&self) -> usize {
+        self.kv_len - self.q_len
+    }
+
+    fn check(&self, q: &[f32], k: &[f32]) -> Result<(), MinfError> {
+        let keys = ReferenceShape {
+            batch: self.batch,
+            seq: self.kv_len,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        };
+        // Checks k's length and the head counts; q's length is checked below.
+        let want_k = self.batch * self.kv_len * self.kv_heads * self.head_dim;
+        let want_q = self.batch * self.q_len * self.heads * self.head_dim;
+        if k.len() != want_k || q.len() != want_q {
+            return Err(MinfError::Shape(format!(
+                "estimate: q holds {} and k {} floats but {self:?} needs {want_q} and {want_k}",
+                q.len(),
+                k.len()
+            )));
+        }
+        if keys.kv_heads == 0 || keys.heads % keys.kv_heads != 0 {
+            return Err(MinfError::Shape(format!("estimate: {self:?}: kv_heads must divide heads")));
+        }
+        if self.q_len > self.kv_len {
+            return Err(MinfError::Shape(format!(
+                "estimate: q_len {} > kv_len {}: a chunk's queries are the last of its keys",
+                self.q_len, self.kv_len
+            )));
+        }
+        if i32::try_from(self.kv_len).is_err() {
+            return Err(MinfError::Shape(format!("estimate: kv_len {} does not fit the i32 index", self.kv_len)));
+        }
+        Ok(())
+    }
+}
+
 fn check(q: &[f32], k: &[f32], shape: ReferenceShape) -> Result<(), MinfError> {
     shape.check_qk(q, k)?;
-    if i32::try_from(shape.seq).is_err() {
-        return Err(MinfError::Shape(format!("estimate: seq {} does not fit the i32 index", shape.seq)));
-    }
-    Ok(())
+    ChunkShape::whole(shape).check(q, k)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -111,14 +183,16 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Scores of (`b`, `h`), shape already checked.
-fn head_scores(q: &[f32], k: &[f32], shape: ReferenceShape, b: usize, h: usize) -> VerticalSlashScores {
-    let ReferenceShape { seq: n, heads, kv_heads, head_dim: d, .. } = shape;
+fn head_scores(q: &[f32], k: &[f32], shape: ChunkShape, b: usize, h: usize) -> VerticalSlashScores {
+    let ChunkShape { q_len, kv_len: n, heads, kv_heads, head_dim: d, .. } = shape;
     let kh = h / (heads / kv_heads);
     let scale = 1.0 / (d as f64).sqrt();
     let mut out = VerticalSlashScores { vertical: vec![0.0; n], slash: vec![0.0; n] };
     let mut row = vec![0.0f64; n];
-    for i in n - LAST_Q.min(n)..n {
-        let q_row = &q[((b * n + i) * heads + h) * d..][..d];
+    for row_in_chunk in q_len - LAST_Q.min(q_len)..q_len {
+        // The query's absolute position.
+        let i = shape.q_offset() + row_in_chunk;
+        let q_row = &q[((b * q_len + row_in_chunk) * heads + h) * d..][..d];
         // Causal: keys after `i` (only inside the last `last_q` square) get no mass.
         for (j, score) in row[..=i].iter_mut().enumerate() {
             *score = dot(q_row, &k[((b * n + j) * kv_heads + kh) * d..][..d]) * scale;
@@ -148,6 +222,20 @@ pub fn vertical_slash_scores(
     h: usize,
 ) -> Result<VerticalSlashScores, MinfError> {
     check(q, k, shape)?;
+    chunk_vertical_slash_scores(q, k, ChunkShape::whole(shape), b, h)
+}
+
+/// [`vertical_slash_scores`] of a chunk (see the [module docs](self)): `vertical[j]` and `slash[s]`
+/// (length `kv_len` each) are the mass the chunk's last `min(64, q_len)` queries put on key `j` and
+/// on keys `p - s`, `p` each query's absolute position.
+pub fn chunk_vertical_slash_scores(
+    q: &[f32],
+    k: &[f32],
+    shape: ChunkShape,
+    b: usize,
+    h: usize,
+) -> Result<VerticalSlashScores, MinfError> {
+    shape.check(q, k)?;
     if b >= shape.batch || h >= shape.heads {
         return Err(MinfError::Shape(format!("estimate: (batch {b}, head {h}) is outside {shape:?}")));
     }
@@ -188,7 +276,20 @@ pub fn estimate_vertical_slash(
     slash_size: usize,
 ) -> Result<VerticalSlashEstimate, MinfError> {
     check(q, k, shape)?;
-    let (nnz_v, nnz_s) = clamp_sizes(shape.seq, vertical_size, slash_size);
+    estimate_vertical_slash_chunk(q, k, ChunkShape::whole(shape), vertical_size, slash_size)
+}
+
+/// [`estimate_vertical_slash`] of a chunk (see the [module docs](self)): sizes clamped to
+/// `kv_len`, columns absolute keys, diagonals offsets from each query's absolute position.
+pub fn estimate_vertical_slash_chunk(
+    q: &[f32],
+    k: &[f32],
+    shape: ChunkShape,
+    vertical_size: usize,
+    slash_size: usize,
+) -> Result<VerticalSlashEstimate, MinfError> {
+    shape.check(q, k)?;
+    let (nnz_v, nnz_s) = clamp_sizes(shape.kv_len, vertical_size, slash_size);
     let tasks: Vec<(usize, usize)> = (0..shape.batch).flat_map(|b| (0..shape.heads).map(move |h| (b, h))).collect();
     let heads = parallel_map(&tasks, |&(b, h)| {
         select_vertical_slash(&head_scores(q, k, shape, b, h), vertical_size, slash_size)
@@ -233,19 +334,35 @@ pub fn estimate_block_sparse(
     top_k: usize,
 ) -> Result<HostBlockSparseIndex, MinfError> {
     check(q, k, shape)?;
-    let ReferenceShape { batch, seq: n, heads, kv_heads, head_dim: d } = shape;
-    let rows = n.div_ceil(BLOCK);
-    let capacity = top_k.min(rows);
+    estimate_block_sparse_chunk(q, k, ChunkShape::whole(shape), top_k)
+}
+
+/// [`estimate_block_sparse`] of a chunk (see the [module docs](self)): `ceil(q_len / 64)` index
+/// rows of the chunk's query blocks, each listing absolute key blocks; capacity
+/// `min(top_k, ceil(kv_len / 64))`.
+pub fn estimate_block_sparse_chunk(
+    q: &[f32],
+    k: &[f32],
+    shape: ChunkShape,
+    top_k: usize,
+) -> Result<HostBlockSparseIndex, MinfError> {
+    shape.check(q, k)?;
+    let ChunkShape { batch, q_len, kv_len: n, heads, kv_heads, head_dim: d } = shape;
+    let q_offset = shape.q_offset();
+    let rows = q_len.div_ceil(BLOCK);
+    let capacity = top_k.min(n.div_ceil(BLOCK));
     let tasks: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..heads).map(move |h| (b, h))).collect();
     let lists = parallel_map(&tasks, |&(b, h)| {
-        let q_pool = pool(q, (b * n * heads + h) * d, heads * d, n, d);
+        let q_pool = pool(q, (b * q_len * heads + h) * d, heads * d, q_len, d);
         let k_pool = pool(k, (b * n * kv_heads + h / (heads / kv_heads)) * d, kv_heads * d, n, d);
         let mut counts = vec![0i32; rows];
         let mut indices = vec![0i32; rows * capacity];
         for (r, count) in counts.iter_mut().enumerate() {
             let qr = &q_pool[r * d..][..d];
+            // The key block of the query block's last absolute position.
+            let last = (q_offset + ((r + 1) * BLOCK).min(q_len) - 1) / BLOCK;
             let scores: Vec<f64> =
-                (0..=r).map(|c| qr.iter().zip(&k_pool[c * d..][..d]).map(|(x, y)| x * y).sum()).collect();
+                (0..=last).map(|c| qr.iter().zip(&k_pool[c * d..][..d]).map(|(x, y)| x * y).sum()).collect();
             let mut kept = best(&scores, 0, capacity);
             kept.sort_unstable();
             // Block ids are below `rows <= seq`, which fits i32.
@@ -423,6 +540,114 @@ mod tests {
                 assert!(est.kv_indices[row + blocks.len()..row + 5].iter().all(|&x| x == 0));
             }
         }
+    }
+
+    /// The last `q_len` rows of `[1, n, heads, d]` queries: a chunk's queries.
+    fn last_rows(q: &[f32], n: usize, q_len: usize, heads: usize, d: usize) -> Vec<f32> {
+        q[(n - q_len) * heads * d..n * heads * d].to_vec()
+    }
+
+    fn chunk(q_len: usize, kv_len: usize, heads: usize, kv_heads: usize, head_dim: usize) -> ChunkShape {
+        ChunkShape { batch: 1, q_len, kv_len, heads, kv_heads, head_dim }
+    }
+
+    #[test]
+    fn a_chunk_of_64_queries_or_more_scores_like_its_whole_prompt() {
+        let (n, d) = (1100, 8);
+        let q = random_normal(n * 4 * d, 21);
+        let k = random_normal(n * 2 * d, 22);
+        let whole = estimate_vertical_slash(&q, &k, shape(n, 4, 2, d), 40, 120).unwrap();
+        for q_len in [64, 65, 1000, n] {
+            let q_chunk = last_rows(&q, n, q_len, 4, d);
+            let shape = chunk(q_len, n, 4, 2, d);
+            for h in 0..4 {
+                let got = chunk_vertical_slash_scores(&q_chunk, &k, shape, 0, h).unwrap();
+                let want = vertical_slash_scores(&q, &k, self::shape(n, 4, 2, d), 0, h).unwrap();
+                assert_eq!(got, want, "q_len {q_len} head {h}");
+            }
+            assert_eq!(estimate_vertical_slash_chunk(&q_chunk, &k, shape, 40, 120).unwrap(), whole, "q_len {q_len}");
+        }
+    }
+
+    #[test]
+    fn a_short_chunk_scores_its_own_last_queries() {
+        // q = 0: the query at absolute position p spreads 1 / (p + 1) over keys 0..=p.
+        let (n, d) = (200, 2);
+        for q_len in [1, 3, 63] {
+            let s =
+                chunk_vertical_slash_scores(&vec![0.0; q_len * d], &vec![0.0; n * d], chunk(q_len, n, 1, 1, d), 0, 0)
+                    .unwrap();
+            let positions = n - q_len..n;
+            assert!((s.vertical.iter().sum::<f64>() - q_len as f64).abs() < 1e-9, "q_len {q_len}");
+            let want0: f64 = positions.clone().map(|p| 1.0 / (p as f64 + 1.0)).sum();
+            assert!((s.vertical[0] - want0).abs() < 1e-12 && (s.slash[0] - want0).abs() < 1e-12, "q_len {q_len}");
+            // Key n - 1 is seen only by the last query; offset n - 1 (key 0) only by it too.
+            assert!((s.vertical[n - 1] - 1.0 / n as f64).abs() < 1e-12);
+            assert!((s.slash[n - 1] - 1.0 / n as f64).abs() < 1e-12);
+            // Offset s is reached by the queries at p >= s only.
+            let first = n - q_len;
+            let from = |s: usize| (s.max(first)..n).map(|p| 1.0 / (p as f64 + 1.0)).sum::<f64>();
+            for offset in [first, first + 1, n - 1].into_iter().filter(|&o| o < n) {
+                assert!((s.slash[offset] - from(offset)).abs() < 1e-12, "q_len {q_len} offset {offset}");
+            }
+        }
+        // A planted diagonal measured from each query's absolute position: key p - 237 copies q_p.
+        let (n, d, q_len) = (900, 16, 5);
+        let q = random_normal(q_len * d, 3);
+        let mut k: Vec<f32> = random_normal(n * d, 4).iter().map(|x| x * 0.1).collect();
+        for (row, p) in (n - q_len..n).enumerate() {
+            for e in 0..d {
+                k[(p - 237) * d + e] = q[row * d + e] * 3.0;
+            }
+        }
+        let scores = chunk_vertical_slash_scores(&q, &k, chunk(q_len, n, 1, 1, d), 0, 0).unwrap();
+        let best = (100..n).max_by(|&a, &b| scores.slash[a].total_cmp(&scores.slash[b])).unwrap();
+        assert_eq!(best, 237);
+        let est = estimate_vertical_slash_chunk(&q, &k, chunk(q_len, n, 1, 1, d), 30, 101).unwrap();
+        assert!(est.contains(0, 0, n - 1, n - 1 - 237) && est.contains(0, 0, n - q_len, n - q_len - 237));
+        assert_eq!((est.nnz_v, est.nnz_s), (30, 101), "sizes clamp to kv_len, not q_len");
+    }
+
+    #[test]
+    fn block_sparse_chunks_pool_their_own_blocks_against_absolute_key_blocks() {
+        let (n, d, heads) = (64 * 20 + 9, 8, 2);
+        let q = random_normal(n * heads * d, 31);
+        let k = random_normal(n * d, 32);
+        let whole = estimate_block_sparse(&q, &k, shape(n, heads, 1, d), 6).unwrap();
+        // At a block boundary the chunk's rows are the whole prompt's last rows.
+        for q_len in [n - 64 * 7, n - 64 * 19, n] {
+            let q_chunk = last_rows(&q, n, q_len, heads, d);
+            let est = estimate_block_sparse_chunk(&q_chunk, &k, chunk(q_len, n, heads, 1, d), 6).unwrap();
+            let shift = (n - q_len) / 64;
+            assert_eq!((est.rows, est.capacity), (q_len.div_ceil(64), 6));
+            for h in 0..heads {
+                for r in 0..est.rows {
+                    assert_eq!(est.blocks(0, h, r), whole.blocks(0, h, r + shift), "q_len {q_len} h {h} r {r}");
+                }
+            }
+        }
+        // Anywhere else: each query block keeps min(top_k, c + 1) blocks, c the block of its last
+        // absolute position, ascending, none right of c.
+        for q_len in [1, 63, 64, 65, 1000] {
+            let q_chunk = last_rows(&q, n, q_len, heads, d);
+            for top_k in [3, 100] {
+                let est = estimate_block_sparse_chunk(&q_chunk, &k, chunk(q_len, n, heads, 1, d), top_k).unwrap();
+                assert_eq!((est.rows, est.capacity), (q_len.div_ceil(64), top_k.min(n.div_ceil(64))));
+                for h in 0..heads {
+                    for r in 0..est.rows {
+                        let last = (n - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
+                        let blocks = est.blocks(0, h, r);
+                        assert_eq!(blocks.len(), top_k.min(last + 1), "q_len {q_len} r {r}");
+                        assert!(blocks.windows(2).all(|w| w[0] < w[1]) && blocks.iter().all(|&c| c as usize <= last));
+                    }
+                }
+            }
+        }
+        assert!(estimate_block_sparse_chunk(&q[..heads * d * 2], &k, chunk(3, n, heads, 1, d), 4).is_err());
+        assert!(
+            estimate_vertical_slash_chunk(&q, &k[..d * 10], chunk(n, 10, heads, 1, d), 30, 50).is_err(),
+            "q_len > kv_len"
+        );
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! GPU tests of the vertical-slash index converter: its output must equal the CPU model
 //! (`minf_testkit::convert::convert_cpu`) byte for byte, on raw inputs (any order, duplicates,
-//! out-of-range values), on MInference-style inputs and across reuses of the output and workspace.
+//! out-of-range values), on MInference-style inputs and across reuses of the output and workspace;
+//! and the chunk converter (`convert_vertical_slash_chunk_into`) against
+//! `minf_testkit::convert::convert_chunk_cpu`.
 
 use super::{device, test_seed};
 use minf::timing::median_ms;
 use minf::vertical_slash::{
-    convert_vertical_slash, convert_vertical_slash_into, ConvertWorkspace, HostVerticalSlashIndex, VerticalSlashIndex,
+    convert_vertical_slash, convert_vertical_slash_chunk_into, convert_vertical_slash_into, ChunkLengths,
+    ConvertWorkspace, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex,
 };
 use minf::{Device, MinfError};
-use minf_testkit::convert::{convert_cpu, hostile_raw_indices};
+use minf_testkit::convert::{convert_chunk_cpu, convert_cpu, hostile_raw_indices};
 use minf_testkit::reference::TestRng;
 
 /// Sorted unique in-range indices, the slashes descending and including 0 (MInference's inputs).
@@ -288,4 +291,75 @@ fn converter_128k_x_32_heads_timing() {
     )
     .expect("conversion");
     assert_same(&index.to_host().expect("download"), &inputs.cpu(), &inputs.describe());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn chunk_converter_matches_the_cpu_model() {
+    let device = device();
+    let seed = test_seed("chunk_converter_matches_the_cpu_model");
+    let mut rng = TestRng::new(seed);
+    let mut workspace = ConvertWorkspace::new();
+    let stream = device.stream();
+    let (heads, nnz_v, nnz_s) = (3, 70, 130);
+    // (q_len, prefix) of the first sequence; the second has a shorter chunk after another prefix.
+    for q_len in [1usize, 63, 64, 65, 1000] {
+        for prefix in [0usize, 37, 64, 1000, 4133] {
+            let q_lens = [q_len as i32, (q_len as i32 - 17).max(1)];
+            let kv_lens = [(prefix + q_len) as i32, (prefix / 2 + q_len) as i32];
+            let max_kv_len = *kv_lens.iter().max().unwrap_or(&1) as usize;
+            let (mut vertical, mut slash) = (Vec::new(), Vec::new());
+            for &length in &kv_lens {
+                for _ in 0..heads {
+                    vertical.extend(hostile_raw_indices(&mut rng, nnz_v, length, max_kv_len));
+                    slash.extend(hostile_raw_indices(&mut rng, nnz_s, length, max_kv_len));
+                }
+            }
+            let want =
+                convert_chunk_cpu(&q_lens, &kv_lens, &vertical, &slash, (2, heads, nnz_v, nnz_s), q_len, max_kv_len);
+            let shape = IndexShape { batch: 2, heads, rows: q_len.div_ceil(64), nnz_s, nnz_v };
+            let index = VerticalSlashIndex::zeros(&device, shape).expect("index");
+            // Poison: every slot of the index must be rewritten (zeroed or converted).
+            let (_, [mut bc, mut bo, mut cc, mut ci]) = index.into_parts();
+            for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
+                stream.memcpy_htod(&vec![0x7f7f_7f7f; buffer.len()], buffer).expect("poison");
+            }
+            let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts");
+            let q_lens_device = stream.clone_htod(&q_lens).expect("upload q_lens");
+            let kv_lens_device = stream.clone_htod(&kv_lens).expect("upload kv_lens");
+            let vertical_device = stream.clone_htod(&vertical).expect("upload vertical");
+            let slash_device = stream.clone_htod(&slash).expect("upload slash");
+            let lengths =
+                ChunkLengths { q_lens: &q_lens_device, kv_lens: &kv_lens_device, max_q_len: q_len, max_kv_len };
+            convert_vertical_slash_chunk_into(
+                &device,
+                lengths,
+                &vertical_device,
+                &slash_device,
+                &mut workspace,
+                &mut index,
+            )
+            .expect("chunk conversion");
+            let got = index.to_host().expect("download");
+            assert_same(&got, &want, &format!("q_lens {q_lens:?} kv_lens {kv_lens:?} (seed {seed})"));
+            if prefix == 0 && q_lens[1] == kv_lens[1] {
+                // A whole prompt: the one-shot converter's index.
+                let one_shot = convert_cpu(&kv_lens, &vertical, &slash, 2, heads, nnz_v, nnz_s, max_kv_len);
+                assert_same(&got, &one_shot, "whole prompt");
+            }
+        }
+    }
+    // The longest chunk past the longest kv_len, and a wrong row count, are refused on the host.
+    let lens = stream.clone_htod(&[10i32]).expect("lens");
+    let raw = stream.clone_htod(&[0i32; 3]).expect("raw");
+    let mut index = VerticalSlashIndex::zeros(&device, IndexShape { batch: 1, heads: 1, rows: 1, nnz_s: 3, nnz_v: 3 })
+        .expect("index");
+    let too_long = ChunkLengths { q_lens: &lens, kv_lens: &lens, max_q_len: 11, max_kv_len: 10 };
+    let error = convert_vertical_slash_chunk_into(&device, too_long, &raw, &raw, &mut workspace, &mut index)
+        .expect_err("q longer than kv");
+    assert!(error.to_string().contains("longest chunk 11 tokens"), "{error}");
+    let rows = ChunkLengths { q_lens: &lens, kv_lens: &lens, max_q_len: 65, max_kv_len: 100 };
+    let error = convert_vertical_slash_chunk_into(&device, rows, &raw, &raw, &mut workspace, &mut index)
+        .expect_err("two rows expected");
+    assert!(error.to_string().contains("the output index has shape"), "{error}");
 }

@@ -451,3 +451,214 @@ fn estimate_arguments_are_checked() {
     assert!(err.to_string().contains("holds 1 per list"), "{err}");
     assert!(BlockSparseIndex::zeros(&device, 1, heads, 2, 0).is_err(), "capacity 0");
 }
+
+// ---- Estimation of a chunk: q_len queries after a prefix, against the CPU chunk rules ----
+
+use minf_testkit::convert::convert_chunk_cpu;
+use minf_testkit::estimate::{chunk_vertical_slash_scores, estimate_block_sparse_chunk, ChunkShape};
+
+/// The last `q_len` of every sequence's `kv_len` rows of `[batch, kv_len, heads, head_dim]`.
+fn chunk_rows<X: Copy>(x: &[X], batch: usize, kv_len: usize, q_len: usize, row: usize) -> Vec<X> {
+    (0..batch).flat_map(|b| x[(b * kv_len + kv_len - q_len) * row..(b + 1) * kv_len * row].iter().copied()).collect()
+}
+
+/// The vertical-slash estimate of a chunk of `q_len` queries after `prefix` tokens: the GPU scores
+/// against the f64 chunk scores, the selections exact against the top-k of the GPU scores and equal
+/// to the f64 chunk rule's up to near-ties, the index equal to the chunk converter's CPU model.
+pub(super) fn vertical_slash_chunk_case<T: AttentionElement>(
+    device: &Device,
+    workspace: &mut EstimateWorkspace,
+    (q_len, prefix, heads, kv_heads, head_dim): (usize, usize, usize, usize, usize),
+    seed: u64,
+) {
+    let (batch, kv_len) = (2, prefix + q_len);
+    let (q_all, k_host, q_all_f32, k_f32) = inputs::<T>(kv_len, heads, kv_heads, head_dim, seed);
+    let q_host = chunk_rows(&q_all, batch, kv_len, q_len, heads * head_dim);
+    let q_f32 = chunk_rows(&q_all_f32, batch, kv_len, q_len, heads * head_dim);
+    let stream = device.stream();
+    let q = stream.clone_htod(&q_host).expect("upload q");
+    let k = stream.clone_htod(&k_host).expect("upload k");
+    let list = head_list(heads, kv_len);
+    let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(kv_len, e.vertical, e.slash)).collect();
+    let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(1).max(1);
+    let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(1).max(1);
+    let shape = IndexShape { batch, heads, rows: q_len.div_ceil(64), nnz_s, nnz_v };
+    let (_, [mut bc, mut bo, mut cc, mut ci]) = VerticalSlashIndex::zeros(device, shape).expect("index").into_parts();
+    for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
+        stream.memcpy_htod(&vec![0x7f7f_7f7f; buffer.len()], buffer).expect("poison");
+    }
+    let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts");
+    estimate_vertical_slash_gpu(
+        device,
+        TensorRef::bshd(&q, [batch, q_len, heads, head_dim]).expect("q view"),
+        TensorRef::bshd(&k, [batch, kv_len, kv_heads, head_dim]).expect("k view"),
+        &list,
+        workspace,
+        &mut index,
+    )
+    .expect("chunk estimate");
+    let got_index = index.to_host().expect("download index");
+    let (vertical_scores, slash_scores) = workspace.scores_to_host(batch * heads * kv_len).expect("scores");
+    let (raw_v, raw_s) = workspace.selections_to_host().expect("selections");
+    let chunk = ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim };
+    let what = |b: usize, h: usize| format!("{} d={head_dim} q_len={q_len} prefix={prefix} b={b} h={h}", T::DTYPE);
+    let mut swaps = 0;
+    for b in 0..batch {
+        for h in 0..heads {
+            let bh = b * heads + h;
+            let at = bh * kv_len;
+            let reference = chunk_vertical_slash_scores(&q_f32, &k_f32, chunk, b, h).expect("reference");
+            // Every head's scores are computed only when it is listed; compare the listed ones.
+            let Some(pos) = list.iter().position(|e| e.head == h) else { continue };
+            for (name, got, want) in [
+                ("vertical", &vertical_scores[at..at + kv_len], &reference.vertical),
+                ("slash", &slash_scores[at..at + kv_len], &reference.slash),
+            ] {
+                let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
+                let error = relative_l2(&got, want);
+                assert!(error <= SCORES_TOLERANCE, "{}: {name} scores rel_l2 {error:.2e}", what(b, h));
+            }
+            let (v, s) = clamped[pos];
+            let (got_v, got_s) = (&raw_v[bh * nnz_v..][..v], &raw_s[bh * nnz_s..][..s]);
+            let (want_v, want_s) = select_from(
+                &vertical_scores[at..at + kv_len],
+                &slash_scores[at..at + kv_len],
+                list[pos].vertical,
+                list[pos].slash,
+            );
+            assert_eq!(got_v, &want_v[..], "{}: columns vs the top-k of the GPU scores", what(b, h));
+            assert_eq!(got_s, &want_s[..], "{}: diagonals vs the top-k of the GPU scores", what(b, h));
+            let pick = select_vertical_slash(&reference, list[pos].vertical, list[pos].slash);
+            swaps += near_tie_swaps(got_v, &pick.vertical, &reference.vertical, FORCED_COLUMNS, &what(b, h));
+            swaps += near_tie_swaps(got_s, &pick.slash, &reference.slash, FORCED_DIAGONALS, &what(b, h));
+        }
+    }
+    let (q_lens, kv_lens) = (vec![q_len as i32; batch], vec![kv_len as i32; batch]);
+    let want_index = convert_chunk_cpu(&q_lens, &kv_lens, &raw_v, &raw_s, (batch, heads, nnz_v, nnz_s), q_len, kv_len);
+    assert!(want_index == got_index, "{}: the chunk's index differs from convert_chunk_cpu", what(0, 0));
+    println!(
+        "ok   {} d={head_dim} chunk q_len={q_len} after {prefix} tokens, heads {heads}/{kv_heads}: near-tie swaps \
+         {swaps}",
+        T::DTYPE
+    );
+}
+
+/// The block-sparse estimate of a chunk against the f64 chunk rule (counts exact, lists up to rare
+/// near-ties of f32 pooling).
+pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
+    device: &Device,
+    workspace: &mut EstimateWorkspace,
+    (q_len, prefix, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize, usize),
+    seed: u64,
+) {
+    let (batch, kv_len) = (2, prefix + q_len);
+    let (q_all, k_host, q_all_f32, k_f32) = inputs::<T>(kv_len, heads, kv_heads, head_dim, seed);
+    let q_host = chunk_rows(&q_all, batch, kv_len, q_len, heads * head_dim);
+    let q_f32 = chunk_rows(&q_all_f32, batch, kv_len, q_len, heads * head_dim);
+    let stream = device.stream();
+    let q = stream.clone_htod(&q_host).expect("upload q");
+    let k = stream.clone_htod(&k_host).expect("upload k");
+    let listed: Vec<usize> = (0..heads).filter(|h| h % 3 != 1).collect();
+    let rows = q_len.div_ceil(64);
+    let capacity = top_k.min(kv_len.div_ceil(64)).max(1);
+    let mut index = BlockSparseIndex::zeros(device, batch, heads, rows, capacity).expect("index");
+    estimate_block_sparse_gpu(
+        device,
+        TensorRef::bshd(&q, [batch, q_len, heads, head_dim]).expect("q view"),
+        TensorRef::bshd(&k, [batch, kv_len, kv_heads, head_dim]).expect("k view"),
+        &listed,
+        top_k,
+        workspace,
+        &mut index,
+    )
+    .expect("block-sparse chunk estimate");
+    let got = index.to_host().expect("download");
+    let chunk = ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim };
+    let want = estimate_block_sparse_chunk(&q_f32, &k_f32, chunk, top_k).expect("reference");
+    let mut mismatched_rows = 0;
+    for b in 0..batch {
+        for h in 0..heads {
+            for r in 0..rows {
+                let blocks = got.blocks(b, h, r);
+                if !listed.contains(&h) {
+                    assert!(blocks.is_empty(), "unlisted head {h} has blocks");
+                    continue;
+                }
+                let expected = want.blocks(b, h, r);
+                let what = format!("q_len={q_len} prefix={prefix} b={b} h={h} r={r}");
+                assert_eq!(blocks.len(), expected.len(), "{what}: count");
+                assert!(blocks.windows(2).all(|w| w[0] < w[1]), "{what}: ascending {blocks:?}");
+                let last = (prefix + ((r + 1) * 64).min(q_len) - 1) / 64;
+                assert!(blocks.iter().all(|&c| c as usize <= last), "{what}: a block past the causal edge");
+                if blocks != expected {
+                    mismatched_rows += 1;
+                }
+            }
+        }
+    }
+    let listed_rows = batch * listed.len() * rows;
+    assert!(
+        mismatched_rows * 200 <= listed_rows.max(200),
+        "{} q_len={q_len} prefix={prefix} top_k={top_k}: {mismatched_rows} of {listed_rows} block lists differ",
+        T::DTYPE
+    );
+    println!(
+        "ok   {} block-sparse chunk q_len={q_len} after {prefix}: {mismatched_rows}/{listed_rows} differ",
+        T::DTYPE
+    );
+}
+
+/// q_len of the issue's matrix, each after prefixes that are not multiples of 64 (and one that is).
+const CHUNK_CASES: [(usize, usize); 8] =
+    [(1, 1000), (63, 37), (64, 4133), (65, 100), (1000, 1), (1000, 3037), (1000, 2048), (4097, 701)];
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_estimate_of_a_chunk_matches_the_chunk_rule() {
+    let device = device();
+    let seed = test_seed("vertical_slash_estimate_of_a_chunk_matches_the_chunk_rule");
+    let mut workspace = EstimateWorkspace::new();
+    for (i, &(q_len, prefix)) in CHUNK_CASES.iter().enumerate() {
+        let head_dim = [128, 64, 96, 256][i % 4];
+        vertical_slash_chunk_case::<bf16>(&device, &mut workspace, (q_len, prefix, 8, 2, head_dim), seed + i as u64);
+    }
+    vertical_slash_chunk_case::<f16>(&device, &mut workspace, (65, 1000, 6, 2, 128), seed + 100);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_sparse_estimate_of_a_chunk_matches_the_chunk_rule() {
+    let device = device();
+    let seed = test_seed("block_sparse_estimate_of_a_chunk_matches_the_chunk_rule");
+    let mut workspace = EstimateWorkspace::new();
+    for (i, &(q_len, prefix)) in CHUNK_CASES.iter().enumerate() {
+        for top_k in [3, 100] {
+            let case = (q_len, prefix, 6, 2, 128, top_k);
+            block_sparse_chunk_case::<bf16>(&device, &mut workspace, case, seed + i as u64);
+        }
+    }
+    block_sparse_chunk_case::<f16>(&device, &mut workspace, (1000, 3037, 4, 4, 64, 100), seed + 100);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn chunk_estimates_refuse_more_queries_than_keys() {
+    let device = device();
+    let stream = device.stream();
+    let q = stream.alloc_zeros::<bf16>(100 * 4 * 64).expect("q");
+    let k = stream.alloc_zeros::<bf16>(99 * 2 * 64).expect("k");
+    let (q_view, k_view) =
+        (TensorRef::bshd(&q, [1, 100, 4, 64]).expect("q"), TensorRef::bshd(&k, [1, 99, 2, 64]).expect("k"));
+    let mut workspace = EstimateWorkspace::new();
+    let mut index =
+        VerticalSlashIndex::zeros(&device, IndexShape { batch: 1, heads: 4, rows: 2, nnz_s: 50, nnz_v: 30 })
+            .expect("index");
+    let head = [VerticalSlashHead { head: 0, vertical: 30, slash: 50 }];
+    let err = estimate_vertical_slash_gpu(&device, q_view, k_view, &head, &mut workspace, &mut index)
+        .expect_err("q_len > kv_len");
+    assert!(err.to_string().contains("q_len <= kv_len"), "{err}");
+    let mut blocks = BlockSparseIndex::zeros(&device, 1, 4, 2, 2).expect("index");
+    let err = estimate_block_sparse_gpu(&device, q_view, k_view, &[0], 2, &mut workspace, &mut blocks)
+        .expect_err("q_len > kv_len");
+    assert!(err.to_string().contains("q_len <= kv_len"), "{err}");
+}

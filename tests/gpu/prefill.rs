@@ -1,10 +1,13 @@
 //! GPU tests of the per-layer prefill (`minf::prefill`): head-map launches against launches over
 //! every head, and whole layers of a config with all three sparse patterns against the float64
-//! reference under each head's realised mask.
+//! reference under each head's realised mask; chunks after a prefix (`prefill_chunk`, with the
+//! LSE) under their realised masks, and whole prompts chunk by chunk (`prefill_chunked`) against
+//! one-shot prefill.
 
 use super::{device, reference_rows, test_seed, TOLERANCE};
 use half::bf16;
 use minf::config::{ModelShape, PatternConfig};
+use minf::tensor::Layout;
 use minf::{
     attention, AShape, AttentionElement, AttentionOptions, Device, HeadSubset, IndexShape, PatternArgs, Prefill,
     PrefillOptions, TensorMut, TensorRef, VerticalSlashIndex,
@@ -235,4 +238,212 @@ fn short_prompts_fall_back_to_dense_and_calls_are_validated() {
         )
         .expect_err("q with kv heads");
     assert!(error.to_string().contains("q has shape"), "{error}");
+}
+
+// ---- Chunked prefill: a chunk after a prefix, and whole prompts chunk by chunk ----
+
+/// Structured bf16-rounded inputs of `kv_len` tokens (q for every position, k, v) on the host.
+fn prompt(kv_len: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let ModelShape { heads, kv_heads, head_dim, .. } = SHAPE;
+    let inputs =
+        StructuredInputs::generate(&InputSpec::new(kv_len, heads, kv_heads, head_dim as usize, seed)).expect("inputs");
+    let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+    (round(&inputs.q), round(&inputs.k), round(&inputs.v))
+}
+
+/// Runs `layer` on the chunk of the last `q_len` of `prefix + q_len` tokens through
+/// `Prefill::prefill_chunk` with the LSE and compares every head with the float64 reference under
+/// the realised mask (absolute positions); returns the output's and the LSE's relative L2 errors.
+pub(super) fn check_chunk(
+    device: &Device,
+    prefill: &mut Prefill<'_>,
+    layer: usize,
+    (q_len, prefix): (usize, usize),
+    seed: u64,
+) -> (f64, f64) {
+    let ModelShape { heads, kv_heads, head_dim, .. } = SHAPE;
+    let (d, kv_len) = (head_dim as usize, prefix + q_len);
+    let (q_all, k_host, v_host) = prompt(kv_len, seed);
+    let q_chunk = &q_all[prefix * heads * d..];
+    let (q, k, v) = (upload::<bf16>(device, q_chunk), upload::<bf16>(device, &k_host), upload::<bf16>(device, &v_host));
+    let mut out = poisoned::<bf16>(device, q_len * heads * d);
+    let mut lse = device.stream().clone_htod(&vec![f32::NAN; heads * q_len]).expect("upload lse poison");
+    let (q_shape, kv_shape) = ([1, q_len, heads, d], [1, kv_len, kv_heads, d]);
+    prefill
+        .prefill_chunk(
+            layer,
+            TensorRef::bshd(&q, q_shape).expect("q"),
+            TensorRef::bshd(&k, kv_shape).expect("k"),
+            TensorRef::bshd(&v, kv_shape).expect("v"),
+            TensorMut::bshd(&mut out, q_shape).expect("out"),
+            Some(&mut lse),
+        )
+        .expect("prefill_chunk");
+    let got = download(device, &out);
+    let got_lse = device.stream().clone_dtoh(&lse).expect("download lse");
+    let what = format!("layer {layer} q_len {q_len} after {prefix}");
+    assert!(got.iter().all(|x| !x.is_nan()), "{what}: an output element was not written");
+    assert!(got_lse.iter().all(|x| !x.is_nan()), "{what}: an LSE element was not written");
+    let mask = prefill.realised_mask().expect("mask");
+    assert_eq!((mask.seq, mask.q_offset), (kv_len, prefix), "{what}: the mask's positions");
+    // Reference rows at absolute positions; q holds every position, the chunk's are the last.
+    let shape = ReferenceShape { batch: 1, seq: kv_len, heads, kv_heads, head_dim: d };
+    let rows: Vec<usize> = reference_rows(q_len).into_iter().map(|i| prefix + i).collect();
+    let reference =
+        masked_attention_rows(shape, &q_all, &k_host, &v_host, 1.0 / (d as f64).sqrt(), &rows, |b, h, i, j| {
+            mask.contains(b, h, i, j)
+        });
+    let got_rows: Vec<f64> = reference
+        .rows
+        .iter()
+        .flat_map(|&(_, p, h)| got[((p - prefix) * heads + h) * d..][..d].iter().map(|&x| x as f64))
+        .collect();
+    let got_lse_rows: Vec<f64> =
+        reference.rows.iter().map(|&(_, p, h)| got_lse[h * q_len + p - prefix] as f64).collect();
+    (relative_l2(&got_rows, &reference.out), relative_l2(&got_lse_rows, &reference.lse))
+}
+
+/// Chunks of the q_len after prefixes that are not multiples of 64 (and one that is).
+const CHUNKS: [(usize, usize); 6] = [(1, 1000), (63, 2000), (64, 1037), (65, 4133), (1000, 3037), (1000, 2048)];
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn chunked_prefill_of_every_pattern_matches_the_reference_under_the_realised_mask() {
+    let device = device();
+    let seed = test_seed("chunked_prefill_of_every_pattern_matches_the_reference_under_the_realised_mask");
+    // Sparse at every length, so every chunk exercises its estimation and every pattern.
+    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    for (i, &chunk) in CHUNKS.iter().enumerate() {
+        for layer in [0, 1, 2] {
+            let (error, lse_error) = check_chunk(&device, &mut prefill, layer, chunk, seed + i as u64);
+            println!("layer {layer} chunk {chunk:?}: rel L2 {error:.2e}, LSE rel L2 {lse_error:.2e}");
+            assert!(error <= TOLERANCE, "layer {layer} chunk {chunk:?}: rel L2 {error:.2e} (seed {seed})");
+            assert!(lse_error <= 1e-3, "layer {layer} chunk {chunk:?}: LSE rel L2 {lse_error:.2e} (seed {seed})");
+            if layer == 1 && chunk.0 >= 64 {
+                let mask = prefill.realised_mask().expect("mask");
+                assert!(mask.density(&[0, 1, 2]) < 0.9, "chunk {chunk:?}: density {}", mask.density(&[0, 1, 2]));
+            }
+        }
+    }
+    // The dense fallback is decided by kv_len: a one-token chunk after 5000 tokens runs sparse.
+    let options = PrefillOptions { dense_below: 4096, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    for (chunk, dense) in [((1, 5000), false), ((1000, 3000), true)] {
+        let (error, lse_error) = check_chunk(&device, &mut prefill, 1, chunk, seed);
+        assert!(error <= TOLERANCE && lse_error <= 1e-3, "chunk {chunk:?}: {error:.2e}, LSE {lse_error:.2e}");
+        let density = prefill.realised_mask().expect("mask").density(&[0, 2]);
+        assert_eq!(density == 1.0, dense, "chunk {chunk:?}: A-shape heads' density {density}");
+    }
+}
+
+/// Runs `layer` over a whole prompt of `seq` tokens one-shot, through `prefill_chunked` and
+/// through a loop of `prefill_chunk` calls; returns the three outputs.
+fn one_shot_and_chunked(
+    device: &Device,
+    prefill: &mut Prefill<'_>,
+    layer: usize,
+    (seq, chunk_tokens): (usize, usize),
+    seed: u64,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let ModelShape { heads, kv_heads, head_dim, .. } = SHAPE;
+    let d = head_dim as usize;
+    let (q_host, k_host, v_host) = prompt(seq, seed);
+    let (q, k, v) = (upload::<bf16>(device, &q_host), upload::<bf16>(device, &k_host), upload::<bf16>(device, &v_host));
+    let (q_shape, kv_shape) = ([1, seq, heads, d], [1, seq, kv_heads, d]);
+    let views = || {
+        (
+            TensorRef::bshd(&q, q_shape).expect("q"),
+            TensorRef::bshd(&k, kv_shape).expect("k"),
+            TensorRef::bshd(&v, kv_shape).expect("v"),
+        )
+    };
+    let mut one_shot = poisoned::<bf16>(device, seq * heads * d);
+    let (qv, kv, vv) = views();
+    prefill.prefill(layer, qv, kv, vv, TensorMut::bshd(&mut one_shot, q_shape).expect("out")).expect("one-shot");
+    let mut chunked = poisoned::<bf16>(device, seq * heads * d);
+    let (qv, kv, vv) = views();
+    prefill
+        .prefill_chunked(layer, qv, kv, vv, TensorMut::bshd(&mut chunked, q_shape).expect("out"), chunk_tokens)
+        .expect("chunked");
+    // The same chunks by hand: each chunk's queries copied out, its keys the buffer's first tokens.
+    let mut manual = vec![0.0f32; seq * heads * d];
+    for start in (0..seq).step_by(chunk_tokens) {
+        let end = (start + chunk_tokens).min(seq);
+        let q_chunk = upload::<bf16>(device, &q_host[start * heads * d..end * heads * d]);
+        let mut out = poisoned::<bf16>(device, (end - start) * heads * d);
+        let prefix_kv = Layout { shape: [1, end, kv_heads, d], strides: Layout::bshd(kv_shape).strides };
+        prefill
+            .prefill_chunk(
+                layer,
+                TensorRef::bshd(&q_chunk, [1, end - start, heads, d]).expect("q chunk"),
+                TensorRef::new(&k, prefix_kv).expect("k prefix"),
+                TensorRef::new(&v, prefix_kv).expect("v prefix"),
+                TensorMut::bshd(&mut out, [1, end - start, heads, d]).expect("out chunk"),
+                None,
+            )
+            .expect("prefill_chunk");
+        manual[start * heads * d..end * heads * d].copy_from_slice(&download(device, &out));
+    }
+    (download(device, &one_shot), download(device, &chunked), manual)
+}
+
+fn widen(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| v as f64).collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dense_chunked_prefill_equals_one_shot() {
+    let device = device();
+    let seed = test_seed("dense_chunked_prefill_equals_one_shot");
+    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    // Layer 0 is below the config's starting layer: every head dense.
+    for (seq, chunk_tokens) in [(4097, 1000), (4097, 64), (3000, 4097), (2000, 1)] {
+        let (one_shot, chunked, manual) = one_shot_and_chunked(&device, &mut prefill, 0, (seq, chunk_tokens), seed);
+        assert!(chunked.iter().all(|x| !x.is_nan()), "seq {seq} chunks of {chunk_tokens}: an element was not written");
+        let error = relative_l2(&widen(&chunked), &widen(&one_shot));
+        println!("dense seq {seq} chunks of {chunk_tokens}: chunked vs one-shot rel L2 {error:.2e}");
+        assert!(error <= TOLERANCE, "seq {seq} chunks of {chunk_tokens}: rel L2 {error:.2e} (seed {seed})");
+        let manual_error = relative_l2(&widen(&manual), &widen(&chunked));
+        assert!(manual_error <= TOLERANCE, "the driver differs from its chunks by hand: {manual_error:.2e}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sparse_chunked_prefill_runs_its_chunks() {
+    let device = device();
+    let seed = test_seed("sparse_chunked_prefill_runs_its_chunks");
+    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    for layer in [1, 2] {
+        let (_, chunked, manual) = one_shot_and_chunked(&device, &mut prefill, layer, (4097, 1000), seed);
+        assert!(chunked.iter().all(|x| !x.is_nan()), "layer {layer}: an element was not written");
+        // The same estimates and kernels; only the slash scores' atomics may reorder near-ties.
+        let error = relative_l2(&widen(&chunked), &widen(&manual));
+        println!("layer {layer}: driver vs chunks by hand rel L2 {error:.2e}");
+        assert!(error <= TOLERANCE, "layer {layer}: rel L2 {error:.2e} (seed {seed})");
+    }
+    // Per-chunk scratch: indices of one chunk's rows, not of the prompt.
+    let index = prefill.vertical_slash_index().expect("an index");
+    assert_eq!(index.shape().rows, 97_usize.div_ceil(64), "the last chunk (97 queries) sized the index");
+    let error = {
+        let d = SHAPE.head_dim as usize;
+        let q = upload::<bf16>(&device, &vec![0.0; 10 * SHAPE.heads * d]);
+        let kv = upload::<bf16>(&device, &vec![0.0; 10 * SHAPE.kv_heads * d]);
+        let mut out = poisoned::<bf16>(&device, 10 * SHAPE.heads * d);
+        prefill
+            .prefill_chunked(
+                1,
+                TensorRef::bshd(&q, [1, 10, SHAPE.heads, d]).expect("q"),
+                TensorRef::bshd(&kv, [1, 10, SHAPE.kv_heads, d]).expect("k"),
+                TensorRef::bshd(&kv, [1, 10, SHAPE.kv_heads, d]).expect("v"),
+                TensorMut::bshd(&mut out, [1, 10, SHAPE.heads, d]).expect("out"),
+                0,
+            )
+            .expect_err("chunks of 0 tokens")
+    };
+    assert!(error.to_string().contains("chunk_tokens must be at least 1"), "{error}");
 }

@@ -11,7 +11,7 @@ use super::patterns::{
 };
 use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
-use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
+use minf::codegen::Pattern;
 use minf::estimate::gpu::{EstimateWorkspace, ScoresWorkspace};
 use minf::vertical_slash::ConvertWorkspace;
 use minf::{AShape, AttentionElement, Device, PatternArgs, PrefillOptions, TileChoice};
@@ -169,75 +169,4 @@ fn index_kernels_and_prefill() {
         failures.push(format!("prefill layer 1: rel_l2 {error:.2e}"));
     }
     assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
-}
-
-/// The engine the current variant's kernel for `pattern` runs on.
-fn engine_of(device: &Device, pattern: Pattern, case: &Case) -> Mainloop {
-    let default = KernelSpec::default_for(pattern, DType::Bf16, case.head_dim as u32, device.arch());
-    spec_override::<bf16>(device, pattern, case).unwrap_or(default).mainloop
-}
-
-/// The smallest launches of every attention kernel variant on `engine` (one 130-token sequence,
-/// d 128), for the slowest tool, racecheck.
-fn tiny_attention(engine: Mainloop) {
-    let device = device();
-    let seed = test_seed(&format!("tiny sanitizer sweep ({engine:?})"));
-    let mut rng = TestRng::new(seed);
-    let mut failures = Vec::new();
-    let case = Case { batch: 1, seq: 130, heads: 2, kv_heads: 1, head_dim: 128, bhsd: false };
-    for variant in variants(&device, Pattern::VerticalSlash) {
-        VARIANT.set(variant);
-        let on_engine = |pattern| engine_of(&device, pattern, &case) == engine;
-        for pattern in [Pattern::Dense, Pattern::AShape] {
-            if on_engine(pattern) {
-                check_window::<bf16>(&device, &case, seed, pattern, AShape { n_init: 4, n_local: 50 }, &mut failures);
-            }
-        }
-        if on_engine(Pattern::VerticalSlash) {
-            let index = vertical_slash_index(&mut rng, 1, case.heads, &[case.seq], true);
-            run_vertical_slash::<bf16>(&device, &case, seed + 1, &index, None, "vertical_slash", &mut failures, None);
-        }
-        if on_engine(Pattern::BlockSparse) {
-            let index = block_sparse_index(&mut rng, 1, case.heads, &[case.seq], false);
-            run_block_sparse::<bf16>(&device, &case, seed + 2, &index, None, false, &mut failures);
-        }
-    }
-    VARIANT.set(Variant::Default);
-    assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
-}
-
-/// [`tiny_attention`] on the `mma.sync` engine: `scripts/gpu-sanitize.sh` runs racecheck on it and
-/// on [`tiny_index_kernels`], not on the `wgmma` sibling (under racecheck 2025.3 the `wgmma`
-/// kernels do not complete: the run hangs, or the tool reports an internal error).
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn tiny_attention_mma_sync() {
-    tiny_attention(Mainloop::MmaSync);
-}
-
-/// [`tiny_attention`] on the `wgmma` engine (sm_90a), for memcheck, synccheck and initcheck.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn tiny_attention_wgmma() {
-    tiny_attention(Mainloop::Wgmma);
-}
-
-/// The smallest launches of the index kernels (converter, score passes, both estimates), for
-/// racecheck.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn tiny_index_kernels() {
-    let device = device();
-    let seed = test_seed("tiny sanitizer sweep (index kernels)");
-    let mut rng = TestRng::new(seed);
-    let mut workspace = ConvertWorkspace::new();
-    let inputs = super::convert::Inputs::raw(&mut rng, &[130], 2, 20, 30);
-    let got = super::convert::gpu(&device, &inputs, &mut workspace).to_host().expect("download");
-    super::convert::assert_same(&got, &inputs.cpu(), &inputs.describe());
-    let mut scores = ScoresWorkspace::new();
-    let error = super::estimate::check_case::<bf16>(&device, &mut scores, 130, 64, seed);
-    println!("scores: worst rel_l2 {error:.2e}");
-    let mut estimate = EstimateWorkspace::new();
-    super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 130, 2, 1, 64), seed + 1);
-    super::estimate::block_sparse_case::<bf16>(&device, &mut estimate, (130, 3, 1, 64, 2), seed + 2);
 }

@@ -3,17 +3,23 @@
 //! - [`estimate_vertical_slash_gpu`]: the vertical and slash scores on tensor cores
 //!   (`templates/index/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
 //!   per-head top-k (`templates/index/est_select.cu.tera`: radix select and ordered compaction) and the
-//!   conversion to MInference's index ([`convert_vertical_slash_into`]);
+//!   conversion to MInference's index ([`convert_vertical_slash_chunk_into`]);
 //! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
 //!   of every query block (`templates/index/est_select.cu.tera`);
 //! - [`vertical_slash_scores_gpu`]: the scores alone.
+//!
+//! Every entry point takes a whole prompt (`q` and `k` of `N` tokens) or a chunk of one: `q` holds
+//! the chunk's `q_len` queries, `k` the `kv_len >= q_len` keys of the prefix and the chunk, and
+//! query row `i` sits at absolute position `q_offset + i`, `q_offset = kv_len - q_len` (the
+//! bottom-right causal alignment of the attention kernels). The rules are MInference's in absolute
+//! positions ([module docs](super)); the index has `ceil(q_len / 64)` rows and lists absolute keys.
 
 use super::{clamp_sizes, BLOCK, LAST_Q};
 use crate::block_sparse::BlockSparseIndex;
 use crate::device::{reserve_buffer, Device, KernelArgs, LoadedKernel};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorRef};
-use crate::vertical_slash::{convert_vertical_slash_into, ConvertWorkspace, VerticalSlashIndex};
+use crate::vertical_slash::{convert_vertical_slash_chunk_into, ChunkLengths, ConvertWorkspace, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
     CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
@@ -134,6 +140,7 @@ pub struct EstimateWorkspace {
     raw_slash: Option<CudaSlice<i32>>,
     head_sizes: DeviceTable,
     seqlens: DeviceTable,
+    q_lens: DeviceTable,
     convert: ConvertWorkspace,
     block_tables: DeviceTable,
     pooled: Option<CudaSlice<f32>>,
@@ -157,6 +164,7 @@ impl EstimateWorkspace {
             + int_bytes(&self.raw_slash)
             + self.head_sizes.device_bytes()
             + self.seqlens.device_bytes()
+            + self.q_lens.device_bytes()
             + self.block_tables.device_bytes()
             + self.convert.device_bytes()
     }
@@ -221,11 +229,12 @@ fn strides(layout: &Layout) -> Result<[i64; 3], MinfError> {
     Ok(out)
 }
 
-/// The checked dimensions of a q/k pair.
+/// The checked dimensions of a q/k pair: `q_seq` queries (a chunk), `seq` keys.
 #[derive(Debug, Clone, Copy)]
 struct QkDims {
     batch: usize,
     seq: usize,
+    q_seq: usize,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -234,12 +243,18 @@ struct QkDims {
 fn check_qk<T: AttentionElement>(what: &str, q: &TensorRef<'_, T>, k: &TensorRef<'_, T>) -> Result<QkDims, MinfError> {
     check_layout("q", &q.layout, q.data.len())?;
     check_layout("k", &k.layout, k.data.len())?;
-    let [batch, seq, heads, head_dim] = q.layout.shape;
-    let kv_heads = k.layout.shape[2];
+    let [batch, q_seq, heads, head_dim] = q.layout.shape;
+    let [_, seq, kv_heads, _] = k.layout.shape;
     if k.layout.shape != [batch, seq, kv_heads, head_dim] {
         return Err(shape_error(format!(
-            "{what}: k shape {:?} does not match q shape {:?} (same batch, seq and head_dim expected)",
+            "{what}: k shape {:?} does not match q shape {:?} (same batch and head_dim expected)",
             k.layout.shape, q.layout.shape
+        )));
+    }
+    if q_seq > seq {
+        return Err(shape_error(format!(
+            "{what}: q has {q_seq} tokens but k only {seq}; a chunk's queries are the last q_len of the kv_len keys \
+             (q_len <= kv_len)"
         )));
     }
     if kv_heads == 0 || heads % kv_heads != 0 {
@@ -258,7 +273,7 @@ fn check_qk<T: AttentionElement>(what: &str, q: &TensorRef<'_, T>, k: &TensorRef
     if seq > MAX_SCORE_SEQ {
         return Err(shape_error(format!("{what}: seq {seq} is longer than the {MAX_SCORE_SEQ} tokens allowed")));
     }
-    Ok(QkDims { batch, seq, heads, kv_heads, head_dim })
+    Ok(QkDims { batch, seq, q_seq, heads, kv_heads, head_dim })
 }
 
 /// Loads entry point `entry` (the name after the module's prefix) of index kernel `kernel`.
@@ -287,7 +302,7 @@ fn launch_scores<T: AttentionElement>(
     workspace: &mut ScoresWorkspace,
     targets: ScoreTargets,
 ) -> Result<(), MinfError> {
-    let QkDims { batch, seq, heads, kv_heads, head_dim } = dims;
+    let QkDims { batch, seq, q_seq, heads, kv_heads, head_dim } = dims;
     let ScoreTargets { head_sizes, vertical, slash } = targets;
     let spec = IndexKernelSpec { kernel: IndexKernel::VerticalSlashScores, arch: device.arch() };
     // check_qk admits only HEAD_DIMS, which fit u32.
@@ -321,10 +336,11 @@ fn launch_scores<T: AttentionElement>(
         q_stride: strides(&q.layout)?,
         k_stride: strides(&k.layout)?,
         seq: seq as i32,
+        q_seq: q_seq as i32,
         heads: heads as i32,
         group: group as i32,
         pairs: pairs as i32,
-        last_q: LAST_Q.min(seq) as i32,
+        last_q: LAST_Q.min(q_seq) as i32,
         chunks: chunks as i32,
         scale_log2: (std::f64::consts::LOG2_E / (head_dim as f64).sqrt()) as f32,
     });
@@ -352,12 +368,13 @@ fn launch_scores<T: AttentionElement>(
 }
 
 /// The vertical and slash scores of every (batch, query head), as MInference defines them: the last
-/// `min(64, N)` query rows score all `N` keys (scale `1/sqrt(head_dim)`, causal), take a softmax
-/// per row in f32, and `out_vertical[b, h, j]` receives the mass on key `j`,
-/// `out_slash[b, h, s]` the mass on keys `i - s`.
+/// `min(64, q_len)` query rows score all `N` keys (scale `1/sqrt(head_dim)`, causal in absolute
+/// positions), take a softmax per row in f32, and `out_vertical[b, h, j]` receives the mass on key
+/// `j`, `out_slash[b, h, s]` the mass on keys `p - s` (`p` each query's absolute position).
 ///
-/// - `q`: `[batch, N, heads, head_dim]`, `k`: `[batch, N, kv_heads, head_dim]` (any strides with
-///   contiguous rows; query head `h` reads key head `h / (heads / kv_heads)`); bf16 or f16;
+/// - `q`: `[batch, q_len, heads, head_dim]`, `k`: `[batch, N, kv_heads, head_dim]` with
+///   `q_len <= N` (`q_len = N`: a whole prompt; see the [module docs](self)); any strides with
+///   contiguous rows; query head `h` reads key head `h / (heads / kv_heads)`; bf16 or f16;
 ///   head_dim 64, 96, 128 or 256;
 /// - `out_vertical`, `out_slash`: `[batch, heads, N]` f32, fully overwritten.
 ///
@@ -372,6 +389,9 @@ pub fn vertical_slash_scores_gpu<T: AttentionElement>(
 ) -> Result<(), MinfError> {
     let dims = check_qk("vertical-slash scores", &q, &k)?;
     let out_len = dims.batch * dims.heads * dims.seq;
+    if dims.q_seq == 0 && out_len > 0 {
+        return Err(shape_error("vertical-slash scores: q has no tokens; the scores need at least one query".into()));
+    }
     for (name, len) in [("out_vertical", out_vertical.len()), ("out_slash", out_slash.len())] {
         if len != out_len {
             return Err(shape_error(format!(
@@ -440,15 +460,15 @@ fn run_vertical_slash<T: AttentionElement>(
     let what = "vertical-slash estimate";
     let dims = check_qk(what, &q, &k)?;
     let shape = index.shape();
-    if dims.seq == 0 {
-        return Err(shape_error(format!("{what}: seq is 0; the index needs at least one token")));
+    if dims.q_seq == 0 {
+        return Err(shape_error(format!("{what}: q has no tokens; the index needs at least one query")));
     }
-    let rows = dims.seq.div_ceil(BLOCK);
+    let rows = dims.q_seq.div_ceil(BLOCK);
     if (shape.batch, shape.heads, shape.rows) != (dims.batch, dims.heads, rows) {
         return Err(shape_error(format!(
             "{what}: the index is [batch {}, heads {}, rows {}] but q gives [batch {}, heads {}, rows ceil({} / 64) = \
              {rows}]",
-            shape.batch, shape.heads, shape.rows, dims.batch, dims.heads, dims.seq
+            shape.batch, shape.heads, shape.rows, dims.batch, dims.heads, dims.q_seq
         )));
     }
     let table = size_table(heads, dims, shape.nnz_v, shape.nnz_s)?;
@@ -459,16 +479,18 @@ fn run_vertical_slash<T: AttentionElement>(
     reserve_buffer(&mut workspace.slash_scores, stream, scores_len, "the estimate's slash scores")?;
     exact(&mut workspace.raw_vertical, stream, heads_total * shape.nnz_v, "selected columns")?;
     exact(&mut workspace.raw_slash, stream, heads_total * shape.nnz_s, "selected diagonals")?;
-    // seq fits i32 (MAX_SCORE_SEQ).
+    // seq fits i32 (MAX_SCORE_SEQ), and q_seq <= seq.
     workspace.seqlens.sync(stream, &vec![dims.seq as i32; dims.batch], "sequence lengths")?;
+    workspace.q_lens.sync(stream, &vec![dims.q_seq as i32; dims.batch], "chunk lengths")?;
     let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
     let topk = load(device, IndexKernel::EstimateSelect, "_vertical_slash")?;
-    let (Some(vertical_scores), Some(slash_scores), Some(raw_vertical), Some(raw_slash), Some(seqlens)) = (
+    let (Some(vertical_scores), Some(slash_scores), Some(raw_vertical), Some(raw_slash), Some(seqlens), Some(q_lens)) = (
         workspace.vertical_scores.as_mut(),
         workspace.slash_scores.as_mut(),
         workspace.raw_vertical.as_mut(),
         workspace.raw_slash.as_mut(),
         workspace.seqlens.buffer.as_ref(),
+        workspace.q_lens.buffer.as_ref(),
     ) else {
         return Err(shape_error(format!("{what}: the workspace was not allocated")));
     };
@@ -516,17 +538,21 @@ fn run_vertical_slash<T: AttentionElement>(
         unsafe { launch.launch(config) }.map_err(MinfError::driver("launching the vertical-slash top-k"))?;
     }
     mark(2)?;
-    convert_vertical_slash_into(device, seqlens, raw_vertical, raw_slash, dims.seq, &mut workspace.convert, index)?;
+    let lengths = ChunkLengths { q_lens, kv_lens: seqlens, max_q_len: dims.q_seq, max_kv_len: dims.seq };
+    convert_vertical_slash_chunk_into(device, lengths, raw_vertical, raw_slash, &mut workspace.convert, index)?;
     mark(3)
 }
 
-/// Estimates the listed heads of `q`/`k` (`[batch, seq, heads | kv_heads, head_dim]`, any layout
-/// the kernels accept: contiguous 16-byte aligned rows; bf16 or f16; head_dim 64, 96, 128 or 256)
-/// and writes their converted index into `index` (shape `[batch, heads, ceil(seq / 64)]`,
-/// capacities at least the largest clamped sizes; heads not listed get
-/// `block_count = column_count = 0`). Each listed head keeps its own
-/// [`clamp_sizes`]`(seq, vertical, slash)` columns and diagonals, chosen by MInference's rules
-/// (the [module docs](super)). Launches on
+/// Estimates the listed heads of `q` (`[batch, q_len, heads, head_dim]`) against `k`
+/// (`[batch, kv_len, kv_heads, head_dim]`, `q_len <= kv_len`: a whole prompt when equal, else a
+/// chunk whose queries are the last `q_len` of the `kv_len` tokens, see the [module docs](self);
+/// any layout the kernels accept: contiguous 16-byte aligned rows; bf16 or f16; head_dim 64, 96,
+/// 128 or 256) and writes their converted index into `index` (shape
+/// `[batch, heads, ceil(q_len / 64)]`, capacities at least the largest clamped sizes; heads not
+/// listed get `block_count = column_count = 0`). Each listed head keeps its own
+/// [`clamp_sizes`]`(kv_len, vertical, slash)` columns and diagonals, chosen by MInference's rules
+/// (the [module docs](super)) from the scores of the last `min(64, q_len)` queries; columns and
+/// range starts are absolute keys. Launches on
 /// `device.stream()` with no host sync; `workspace` is reused across calls.
 pub fn estimate_vertical_slash_gpu<T: AttentionElement>(
     device: &Device,
@@ -568,14 +594,16 @@ pub fn estimate_vertical_slash_gpu_timed<T: AttentionElement>(
     Ok([elapsed(&start, &scores)?, elapsed(&scores, &topk)?, elapsed(&topk, &convert)?])
 }
 
-/// Block-sparse: mean-pools Q and K over 64-token blocks (dividing by 64 even for a partial last
-/// block, as MInference's zero padding does), scores
-/// `pooled_q . pooled_k` causally at block level and keeps the `min(top_k, rows)` best key blocks
-/// of every query block (all of them when it has fewer; MInference uses
+/// Block-sparse: mean-pools Q over the chunk's 64-row blocks and K over absolute 64-key blocks
+/// (dividing by 64 even for a partial last block, as MInference's zero padding does), scores
+/// `pooled_q . pooled_k` causally at block level and keeps the `min(top_k, kv_blocks)` best key
+/// blocks of every query block (all of them when it has fewer; MInference uses
 /// [`BLOCK_SPARSE_TOP_K`](super::BLOCK_SPARSE_TOP_K)), ascending, for the listed query `heads`;
-/// other heads get count 0. `index` is `[batch, heads, ceil(seq / 64)]` with a capacity of at
-/// least `min(top_k, rows)`; it is zeroed first. Layouts as [`estimate_vertical_slash_gpu`].
-/// Launches on `device.stream()` with no host sync.
+/// other heads get count 0. Query block `r` (absolute positions from `kv_len - q_len + 64r`) has
+/// the candidates `0 ..= c`, `c` the block of its last absolute position; for a whole prompt
+/// (`q_len = kv_len`) that is `0 ..= r`. `index` is `[batch, heads, ceil(q_len / 64)]` with a
+/// capacity of at least `min(top_k, ceil(kv_len / 64))`; it is zeroed first. Layouts and chunks as
+/// [`estimate_vertical_slash_gpu`]. Launches on `device.stream()` with no host sync.
 pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
@@ -589,12 +617,13 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     let dims = check_qk(what, &q, &k)?;
     check_block_sparse_seq(what, dims.seq)?;
     let rows = dims.seq.div_ceil(BLOCK);
+    let q_rows = dims.q_seq.div_ceil(BLOCK);
     let (index_batch, index_heads, index_rows, capacity) = index.dims();
-    if (index_batch, index_heads, index_rows) != (dims.batch, dims.heads, rows) {
+    if (index_batch, index_heads, index_rows) != (dims.batch, dims.heads, q_rows) {
         return Err(shape_error(format!(
             "{what}: the index is [batch {index_batch}, heads {index_heads}, rows {index_rows}] but q gives [batch {}, \
-             heads {}, rows ceil({} / 64) = {rows}]",
-            dims.batch, dims.heads, dims.seq
+             heads {}, rows ceil({} / 64) = {q_rows}]",
+            dims.batch, dims.heads, dims.q_seq
         )));
     }
     let kept = top_k.min(rows);
@@ -620,7 +649,7 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     let (kv_num_blocks, kv_indices) = index.buffers_mut();
     stream.memset_zeros(kv_num_blocks).map_err(MinfError::driver("zeroing kv_num_blocks"))?;
     stream.memset_zeros(kv_indices).map_err(MinfError::driver("zeroing kv_indices"))?;
-    if heads.is_empty() || kept == 0 {
+    if heads.is_empty() || kept == 0 || q_rows == 0 {
         return Ok(());
     }
 
@@ -666,10 +695,12 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
         q_stride: strides(&q.layout)?,
         k_stride: strides(&k.layout)?,
         seq: dims.seq as i32,
+        q_seq: dims.q_seq as i32,
         heads: dims.heads as i32,
         kv_heads: dims.kv_heads as i32,
         head_dim: dims.head_dim as i32,
         rows: rows as i32,
+        q_rows: q_rows as i32,
         jobs_count: jobs as i32,
         top_k: kept as i32,
         capacity: capacity as i32,
@@ -688,7 +719,7 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
         )));
     }
     let select_config = LaunchConfig {
-        grid_dim: (rows as u32, heads.len() as u32, dims.batch as u32),
+        grid_dim: (q_rows as u32, heads.len() as u32, dims.batch as u32),
         block_dim: (select.launch.threads, 1, 1),
         shared_mem_bytes: select_shared,
     };

@@ -242,6 +242,18 @@ pub fn parse_seqs(text: &str) -> Result<Vec<usize>, CaseError> {
         .collect()
 }
 
+/// Parses `--chunk`: one positive number of tokens, with `K` (1024) or `M` (1024 * 1024) accepted
+/// (`64K`, `8K`, `65536`).
+pub fn parse_chunk_tokens(text: &str) -> Result<usize, String> {
+    if text.contains(',') {
+        return Err(format!("chunk size {text:?}: one size, e.g. 64K (the chunked path runs next to every case)"));
+    }
+    match parse_seqs(text) {
+        Ok(sizes) if sizes.len() == 1 => Ok(sizes[0]),
+        _ => Err(format!("chunk size {text:?}: expected a positive number of tokens, e.g. 65536, 64K or 8K")),
+    }
+}
+
 /// The attention shape asked for on the command line (or by `--inputs`); `None` is taken from the
 /// configs measured, else from [`DEFAULT_HEADS`], [`DEFAULT_KV_HEADS`] and [`DEFAULT_HEAD_DIM`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

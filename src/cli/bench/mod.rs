@@ -18,8 +18,8 @@ mod run;
 
 use super::output::{errln, outln, write_stdout};
 use cases::{
-    default_long_heads, default_patterns, parse_seqs, resolve_shape, CaseOptions, PatternSpec, ShapeArgs,
-    DEFAULT_LONG_FROM,
+    default_long_heads, default_patterns, parse_chunk_tokens, parse_seqs, resolve_shape, CaseOptions, PatternSpec,
+    ShapeArgs, DEFAULT_LONG_FROM,
 };
 use compare::markdown;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -121,6 +121,10 @@ struct RunArgs {
     /// between 128-row and 64-row blocks (minf::TileChoice) that runs otherwise.
     #[arg(long, conflicts_with = "index_tile")]
     no_tile_choice: bool,
+    /// Also run every case chunk by chunk (`Prefill::prefill_chunked`, chunks of SIZE tokens: 64K,
+    /// 8K, 65536, ...) and report its total and its ratio to the one-shot total.
+    #[arg(long, value_name = "SIZE", value_parser = parse_chunk_tokens)]
+    chunk: Option<usize>,
     /// Write the records here (a JSON array, rewritten after every case).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -199,8 +203,9 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     if args.list {
         for case in &cases {
             let subset = if case.is_subset() { format!(" (of {})", case.layer_heads) } else { String::new() };
+            let chunked = args.chunk.map_or_else(String::new, |c| format!(", and in chunks of {}", tokens(c as f64)));
             outln!(
-                "{:>7}  {:<40} heads {}/{}{subset}",
+                "{:>7}  {:<40} heads {}/{}{subset}{chunked}",
                 tokens(case.seq as f64),
                 case.pattern,
                 case.heads,
@@ -237,6 +242,7 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         save_indices: args.save_indices.clone(),
         index_tile: args.index_tile,
         tile_choice: !args.no_tile_choice,
+        chunk: args.chunk,
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -264,7 +270,15 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
             long.layer_heads
         )?;
     }
-    outln!("{}", table_header())?;
+    if let Some(chunk) = args.chunk {
+        outln!(
+            "chunked: every case again chunk by chunk ({} tokens per chunk, each chunk estimating its own indices); \
+             ratio = chunked / one-shot total",
+            tokens(chunk as f64)
+        )?;
+    }
+    let chunked = args.chunk.is_some();
+    outln!("{}", table_header(chunked))?;
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -282,7 +296,7 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         bar.set_message(format!("{} at {}", case.pattern, tokens(case.seq as f64)));
         match bench.run_case(case, &settings, &|message| bar.set_message(message.to_string())) {
             Ok(record) => {
-                say(table_row(&record))?;
+                say(table_row(&record, chunked))?;
                 records.push(record);
                 if let Some(path) = &args.json {
                     write_records(path, &records)?;
@@ -308,9 +322,9 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// The header of the terminal table ([`table_row`]).
-pub fn table_header() -> String {
-    format!(
+/// The header of the terminal table ([`table_row`]); `chunked` adds the chunked run's columns.
+pub fn table_header(chunked: bool) -> String {
+    let columns = format!(
         "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9}",
         "tokens",
         "pattern",
@@ -324,18 +338,23 @@ pub fn table_header() -> String {
         "TFLOP/s",
         "speedup",
         "compile s"
-    )
+    );
+    if chunked {
+        format!("{columns} {:>11} {:>7}", "chunked ms", "ratio")
+    } else {
+        columns
+    }
 }
 
-/// One record as a row of the terminal table.
-pub fn table_row(r: &Record) -> String {
+/// One record as a row of the terminal table; `chunked` adds the chunked run's total and ratio.
+pub fn table_row(r: &Record, chunked: bool) -> String {
     let number = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"));
     let mut label = r.label();
     let chars = label.chars().count();
     if chars > 34 {
         label = format!("...{}", label.chars().skip(chars - 31).collect::<String>());
     }
-    format!(
+    let columns = format!(
         "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10.3} {:>10.3} {:>8} {:>7} {:>9} {:>9}",
         tokens(r.seq as f64),
         label,
@@ -349,7 +368,13 @@ pub fn table_row(r: &Record) -> String {
         number(r.tflops, 1),
         r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x")),
         number(r.compile_s, 2)
-    )
+    );
+    if chunked {
+        let ratio = r.chunked_ratio.map_or_else(|| "-".to_string(), |x| format!("{x:.3}x"));
+        format!("{columns} {:>11} {:>7}", number(r.chunked_total_ms, 3), ratio)
+    } else {
+        columns
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,15 @@ pub struct Record {
     /// Anything a reader needs to interpret the numbers (head subsets, scaling, memory counting).
     #[serde(default)]
     pub note: Option<String>,
+    /// Tokens per chunk of the chunked run next to this one-shot case (`minf bench --chunk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_tokens: Option<usize>,
+    /// The whole prompt prefilled chunk by chunk (`Prefill::prefill_chunked`), median.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked_total_ms: Option<f64>,
+    /// `chunked_total_ms / total_ms`: what chunking costs over the one-shot call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked_ratio: Option<f64>,
 }
 
 impl Record {

@@ -1,6 +1,8 @@
 //! Running the cases on the GPU: every pattern goes through [`Prefill`] on a one-layer config
 //! (uniform patterns are written as a config whose heads all have that pattern), so each case is
-//! timed by the same code with the same split (estimation, conversion, attention, total).
+//! timed by the same code with the same split (estimation, conversion, attention, total). With
+//! `--chunk`, each case also runs chunk by chunk ([`Prefill::prefill_chunked`]) on the same inputs
+//! and config, timed as a whole.
 
 use super::cases::{load_config, Case, PatternSpec};
 use super::indices::{save_index, tile_counts};
@@ -10,6 +12,7 @@ use half::{bf16, f16};
 use minf_runtime::codegen::{DType, Tile};
 use minf_runtime::config::MINFERENCE_BLOCK_TOP_K;
 use minf_runtime::device::{driver_available, probe};
+use minf_runtime::timing::median_ms;
 use minf_runtime::{
     AttentionElement, Device, HostQkv, MinfError, ModelShape, PatternConfig, Prefill, PrefillOptions, PrefillTiming,
     TensorMut, TensorRef,
@@ -85,6 +88,8 @@ pub struct RunSettings {
     pub index_tile: Option<Tile>,
     /// Whether the index-driven heads choose their tile per head (`--no-tile-choice` turns it off).
     pub tile_choice: bool,
+    /// Tokens per chunk of the chunked run next to each case (`--chunk`), or none.
+    pub chunk: Option<usize>,
 }
 
 /// Device buffers of one input: q, k, v and an output.
@@ -140,6 +145,19 @@ impl<T: AttentionElement> Buffers<T> {
         } else {
             prefill.prefill(0, q, k, v, out).map(|()| PrefillTiming::default())
         }
+    }
+
+    /// The whole prompt (`seq` tokens) through [`Prefill::prefill_chunked`], `chunk` tokens at a
+    /// time; not waited for.
+    fn prefill_chunked(&mut self, prefill: &mut Prefill<'_>, case: &Case, chunk: usize) -> Result<(), MinfError> {
+        let q_shape = [1, case.seq, case.heads, case.head_dim];
+        let kv_shape = [1, case.seq, case.kv_heads, case.head_dim];
+        let (q, k, v) = (
+            TensorRef::bshd(&self.q, q_shape)?,
+            TensorRef::bshd(&self.k, kv_shape)?,
+            TensorRef::bshd(&self.v, kv_shape)?,
+        );
+        prefill.prefill_chunked(0, q, k, v, TensorMut::bshd(&mut self.out, q_shape)?, chunk)
     }
 }
 
@@ -283,6 +301,23 @@ impl GpuBench {
             _ => None,
         };
         let Measured { timing, compile_s, tiles: (computed, causal), device_bytes, reps } = measured;
+        let chunked_total_ms = match settings.chunk {
+            Some(chunk) => {
+                progress(&format!("timing {} at {} tokens in chunks of {chunk}", case.pattern, case.seq));
+                let warmup = settings.warmup.max(1);
+                let stream = device.stream();
+                let ms = match inputs {
+                    DeviceInputs::Bf16(buffers) => {
+                        median_ms(stream, warmup, reps, || buffers.prefill_chunked(&mut prefill, case, chunk))?
+                    }
+                    DeviceInputs::F16(buffers) => {
+                        median_ms(stream, warmup, reps, || buffers.prefill_chunked(&mut prefill, case, chunk))?
+                    }
+                };
+                Some(ms)
+            }
+            None => None,
+        };
         if case.pattern == PatternSpec::Dense {
             self.dense_ms.insert((case.seq, case.heads), timing.total_ms);
         }
@@ -321,6 +356,13 @@ impl GpuBench {
         } else if case.pattern.is_sparse() && settings.index_tile.is_none() && !settings.tile_choice {
             notes.push("index-driven kernels on the default tile (--no-tile-choice)".into());
         }
+        if let Some(chunk) = settings.chunk {
+            notes.push(format!(
+                "chunked_total_ms: Prefill::prefill_chunked in chunks of {chunk} tokens ({} chunks), each estimating \
+                 its own indices, including the copies of each chunk's queries and output",
+                case.seq.div_ceil(chunk)
+            ));
+        }
         notes.extend(index_note);
         Ok(Record {
             method: MINF_METHOD.to_string(),
@@ -347,6 +389,9 @@ impl GpuBench {
             date: today(),
             reps: Some(reps),
             note: Some(notes.join("; ")),
+            chunk_tokens: settings.chunk,
+            chunked_total_ms,
+            chunked_ratio: chunked_total_ms.map(|chunked| chunked / timing.total_ms),
         })
     }
 }

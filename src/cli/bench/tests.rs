@@ -1,10 +1,13 @@
 //! The bench's parts without a GPU: patterns and cases, records, the plot, the comparison and
 //! the tile lists of a realised mask.
 
-use super::cases::{default_long_heads, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_PATTERNS};
+use super::cases::{
+    default_long_heads, parse_chunk_tokens, parse_seqs, CaseOptions, PatternSpec, DEFAULT_LONG_FROM, DEFAULT_PATTERNS,
+};
 use super::compare::{markdown, ratios, targets};
 use super::plot::{latency_svg, TITLE, X_LABEL, Y_LABEL};
 use super::record::{read_records, write_records, Record};
+use super::{table_header, table_row};
 use minf::codegen::DType;
 use std::path::PathBuf;
 
@@ -34,6 +37,9 @@ fn record(method: &str, pattern: &str, params: &str, seq: usize, heads: usize, t
         date: "2025-01-01".into(),
         reps: Some(10),
         note: None,
+        chunk_tokens: None,
+        chunked_total_ms: None,
+        chunked_ratio: None,
     }
 }
 
@@ -236,6 +242,7 @@ fn tile_lists_cover_the_realised_mask_of(seed: u64) {
     let mask = RealisedMask {
         batch: 1,
         seq,
+        q_offset: 0,
         heads: vec![
             HeadMask::Dense,
             HeadMask::AShape(AShape { n_init: 70, n_local: 100 }),
@@ -266,4 +273,46 @@ fn tile_lists_cover_the_realised_mask_of(seed: u64) {
     let (computed, causal) = tile_counts(&mask);
     assert_eq!(causal, (heads * rows * (rows + 1) / 2) as u64);
     assert!(computed >= (rows * (rows + 1) / 2) as u64 && computed <= causal, "{computed} of {causal}");
+}
+
+#[test]
+fn chunk_sizes_parse_like_lengths_one_at_a_time() {
+    assert_eq!(parse_chunk_tokens("64K"), Ok(65_536));
+    assert_eq!(parse_chunk_tokens("8k"), Ok(8192));
+    assert_eq!(parse_chunk_tokens("65536"), Ok(65_536));
+    assert_eq!(parse_chunk_tokens("1M"), Ok(1 << 20));
+    for bad in ["0", "", "-8K", "8KB", "lots"] {
+        let message = parse_chunk_tokens(bad).unwrap_err();
+        assert!(message.contains("expected a positive number of tokens, e.g. 65536, 64K or 8K"), "{bad}: {message}");
+    }
+    let message = parse_chunk_tokens("64K,8K").unwrap_err();
+    assert!(message.contains("one size"), "{message}");
+}
+
+#[test]
+fn chunked_runs_report_their_total_and_ratio() {
+    let mut chunked = record("minf", "config", "llama.json:16", 1 << 20, 4, 800.0);
+    chunked.chunk_tokens = Some(65_536);
+    chunked.chunked_total_ms = Some(880.0);
+    chunked.chunked_ratio = Some(1.1);
+    // The table: two more columns with --chunk, a dash where a record has no chunked run.
+    let (header, plain_header) = (table_header(true), table_header(false));
+    assert!(header.starts_with(&plain_header) && header.ends_with("chunked ms   ratio"), "{header}");
+    let row = table_row(&chunked, true);
+    assert!(row.starts_with(&table_row(&chunked, false)), "{row}");
+    assert!(row.ends_with("    880.000  1.100x"), "{row}");
+    let without = record("minf", "dense", "", 1 << 20, 4, 500.0);
+    assert!(table_row(&without, true).ends_with("          -       -"), "{}", table_row(&without, true));
+    assert_eq!(header.len(), row.len(), "columns line up:\n{header}\n{row}");
+    // The JSON: the three fields round-trip, and records without a chunked run omit them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chunked.json");
+    write_records(&path, &[chunked.clone(), without.clone()]).unwrap();
+    assert_eq!(read_records(&path).unwrap(), [chunked.clone(), without.clone()]);
+    let value = serde_json::to_value(&chunked).unwrap();
+    assert_eq!(value["chunk_tokens"], 65_536);
+    assert_eq!(value["chunked_total_ms"], 880.0);
+    assert_eq!(value["chunked_ratio"], 1.1);
+    let plain = serde_json::to_value(&without).unwrap();
+    assert!(["chunk_tokens", "chunked_total_ms", "chunked_ratio"].iter().all(|k| plain.get(k).is_none()), "{plain}");
 }
