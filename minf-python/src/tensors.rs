@@ -413,7 +413,10 @@ impl PrefillHandle {
         Ok(heads)
     }
 
-    /// Runs layer `layer` on the described tensors into `out`, on the given device and stream.
+    /// Runs layer `layer` on the described tensors into `out`, on the given device and stream:
+    /// the whole prompt (`chunk` None), one chunk after a prefix (`chunk` 0, with an optional
+    /// `lse` buffer `(data_ptr, elements)`), or the whole prompt chunk by chunk (`chunk` > 0 tokens).
+    #[pyo3(signature = (ordinal, stream, dtype, layer, q, k, v, out, *, chunk=None, lse=None))]
     #[allow(clippy::too_many_arguments)]
     fn prefill_into(
         &mut self,
@@ -426,15 +429,25 @@ impl PrefillHandle {
         k: TensorArg,
         v: TensorArg,
         out: TensorArg,
+        chunk: Option<usize>,
+        lse: Option<(u64, usize)>,
     ) -> PyResult<()> {
         let element = element(dtype)?;
         let place = Place { ordinal, stream };
+        let call = match chunk {
+            None => PrefillCall::Whole,
+            Some(0) => PrefillCall::Chunk { lse },
+            Some(tokens) => PrefillCall::Chunked { tokens },
+        };
+        if lse.is_some() && !matches!(call, PrefillCall::Chunk { .. }) {
+            return Err(PyValueError::new_err("lse is returned by prefill_chunk only"));
+        }
         py.detach(|| {
             let device = place.device()?;
             let prefill = self.prefill_for(place, device)?;
             match element {
-                Element::Bf16 => run_prefill::<bf16>(device, prefill, layer, [q, k, v, out]),
-                Element::F16 => run_prefill::<f16>(device, prefill, layer, [q, k, v, out]),
+                Element::Bf16 => run_prefill::<bf16>(device, prefill, layer, [q, k, v, out], call),
+                Element::F16 => run_prefill::<f16>(device, prefill, layer, [q, k, v, out], call),
             }
         })
         .map_err(minf_error)
@@ -456,21 +469,40 @@ impl PrefillHandle {
     }
 }
 
+/// Which runtime entry a prefill call takes.
+#[derive(Debug, Clone, Copy)]
+enum PrefillCall {
+    /// [`Prefill::prefill`].
+    Whole,
+    /// [`Prefill::prefill_chunk`], with an optional f32 LSE buffer `(data_ptr, elements)`.
+    Chunk { lse: Option<(u64, usize)> },
+    /// [`Prefill::prefill_chunked`] with chunks of `tokens` queries.
+    Chunked { tokens: usize },
+}
+
 fn run_prefill<T: AttentionElement>(
     device: &Device,
     prefill: &mut Prefill<'static>,
     layer: usize,
     [q, k, v, out]: [TensorArg; 4],
+    call: PrefillCall,
 ) -> Result<(), MinfError> {
     // SAFETY: as in `run_attention`: live tensors of this dtype on this device, referenced by the
-    // caller for the call; `out` is a fresh tensor.
+    // caller for the call; `out` (and `lse`) are fresh tensors or the caller's output tensors.
     let (q_view, k_view, v_view, mut out_view) =
         unsafe { (q.view::<T>(device), k.view::<T>(device), v.view::<T>(device), out.view::<T>(device)) };
-    prefill.prefill(
-        layer,
-        TensorRef::new(q_view.slice(), q.layout())?,
-        TensorRef::new(k_view.slice(), k.layout())?,
-        TensorRef::new(v_view.slice(), v.layout())?,
-        TensorMut::new(out_view.slice_mut(), out.layout())?,
-    )
+    let q_ref = TensorRef::new(q_view.slice(), q.layout())?;
+    let k_ref = TensorRef::new(k_view.slice(), k.layout())?;
+    let v_ref = TensorRef::new(v_view.slice(), v.layout())?;
+    let out_ref = TensorMut::new(out_view.slice_mut(), out.layout())?;
+    match call {
+        PrefillCall::Whole => prefill.prefill(layer, q_ref, k_ref, v_ref, out_ref),
+        PrefillCall::Chunk { lse } => {
+            // SAFETY: as above, for the f32 LSE tensor the Python side allocated.
+            let mut lse_view = lse.map(|(ptr, len)| unsafe { ForeignSlice::<f32>::new(device.stream(), ptr, len) });
+            let lse = lse_view.as_mut().map(|view| view.slice_mut());
+            prefill.prefill_chunk(layer, q_ref, k_ref, v_ref, out_ref, lse)
+        }
+        PrefillCall::Chunked { tokens } => prefill.prefill_chunked(layer, q_ref, k_ref, v_ref, out_ref, tokens),
+    }
 }

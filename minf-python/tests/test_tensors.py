@@ -206,6 +206,11 @@ def test_prefill_call_checks_the_model_shape():
         prefill.prefill(0, q, k, v)
     with pytest.raises(TypeError, match=r"layer must be an integer"):
         prefill.prefill("0", *qkv())
+    with pytest.raises(ValueError, match=r"chunk_tokens must be at least 1"):
+        prefill.prefill_chunked(0, *qkv(), 0)
+    q, k, v = qkv(seq=512)
+    with pytest.raises(ValueError, match=r"q has 600 positions but k/v 512: allowed q_len <= kv_len"):
+        prefill.prefill_chunk(0, FakeTensor([1, 600, 8, 128]), k, v)
 
 
 class FakeAttention:
@@ -284,3 +289,9 @@ def test_native_calls_take_the_descriptions_and_need_a_driver():
     prefill = minf.Prefill(layers=2, heads=8, kv_heads=2, head_dim=128)
     with pytest.raises(minf.MinfError, match="no CUDA driver found"):
         prefill._native.prefill_into(0, 0, "bf16", 1, q, k, v, q)
+    with pytest.raises(minf.MinfError, match="no CUDA driver found"):
+        prefill._native.prefill_into(0, 0, "bf16", 1, q, k, v, q, chunk=0, lse=(1 << 20, 8 * 256))
+    with pytest.raises(minf.MinfError, match="no CUDA driver found"):
+        prefill._native.prefill_into(0, 0, "bf16", 1, q, k, v, q, chunk=128)
+    with pytest.raises(ValueError, match="lse is returned by prefill_chunk only"):
+        prefill._native.prefill_into(0, 0, "bf16", 1, q, k, v, q, lse=(1 << 20, 8 * 256))

@@ -245,8 +245,30 @@ class Prefill:
     def prefill(self, layer: int, q: Any, k: Any, v: Any, *, layout: str = "bshd", out: Any = None) -> Any:
         """Attention of every query head of ``layer`` with its configured pattern (indices
         estimated on the GPU). Tensors as in :func:`minf.attention`, with the model's head counts
-        and head_dim and ``q_len == kv_len``. Returns a new tensor shaped like ``q`` (or fills
-        ``out``); runs on torch's current stream without waiting for the GPU."""
+        and head_dim. Returns a new tensor shaped like ``q`` (or fills ``out``); runs on torch's
+        current stream without waiting for the GPU."""
+        return self._run(layer, q, k, v, layout, out, None, False)
+
+    def prefill_chunk(self, layer: int, q_chunk: Any, k_all: Any, v_all: Any, *, layout: str = "bshd",
+                      out: Any = None, lse: bool = False) -> Any:
+        """One chunk of a prompt after its prefix: ``q_chunk`` holds the chunk's ``q_len`` queries,
+        ``k_all``/``v_all`` the ``kv_len`` keys and values of the prefix and the chunk (the chunk's
+        last), ``1 <= q_len <= kv_len``; query ``i`` sits at position ``kv_len - q_len + i``. The
+        chunk estimates its own indices; it runs dense below ``dense_below`` keys. With
+        ``lse=True`` also returns the float32 log-sum-exp ``[batch, heads, q_len]``."""
+        return self._run(layer, q_chunk, k_all, v_all, layout, out, 0, lse)
+
+    def prefill_chunked(self, layer: int, q: Any, k: Any, v: Any, chunk_tokens: int, *, out: Any = None) -> Any:
+        """A whole prompt chunk by chunk, ``chunk_tokens`` queries at a time (chunk ``c`` attends to
+        the keys before its end), through :meth:`prefill_chunk`: per-chunk scratch bounded by the
+        chunk. ``q`` (and ``out``) are contiguous ``[batch, seq, heads, head_dim]``."""
+        chunk_tokens = optional_int("chunk_tokens", chunk_tokens)  # type: ignore[assignment]
+        if not chunk_tokens:
+            raise ValueError("chunk_tokens must be at least 1")
+        return self._run(layer, q, k, v, "bshd", out, chunk_tokens, False)
+
+    def _run(self, layer: int, q: Any, k: Any, v: Any, layout: str, out: Any, chunk: Optional[int],
+             lse: bool) -> Any:
         layer = optional_int("layer", layer)  # type: ignore[assignment]
         check_layout(layout)
         qt, kt, vt = check_qkv(q, k, v, layout)
@@ -257,10 +279,12 @@ class Prefill:
                 f"query heads, {kv_heads} key/value heads and head_dim {head_dim}"
             )
         torch = _torch()
+        batch, q_len = qt.shape[0], qt.shape[1]
         with torch.cuda.device(qt.device_index):
             if out is None:
                 out = torch.empty(allocation_shape(qt.shape, layout), dtype=q.dtype, device=q.device)
             ot = check_out(out, qt, layout)
+            lse_tensor = torch.empty((batch, heads, q_len), dtype=torch.float32, device=q.device) if lse else None
             self._native.prefill_into(
                 qt.device_index,
                 _stream(torch, qt.device_index),
@@ -270,8 +294,10 @@ class Prefill:
                 kt.description(),
                 vt.description(),
                 ot.description(),
+                chunk=chunk,
+                lse=None if lse_tensor is None else (int(lse_tensor.data_ptr()), lse_tensor.numel()),
             )
-        return out
+        return (out, lse_tensor) if lse else out
 
     def __repr__(self) -> str:
         layers, heads, kv_heads, head_dim = self.shape
