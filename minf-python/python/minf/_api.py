@@ -147,7 +147,8 @@ def attention(
       estimated on the GPU from mean-pooled blocks; or ``kv_num_blocks`` ``[batch, heads, rows]``
       and ``kv_indices`` ``[batch, heads, rows, capacity]`` (int32, ascending block ids).
 
-    Returns a new tensor shaped like ``q`` in the same layout (or fills ``out``), and with
+    Returns a new tensor shaped like ``q`` in the same layout (or fills ``out``, which must not
+    overlap the inputs), and with
     ``lse=True`` also the float32 log-sum-exp ``[batch, heads, q_len]`` (natural log, scaled
     scores). ``softmax_scale`` defaults to ``1 / sqrt(head_dim)``. Runs on torch's current stream
     of the tensors' device and returns without waiting for the GPU. Forward only (no autograd).
