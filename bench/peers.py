@@ -6,7 +6,9 @@
   minf's tiles rounded up to 128x128 blocks;
 - minference_vs, minference_bs, minference_ashape: MInference 0.1.6's Triton kernels (kernel time
   only, its estimation excluded) on minf's own vertical-slash index and block-sparse lists, and its
-  streaming (A-shape) kernel with the same n_init / n_local.
+  streaming (A-shape) kernel with the same n_init / n_local;
+- minf_python: minf itself through its Python package (`minf.attention` on the same torch tensors,
+  in this process): dense, and each saved index (vertical-slash, block-sparse) or A-shape window.
 
 Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
 values). K and V are expanded to the query heads (repeat_interleave) for every method, since
@@ -21,7 +23,8 @@ MInference 0.1.6 is imported from --site (default /tmp/site), where a pip instal
 puts it (`pip install --no-deps --no-build-isolation --target /tmp/site minference==0.1.6.0`, or
 scripts/gpu-bench.sh; docs/benchmark.md); without it the minference_* methods are skipped with a
 message. The safetensors package is needed to read the
-indices; without it only the SDPA methods run.
+indices; without it only the dense methods run. minf_python needs the minf wheel installed
+(docs/python.md); without it it is skipped with a message.
 """
 
 import argparse
@@ -35,8 +38,8 @@ import torch
 
 from common import import_minference, time_ms  # same folder
 
-DENSE_METHODS = ("sdpa_flash", "sdpa_cudnn")
-INDEX_METHODS = ("flex_attention", "minference_vs", "minference_bs", "minference_ashape")
+DENSE_METHODS = ("sdpa_flash", "sdpa_cudnn", "minf_python")
+INDEX_METHODS = ("flex_attention", "minference_vs", "minference_bs", "minference_ashape", "minf_python")
 MINFERENCE_MODULES = ("pit_sparse_flash_attention_v2", "block_sparse_flash_attention", "streaming_kernel")
 
 
@@ -59,7 +62,18 @@ def qkv(seq, heads, head_dim):
     return [torch.randn(1, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
 
 
-def dense_records(args, seq, heads, kv_heads, methods, reps, note):
+def import_minf():
+    """The minf package, or None (said once) when it is not installed."""
+    try:
+        import minf
+    except ImportError as error:
+        print(f"minf's Python package is not importable ({error}): install its wheel (docs/python.md); "
+              "minf_python skipped", flush=True)
+        return None
+    return minf
+
+
+def dense_records(args, seq, heads, kv_heads, methods, reps, note, minf=None):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backends = {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION}
@@ -67,10 +81,16 @@ def dense_records(args, seq, heads, kv_heads, methods, reps, note):
     flops = 4.0 * seq * seq / 2 * args.head_dim * heads
     records = []
     for method in methods:
+        if method == "minf_python" and minf is None:
+            continue
         torch.cuda.reset_peak_memory_stats()
         try:
-            with sdpa_kernel([backends[method]]):
-                ms = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), reps)
+            if method == "minf_python":
+                ms = time_ms(lambda: minf.attention(q, k, v, layout="bhsd"), reps)
+            else:
+                with sdpa_kernel([backends[method]]):
+                    ms = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                 reps)
         except RuntimeError as error:
             print(f"{method} at {seq}: failed: {error}", flush=True)
             continue
@@ -85,7 +105,7 @@ def dense_records(args, seq, heads, kv_heads, methods, reps, note):
     return records
 
 
-def index_records(args, path, methods, ops, reps):
+def index_records(args, path, methods, ops, reps, minf=None):
     from safetensors import safe_open
 
     with safe_open(path, framework="pt") as f:
@@ -147,6 +167,27 @@ def index_records(args, path, methods, ops, reps):
         tiles = tensors["block128_num"].sum().item() * 4  # 64x64 tiles within minf's 128 blocks (upper bound)
         add("minference_ashape", ms, tiles, 64, heads * rows64 * (rows64 + 1) // 2,
             "; streaming kernel; density an upper bound from minf's 128-blocks")
+    if "minf_python" in methods and minf is not None:
+        causal_tiles = heads * rows64 * (rows64 + 1) // 2
+        if pattern == "vertical_slash":
+            index = {n: tensors[n].cuda() for n in ("block_count", "block_offset", "column_count", "column_index")}
+            torch.cuda.reset_peak_memory_stats()
+            ms = time_ms(lambda: minf.attention(q, k, v, "vertical_slash", layout="bhsd", **index), reps)
+            tiles = index["block_count"].sum().item() + ((index["column_count"] + 63) // 64).sum().item()
+            add("minf_python", ms, tiles, 64, causal_tiles, "; minf.attention on the saved index (no estimation)")
+        elif pattern == "block_sparse":
+            index = {n: tensors[n].cuda() for n in ("kv_num_blocks", "kv_indices")}
+            torch.cuda.reset_peak_memory_stats()
+            ms = time_ms(lambda: minf.attention(q, k, v, "block_sparse", layout="bhsd", **index), reps)
+            add("minf_python", ms, index["kv_num_blocks"].sum().item(), 64, causal_tiles,
+                "; minf.attention on the saved lists (no estimation)")
+        elif pattern == "a_shape":
+            n_init, n_local = (int(x) for x in params.split(","))
+            torch.cuda.reset_peak_memory_stats()
+            ms = time_ms(lambda: minf.attention(q, k, v, "a_shape", layout="bhsd", n_init=n_init, n_local=n_local),
+                         reps)
+            add("minf_python", ms, tensors["block128_num"].sum().item() * 4, 64, causal_tiles,
+                "; minf.attention; density an upper bound from minf's 128-blocks")
     del q, k, v
     return records
 
@@ -162,16 +203,17 @@ def main():
     parser.add_argument("--long-from", type=int, default=524288)
     parser.add_argument("--long-heads", type=int, default=4)
     parser.add_argument("--dense-long-heads", type=int, default=1)
-    parser.add_argument("--methods", default=",".join(DENSE_METHODS + INDEX_METHODS))
+    parser.add_argument("--methods", default=",".join(dict.fromkeys(DENSE_METHODS + INDEX_METHODS)))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--long-reps", type=int, default=5)
     parser.add_argument("--site", default="/tmp/site", help="where MInference 0.1.6 is installed (pip install --target)")
     parser.add_argument("--append", action="store_true", help="keep the records already in --json")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in DENSE_METHODS + INDEX_METHODS]
+    allowed = list(dict.fromkeys(DENSE_METHODS + INDEX_METHODS))
+    unknown = [m for m in methods if m not in allowed]
     if unknown:
-        sys.exit(f"unknown method(s) {unknown}: allowed {', '.join(DENSE_METHODS + INDEX_METHODS)}")
+        sys.exit(f"unknown method(s) {unknown}: allowed {', '.join(allowed)}")
     seqs = [int(s) for s in args.seqs.split(",")]
     records = []
     if args.append and os.path.exists(args.json):
@@ -182,13 +224,14 @@ def main():
             json.dump(records, f, indent=1)
         os.replace(args.json + ".partial", args.json)
 
+    minf = import_minf() if "minf_python" in methods else None
     dense = [m for m in methods if m in DENSE_METHODS]
     for seq in seqs:
         long = seq >= args.long_from
         heads = args.dense_long_heads if long else args.heads
         kv_heads = max(1, heads * args.kv_heads // args.heads)
         note = f"timed on {heads} of {args.heads} heads; compare per_head_ms" if long else ""
-        records += dense_records(args, seq, heads, kv_heads, dense, args.long_reps if long else args.reps, note)
+        records += dense_records(args, seq, heads, kv_heads, dense, args.long_reps if long else args.reps, note, minf)
         save()
 
     wanted = [m for m in methods if m in INDEX_METHODS]
@@ -214,7 +257,7 @@ def main():
                 continue
             reps = args.long_reps if seq >= args.long_from else args.reps
             try:
-                records += index_records(args, path, wanted, ops, reps)
+                records += index_records(args, path, wanted, ops, reps, minf)
             except (RuntimeError, ValueError) as error:
                 print(f"{os.path.basename(path)}: failed: {error}", flush=True)
             torch.cuda.empty_cache()

@@ -5,8 +5,9 @@
 # bundle of scripts/gpu-bundle.sh (docs/benchmark.md):
 #   1. `minf bench` over its default cases (or $SEQS, $PATTERNS): OUT_DIR/minf.json, OUT_DIR/minf.svg,
 #      and each sparse case's index in $INDICES;
-#   2. bench/peers.py at $PEER_SEQS: PyTorch SDPA (FLASH_ATTENTION, CUDNN_ATTENTION), FlexAttention
-#      and MInference's kernels on minf's own indices: OUT_DIR/peers.json;
+#   2. bench/peers.py at $PEER_SEQS: PyTorch SDPA (FLASH_ATTENTION, CUDNN_ATTENTION), FlexAttention,
+#      MInference's kernels and minf through its Python package (the bundle's wheel, installed
+#      first) on minf's own indices: OUT_DIR/peers.json;
 #   3. `minf bench compare`: OUT_DIR/compare.md (ratios, targets, every record), OUT_DIR/latency.svg;
 #      OUT_DIR/card.txt names the card and driver; logs go to OUT_DIR/logs/ (git-ignored).
 # MInference 0.1.6 is imported from $MINFERENCE_SITE (default /tmp/site). If it is not there and
@@ -59,6 +60,9 @@ if [ -n "$install_pid" ]; then
   wait "$install_pid" || echo "gpu-bench: the MInference build failed (see $out/logs/minference-install.log)"
 fi
 [ -n "${TIME_LIMIT:-}" ] && peer_limit=(timeout $((TIME_LIMIT - SECONDS - 20)))
+wheel=$(ls -t .gpu/wheels/minf-*.whl 2>/dev/null | head -1)
+[ -n "$wheel" ] && python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+  --force-reinstall "$wheel"
 peer_seqs=${PEER_SEQS:-131072,1048576}
 echo "== bench/peers.py at $peer_seqs (log $out/logs/peers.log)"
 ${peer_limit[@]+"${peer_limit[@]}"} python3 bench/peers.py --indices "$indices" --json "$out/peers.json" \

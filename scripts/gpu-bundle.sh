@@ -8,6 +8,7 @@
 # Copy the repository with DIR to the GPU machine and run, from the repository root:
 #
 #   scripts/gpu-suite.sh [FILTER...]      the GPU tests (docs/testing.md)
+#   scripts/gpu-suite.sh --python         the Python package's GPU tests (docs/python.md)
 #   scripts/gpu-sanitize.sh [FILTER...]   the same under compute-sanitizer
 #   scripts/gpu-bench.sh                  minf bench, the peers and the comparison (docs/benchmark.md)
 #   DIR/prefill_demo                      the README's first command
@@ -31,3 +32,15 @@ for example in "${examples[@]}"; do cp "target/release/examples/$example" "$out/
 cp target/release/minf "$out/"
 strip "$out"/* 2>/dev/null || true
 ls -la "$out"
+mkdir -p "$out/../wheels"
+wheels=$(cd "$out/../wheels" && pwd)
+if command -v maturin > /dev/null; then
+  rm -f "$wheels"/minf-*.whl
+  (cd minf-python && maturin build --release --quiet --out "$wheels")
+  # pytest for machines without it and without network (pure-Python wheels).
+  python3 -m pip download --quiet --disable-pip-version-check --only-binary :all: --dest "$wheels" pytest ||
+    echo "gpu-bundle: could not download pytest into $wheels" >&2
+  ls -la "$wheels"
+else
+  echo "gpu-bundle: maturin not found (pip install maturin): no wheel for scripts/gpu-suite.sh --python" >&2
+fi

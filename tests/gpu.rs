@@ -27,6 +27,8 @@ mod chunked;
 mod convert;
 #[path = "gpu/estimate.rs"]
 mod estimate;
+#[path = "gpu/foreign.rs"]
+mod foreign;
 #[path = "gpu/patterns.rs"]
 mod patterns;
 #[path = "gpu/prefill.rs"]

@@ -1,7 +1,8 @@
-//! The native part of minf's Python package (`minf._minf`): `doctor`, `warm` and the
-//! `MinfError` exception. The Python side (`python/minf/__init__.py`) re-exports them; the logic
-//! is the runtime's ([`minf_runtime::doctor`], [`minf_runtime::warm`]), shared with the `minf`
-//! command line.
+//! The native part of minf's Python package (`minf._minf`): `doctor`, `warm`, the `MinfError`
+//! exception and the tensor entry points (module `tensors`: `attention_into` and `Prefill`). The
+//! Python side (`python/minf/`) wraps them; the logic is the runtime's
+//! ([`minf_runtime::doctor`], [`minf_runtime::warm`], [`minf_runtime::foreign`]), shared with the
+//! `minf` command line and the Rust API.
 
 use minf_runtime::codegen::spec::HEAD_DIMS;
 use minf_runtime::codegen::{Arch, DType, KernelSpec, Pattern};
@@ -21,6 +22,8 @@ pyo3::create_exception!(
     PyRuntimeError,
     "An error from minf's runtime (NVRTC, the kernel cache, the GPU); the message is the runtime's."
 );
+
+mod tensors;
 
 fn minf_error(error: impl std::fmt::Display) -> PyErr {
     MinfError::new_err(error.to_string())
@@ -245,5 +248,7 @@ fn _minf(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(doctor, m)?)?;
     m.add_function(wrap_pyfunction!(warm, m)?)?;
+    m.add_function(wrap_pyfunction!(tensors::attention_into, m)?)?;
+    m.add_class::<tensors::PrefillHandle>()?;
     Ok(())
 }

@@ -44,9 +44,10 @@ pub struct Device {
     stream: Arc<CudaStream>,
     arch: Arch,
     name: String,
-    cache: KernelCache,
-    modules: Mutex<HashMap<AnyKernel, LoadedModule>>,
-    functions: Mutex<HashMap<(AnyKernel, String), LoadedKernel>>,
+    // Shared with the views of [`Device::with_stream`].
+    cache: Arc<KernelCache>,
+    modules: Arc<Mutex<HashMap<AnyKernel, LoadedModule>>>,
+    functions: Arc<Mutex<HashMap<(AnyKernel, String), LoadedKernel>>>,
 }
 
 /// Whether the CUDA driver library can be loaded in this process.
@@ -129,9 +130,31 @@ impl Device {
             stream,
             arch,
             name,
-            cache,
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
+            cache: Arc::new(cache),
+            modules: Arc::default(),
+            functions: Arc::default(),
+        })
+    }
+
+    /// This device launching on `stream` (a stream of the same context, e.g. one borrowed from
+    /// another library with [`crate::foreign`]): the kernel cache and every loaded kernel are
+    /// shared with `self`.
+    pub fn with_stream(&self, stream: Arc<CudaStream>) -> Result<Device, MinfError> {
+        if stream.context().cu_ctx() != self.ctx.cu_ctx() {
+            return Err(MinfError::Shape(format!(
+                "the stream belongs to another CUDA context than device {} ({})",
+                self.ctx.ordinal(),
+                self.name
+            )));
+        }
+        Ok(Device {
+            ctx: self.ctx.clone(),
+            stream,
+            arch: self.arch,
+            name: self.name.clone(),
+            cache: self.cache.clone(),
+            modules: self.modules.clone(),
+            functions: self.functions.clone(),
         })
     }
 

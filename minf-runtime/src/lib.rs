@@ -11,7 +11,8 @@
 //! combines partial attention results over disjoint key sets by their log-sum-exp. Kernels
 //! declared with `#[minf::sparse_attention]` implement [`SparseAttentionKernel`] and are listed in
 //! the [`registry`]. [`mod@warm`] compiles kernel sets into the disk cache ahead of time and
-//! [`doctor`] reports what minf finds on the machine; [`search`] finds per-head configs offline.
+//! [`doctor`] reports what minf finds on the machine; [`search`] finds per-head configs offline;
+//! [`foreign`] views memory and streams of another library (PyTorch) without copies.
 
 pub mod attention;
 pub mod block_sparse;
@@ -20,6 +21,7 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod estimate;
+pub mod foreign;
 pub mod jit;
 pub mod merge;
 pub mod prefill;

@@ -2,16 +2,19 @@
 
 This package needs neither torch nor a GPU to import: ``doctor()`` reports what minf finds on the
 machine and ``warm()`` compiles kernels into the disk cache (``MINF_CACHE_DIR``) for any target.
+With PyTorch, ``attention()`` and ``Prefill`` run minf's kernels on CUDA tensors without copies,
+and ``minf.hf.patch(model)`` makes a transformers model prefill with them.
 """
 
 from typing import Optional, Sequence, Union
 
 from . import _minf
+from ._api import PATTERN_ARGS, Prefill, attention
 from ._minf import MinfError
 
 __version__: str = _minf.__version__
 
-__all__ = ["MinfError", "DoctorReport", "doctor", "warm", "__version__"]
+__all__ = ["MinfError", "DoctorReport", "PATTERN_ARGS", "Prefill", "attention", "doctor", "warm", "__version__"]
 
 
 class DoctorReport(dict):

@@ -1,0 +1,237 @@
+"""Hugging Face transformers: minf's sparse prefill in a model, with one call.
+
+:func:`patch` registers minf as an attention function in transformers' own registry
+(``AttentionInterface``, under the name ``"minf"``, with SDPA's mask function) and switches the
+model to it. Long prompts then run minf's per-head sparse attention (a :class:`minf.Prefill`,
+layer ``module.layer_idx``); decoding (one query), short prompts, padded batches and anything
+else minf does not take run PyTorch SDPA exactly as the unpatched model would.
+``model.generate(...)`` works unchanged. Llama, Mistral and Qwen2 families (any model whose
+attention calls transformers' attention interface with ``layer_idx`` set).
+
+:func:`dump_qkv` writes the post-rotary queries, keys and values of chosen layers as safetensors
+files that ``minf bench --inputs`` and the Rust ``load_safetensors`` read.
+"""
+
+import math
+import os
+from typing import Any, Dict, Iterable, List, Optional, Union
+
+from ._api import Prefill
+
+#: The name minf's attention function is registered under.
+ATTENTION_NAME = "minf"
+#: The attention function of :func:`dump_qkv` (SDPA that also saves its inputs).
+DUMP_NAME = "minf_dump_qkv"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _text_config(model: Any) -> Any:
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def model_shape(model: Any) -> Dict[str, int]:
+    """The attention shape of a transformers model: ``layers``, ``heads``, ``kv_heads``, ``head_dim``."""
+    config = _text_config(model)
+    heads = int(config.num_attention_heads)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {
+        "layers": int(config.num_hidden_layers),
+        "heads": heads,
+        "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+        "head_dim": int(head_dim),
+    }
+
+
+def _sdpa() -> Any:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward
+
+
+def _attention_modules(model: Any) -> List[Any]:
+    return [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "o_proj")]
+
+
+class _Patch:
+    """What a patched attention module carries: the Prefill and when to use it."""
+
+    def __init__(self, prefill: Prefill, previous: str):
+        self.prefill = prefill
+        self.previous = previous
+
+    def takes(self, module: Any, query: Any, key: Any, attention_mask: Any, dropout: float, scaling: Any,
+              is_causal: Any, kwargs: Dict[str, Any]) -> bool:
+        """Whether minf runs this call: a causal prefill of one unpadded sequence set, long enough,
+        on CUDA in bf16/f16, with the default softmax scale and no sliding window."""
+        q_len, kv_len = query.shape[2], key.shape[2]
+        head_dim = query.shape[3]
+        return (
+            attention_mask is None
+            and q_len == kv_len
+            and q_len > 1
+            and q_len >= self.prefill.dense_below
+            and query.is_cuda
+            and str(query.dtype) in ("torch.bfloat16", "torch.float16")
+            and not (dropout and module.training)
+            and (scaling is None or math.isclose(float(scaling), head_dim ** -0.5, rel_tol=1e-6))
+            and is_causal is not False
+            and getattr(module, "is_causal", True)
+            and kwargs.get("sliding_window") is None
+            and 0 <= module.layer_idx < self.prefill.shape[0]
+        )
+
+
+def _minf_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                    scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs: Any) -> Any:
+    """transformers attention function: minf's Prefill for long causal prefills, SDPA otherwise.
+    ``query`` is ``[batch, heads, seq, head_dim]``, ``key``/``value`` ``[batch, kv_heads, seq,
+    head_dim]`` (post-rotary); returns ``([batch, seq, heads, head_dim], None)`` like SDPA's."""
+    patch = getattr(module, "_minf_patch", None)
+    if patch is not None and patch.takes(module, query, key, attention_mask, dropout, scaling, is_causal, kwargs):
+        import torch
+
+        batch, heads, seq, head_dim = query.shape
+        out = torch.empty((batch, seq, heads, head_dim), dtype=query.dtype, device=query.device)
+        patch.prefill.prefill(module.layer_idx, query, key, value, layout="bhsd", out=out.transpose(1, 2))
+        return out, None
+    return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                   is_causal=is_causal, **kwargs)
+
+
+def _register(name: str, function: Any) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+    AttentionInterface.register(name, function)
+    # SDPA's masks: None for an unpadded causal prefill (the case minf takes), a mask otherwise.
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+
+
+def _set_implementation(model: Any, name: str) -> None:
+    """Switches the model to the registered attention function ``name`` (``set_attn_implementation``,
+    or the config field the attention modules read where the model has no such method). A model
+    whose attention does not go through transformers' attention interface cannot switch: that
+    raises ValueError rather than leaving the model silently unpatched."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:
+        model.config._attn_implementation = name
+    if getattr(model.config, "_attn_implementation", None) != name:
+        raise ValueError(
+            f"{type(model).__name__} did not switch to the attention function {name!r}: its attention does not "
+            "go through transformers' AttentionInterface, so minf cannot patch it"
+        )
+
+
+def patch(
+    model: Any,
+    config: Optional[PathLike] = None,
+    *,
+    starting_layer: int = 0,
+    dense_below: Optional[int] = None,
+    block_sparse_top_k: Optional[int] = None,
+) -> Prefill:
+    """Makes ``model`` (a transformers causal LM) prefill with minf's per-head sparse attention.
+
+    ``config`` is a MInference JSON config for the model (a path), or None for MInference's
+    default (every head vertical-slash, 1000 columns and 6096 diagonals); it must have the
+    model's number of layers. ``starting_layer``, ``dense_below`` (default 32768: shorter prompts
+    run SDPA) and ``block_sparse_top_k`` as in :class:`minf.Prefill`. Returns the
+    :class:`minf.Prefill` the model now uses; :func:`unpatch` undoes the patch.
+    """
+    shape = model_shape(model)
+    prefill = Prefill(
+        config,
+        layers=shape["layers"],
+        heads=shape["heads"],
+        kv_heads=shape["kv_heads"],
+        head_dim=shape["head_dim"],
+        starting_layer=starting_layer,
+        dense_below=dense_below,
+        block_sparse_top_k=block_sparse_top_k,
+    )
+    modules = _attention_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx: minf cannot patch it")
+    previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if previous == ATTENTION_NAME:
+        earlier = getattr(modules[0], "_minf_patch", None)
+        previous = earlier.previous if earlier is not None else "sdpa"
+    _register(ATTENTION_NAME, _minf_attention)
+    _set_implementation(model, ATTENTION_NAME)
+    state = _Patch(prefill, previous)
+    for module in modules:
+        module._minf_patch = state
+    return prefill
+
+
+def unpatch(model: Any) -> None:
+    """Undoes :func:`patch`: the model's previous attention implementation comes back."""
+    previous = "sdpa"
+    for module in _attention_modules(model):
+        state = module.__dict__.pop("_minf_patch", None)
+        if state is not None:
+            previous = state.previous
+    _set_implementation(model, previous)
+
+
+def _dump_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    """SDPA that first hands its inputs to the module's dump writer, if it has one."""
+    writer = getattr(module, "_minf_dump", None)
+    if writer is not None:
+        writer(module.layer_idx, query, key, value)
+    return _sdpa()(module, query, key, value, attention_mask, **kwargs)
+
+
+def dump_qkv(model: Any, input_ids: Any, path: PathLike, layers: Optional[Iterable[int]] = None) -> List[str]:
+    """Runs ``model`` on ``input_ids`` (one sequence) and writes each chosen layer's post-rotary
+    ``q`` ``[1, seq, heads, head_dim]``, ``k`` and ``v`` ``[1, seq, kv_heads, head_dim]`` (the
+    model's dtype, metadata ``layout = "bshd"``) to ``path/layer_<L>.safetensors``; a single layer
+    may name the file itself (``path`` ending in ``.safetensors``). ``layers`` defaults to all.
+    Returns the files written. ``minf bench --inputs FILE`` and ``minf_runtime::load_safetensors``
+    read them. Attention runs SDPA while dumping; the model's implementation is restored after.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"input_ids has shape {list(input_ids.shape)}: dump_qkv takes one sequence, [1, seq]")
+    count = model_shape(model)["layers"]
+    chosen = sorted(set(range(count) if layers is None else (int(layer) for layer in layers)))
+    bad = [layer for layer in chosen if not 0 <= layer < count]
+    if bad or not chosen:
+        raise ValueError(f"layers {bad or chosen}: the model has layers 0 to {count - 1}")
+    path = os.fspath(path)
+    single = path.endswith(".safetensors")
+    if single and len(chosen) != 1:
+        raise ValueError(f"{path} names one file but {len(chosen)} layers are chosen: pass a directory")
+    if not single:
+        os.makedirs(path, exist_ok=True)
+    written: List[str] = []
+
+    def write(layer: int, query: Any, key: Any, value: Any) -> None:
+        if layer not in chosen:
+            return
+        file = path if single else os.path.join(path, f"layer_{layer}.safetensors")
+        tensors = {name: t.transpose(1, 2).contiguous().cpu() for name, t in (("q", query), ("k", key), ("v", value))}
+        save_file(tensors, file, metadata={"layout": "bshd", "layer": str(layer), "model": type(model).__name__})
+        written.append(file)
+
+    modules = _attention_modules(model)
+    previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    _register(DUMP_NAME, _dump_attention)
+    for module in modules:
+        module._minf_dump = write
+    try:
+        _set_implementation(model, DUMP_NAME)
+        # The decoder alone: the LM head's logits (seq x vocab) are not needed.
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        with torch.no_grad():
+            decoder(input_ids=input_ids, use_cache=False)
+    finally:
+        for module in modules:
+            module.__dict__.pop("_minf_dump", None)
+        _set_implementation(model, previous)
+    return written
