@@ -25,14 +25,17 @@ def time_ms(fn, iters=20, warmup=5):
     return times[len(times) // 2]
 
 
-def import_minference(site="/tmp/site", modules=("pit_sparse_flash_attention_v2",)):
-    """MInference 0.1.6's `minference.ops.<name>` modules from its install under `site`, with the
-    packages it would otherwise switch to (sgl_kernel, vLLM) blocked, so its Triton kernels run."""
+def import_minference(site="/tmp/site", modules=("pit_sparse_flash_attention_v2",), package="ops"):
+    """MInference 0.1.6's `minference.<package>.<name>` modules (`package` "ops" or "modules") from
+    its install under `site`, with the packages it would otherwise switch to (sgl_kernel, vLLM)
+    blocked, so its Triton kernels run."""
     for blocked in ("sgl_kernel", "vllm_flash_attn", "vllm"):
         sys.modules[blocked] = None
-    sys.path.insert(0, site)
-    for name, path in (("minference", "minference"), ("minference.ops", "minference/ops")):
-        module = types.ModuleType(name)
-        module.__path__ = [os.path.join(site, path)]
-        sys.modules[name] = module
-    return {name: importlib.import_module(f"minference.ops.{name}") for name in modules}
+    if site not in sys.path:
+        sys.path.insert(0, site)
+    for name in ("minference", "minference.ops", "minference.modules"):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [os.path.join(site, *name.split("."))]
+            sys.modules[name] = module
+    return {name: importlib.import_module(f"minference.{package}.{name}") for name in modules}

@@ -8,7 +8,11 @@
   only, its estimation excluded) on minf's own vertical-slash index and block-sparse lists, and its
   streaming (A-shape) kernel with the same n_init / n_local;
 - minf_python: minf itself through its Python package (`minf.attention` on the same torch tensors,
-  in this process): dense, and each saved index (vertical-slash, block-sparse) or A-shape window.
+  in this process): dense, and each saved index (vertical-slash, block-sparse) or A-shape window;
+- minference_layer: MInference's own layer (`minference_prefill_forward`: per head, its online
+  estimation and its kernels, as its HF patch runs a prefill) on the Q/K/V of --layer-inputs under
+  layer --layer of --config; compare with `minf bench --inputs FILE --patterns config:CONFIG:LAYER`
+  on the same file (the record's pattern and params match minf's config case).
 
 Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
 values). K and V are expanded to the query heads (repeat_interleave) for every method, since
@@ -39,6 +43,7 @@ import torch
 from common import import_minference, time_ms  # same folder
 
 DENSE_METHODS = ("sdpa_flash", "sdpa_cudnn", "minf_python")
+LAYER_METHODS = ("minference_layer",)
 INDEX_METHODS = ("flex_attention", "minference_vs", "minference_bs", "minference_ashape", "minf_python")
 MINFERENCE_MODULES = ("pit_sparse_flash_attention_v2", "block_sparse_flash_attention", "streaming_kernel")
 
@@ -60,6 +65,53 @@ def base_record(method, pattern, params, seq, heads, kv_heads, head_dim, total_m
 
 def qkv(seq, heads, head_dim):
     return [torch.randn(1, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+
+
+def read_layer_inputs(path):
+    """q, k, v of a Q/K/V safetensors file (the format `minf bench --inputs` reads: tensors q, k, v,
+    metadata `layout` "bshd" (default) or "bhsd") as bf16 CUDA `[1, heads, seq, head_dim]`."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        layout = (f.metadata() or {}).get("layout", "bshd")
+        if layout not in ("bshd", "bhsd"):
+            raise ValueError(f"{path}: layout {layout!r}; allowed bshd, bhsd")
+        tensors = [f.get_tensor(name) for name in ("q", "k", "v")]
+    tensors = [t.to(device="cuda", dtype=torch.bfloat16) for t in tensors]
+    if layout == "bshd":
+        tensors = [t.transpose(1, 2).contiguous() for t in tensors]
+    return tensors
+
+
+def layer_records(args, path):
+    """minference_layer on one Q/K/V file: MInference's `minference_prefill_forward` for layer
+    --layer of --config, K/V expanded to the query heads as its attention forward does."""
+    forward = import_minference(args.site, ("minference_forward",), package="modules")["minference_forward"]
+    with open(args.config) as f:
+        config = json.load(f)
+    if not 0 <= args.layer < len(config):
+        raise ValueError(f"--layer {args.layer} is outside the config's {len(config)} layers")
+    q, k, v = read_layer_inputs(path)
+    heads, kv_heads, seq, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+    if heads % kv_heads:
+        raise ValueError(f"{path}: {heads} query heads is not a multiple of {kv_heads} key/value heads")
+    k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
+    reps = args.long_reps if seq >= args.long_from else args.reps
+    kwargs = {
+        "attn_forward_config": {"best_pattern": config, "starting_layer": 0},
+        "layer_idx": args.layer,
+        "num_hidden_layers": len(config),
+    }
+    torch.cuda.reset_peak_memory_stats()
+    ms = time_ms(lambda: forward.minference_prefill_forward(q, k, v, kwargs), reps, warmup=2)
+    params = f"{os.path.basename(args.config)}:{args.layer}"
+    record = base_record("minference_layer", "config", params, seq, heads, kv_heads, d, ms, reps)
+    record["note"] = (f"MInference 0.1.6 minference_prefill_forward (its per-head estimation and kernels) on "
+                      f"{os.path.basename(path)}; K/V expanded to the query heads")
+    print(f"minference_layer  config:{params} {seq:8d} x {heads:2d} heads: {ms:9.3f} ms "
+          f"({ms / heads:.3f} per head)", flush=True)
+    del q, k, v
+    return [record]
 
 
 def import_minf():
@@ -203,14 +255,17 @@ def main():
     parser.add_argument("--long-from", type=int, default=524288)
     parser.add_argument("--long-heads", type=int, default=4)
     parser.add_argument("--dense-long-heads", type=int, default=1)
-    parser.add_argument("--methods", default=",".join(dict.fromkeys(DENSE_METHODS + INDEX_METHODS)))
+    parser.add_argument("--methods", default=",".join(dict.fromkeys(DENSE_METHODS + INDEX_METHODS + LAYER_METHODS)))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--long-reps", type=int, default=5)
     parser.add_argument("--site", default="/tmp/site", help="where MInference 0.1.6 is installed (pip install --target)")
     parser.add_argument("--append", action="store_true", help="keep the records already in --json")
+    parser.add_argument("--layer-inputs", help="Q/K/V safetensors files, comma-separated, for minference_layer")
+    parser.add_argument("--config", help="MInference JSON config, for minference_layer")
+    parser.add_argument("--layer", type=int, default=16, help="config layer, for minference_layer")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    allowed = list(dict.fromkeys(DENSE_METHODS + INDEX_METHODS))
+    allowed = list(dict.fromkeys(DENSE_METHODS + INDEX_METHODS + LAYER_METHODS))
     unknown = [m for m in methods if m not in allowed]
     if unknown:
         sys.exit(f"unknown method(s) {unknown}: allowed {', '.join(allowed)}")
@@ -262,6 +317,16 @@ def main():
                 print(f"{os.path.basename(path)}: failed: {error}", flush=True)
             torch.cuda.empty_cache()
             save()
+    if "minference_layer" in methods and args.layer_inputs and args.config:
+        for path in args.layer_inputs.split(","):
+            try:
+                records += layer_records(args, path)
+            except Exception as error:  # MInference's module not importable here, or the run failed
+                print(f"minference_layer on {os.path.basename(path)}: skipped: {error}", flush=True)
+            torch.cuda.empty_cache()
+            save()
+    elif "minference_layer" in methods and (args.layer_inputs or args.config):
+        print("minference_layer needs both --layer-inputs and --config; skipped", flush=True)
     save()
     print(f"wrote {len(records)} records to {args.json}")
 

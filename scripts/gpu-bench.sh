@@ -8,7 +8,8 @@
 #   2. bench/peers.py at $PEER_SEQS: PyTorch SDPA (FLASH_ATTENTION, CUDNN_ATTENTION), FlexAttention,
 #      MInference's kernels and minf through its Python package (the bundle's wheel, installed
 #      first) on minf's own indices: OUT_DIR/peers.json;
-#   3. `minf bench compare`: OUT_DIR/compare.md (ratios, targets, every record), OUT_DIR/latency.svg;
+#   3. `minf bench compare`: OUT_DIR/compare.md (ratios, targets, every record), OUT_DIR/targets.json
+#      (the targets checked: name, value, bound, met), OUT_DIR/latency.svg;
 #      OUT_DIR/card.txt names the card and driver; logs go to OUT_DIR/logs/ (git-ignored).
 # MInference 0.1.6 is imported from $MINFERENCE_SITE (default /tmp/site). If it is not there and
 # $MINFERENCE_SRC names its source (a source distribution or checkout; default
@@ -69,7 +70,8 @@ ${peer_limit[@]+"${peer_limit[@]}"} python3 bench/peers.py --indices "$indices" 
   --seqs "$peer_seqs" --site "$site" ${append[@]+"${append[@]}"} > "$out/logs/peers.log" 2>&1
 echo "peers: exit $? at ${SECONDS} s"; grep -E "skipped|failed|wrote" "$out/logs/peers.log"
 
-"$bin/minf" bench compare "$out/minf.json" "$out/peers.json" --plot "$out/latency.svg" --markdown "$out/compare.md"
+"$bin/minf" bench compare "$out/minf.json" "$out/peers.json" --plot "$out/latency.svg" --markdown "$out/compare.md" \
+  --targets "$out/targets.json"
 compare_rc=$?
 echo "compare: exit $compare_rc"
 [ "$compare_rc" = 0 ] && sed -n '/^## Targets/,/^## minf/p' "$out/compare.md" | head -10

@@ -58,7 +58,7 @@ pub fn ratios(records: &[Record]) -> Vec<RatioRow> {
 }
 
 /// One of the benchmark's required targets, evaluated on the records.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Target {
     /// What is compared.
     pub name: String,
@@ -71,54 +71,135 @@ pub struct Target {
 }
 
 impl Target {
+    fn at_most(name: impl Into<String>, value: Option<f64>, bound: f64) -> Target {
+        Target { name: name.into(), value, bound, at_most: true }
+    }
+
+    fn at_least(name: impl Into<String>, value: Option<f64>, bound: f64) -> Target {
+        Target { name: name.into(), value, bound, at_most: false }
+    }
+
     /// Whether the target is met (`None` when it was not measured).
     pub fn met(&self) -> Option<bool> {
         self.value.map(|v| if self.at_most { v <= self.bound } else { v >= self.bound })
     }
 }
 
+/// A target as `bench/results/targets.json` lists it: name, value, bound, met.
+#[derive(Debug, serde::Serialize)]
+struct TargetRecord<'a> {
+    name: &'a str,
+    value: Option<f64>,
+    bound: String,
+    met: Option<bool>,
+}
+
+/// The targets as a JSON array of `{name, value, bound, met}` (`bound` like `">= 1.1"`; `value`
+/// and `met` are null when the records lack a side).
+pub fn targets_json(targets: &[Target]) -> Result<String, serde_json::Error> {
+    let rows: Vec<TargetRecord<'_>> = targets
+        .iter()
+        .map(|t| TargetRecord {
+            name: &t.name,
+            value: t.value,
+            bound: format!("{} {}", if t.at_most { "<=" } else { ">=" }, t.bound),
+            met: t.met(),
+        })
+        .collect();
+    serde_json::to_string_pretty(&rows)
+}
+
 fn find<'a>(records: &'a [Record], method: &str, label: &str, seq: usize) -> Option<&'a Record> {
     records.iter().find(|r| r.method == method && r.label() == label && r.seq == seq)
 }
 
-/// The three required targets: minf's vertical-slash (1000, 6096) total at 128K against
-/// MInference's kernel alone (at most 1.0x); minf's dense TFLOP/s against SDPA FlashAttention's
-/// at 128K (at least 0.9x); the config layer at 1M against SDPA cuDNN (at least 30x faster per head).
+/// The record of `method` for the config layer at `seq`.
+fn config_layer<'a>(records: &'a [Record], method: &str, seq: usize) -> Option<&'a Record> {
+    records.iter().find(|r| r.method == method && r.pattern == "config" && r.seq == seq)
+}
+
+/// minf's record of `pattern` (`"dense"` or `"config"`) at `seq` that also ran in chunks of
+/// `chunk` tokens (`minf bench --chunk`).
+fn chunked<'a>(records: &'a [Record], pattern: &str, seq: usize, chunk: usize) -> Option<&'a Record> {
+    records.iter().find(|r| {
+        r.method == MINF_METHOD && r.pattern == pattern && r.seq == seq && r.chunk_tokens == Some(chunk)
+    })
+}
+
+/// The benchmark's required targets, in three groups.
+///
+/// - Against the peers: minf's vertical-slash (1000, 6096) total at 128K against MInference's
+///   kernel alone (at most 1.0x); minf's dense TFLOP/s against SDPA FlashAttention's at 128K (at
+///   least 0.9x); the config layer at 1M against SDPA cuDNN (at least 30x faster per head).
+/// - Hopper at full speed: dense TFLOP/s at least 1.10x cuDNN's at 128K; each sparse pattern's
+///   TFLOP/s on computed tiles at least 0.9x minf's dense; the vertical-slash conversion (the
+///   (1000, 6096) case, 128K x 32 heads) at most 0.3 ms; block-sparse estimation at most 1.5 ms
+///   at 128K and 6 ms at 1M; the config layer against MInference's own layer (`minference_layer`:
+///   its per-head estimation and kernels) at least 3x at 128K and 2.5x at 1M.
+/// - Chunked prefill: the config layer in 64K chunks at 1M within 1.15x of one shot, dense within
+///   1.05x; in 8K chunks at 128K within 1.3x.
 pub fn targets(records: &[Record]) -> Vec<Target> {
     const K128: usize = 131_072;
     const M1: usize = 1_048_576;
+    let minf = |label: &str, seq: usize| find(records, MINF_METHOD, label, seq);
     let vs = "vertical_slash:1000,6096";
-    let vs_ratio = find(records, MINF_METHOD, vs, K128)
-        .zip(find(records, "minference_vs", vs, K128))
-        .map(|(minf, peer)| minf.per_head_ms / peer.per_head_ms);
-    let dense_ratio = find(records, MINF_METHOD, "dense", K128)
-        .zip(find(records, "sdpa_flash", "dense", K128))
-        .and_then(|(minf, peer)| Some(minf.tflops? / peer.tflops?));
-    let config_speedup = records
-        .iter()
-        .find(|r| r.method == MINF_METHOD && r.pattern == "config" && r.seq == M1)
-        .zip(find(records, "sdpa_cudnn", "dense", M1))
-        .map(|(minf, peer)| peer.per_head_ms / minf.per_head_ms);
-    vec![
-        Target {
-            name: "minf vertical_slash:1000,6096 total / MInference kernel (128K)".into(),
-            value: vs_ratio,
-            bound: 1.0,
-            at_most: true,
-        },
-        Target {
-            name: "minf dense TFLOP/s / SDPA FLASH_ATTENTION TFLOP/s (128K)".into(),
-            value: dense_ratio,
-            bound: 0.9,
-            at_most: false,
-        },
-        Target {
-            name: "SDPA CUDNN_ATTENTION / minf config layer, per head (1M)".into(),
-            value: config_speedup,
-            bound: 30.0,
-            at_most: false,
-        },
-    ]
+    let vs_ratio =
+        minf(vs, K128).zip(find(records, "minference_vs", vs, K128)).map(|(m, p)| m.per_head_ms / p.per_head_ms);
+    let tflops_ratio = |a: Option<&Record>, b: Option<&Record>| a.zip(b).and_then(|(a, b)| Some(a.tflops? / b.tflops?));
+    let dense = minf("dense", K128);
+    let config_speedup = |peer: Option<&Record>, seq: usize| {
+        config_layer(records, MINF_METHOD, seq).zip(peer).map(|(m, p)| p.per_head_ms / m.per_head_ms)
+    };
+    let own_layer = |seq: usize| config_speedup(config_layer(records, "minference_layer", seq), seq);
+    let chunked_ratio = |pattern: &str, seq: usize, chunk: usize| chunked(records, pattern, seq, chunk)?.chunked_ratio;
+    let mut targets = vec![
+        Target::at_most("minf vertical_slash:1000,6096 total / MInference kernel (128K)", vs_ratio, 1.0),
+        Target::at_least(
+            "minf dense TFLOP/s / SDPA FLASH_ATTENTION TFLOP/s (128K)",
+            tflops_ratio(dense, find(records, "sdpa_flash", "dense", K128)),
+            0.9,
+        ),
+        Target::at_least(
+            "SDPA CUDNN_ATTENTION / minf config layer, per head (1M)",
+            config_speedup(find(records, "sdpa_cudnn", "dense", M1), M1),
+            30.0,
+        ),
+        Target::at_least(
+            "minf dense TFLOP/s / SDPA CUDNN_ATTENTION TFLOP/s (128K)",
+            tflops_ratio(dense, find(records, "sdpa_cudnn", "dense", K128)),
+            1.1,
+        ),
+    ];
+    for label in [vs, "vertical_slash:3500,100", "block_sparse:100", "a_shape:128,3968"] {
+        targets.push(Target::at_least(
+            format!("minf {label} TFLOP/s on computed tiles / minf dense TFLOP/s (128K)"),
+            tflops_ratio(minf(label, K128), dense),
+            0.9,
+        ));
+    }
+    targets.extend([
+        Target::at_most(
+            "minf vertical-slash conversion ms, vertical_slash:1000,6096 (128K)",
+            minf(vs, K128).and_then(|r| r.conv_ms),
+            0.3,
+        ),
+        Target::at_most(
+            "minf block-sparse estimation ms, block_sparse:100 (128K)",
+            minf("block_sparse:100", K128).and_then(|r| r.est_ms),
+            1.5,
+        ),
+        Target::at_most(
+            "minf block-sparse estimation ms, block_sparse:100 (1M)",
+            minf("block_sparse:100", M1).and_then(|r| r.est_ms),
+            6.0,
+        ),
+        Target::at_least("MInference's own config layer / minf config layer, per head (128K)", own_layer(K128), 3.0),
+        Target::at_least("MInference's own config layer / minf config layer, per head (1M)", own_layer(M1), 2.5),
+        Target::at_most("minf config layer in 64K chunks / one shot (1M)", chunked_ratio("config", M1, 65_536), 1.15),
+        Target::at_most("minf dense in 64K chunks / one shot (1M)", chunked_ratio("dense", M1, 65_536), 1.05),
+        Target::at_most("minf config layer in 8K chunks / one shot (128K)", chunked_ratio("config", K128, 8_192), 1.3),
+    ]);
+    targets
 }
 
 fn cell(value: Option<f64>, digits: usize) -> String {

@@ -21,7 +21,7 @@ use cases::{
     default_long_heads, default_patterns, parse_chunk_tokens, parse_seqs, resolve_shape, CaseOptions, PatternSpec,
     ShapeArgs, DEFAULT_LONG_FROM,
 };
-use compare::markdown;
+use compare::{markdown, targets, targets_json};
 use indicatif::{ProgressBar, ProgressStyle};
 use minf::codegen::Tile;
 use minf_runtime::codegen::DType;
@@ -61,6 +61,10 @@ struct CompareArgs {
     /// Write the Markdown report here (default: print it).
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Write the targets checked (name, value, bound, met) here as JSON, e.g.
+    /// bench/results/targets.json.
+    #[arg(long)]
+    targets: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -166,6 +170,14 @@ fn compare_files(args: &CompareArgs) -> Result<ExitCode, Box<dyn Error>> {
     if let Some(path) = &args.plot {
         write_latency_svg(&records, path)?;
         outln!("wrote {}", path.display())?;
+    }
+    if let Some(path) = &args.targets {
+        let checked = targets(&records);
+        let json = targets_json(&checked)?;
+        std::fs::write(path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+        let met = checked.iter().filter(|t| t.met() == Some(true)).count();
+        let measured = checked.iter().filter(|t| t.met().is_some()).count();
+        outln!("wrote {} ({met} of {measured} measured targets met, {} targets)", path.display(), checked.len())?;
     }
     Ok(ExitCode::SUCCESS)
 }

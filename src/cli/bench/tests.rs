@@ -189,14 +189,79 @@ fn compare_divides_peer_time_by_minf_time_per_head() {
     let config = &rows.iter().find(|r| r.minf.pattern == "config").unwrap().ratios;
     assert!((config["sdpa_cudnn"] - 58.3).abs() < 1e-9, "per head: {config:?}");
 
-    let [vs_target, dense_target, config_target] = <[_; 3]>::try_from(targets(&records)).unwrap();
+    let checked = targets(&records);
+    let target = |prefix: &str| checked.iter().find(|t| t.name.starts_with(prefix)).unwrap();
+    let vs_target = target("minf vertical_slash:1000,6096 total / MInference kernel");
     assert!((vs_target.value.unwrap() - 0.8).abs() < 1e-12);
     assert_eq!(vs_target.met(), Some(true));
+    let dense_target = target("minf dense TFLOP/s / SDPA FLASH_ATTENTION");
     assert!((dense_target.value.unwrap() - 1.0).abs() < 1e-12, "equal TFLOP/s in the synthetic records");
-    assert_eq!(config_target.met(), Some(true));
+    assert_eq!(target("SDPA CUDNN_ATTENTION / minf config layer").met(), Some(true));
     let report = markdown(&records);
     assert!(report.contains("vs minference_vs") && report.contains("1.25x") && report.contains("58.30x"), "{report}");
-    assert_eq!(targets(&records[..1])[0].met(), None);
+    assert!(targets(&records[..1]).iter().all(|t| t.met().is_none()), "one record measures no target");
+}
+
+/// The Hopper and chunked-prefill targets read the right fields of the right records, and the
+/// JSON lists every target with its bound and whether it is met.
+#[test]
+fn targets_read_tflops_estimation_conversion_and_chunked_ratios() {
+    const K128: usize = 131_072;
+    const M1: usize = 1_048_576;
+    let with = |mut r: Record, f: &dyn Fn(&mut Record)| {
+        f(&mut r);
+        r
+    };
+    let records = vec![
+        with(record("minf", "dense", "", K128, 32, 260.0), &|r| r.tflops = Some(540.0)),
+        with(record("sdpa_cudnn", "dense", "", K128, 32, 250.0), &|r| r.tflops = Some(600.0)),
+        with(record("minf", "vertical_slash", "1000,6096", K128, 32, 50.0), &|r| {
+            r.tflops = Some(500.0);
+            r.conv_ms = Some(0.25);
+        }),
+        with(record("minf", "vertical_slash", "3500,100", K128, 32, 7.0), &|r| r.tflops = Some(130.0)),
+        with(record("minf", "block_sparse", "100", K128, 32, 38.0), &|r| r.est_ms = Some(8.7)),
+        with(record("minf", "block_sparse", "100", M1, 4, 89.0), &|r| r.est_ms = Some(5.5)),
+        with(record("minf", "config", "l.json:16", K128, 32, 32.0), &|r| {
+            r.chunk_tokens = Some(8_192);
+            r.chunked_ratio = Some(1.2);
+        }),
+        record("minference_layer", "config", "l.json:16", K128, 32, 96.0),
+        with(record("minf", "dense", "", M1, 4, 2100.0), &|r| {
+            r.chunk_tokens = Some(65_536);
+            r.chunked_ratio = Some(1.07);
+        }),
+    ];
+    let checked = targets(&records);
+    let value = |prefix: &str| {
+        let t = checked.iter().find(|t| t.name.starts_with(prefix)).unwrap_or_else(|| panic!("no target {prefix}"));
+        (t.value, t.met())
+    };
+    let (ratio, met) = value("minf dense TFLOP/s / SDPA CUDNN_ATTENTION");
+    assert!((ratio.unwrap() - 0.9).abs() < 1e-12 && met == Some(false));
+    let (ratio, met) = value("minf vertical_slash:1000,6096 TFLOP/s");
+    assert!((ratio.unwrap() - 500.0 / 540.0).abs() < 1e-12 && met == Some(true));
+    assert_eq!(value("minf vertical_slash:3500,100 TFLOP/s").1, Some(false));
+    assert_eq!(value("minf block_sparse:100 TFLOP/s"), (Some(300.0 / 540.0), Some(false)));
+    assert_eq!(value("minf a_shape:128,3968 TFLOP/s"), (None, None));
+    assert_eq!(value("minf vertical-slash conversion ms"), (Some(0.25), Some(true)));
+    assert_eq!(value("minf block-sparse estimation ms, block_sparse:100 (128K)"), (Some(8.7), Some(false)));
+    assert_eq!(value("minf block-sparse estimation ms, block_sparse:100 (1M)"), (Some(5.5), Some(true)));
+    assert_eq!(value("MInference's own config layer / minf config layer, per head (128K)"), (Some(3.0), Some(true)));
+    assert_eq!(value("MInference's own config layer / minf config layer, per head (1M)"), (None, None));
+    assert_eq!(value("minf config layer in 8K chunks"), (Some(1.2), Some(true)));
+    assert_eq!(value("minf dense in 64K chunks"), (Some(1.07), Some(false)));
+    assert_eq!(value("minf config layer in 64K chunks"), (None, None));
+
+    let json: serde_json::Value = serde_json::from_str(&super::compare::targets_json(&checked).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), checked.len());
+    let chunk = rows.iter().find(|r| r["name"] == "minf dense in 64K chunks / one shot (1M)").unwrap();
+    assert_eq!(chunk["bound"], "<= 1.05");
+    assert_eq!(chunk["met"], false);
+    assert!((chunk["value"].as_f64().unwrap() - 1.07).abs() < 1e-12);
+    let unmeasured = rows.iter().find(|r| r["name"] == "minf config layer in 64K chunks / one shot (1M)").unwrap();
+    assert!(unmeasured["value"].is_null() && unmeasured["met"].is_null());
 }
 
 /// The bench's tile lists cover every key the realised mask attends to: the 64-key blocks of
