@@ -121,9 +121,9 @@ fn config_layer<'a>(records: &'a [Record], method: &str, seq: usize) -> Option<&
 /// minf's record of `pattern` (`"dense"` or `"config"`) at `seq` that also ran in chunks of
 /// `chunk` tokens (`minf bench --chunk`).
 fn chunked<'a>(records: &'a [Record], pattern: &str, seq: usize, chunk: usize) -> Option<&'a Record> {
-    records.iter().find(|r| {
-        r.method == MINF_METHOD && r.pattern == pattern && r.seq == seq && r.chunk_tokens == Some(chunk)
-    })
+    records
+        .iter()
+        .find(|r| r.method == MINF_METHOD && r.pattern == pattern && r.seq == seq && r.chunk_tokens == Some(chunk))
 }
 
 /// The benchmark's required targets, in three groups.
