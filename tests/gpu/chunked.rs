@@ -524,23 +524,22 @@ fn as_f64<T: AttentionElement>(data: &[T]) -> Vec<f64> {
     data.iter().map(|x| x.to_f32() as f64).collect()
 }
 
+/// The absolute difference of two LSEs (both -inf counts as equal; NaN as infinite).
+fn lse_gap(got: f64, want: f64) -> f64 {
+    if got == want {
+        return 0.0;
+    }
+    let diff = (got - want).abs();
+    if diff.is_nan() {
+        f64::INFINITY
+    } else {
+        diff
+    }
+}
+
 /// The largest absolute LSE difference (both -inf counts as equal; NaN as infinite).
 fn lse_difference(got: &[f32], want: &[f32]) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| {
-            if g == w {
-                0.0
-            } else {
-                let diff = (g as f64 - w as f64).abs();
-                if diff.is_nan() {
-                    f64::INFINITY
-                } else {
-                    diff
-                }
-            }
-        })
-        .fold(0.0, f64::max)
+    got.iter().zip(want).map(|(&g, &w)| lse_gap(g as f64, w as f64)).fold(0.0, f64::max)
 }
 
 #[test]
@@ -589,20 +588,39 @@ fn dense_chunked_equals_one_shot_at_128k() {
     assert!(failures.is_empty(), "chunked dense differs from one-shot for chunks {failures:?}");
 }
 
+/// What a split-KV run gives next to one-shot attention and the f64 reference.
+struct SplitOutcome {
+    /// Merged output against one-shot output (rel L2).
+    vs_one_shot: f64,
+    /// Merged LSE against one-shot LSE (largest absolute difference; two fp32 paths, reported).
+    lse_vs_one_shot: f64,
+    /// Merged output against the f64 reference (rel L2, sampled rows).
+    vs_reference: f64,
+    /// Merged LSE against the f64 reference (largest absolute difference, sampled rows).
+    lse_vs_reference: f64,
+    /// One-shot LSE against the f64 reference (the kernel's own LSE error, reported).
+    one_shot_lse_vs_reference: f64,
+    /// The merge kernel against the f64 merge of the same device parts: output rel L2, LSE.
+    merge: f64,
+    merge_lse: f64,
+}
+
 /// Split-KV: the chunk's queries against `splits - 1` non-causal parts of the prefix and the
-/// causal diagonal part, merged pairwise, equal one-shot attention of the chunk. Returns the
-/// merged result's rel L2 and largest LSE difference against one-shot, then against the f64 merge
-/// of the same device parts (the merge kernel's own error).
-fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: usize, seed: u64) -> [f64; 4] {
-    let (batch, q_len, kv_len, heads, kv_heads, d) = (2, 700, 3001, 8, 2, 128);
+/// causal diagonal part, merged pairwise on the device, against one-shot attention of the chunk,
+/// the f64 reference of the chunk (sampled rows) and the f64 merge of the same device parts (the
+/// merge kernel's own error). Every part has at least `q_len` keys (a part is an attention call,
+/// which takes `q_len <= kv_len`).
+fn merged_splits<T: AttentionElement>(device: &Device, splits: usize, seed: u64) -> SplitOutcome {
+    let (batch, q_len, kv_len, heads, kv_heads, d) = (2, 700, 6001, 8, 2, 128);
     let q_offset = kv_len - q_len;
+    let scale = 1.0 / (d as f64).sqrt();
     let round = |v: Vec<f32>| -> Vec<T> { v.into_iter().map(T::from_f32).collect() };
+    let widen = |data: &[T]| data.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
     let stream = device.stream();
-    let mut merged_out = Vec::new();
-    let mut merged_lse = Vec::new();
-    let mut one_shot_out = Vec::new();
-    let mut one_shot_lse = Vec::new();
-    let (mut merge_error, mut merge_lse_error): (f64, f64) = (0.0, 0.0);
+    let (mut merged_out, mut merged_lse, mut one_shot_out, mut one_shot_lse) = (vec![], vec![], vec![], vec![]);
+    let (mut got_rows, mut want_rows) = (vec![], vec![]);
+    let (mut lse_vs_reference, mut one_shot_lse_vs_reference): (f64, f64) = (0.0, 0.0);
+    let (mut merge, mut merge_lse): (f64, f64) = (0.0, 0.0);
     for b in 0..batch {
         let q = round(random_normal(q_len * heads * d, seed + b as u64));
         let k = round(random_normal(kv_len * kv_heads * d, seed ^ (0x5555 + b as u64)));
@@ -612,6 +630,7 @@ fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: us
         let mut cuts: Vec<usize> = (0..splits - 1).map(|p| p * q_offset / (splits - 1) + p * 7 % 13).collect();
         cuts[0] = 0;
         cuts.push(q_offset);
+        assert!(cuts.windows(2).all(|w| w[1] - w[0] >= q_len), "every part needs q_len keys: cuts {cuts:?}");
         let mut parts = Vec::new();
         for p in 0..splits - 1 {
             let (lo, hi) = (cuts[p], cuts[p + 1]);
@@ -651,18 +670,45 @@ fn merged_splits_equal_one_shot<T: AttentionElement>(device: &Device, splits: us
         }
         let got_lse_rows: Vec<f64> =
             (0..q_len * heads).map(|t| got_lse[(t % heads) * q_len + t / heads] as f64).collect();
-        merge_error = merge_error.max(relative_l2(&as_f64(&got), &exact.out));
+        merge = merge.max(relative_l2(&as_f64(&got), &exact.out));
         for (g, w) in got_lse_rows.iter().zip(&exact.lse) {
-            merge_lse_error = merge_lse_error.max(if g == w { 0.0 } else { (g - w).abs() });
+            merge_lse = merge_lse.max(lse_gap(*g, *w));
         }
+        // Merged and one-shot results against the f64 reference of the chunk (sampled rows).
+        let shape = ChunkShape { batch: 1, q_len, kv_len, heads, kv_heads, head_dim: d };
+        let reference =
+            chunk_attention_rows(shape, &widen(&q), &widen(&k), &widen(&v), scale, &chunk_rows(q_len), |_, _, i, j| {
+                masks::causal(q_offset, i, j)
+            });
+        for (t, &(_, i, h)) in reference.rows.iter().enumerate() {
+            let at = (i * heads + h) * d;
+            got_rows.extend(got[at..at + d].iter().map(|x| x.to_f32() as f64));
+            lse_vs_reference = lse_vs_reference.max(lse_gap(got_lse[h * q_len + i] as f64, reference.lse[t]));
+            one_shot_lse_vs_reference =
+                one_shot_lse_vs_reference.max(lse_gap(want_lse[h * q_len + i] as f64, reference.lse[t]));
+        }
+        want_rows.extend(reference.out);
         merged_out.extend(got);
         merged_lse.extend(got_lse);
         one_shot_out.extend(want);
         one_shot_lse.extend(want_lse);
     }
-    let error = relative_l2(&as_f64(&merged_out), &as_f64(&one_shot_out));
-    [error, lse_difference(&merged_lse, &one_shot_lse), merge_error, merge_lse_error]
+    SplitOutcome {
+        vs_one_shot: relative_l2(&as_f64(&merged_out), &as_f64(&one_shot_out)),
+        lse_vs_one_shot: lse_difference(&merged_lse, &one_shot_lse),
+        vs_reference: relative_l2(&got_rows, &want_rows),
+        lse_vs_reference,
+        one_shot_lse_vs_reference,
+        merge,
+        merge_lse,
+    }
 }
+
+/// The LSE bound of split-KV merges against the f64 reference (issue 15: LSE to 1e-5). Sound
+/// for these shapes: an fp32 emulation of the kernels' online softmax (ex2/lg2.approx, per-thread
+/// partial sums) and of the merge puts both the one-shot and the merged LSE within 2e-6 of f64;
+/// LSEs are about 9 here, where an f32 ulp is 9.5e-7.
+const MERGE_LSE_TOLERANCE: f64 = 1e-5;
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -672,23 +718,35 @@ fn lse_merge_of_splits_equals_one_shot() {
     let mut failures = Vec::new();
     for splits in [2, 8] {
         for dtype in [DType::Bf16, DType::F16] {
-            let [error, lse_error, merge_error, merge_lse_error] = match dtype {
-                DType::Bf16 => merged_splits_equal_one_shot::<bf16>(&device, splits, seed),
-                DType::F16 => merged_splits_equal_one_shot::<f16>(&device, splits, seed),
+            let outcome = match dtype {
+                DType::Bf16 => merged_splits::<bf16>(&device, splits, seed),
+                DType::F16 => merged_splits::<f16>(&device, splits, seed),
             };
-            // The merge itself is exact up to fp32 and one rounding of the output.
-            let ok = error <= TOLERANCE && lse_error <= 1e-5 && merge_error <= TOLERANCE && merge_lse_error <= 1e-5;
+            // Merged = one-shot within the output tolerance, = the f64 reference (LSE to 1e-5), and
+            // the merge itself is exact up to fp32 and one rounding of the output per merge.
+            let ok = outcome.vs_one_shot <= TOLERANCE
+                && outcome.vs_reference <= TOLERANCE
+                && outcome.lse_vs_reference <= MERGE_LSE_TOLERANCE
+                && outcome.merge <= TOLERANCE
+                && outcome.merge_lse <= MERGE_LSE_TOLERANCE;
             println!(
-                "{} {splits} splits {dtype}: rel_l2 vs one-shot {error:.2e}, lse max abs {lse_error:.1e}, \
-                 vs f64 merge of the parts {merge_error:.1e} (lse {merge_lse_error:.1e})",
-                if ok { "ok  " } else { "FAIL" }
+                "{} {splits} splits {dtype}: rel_l2 vs one-shot {:.2e} (lse {:.1e}), vs f64 reference {:.2e} (lse \
+                 {:.1e}; one-shot lse {:.1e}), vs f64 merge of the parts {:.1e} (lse {:.1e})",
+                if ok { "ok  " } else { "FAIL" },
+                outcome.vs_one_shot,
+                outcome.lse_vs_one_shot,
+                outcome.vs_reference,
+                outcome.lse_vs_reference,
+                outcome.one_shot_lse_vs_reference,
+                outcome.merge,
+                outcome.merge_lse,
             );
             if !ok {
                 failures.push(format!("{splits} splits {dtype}"));
             }
         }
     }
-    assert!(failures.is_empty(), "merged splits differ from one-shot: {failures:?}");
+    assert!(failures.is_empty(), "merged splits differ from one-shot or the reference: {failures:?}");
 }
 
 #[test]
