@@ -20,7 +20,6 @@
 
 use crate::attention::AShape;
 use crate::vertical_slash::BLOCK;
-use std::collections::BTreeSet;
 use std::ops::Range;
 
 /// Query rows of a sampled block: two index rows.
@@ -87,14 +86,41 @@ pub fn narrow_units(row: IndexRow<'_>) -> u64 {
 /// the first only and by the second only pair up into tiles separately (an odd one out takes a
 /// tile of its own), and four per 128 distinct columns.
 pub fn wide_units(first: IndexRow<'_>, second: Option<IndexRow<'_>>) -> u64 {
-    let first_starts: BTreeSet<i32> = first.starts.iter().copied().collect();
-    let second_starts: BTreeSet<i32> = second.iter().flat_map(|row| row.starts.iter().copied()).collect();
-    let both = first_starts.intersection(&second_starts).count();
+    let second = second.unwrap_or_default();
+    let (first_starts, second_starts) = (sorted_distinct(first.starts), sorted_distinct(second.starts));
+    let shared = common(&first_starts, &second_starts);
     let range_tiles =
-        both.div_ceil(2) + (first_starts.len() - both).div_ceil(2) + (second_starts.len() - both).div_ceil(2);
-    let columns: BTreeSet<i32> =
-        std::iter::once(first).chain(second).flat_map(|row| row.columns.iter().copied()).collect();
-    (4 * range_tiles + 4 * columns.len().div_ceil(2 * BLOCK)) as u64
+        shared.div_ceil(2) + (first_starts.len() - shared).div_ceil(2) + (second_starts.len() - shared).div_ceil(2);
+    let (first_columns, second_columns) = (sorted_distinct(first.columns), sorted_distinct(second.columns));
+    let columns = first_columns.len() + second_columns.len() - common(&first_columns, &second_columns);
+    (4 * range_tiles + 4 * columns.div_ceil(2 * BLOCK)) as u64
+}
+
+/// `values` ascending without repeats (the index's lists already are: no sort then).
+fn sorted_distinct(values: &[i32]) -> Vec<i32> {
+    let mut sorted = values.to_vec();
+    if !sorted.windows(2).all(|w| w[0] <= w[1]) {
+        sorted.sort_unstable();
+    }
+    sorted.dedup();
+    sorted
+}
+
+/// How many values two ascending lists without repeats share.
+fn common(a: &[i32], b: &[i32]) -> usize {
+    let (mut i, mut j, mut shared) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    shared
 }
 
 /// Units the A-shape kernel (blocks of `block_m` rows, `block_n`-key tiles) computes for the kernel
