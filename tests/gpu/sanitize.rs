@@ -172,5 +172,15 @@ fn index_kernels_and_prefill() {
     if error > TOLERANCE {
         failures.push(format!("prefill layer 1: rel_l2 {error:.2e}"));
     }
+
+    // Chunks after a prefix that is not a multiple of 64: both estimates (fewer than 64 queries,
+    // and a partial last row block), the chunk converter, and a layer through prefill_chunk.
+    super::estimate::vertical_slash_chunk_case::<bf16>(&device, &mut estimate, (63, 37, 4, 2, 128), seed + 9);
+    super::estimate::block_sparse_chunk_case::<bf16>(&device, &mut estimate, (65, 100, 4, 2, 128, 3), seed + 10);
+    let (error, lse_error) = super::prefill::check_chunk(&device, &mut prefill, 1, (65, 637), seed + 11);
+    println!("prefill_chunk layer 1: rel_l2 {error:.2e}, LSE rel_l2 {lse_error:.2e}");
+    if error > TOLERANCE || lse_error > 1e-3 {
+        failures.push(format!("prefill_chunk layer 1: rel_l2 {error:.2e}, LSE rel_l2 {lse_error:.2e}"));
+    }
     assert!(failures.is_empty(), "over tolerance (seed {seed}): {failures:?}");
 }

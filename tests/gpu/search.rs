@@ -8,9 +8,16 @@
 //! candidate that covers the planted keys matches dense attention, one that misses some does not.
 //!
 //! - **sink + window**: 64 sink tokens, and the keys of the query's 512-token segment and the one
-//!   before (a window of 512 to 1023 keys). `stream_llm (64, 1024)` covers it exactly and is the
-//!   cheapest candidate that does; `vertical_and_slash (64, 512)` misses the far half of the window;
-//!   `block_sparse` covers it at 100 key blocks per row block.
+//!   before (a window of 512 to 1023 keys; segments start 256 tokens before multiples of 512).
+//!   `stream_llm (64, 1024)` covers it exactly and is the cheapest candidate that does;
+//!   `vertical_and_slash (64, 512)` misses the far part of the window: the last 64 queries, which
+//!   the estimate reads, sit 192 to 255 tokens into their segment, so the window diagonals it
+//!   keeps have offsets below 705 (equal mass up to 704, less past it; the others it keeps are the
+//!   sinks'), and their 64-key ranges reach offsets below 768, while queries late in a segment
+//!   need offsets up to 1023. (With segments aligned to the prompt's end the last
+//!   queries would rank diagonals up to 960 as equals, and which of them the estimate kept, by
+//!   f32 rounding, would decide whether its ranges reach the whole window.) `block_sparse` covers
+//!   it at 100 key blocks per row block.
 //! - **vertical-slash**: 8 planted key columns and the keys of the query's 256-token segment and
 //!   the one before (diagonals 0 to 511). `vertical_and_slash (64, 512)` covers it exactly;
 //!   `stream_llm` misses the columns; the larger vertical-slash and `block_sparse` cost more.
@@ -29,12 +36,14 @@ const SEQ: usize = 16384;
 const HEAD_DIM: usize = 128;
 const SINK: usize = 64;
 const WINDOW_SEGMENT: usize = 512;
+/// Window segment `n` holds the tokens `512 n - 256 .. 512 n + 256` (see the module docs).
+const WINDOW_SHIFT: usize = 256;
 const BAND_SEGMENT: usize = 256;
 const BLOCK: usize = 6144;
 const COLUMNS: [usize; 8] = [1000, 2500, 4100, 5600, 7300, 9000, 11000, 13000];
 
-/// Dimensions of each head's directions: window segments, band segments, blocks, the sink and the
-/// planted columns.
+/// Dimensions of each head's directions: window segments (33), band segments (64), blocks, the
+/// sink and the planted columns (a head uses only its own pattern's).
 const WINDOW_DIMS: usize = 0;
 const BAND_DIMS: usize = 32;
 const BLOCK_DIMS: usize = 96;
@@ -87,7 +96,7 @@ fn planted_layer(heads: &[Planted], seed: u64) -> HostQkv {
             let (q_row, k_row) = (&mut q[at..at + HEAD_DIM], &mut k[at..at + HEAD_DIM]);
             match planted {
                 Planted::SinkWindow => {
-                    let segment = t / WINDOW_SEGMENT;
+                    let segment = (t + WINDOW_SHIFT) / WINDOW_SEGMENT;
                     q_row[WINDOW_DIMS + segment] = amplitude;
                     if segment > 0 {
                         q_row[WINDOW_DIMS + segment - 1] = amplitude;

@@ -29,9 +29,16 @@ pub enum Criterion {
     /// [`MISMATCH_THRESHOLD`]; lower is better.
     Mismatch,
     /// Attention recall: the share of each row's dense softmax mass on the keys the kernel
-    /// visited, `exp(lse_sparse - lse_dense)`, averaged over the rows; higher is better.
+    /// visited, `exp(lse_sparse - lse_dense)`, averaged over the rows and rounded to
+    /// [`RECALL_DECIMALS`] decimals; higher is better.
     Recall,
 }
+
+/// Decimals a mean recall is compared (and written) at. Two kernels that visit the same keys sum
+/// them in different orders, so their log-sum-exps differ in the last bit on a few rows (an f32
+/// ulp of an LSE near 30 is 2e-6); rounding the mean makes such candidates tie, and the cheaper
+/// one wins, instead of that noise deciding.
+pub const RECALL_DECIMALS: i32 = 6;
 
 impl Criterion {
     /// The name on the command line and in progress files.
@@ -74,11 +81,15 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// The score under `criterion`: the mismatch count, or the mean recall.
+    /// The score under `criterion`: the mismatch count, or the mean recall rounded to
+    /// [`RECALL_DECIMALS`] decimals.
     pub fn score(&self, criterion: Criterion) -> f64 {
         match criterion {
             Criterion::Mismatch => self.mismatches as f64,
-            Criterion::Recall => self.recall_sum / self.rows.max(1) as f64,
+            Criterion::Recall => {
+                let scale = 10f64.powi(RECALL_DECIMALS);
+                (self.recall_sum / self.rows.max(1) as f64 * scale).round() / scale
+            }
         }
     }
 
@@ -147,6 +158,19 @@ mod tests {
         // A candidate that could not run (infinite cost) never competes.
         let blocked = [eval(0, 1.0, f64::INFINITY), eval(3, 0.9, 50.0)];
         assert_eq!(choose(&blocked, Criterion::Mismatch, 100.0, 0.25), Some(1));
+    }
+
+    #[test]
+    fn recalls_equal_to_the_rounding_tie_and_the_cheaper_wins() {
+        // Two candidates that visit every key: one row's LSE off by an f32 ulp (2e-6) in the first.
+        let rows = 4096;
+        let noisy = Evaluation { mismatches: 0, recall_sum: rows as f64 - 1.9e-6, rows, cost: 10.0 };
+        let exact = Evaluation { recall_sum: rows as f64, cost: 20.0, ..noisy };
+        assert_eq!(noisy.score(Criterion::Recall), 1.0);
+        assert_eq!(choose(&[exact, noisy], Criterion::Recall, 100.0, 0.0), Some(1));
+        // A real difference still decides.
+        let worse = Evaluation { recall_sum: rows as f64 * 0.99, ..noisy };
+        assert_eq!(choose(&[exact, worse], Criterion::Recall, 100.0, 0.0), Some(0));
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - **Index-driven patterns** (vertical-slash, block-sparse) on 64-row blocks: per index row,
 //!   one unit per listed 64-key range (a diagonal costs a whole 64-key range however few of its
 //!   keys are causal) and one per 64 gathered columns, rounded up ([`narrow_units`]).
-//! - The same on **128-row blocks** (the default `wgmma` tile on sm_90a): the block runs index rows
-//!   `2R` and `2R + 1` together; every range start either half lists costs 64 keys for all 128
-//!   rows (a range only one half lists leaves the other warpgroup idle), and the merged columns
-//!   cost 128 rows × 128 keys per 128 columns, rounded up ([`wide_units`]). Which of the two a head
-//!   ran is what the per-head tile choice picked on the device.
+//! - The same on **128-row blocks** (the default `wgmma` tile on sm_90a, 128-key tiles): the block
+//!   runs index rows `2R` and `2R + 1` together and pairs the ranges listed by the same halves
+//!   (both, the first only, the second only) into 128-key tiles, a range left without a partner
+//!   taking a tile of its own (its idle half still computed); a range only one half lists leaves
+//!   the other warpgroup idle. The merged columns cost 128 rows × 128 keys per 128 columns, rounded
+//!   up ([`wide_units`]). Which of the two a head ran is what the per-head tile choice picked on
+//!   the device.
 //! - **A-shape**: per kernel block of `block_m` rows, the sink range and the window range, each
 //!   walked in `block_n`-key tiles as the A-shape schedule does ([`a_shape_units`]).
 //!
@@ -18,7 +20,6 @@
 
 use crate::attention::AShape;
 use crate::vertical_slash::BLOCK;
-use std::collections::BTreeSet;
 use std::ops::Range;
 
 /// Query rows of a sampled block: two index rows.
@@ -80,13 +81,46 @@ pub fn narrow_units(row: IndexRow<'_>) -> u64 {
     (row.starts.len() + row.columns.len().div_ceil(BLOCK)) as u64
 }
 
-/// Units a 128-row block computes for index rows `first` and `second` (absent for a last block
-/// of one index row): two per distinct range start, four per 128 distinct columns.
+/// Units a 128-row block with 128-key tiles computes for index rows `first` and `second` (absent
+/// for a last block of one index row): four per tile, where the ranges listed by both halves, by
+/// the first only and by the second only pair up into tiles separately (an odd one out takes a
+/// tile of its own), and four per 128 distinct columns.
 pub fn wide_units(first: IndexRow<'_>, second: Option<IndexRow<'_>>) -> u64 {
-    let halves = std::iter::once(first).chain(second);
-    let starts: BTreeSet<i32> = halves.clone().flat_map(|row| row.starts.iter().copied()).collect();
-    let columns: BTreeSet<i32> = halves.flat_map(|row| row.columns.iter().copied()).collect();
-    (2 * starts.len() + 4 * columns.len().div_ceil(2 * BLOCK)) as u64
+    let second = second.unwrap_or_default();
+    let (first_starts, second_starts) = (sorted_distinct(first.starts), sorted_distinct(second.starts));
+    let shared = common(&first_starts, &second_starts);
+    let range_tiles =
+        shared.div_ceil(2) + (first_starts.len() - shared).div_ceil(2) + (second_starts.len() - shared).div_ceil(2);
+    let (first_columns, second_columns) = (sorted_distinct(first.columns), sorted_distinct(second.columns));
+    let columns = first_columns.len() + second_columns.len() - common(&first_columns, &second_columns);
+    (4 * range_tiles + 4 * columns.div_ceil(2 * BLOCK)) as u64
+}
+
+/// `values` ascending without repeats (the index's lists already are: no sort then).
+fn sorted_distinct(values: &[i32]) -> Vec<i32> {
+    let mut sorted = values.to_vec();
+    if !sorted.windows(2).all(|w| w[0] <= w[1]) {
+        sorted.sort_unstable();
+    }
+    sorted.dedup();
+    sorted
+}
+
+/// How many values two ascending lists without repeats share.
+fn common(a: &[i32], b: &[i32]) -> usize {
+    let (mut i, mut j, mut shared) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                shared += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    shared
 }
 
 /// Units the A-shape kernel (blocks of `block_m` rows, `block_n`-key tiles) computes for the kernel
@@ -178,10 +212,16 @@ mod tests {
         assert_eq!(narrow_units(row(&[0, 100, 1000], &[])), 3);
         let columns: Vec<i32> = (0..65).collect();
         assert_eq!(narrow_units(IndexRow { starts: &[5], columns: &columns }), 3);
-        // Halves sharing every start (a band) cost the starts once, for 128 rows.
-        assert_eq!(wide_units(row(&[0, 64, 128], &[]), Some(row(&[64, 128, 0], &[]))), 6);
-        // Scattered halves: each start costs 128 rows though only one half needs it.
+        // Halves sharing every start (a band) cost the starts once, for 128 rows, two per tile:
+        // three shared starts take two tiles.
+        assert_eq!(wide_units(row(&[0, 64, 128], &[]), Some(row(&[64, 128, 0], &[]))), 8);
+        assert_eq!(wide_units(row(&[0, 64, 128, 192], &[]), Some(row(&[0, 64, 128, 192], &[]))), 8);
+        // Scattered halves: each start costs 128 rows though only one half needs it; each half's
+        // own starts pair up.
         assert_eq!(wide_units(row(&[0, 500], &[]), Some(row(&[64, 564], &[]))), 8);
+        // One shared start and one of each half's own: three tiles, each alone.
+        assert_eq!(wide_units(row(&[0, 128], &[]), Some(row(&[0, 256], &[]))), 12);
+        assert_eq!(wide_units(row(&[0], &[]), None), 4);
         // Columns: merged, 128 per tile of 128 rows.
         assert_eq!(wide_units(row(&[], &[1, 2, 3]), Some(row(&[], &[3, 4]))), 4);
         let many: Vec<i32> = (0..129).collect();
@@ -189,7 +229,9 @@ mod tests {
         let sample = RowSample::new(256, 0);
         let lists = [row(&[0], &[]), row(&[0, 64], &[3]), row(&[64, 128], &[]), row(&[64, 128, 192], &[7])];
         assert_eq!(index_units(&sample, RowBlocks::Narrow, |r| lists[r]), 1 + 3 + 2 + 4);
-        assert_eq!(index_units(&sample, RowBlocks::Wide, |r| lists[r]), (4 + 4) + (6 + 4));
+        // Block 0: start 0 shared, 64 the second half's own; block 1: 64 and 128 shared (one tile),
+        // 192 the second half's own.
+        assert_eq!(index_units(&sample, RowBlocks::Wide, |r| lists[r]), (8 + 4) + (8 + 4));
     }
 
     #[test]

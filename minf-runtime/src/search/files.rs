@@ -17,7 +17,7 @@
 //! head (`"0"`, `"1"`, ...) to `[pattern, size, size, score]`, the score being the criterion's
 //! value on the sampled rows (a mismatch count, or a mean recall rounded to 6 decimals).
 
-use super::choice::Criterion;
+use super::choice::{Criterion, RECALL_DECIMALS};
 use super::space::{Candidate, SearchSpace};
 use crate::error::MinfError;
 use serde_json::{json, Value};
@@ -180,12 +180,13 @@ pub fn config_json(layers: &[Vec<HeadChoice>], criterion: Criterion) -> String {
     text
 }
 
-/// A score as JSON: an integer count for mismatches, a recall rounded to 6 decimals (0 if not
-/// finite), so the last bits of a float sum never change the file.
+/// A score as JSON: an integer count for mismatches, a recall rounded to [`RECALL_DECIMALS`]
+/// decimals (0 if not finite), so the last bits of a float sum never change the file.
 fn score_value(score: f64, criterion: Criterion) -> Value {
+    let scale = 10f64.powi(RECALL_DECIMALS);
     match criterion {
         Criterion::Mismatch if score.is_finite() && score >= 0.0 => json!(score as u64),
-        _ => serde_json::Number::from_f64((score * 1e6).round() / 1e6).map_or(json!(0), Value::Number),
+        _ => serde_json::Number::from_f64((score * scale).round() / scale).map_or(json!(0), Value::Number),
     }
 }
 

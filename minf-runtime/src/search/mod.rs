@@ -13,8 +13,7 @@
 //! - [`files`]: the input layout, the resumable progress file and the config written.
 //!
 //! [`run_search`] ties them together, one layer at a time, loading the next layer's files while
-//! the device evaluates the current one. It is deterministic in its inputs up to the estimate's
-//! floating-point atomics (see `docs/search.md`).
+//! the device evaluates the current one. It is deterministic in its inputs (see `docs/search.md`).
 
 pub mod choice;
 pub mod cost;
@@ -22,7 +21,7 @@ pub mod files;
 pub mod gpu;
 pub mod space;
 
-pub use choice::{choose, Criterion, Evaluation, MISMATCH_THRESHOLD};
+pub use choice::{choose, Criterion, Evaluation, MISMATCH_THRESHOLD, RECALL_DECIMALS};
 pub use files::{config_json, progress_path, HeadChoice, Progress, SearchHeader, SearchInputs};
 pub use gpu::{Evaluator, PromptEvaluation};
 pub use space::{Candidate, SearchSpace, SpaceError};
