@@ -42,6 +42,7 @@
 //! `0 ..= c`, `c` the block of its last absolute position, and it keeps `min(top_k, c + 1)` of them
 //! (`k = min(top_k, kv_blocks)` as above). With `q_len = kv_len` both are the one-shot rules.
 
+pub use crate::reference::ChunkShape;
 use crate::reference::{parallel_map, ReferenceShape};
 use minf_runtime::estimate::{clamp_sizes, BLOCK, FORCED_COLUMNS, FORCED_DIAGONALS, LAST_Q};
 use minf_runtime::{HostBlockSparseIndex, MinfError};
@@ -109,73 +110,37 @@ impl VerticalSlashEstimate {
     }
 }
 
-/// The shape of a chunk's estimate: `q` is `[batch, q_len, heads, head_dim]`, the chunk's queries,
-/// the last `q_len` of the `kv_len` tokens of `k` (`[batch, kv_len, kv_heads, head_dim]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChunkShape {
-    /// Sequences.
-    pub batch: usize,
-    /// Queries of the chunk.
-    pub q_len: usize,
-    /// Keys: the prefix and the chunk.
-    pub kv_len: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (dividing `heads`).
-    pub kv_heads: usize,
-    /// Head dimension.
-    pub head_dim: usize,
-}
-
-impl ChunkShape {
-    /// A whole prompt: `q_len = kv_len = shape.seq`.
-    pub fn whole(shape: ReferenceShape) -> ChunkShape {
-        let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = shape;
-        ChunkShape { batch, q_len: seq, kv_len: seq, heads, kv_heads, head_dim }
+/// Checks the buffers of a chunk's estimate against `shape`: `q` holds the chunk's queries
+/// (`[batch, q_len, heads, head_dim]`, the last `q_len` of the `kv_len` tokens of `k`), `k` is
+/// `[batch, kv_len, kv_heads, head_dim]`.
+fn check_chunk(shape: &ChunkShape, q: &[f32], k: &[f32]) -> Result<(), MinfError> {
+    let want_k = shape.batch * shape.kv_len * shape.kv_heads * shape.head_dim;
+    let want_q = shape.batch * shape.q_len * shape.heads * shape.head_dim;
+    if k.len() != want_k || q.len() != want_q {
+        return Err(MinfError::Shape(format!(
+            "estimate: q holds {} and k {} floats but {shape:?} needs {want_q} and {want_k}",
+            q.len(),
+            k.len()
+        )));
     }
-
-    /// Absolute position of the chunk's first query: `kv_len - q_len`.
-    pub fn q_offset(&self) -> usize {
-        self.kv_len - self.q_len
+    if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+        return Err(MinfError::Shape(format!("estimate: {shape:?}: kv_heads must divide heads")));
     }
-
-    fn check(&self, q: &[f32], k: &[f32]) -> Result<(), MinfError> {
-        let keys = ReferenceShape {
-            batch: self.batch,
-            seq: self.kv_len,
-            heads: self.heads,
-            kv_heads: self.kv_heads,
-            head_dim: self.head_dim,
-        };
-        // Checks k's length and the head counts; q's length is checked below.
-        let want_k = self.batch * self.kv_len * self.kv_heads * self.head_dim;
-        let want_q = self.batch * self.q_len * self.heads * self.head_dim;
-        if k.len() != want_k || q.len() != want_q {
-            return Err(MinfError::Shape(format!(
-                "estimate: q holds {} and k {} floats but {self:?} needs {want_q} and {want_k}",
-                q.len(),
-                k.len()
-            )));
-        }
-        if keys.kv_heads == 0 || keys.heads % keys.kv_heads != 0 {
-            return Err(MinfError::Shape(format!("estimate: {self:?}: kv_heads must divide heads")));
-        }
-        if self.q_len > self.kv_len {
-            return Err(MinfError::Shape(format!(
-                "estimate: q_len {} > kv_len {}: a chunk's queries are the last of its keys",
-                self.q_len, self.kv_len
-            )));
-        }
-        if i32::try_from(self.kv_len).is_err() {
-            return Err(MinfError::Shape(format!("estimate: kv_len {} does not fit the i32 index", self.kv_len)));
-        }
-        Ok(())
+    if shape.q_len > shape.kv_len {
+        return Err(MinfError::Shape(format!(
+            "estimate: q_len {} > kv_len {}: a chunk's queries are the last of its keys",
+            shape.q_len, shape.kv_len
+        )));
     }
+    if i32::try_from(shape.kv_len).is_err() {
+        return Err(MinfError::Shape(format!("estimate: kv_len {} does not fit the i32 index", shape.kv_len)));
+    }
+    Ok(())
 }
 
 fn check(q: &[f32], k: &[f32], shape: ReferenceShape) -> Result<(), MinfError> {
     shape.check_qk(q, k)?;
-    ChunkShape::whole(shape).check(q, k)
+    check_chunk(&ChunkShape::whole(shape), q, k)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -235,7 +200,7 @@ pub fn chunk_vertical_slash_scores(
     b: usize,
     h: usize,
 ) -> Result<VerticalSlashScores, MinfError> {
-    shape.check(q, k)?;
+    check_chunk(&shape, q, k)?;
     if b >= shape.batch || h >= shape.heads {
         return Err(MinfError::Shape(format!("estimate: (batch {b}, head {h}) is outside {shape:?}")));
     }
@@ -288,7 +253,7 @@ pub fn estimate_vertical_slash_chunk(
     vertical_size: usize,
     slash_size: usize,
 ) -> Result<VerticalSlashEstimate, MinfError> {
-    shape.check(q, k)?;
+    check_chunk(&shape, q, k)?;
     let (nnz_v, nnz_s) = clamp_sizes(shape.kv_len, vertical_size, slash_size);
     let tasks: Vec<(usize, usize)> = (0..shape.batch).flat_map(|b| (0..shape.heads).map(move |h| (b, h))).collect();
     let heads = parallel_map(&tasks, |&(b, h)| {
@@ -346,7 +311,7 @@ pub fn estimate_block_sparse_chunk(
     shape: ChunkShape,
     top_k: usize,
 ) -> Result<HostBlockSparseIndex, MinfError> {
-    shape.check(q, k)?;
+    check_chunk(&shape, q, k)?;
     let ChunkShape { batch, q_len, kv_len: n, heads, kv_heads, head_dim: d } = shape;
     let q_offset = shape.q_offset();
     let rows = q_len.div_ceil(BLOCK);

@@ -120,6 +120,12 @@ pub struct ChunkShape {
 }
 
 impl ChunkShape {
+    /// A whole prompt: `q_len = kv_len = shape.seq`.
+    pub fn whole(shape: ReferenceShape) -> ChunkShape {
+        let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = shape;
+        ChunkShape { batch, q_len: seq, kv_len: seq, heads, kv_heads, head_dim }
+    }
+
     /// The absolute position of query row 0: `kv_len - q_len` (the causal diagonal aligned
     /// bottom-right).
     pub fn q_offset(&self) -> usize {
