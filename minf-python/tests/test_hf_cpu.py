@@ -87,3 +87,70 @@ def test_dump_qkv_writes_post_rotary_layers_in_minf_format(tiny_llama, tmp_path)
     with safe_open(files[0], framework="pt") as f:
         dumped = f.get_tensor("k")
     assert torch.allclose(dumped, rotated.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_a_chunk_after_a_cached_prefix_keeps_its_causal_mask(tiny_llama, monkeypatch):
+    """A second chunk of a prompt with the first chunk in the cache (q_len < kv_len): the patched
+    mask function leaves its plain bottom-right causal mask out, and the SDPA path (every call, on
+    the CPU) rebuilds it: the chunk's logits equal the unpatched model's bit for bit. A padded
+    batch keeps transformers' own mask."""
+    from transformers import DynamicCache
+
+    model, ids = tiny_llama
+
+    def chunked_logits(attention_mask=None):
+        cache = DynamicCache()
+        with torch.no_grad():
+            first = {"attention_mask": attention_mask[:, :200]} if attention_mask is not None else {}
+            model(ids[:, :200], past_key_values=cache, use_cache=True, **first)
+            second = {"attention_mask": attention_mask} if attention_mask is not None else {}
+            return model(ids[:, 200:], past_key_values=cache, use_cache=True, **second).logits
+
+    reference = chunked_logits()
+    built = []
+    bottom_right_causal = minf.hf._bottom_right_causal
+
+    def counted(q_len, kv_len, device):
+        built.append((q_len, kv_len))
+        return bottom_right_causal(q_len, kv_len, device)
+
+    monkeypatch.setattr(minf.hf, "_bottom_right_causal", counted)
+    padded = torch.ones(1, 300, dtype=torch.long)
+    padded[:, :7] = 0
+    reference_padded = chunked_logits(padded)
+    minf.hf.patch(model)
+    try:
+        assert torch.equal(chunked_logits(), reference)
+        # The mask function compared the chunk's mask once; each of the 2 layers rebuilt it for SDPA.
+        assert built == [(100, 300)] * 3, built
+        built.clear()
+        assert torch.equal(chunked_logits(padded), reference_padded)
+        assert built == [(100, 300)], "a padded chunk keeps transformers' mask"
+        assert not torch.equal(reference, reference_padded), "the padding changed nothing: the test is vacuous"
+    finally:
+        minf.hf.unpatch(model)
+
+
+def test_the_chunk_mask_is_left_out_only_when_it_is_plain_causal():
+    from minf.hf import _bottom_right_causal, _chunk_aware_sdpa_mask
+
+    mask = _bottom_right_causal(3, 5, "cpu")
+    assert mask.tolist() == [
+        [True, True, True, False, False],
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+    ]
+    import inspect
+
+    from transformers.masking_utils import sdpa_mask
+
+    parameters = inspect.signature(sdpa_mask).parameters
+    if "q_length" not in parameters:
+        pytest.skip("this transformers' sdpa_mask takes other arguments (not 5.2x's q_length/q_offset)")
+    plain = _chunk_aware_sdpa_mask(batch_size=2, q_length=3, kv_length=5, q_offset=2, device="cpu")
+    assert plain is None
+    padding = torch.ones(2, 5, dtype=torch.bool)
+    padding[1, 0] = False
+    kept = _chunk_aware_sdpa_mask(batch_size=2, q_length=3, kv_length=5, q_offset=2, attention_mask=padding,
+                                  device="cpu")
+    assert kept is not None and kept.shape == (2, 1, 3, 5) and not bool(kept[1, 0, :, 0].any())

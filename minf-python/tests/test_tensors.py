@@ -250,7 +250,10 @@ def test_hf_model_shape_and_when_minf_runs():
     assert takes()
     assert not takes(q_len=1, kv_len=2049), "decoding runs SDPA"
     assert not takes(q_len=1000, kv_len=1000), "prompts below dense_below run SDPA"
-    assert not takes(q_len=1024, kv_len=4096), "a chunk after a cached prefix runs SDPA"
+    assert takes(q_len=1024, kv_len=4096), "a chunk after a cached prefix runs minf"
+    assert takes(q_len=2, kv_len=1024), "so does a short chunk once the keys reach dense_below"
+    assert not takes(q_len=500, kv_len=1000), "chunks with fewer keys than dense_below run SDPA"
+    assert not takes(q_len=4096, kv_len=1024), "more queries than keys is no chunk"
     assert not takes(mask=object()), "padded batches run SDPA"
     assert not takes(scaling=0.5), "another softmax scale runs SDPA"
     assert not takes(is_causal=False)

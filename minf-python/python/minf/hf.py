@@ -1,10 +1,12 @@
 """Hugging Face transformers: minf's sparse prefill in a model, with one call.
 
 :func:`patch` registers minf as an attention function in transformers' own registry
-(``AttentionInterface``, under the name ``"minf"``, with SDPA's mask function) and switches the
-model to it. Long prompts then run minf's per-head sparse attention (a :class:`minf.Prefill`,
-layer ``module.layer_idx``); decoding (one query), short prompts, padded batches and anything
-else minf does not take run PyTorch SDPA exactly as the unpatched model would.
+(``AttentionInterface``, under the name ``"minf"``, with SDPA's mask function, which also leaves
+out the plain causal mask of a chunk after a cached prefix) and switches the model to it. Long
+prompts, and chunks of a prompt after a cached prefix (multi-turn chat, chunked prefill), then run
+minf's per-head sparse attention (a :class:`minf.Prefill`, layer ``module.layer_idx``); decoding
+(one query), short contexts, padded batches and anything else minf does not take run PyTorch SDPA
+exactly as the unpatched model would.
 ``model.generate(...)`` works unchanged. Llama, Mistral and Qwen2 families (any model whose
 attention calls transformers' attention interface with ``layer_idx`` set).
 
@@ -63,15 +65,15 @@ class _Patch:
 
     def takes(self, module: Any, query: Any, key: Any, attention_mask: Any, dropout: float, scaling: Any,
               is_causal: Any, kwargs: Dict[str, Any]) -> bool:
-        """Whether minf runs this call: a causal prefill of one unpadded sequence set, long enough,
-        on CUDA in bf16/f16, with the default softmax scale and no sliding window."""
+        """Whether minf runs this call: a causal prefill (a whole prompt, or a chunk of more than one
+        query after a cached prefix) of one unpadded sequence set with enough keys, on CUDA in
+        bf16/f16, with the default softmax scale and no sliding window."""
         q_len, kv_len = query.shape[2], key.shape[2]
         head_dim = query.shape[3]
         return (
             attention_mask is None
-            and q_len == kv_len
-            and q_len > 1
-            and q_len >= self.prefill.dense_below
+            and 1 < q_len <= kv_len
+            and kv_len >= self.prefill.dense_below
             and query.is_cuda
             and str(query.dtype) in ("torch.bfloat16", "torch.float16")
             and not (dropout and module.training)
@@ -83,30 +85,70 @@ class _Patch:
         )
 
 
+def _bottom_right_causal(q_len: int, kv_len: int, device: Any) -> Any:
+    """``[q_len, kv_len]`` bool: query ``i`` (at position ``kv_len - q_len + i``) sees keys up to
+    its own position."""
+    import torch
+
+    rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    return torch.arange(kv_len, device=device)[None, :] <= rows
+
+
+def _chunk_aware_sdpa_mask(*args: Any, **kwargs: Any) -> Any:
+    """SDPA's mask function, except for a chunk after a cached prefix (``1 < q_len < kv_len``)
+    whose mask is exactly causal, bottom-right aligned, in every batch entry (no padding, no
+    window): that mask comes back as None, like an unpadded whole prompt's, so the attention
+    function knows it from the shapes (minf runs the chunk; SDPA gets the mask rebuilt). Checking
+    the mask waits for the device once per forward pass of a chunk, not per layer."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
+    if mask is None or getattr(mask, "dim", lambda: 0)() != 4 or str(mask.dtype) != "torch.bool":
+        return mask
+    q_len, kv_len = mask.shape[-2], mask.shape[-1]
+    if not 1 < q_len < kv_len:
+        return mask
+    import torch
+
+    if torch.equal(mask, _bottom_right_causal(q_len, kv_len, mask.device).expand_as(mask)):
+        return None
+    return mask
+
+
 def _minf_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
                     scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs: Any) -> Any:
-    """transformers attention function: minf's Prefill for long causal prefills, SDPA otherwise.
-    ``query`` is ``[batch, heads, seq, head_dim]``, ``key``/``value`` ``[batch, kv_heads, seq,
-    head_dim]`` (post-rotary); returns ``([batch, seq, heads, head_dim], None)`` like SDPA's."""
-    patch = getattr(module, "_minf_patch", None)
-    if patch is not None and patch.takes(module, query, key, attention_mask, dropout, scaling, is_causal, kwargs):
-        import torch
+    """transformers attention function: minf's Prefill for long causal prefills and chunks, SDPA
+    otherwise. ``query`` is ``[batch, heads, q_len, head_dim]``, ``key``/``value`` ``[batch,
+    kv_heads, kv_len, head_dim]`` (post-rotary; a chunk's queries are the last ``q_len`` of the
+    ``kv_len`` positions); returns ``([batch, q_len, heads, head_dim], None)`` like SDPA's."""
+    import torch
 
-        batch, heads, seq, head_dim = query.shape
-        out = torch.empty((batch, seq, heads, head_dim), dtype=query.dtype, device=query.device)
-        patch.prefill.prefill(module.layer_idx, query, key, value, layout="bhsd", out=out.transpose(1, 2))
+    patch = getattr(module, "_minf_patch", None)
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if patch is not None and patch.takes(module, query, key, attention_mask, dropout, scaling, is_causal, kwargs):
+        batch, heads, _, head_dim = query.shape
+        out = torch.empty((batch, q_len, heads, head_dim), dtype=query.dtype, device=query.device)
+        if q_len == kv_len:
+            patch.prefill.prefill(module.layer_idx, query, key, value, layout="bhsd", out=out.transpose(1, 2))
+        else:
+            patch.prefill.prefill_chunk(module.layer_idx, query, key, value, layout="bhsd", out=out.transpose(1, 2))
         return out, None
+    if attention_mask is None and 1 < q_len < kv_len:
+        # A chunk whose causal mask _chunk_aware_sdpa_mask left out: SDPA needs it back (its own
+        # is_causal aligns the diagonal top-left).
+        attention_mask = _bottom_right_causal(q_len, kv_len, query.device)[None, None]
     return _sdpa()(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                    is_causal=is_causal, **kwargs)
 
 
-def _register(name: str, function: Any) -> None:
+def _register(name: str, function: Any, mask: Any = None) -> None:
+    """Registers ``function`` under ``name`` with ``mask`` as its mask function (default: SDPA's,
+    which is None for an unpadded causal whole prompt and a mask otherwise)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     AttentionInterface.register(name, function)
-    # SDPA's masks: None for an unpadded causal prefill (the case minf takes), a mask otherwise.
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    AttentionMaskInterface.register(name, mask or ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def _set_implementation(model: Any, name: str) -> None:
@@ -159,7 +201,7 @@ def patch(
     if previous == ATTENTION_NAME:
         earlier = getattr(modules[0], "_minf_patch", None)
         previous = earlier.previous if earlier is not None else "sdpa"
-    _register(ATTENTION_NAME, _minf_attention)
+    _register(ATTENTION_NAME, _minf_attention, _chunk_aware_sdpa_mask)
     _set_implementation(model, ATTENTION_NAME)
     state = _Patch(prefill, previous)
     for module in modules:
