@@ -316,6 +316,40 @@ def test_hf_patch_with_whole_prompt_windows_equals_unpatched_at_32k():
     assert sparse.isfinite().all()
 
 
+def test_hf_chunk_after_a_cached_prefix_runs_prefill_chunk_and_equals_unpatched():
+    """The next turn of a chat: 24K tokens prefilled, then 8K more with the first 24K in the cache
+    (q_len 8192 < kv_len 32768). Patched with whole-prompt windows, the second chunk runs
+    minf's prefill_chunk in every layer and its logits equal the unpatched model's."""
+    from transformers import DynamicCache
+
+    model = llama()
+    seq, first = 32768, 24576
+    ids = torch.randint(0, 1024, (1, seq), device="cuda", generator=torch.Generator(device="cuda").manual_seed(SEED))
+
+    def second_chunk() -> Any:
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(input_ids=ids[:, :first], past_key_values=cache, use_cache=True)
+            return model(input_ids=ids[:, first:], past_key_values=cache, use_cache=True).logits.float()
+
+    unpatched = second_chunk()
+    with tempfile.TemporaryDirectory() as tmp:
+        prefill = minf.hf.patch(model, window_config(os.path.join(tmp, "window.json"), 2, 32, seq), dense_below=16384)
+    calls = {"prefill_chunk": 0}
+    original = prefill.prefill_chunk
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls["prefill_chunk"] += 1
+        return original(*args, **kwargs)
+
+    prefill.prefill_chunk = counted  # type: ignore[method-assign]
+    patched = second_chunk()
+    assert calls["prefill_chunk"] == 2, "minf ran the chunk in every layer"
+    error = rel_l2(patched, unpatched)
+    print(f"second chunk (8K after 24K) with whole-prompt windows: logits rel L2 {error:.2e}")
+    assert error < BF16_TOLERANCE
+
+
 def count_calls(prefill: minf.Prefill) -> Dict[str, int]:
     calls = {"prefill": 0}
     original = prefill.prefill
