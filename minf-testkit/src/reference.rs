@@ -95,9 +95,7 @@ pub fn masked_attention_rows(
     rows: &[usize],
     visible: impl Fn(usize, usize, usize, usize) -> bool + Sync,
 ) -> ReferenceRows {
-    let ReferenceShape { batch, seq, heads, kv_heads, head_dim } = shape;
-    let shape = ChunkShape { batch, q_len: seq, kv_len: seq, heads, kv_heads, head_dim };
-    chunk_attention_rows(shape, q, k, v, scale, rows, visible)
+    chunk_attention_rows(ChunkShape::whole(shape), q, k, v, scale, rows, visible)
 }
 
 /// Shape of a chunk problem: `q_len` queries against `kv_len >= q_len` keys, query row `i` at

@@ -226,6 +226,28 @@ fn near_tie_swaps(got: &[i32], want: &[usize], scores: &[f64], forced: usize, wh
     swaps
 }
 
+/// Each head's sizes in `list` clamped to `kv_len`, and a vertical-slash index for `batch` x
+/// `heads` and `q_len` queries sized for them, every entry poisoned (the estimate must rewrite
+/// each count).
+fn poisoned_index(
+    device: &Device,
+    list: &[VerticalSlashHead],
+    batch: usize,
+    heads: usize,
+    q_len: usize,
+    kv_len: usize,
+) -> (Vec<(usize, usize)>, VerticalSlashIndex) {
+    let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(kv_len, e.vertical, e.slash)).collect();
+    let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(1).max(1);
+    let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(1).max(1);
+    let shape = IndexShape { batch, heads, rows: q_len.div_ceil(64), nnz_s, nnz_v };
+    let (_, [mut bc, mut bo, mut cc, mut ci]) = VerticalSlashIndex::zeros(device, shape).expect("index").into_parts();
+    for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
+        device.stream().memcpy_htod(&vec![0x7f7f_7f7f; buffer.len()], buffer).expect("poison");
+    }
+    (clamped, VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts"))
+}
+
 pub(super) fn vertical_slash_case<T: AttentionElement>(
     device: &Device,
     workspace: &mut EstimateWorkspace,
@@ -241,18 +263,8 @@ pub(super) fn vertical_slash_case<T: AttentionElement>(
     let q = stream.clone_htod(q_host).expect("upload q");
     let k = stream.clone_htod(k_host).expect("upload k");
     let list = head_list(heads, seq);
-    let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(seq, e.vertical, e.slash)).collect();
-    let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(1).max(1);
-    let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(1).max(1);
-    let shape = IndexShape { batch, heads, rows: seq.div_ceil(64), nnz_s, nnz_v };
-    let index = VerticalSlashIndex::zeros(device, shape).expect("index");
-    // Poison the index: every count must be rewritten.
-    let (_, [mut bc, mut bo, mut cc, mut ci]) = index.into_parts();
-    for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
-        let poison = vec![0x7f7f_7f7f; buffer.len()];
-        stream.memcpy_htod(&poison, buffer).expect("poison");
-    }
-    let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts");
+    let (clamped, mut index) = poisoned_index(device, &list, batch, heads, seq, seq);
+    let IndexShape { nnz_v, nnz_s, .. } = index.shape();
     estimate_vertical_slash_gpu(
         device,
         TensorRef::bshd(&q, [batch, seq, heads, head_dim]).expect("q view"),
@@ -479,15 +491,8 @@ pub(super) fn vertical_slash_chunk_case<T: AttentionElement>(
     let q = stream.clone_htod(&q_host).expect("upload q");
     let k = stream.clone_htod(&k_host).expect("upload k");
     let list = head_list(heads, kv_len);
-    let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(kv_len, e.vertical, e.slash)).collect();
-    let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(1).max(1);
-    let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(1).max(1);
-    let shape = IndexShape { batch, heads, rows: q_len.div_ceil(64), nnz_s, nnz_v };
-    let (_, [mut bc, mut bo, mut cc, mut ci]) = VerticalSlashIndex::zeros(device, shape).expect("index").into_parts();
-    for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
-        stream.memcpy_htod(&vec![0x7f7f_7f7f; buffer.len()], buffer).expect("poison");
-    }
-    let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts");
+    let (clamped, mut index) = poisoned_index(device, &list, batch, heads, q_len, kv_len);
+    let IndexShape { nnz_v, nnz_s, .. } = index.shape();
     estimate_vertical_slash_gpu(
         device,
         TensorRef::bshd(&q, [batch, q_len, heads, head_dim]).expect("q view"),
