@@ -421,6 +421,14 @@ kernel_params! {
         pub out_vertical: MutPtr<i32>,
         /// `[batch, heads, capacity_s]`.
         pub out_slash: MutPtr<i32>,
+        /// `[batch, heads, 2, RADIX_BINS]` digit counts of each selection (vertical, slash), zero
+        /// on entry to the first histogram pass; each pass's last block leaves them zero again.
+        pub histograms: MutPtr<i32>,
+        /// `[batch, heads, 2, 4]` per selection: threshold prefix, candidates equal to it still to
+        /// take, blocks of the pass arrived, unused; zero on entry to the first histogram pass.
+        pub states: MutPtr<i32>,
+        /// `[batch, heads, 2, segments, 2]` per segment: keys above the threshold, keys equal to it.
+        pub segment_counts: MutPtr<i32>,
         /// Sequence length.
         pub seq: i32,
         /// Query heads.
@@ -429,6 +437,10 @@ kernel_params! {
         pub capacity_v: i32,
         /// Entries per (batch, head) of out_slash.
         pub capacity_s: i32,
+        /// ceil(seq / SELECT_SEGMENT_KEYS): blocks per selection.
+        pub segments: i32,
+        /// Histogram pass 0, 1 or 2 (digits of 11, 11 and 10 bits, most significant first).
+        pub pass: i32,
     }
 }
 
@@ -561,8 +573,14 @@ kernel_constants! {
     pub const FORCED_COLUMNS: u32 = 30;
     /// Diagonal offsets 0 .. FORCED_DIAGONALS rank above every scored diagonal.
     pub const FORCED_DIAGONALS: u32 = 100;
-    /// Threads per block of the vertical-slash top-k and of the block selection.
+    /// Threads per block of the block selection.
     pub const SELECT_THREADS: u32 = 1024;
+    /// Scores each block of the vertical-slash top-k passes covers (a segment of one selection).
+    pub const SELECT_SEGMENT_KEYS: u32 = 4096;
+    /// Threads per block of the vertical-slash top-k passes.
+    pub const SELECT_SEGMENT_THREADS: u32 = 256;
+    /// Bins of a radix-select histogram: digits of up to 11 bits.
+    pub const RADIX_BINS: u32 = 2048;
     /// Threads per block of the block-sparse pooling.
     pub const POOL_THREADS: u32 = 256;
     /// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every

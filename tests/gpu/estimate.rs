@@ -180,7 +180,8 @@ fn scores_at_128k_timing() {
 // ---- The whole estimates: selections, converted index and block lists against the CPU ----
 
 use minf::estimate::gpu::{
-    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, EstimateWorkspace, VerticalSlashHead,
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, select_vertical_slash_gpu, EstimateWorkspace,
+    VerticalSlashHead,
 };
 use minf::estimate::{clamp_sizes, FORCED_COLUMNS, FORCED_DIAGONALS};
 use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
@@ -310,6 +311,68 @@ pub(super) fn vertical_slash_case<T: AttentionElement>(
         assert!(from_cpu_selection == got_index, "{} seq={seq}: index differs from the CPU pipeline", T::DTYPE);
     }
     println!("ok   {} d={head_dim} seq={seq} heads {heads}/{kv_heads} batch {batch}: near-tie swaps {swaps}", T::DTYPE);
+}
+
+/// The top-k alone on planted scores: a few distinct values, so many keys tie at every threshold
+/// and the forced columns and diagonals tie with each other, at lengths of one segment (4096
+/// scores), several and a partial last one, up to 1M (256 segments per row): every listed head's
+/// columns and diagonals equal the reference ranking (ties to the smaller index) exactly, the
+/// rest of each row and every unlisted head's rows are -1.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_top_k_breaks_ties_like_the_reference() {
+    let device = device();
+    let stream = device.stream();
+    let mut rng = minf_testkit::TestRng::new(test_seed("vertical_slash_top_k_breaks_ties_like_the_reference"));
+    let mut workspace = EstimateWorkspace::new();
+    for (batch, heads, seq, distinct) in [
+        (2, 8, 1, 3),
+        (1, 4, 4095, 2),
+        (2, 8, 4096, 5),
+        (2, 8, 4097, 1),
+        (1, 6, 3 * 4096 + 17, 7),
+        (1, 4, 70_000, 1000),
+        (1, 4, 1 << 20, 50),
+    ] {
+        let len = batch * heads * seq;
+        let mut draw = |_| (rng.below(distinct) as f32 + 1.0) * 1e-4;
+        let (vertical, slash): (Vec<f32>, Vec<f32>) =
+            ((0..len).map(&mut draw).collect(), (0..len).map(&mut draw).collect());
+        let list = head_list(heads, seq);
+        select_vertical_slash_gpu(
+            &device,
+            &stream.clone_htod(&vertical).expect("upload vertical"),
+            &stream.clone_htod(&slash).expect("upload slash"),
+            [batch, heads, seq],
+            &list,
+            &mut workspace,
+        )
+        .expect("top-k");
+        let (raw_v, raw_s) = workspace.selections_to_host().expect("selections");
+        let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(seq, e.vertical, e.slash)).collect();
+        let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(0).max(1);
+        let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(0).max(1);
+        assert_eq!((raw_v.len(), raw_s.len()), (batch * heads * nnz_v, batch * heads * nnz_s), "capacities");
+        for b in 0..batch {
+            for h in 0..heads {
+                let bh = b * heads + h;
+                let (got_v, got_s) = (&raw_v[bh * nnz_v..(bh + 1) * nnz_v], &raw_s[bh * nnz_s..(bh + 1) * nnz_s]);
+                let what = format!("seq {seq} distinct {distinct} b={b} h={h}");
+                let Some(pos) = list.iter().position(|e| e.head == h) else {
+                    assert!(got_v.iter().chain(got_s).all(|&x| x == -1), "{what}: unlisted head has selections");
+                    continue;
+                };
+                let (v, s) = clamped[pos];
+                let at = bh * seq;
+                let (want_v, want_s) =
+                    select_from(&vertical[at..at + seq], &slash[at..at + seq], list[pos].vertical, list[pos].slash);
+                assert_eq!(&got_v[..v], &want_v[..], "{what}: columns");
+                assert_eq!(&got_s[..s], &want_s[..], "{what}: diagonals");
+                assert!(got_v[v..].iter().chain(&got_s[s..]).all(|&x| x == -1), "{what}: padding");
+            }
+        }
+        println!("ok   top-k batch {batch} heads {heads} seq {seq}, {distinct} distinct scores");
+    }
 }
 
 fn estimate_matrix_for<T: AttentionElement>(device: &Device) {
@@ -609,8 +672,9 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
 }
 
 /// q_len of the matrix, each after prefixes that are not multiples of 64 (and one that is).
-const CHUNK_CASES: [(usize, usize); 8] =
-    [(1, 1000), (63, 37), (64, 4133), (65, 100), (1000, 1), (1000, 3037), (1000, 2048), (4097, 701)];
+/// The last case's 21000 keys make six 4096-score segments per top-k row.
+const CHUNK_CASES: [(usize, usize); 9] =
+    [(1, 1000), (63, 37), (64, 4133), (65, 100), (1000, 1), (1000, 3037), (1000, 2048), (4097, 701), (1000, 20_000)];
 
 #[test]
 #[ignore = "needs a CUDA GPU"]

@@ -161,6 +161,8 @@ fn index_kernels_and_prefill() {
     println!("scores: worst rel_l2 {error:.2e}");
     let mut estimate = EstimateWorkspace::new();
     super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 700, 4, 2, 128), seed + 6);
+    // Three 4096-score segments per top-k row: the passes' cross-block histograms and counts.
+    super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 9000, 2, 1, 64), seed + 12);
     super::estimate::block_sparse_case::<bf16>(&device, &mut estimate, (700, 6, 2, 128, 3), seed + 7);
 
     // A whole layer of every pattern through the prefill (estimation, conversion, launches).

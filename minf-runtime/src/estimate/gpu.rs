@@ -2,11 +2,12 @@
 //!
 //! - [`estimate_vertical_slash_gpu`]: the vertical and slash scores on tensor cores
 //!   (`templates/index/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
-//!   per-head top-k (`templates/index/est_select.cu.tera`: radix select and ordered compaction) and the
-//!   conversion to MInference's index ([`convert_vertical_slash_chunk_into`]);
+//!   per-head top-k (`templates/index/est_select.cu.tera`: a radix select whose histograms are
+//!   summed over 4096-score segments of each row, one block each, then an ordered compaction) and
+//!   the conversion to MInference's index ([`convert_vertical_slash_chunk_into`]);
 //! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
 //!   of every query block (`templates/index/est_select.cu.tera`);
-//! - [`vertical_slash_scores_gpu`]: the scores alone.
+//! - [`vertical_slash_scores_gpu`]: the scores alone; [`select_vertical_slash_gpu`]: the top-k alone.
 //!
 //! Every entry point takes a whole prompt (`q` and `k` of `N` tokens) or a chunk of one: `q` holds
 //! the chunk's `q_len` queries, `k` the `kv_len >= q_len` keys of the prefix and the chunk, and
@@ -138,6 +139,7 @@ pub struct EstimateWorkspace {
     slash_scores: Option<CudaSlice<f32>>,
     raw_vertical: Option<CudaSlice<i32>>,
     raw_slash: Option<CudaSlice<i32>>,
+    select_scratch: Option<CudaSlice<i32>>,
     head_sizes: DeviceTable,
     seqlens: DeviceTable,
     q_lens: DeviceTable,
@@ -162,6 +164,7 @@ impl EstimateWorkspace {
             + bytes(&self.pooled)
             + int_bytes(&self.raw_vertical)
             + int_bytes(&self.raw_slash)
+            + int_bytes(&self.select_scratch)
             + self.head_sizes.device_bytes()
             + self.seqlens.device_bytes()
             + self.q_lens.device_bytes()
@@ -414,27 +417,33 @@ pub fn vertical_slash_scores_gpu<T: AttentionElement>(
 
 /// The clamped `[heads, 2]` size table of a vertical-slash estimate, checked against the index's
 /// capacities; heads not listed get `(0, 0)`.
-fn size_table(heads: &[VerticalSlashHead], dims: QkDims, nnz_v: usize, nnz_s: usize) -> Result<Vec<i32>, MinfError> {
-    let mut table = vec![0i32; 2 * dims.heads];
-    let mut seen = vec![false; dims.heads];
+fn size_table(
+    heads: &[VerticalSlashHead],
+    dims: (usize, usize),
+    nnz_v: usize,
+    nnz_s: usize,
+) -> Result<Vec<i32>, MinfError> {
+    let (heads_count, seq) = dims;
+    let mut table = vec![0i32; 2 * heads_count];
+    let mut seen = vec![false; heads_count];
     for entry in heads {
-        if entry.head >= dims.heads {
+        if entry.head >= heads_count {
             return Err(shape_error(format!(
                 "vertical-slash estimate: head {} is listed but there are {} query heads (allowed 0 to {})",
                 entry.head,
-                dims.heads,
-                dims.heads.saturating_sub(1)
+                heads_count,
+                heads_count.saturating_sub(1)
             )));
         }
         if std::mem::replace(&mut seen[entry.head], true) {
             return Err(shape_error(format!("vertical-slash estimate: head {} is listed twice", entry.head)));
         }
-        let (v, s) = clamp_sizes(dims.seq, entry.vertical, entry.slash);
+        let (v, s) = clamp_sizes(seq, entry.vertical, entry.slash);
         if v > nnz_v || s > nnz_s {
             return Err(shape_error(format!(
                 "vertical-slash estimate: head {} keeps {v} columns and {s} diagonals (clamped from {} and {} at \
                  seq {}) but the index holds at most {nnz_v} columns and {nnz_s} range starts per row block",
-                entry.head, entry.vertical, entry.slash, dims.seq
+                entry.head, entry.vertical, entry.slash, seq
             )));
         }
         // Both are at most seq, which fits i32.
@@ -442,6 +451,174 @@ fn size_table(heads: &[VerticalSlashHead], dims: QkDims, nnz_v: usize, nnz_s: us
         table[2 * entry.head + 1] = s as i32;
     }
     Ok(table)
+}
+
+/// The layout, in `i32`s, of the vertical-slash top-k scratch for `selections` = batch * heads * 2
+/// rows of `seq` scores: histograms, then states (both zeroed before the first pass), then the
+/// segment counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SelectScratch {
+    /// Blocks per selection: ceil(seq / SELECT_SEGMENT_KEYS).
+    segments: usize,
+    /// Start of the states.
+    states: usize,
+    /// Start of the segment counts: the launcher zeroes the ints before it.
+    segment_counts: usize,
+    /// Ints in all.
+    len: usize,
+}
+
+/// Ints of one selection's state (threshold prefix, equal keys still to take, blocks arrived, unused).
+const SELECT_STATE_INTS: usize = 4;
+
+impl SelectScratch {
+    fn layout(heads_total: usize, seq: usize) -> Self {
+        let selections = 2 * heads_total;
+        let segments = seq.div_ceil(abi::SELECT_SEGMENT_KEYS as usize).max(1);
+        let states = selections * abi::RADIX_BINS as usize;
+        let segment_counts = states + selections * SELECT_STATE_INTS;
+        Self { segments, states, segment_counts, len: segment_counts + selections * segments * 2 }
+    }
+}
+
+/// Device addresses and row sizes of the vertical-slash top-k.
+#[derive(Debug, Clone, Copy)]
+struct TopKTargets {
+    /// `[batch, heads, seq]` column scores.
+    vertical: ConstPtr<f32>,
+    /// `[batch, heads, seq]` diagonal scores.
+    slash: ConstPtr<f32>,
+    /// `[heads, 2]` clamped sizes, each at most its capacity and seq.
+    head_sizes: ConstPtr<i32>,
+    /// `[batch, heads, capacity_v]`.
+    out_vertical: MutPtr<i32>,
+    /// `[batch, heads, capacity_s]`.
+    out_slash: MutPtr<i32>,
+    /// Entries per (batch, head) of out_vertical, at most i32::MAX.
+    capacity_v: usize,
+    /// Entries per (batch, head) of out_slash, at most i32::MAX.
+    capacity_s: usize,
+}
+
+/// Launches the five top-k passes over `[batch, heads, seq]` scores (batch and heads at most
+/// [`MAX_BATCH_OR_HEADS`], seq at most [`MAX_SCORE_SEQ`]), with `scratch` grown to their layout.
+fn launch_top_k(
+    device: &Device,
+    (batch, heads, seq): (usize, usize, usize),
+    targets: TopKTargets,
+    scratch: &mut Option<CudaSlice<i32>>,
+) -> Result<(), MinfError> {
+    let stream = device.stream();
+    let layout = SelectScratch::layout(batch * heads, seq);
+    reserve_buffer(scratch, stream, layout.len, "the estimate's top-k histograms")?;
+    let scratch = scratch.as_mut().ok_or_else(|| shape_error("the top-k scratch was not allocated".into()))?;
+    stream
+        .memset_zeros(&mut scratch.slice_mut(..layout.segment_counts))
+        .map_err(MinfError::driver("zeroing the top-k histograms"))?;
+    let histogram = load(device, IndexKernel::EstimateSelect, "_vs_histogram")?;
+    let count = load(device, IndexKernel::EstimateSelect, "_vs_count")?;
+    let write = load(device, IndexKernel::EstimateSelect, "_vs_write")?;
+    let (scratch_ptr, _scratch_sync) = scratch.device_ptr_mut(stream);
+    let at = |ints: usize| MutPtr::new(scratch_ptr + (ints * std::mem::size_of::<i32>()) as u64);
+    // The callers bound seq by MAX_SCORE_SEQ (so the segments fit i32), heads by
+    // MAX_BATCH_OR_HEADS and the capacities by i32::MAX.
+    let params = SelectParams {
+        vertical: targets.vertical,
+        slash: targets.slash,
+        head_sizes: targets.head_sizes,
+        out_vertical: targets.out_vertical,
+        out_slash: targets.out_slash,
+        histograms: at(0),
+        states: at(layout.states),
+        segment_counts: at(layout.segment_counts),
+        seq: seq as i32,
+        heads: heads as i32,
+        capacity_v: targets.capacity_v as i32,
+        capacity_s: targets.capacity_s as i32,
+        segments: layout.segments as i32,
+        pass: 0,
+    };
+    let passes = [(&histogram, 0), (&histogram, 1), (&histogram, 2), (&count, 0), (&write, 0)];
+    for (kernel, pass) in passes {
+        let config = LaunchConfig {
+            grid_dim: ((2 * layout.segments) as u32, heads as u32, batch as u32),
+            block_dim: (kernel.launch.threads, 1, 1),
+            shared_mem_bytes: kernel.launch.shared_bytes,
+        };
+        let params = KernelArgs(SelectParams { pass, ..params });
+        let mut launch = stream.launch_builder(&kernel.function);
+        launch.arg(&params);
+        // SAFETY: the parameter block matches the kernels' declaration; the scores hold
+        // batch * heads * seq floats, the size table 2 * heads ints, the outputs
+        // batch * heads * capacity ints, the scratch the histograms, states and segment counts of
+        // batch * heads * 2 selections (SelectScratch); the kernels clamp every size to the
+        // capacity and seq, read keys below seq and write positions below the size.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver("launching the vertical-slash top-k"))?;
+    }
+    Ok(())
+}
+
+/// The vertical-slash top-k alone: from `vertical` and `slash` scores (`[batch, heads, seq]` f32
+/// each, as [`vertical_slash_scores_gpu`] writes them), the columns and diagonals that
+/// [`estimate_vertical_slash_gpu`] keeps for every listed head (MInference's rules, sizes clamped by
+/// [`clamp_sizes`](super::clamp_sizes) at `seq`), into `workspace`: read them with
+/// [`EstimateWorkspace::selections_to_host`] (capacities the largest clamped sizes, at least 1).
+/// Launches on `device.stream()` with no host sync.
+pub fn select_vertical_slash_gpu(
+    device: &Device,
+    vertical: &CudaSlice<f32>,
+    slash: &CudaSlice<f32>,
+    [batch, heads_count, seq]: [usize; 3],
+    heads: &[VerticalSlashHead],
+    workspace: &mut EstimateWorkspace,
+) -> Result<(), MinfError> {
+    let what = "vertical-slash top-k";
+    if batch == 0 || heads_count == 0 || seq == 0 || batch > MAX_BATCH_OR_HEADS || heads_count > MAX_BATCH_OR_HEADS {
+        return Err(shape_error(format!(
+            "{what}: batch {batch}, heads {heads_count} and seq {seq} must be positive, batch and heads at most \
+             {MAX_BATCH_OR_HEADS}"
+        )));
+    }
+    if seq > MAX_SCORE_SEQ {
+        return Err(shape_error(format!("{what}: seq {seq} is longer than the {MAX_SCORE_SEQ} tokens allowed")));
+    }
+    let len = batch * heads_count * seq;
+    for (name, held) in [("vertical", vertical.len()), ("slash", slash.len())] {
+        if held != len {
+            return Err(shape_error(format!(
+                "{what}: {name} holds {held} floats but [batch, heads, seq] = [{batch}, {heads_count}, {seq}] needs {len}"
+            )));
+        }
+    }
+    let sizes: Vec<(usize, usize)> = heads.iter().map(|e| clamp_sizes(seq, e.vertical, e.slash)).collect();
+    let nnz_v = sizes.iter().map(|s| s.0).max().unwrap_or(0).max(1);
+    let nnz_s = sizes.iter().map(|s| s.1).max().unwrap_or(0).max(1);
+    if nnz_v > i32::MAX as usize || nnz_s > i32::MAX as usize {
+        return Err(shape_error(format!("{what}: sizes ({nnz_v}, {nnz_s}) do not fit i32")));
+    }
+    let table = size_table(heads, (heads_count, seq), nnz_v, nnz_s)?;
+    let stream = device.stream();
+    exact(&mut workspace.raw_vertical, stream, batch * heads_count * nnz_v, "selected columns")?;
+    exact(&mut workspace.raw_slash, stream, batch * heads_count * nnz_s, "selected diagonals")?;
+    let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
+    let (Some(raw_vertical), Some(raw_slash)) = (workspace.raw_vertical.as_mut(), workspace.raw_slash.as_mut()) else {
+        return Err(shape_error(format!("{what}: the workspace was not allocated")));
+    };
+    let (sizes_ptr, _sizes_sync) = head_sizes.device_ptr(stream);
+    let (vertical_ptr, _vertical_sync) = vertical.device_ptr(stream);
+    let (slash_ptr, _slash_sync) = slash.device_ptr(stream);
+    let (out_vertical, _out_vertical_sync) = raw_vertical.device_ptr_mut(stream);
+    let (out_slash, _out_slash_sync) = raw_slash.device_ptr_mut(stream);
+    let targets = TopKTargets {
+        vertical: vertical_ptr.into(),
+        slash: slash_ptr.into(),
+        head_sizes: sizes_ptr.into(),
+        out_vertical: out_vertical.into(),
+        out_slash: out_slash.into(),
+        capacity_v: nnz_v,
+        capacity_s: nnz_s,
+    };
+    launch_top_k(device, (batch, heads_count, seq), targets, &mut workspace.select_scratch)
 }
 
 /// What the stages of [`run_vertical_slash`] report to: called with 0 before the scores, then
@@ -471,7 +648,7 @@ fn run_vertical_slash<T: AttentionElement>(
             shape.batch, shape.heads, shape.rows, dims.batch, dims.heads, dims.q_seq
         )));
     }
-    let table = size_table(heads, dims, shape.nnz_v, shape.nnz_s)?;
+    let table = size_table(heads, (dims.heads, dims.seq), shape.nnz_v, shape.nnz_s)?;
     let stream = device.stream();
     let heads_total = dims.batch * dims.heads;
     let scores_len = heads_total * dims.seq;
@@ -483,7 +660,6 @@ fn run_vertical_slash<T: AttentionElement>(
     workspace.seqlens.sync(stream, &vec![dims.seq as i32; dims.batch], "sequence lengths")?;
     workspace.q_lens.sync(stream, &vec![dims.q_seq as i32; dims.batch], "chunk lengths")?;
     let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
-    let topk = load(device, IndexKernel::EstimateSelect, "_vertical_slash")?;
     let (Some(vertical_scores), Some(slash_scores), Some(raw_vertical), Some(raw_slash), Some(seqlens), Some(q_lens)) = (
         workspace.vertical_scores.as_mut(),
         workspace.slash_scores.as_mut(),
@@ -513,29 +689,16 @@ fn run_vertical_slash<T: AttentionElement>(
         let (slash_ptr, _slash_sync) = slash_scores.device_ptr(stream);
         let (out_vertical, _out_vertical_sync) = raw_vertical.device_ptr_mut(stream);
         let (out_slash, _out_slash_sync) = raw_slash.device_ptr_mut(stream);
-        // IndexShape bounds the capacities by i32::MAX; heads by MAX_BATCH_OR_HEADS.
-        let params = KernelArgs(SelectParams {
+        let targets = TopKTargets {
             vertical: vertical_ptr.into(),
             slash: slash_ptr.into(),
             head_sizes: sizes_ptr.into(),
             out_vertical: out_vertical.into(),
             out_slash: out_slash.into(),
-            seq: dims.seq as i32,
-            heads: dims.heads as i32,
-            capacity_v: shape.nnz_v as i32,
-            capacity_s: shape.nnz_s as i32,
-        });
-        let config = LaunchConfig {
-            grid_dim: (dims.heads as u32, dims.batch as u32, 2),
-            block_dim: (topk.launch.threads, 1, 1),
-            shared_mem_bytes: topk.launch.shared_bytes,
+            capacity_v: shape.nnz_v,
+            capacity_s: shape.nnz_s,
         };
-        let mut launch = stream.launch_builder(&topk.function);
-        launch.arg(&params);
-        // SAFETY: the parameter block matches the kernel's declaration; the scores hold
-        // batch * heads * seq floats, the size table 2 * heads ints, the outputs
-        // batch * heads * capacity ints; the kernel clamps every size to the capacity and seq.
-        unsafe { launch.launch(config) }.map_err(MinfError::driver("launching the vertical-slash top-k"))?;
+        launch_top_k(device, (dims.batch, dims.heads, dims.seq), targets, &mut workspace.select_scratch)?;
     }
     mark(2)?;
     let lengths = ChunkLengths { q_lens, kv_lens: seqlens, max_q_len: dims.q_seq, max_kv_len: dims.seq };
