@@ -574,7 +574,7 @@ kernel_constants! {
     /// Diagonal offsets 0 .. FORCED_DIAGONALS rank above every scored diagonal.
     pub const FORCED_DIAGONALS: u32 = 100;
     /// Threads per block of the block selection.
-    pub const SELECT_THREADS: u32 = 1024;
+    pub const SELECT_THREADS: u32 = 256;
     /// Scores each block of the vertical-slash top-k passes covers (a segment of one selection).
     pub const SELECT_SEGMENT_KEYS: u32 = 4096;
     /// Threads per block of the vertical-slash top-k passes.
@@ -593,10 +593,9 @@ pub fn constant(name: &str) -> Option<&'static Constant> {
     CONSTANTS.iter().find(|c| c.name == name)
 }
 
-/// Dynamic shared memory of the block selection for `rows` query blocks of head dimension
-/// `head_dim`: a key per candidate block and the pooled query row.
-pub fn block_select_shared_bytes(rows: u32, head_dim: u32) -> u32 {
-    (rows + head_dim) * 4
+/// Dynamic shared memory of the block selection for `rows` key blocks: a key per candidate block.
+pub fn block_select_shared_bytes(rows: u32) -> u32 {
+    rows * 4
 }
 
 /// Keys per K tile of the vertical-slash score passes at head dimension `head_dim`.

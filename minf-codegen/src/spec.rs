@@ -784,7 +784,6 @@ impl IndexKernelSpec {
                 entries
             }
             IndexKernel::EstimateSelect => {
-                let largest_head_dim = HEAD_DIMS.iter().copied().max().unwrap_or(0);
                 vec![
                     entry("_vs_histogram", abi::SELECT_SEGMENT_THREADS, 0),
                     entry("_vs_count", abi::SELECT_SEGMENT_THREADS, 0),
@@ -793,7 +792,7 @@ impl IndexKernelSpec {
                     entry(
                         "_block_select",
                         abi::SELECT_THREADS,
-                        abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS, largest_head_dim),
+                        abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS),
                     ),
                 ]
             }

@@ -1,11 +1,18 @@
-//! CPU model of the vertical-slash top-k of `templates/index/est_select.cu.tera`: a radix select
-//! whose digit histograms are summed over segments of the row (one GPU block each), then per
-//! segment the keys above and equal to the threshold, then the ordered writes, each segment
-//! placing its keys from the counts of the segments before it and per (step, warp) counts in
-//! index order. The tests check it against a plain sort, ties and forced keys included; the GPU
-//! tests check the kernels against the f64 reference's ranking of the GPU's own scores.
+//! CPU models of the selections of `templates/index/est_select.cu.tera`:
+//!
+//! - the vertical-slash top-k ([`segmented_top_k`]): a radix select whose digit histograms are
+//!   summed over segments of the row (one GPU block each), then per segment the keys above and
+//!   equal to the threshold, then the ordered writes, each segment placing its keys from the counts
+//!   of the segments before it and per (step, warp) counts in index order;
+//! - the block selection: its dot products ([`warp_dots_folded`], eight per warp step, reduced
+//!   together) against one dot per warp ([`warp_dot`]), and its top-k ([`block_top_k`]: the same
+//!   three digits in one block, then each warp's range of candidates placed from the ranges before
+//!   it).
+//!
+//! The tests check them against a plain sort (ties and forced keys included) and the folded dots
+//! bit for bit against the butterfly; the GPU tests check the kernels against the f64 references.
 
-use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS};
+use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS, SELECT_THREADS};
 
 /// Scores each block covers.
 const SEGMENT: usize = SELECT_SEGMENT_KEYS as usize;
@@ -114,6 +121,101 @@ pub fn segmented_top_k(keys: &[u32], k: usize) -> Vec<usize> {
     out
 }
 
+/// Each lane's partial dot of one warp: lane `l` sums `q[e] * k[e]` over `e = l + 32j`, `j`
+/// ascending, by fused multiply-add from 0.
+fn lane_partials(q: &[f32], k: &[f32]) -> [f32; WARP] {
+    let mut partial = [0.0f32; WARP];
+    for (lane, slot) in partial.iter_mut().enumerate() {
+        for e in (lane..q.len()).step_by(WARP) {
+            *slot = q[e].mul_add(k[e], *slot);
+        }
+    }
+    partial
+}
+
+/// The dot `q . k` as one warp computes it: the lanes' partials, then a butterfly (`xor` 16, 8, 4,
+/// 2, 1; every lane ends with the same sum; lane 0's is returned).
+pub fn warp_dot(q: &[f32], k: &[f32]) -> f32 {
+    let mut value = lane_partials(q, k);
+    for offset in [16, 8, 4, 2, 1] {
+        let before = value;
+        for (lane, v) in value.iter_mut().enumerate() {
+            *v = before[lane] + before[lane ^ offset];
+        }
+    }
+    value[0]
+}
+
+/// The dots of `q` with eight key rows as the block selection's warp step computes them: the
+/// lanes' partials of each, then the transposed reduction: at offsets 16, 8 and 4 each lane keeps
+/// the half of its values its bit selects and adds its partner's copy of them, then the butterfly
+/// at 2 and 1; lane `4i` returns dot `i`.
+pub fn warp_dots_folded(q: &[f32], keys: [&[f32]; 8]) -> [f32; 8] {
+    let partials: Vec<[f32; WARP]> = keys.iter().map(|k| lane_partials(q, k)).collect();
+    // values[lane] = the values that lane holds.
+    let mut values: Vec<Vec<f32>> = (0..WARP).map(|lane| partials.iter().map(|p| p[lane]).collect()).collect();
+    for offset in [16usize, 8, 4] {
+        let before = values.clone();
+        for (lane, held) in values.iter_mut().enumerate() {
+            let half = before[lane].len() / 2;
+            let upper = lane & offset != 0;
+            let partner = &before[lane ^ offset];
+            // The lane keeps its own half and receives the partner's copy of that half.
+            let range = if upper { half..2 * half } else { 0..half };
+            *held = range.map(|i| before[lane][i] + partner[i]).collect();
+        }
+    }
+    let mut sums: Vec<f32> = values.iter().map(|v| v[0]).collect();
+    for offset in [2, 1] {
+        let before = sums.clone();
+        for (lane, v) in sums.iter_mut().enumerate() {
+            *v = before[lane] + before[lane ^ offset];
+        }
+    }
+    std::array::from_fn(|i| sums[4 * i])
+}
+
+/// The indices of the `k` largest `keys` (`k` clamped to the length) as the block selection finds
+/// them: the threshold from the same three digits, then each of the block's warps counts the keys
+/// above and equal to it in its contiguous range and places its selected keys from the counts of
+/// the ranges before it; ascending.
+pub fn block_top_k(keys: &[u32], k: usize) -> Vec<usize> {
+    let k = k.min(keys.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    // One block: its histograms are the row's.
+    let (threshold, remaining) = segmented_threshold(keys, k);
+    let warps = SELECT_THREADS as usize / WARP;
+    let span = keys.len().div_ceil(warps);
+    let ranges: Vec<std::ops::Range<usize>> =
+        (0..warps).map(|w| (w * span).min(keys.len())..((w + 1) * span).min(keys.len())).collect();
+    let counts: Vec<(usize, usize)> = ranges
+        .iter()
+        .map(|r| {
+            let range = &keys[r.clone()];
+            (range.iter().filter(|&&v| v > threshold).count(), range.iter().filter(|&&v| v == threshold).count())
+        })
+        .collect();
+    let mut out = vec![usize::MAX; k];
+    for (warp, range) in ranges.iter().enumerate() {
+        let above_before: usize = counts[..warp].iter().map(|c| c.0).sum();
+        let mut equal_rank: usize = counts[..warp].iter().map(|c| c.1).sum();
+        let mut position = above_before + equal_rank.min(remaining);
+        for c in range.clone() {
+            let (above, equal) = (keys[c] > threshold, keys[c] == threshold);
+            if above || (equal && equal_rank < remaining) {
+                if let Some(slot) = out.get_mut(position) {
+                    *slot = c;
+                }
+                position += 1;
+            }
+            equal_rank += usize::from(equal);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +281,37 @@ mod tests {
             assert_eq!(threshold, sorted[k - 1], "k {k}");
             let above = sorted.iter().filter(|&&v| v > threshold).count();
             assert_eq!(above + remaining, k, "k {k}");
+        }
+    }
+
+    #[test]
+    fn folded_dots_equal_one_dot_per_warp_bit_for_bit() {
+        for head_dim in [64, 96, 128, 256] {
+            for seed in 0..20u64 {
+                let q = crate::random_normal(head_dim, 1000 + seed);
+                let rows: Vec<Vec<f32>> =
+                    (0..8).map(|i| crate::random_normal(head_dim, 2000 + 8 * seed + i as u64)).collect();
+                let keys: [&[f32]; 8] = std::array::from_fn(|i| rows[i].as_slice());
+                let folded = warp_dots_folded(&q, keys);
+                for (i, row) in rows.iter().enumerate() {
+                    assert_eq!(folded[i].to_bits(), warp_dot(&q, row).to_bits(), "d {head_dim} seed {seed} key {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_selection_equals_a_sort() {
+        let mut rng = TestRng::new(29);
+        // Candidate counts of a 1M-token prompt's query blocks and fewer than one per warp.
+        for len in [1, 5, 8, 100, 255, 256, 1000, 2048, 16_384] {
+            for distinct in [1u64, 3, 40, u64::from(u32::MAX)] {
+                let keys: Vec<u32> = (0..len).map(|_| order_key((rng.next_u64() % distinct) as f32 - 7.0)).collect();
+                for k in [1, 3, 100, len - 1, len] {
+                    let k = k.max(1);
+                    assert_eq!(block_top_k(&keys, k), sorted_top_k(&keys, k), "len {len} distinct {distinct} k {k}");
+                }
+            }
         }
     }
 }

@@ -188,6 +188,7 @@ use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
 use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
+use minf_testkit::select::{block_top_k, order_key, warp_dot};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
 fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {
@@ -413,6 +414,38 @@ fn vertical_slash_estimate_at_128k_matches_reference() {
     );
 }
 
+/// Every listed block list equals, exactly, the top-k of the GPU's own pooled blocks with the dots
+/// summed as one warp sums them (`minf_testkit::select::warp_dot`, ties to the smaller block):
+/// the block selection's folded reduction and its radix select keep today's arithmetic and rule.
+fn block_lists_match_the_gpu_pooling(
+    workspace: &EstimateWorkspace,
+    got: &minf::HostBlockSparseIndex,
+    listed: &[usize],
+    (batch, heads, kv_heads, head_dim): (usize, usize, usize, usize),
+    (q_len, kv_len, top_k): (usize, usize, usize),
+) {
+    let kv_rows = kv_len.div_ceil(64);
+    let group = heads / kv_heads;
+    let mut kv_used: Vec<usize> = listed.iter().map(|h| h / group).collect();
+    kv_used.sort_unstable();
+    kv_used.dedup();
+    let jobs = listed.len() + kv_used.len();
+    let pooled = workspace.pooled_to_host(jobs * batch * kv_rows * head_dim).expect("pooled blocks");
+    let row_of = |job: usize, b: usize, r: usize| &pooled[((job * batch + b) * kv_rows + r) * head_dim..][..head_dim];
+    for b in 0..batch {
+        for (q_job, &h) in listed.iter().enumerate() {
+            let k_job = listed.len() + kv_used.partition_point(|&kv| kv < h / group);
+            for r in 0..q_len.div_ceil(64) {
+                let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
+                let keys: Vec<u32> =
+                    (0..=last).map(|c| order_key(warp_dot(row_of(q_job, b, r), row_of(k_job, b, c)))).collect();
+                let want: Vec<i32> = block_top_k(&keys, top_k).iter().map(|&c| c as i32).collect();
+                assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
+            }
+        }
+    }
+}
+
 pub(super) fn block_sparse_case<T: AttentionElement>(
     device: &Device,
     workspace: &mut EstimateWorkspace,
@@ -439,6 +472,15 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
     )
     .expect("block-sparse estimate");
     let got = index.to_host().expect("download");
+    if top_k > 0 {
+        block_lists_match_the_gpu_pooling(
+            workspace,
+            &got,
+            &listed,
+            (batch, heads, kv_heads, head_dim),
+            (seq, seq, top_k),
+        );
+    }
     let want = estimate_block_sparse(&q_f32, &k_f32, ReferenceShape { batch, seq, heads, kv_heads, head_dim }, top_k)
         .expect("reference");
     let mut mismatched_rows = 0;
@@ -636,6 +678,10 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
     )
     .expect("block-sparse chunk estimate");
     let got = index.to_host().expect("download");
+    if top_k > 0 {
+        let shape = (batch, heads, kv_heads, head_dim);
+        block_lists_match_the_gpu_pooling(workspace, &got, &listed, shape, (q_len, kv_len, top_k));
+    }
     let chunk = ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim };
     let want = estimate_block_sparse_chunk(&q_f32, &k_f32, chunk, top_k).expect("reference");
     let mut mismatched_rows = 0;

@@ -181,6 +181,14 @@ impl EstimateWorkspace {
         ))
     }
 
+    /// The first `len` pooled values of the last block-sparse estimate, `[jobs, batch, kv_rows,
+    /// head_dim]` f32: the listed query heads in their order, then the KV heads they read in
+    /// ascending order (only a chunk's first `ceil(q_len / 64)` rows of a query head are
+    /// meaningful); for tests and inspection (synchronises).
+    pub fn pooled_to_host(&self, len: usize) -> Result<Vec<f32>, MinfError> {
+        download(&self.pooled, len, "pooled blocks")
+    }
+
     /// The selections of the last vertical-slash estimate before conversion: columns
     /// `[batch, heads, nnz_v]` ascending and diagonals `[batch, heads, nnz_s]` descending, each row
     /// padded with -1 (all -1 for heads not listed); for tests and inspection (synchronises).
@@ -834,9 +842,8 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     reserve_buffer(&mut workspace.pooled, stream, pooled_len, "the estimate's pooled blocks")?;
     let tables = workspace.block_tables.sync(stream, &table, "block-sparse jobs")?;
     let pooled = workspace.pooled.as_mut().ok_or_else(|| shape_error(format!("{what}: no pooled buffer")))?;
-    // rows <= MAX_BLOCK_SPARSE_ROWS and head_dim is one of HEAD_DIMS: the entry's launch shape
-    // allows this much.
-    let select_shared = abi::block_select_shared_bytes(rows as u32, dims.head_dim as u32);
+    // rows <= MAX_BLOCK_SPARSE_ROWS: the entry's launch shape allows this much.
+    let select_shared = abi::block_select_shared_bytes(rows as u32);
     let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
     let select = load(device, IndexKernel::EstimateSelect, "_block_select")?;
 
@@ -876,9 +883,8 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     };
     if select_shared > select.launch.shared_bytes {
         return Err(shape_error(format!(
-            "{what}: {rows} row blocks at head_dim {} need {select_shared} bytes of shared memory; the selection \
-             allows {}",
-            dims.head_dim, select.launch.shared_bytes
+            "{what}: {rows} key blocks need {select_shared} bytes of shared memory; the selection allows {}",
+            select.launch.shared_bytes
         )));
     }
     let select_config = LaunchConfig {
