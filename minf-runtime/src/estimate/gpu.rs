@@ -569,7 +569,7 @@ fn launch_top_k(
 /// The vertical-slash top-k alone: from `vertical` and `slash` scores (`[batch, heads, seq]` f32
 /// each, as [`vertical_slash_scores_gpu`] writes them), the columns and diagonals that
 /// [`estimate_vertical_slash_gpu`] keeps for every listed head (MInference's rules, sizes clamped by
-/// [`clamp_sizes`](super::clamp_sizes) at `seq`), into `workspace`: read them with
+/// [`clamp_sizes`] at `seq`), into `workspace`: read them with
 /// [`EstimateWorkspace::selections_to_host`] (capacities the largest clamped sizes, at least 1).
 /// Launches on `device.stream()` with no host sync.
 pub fn select_vertical_slash_gpu(
