@@ -424,8 +424,9 @@ kernel_params! {
         /// `[batch, heads, 2, RADIX_BINS]` digit counts of each selection (vertical, slash), zero
         /// on entry to the first histogram pass; each pass's last block leaves them zero again.
         pub histograms: MutPtr<i32>,
-        /// `[batch, heads, 2, 4]` per selection: threshold prefix, candidates equal to it still to
-        /// take, blocks of the pass arrived, unused; zero on entry to the first histogram pass.
+        /// `[batch, heads, 2, SELECT_STATE_INTS]` per selection: threshold prefix, candidates equal
+        /// to it still to take, blocks of the pass arrived, unused; zero on entry to the first
+        /// histogram pass.
         pub states: MutPtr<i32>,
         /// `[batch, heads, 2, segments, 2]` per segment: keys above the threshold, keys equal to it.
         pub segment_counts: MutPtr<i32>,
@@ -581,6 +582,9 @@ kernel_constants! {
     pub const SELECT_SEGMENT_THREADS: u32 = 256;
     /// Bins of a radix-select histogram: digits of up to 11 bits.
     pub const RADIX_BINS: u32 = 2048;
+    /// Ints of one vertical-slash top-k selection's state: threshold prefix, keys equal to it
+    /// still to take, blocks of the pass arrived, unused.
+    pub const SELECT_STATE_INTS: u32 = 4;
     /// Threads per block of the block-sparse pooling.
     pub const POOL_THREADS: u32 = 256;
     /// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every

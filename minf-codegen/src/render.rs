@@ -229,6 +229,7 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
                 "SELECT_SEGMENT_KEYS",
                 "SELECT_SEGMENT_THREADS",
                 "RADIX_BINS",
+                "SELECT_STATE_INTS",
                 "POOL_THREADS",
             ],
             &[SelectParams::c_declaration(), BlockParams::c_declaration()],

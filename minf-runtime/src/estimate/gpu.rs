@@ -461,9 +461,9 @@ fn size_table(
     Ok(table)
 }
 
-/// The layout, in `i32`s, of the vertical-slash top-k scratch for `selections` = batch * heads * 2
-/// rows of `seq` scores: histograms, then states (both zeroed before the first pass), then the
-/// segment counts.
+/// The layout, in `i32`s, of the vertical-slash top-k scratch for `heads_total` = batch * heads
+/// (two selections each, columns and diagonals) of `seq` scores: histograms, then states (both
+/// zeroed before the first pass), then the segment counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SelectScratch {
     /// Blocks per selection: ceil(seq / SELECT_SEGMENT_KEYS).
@@ -476,15 +476,12 @@ struct SelectScratch {
     len: usize,
 }
 
-/// Ints of one selection's state (threshold prefix, equal keys still to take, blocks arrived, unused).
-const SELECT_STATE_INTS: usize = 4;
-
 impl SelectScratch {
     fn layout(heads_total: usize, seq: usize) -> Self {
         let selections = 2 * heads_total;
         let segments = seq.div_ceil(abi::SELECT_SEGMENT_KEYS as usize).max(1);
         let states = selections * abi::RADIX_BINS as usize;
-        let segment_counts = states + selections * SELECT_STATE_INTS;
+        let segment_counts = states + selections * abi::SELECT_STATE_INTS as usize;
         Self { segments, states, segment_counts, len: segment_counts + selections * segments * 2 }
     }
 }
