@@ -231,6 +231,8 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
                 "RADIX_BINS",
                 "SELECT_STATE_INTS",
                 "POOL_THREADS",
+                "BLOCK_SCORE_TILE",
+                "BLOCK_SCORE_THREADS",
             ],
             &[SelectParams::c_declaration(), BlockParams::c_declaration()],
         )?,

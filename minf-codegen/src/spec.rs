@@ -680,8 +680,8 @@ pub enum IndexKernel {
     /// dtype and head_dim: bf16 or f16, head_dim 64, 96, 128 or 256).
     VerticalSlashScores,
     /// The selections of the estimates: the vertical-slash top-k (a radix select spread over
-    /// segments of every row, then an ordered compaction; per-head sizes) and the block-sparse estimate (64-token mean pooling, block
-    /// scores, top-k per query block).
+    /// segments of every row, then an ordered compaction; per-head sizes) and the block-sparse
+    /// estimate (64-token mean pooling, the block score matrix as tiles, top-k per query block).
     EstimateSelect,
     /// The per-head choice between two tiles of an index-driven pattern: from how many of its keys
     /// the two halves of each 128-row block share, whether a head runs on 128-row or on 64-row
@@ -789,6 +789,7 @@ impl IndexKernelSpec {
                     entry("_vs_count", abi::SELECT_SEGMENT_THREADS, 0),
                     entry("_vs_write", abi::SELECT_SEGMENT_THREADS, 0),
                     entry("_block_pool", abi::POOL_THREADS, 0),
+                    entry("_block_scores", abi::BLOCK_SCORE_THREADS, 0),
                     entry(
                         "_block_select",
                         abi::SELECT_THREADS,

@@ -4,13 +4,13 @@
 //!   summed over segments of the row (one GPU block each), then per segment the keys above and
 //!   equal to the threshold, then the ordered writes, each segment placing its keys from the counts
 //!   of the segments before it and per (step, warp) counts in index order;
-//! - the block selection: its dot products ([`warp_dots_folded`], eight per warp step, reduced
-//!   together) against one dot per warp ([`warp_dot`]), and its top-k ([`block_top_k`]: the same
-//!   three digits in one block, then each warp's range of candidates placed from the ranges before
-//!   it).
+//! - the block-sparse estimate: its scores ([`fma_dot`], the products added in head_dim order by
+//!   fused multiply-add, as each thread of the tiled score pass adds them) and its top-k
+//!   ([`block_top_k`]: the same three digits in one block, then each warp's range of candidates
+//!   placed from the ranges before it).
 //!
-//! The tests check them against a plain sort (ties and forced keys included) and the folded dots
-//! bit for bit against the butterfly; the GPU tests check the kernels against the f64 references.
+//! The tests check the selections against a plain sort (ties and forced keys included); the GPU
+//! tests check the kernels against these models exactly and against the f64 references.
 
 use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS, SELECT_THREADS};
 
@@ -121,58 +121,10 @@ pub fn segmented_top_k(keys: &[u32], k: usize) -> Vec<usize> {
     out
 }
 
-/// Each lane's partial dot of one warp: lane `l` sums `q[e] * k[e]` over `e = l + 32j`, `j`
-/// ascending, by fused multiply-add from 0.
-fn lane_partials(q: &[f32], k: &[f32]) -> [f32; WARP] {
-    let mut partial = [0.0f32; WARP];
-    for (lane, slot) in partial.iter_mut().enumerate() {
-        for e in (lane..q.len()).step_by(WARP) {
-            *slot = q[e].mul_add(k[e], *slot);
-        }
-    }
-    partial
-}
-
-/// The dot `q . k` as one warp computes it: the lanes' partials, then a butterfly (`xor` 16, 8, 4,
-/// 2, 1; every lane ends with the same sum; lane 0's is returned).
-pub fn warp_dot(q: &[f32], k: &[f32]) -> f32 {
-    let mut value = lane_partials(q, k);
-    for offset in [16, 8, 4, 2, 1] {
-        let before = value;
-        for (lane, v) in value.iter_mut().enumerate() {
-            *v = before[lane] + before[lane ^ offset];
-        }
-    }
-    value[0]
-}
-
-/// The dots of `q` with eight key rows as the block selection's warp step computes them: the
-/// lanes' partials of each, then the transposed reduction: at offsets 16, 8 and 4 each lane keeps
-/// the half of its values its bit selects and adds its partner's copy of them, then the butterfly
-/// at 2 and 1; lane `4i` returns dot `i`.
-pub fn warp_dots_folded(q: &[f32], keys: [&[f32]; 8]) -> [f32; 8] {
-    let partials: Vec<[f32; WARP]> = keys.iter().map(|k| lane_partials(q, k)).collect();
-    // values[lane] = the values that lane holds.
-    let mut values: Vec<Vec<f32>> = (0..WARP).map(|lane| partials.iter().map(|p| p[lane]).collect()).collect();
-    for offset in [16usize, 8, 4] {
-        let before = values.clone();
-        for (lane, held) in values.iter_mut().enumerate() {
-            let half = before[lane].len() / 2;
-            let upper = lane & offset != 0;
-            let partner = &before[lane ^ offset];
-            // The lane keeps its own half and receives the partner's copy of that half.
-            let range = if upper { half..2 * half } else { 0..half };
-            *held = range.map(|i| before[lane][i] + partner[i]).collect();
-        }
-    }
-    let mut sums: Vec<f32> = values.iter().map(|v| v[0]).collect();
-    for offset in [2, 1] {
-        let before = sums.clone();
-        for (lane, v) in sums.iter_mut().enumerate() {
-            *v = before[lane] + before[lane ^ offset];
-        }
-    }
-    std::array::from_fn(|i| sums[4 * i])
+/// The dot `q . k` as the block-sparse score pass computes it: `q[e] * k[e]` added by fused
+/// multiply-add from 0, `e` ascending.
+pub fn fma_dot(q: &[f32], k: &[f32]) -> f32 {
+    q.iter().zip(k).fold(0.0f32, |sum, (&a, &b)| a.mul_add(b, sum))
 }
 
 /// The indices of the `k` largest `keys` (`k` clamped to the length) as the block selection finds
@@ -285,17 +237,17 @@ mod tests {
     }
 
     #[test]
-    fn folded_dots_equal_one_dot_per_warp_bit_for_bit() {
+    fn fma_dot_is_close_to_the_f64_dot() {
         for head_dim in [64, 96, 128, 256] {
             for seed in 0..20u64 {
                 let q = crate::random_normal(head_dim, 1000 + seed);
-                let rows: Vec<Vec<f32>> =
-                    (0..8).map(|i| crate::random_normal(head_dim, 2000 + 8 * seed + i as u64)).collect();
-                let keys: [&[f32]; 8] = std::array::from_fn(|i| rows[i].as_slice());
-                let folded = warp_dots_folded(&q, keys);
-                for (i, row) in rows.iter().enumerate() {
-                    assert_eq!(folded[i].to_bits(), warp_dot(&q, row).to_bits(), "d {head_dim} seed {seed} key {i}");
-                }
+                let k = crate::random_normal(head_dim, 2000 + seed);
+                let exact: f64 = q.iter().zip(&k).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let magnitude: f64 = q.iter().zip(&k).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                let got = f64::from(fma_dot(&q, &k));
+                // A sequential sum of n terms errs by at most about n * 2^-24 of their magnitude.
+                let bound = head_dim as f64 * f64::from(f32::EPSILON) * magnitude;
+                assert!((got - exact).abs() <= bound, "d {head_dim} seed {seed}: {got} vs {exact}");
             }
         }
     }

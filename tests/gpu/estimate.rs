@@ -188,7 +188,7 @@ use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
 use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
-use minf_testkit::select::{block_top_k, order_key, warp_dot};
+use minf_testkit::select::{block_top_k, fma_dot, order_key};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
 fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {
@@ -415,8 +415,8 @@ fn vertical_slash_estimate_at_128k_matches_reference() {
 }
 
 /// Every listed block list equals, exactly, the top-k of the GPU's own pooled blocks with the dots
-/// summed as one warp sums them (`minf_testkit::select::warp_dot`, ties to the smaller block):
-/// the block selection's folded reduction and its radix select keep today's arithmetic and rule.
+/// summed as the tiled score pass sums them (`minf_testkit::select::fma_dot`, ties to the smaller
+/// block): the score tiles' arithmetic, their causal layout and the radix select keep the rule.
 fn block_lists_match_the_gpu_pooling(
     workspace: &EstimateWorkspace,
     got: &minf::HostBlockSparseIndex,
@@ -438,7 +438,7 @@ fn block_lists_match_the_gpu_pooling(
             for r in 0..q_len.div_ceil(64) {
                 let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
                 let keys: Vec<u32> =
-                    (0..=last).map(|c| order_key(warp_dot(row_of(q_job, b, r), row_of(k_job, b, c)))).collect();
+                    (0..=last).map(|c| order_key(fma_dot(row_of(q_job, b, r), row_of(k_job, b, c)))).collect();
                 let want: Vec<i32> = block_top_k(&keys, top_k).iter().map(|&c| c as i32).collect();
                 assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
             }
@@ -521,6 +521,28 @@ fn block_sparse_estimate_matches_reference() {
         block_sparse_case::<bf16>(&device, &mut workspace, (seq, 6, 2, 128, top_k), seed + seq as u64);
     }
     block_sparse_case::<f16>(&device, &mut workspace, (4097, 4, 4, 64, 100), seed + 1);
+    // Score tiles of every head_dim step count, several query tiles (128 query blocks each) and
+    // partial last blocks and tiles.
+    block_sparse_case::<bf16>(&device, &mut workspace, (9000, 6, 3, 96, 100), seed + 2);
+    block_sparse_case::<bf16>(&device, &mut workspace, (16_447, 4, 1, 256, 100), seed + 3);
+}
+
+/// The score matrices computed and selected a few (batch, head) pairs at a time (a small
+/// [`EstimateWorkspace::limit_block_scores`]) give the lists of one pass: whole prompts and chunks
+/// whose prefixes reach past several key tiles.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_sparse_estimate_in_groups_of_heads_matches() {
+    let device = device();
+    let seed = test_seed("block_sparse_estimate_in_groups_of_heads_matches");
+    // One pair per group, then three (the last group partial: 2 batches x 4 listed heads).
+    for (i, limit) in [1usize, 3 * 4 * 200 * 201 / 2].into_iter().enumerate() {
+        let mut workspace = EstimateWorkspace::new();
+        workspace.limit_block_scores(limit);
+        block_sparse_case::<bf16>(&device, &mut workspace, (12_800, 6, 2, 128, 100), seed + i as u64);
+        let case = (3000, 20_037, 6, 2, 128, 100);
+        block_sparse_chunk_case::<bf16>(&device, &mut workspace, case, seed + 10 + i as u64);
+    }
 }
 
 #[test]

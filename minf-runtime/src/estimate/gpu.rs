@@ -5,8 +5,9 @@
 //!   per-head top-k (`templates/index/est_select.cu.tera`: a radix select whose histograms are
 //!   summed over 4096-score segments of each row, one block each, then an ordered compaction) and
 //!   the conversion to MInference's index ([`convert_vertical_slash_chunk_into`]);
-//! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
-//!   of every query block (`templates/index/est_select.cu.tera`);
+//! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, the causal block score matrix of every
+//!   listed head as f32 GEMM tiles, and the top-k key blocks of every query block
+//!   (`templates/index/est_select.cu.tera`);
 //! - [`vertical_slash_scores_gpu`]: the scores alone; [`select_vertical_slash_gpu`]: the top-k alone.
 //!
 //! Every entry point takes a whole prompt (`q` and `k` of `N` tokens) or a chunk of one: `q` holds
@@ -39,11 +40,15 @@ pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 /// Largest sequence of the score passes: their grid's y dimension counts chunks.
 pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
 /// Most 64-row query blocks of a block-sparse estimate ([`abi::MAX_BLOCK_SPARSE_ROWS`]): a query
-/// block keeps the keys of every candidate block in shared memory (16384 blocks = 1M tokens =
-/// 64 KiB).
+/// block's selection keeps the keys of every candidate block in shared memory (16384 blocks = 1M
+/// tokens = 64 KiB).
 pub const MAX_BLOCK_SPARSE_ROWS: usize = abi::MAX_BLOCK_SPARSE_ROWS as usize;
 /// Longest prompt of a block-sparse estimate, in tokens: [`MAX_BLOCK_SPARSE_ROWS`] blocks of 64.
 pub const MAX_BLOCK_SPARSE_SEQ: usize = MAX_BLOCK_SPARSE_ROWS * BLOCK;
+/// Default cap on the block-sparse estimate's score matrices, in bytes (see
+/// [`EstimateWorkspace::limit_block_scores`]): 1 GiB holds 32 heads' scores at 128K tokens
+/// (8.4 MB each) in one pass, and one head's at 1M (537 MB).
+pub const DEFAULT_BLOCK_SCORE_BYTES: usize = 1 << 30;
 
 /// Checks, on the host, that a block-sparse estimate takes a prompt of `seq` tokens (at most
 /// [`MAX_BLOCK_SPARSE_SEQ`]); `what` names the caller in the error.
@@ -146,6 +151,8 @@ pub struct EstimateWorkspace {
     convert: ConvertWorkspace,
     block_tables: DeviceTable,
     pooled: Option<CudaSlice<f32>>,
+    block_scores: Option<CudaSlice<u32>>,
+    block_score_limit: Option<usize>,
 }
 
 impl EstimateWorkspace {
@@ -162,6 +169,7 @@ impl EstimateWorkspace {
             + bytes(&self.vertical_scores)
             + bytes(&self.slash_scores)
             + bytes(&self.pooled)
+            + self.block_scores.as_ref().map_or(0, |b| b.num_bytes())
             + int_bytes(&self.raw_vertical)
             + int_bytes(&self.raw_slash)
             + int_bytes(&self.select_scratch)
@@ -170,6 +178,15 @@ impl EstimateWorkspace {
             + self.q_lens.device_bytes()
             + self.block_tables.device_bytes()
             + self.convert.device_bytes()
+    }
+
+    /// Caps the block-sparse estimate's score scratch at `bytes`: the (batch, head) pairs' score
+    /// matrices (4 bytes per causal (query block, key block) pair: `rows * (rows + 1) / 2` keys
+    /// for a whole prompt of `rows` 64-token blocks) are computed and selected in groups that fit,
+    /// at least one pair per group (so at most 537 MB at 1M tokens). The default is
+    /// [`DEFAULT_BLOCK_SCORE_BYTES`]. Results do not depend on it.
+    pub fn limit_block_scores(&mut self, bytes: usize) {
+        self.block_score_limit = Some(bytes);
     }
 
     /// The vertical and slash scores of the last vertical-slash estimate, `[batch, heads, seq]`
@@ -771,7 +788,9 @@ pub fn estimate_vertical_slash_gpu_timed<T: AttentionElement>(
 /// the candidates `0 ..= c`, `c` the block of its last absolute position; for a whole prompt
 /// (`q_len = kv_len`) that is `0 ..= r`. `index` is `[batch, heads, ceil(q_len / 64)]` with a
 /// capacity of at least `min(top_k, ceil(kv_len / 64))`; it is zeroed first. Layouts and chunks as
-/// [`estimate_vertical_slash_gpu`]. Launches on `device.stream()` with no host sync.
+/// [`estimate_vertical_slash_gpu`]. The scores of each (batch, head) pair are computed as a matrix
+/// in `workspace` (4 bytes per causal (query block, key block) pair, the pairs in groups under
+/// [`EstimateWorkspace::limit_block_scores`]). Launches on `device.stream()` with no host sync.
 pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
@@ -837,66 +856,105 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     }
     let pooled_len = jobs * dims.batch * rows * dims.head_dim;
     reserve_buffer(&mut workspace.pooled, stream, pooled_len, "the estimate's pooled blocks")?;
+    // Every (batch, listed head) pair's score matrix takes slot_keys keys; the pairs go in groups
+    // whose matrices fit the cap (at least one pair; a grid's y dimension at most).
+    let slot_keys = usize::try_from(abi::block_score_keys(dims.seq as u64, dims.q_seq as u64))
+        .map_err(|_| shape_error(format!("{what}: the block score matrix does not fit usize")))?;
+    let pairs = dims.batch * heads.len();
+    let limit = workspace.block_score_limit.unwrap_or(DEFAULT_BLOCK_SCORE_BYTES);
+    let group = (limit / (4 * slot_keys).max(1)).clamp(1, pairs.min(MAX_BATCH_OR_HEADS));
+    reserve_buffer(&mut workspace.block_scores, stream, group * slot_keys, "the estimate's block scores")?;
     let tables = workspace.block_tables.sync(stream, &table, "block-sparse jobs")?;
-    let pooled = workspace.pooled.as_mut().ok_or_else(|| shape_error(format!("{what}: no pooled buffer")))?;
+    let (Some(pooled), Some(block_scores)) = (workspace.pooled.as_mut(), workspace.block_scores.as_mut()) else {
+        return Err(shape_error(format!("{what}: the workspace was not allocated")));
+    };
     // rows <= MAX_BLOCK_SPARSE_ROWS: the entry's launch shape allows this much.
     let select_shared = abi::block_select_shared_bytes(rows as u32);
     let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
+    let scores = load(device, IndexKernel::EstimateSelect, "_block_scores")?;
     let select = load(device, IndexKernel::EstimateSelect, "_block_select")?;
-
-    let (q_ptr, _q_sync) = q.data.device_ptr(stream);
-    let (k_ptr, _k_sync) = k.data.device_ptr(stream);
-    let (tables_ptr, _tables_sync) = tables.device_ptr(stream);
-    let (pooled_ptr, _pooled_sync) = pooled.device_ptr_mut(stream);
-    let (counts_ptr, _counts_sync) = kv_num_blocks.device_ptr_mut(stream);
-    let (indices_ptr, _indices_sync) = kv_indices.device_ptr_mut(stream);
-    // rows <= MAX_BLOCK_SPARSE_ROWS, capacity fits i32 (BlockSparseIndex::zeros), and so on.
-    let params = KernelArgs(BlockParams {
-        q: q_ptr.into(),
-        k: k_ptr.into(),
-        jobs: tables_ptr.into(),
-        entries: ConstPtr::new(tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64),
-        pooled: pooled_ptr.into(),
-        kv_num_blocks: counts_ptr.into(),
-        kv_indices: indices_ptr.into(),
-        q_stride: strides(&q.layout)?,
-        k_stride: strides(&k.layout)?,
-        seq: dims.seq as i32,
-        q_seq: dims.q_seq as i32,
-        heads: dims.heads as i32,
-        kv_heads: dims.kv_heads as i32,
-        head_dim: dims.head_dim as i32,
-        rows: rows as i32,
-        q_rows: q_rows as i32,
-        jobs_count: jobs as i32,
-        top_k: kept as i32,
-        capacity: capacity as i32,
-        is_f16: i32::from(T::DTYPE == DType::F16),
-    });
-    let pool_config = LaunchConfig {
-        grid_dim: (rows as u32, jobs as u32, dims.batch as u32),
-        block_dim: (pool.launch.threads, 1, 1),
-        shared_mem_bytes: pool.launch.shared_bytes,
-    };
     if select_shared > select.launch.shared_bytes {
         return Err(shape_error(format!(
             "{what}: {rows} key blocks need {select_shared} bytes of shared memory; the selection allows {}",
             select.launch.shared_bytes
         )));
     }
-    let select_config = LaunchConfig {
-        grid_dim: (q_rows as u32, heads.len() as u32, dims.batch as u32),
-        block_dim: (select.launch.threads, 1, 1),
-        shared_mem_bytes: select_shared,
+    // At most 16384 query blocks make 128 query tiles: 8256 tiles per pair for a whole prompt.
+    let tiles = u32::try_from(abi::block_score_tiles(dims.seq as u64, dims.q_seq as u64))
+        .map_err(|_| shape_error(format!("{what}: too many score tiles")))?;
+
+    let (q_ptr, _q_sync) = q.data.device_ptr(stream);
+    let (k_ptr, _k_sync) = k.data.device_ptr(stream);
+    let (tables_ptr, _tables_sync) = tables.device_ptr(stream);
+    let (pooled_ptr, _pooled_sync) = pooled.device_ptr_mut(stream);
+    let scores_len = block_scores.len();
+    let (scores_ptr, _scores_sync) = block_scores.device_ptr_mut(stream);
+    let (counts_ptr, _counts_sync) = kv_num_blocks.device_ptr_mut(stream);
+    let (indices_ptr, _indices_sync) = kv_indices.device_ptr_mut(stream);
+    let (q_stride, k_stride) = (strides(&q.layout)?, strides(&k.layout)?);
+    // rows <= MAX_BLOCK_SPARSE_ROWS, capacity fits i32 (BlockSparseIndex::zeros), batch and heads
+    // are at most MAX_BATCH_OR_HEADS, pair indices below batch * heads, and so on.
+    let params = |pair_begin: usize| {
+        KernelArgs(BlockParams {
+            q: q_ptr.into(),
+            k: k_ptr.into(),
+            jobs: tables_ptr.into(),
+            entries: ConstPtr::new(tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64),
+            pooled: pooled_ptr.into(),
+            scores: scores_ptr.into(),
+            scores_len: scores_len as i64,
+            kv_num_blocks: counts_ptr.into(),
+            kv_indices: indices_ptr.into(),
+            q_stride,
+            k_stride,
+            seq: dims.seq as i32,
+            q_seq: dims.q_seq as i32,
+            heads: dims.heads as i32,
+            kv_heads: dims.kv_heads as i32,
+            head_dim: dims.head_dim as i32,
+            rows: rows as i32,
+            q_rows: q_rows as i32,
+            jobs_count: jobs as i32,
+            top_k: kept as i32,
+            capacity: capacity as i32,
+            is_f16: i32::from(T::DTYPE == DType::F16),
+            batch: dims.batch as i32,
+            entries_count: heads.len() as i32,
+            pair_begin: pair_begin as i32,
+        })
     };
-    for (kernel, config, pass) in [(&pool, pool_config, "pooling"), (&select, select_config, "selection")] {
+    let launch = |kernel: &LoadedKernel, config: LaunchConfig, params: &KernelArgs<BlockParams>, pass: &str| {
         let mut launch = stream.launch_builder(&kernel.function);
-        launch.arg(&params);
+        launch.arg(params);
         // SAFETY: the parameter block matches the kernels' declaration; q and k spans were checked,
         // the job table holds 2 * jobs + 3 * entries ints, pooled jobs * batch * rows * head_dim
-        // floats, the index batch * heads * rows (* capacity) ints; the kernels range-check every
-        // head and job they read and write at most min(top_k, capacity) entries per list.
-        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching the block-sparse {pass}")))?;
+        // floats, the scores scores_len keys (a launch's pairs take group * slot_keys of them), the
+        // index batch * heads * rows (* capacity) ints; the kernels range-check every pair, head and
+        // job they read, write scores only inside their pair's slot and at most min(top_k,
+        // capacity) entries per list.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching the block-sparse {pass}")))
+    };
+    let pool_config = LaunchConfig {
+        grid_dim: (rows as u32, jobs as u32, dims.batch as u32),
+        block_dim: (pool.launch.threads, 1, 1),
+        shared_mem_bytes: pool.launch.shared_bytes,
+    };
+    launch(&pool, pool_config, &params(0), "pooling")?;
+    for pair_begin in (0..pairs).step_by(group) {
+        let pairs_here = group.min(pairs - pair_begin) as u32;
+        let group_params = params(pair_begin);
+        let scores_config = LaunchConfig {
+            grid_dim: (tiles, pairs_here, 1),
+            block_dim: (scores.launch.threads, 1, 1),
+            shared_mem_bytes: scores.launch.shared_bytes,
+        };
+        let select_config = LaunchConfig {
+            grid_dim: (q_rows as u32, pairs_here, 1),
+            block_dim: (select.launch.threads, 1, 1),
+            shared_mem_bytes: select_shared,
+        };
+        launch(&scores, scores_config, &group_params, "scores")?;
+        launch(&select, select_config, &group_params, "selection")?;
     }
     Ok(())
 }
