@@ -800,6 +800,55 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     workspace: &mut EstimateWorkspace,
     index: &mut BlockSparseIndex,
 ) -> Result<(), MinfError> {
+    run_block_sparse(device, q, k, (heads, top_k), workspace, index, &mut |_| Ok(()))
+}
+
+/// [`estimate_block_sparse_gpu`] with its stages timed by CUDA events: returns `[pooling (with the
+/// index zeroing), scores, selection]` in milliseconds, each summed over the groups of heads
+/// (synchronises on the last event; all zero when nothing was launched).
+pub fn estimate_block_sparse_gpu_timed<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    heads: &[usize],
+    top_k: usize,
+    workspace: &mut EstimateWorkspace,
+    index: &mut BlockSparseIndex,
+) -> Result<[f32; 3], MinfError> {
+    let stream = device.stream().clone();
+    let mut events = Vec::new();
+    run_block_sparse(device, q, k, (heads, top_k), workspace, index, &mut |stage| {
+        let event = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(MinfError::driver("recording a stage event"))?;
+        events.push((stage, event));
+        Ok(())
+    })?;
+    let mut stages = [0.0f32; 3];
+    if let Some((_, last)) = events.last() {
+        last.synchronize().map_err(MinfError::driver("waiting for the estimate"))?;
+    }
+    // Each interval counts for the stage whose mark opens it.
+    for pair in events.windows(2) {
+        let ((stage, start), (_, end)) = (&pair[0], &pair[1]);
+        if let Some(total) = stages.get_mut(*stage) {
+            *total += start.elapsed_ms(end).map_err(MinfError::driver("reading a stage event"))?;
+        }
+    }
+    Ok(stages)
+}
+
+/// Stage marks of [`run_block_sparse`]: 0 before the zeroing and pooling, 1 before each group's
+/// scores, 2 before its selection, 3 after the last launch.
+fn run_block_sparse<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    (heads, top_k): (&[usize], usize),
+    workspace: &mut EstimateWorkspace,
+    index: &mut BlockSparseIndex,
+    mark: StageMark<'_>,
+) -> Result<(), MinfError> {
     let what = "block-sparse estimate";
     let dims = check_qk(what, &q, &k)?;
     check_block_sparse_seq(what, dims.seq)?;
@@ -834,6 +883,7 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     }
     let stream = device.stream();
     let (kv_num_blocks, kv_indices) = index.buffers_mut();
+    mark(0)?;
     stream.memset_zeros(kv_num_blocks).map_err(MinfError::driver("zeroing kv_num_blocks"))?;
     stream.memset_zeros(kv_indices).map_err(MinfError::driver("zeroing kv_indices"))?;
     if heads.is_empty() || kept == 0 || q_rows == 0 {
@@ -953,8 +1003,11 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
             block_dim: (select.launch.threads, 1, 1),
             shared_mem_bytes: select_shared,
         };
+        mark(1)?;
         launch(&scores, scores_config, &group_params, "scores")?;
+        mark(2)?;
         launch(&select, select_config, &group_params, "selection")?;
     }
+    mark(3)?;
     Ok(())
 }
