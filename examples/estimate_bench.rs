@@ -3,7 +3,8 @@
 //!
 //! - vertical-slash (every query head, MInference's sizes): scores on tensor cores, per-head top-k,
 //!   conversion to the kernel index, each stage timed with CUDA events, and the total;
-//! - block-sparse (every query head, top-k key blocks per query block).
+//! - block-sparse (every query head, top-k key blocks per query block): pooling, block scores and
+//!   selection, each stage timed with CUDA events, and the total.
 //!
 //! Warm-up runs first, then the median of `--reps` runs.
 //!
@@ -12,8 +13,8 @@
 
 use half::bf16;
 use minf::estimate::gpu::{
-    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
-    VerticalSlashHead,
+    estimate_block_sparse_gpu, estimate_block_sparse_gpu_timed, estimate_vertical_slash_gpu,
+    estimate_vertical_slash_gpu_timed, EstimateWorkspace, VerticalSlashHead,
 };
 use minf::timing::median_ms;
 use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
@@ -123,9 +124,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let block_ms = median_ms(stream, 2, args.reps, || {
         estimate_block_sparse_gpu(&device, q_view, k_view, &all, args.block_top_k, &mut workspace, &mut blocks)
     })?;
+    let mut block_stages: Vec<[f32; 3]> = Vec::with_capacity(args.reps);
+    for _ in 0..args.reps {
+        block_stages.push(estimate_block_sparse_gpu_timed(
+            &device,
+            q_view,
+            k_view,
+            &all,
+            args.block_top_k,
+            &mut workspace,
+            &mut blocks,
+        )?);
+    }
+    let block_stage = |i: usize| median(block_stages.iter().map(|s| s[i] as f64).collect());
     println!(
-        "block-sparse top-{} {seq} tokens x {heads} heads: {block_ms:.3} ms (median of {}); workspace {} bytes",
+        "block-sparse top-{} {seq} tokens x {heads} heads: pooling {:.3} ms, scores {:.3} ms, selection {:.3} ms, total \
+         {block_ms:.3} ms (medians of {}); workspace {} bytes",
         args.block_top_k,
+        block_stage(0),
+        block_stage(1),
+        block_stage(2),
         args.reps,
         workspace.device_bytes()
     );

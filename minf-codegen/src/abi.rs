@@ -421,6 +421,15 @@ kernel_params! {
         pub out_vertical: MutPtr<i32>,
         /// `[batch, heads, capacity_s]`.
         pub out_slash: MutPtr<i32>,
+        /// `[batch, heads, 2, RADIX_BINS]` digit counts of each selection (vertical, slash), zero
+        /// on entry to the first histogram pass; each pass's last block leaves them zero again.
+        pub histograms: MutPtr<i32>,
+        /// `[batch, heads, 2, SELECT_STATE_INTS]` per selection: threshold prefix, candidates equal
+        /// to it still to take, blocks of the pass arrived, unused; zero on entry to the first
+        /// histogram pass.
+        pub states: MutPtr<i32>,
+        /// `[batch, heads, 2, segments, 2]` per segment: keys above the threshold, keys equal to it.
+        pub segment_counts: MutPtr<i32>,
         /// Sequence length.
         pub seq: i32,
         /// Query heads.
@@ -429,6 +438,10 @@ kernel_params! {
         pub capacity_v: i32,
         /// Entries per (batch, head) of out_slash.
         pub capacity_s: i32,
+        /// ceil(seq / SELECT_SEGMENT_KEYS): blocks per selection.
+        pub segments: i32,
+        /// Histogram pass 0, 1 or 2 (digits of 11, 11 and 10 bits, most significant first).
+        pub pass: i32,
     }
 }
 
@@ -442,10 +455,16 @@ kernel_params! {
         pub k: ConstPtr<u16>,
         /// `[jobs, 2]`: (0 = q / 1 = k, head) pooled by block_pool.
         pub jobs: ConstPtr<i32>,
-        /// `[entries, 3]`: (query head, its q job, its k job) for block_select.
+        /// `[entries, 3]`: (query head, its q job, its k job) for block_scores and block_select.
         pub entries: ConstPtr<i32>,
         /// `[jobs, batch, rows, head_dim]`.
         pub pooled: MutPtr<f32>,
+        /// `[pairs of the launch, block_score_keys(seq, q_seq)]`: per (batch, entry) pair of the
+        /// launch, the order-preserving keys of every query block's candidate scores, query block r
+        /// at block_score_offset(seq, q_seq, r), written by block_scores, read by block_select.
+        pub scores: MutPtr<u32>,
+        /// Keys the scores buffer holds (every write is checked against it).
+        pub scores_len: i64,
         /// `[batch, heads, q_rows]`, zero on entry.
         pub kv_num_blocks: MutPtr<i32>,
         /// `[batch, heads, q_rows, capacity]`, zero on entry.
@@ -476,6 +495,13 @@ kernel_params! {
         pub capacity: i32,
         /// 1 for f16 inputs, 0 for bf16.
         pub is_f16: i32,
+        /// Batch size (sequences of q and k).
+        pub batch: i32,
+        /// Entries (listed query heads): pair `batch_index * entries_count + entry`.
+        pub entries_count: i32,
+        /// The first (batch, entry) pair of a block_scores or block_select launch; the launch's
+        /// grid y counts its pairs, and pair `pair_begin + y` owns slot y of the scores buffer.
+        pub pair_begin: i32,
     }
 }
 
@@ -561,13 +587,26 @@ kernel_constants! {
     pub const FORCED_COLUMNS: u32 = 30;
     /// Diagonal offsets 0 .. FORCED_DIAGONALS rank above every scored diagonal.
     pub const FORCED_DIAGONALS: u32 = 100;
-    /// Threads per block of the vertical-slash top-k and of the block selection.
-    pub const SELECT_THREADS: u32 = 1024;
+    /// Threads per block of the block selection.
+    pub const SELECT_THREADS: u32 = 256;
+    /// Scores each block of the vertical-slash top-k passes covers (a segment of one selection).
+    pub const SELECT_SEGMENT_KEYS: u32 = 4096;
+    /// Threads per block of the vertical-slash top-k passes.
+    pub const SELECT_SEGMENT_THREADS: u32 = 256;
+    /// Bins of a radix-select histogram: digits of up to 11 bits.
+    pub const RADIX_BINS: u32 = 2048;
+    /// Ints of one vertical-slash top-k selection's state: threshold prefix, keys equal to it
+    /// still to take, blocks of the pass arrived, unused.
+    pub const SELECT_STATE_INTS: u32 = 4;
     /// Threads per block of the block-sparse pooling.
     pub const POOL_THREADS: u32 = 256;
     /// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every
     /// candidate block in shared memory (16384 blocks = 1M tokens = 64 KiB).
     pub const MAX_BLOCK_SPARSE_ROWS: u32 = 16_384;
+    /// Query blocks and key blocks of one block_scores tile (a square of the score matrix).
+    pub const BLOCK_SCORE_TILE: u32 = 128;
+    /// Threads per block of block_scores: 16 x 16, each an 8 x 8 piece of the tile.
+    pub const BLOCK_SCORE_THREADS: u32 = 256;
 }
 
 /// Looks up a shared constant by name.
@@ -575,10 +614,43 @@ pub fn constant(name: &str) -> Option<&'static Constant> {
     CONSTANTS.iter().find(|c| c.name == name)
 }
 
-/// Dynamic shared memory of the block selection for `rows` query blocks of head dimension
-/// `head_dim`: a key per candidate block and the pooled query row.
-pub fn block_select_shared_bytes(rows: u32, head_dim: u32) -> u32 {
-    (rows + head_dim) * 4
+/// Dynamic shared memory of the block selection for `rows` key blocks: a key per candidate block.
+pub fn block_select_shared_bytes(rows: u32) -> u32 {
+    rows * 4
+}
+
+/// Candidate key blocks of query block `r` of a block-sparse estimate whose `q_seq` queries are the
+/// last of `seq` keys: the blocks `0 ..` holding a key at or before the block's last absolute
+/// position, `min(ceil((seq - q_seq) / 64) + r + 1, ceil(seq / 64))` (`r < ceil(q_seq / 64)`).
+pub fn block_candidates(seq: u64, q_seq: u64, r: u64) -> u64 {
+    let block = u64::from(INDEX_BLOCK);
+    ((seq - q_seq).div_ceil(block) + r + 1).min(seq.div_ceil(block))
+}
+
+/// Where query block `r`'s candidate keys start in a (batch, entry) pair's slot of the block
+/// scores: the candidates of the query blocks before it, in closed form.
+pub fn block_score_offset(seq: u64, q_seq: u64, r: u64) -> u64 {
+    let block = u64::from(INDEX_BLOCK);
+    let (base, rows) = ((seq - q_seq).div_ceil(block), seq.div_ceil(block));
+    // Query blocks below `unclamped` have base + i + 1 <= rows candidates, the others rows.
+    let unclamped = rows.saturating_sub(base).min(r);
+    unclamped * base + unclamped * (unclamped + 1) / 2 + (r - unclamped) * rows
+}
+
+/// Keys of one (batch, entry) pair's slot of the block scores: every candidate of every query
+/// block, at most `rows * (rows + 1) / 2` for `rows = ceil(seq / 64)`.
+pub fn block_score_keys(seq: u64, q_seq: u64) -> u64 {
+    block_score_offset(seq, q_seq, q_seq.div_ceil(u64::from(INDEX_BLOCK)))
+}
+
+/// Tiles of a block_scores launch per (batch, entry) pair (its grid x): query tile `i` (query
+/// blocks `128i ..`) takes key tiles `0 ..= i + ceil(ceil((seq - q_seq) / 64) / 128)`, the tiles
+/// its candidates can reach; a tile past a query tile's last candidate exits at once.
+pub fn block_score_tiles(seq: u64, q_seq: u64) -> u64 {
+    let tile = u64::from(BLOCK_SCORE_TILE);
+    let query_tiles = q_seq.div_ceil(u64::from(INDEX_BLOCK)).div_ceil(tile);
+    let base_tiles = (seq - q_seq).div_ceil(u64::from(INDEX_BLOCK)).div_ceil(tile);
+    query_tiles * (base_tiles + 1) + query_tiles * query_tiles.saturating_sub(1) / 2
 }
 
 /// Keys per K tile of the vertical-slash score passes at head dimension `head_dim`.
@@ -673,6 +745,42 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
+    }
+
+    #[test]
+    fn block_score_layout_covers_every_candidate_once() {
+        let tile = u64::from(BLOCK_SCORE_TILE);
+        for seq in [1u64, 63, 64, 65, 1000, 8191, 8192, 8257, 20_000, 40_000] {
+            for q_seq in [1u64, 37, 64, 65, 1000, 8192, 8193, 17_000, seq] {
+                if q_seq > seq {
+                    continue;
+                }
+                let (q_rows, rows) = (q_seq.div_ceil(64), seq.div_ceil(64));
+                let mut offset = 0;
+                let mut tiles_needed = 0;
+                for r in 0..q_rows {
+                    // The candidates by positions: key blocks holding a key at or before the
+                    // query block's last absolute position.
+                    let last_position = (seq - q_seq) + ((r + 1) * 64).min(q_seq) - 1;
+                    let candidates = (last_position / 64 + 1).min(rows);
+                    assert_eq!(block_candidates(seq, q_seq, r), candidates, "seq {seq} q_seq {q_seq} r {r}");
+                    assert_eq!(block_score_offset(seq, q_seq, r), offset, "seq {seq} q_seq {q_seq} r {r}");
+                    offset += candidates;
+                    if r % tile == tile - 1 || r == q_rows - 1 {
+                        tiles_needed += candidates.div_ceil(tile);
+                    }
+                }
+                assert_eq!(block_score_keys(seq, q_seq), offset, "seq {seq} q_seq {q_seq}");
+                assert!(offset <= rows * (rows + 1) / 2, "seq {seq} q_seq {q_seq}");
+                // The enumeration holds every needed tile; the rest (past the causal edge) are few.
+                let tiles = block_score_tiles(seq, q_seq);
+                assert!(
+                    tiles >= tiles_needed && tiles <= tiles_needed + q_rows.div_ceil(tile),
+                    "seq {seq} q_seq {q_seq}"
+                );
+            }
+        }
+        assert_eq!(block_score_keys(1 << 20, 1 << 20), 16_384 * 16_385 / 2);
     }
 
     #[test]

@@ -221,7 +221,19 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
             abi_text(&["LAST_Q", "SCORE_CHUNK_KEYS", "SCORE_HEADS_PER_BLOCK"], &[ScoresParams::c_declaration()])?
         }
         IndexKernel::EstimateSelect => abi_text(
-            &["INDEX_BLOCK", "FORCED_COLUMNS", "FORCED_DIAGONALS", "SELECT_THREADS", "POOL_THREADS"],
+            &[
+                "INDEX_BLOCK",
+                "FORCED_COLUMNS",
+                "FORCED_DIAGONALS",
+                "SELECT_THREADS",
+                "SELECT_SEGMENT_KEYS",
+                "SELECT_SEGMENT_THREADS",
+                "RADIX_BINS",
+                "SELECT_STATE_INTS",
+                "POOL_THREADS",
+                "BLOCK_SCORE_TILE",
+                "BLOCK_SCORE_THREADS",
+            ],
             &[SelectParams::c_declaration(), BlockParams::c_declaration()],
         )?,
         IndexKernel::TileChoice => abi_text(&["INDEX_BLOCK"], &[ChoiceParams::c_declaration()])?,

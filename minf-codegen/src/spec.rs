@@ -679,9 +679,9 @@ pub enum IndexKernel {
     /// 64 queries put on each key column and each diagonal, on tensor cores (one entry point per
     /// dtype and head_dim: bf16 or f16, head_dim 64, 96, 128 or 256).
     VerticalSlashScores,
-    /// The selections of the estimates: the vertical-slash top-k (radix select and ordered
-    /// compaction, per-head sizes) and the block-sparse estimate (64-token mean pooling, block
-    /// scores, top-k per query block).
+    /// The selections of the estimates: the vertical-slash top-k (a radix select spread over
+    /// segments of every row, then an ordered compaction; per-head sizes) and the block-sparse
+    /// estimate (64-token mean pooling, the block score matrix as tiles, top-k per query block).
     EstimateSelect,
     /// The per-head choice between two tiles of an index-driven pattern: from how many of its keys
     /// the two halves of each 128-row block share, whether a head runs on 128-row or on 64-row
@@ -784,14 +784,16 @@ impl IndexKernelSpec {
                 entries
             }
             IndexKernel::EstimateSelect => {
-                let largest_head_dim = HEAD_DIMS.iter().copied().max().unwrap_or(0);
                 vec![
-                    entry("_vertical_slash", abi::SELECT_THREADS, 0),
+                    entry("_vs_histogram", abi::SELECT_SEGMENT_THREADS, 0),
+                    entry("_vs_count", abi::SELECT_SEGMENT_THREADS, 0),
+                    entry("_vs_write", abi::SELECT_SEGMENT_THREADS, 0),
                     entry("_block_pool", abi::POOL_THREADS, 0),
+                    entry("_block_scores", abi::BLOCK_SCORE_THREADS, 0),
                     entry(
                         "_block_select",
                         abi::SELECT_THREADS,
-                        abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS, largest_head_dim),
+                        abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS),
                     ),
                 ]
             }

@@ -43,8 +43,8 @@ pub use config::{ConfigError, HeadConfig, HeadPattern, ModelShape, PatternConfig
 pub use device::Device;
 pub use error::MinfError;
 pub use estimate::gpu::{
-    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, estimate_vertical_slash_gpu_timed, EstimateWorkspace,
-    VerticalSlashHead,
+    estimate_block_sparse_gpu, estimate_block_sparse_gpu_timed, estimate_vertical_slash_gpu,
+    estimate_vertical_slash_gpu_timed, EstimateWorkspace, VerticalSlashHead,
 };
 /// The registration machinery `#[sparse_attention]` expands to, so user crates need no direct
 /// dependency on `inventory`.

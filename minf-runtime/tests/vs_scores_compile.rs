@@ -1,5 +1,5 @@
 //! The estimation kernels without a GPU: the tensor-core vertical-slash scores (`vs_scores`) and
-//! the selections (`est_select`: vertical-slash top-k, block-sparse pooling and selection) render
+//! the selections (`est_select`: vertical-slash top-k, block-sparse pooling, scores and selection) render
 //! header-free for sm_80 and sm_90a with every entry point the runtime loads, and NVRTC compiles
 //! them to CUBINs (as `tests/cache_concurrency.rs` does through `minf warm` of every kernel); their
 //! results are checked on a GPU in `tests/gpu/estimate.rs`.
@@ -40,7 +40,9 @@ fn scores_template_renders_every_entry_point() {
 #[test]
 fn selection_template_renders_every_entry_point() {
     renders_with_entries(IndexKernel::EstimateSelect, |spec| {
-        ["_vertical_slash", "_block_pool", "_block_select"].map(|suffix| spec.entry_name(suffix)).to_vec()
+        ["_vs_histogram", "_vs_count", "_vs_write", "_block_pool", "_block_scores", "_block_select"]
+            .map(|suffix| spec.entry_name(suffix))
+            .to_vec()
     });
 }
 

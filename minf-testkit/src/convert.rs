@@ -137,6 +137,32 @@ pub fn convert_chunk_cpu(
     index
 }
 
+/// The stores the converter's rows pass makes for one output row (`RowWriter` in
+/// `templates/index/vs_convert.cu.tera`) whose first entry has flat index `first_index` in the
+/// output: `entries` (at most `capacity` kept) grouped by 4-entry aligned groups of the flat index,
+/// a full group inside the row as one 16-byte store, the entries of the row's first and last
+/// groups one by one. Returns each store as (row index of its first entry, its values).
+pub fn grouped_row_stores(first_index: usize, entries: &[i32], capacity: usize) -> Vec<(usize, Vec<i32>)> {
+    let kept = &entries[..entries.len().min(capacity)];
+    let lead = first_index % 4;
+    let mut stores = Vec::new();
+    let mut group: Vec<(usize, i32)> = Vec::new();
+    for (i, &value) in kept.iter().enumerate() {
+        group.push((i, value));
+        if (lead + i) % 4 == 3 {
+            let start = (i + 1).checked_sub(4);
+            match start {
+                // The whole group belongs to the row: one vector store.
+                Some(start) => stores.push((start, group.iter().map(|e| e.1).collect())),
+                None => stores.extend(group.iter().map(|&(i, v)| (i, vec![v]))),
+            }
+            group.clear();
+        }
+    }
+    stores.extend(group.iter().map(|&(i, v)| (i, vec![v])));
+    stores
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +277,31 @@ mod tests {
                         }
                         assert!(!realised_chunk_mask_contains(&index, q_offset, b, h, p, p + 1), "above the diagonal");
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grouped_row_stores_write_every_entry_once_aligned() {
+        for first_index in 0..12 {
+            for len in 0..20 {
+                for capacity in [0, 1, 3, 4, 5, 17, 40] {
+                    let entries: Vec<i32> = (0..len).map(|i| 100 + i).collect();
+                    let stores = grouped_row_stores(first_index, &entries, capacity);
+                    let mut row = vec![None; len as usize];
+                    for (at, values) in &stores {
+                        if values.len() > 1 {
+                            assert_eq!(values.len(), 4, "vector stores hold 4 entries");
+                            assert_eq!((first_index + at) % 4, 0, "vector stores are 16-byte aligned");
+                        }
+                        for (i, &v) in values.iter().enumerate() {
+                            assert!(row[at + i].replace(v).is_none(), "entry {} stored twice", at + i);
+                        }
+                    }
+                    let kept = (len as usize).min(capacity);
+                    let want: Vec<Option<i32>> = (0..len as usize).map(|i| (i < kept).then_some(entries[i])).collect();
+                    assert_eq!(row, want, "first {first_index} len {len} capacity {capacity}");
                 }
             }
         }

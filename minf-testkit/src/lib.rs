@@ -12,6 +12,8 @@
 //!   the GPU estimates in [`minf_runtime::estimate`];
 //! - [`convert`]: the CPU model of the vertical-slash converter;
 //! - [`masks`]: the masks the attention kernels realise, in absolute positions;
+//! - [`select`]: the CPU model of the estimates' top-k selections (segmented radix select and
+//!   ordered compaction);
 //! - [`schedule`]: the CPU model of which key tiles the index-driven kernels compute.
 
 pub mod convert;
@@ -20,6 +22,7 @@ pub mod inputs;
 pub mod masks;
 pub mod reference;
 pub mod schedule;
+pub mod select;
 
 pub use inputs::{InputSpec, Needle, Planted, Repeat, StructuredInputs};
 pub use reference::{random_normal, recall, ChunkShape, RecallStats, ReferenceShape, TestRng};

@@ -180,13 +180,15 @@ fn scores_at_128k_timing() {
 // ---- The whole estimates: selections, converted index and block lists against the CPU ----
 
 use minf::estimate::gpu::{
-    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, EstimateWorkspace, VerticalSlashHead,
+    estimate_block_sparse_gpu, estimate_vertical_slash_gpu, select_vertical_slash_gpu, EstimateWorkspace,
+    VerticalSlashHead,
 };
 use minf::estimate::{clamp_sizes, FORCED_COLUMNS, FORCED_DIAGONALS};
 use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
 use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
+use minf_testkit::select::{block_top_k, fma_dot, order_key};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
 fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {
@@ -324,6 +326,68 @@ pub(super) fn vertical_slash_case<T: AttentionElement>(
     println!("ok   {} d={head_dim} seq={seq} heads {heads}/{kv_heads} batch {batch}: near-tie swaps {swaps}", T::DTYPE);
 }
 
+/// The top-k alone on planted scores: a few distinct values, so many keys tie at every threshold
+/// and the forced columns and diagonals tie with each other, at lengths of one segment (4096
+/// scores), several and a partial last one, up to 1M (256 segments per row): every listed head's
+/// columns and diagonals equal the reference ranking (ties to the smaller index) exactly, the
+/// rest of each row and every unlisted head's rows are -1.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn vertical_slash_top_k_breaks_ties_like_the_reference() {
+    let device = device();
+    let stream = device.stream();
+    let mut rng = minf_testkit::TestRng::new(test_seed("vertical_slash_top_k_breaks_ties_like_the_reference"));
+    let mut workspace = EstimateWorkspace::new();
+    for (batch, heads, seq, distinct) in [
+        (2, 8, 1, 3),
+        (1, 4, 4095, 2),
+        (2, 8, 4096, 5),
+        (2, 8, 4097, 1),
+        (1, 6, 3 * 4096 + 17, 7),
+        (1, 4, 70_000, 1000),
+        (1, 4, 1 << 20, 50),
+    ] {
+        let len = batch * heads * seq;
+        let mut draw = |_| (rng.below(distinct) as f32 + 1.0) * 1e-4;
+        let (vertical, slash): (Vec<f32>, Vec<f32>) =
+            ((0..len).map(&mut draw).collect(), (0..len).map(&mut draw).collect());
+        let list = head_list(heads, seq);
+        select_vertical_slash_gpu(
+            &device,
+            &stream.clone_htod(&vertical).expect("upload vertical"),
+            &stream.clone_htod(&slash).expect("upload slash"),
+            [batch, heads, seq],
+            &list,
+            &mut workspace,
+        )
+        .expect("top-k");
+        let (raw_v, raw_s) = workspace.selections_to_host().expect("selections");
+        let clamped: Vec<(usize, usize)> = list.iter().map(|e| clamp_sizes(seq, e.vertical, e.slash)).collect();
+        let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(0).max(1);
+        let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(0).max(1);
+        assert_eq!((raw_v.len(), raw_s.len()), (batch * heads * nnz_v, batch * heads * nnz_s), "capacities");
+        for b in 0..batch {
+            for h in 0..heads {
+                let bh = b * heads + h;
+                let (got_v, got_s) = (&raw_v[bh * nnz_v..(bh + 1) * nnz_v], &raw_s[bh * nnz_s..(bh + 1) * nnz_s]);
+                let what = format!("seq {seq} distinct {distinct} b={b} h={h}");
+                let Some(pos) = list.iter().position(|e| e.head == h) else {
+                    assert!(got_v.iter().chain(got_s).all(|&x| x == -1), "{what}: unlisted head has selections");
+                    continue;
+                };
+                let (v, s) = clamped[pos];
+                let at = bh * seq;
+                let (want_v, want_s) =
+                    select_from(&vertical[at..at + seq], &slash[at..at + seq], list[pos].vertical, list[pos].slash);
+                assert_eq!(&got_v[..v], &want_v[..], "{what}: columns");
+                assert_eq!(&got_s[..s], &want_s[..], "{what}: diagonals");
+                assert!(got_v[v..].iter().chain(&got_s[s..]).all(|&x| x == -1), "{what}: padding");
+            }
+        }
+        println!("ok   top-k batch {batch} heads {heads} seq {seq}, {distinct} distinct scores");
+    }
+}
+
 fn estimate_matrix_for<T: AttentionElement>(device: &Device) {
     let seed = test_seed(&format!("vertical-slash estimate {}", T::DTYPE.as_str()));
     let mut workspace = EstimateWorkspace::new();
@@ -362,6 +426,38 @@ fn vertical_slash_estimate_at_128k_matches_reference() {
     );
 }
 
+/// Every listed block list equals, exactly, the top-k of the GPU's own pooled blocks with the dots
+/// summed as the tiled score pass sums them (`minf_testkit::select::fma_dot`, ties to the smaller
+/// block): the score tiles' arithmetic, their causal layout and the radix select keep the rule.
+fn block_lists_match_the_gpu_pooling(
+    workspace: &EstimateWorkspace,
+    got: &minf::HostBlockSparseIndex,
+    listed: &[usize],
+    (batch, heads, kv_heads, head_dim): (usize, usize, usize, usize),
+    (q_len, kv_len, top_k): (usize, usize, usize),
+) {
+    let kv_rows = kv_len.div_ceil(64);
+    let group = heads / kv_heads;
+    let mut kv_used: Vec<usize> = listed.iter().map(|h| h / group).collect();
+    kv_used.sort_unstable();
+    kv_used.dedup();
+    let jobs = listed.len() + kv_used.len();
+    let pooled = workspace.pooled_to_host(jobs * batch * kv_rows * head_dim).expect("pooled blocks");
+    let row_of = |job: usize, b: usize, r: usize| &pooled[((job * batch + b) * kv_rows + r) * head_dim..][..head_dim];
+    for b in 0..batch {
+        for (q_job, &h) in listed.iter().enumerate() {
+            let k_job = listed.len() + kv_used.partition_point(|&kv| kv < h / group);
+            for r in 0..q_len.div_ceil(64) {
+                let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
+                let keys: Vec<u32> =
+                    (0..=last).map(|c| order_key(fma_dot(row_of(q_job, b, r), row_of(k_job, b, c)))).collect();
+                let want: Vec<i32> = block_top_k(&keys, top_k).iter().map(|&c| c as i32).collect();
+                assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
+            }
+        }
+    }
+}
+
 pub(super) fn block_sparse_case<T: AttentionElement>(
     device: &Device,
     workspace: &mut EstimateWorkspace,
@@ -388,6 +484,15 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
     )
     .expect("block-sparse estimate");
     let got = index.to_host().expect("download");
+    if top_k > 0 {
+        block_lists_match_the_gpu_pooling(
+            workspace,
+            &got,
+            &listed,
+            (batch, heads, kv_heads, head_dim),
+            (seq, seq, top_k),
+        );
+    }
     let want = estimate_block_sparse(&q_f32, &k_f32, ReferenceShape { batch, seq, heads, kv_heads, head_dim }, top_k)
         .expect("reference");
     let mut mismatched_rows = 0;
@@ -428,6 +533,28 @@ fn block_sparse_estimate_matches_reference() {
         block_sparse_case::<bf16>(&device, &mut workspace, (seq, 6, 2, 128, top_k), seed + seq as u64);
     }
     block_sparse_case::<f16>(&device, &mut workspace, (4097, 4, 4, 64, 100), seed + 1);
+    // Score tiles of every head_dim step count, several query tiles (128 query blocks each) and
+    // partial last blocks and tiles.
+    block_sparse_case::<bf16>(&device, &mut workspace, (9000, 6, 3, 96, 100), seed + 2);
+    block_sparse_case::<bf16>(&device, &mut workspace, (16_447, 4, 1, 256, 100), seed + 3);
+}
+
+/// The score matrices computed and selected a few (batch, head) pairs at a time (a small
+/// [`EstimateWorkspace::limit_block_scores`]) give the lists of one pass: whole prompts and chunks
+/// whose prefixes reach past several key tiles.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_sparse_estimate_in_groups_of_heads_matches() {
+    let device = device();
+    let seed = test_seed("block_sparse_estimate_in_groups_of_heads_matches");
+    // One pair per group, then three (the last group partial: 2 batches x 4 listed heads).
+    for (i, limit) in [1usize, 3 * 4 * 200 * 201 / 2].into_iter().enumerate() {
+        let mut workspace = EstimateWorkspace::new();
+        workspace.limit_block_scores(limit);
+        block_sparse_case::<bf16>(&device, &mut workspace, (12_800, 6, 2, 128, 100), seed + i as u64);
+        let case = (3000, 20_037, 6, 2, 128, 100);
+        block_sparse_chunk_case::<bf16>(&device, &mut workspace, case, seed + 10 + i as u64);
+    }
 }
 
 #[test]
@@ -578,6 +705,10 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
     )
     .expect("block-sparse chunk estimate");
     let got = index.to_host().expect("download");
+    if top_k > 0 {
+        let shape = (batch, heads, kv_heads, head_dim);
+        block_lists_match_the_gpu_pooling(workspace, &got, &listed, shape, (q_len, kv_len, top_k));
+    }
     let chunk = ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim };
     let want = estimate_block_sparse_chunk(&q_f32, &k_f32, chunk, top_k).expect("reference");
     let mut mismatched_rows = 0;
@@ -614,8 +745,9 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
 }
 
 /// q_len of the matrix, each after prefixes that are not multiples of 64 (and one that is).
-const CHUNK_CASES: [(usize, usize); 8] =
-    [(1, 1000), (63, 37), (64, 4133), (65, 100), (1000, 1), (1000, 3037), (1000, 2048), (4097, 701)];
+/// The last case's 21000 keys make six 4096-score segments per top-k row.
+const CHUNK_CASES: [(usize, usize); 9] =
+    [(1, 1000), (63, 37), (64, 4133), (65, 100), (1000, 1), (1000, 3037), (1000, 2048), (4097, 701), (1000, 20_000)];
 
 #[test]
 #[ignore = "needs a CUDA GPU"]

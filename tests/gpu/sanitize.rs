@@ -161,7 +161,15 @@ fn index_kernels_and_prefill() {
     println!("scores: worst rel_l2 {error:.2e}");
     let mut estimate = EstimateWorkspace::new();
     super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 700, 4, 2, 128), seed + 6);
+    // Three 4096-score segments per top-k row: the passes' cross-block histograms and counts.
+    super::estimate::vertical_slash_case::<bf16>(&device, &mut estimate, (1, 9000, 2, 1, 64), seed + 12);
     super::estimate::block_sparse_case::<bf16>(&device, &mut estimate, (700, 6, 2, 128, 3), seed + 7);
+    // Several 128-block score tiles at head_dim 96, partial last tiles, the score matrices one
+    // (batch, head) pair at a time; a chunk whose prefix spans three key tiles.
+    let mut grouped = EstimateWorkspace::new();
+    grouped.limit_block_scores(1);
+    super::estimate::block_sparse_case::<bf16>(&device, &mut grouped, (9000, 4, 2, 96, 100), seed + 13);
+    super::estimate::block_sparse_chunk_case::<bf16>(&device, &mut grouped, (300, 17_000, 4, 2, 128, 100), seed + 14);
 
     // A whole layer of every pattern through the prefill (estimation, conversion, launches).
     let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };

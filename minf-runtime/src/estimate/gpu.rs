@@ -2,11 +2,13 @@
 //!
 //! - [`estimate_vertical_slash_gpu`]: the vertical and slash scores on tensor cores
 //!   (`templates/index/vs_scores.cu.tera`: row statistics, their merge, then the accumulation), the
-//!   per-head top-k (`templates/index/est_select.cu.tera`: radix select and ordered compaction) and the
-//!   conversion to MInference's index ([`convert_vertical_slash_chunk_into`]);
-//! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, block scores and the top-k key blocks
-//!   of every query block (`templates/index/est_select.cu.tera`);
-//! - [`vertical_slash_scores_gpu`]: the scores alone.
+//!   per-head top-k (`templates/index/est_select.cu.tera`: a radix select whose histograms are
+//!   summed over 4096-score segments of each row, one block each, then an ordered compaction) and
+//!   the conversion to MInference's index ([`convert_vertical_slash_chunk_into`]);
+//! - [`estimate_block_sparse_gpu`]: 64-token mean pooling, the causal block score matrix of every
+//!   listed head as f32 GEMM tiles, and the top-k key blocks of every query block
+//!   (`templates/index/est_select.cu.tera`);
+//! - [`vertical_slash_scores_gpu`]: the scores alone; [`select_vertical_slash_gpu`]: the top-k alone.
 //!
 //! Every entry point takes a whole prompt (`q` and `k` of `N` tokens) or a chunk of one: `q` holds
 //! the chunk's `q_len` queries, `k` the `kv_len >= q_len` keys of the prefix and the chunk, and
@@ -38,11 +40,15 @@ pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 /// Largest sequence of the score passes: their grid's y dimension counts chunks.
 pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
 /// Most 64-row query blocks of a block-sparse estimate ([`abi::MAX_BLOCK_SPARSE_ROWS`]): a query
-/// block keeps the keys of every candidate block in shared memory (16384 blocks = 1M tokens =
-/// 64 KiB).
+/// block's selection keeps the keys of every candidate block in shared memory (16384 blocks = 1M
+/// tokens = 64 KiB).
 pub const MAX_BLOCK_SPARSE_ROWS: usize = abi::MAX_BLOCK_SPARSE_ROWS as usize;
 /// Longest prompt of a block-sparse estimate, in tokens: [`MAX_BLOCK_SPARSE_ROWS`] blocks of 64.
 pub const MAX_BLOCK_SPARSE_SEQ: usize = MAX_BLOCK_SPARSE_ROWS * BLOCK;
+/// Default cap on the block-sparse estimate's score matrices, in bytes (see
+/// [`EstimateWorkspace::limit_block_scores`]): 1 GiB holds 32 heads' scores at 128K tokens
+/// (8.4 MB each) in one pass, and one head's at 1M (537 MB).
+pub const DEFAULT_BLOCK_SCORE_BYTES: usize = 1 << 30;
 
 /// Checks, on the host, that a block-sparse estimate takes a prompt of `seq` tokens (at most
 /// [`MAX_BLOCK_SPARSE_SEQ`]); `what` names the caller in the error.
@@ -138,12 +144,15 @@ pub struct EstimateWorkspace {
     slash_scores: Option<CudaSlice<f32>>,
     raw_vertical: Option<CudaSlice<i32>>,
     raw_slash: Option<CudaSlice<i32>>,
+    select_scratch: Option<CudaSlice<i32>>,
     head_sizes: DeviceTable,
     seqlens: DeviceTable,
     q_lens: DeviceTable,
     convert: ConvertWorkspace,
     block_tables: DeviceTable,
     pooled: Option<CudaSlice<f32>>,
+    block_scores: Option<CudaSlice<u32>>,
+    block_score_limit: Option<usize>,
 }
 
 impl EstimateWorkspace {
@@ -160,13 +169,24 @@ impl EstimateWorkspace {
             + bytes(&self.vertical_scores)
             + bytes(&self.slash_scores)
             + bytes(&self.pooled)
+            + self.block_scores.as_ref().map_or(0, |b| b.num_bytes())
             + int_bytes(&self.raw_vertical)
             + int_bytes(&self.raw_slash)
+            + int_bytes(&self.select_scratch)
             + self.head_sizes.device_bytes()
             + self.seqlens.device_bytes()
             + self.q_lens.device_bytes()
             + self.block_tables.device_bytes()
             + self.convert.device_bytes()
+    }
+
+    /// Caps the block-sparse estimate's score scratch at `bytes`: the (batch, head) pairs' score
+    /// matrices (4 bytes per causal (query block, key block) pair: `rows * (rows + 1) / 2` keys
+    /// for a whole prompt of `rows` 64-token blocks) are computed and selected in groups that fit,
+    /// at least one pair per group (so at most 537 MB at 1M tokens). The default is
+    /// [`DEFAULT_BLOCK_SCORE_BYTES`]. Results do not depend on it.
+    pub fn limit_block_scores(&mut self, bytes: usize) {
+        self.block_score_limit = Some(bytes);
     }
 
     /// The vertical and slash scores of the last vertical-slash estimate, `[batch, heads, seq]`
@@ -176,6 +196,14 @@ impl EstimateWorkspace {
             download(&self.vertical_scores, len, "vertical scores")?,
             download(&self.slash_scores, len, "slash scores")?,
         ))
+    }
+
+    /// The first `len` pooled values of the last block-sparse estimate, `[jobs, batch, kv_rows,
+    /// head_dim]` f32: the listed query heads in their order, then the KV heads they read in
+    /// ascending order (only a chunk's first `ceil(q_len / 64)` rows of a query head are
+    /// meaningful); for tests and inspection (synchronises).
+    pub fn pooled_to_host(&self, len: usize) -> Result<Vec<f32>, MinfError> {
+        download(&self.pooled, len, "pooled blocks")
     }
 
     /// The selections of the last vertical-slash estimate before conversion: columns
@@ -414,27 +442,33 @@ pub fn vertical_slash_scores_gpu<T: AttentionElement>(
 
 /// The clamped `[heads, 2]` size table of a vertical-slash estimate, checked against the index's
 /// capacities; heads not listed get `(0, 0)`.
-fn size_table(heads: &[VerticalSlashHead], dims: QkDims, nnz_v: usize, nnz_s: usize) -> Result<Vec<i32>, MinfError> {
-    let mut table = vec![0i32; 2 * dims.heads];
-    let mut seen = vec![false; dims.heads];
+fn size_table(
+    heads: &[VerticalSlashHead],
+    dims: (usize, usize),
+    nnz_v: usize,
+    nnz_s: usize,
+) -> Result<Vec<i32>, MinfError> {
+    let (heads_count, seq) = dims;
+    let mut table = vec![0i32; 2 * heads_count];
+    let mut seen = vec![false; heads_count];
     for entry in heads {
-        if entry.head >= dims.heads {
+        if entry.head >= heads_count {
             return Err(shape_error(format!(
                 "vertical-slash estimate: head {} is listed but there are {} query heads (allowed 0 to {})",
                 entry.head,
-                dims.heads,
-                dims.heads.saturating_sub(1)
+                heads_count,
+                heads_count.saturating_sub(1)
             )));
         }
         if std::mem::replace(&mut seen[entry.head], true) {
             return Err(shape_error(format!("vertical-slash estimate: head {} is listed twice", entry.head)));
         }
-        let (v, s) = clamp_sizes(dims.seq, entry.vertical, entry.slash);
+        let (v, s) = clamp_sizes(seq, entry.vertical, entry.slash);
         if v > nnz_v || s > nnz_s {
             return Err(shape_error(format!(
                 "vertical-slash estimate: head {} keeps {v} columns and {s} diagonals (clamped from {} and {} at \
                  seq {}) but the index holds at most {nnz_v} columns and {nnz_s} range starts per row block",
-                entry.head, entry.vertical, entry.slash, dims.seq
+                entry.head, entry.vertical, entry.slash, seq
             )));
         }
         // Both are at most seq, which fits i32.
@@ -442,6 +476,171 @@ fn size_table(heads: &[VerticalSlashHead], dims: QkDims, nnz_v: usize, nnz_s: us
         table[2 * entry.head + 1] = s as i32;
     }
     Ok(table)
+}
+
+/// The layout, in `i32`s, of the vertical-slash top-k scratch for `heads_total` = batch * heads
+/// (two selections each, columns and diagonals) of `seq` scores: histograms, then states (both
+/// zeroed before the first pass), then the segment counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SelectScratch {
+    /// Blocks per selection: ceil(seq / SELECT_SEGMENT_KEYS).
+    segments: usize,
+    /// Start of the states.
+    states: usize,
+    /// Start of the segment counts: the launcher zeroes the ints before it.
+    segment_counts: usize,
+    /// Ints in all.
+    len: usize,
+}
+
+impl SelectScratch {
+    fn layout(heads_total: usize, seq: usize) -> Self {
+        let selections = 2 * heads_total;
+        let segments = seq.div_ceil(abi::SELECT_SEGMENT_KEYS as usize).max(1);
+        let states = selections * abi::RADIX_BINS as usize;
+        let segment_counts = states + selections * abi::SELECT_STATE_INTS as usize;
+        Self { segments, states, segment_counts, len: segment_counts + selections * segments * 2 }
+    }
+}
+
+/// Device addresses and row sizes of the vertical-slash top-k.
+#[derive(Debug, Clone, Copy)]
+struct TopKTargets {
+    /// `[batch, heads, seq]` column scores.
+    vertical: ConstPtr<f32>,
+    /// `[batch, heads, seq]` diagonal scores.
+    slash: ConstPtr<f32>,
+    /// `[heads, 2]` clamped sizes, each at most its capacity and seq.
+    head_sizes: ConstPtr<i32>,
+    /// `[batch, heads, capacity_v]`.
+    out_vertical: MutPtr<i32>,
+    /// `[batch, heads, capacity_s]`.
+    out_slash: MutPtr<i32>,
+    /// Entries per (batch, head) of out_vertical, at most i32::MAX.
+    capacity_v: usize,
+    /// Entries per (batch, head) of out_slash, at most i32::MAX.
+    capacity_s: usize,
+}
+
+/// Launches the five top-k passes over `[batch, heads, seq]` scores (batch and heads at most
+/// [`MAX_BATCH_OR_HEADS`], seq at most [`MAX_SCORE_SEQ`]), with `scratch` grown to their layout.
+fn launch_top_k(
+    device: &Device,
+    (batch, heads, seq): (usize, usize, usize),
+    targets: TopKTargets,
+    scratch: &mut Option<CudaSlice<i32>>,
+) -> Result<(), MinfError> {
+    let stream = device.stream();
+    let layout = SelectScratch::layout(batch * heads, seq);
+    reserve_buffer(scratch, stream, layout.len, "the estimate's top-k histograms")?;
+    let scratch = scratch.as_mut().ok_or_else(|| shape_error("the top-k scratch was not allocated".into()))?;
+    stream
+        .memset_zeros(&mut scratch.slice_mut(..layout.segment_counts))
+        .map_err(MinfError::driver("zeroing the top-k histograms"))?;
+    let histogram = load(device, IndexKernel::EstimateSelect, "_vs_histogram")?;
+    let count = load(device, IndexKernel::EstimateSelect, "_vs_count")?;
+    let write = load(device, IndexKernel::EstimateSelect, "_vs_write")?;
+    let (scratch_ptr, _scratch_sync) = scratch.device_ptr_mut(stream);
+    let at = |ints: usize| MutPtr::new(scratch_ptr + (ints * std::mem::size_of::<i32>()) as u64);
+    // The callers bound seq by MAX_SCORE_SEQ (so the segments fit i32), heads by
+    // MAX_BATCH_OR_HEADS and the capacities by i32::MAX.
+    let params = SelectParams {
+        vertical: targets.vertical,
+        slash: targets.slash,
+        head_sizes: targets.head_sizes,
+        out_vertical: targets.out_vertical,
+        out_slash: targets.out_slash,
+        histograms: at(0),
+        states: at(layout.states),
+        segment_counts: at(layout.segment_counts),
+        seq: seq as i32,
+        heads: heads as i32,
+        capacity_v: targets.capacity_v as i32,
+        capacity_s: targets.capacity_s as i32,
+        segments: layout.segments as i32,
+        pass: 0,
+    };
+    let passes = [(&histogram, 0), (&histogram, 1), (&histogram, 2), (&count, 0), (&write, 0)];
+    for (kernel, pass) in passes {
+        let config = LaunchConfig {
+            grid_dim: ((2 * layout.segments) as u32, heads as u32, batch as u32),
+            block_dim: (kernel.launch.threads, 1, 1),
+            shared_mem_bytes: kernel.launch.shared_bytes,
+        };
+        let params = KernelArgs(SelectParams { pass, ..params });
+        let mut launch = stream.launch_builder(&kernel.function);
+        launch.arg(&params);
+        // SAFETY: the parameter block matches the kernels' declaration; the scores hold
+        // batch * heads * seq floats, the size table 2 * heads ints, the outputs
+        // batch * heads * capacity ints, the scratch the histograms, states and segment counts of
+        // batch * heads * 2 selections (SelectScratch); the kernels clamp every size to the
+        // capacity and seq, read keys below seq and write positions below the size.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver("launching the vertical-slash top-k"))?;
+    }
+    Ok(())
+}
+
+/// The vertical-slash top-k alone: from `vertical` and `slash` scores (`[batch, heads, seq]` f32
+/// each, as [`vertical_slash_scores_gpu`] writes them), the columns and diagonals that
+/// [`estimate_vertical_slash_gpu`] keeps for every listed head (MInference's rules, sizes clamped by
+/// [`clamp_sizes`] at `seq`), into `workspace`: read them with
+/// [`EstimateWorkspace::selections_to_host`] (capacities the largest clamped sizes, at least 1).
+/// Launches on `device.stream()` with no host sync.
+pub fn select_vertical_slash_gpu(
+    device: &Device,
+    vertical: &CudaSlice<f32>,
+    slash: &CudaSlice<f32>,
+    [batch, heads_count, seq]: [usize; 3],
+    heads: &[VerticalSlashHead],
+    workspace: &mut EstimateWorkspace,
+) -> Result<(), MinfError> {
+    let what = "vertical-slash top-k";
+    if batch == 0 || heads_count == 0 || seq == 0 || batch > MAX_BATCH_OR_HEADS || heads_count > MAX_BATCH_OR_HEADS {
+        return Err(shape_error(format!(
+            "{what}: batch {batch}, heads {heads_count} and seq {seq} must be positive, batch and heads at most \
+             {MAX_BATCH_OR_HEADS}"
+        )));
+    }
+    if seq > MAX_SCORE_SEQ {
+        return Err(shape_error(format!("{what}: seq {seq} is longer than the {MAX_SCORE_SEQ} tokens allowed")));
+    }
+    let len = batch * heads_count * seq;
+    for (name, held) in [("vertical", vertical.len()), ("slash", slash.len())] {
+        if held != len {
+            return Err(shape_error(format!(
+                "{what}: {name} holds {held} floats but [batch, heads, seq] = [{batch}, {heads_count}, {seq}] needs {len}"
+            )));
+        }
+    }
+    let sizes: Vec<(usize, usize)> = heads.iter().map(|e| clamp_sizes(seq, e.vertical, e.slash)).collect();
+    let nnz_v = sizes.iter().map(|s| s.0).max().unwrap_or(0).max(1);
+    let nnz_s = sizes.iter().map(|s| s.1).max().unwrap_or(0).max(1);
+    if nnz_v > i32::MAX as usize || nnz_s > i32::MAX as usize {
+        return Err(shape_error(format!("{what}: sizes ({nnz_v}, {nnz_s}) do not fit i32")));
+    }
+    let table = size_table(heads, (heads_count, seq), nnz_v, nnz_s)?;
+    let stream = device.stream();
+    exact(&mut workspace.raw_vertical, stream, batch * heads_count * nnz_v, "selected columns")?;
+    exact(&mut workspace.raw_slash, stream, batch * heads_count * nnz_s, "selected diagonals")?;
+    let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
+    let (Some(raw_vertical), Some(raw_slash)) = (workspace.raw_vertical.as_mut(), workspace.raw_slash.as_mut()) else {
+        return Err(shape_error(format!("{what}: the workspace was not allocated")));
+    };
+    let (sizes_ptr, _sizes_sync) = head_sizes.device_ptr(stream);
+    let (vertical_ptr, _vertical_sync) = vertical.device_ptr(stream);
+    let (slash_ptr, _slash_sync) = slash.device_ptr(stream);
+    let (out_vertical, _out_vertical_sync) = raw_vertical.device_ptr_mut(stream);
+    let (out_slash, _out_slash_sync) = raw_slash.device_ptr_mut(stream);
+    let targets = TopKTargets {
+        vertical: vertical_ptr.into(),
+        slash: slash_ptr.into(),
+        head_sizes: sizes_ptr.into(),
+        out_vertical: out_vertical.into(),
+        out_slash: out_slash.into(),
+        capacity_v: nnz_v,
+        capacity_s: nnz_s,
+    };
+    launch_top_k(device, (batch, heads_count, seq), targets, &mut workspace.select_scratch)
 }
 
 /// What the stages of [`run_vertical_slash`] report to: called with 0 before the scores, then
@@ -471,7 +670,7 @@ fn run_vertical_slash<T: AttentionElement>(
             shape.batch, shape.heads, shape.rows, dims.batch, dims.heads, dims.q_seq
         )));
     }
-    let table = size_table(heads, dims, shape.nnz_v, shape.nnz_s)?;
+    let table = size_table(heads, (dims.heads, dims.seq), shape.nnz_v, shape.nnz_s)?;
     let stream = device.stream();
     let heads_total = dims.batch * dims.heads;
     let scores_len = heads_total * dims.seq;
@@ -483,7 +682,6 @@ fn run_vertical_slash<T: AttentionElement>(
     workspace.seqlens.sync(stream, &vec![dims.seq as i32; dims.batch], "sequence lengths")?;
     workspace.q_lens.sync(stream, &vec![dims.q_seq as i32; dims.batch], "chunk lengths")?;
     let head_sizes = workspace.head_sizes.sync(stream, &table, "head sizes")?;
-    let topk = load(device, IndexKernel::EstimateSelect, "_vertical_slash")?;
     let (Some(vertical_scores), Some(slash_scores), Some(raw_vertical), Some(raw_slash), Some(seqlens), Some(q_lens)) = (
         workspace.vertical_scores.as_mut(),
         workspace.slash_scores.as_mut(),
@@ -513,29 +711,16 @@ fn run_vertical_slash<T: AttentionElement>(
         let (slash_ptr, _slash_sync) = slash_scores.device_ptr(stream);
         let (out_vertical, _out_vertical_sync) = raw_vertical.device_ptr_mut(stream);
         let (out_slash, _out_slash_sync) = raw_slash.device_ptr_mut(stream);
-        // IndexShape bounds the capacities by i32::MAX; heads by MAX_BATCH_OR_HEADS.
-        let params = KernelArgs(SelectParams {
+        let targets = TopKTargets {
             vertical: vertical_ptr.into(),
             slash: slash_ptr.into(),
             head_sizes: sizes_ptr.into(),
             out_vertical: out_vertical.into(),
             out_slash: out_slash.into(),
-            seq: dims.seq as i32,
-            heads: dims.heads as i32,
-            capacity_v: shape.nnz_v as i32,
-            capacity_s: shape.nnz_s as i32,
-        });
-        let config = LaunchConfig {
-            grid_dim: (dims.heads as u32, dims.batch as u32, 2),
-            block_dim: (topk.launch.threads, 1, 1),
-            shared_mem_bytes: topk.launch.shared_bytes,
+            capacity_v: shape.nnz_v,
+            capacity_s: shape.nnz_s,
         };
-        let mut launch = stream.launch_builder(&topk.function);
-        launch.arg(&params);
-        // SAFETY: the parameter block matches the kernel's declaration; the scores hold
-        // batch * heads * seq floats, the size table 2 * heads ints, the outputs
-        // batch * heads * capacity ints; the kernel clamps every size to the capacity and seq.
-        unsafe { launch.launch(config) }.map_err(MinfError::driver("launching the vertical-slash top-k"))?;
+        launch_top_k(device, (dims.batch, dims.heads, dims.seq), targets, &mut workspace.select_scratch)?;
     }
     mark(2)?;
     let lengths = ChunkLengths { q_lens, kv_lens: seqlens, max_q_len: dims.q_seq, max_kv_len: dims.seq };
@@ -603,7 +788,9 @@ pub fn estimate_vertical_slash_gpu_timed<T: AttentionElement>(
 /// the candidates `0 ..= c`, `c` the block of its last absolute position; for a whole prompt
 /// (`q_len = kv_len`) that is `0 ..= r`. `index` is `[batch, heads, ceil(q_len / 64)]` with a
 /// capacity of at least `min(top_k, ceil(kv_len / 64))`; it is zeroed first. Layouts and chunks as
-/// [`estimate_vertical_slash_gpu`]. Launches on `device.stream()` with no host sync.
+/// [`estimate_vertical_slash_gpu`]. The scores of each (batch, head) pair are computed as a matrix
+/// in `workspace` (4 bytes per causal (query block, key block) pair, the pairs in groups under
+/// [`EstimateWorkspace::limit_block_scores`]). Launches on `device.stream()` with no host sync.
 pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     device: &Device,
     q: TensorRef<'_, T>,
@@ -612,6 +799,55 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     top_k: usize,
     workspace: &mut EstimateWorkspace,
     index: &mut BlockSparseIndex,
+) -> Result<(), MinfError> {
+    run_block_sparse(device, q, k, (heads, top_k), workspace, index, &mut |_| Ok(()))
+}
+
+/// [`estimate_block_sparse_gpu`] with its stages timed by CUDA events: returns `[pooling (with the
+/// index zeroing), scores, selection]` in milliseconds, each summed over the groups of heads
+/// (synchronises on the last event; all zero when nothing was launched).
+pub fn estimate_block_sparse_gpu_timed<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    heads: &[usize],
+    top_k: usize,
+    workspace: &mut EstimateWorkspace,
+    index: &mut BlockSparseIndex,
+) -> Result<[f32; 3], MinfError> {
+    let stream = device.stream().clone();
+    let mut events = Vec::new();
+    run_block_sparse(device, q, k, (heads, top_k), workspace, index, &mut |stage| {
+        let event = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(MinfError::driver("recording a stage event"))?;
+        events.push((stage, event));
+        Ok(())
+    })?;
+    let mut stages = [0.0f32; 3];
+    if let Some((_, last)) = events.last() {
+        last.synchronize().map_err(MinfError::driver("waiting for the estimate"))?;
+    }
+    // Each interval counts for the stage whose mark opens it.
+    for pair in events.windows(2) {
+        let ((stage, start), (_, end)) = (&pair[0], &pair[1]);
+        if let Some(total) = stages.get_mut(*stage) {
+            *total += start.elapsed_ms(end).map_err(MinfError::driver("reading a stage event"))?;
+        }
+    }
+    Ok(stages)
+}
+
+/// Stage marks of [`run_block_sparse`]: 0 before the zeroing and pooling, 1 before each group's
+/// scores, 2 before its selection, 3 after the last launch.
+fn run_block_sparse<T: AttentionElement>(
+    device: &Device,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    (heads, top_k): (&[usize], usize),
+    workspace: &mut EstimateWorkspace,
+    index: &mut BlockSparseIndex,
+    mark: StageMark<'_>,
 ) -> Result<(), MinfError> {
     let what = "block-sparse estimate";
     let dims = check_qk(what, &q, &k)?;
@@ -647,6 +883,7 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     }
     let stream = device.stream();
     let (kv_num_blocks, kv_indices) = index.buffers_mut();
+    mark(0)?;
     stream.memset_zeros(kv_num_blocks).map_err(MinfError::driver("zeroing kv_num_blocks"))?;
     stream.memset_zeros(kv_indices).map_err(MinfError::driver("zeroing kv_indices"))?;
     if heads.is_empty() || kept == 0 || q_rows == 0 {
@@ -669,68 +906,108 @@ pub fn estimate_block_sparse_gpu<T: AttentionElement>(
     }
     let pooled_len = jobs * dims.batch * rows * dims.head_dim;
     reserve_buffer(&mut workspace.pooled, stream, pooled_len, "the estimate's pooled blocks")?;
+    // Every (batch, listed head) pair's score matrix takes slot_keys keys; the pairs go in groups
+    // whose matrices fit the cap (at least one pair; a grid's y dimension at most).
+    let slot_keys = usize::try_from(abi::block_score_keys(dims.seq as u64, dims.q_seq as u64))
+        .map_err(|_| shape_error(format!("{what}: the block score matrix does not fit usize")))?;
+    let pairs = dims.batch * heads.len();
+    let limit = workspace.block_score_limit.unwrap_or(DEFAULT_BLOCK_SCORE_BYTES);
+    let group = (limit / (4 * slot_keys).max(1)).clamp(1, pairs.min(MAX_BATCH_OR_HEADS));
+    reserve_buffer(&mut workspace.block_scores, stream, group * slot_keys, "the estimate's block scores")?;
     let tables = workspace.block_tables.sync(stream, &table, "block-sparse jobs")?;
-    let pooled = workspace.pooled.as_mut().ok_or_else(|| shape_error(format!("{what}: no pooled buffer")))?;
-    // rows <= MAX_BLOCK_SPARSE_ROWS and head_dim is one of HEAD_DIMS: the entry's launch shape
-    // allows this much.
-    let select_shared = abi::block_select_shared_bytes(rows as u32, dims.head_dim as u32);
+    let (Some(pooled), Some(block_scores)) = (workspace.pooled.as_mut(), workspace.block_scores.as_mut()) else {
+        return Err(shape_error(format!("{what}: the workspace was not allocated")));
+    };
+    // rows <= MAX_BLOCK_SPARSE_ROWS: the entry's launch shape allows this much.
+    let select_shared = abi::block_select_shared_bytes(rows as u32);
     let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
+    let scores = load(device, IndexKernel::EstimateSelect, "_block_scores")?;
     let select = load(device, IndexKernel::EstimateSelect, "_block_select")?;
+    if select_shared > select.launch.shared_bytes {
+        return Err(shape_error(format!(
+            "{what}: {rows} key blocks need {select_shared} bytes of shared memory; the selection allows {}",
+            select.launch.shared_bytes
+        )));
+    }
+    // At most 16384 query blocks make 128 query tiles: 8256 tiles per pair for a whole prompt.
+    let tiles = u32::try_from(abi::block_score_tiles(dims.seq as u64, dims.q_seq as u64))
+        .map_err(|_| shape_error(format!("{what}: too many score tiles")))?;
 
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
     let (k_ptr, _k_sync) = k.data.device_ptr(stream);
     let (tables_ptr, _tables_sync) = tables.device_ptr(stream);
     let (pooled_ptr, _pooled_sync) = pooled.device_ptr_mut(stream);
+    let scores_len = block_scores.len();
+    let (scores_ptr, _scores_sync) = block_scores.device_ptr_mut(stream);
     let (counts_ptr, _counts_sync) = kv_num_blocks.device_ptr_mut(stream);
     let (indices_ptr, _indices_sync) = kv_indices.device_ptr_mut(stream);
-    // rows <= MAX_BLOCK_SPARSE_ROWS, capacity fits i32 (BlockSparseIndex::zeros), and so on.
-    let params = KernelArgs(BlockParams {
-        q: q_ptr.into(),
-        k: k_ptr.into(),
-        jobs: tables_ptr.into(),
-        entries: ConstPtr::new(tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64),
-        pooled: pooled_ptr.into(),
-        kv_num_blocks: counts_ptr.into(),
-        kv_indices: indices_ptr.into(),
-        q_stride: strides(&q.layout)?,
-        k_stride: strides(&k.layout)?,
-        seq: dims.seq as i32,
-        q_seq: dims.q_seq as i32,
-        heads: dims.heads as i32,
-        kv_heads: dims.kv_heads as i32,
-        head_dim: dims.head_dim as i32,
-        rows: rows as i32,
-        q_rows: q_rows as i32,
-        jobs_count: jobs as i32,
-        top_k: kept as i32,
-        capacity: capacity as i32,
-        is_f16: i32::from(T::DTYPE == DType::F16),
-    });
+    let (q_stride, k_stride) = (strides(&q.layout)?, strides(&k.layout)?);
+    // rows <= MAX_BLOCK_SPARSE_ROWS, capacity fits i32 (BlockSparseIndex::zeros), batch and heads
+    // are at most MAX_BATCH_OR_HEADS, pair indices below batch * heads, and so on.
+    let params = |pair_begin: usize| {
+        KernelArgs(BlockParams {
+            q: q_ptr.into(),
+            k: k_ptr.into(),
+            jobs: tables_ptr.into(),
+            entries: ConstPtr::new(tables_ptr + (2 * jobs * std::mem::size_of::<i32>()) as u64),
+            pooled: pooled_ptr.into(),
+            scores: scores_ptr.into(),
+            scores_len: scores_len as i64,
+            kv_num_blocks: counts_ptr.into(),
+            kv_indices: indices_ptr.into(),
+            q_stride,
+            k_stride,
+            seq: dims.seq as i32,
+            q_seq: dims.q_seq as i32,
+            heads: dims.heads as i32,
+            kv_heads: dims.kv_heads as i32,
+            head_dim: dims.head_dim as i32,
+            rows: rows as i32,
+            q_rows: q_rows as i32,
+            jobs_count: jobs as i32,
+            top_k: kept as i32,
+            capacity: capacity as i32,
+            is_f16: i32::from(T::DTYPE == DType::F16),
+            batch: dims.batch as i32,
+            entries_count: heads.len() as i32,
+            pair_begin: pair_begin as i32,
+        })
+    };
+    let launch = |kernel: &LoadedKernel, config: LaunchConfig, params: &KernelArgs<BlockParams>, pass: &str| {
+        let mut launch = stream.launch_builder(&kernel.function);
+        launch.arg(params);
+        // SAFETY: the parameter block matches the kernels' declaration; q and k spans were checked,
+        // the job table holds 2 * jobs + 3 * entries ints, pooled jobs * batch * rows * head_dim
+        // floats, the scores scores_len keys (a launch's pairs take group * slot_keys of them), the
+        // index batch * heads * rows (* capacity) ints; the kernels range-check every pair, head and
+        // job they read, write scores only inside their pair's slot and at most min(top_k,
+        // capacity) entries per list.
+        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching the block-sparse {pass}")))
+    };
     let pool_config = LaunchConfig {
         grid_dim: (rows as u32, jobs as u32, dims.batch as u32),
         block_dim: (pool.launch.threads, 1, 1),
         shared_mem_bytes: pool.launch.shared_bytes,
     };
-    if select_shared > select.launch.shared_bytes {
-        return Err(shape_error(format!(
-            "{what}: {rows} row blocks at head_dim {} need {select_shared} bytes of shared memory; the selection \
-             allows {}",
-            dims.head_dim, select.launch.shared_bytes
-        )));
+    launch(&pool, pool_config, &params(0), "pooling")?;
+    for pair_begin in (0..pairs).step_by(group) {
+        let pairs_here = group.min(pairs - pair_begin) as u32;
+        let group_params = params(pair_begin);
+        let scores_config = LaunchConfig {
+            grid_dim: (tiles, pairs_here, 1),
+            block_dim: (scores.launch.threads, 1, 1),
+            shared_mem_bytes: scores.launch.shared_bytes,
+        };
+        let select_config = LaunchConfig {
+            grid_dim: (q_rows as u32, pairs_here, 1),
+            block_dim: (select.launch.threads, 1, 1),
+            shared_mem_bytes: select_shared,
+        };
+        mark(1)?;
+        launch(&scores, scores_config, &group_params, "scores")?;
+        mark(2)?;
+        launch(&select, select_config, &group_params, "selection")?;
     }
-    let select_config = LaunchConfig {
-        grid_dim: (q_rows as u32, heads.len() as u32, dims.batch as u32),
-        block_dim: (select.launch.threads, 1, 1),
-        shared_mem_bytes: select_shared,
-    };
-    for (kernel, config, pass) in [(&pool, pool_config, "pooling"), (&select, select_config, "selection")] {
-        let mut launch = stream.launch_builder(&kernel.function);
-        launch.arg(&params);
-        // SAFETY: the parameter block matches the kernels' declaration; q and k spans were checked,
-        // the job table holds 2 * jobs + 3 * entries ints, pooled jobs * batch * rows * head_dim
-        // floats, the index batch * heads * rows (* capacity) ints; the kernels range-check every
-        // head and job they read and write at most min(top_k, capacity) entries per list.
-        unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching the block-sparse {pass}")))?;
-    }
+    mark(3)?;
     Ok(())
 }

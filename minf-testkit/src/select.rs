@@ -1,0 +1,269 @@
+//! CPU models of the selections of `templates/index/est_select.cu.tera`:
+//!
+//! - the vertical-slash top-k ([`segmented_top_k`]): a radix select whose digit histograms are
+//!   summed over segments of the row (one GPU block each), then per segment the keys above and
+//!   equal to the threshold, then the ordered writes, each segment placing its keys from the counts
+//!   of the segments before it and per (step, warp) counts in index order;
+//! - the block-sparse estimate: its scores ([`fma_dot`], the products added in head_dim order by
+//!   fused multiply-add, as each thread of the tiled score pass adds them) and its top-k
+//!   ([`block_top_k`]: the same three digits in one block, then each warp's range of candidates
+//!   placed from the ranges before it).
+//!
+//! The tests check the selections against a plain sort (ties and forced keys included); the GPU
+//! tests check the kernels against these models exactly and against the f64 references.
+
+use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS, SELECT_THREADS};
+
+/// Scores each block covers.
+const SEGMENT: usize = SELECT_SEGMENT_KEYS as usize;
+/// Threads per block.
+const THREADS: usize = SELECT_SEGMENT_THREADS as usize;
+/// Threads per warp.
+const WARP: usize = 32;
+/// Digits of the three histogram passes, most significant first: (shift, mask).
+const DIGITS: [(u32, u32); 3] = [(21, 0x7ff), (10, 0x7ff), (0, 0x3ff)];
+
+/// The order-preserving key of an `f32` (larger float, larger key; NaN lowest), as the kernels
+/// compute it.
+pub fn order_key(x: f32) -> u32 {
+    if x.is_nan() {
+        return 0;
+    }
+    let bits = x.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+/// The `k`-th largest of `keys` (`1 <= k <= keys.len()`) and how many keys equal to it the top `k`
+/// take, found by the three histogram passes: per segment a histogram of the next digit of the
+/// keys matching the prefix so far, summed over the segments, then the digit whose bin holds the
+/// `k`-th largest, walking the bins from the largest digit.
+pub fn segmented_threshold(keys: &[u32], k: usize) -> (u32, usize) {
+    let mut prefix = 0u32;
+    let mut need = k;
+    let mut high_mask = 0u32;
+    for (shift, mask) in DIGITS {
+        let mut histogram = vec![0usize; RADIX_BINS as usize];
+        for segment in keys.chunks(SEGMENT) {
+            let mut local = vec![0usize; RADIX_BINS as usize];
+            for &v in segment.iter().filter(|&&v| v & high_mask == prefix) {
+                local[((v >> shift) & mask) as usize] += 1;
+            }
+            for (total, count) in histogram.iter_mut().zip(local) {
+                *total += count;
+            }
+        }
+        let mut above = 0;
+        for digit in (0..RADIX_BINS as usize).rev() {
+            if above + histogram[digit] >= need {
+                prefix |= (digit as u32) << shift;
+                need -= above;
+                break;
+            }
+            above += histogram[digit];
+        }
+        high_mask = u32::MAX << shift;
+    }
+    (prefix, need)
+}
+
+/// The indices of the `k` largest `keys` (`k` clamped to the length), ties to the smaller index,
+/// in ascending order, placed as the write pass places them.
+pub fn segmented_top_k(keys: &[u32], k: usize) -> Vec<usize> {
+    let k = k.min(keys.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    let (threshold, remaining) = segmented_threshold(keys, k);
+    // The count pass.
+    let counts: Vec<(usize, usize)> = keys
+        .chunks(SEGMENT)
+        .map(|s| (s.iter().filter(|&&v| v > threshold).count(), s.iter().filter(|&&v| v == threshold).count()))
+        .collect();
+    let mut out = vec![usize::MAX; k];
+    for (segment, chunk) in keys.chunks(SEGMENT).enumerate() {
+        let above_before: usize = counts[..segment].iter().map(|c| c.0).sum();
+        let equal_before: usize = counts[..segment].iter().map(|c| c.1).sum();
+        let taken_before = above_before + equal_before.min(remaining);
+        // Per (step, warp) in index order: the rank of its first equal key, the position of its
+        // first selected key.
+        let mut equal_rank = equal_before;
+        let mut position = taken_before;
+        for step in 0..SEGMENT / THREADS {
+            for warp in 0..THREADS / WARP {
+                let first = step * THREADS + warp * WARP;
+                let lanes = (first..first + WARP).filter(|&i| i < chunk.len());
+                let (mut rank, mut at) = (equal_rank, position);
+                for i in lanes {
+                    let (above, equal) = (chunk[i] > threshold, chunk[i] == threshold);
+                    let selected = above || (equal && rank < remaining);
+                    if selected {
+                        if let Some(slot) = out.get_mut(at) {
+                            *slot = segment * SEGMENT + i;
+                        }
+                        at += 1;
+                    }
+                    rank += usize::from(equal);
+                }
+                let equal_here = rank - equal_rank;
+                let above_here = (first..first + WARP).filter(|&i| i < chunk.len() && chunk[i] > threshold).count();
+                // The scan's arithmetic: selected = above + the equal keys whose rank is below remaining.
+                let selected_here = above_here + remaining.saturating_sub(equal_rank).min(equal_here);
+                assert_eq!(at - position, selected_here, "segment {segment} step {step} warp {warp}");
+                equal_rank = rank;
+                position = at;
+            }
+        }
+    }
+    out
+}
+
+/// The dot `q . k` as the block-sparse score pass computes it: `q[e] * k[e]` added by fused
+/// multiply-add from 0, `e` ascending.
+pub fn fma_dot(q: &[f32], k: &[f32]) -> f32 {
+    q.iter().zip(k).fold(0.0f32, |sum, (&a, &b)| a.mul_add(b, sum))
+}
+
+/// The indices of the `k` largest `keys` (`k` clamped to the length) as the block selection finds
+/// them: the threshold from the same three digits, then each of the block's warps counts the keys
+/// above and equal to it in its contiguous range and places its selected keys from the counts of
+/// the ranges before it; ascending.
+pub fn block_top_k(keys: &[u32], k: usize) -> Vec<usize> {
+    let k = k.min(keys.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    // One block: its histograms are the row's.
+    let (threshold, remaining) = segmented_threshold(keys, k);
+    let warps = SELECT_THREADS as usize / WARP;
+    let span = keys.len().div_ceil(warps);
+    let ranges: Vec<std::ops::Range<usize>> =
+        (0..warps).map(|w| (w * span).min(keys.len())..((w + 1) * span).min(keys.len())).collect();
+    let counts: Vec<(usize, usize)> = ranges
+        .iter()
+        .map(|r| {
+            let range = &keys[r.clone()];
+            (range.iter().filter(|&&v| v > threshold).count(), range.iter().filter(|&&v| v == threshold).count())
+        })
+        .collect();
+    let mut out = vec![usize::MAX; k];
+    for (warp, range) in ranges.iter().enumerate() {
+        let above_before: usize = counts[..warp].iter().map(|c| c.0).sum();
+        let mut equal_rank: usize = counts[..warp].iter().map(|c| c.1).sum();
+        let mut position = above_before + equal_rank.min(remaining);
+        for c in range.clone() {
+            let (above, equal) = (keys[c] > threshold, keys[c] == threshold);
+            if above || (equal && equal_rank < remaining) {
+                if let Some(slot) = out.get_mut(position) {
+                    *slot = c;
+                }
+                position += 1;
+            }
+            equal_rank += usize::from(equal);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestRng;
+
+    /// The top `k` by a full sort: keys descending, ties to the smaller index; then ascending.
+    fn sorted_top_k(keys: &[u32], k: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| keys[b].cmp(&keys[a]).then(a.cmp(&b)));
+        order.truncate(k.min(keys.len()));
+        order.sort_unstable();
+        order
+    }
+
+    #[test]
+    fn order_keys_follow_float_order() {
+        let values = [f32::NEG_INFINITY, -2.5, -1e-30, -0.0, 0.0, 1e-30, 0.25, 3.0, f32::INFINITY];
+        for pair in values.windows(2) {
+            assert!(order_key(pair[0]) <= order_key(pair[1]), "{pair:?}");
+        }
+        assert!(order_key(-1.0) < order_key(1.0));
+        assert_eq!(order_key(f32::NAN), 0);
+    }
+
+    #[test]
+    fn segmented_selection_equals_a_sort() {
+        let mut rng = TestRng::new(17);
+        // Lengths of one segment, several, and partial last segments.
+        for len in [1, 31, 4096, 4097, 3 * 4096 + 17, 9 * 4096] {
+            for (distinct, forced) in [(u32::MAX, 0), (5, 30), (1, 0), (1000, 100)] {
+                // Probability-like scores (positive floats) with `distinct` values at most, the
+                // first `forced` keys at the forced key (u32::MAX) as the kernels rank them.
+                let keys: Vec<u32> = (0..len)
+                    .map(|i| {
+                        if i < forced {
+                            u32::MAX
+                        } else {
+                            let draw = (rng.next_u64() % u64::from(distinct)) as f32;
+                            order_key(draw / 1e6)
+                        }
+                    })
+                    .collect();
+                for k in [1, 2, 50, 1000, 6096, len - 1, len, len + 5] {
+                    let k = k.max(1);
+                    assert_eq!(
+                        segmented_top_k(&keys, k),
+                        sorted_top_k(&keys, k),
+                        "len {len} distinct {distinct} forced {forced} k {k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_threshold_is_the_kth_largest_key() {
+        let mut rng = TestRng::new(3);
+        let keys: Vec<u32> = (0..10_000).map(|_| order_key((rng.next_u64() % 64) as f32)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        for k in [1, 100, 157, 9_999, 10_000] {
+            let (threshold, remaining) = segmented_threshold(&keys, k);
+            assert_eq!(threshold, sorted[k - 1], "k {k}");
+            let above = sorted.iter().filter(|&&v| v > threshold).count();
+            assert_eq!(above + remaining, k, "k {k}");
+        }
+    }
+
+    #[test]
+    fn fma_dot_is_close_to_the_f64_dot() {
+        for head_dim in [64, 96, 128, 256] {
+            for seed in 0..20u64 {
+                let q = crate::random_normal(head_dim, 1000 + seed);
+                let k = crate::random_normal(head_dim, 2000 + seed);
+                let exact: f64 = q.iter().zip(&k).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let magnitude: f64 = q.iter().zip(&k).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                let got = f64::from(fma_dot(&q, &k));
+                // A sequential sum of n terms errs by at most about n * 2^-24 of their magnitude.
+                let bound = head_dim as f64 * f64::from(f32::EPSILON) * magnitude;
+                assert!((got - exact).abs() <= bound, "d {head_dim} seed {seed}: {got} vs {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn block_selection_equals_a_sort() {
+        let mut rng = TestRng::new(29);
+        // Candidate counts of a 1M-token prompt's query blocks and fewer than one per warp.
+        for len in [1, 5, 8, 100, 255, 256, 1000, 2048, 16_384] {
+            for distinct in [1u64, 3, 40, u64::from(u32::MAX)] {
+                let keys: Vec<u32> = (0..len).map(|_| order_key((rng.next_u64() % distinct) as f32 - 7.0)).collect();
+                for k in [1, 3, 100, len - 1, len] {
+                    let k = k.max(1);
+                    assert_eq!(block_top_k(&keys, k), sorted_top_k(&keys, k), "len {len} distinct {distinct} k {k}");
+                }
+            }
+        }
+    }
+}
