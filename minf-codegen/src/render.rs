@@ -84,9 +84,11 @@ struct TemplateContext {
     smem_row: u32,
     /// Hopper warpgroup MMA instead of per-warp `mma.sync`.
     wgmma: bool,
-    /// The warpgroup engine's producer copies through tensor maps (`wgmma_tma`).
+    /// The warpgroup engine's producer copies through tensor maps (`wgmma_tma`, `wgmma_tma_pingpong`).
     tma: bool,
-    /// [`KernelSpec::tma_producer_registers`] (`wgmma_tma` only).
+    /// The two consumer warpgroups take turns issuing their products (`wgmma_tma_pingpong`).
+    pingpong: bool,
+    /// [`KernelSpec::tma_producer_registers`] (tensor-map engines only).
     producer_registers: u32,
     /// n8 tiles of S and of O (the wgmma N dimensions / 8).
     s_tiles: u32,
@@ -198,14 +200,15 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         q_in_registers: spec.q_in_registers() && spec.mainloop == Mainloop::MmaSync,
         smem_row: spec.smem_row(),
         wgmma: spec.mainloop.is_warpgroup(),
-        tma: spec.mainloop == Mainloop::WgmmaTma,
+        tma: spec.mainloop.uses_tensor_maps(),
+        pingpong: spec.mainloop == Mainloop::WgmmaTmaPingPong,
         producer_registers: spec.tma_producer_registers(),
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,
         arch: spec.arch.as_str(),
         mainloop: spec.mainloop.as_str(),
         merges_column_lists: spec.merges_column_lists(),
-        abi: if spec.mainloop == Mainloop::WgmmaTma {
+        abi: if spec.mainloop.uses_tensor_maps() {
             abi_text(
                 &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"],
                 &[AttentionParams::c_declaration(), TensorMap::C_DECLARATION.to_string(), TensorMaps::c_declaration()],

@@ -304,6 +304,10 @@ named_enum!(
         /// counts); gathered columns and edge tiles keep the `cp.async` copies. The producer
         /// warpgroup drops to a small register budget and the consumers get the rest.
         WgmmaTma => "wgmma_tma",
+        /// `wgmma_tma` on 128-row blocks whose two consumer warpgroups take turns issuing their
+        /// matrix products (named barriers): each turn issues P V of the previous tile and S of
+        /// the current one together, and each consumer's softmax runs under the other's products.
+        WgmmaTmaPingPong => "wgmma_tma_pingpong",
     }
 );
 
@@ -311,7 +315,13 @@ impl Mainloop {
     /// Whether this is a warp-specialised warpgroup-MMA engine (a producer warpgroup plus 64-row
     /// consumer warpgroups on 128-byte swizzled tiles).
     pub fn is_warpgroup(self) -> bool {
-        matches!(self, Mainloop::Wgmma | Mainloop::WgmmaTma)
+        matches!(self, Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong)
+    }
+
+    /// Whether the engine's producer copies through tensor maps (the kernel takes a second,
+    /// `__grid_constant__` parameter of [`abi::TensorMaps`]).
+    pub fn uses_tensor_maps(self) -> bool {
+        matches!(self, Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong)
     }
 }
 
@@ -482,7 +492,7 @@ impl KernelSpec {
     pub fn smem_row(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.head_dim + SMEM_ROW_PAD,
-            Mainloop::Wgmma | Mainloop::WgmmaTma => self.head_dim.next_multiple_of(64),
+            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => self.head_dim.next_multiple_of(64),
         }
     }
 
@@ -503,7 +513,7 @@ impl KernelSpec {
     pub fn threads(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.warps * 32,
-            Mainloop::Wgmma | Mainloop::WgmmaTma => self.warps * 32 + 128,
+            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => self.warps * 32 + 128,
         }
     }
 
@@ -519,7 +529,7 @@ impl KernelSpec {
             Mainloop::MmaSync => (self.stages, 0, 0),
             // Flags padded to 8 bytes for the mbarriers (Q loaded; K and V full and empty per
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
-            Mainloop::Wgmma | Mainloop::WgmmaTma => {
+            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => {
                 let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
                 (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
             }
@@ -595,6 +605,7 @@ impl KernelSpec {
             Mainloop::MmaSync => String::new(),
             Mainloop::Wgmma => format!("{separator}wgmma"),
             Mainloop::WgmmaTma => format!("{separator}wgmma{separator}tma"),
+            Mainloop::WgmmaTmaPingPong => format!("{separator}wgmma{separator}tma{separator}pingpong"),
         }
     }
 
@@ -653,8 +664,10 @@ impl KernelSpec {
                 ))
             } else if self.head_dim > 128 {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
-            } else if self.mainloop == Mainloop::WgmmaTma && self.block_n % abi::TMA_BOX_ROWS != 0 {
+            } else if self.mainloop.uses_tensor_maps() && self.block_n % abi::TMA_BOX_ROWS != 0 {
                 Some(format!("block_n {} (its tensor-map boxes are 64-key runs)", self.block_n))
+            } else if self.mainloop == Mainloop::WgmmaTmaPingPong && self.warps != 8 {
+                Some(format!("{} warps (ping-pong takes turns between two consumer warpgroups: 8 warps)", self.warps))
             } else if self.stages < 2 {
                 // The producer announces a tile only once the next tile's copies are out, into
                 // another stage: with one stage it would wait for itself.

@@ -15,8 +15,8 @@ fn representative(pattern: Pattern, arch: Arch) -> KernelSpec {
 }
 
 /// Every kernel minf renders by default: the default specs of every architecture, then every
-/// index kernel of every architecture, then the `wgmma_tma` twin of every `wgmma` default (the
-/// tensor-map engine, selected by spec only).
+/// index kernel of every architecture, then the `wgmma_tma` twin of every `wgmma` default and the
+/// `wgmma_tma_pingpong` twin of every 8-warp one (the tensor-map engines, selected by spec only).
 fn every_kernel() -> Vec<AnyKernel> {
     let defaults = KernelSpec::default_set(Arch::ALL);
     let mut kernels: Vec<AnyKernel> = defaults.iter().copied().map(AnyKernel::from).collect();
@@ -28,6 +28,12 @@ fn every_kernel() -> Vec<AnyKernel> {
             .iter()
             .filter(|spec| spec.mainloop == Mainloop::Wgmma)
             .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTma, ..spec })),
+    );
+    kernels.extend(
+        defaults
+            .iter()
+            .filter(|spec| spec.mainloop == Mainloop::Wgmma && spec.warps == 8)
+            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..spec })),
     );
     kernels
 }
@@ -51,6 +57,9 @@ fn rendered_source_of_each_pattern_on_the_tma_engine() {
         let kernel = render(&spec).expect("tensor-map twins of the defaults render");
         insta::assert_snapshot!(spec.readable_name(), kernel.source);
     }
+    let spec = KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..representative(Pattern::Dense, Arch::Sm90a) };
+    let kernel = render(&spec).expect("the ping-pong twin of the dense default renders");
+    insta::assert_snapshot!(spec.readable_name(), kernel.source);
 }
 
 #[test]

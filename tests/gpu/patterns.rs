@@ -36,6 +36,8 @@ pub(super) enum Variant {
     WgmmaTmaTwoRowBlocks,
     /// The `wgmma_tma` engine on 64x64 index-driven blocks.
     WgmmaTmaSquare,
+    /// `wgmma_tma_pingpong` on 128-row blocks with 128-key tiles (every pattern).
+    WgmmaTmaPingPong,
 }
 
 thread_local! {
@@ -70,6 +72,14 @@ pub(super) fn spec_override<T: AttentionElement>(device: &Device, pattern: Patte
         Variant::WgmmaTmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
         }
+        Variant::WgmmaTmaPingPong if case.head_dim <= 128 => Some(KernelSpec {
+            block_m: 128,
+            block_n: 128,
+            warps: 8,
+            stages: 2,
+            mainloop: Mainloop::WgmmaTmaPingPong,
+            ..base
+        }),
         Variant::WgmmaTmaSquare if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
         }
@@ -95,6 +105,7 @@ pub(super) fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
             variants.push(Variant::WgmmaTmaTwoRowBlocks);
             variants.push(Variant::WgmmaTmaSquare);
         }
+        variants.push(Variant::WgmmaTmaPingPong);
     }
     variants
 }

@@ -148,6 +148,12 @@ fn attention_wgmma_tma_square() {
     attention_sweep(Variant::WgmmaTmaSquare);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_tma_pingpong() {
+    attention_sweep(Variant::WgmmaTmaPingPong);
+}
+
 /// The index kernels and a whole prefill layer.
 #[test]
 #[ignore = "needs a CUDA GPU"]

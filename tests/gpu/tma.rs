@@ -1,4 +1,4 @@
-//! GPU tests of the `wgmma_tma` engine's dense kernels against the float64 reference: every head
+//! GPU tests of the tensor-map engines' (`wgmma_tma`, `wgmma_tma_pingpong`) dense kernels against the float64 reference: every head
 //! dimension it takes, lengths on and off the 64- and 128-key boundaries (so whole tiles arrive by
 //! tensor map and edge tiles by `cp.async` in one launch), BSHD and BHSD layouts, GQA groupings,
 //! and a packed batch of sequences whose neighbours sit inside the tensors. The sparse patterns,
@@ -11,12 +11,12 @@ use half::{bf16, f16};
 use minf::codegen::{Arch, KernelSpec, Mainloop, Pattern};
 use minf::{AttentionElement, Device, PatternArgs, Varlen};
 
-/// The dense `wgmma_tma` spec for `head_dim` on the default tile, or on 64x128 blocks (one
-/// consumer warpgroup, two blocks per SM).
-fn tma_spec<T: AttentionElement>(device: &Device, head_dim: usize, narrow: bool) -> KernelSpec {
+/// The dense specs on tensor-map engines for `head_dim`: `wgmma_tma` on the default tile and on
+/// 64x128 blocks (one consumer warpgroup, two blocks per SM), and `wgmma_tma_pingpong`.
+fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSpec; 3] {
     let base = KernelSpec::default_for(Pattern::Dense, T::DTYPE, head_dim as u32, device.arch());
-    let (block_m, warps) = if narrow { (64, 4) } else { (128, 8) };
-    KernelSpec { block_m, block_n: 128, warps, stages: 2, mainloop: Mainloop::WgmmaTma, ..base }
+    let spec = |block_m, warps, mainloop| KernelSpec { block_m, block_n: 128, warps, stages: 2, mainloop, ..base };
+    [spec(128, 8, Mainloop::WgmmaTma), spec(64, 4, Mainloop::WgmmaTma), spec(128, 8, Mainloop::WgmmaTmaPingPong)]
 }
 
 fn record(what: String, outcome: &Outcome, failures: &mut Vec<String>) {
@@ -39,8 +39,7 @@ fn dense_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
         for (n, &seq) in [1usize, 63, 64, 65, 127, 128, 129, 1000, 4097, 8256].iter().enumerate() {
             let (heads, kv_heads, batch, bhsd) = [(32, 8, 2, false), (8, 8, 2, true), (8, 2, 1, true)][n % 3];
             let case = Case { batch, seq, heads, kv_heads, head_dim, bhsd };
-            for narrow in [false, true] {
-                let spec = tma_spec::<T>(device, head_dim, narrow);
+            for spec in tma_specs::<T>(device, head_dim) {
                 let o = check_attention::<T>(
                     device,
                     &case,
@@ -61,18 +60,19 @@ fn dense_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
         let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
         for bhsd in [false, true] {
             let case = Case { batch: 1, seq: offsets[lens.len()], heads: 8, kv_heads: 2, head_dim, bhsd };
-            let packed = Packed { varlen: &varlen, offsets: offsets.clone() };
-            let spec = tma_spec::<T>(device, head_dim, false);
-            let o = check_attention::<T>(
-                device,
-                &case,
-                seed ^ 0x7a,
-                Some(spec),
-                PatternArgs::Dense,
-                Some(&packed),
-                &|_, _, i, j| j <= i,
-            );
-            record(format!("{} varlen {lens:?} {}", spec.kernel_name(), describe::<T>(&case)), &o, failures);
+            for spec in tma_specs::<T>(device, head_dim) {
+                let packed = Packed { varlen: &varlen, offsets: offsets.clone() };
+                let o = check_attention::<T>(
+                    device,
+                    &case,
+                    seed ^ 0x7a,
+                    Some(spec),
+                    PatternArgs::Dense,
+                    Some(&packed),
+                    &|_, _, i, j| j <= i,
+                );
+                record(format!("{} varlen {lens:?} {}", spec.kernel_name(), describe::<T>(&case)), &o, failures);
+            }
         }
     }
 }
