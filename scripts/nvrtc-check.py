@@ -3,7 +3,9 @@
 
 Compiles a rendered kernel source with NVRTC on the CPU (no GPU needed) and prints the ptxas
 resource report: registers, spills, stack, shared memory, and the C7514/C7518 warnings that say
-ptxas serialised a kernel's wgmma instructions. With PTX_OUT=FILE it also writes the PTX. ARCH is
+ptxasserialised a kernel's wgmma instructions. With PTX_OUT=FILE it also writes the PTX, with
+CUBIN_OUT=FILE the CUBIN (disassemble it with nvdisasm, e.g. to see each warp role's registers
+after setmaxnreg: scripts/sass-registers.py). ARCH is
 e.g. sm_90a. Render sources with `cargo run -p minf-codegen --example render` (docs/testing.md).
 Needs the pip wheel nvidia-cuda-nvrtc (as .ci/run installs)."""
 import ctypes, glob, os, sys
@@ -39,5 +41,11 @@ if rc == 0 and os.environ.get("PTX_OUT"):
     ptx = ctypes.create_string_buffer(ptx_size.value)
     nvrtc.nvrtcGetPTX(prog, ptx)
     open(os.environ["PTX_OUT"], "wb").write(ptx.value)
+if rc == 0 and os.environ.get("CUBIN_OUT"):
+    cubin_size = ctypes.c_size_t()
+    assert nvrtc.nvrtcGetCUBINSize(prog, ctypes.byref(cubin_size)) == 0
+    cubin = ctypes.create_string_buffer(cubin_size.value)
+    nvrtc.nvrtcGetCUBIN(prog, cubin)
+    open(os.environ["CUBIN_OUT"], "wb").write(cubin.raw)
 print("nvrtc-check:", "ok" if rc == 0 else f"FAILED ({rc})")
 sys.exit(0 if rc == 0 else 1)

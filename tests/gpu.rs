@@ -37,6 +37,8 @@ mod prefill;
 mod sanitize;
 #[path = "gpu/search.rs"]
 mod search;
+#[path = "gpu/tma.rs"]
+mod tma;
 
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;
@@ -280,6 +282,13 @@ fn explicit_specs_agree_with_the_default() {
         vec![(128, 64, 8, 2, Mainloop::MmaSync), (64, 32, 4, 1, Mainloop::MmaSync), (128, 32, 4, 3, Mainloop::MmaSync)];
     if device.arch() == Arch::Sm90a {
         tiles.extend([(64, 128, 4, 2, Mainloop::Wgmma), (128, 128, 8, 3, Mainloop::Wgmma)]);
+        tiles.extend([
+            (128, 128, 8, 2, Mainloop::WgmmaTma),
+            (64, 128, 4, 2, Mainloop::WgmmaTma),
+            (128, 128, 8, 3, Mainloop::WgmmaTma),
+            (128, 128, 8, 2, Mainloop::WgmmaTmaPingPong),
+            (128, 128, 8, 3, Mainloop::WgmmaTmaPingPong),
+        ]);
     }
     for (block_m, block_n, warps, stages, mainloop) in tiles {
         let spec = KernelSpec {

@@ -286,6 +286,51 @@ kernel_params! {
     }
 }
 
+/// A CUDA tensor map (`CUtensorMap`): 128 opaque bytes, 64-byte aligned, encoded on the host by
+/// the driver (`cuTensorMapEncodeTiled`) and read by `cp.async.bulk.tensor` from the kernel's
+/// parameter space (a `__grid_constant__` parameter). The kernels see it as `TensorMap`, declared by
+/// [`TensorMap::C_DECLARATION`].
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TensorMap {
+    /// The encoded descriptor, as the driver wrote it.
+    pub opaque: [u64; 16],
+}
+
+impl TensorMap {
+    /// The C declaration the templates include before any struct that holds a tensor map.
+    pub const C_DECLARATION: &'static str =
+        "// A CUDA tensor map (CUtensorMap), encoded on the host.\nstruct alignas(64) TensorMap {\n    u64 opaque[16];\n};\n";
+}
+
+impl CType for TensorMap {
+    fn c_type() -> String {
+        "TensorMap".to_string()
+    }
+    fn c_size() -> usize {
+        128
+    }
+    fn c_align() -> usize {
+        64
+    }
+}
+
+kernel_params! {
+    /// The tensor maps of the `wgmma_tma` engine, passed by value as a second, `__grid_constant__`
+    /// parameter (the copy engine reads them where the launch put them). Each map views its tensor
+    /// `[batch, rows, heads, head_dim]` with the call's strides as the 4-d box grid
+    /// (head_dim, rows, heads, batch), boxes of `TMA_BOX_COLUMNS` x `TMA_BOX_ROWS` elements,
+    /// 128-byte swizzle; elements outside the tensor read as zero.
+    pub struct TensorMaps {
+        /// The queries.
+        pub q: TensorMap,
+        /// The keys.
+        pub k: TensorMap,
+        /// The values.
+        pub v: TensorMap,
+    }
+}
+
 kernel_params! {
     /// Parameters of both passes of the vertical-slash converter (`vs_convert`), passed by value.
     pub struct ConvertParams {
@@ -572,6 +617,11 @@ macro_rules! kernel_constants {
 }
 
 kernel_constants! {
+    /// Rows of one tensor-map box of the `wgmma_tma` engine: a 64-key run of K or V, or 64 query
+    /// rows of Q.
+    pub const TMA_BOX_ROWS: u32 = 64;
+    /// Elements per row of one tensor-map box: one 128-byte swizzled column block of a tile.
+    pub const TMA_BOX_COLUMNS: u32 = 64;
     /// Rows per query block of an index, keys per vertical-slash range and per block-sparse key
     /// block, tokens per pooled block of the block-sparse estimate: fixed by MInference's formats.
     pub const INDEX_BLOCK: u32 = 64;
@@ -691,6 +741,7 @@ mod tests {
             entry::<SelectParams>(),
             entry::<BlockParams>(),
             entry::<MergeParams>(),
+            entry::<TensorMaps>(),
         ]
     }
 
@@ -732,6 +783,8 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 232);
         assert_eq!(std::mem::size_of::<AttentionParams>(), 240);
         assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 32);
+        assert_eq!((std::mem::size_of::<TensorMaps>(), std::mem::align_of::<TensorMaps>()), (384, 64));
+        assert_eq!(std::mem::offset_of!(TensorMaps, v), 256);
     }
 
     #[test]

@@ -8,11 +8,13 @@
 //! - [`spec`]: what a kernel is ([`KernelSpec`]) and which combinations are valid.
 //! - [`mod@render`]: the Tera templates that turn a spec into header-free CUDA C++.
 //! - [`key`]: the content-addressed cache key of a rendered kernel.
+//! - [`tma`]: where the `wgmma_tma` engine's tensor-map copies land in shared memory.
 
 pub mod abi;
 pub mod key;
 pub mod render;
 pub mod spec;
+pub mod tma;
 
 pub use key::{CacheKey, CacheKeyInputs};
 pub use render::{render, render_any, render_index, RenderError, RenderedKernel};

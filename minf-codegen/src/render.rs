@@ -6,7 +6,7 @@
 
 use crate::abi::{
     self, AttentionParams, BlockParams, ChoiceParams, ConvertParams, KernelParams, MergeParams, ScoresParams,
-    SelectParams,
+    SelectParams, TensorMap, TensorMaps,
 };
 use crate::spec::{
     AnyKernel, Arch, DType, EntryPoint, IndexKernel, IndexKernelSpec, KernelSpec, Mainloop, SpecError, HEAD_DIMS,
@@ -84,6 +84,12 @@ struct TemplateContext {
     smem_row: u32,
     /// Hopper warpgroup MMA instead of per-warp `mma.sync`.
     wgmma: bool,
+    /// The warpgroup engine's producer copies through tensor maps (`wgmma_tma`, `wgmma_tma_pingpong`).
+    tma: bool,
+    /// The two consumer warpgroups take turns issuing their products (`wgmma_tma_pingpong`).
+    pingpong: bool,
+    /// [`KernelSpec::tma_producer_registers`] (tensor-map engines only).
+    producer_registers: u32,
     /// n8 tiles of S and of O (the wgmma N dimensions / 8).
     s_tiles: u32,
     o_tiles: u32,
@@ -193,13 +199,23 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         m_frags: spec.m_frags(),
         q_in_registers: spec.q_in_registers() && spec.mainloop == Mainloop::MmaSync,
         smem_row: spec.smem_row(),
-        wgmma: spec.mainloop == Mainloop::Wgmma,
+        wgmma: spec.mainloop.is_warpgroup(),
+        tma: spec.mainloop.uses_tensor_maps(),
+        pingpong: spec.mainloop == Mainloop::WgmmaTmaPingPong,
+        producer_registers: spec.tma_producer_registers(),
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,
         arch: spec.arch.as_str(),
         mainloop: spec.mainloop.as_str(),
         merges_column_lists: spec.merges_column_lists(),
-        abi: abi_text(&[], &[AttentionParams::c_declaration()])?,
+        abi: if spec.mainloop.uses_tensor_maps() {
+            abi_text(
+                &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"],
+                &[AttentionParams::c_declaration(), TensorMap::C_DECLARATION.to_string(), TensorMaps::c_declaration()],
+            )?
+        } else {
+            abi_text(&[], &[AttentionParams::c_declaration()])?
+        },
     };
     let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     let source =

@@ -298,8 +298,32 @@ named_enum!(
         /// query rows (warps a multiple of 4) and computes S = Q Kᵀ (both operands in shared
         /// memory) and O += P V (P in registers) on 128-byte swizzled tiles; head_dim at most 128.
         Wgmma => "wgmma",
+        /// The `wgmma` engine with a tensor-memory-accelerator producer (sm_90a only): Q and every
+        /// contiguous K/V run that lies whole inside its sequence arrive by `cp.async.bulk.tensor`
+        /// (tensor maps encoded on the host, 128-byte swizzle, completion by mbarrier transaction
+        /// counts); gathered columns and edge tiles keep the `cp.async` copies. The producer
+        /// warpgroup drops to a small register budget and the consumers get the rest.
+        WgmmaTma => "wgmma_tma",
+        /// `wgmma_tma` on 128-row blocks whose two consumer warpgroups take turns issuing their
+        /// matrix products (named barriers): each turn issues P V of the previous tile and S of
+        /// the current one together, and each consumer's softmax runs under the other's products.
+        WgmmaTmaPingPong => "wgmma_tma_pingpong",
     }
 );
+
+impl Mainloop {
+    /// Whether this is a warp-specialised warpgroup-MMA engine (a producer warpgroup plus 64-row
+    /// consumer warpgroups on 128-byte swizzled tiles).
+    pub fn is_warpgroup(self) -> bool {
+        matches!(self, Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong)
+    }
+
+    /// Whether the engine's producer copies through tensor maps (the kernel takes a second,
+    /// `__grid_constant__` parameter of [`abi::TensorMaps`]).
+    pub fn uses_tensor_maps(self) -> bool {
+        matches!(self, Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong)
+    }
+}
 
 /// A kernel's tile and engine apart from its pattern, element type, head dimension and target: what
 /// a caller overrides in a default spec, written `BLOCK_M,BLOCK_N,WARPS,STAGES,MAINLOOP`
@@ -333,14 +357,14 @@ impl Tile {
 }
 
 impl KernelSpec {
-    /// The 64-row spec the per-head tile choice runs next to this one: [`Tile::SQUARE_WGMMA`] when
-    /// this is an index-driven spec on 128-row `wgmma` blocks (whose two halves may share few
+    /// The 64-row spec the per-head tile choice runs next to this one: [`Tile::SQUARE_WGMMA`] (on
+    /// this spec's engine) when this is an index-driven spec on 128-row warpgroup blocks (whose two halves may share few
     /// keys) and that tile is valid for it; `None` otherwise (every head then runs on this spec).
     pub fn square_alternative(&self) -> Option<KernelSpec> {
-        if !self.pattern.is_indexed() || self.mainloop != Mainloop::Wgmma || self.block_m != 128 {
+        if !self.pattern.is_indexed() || !self.mainloop.is_warpgroup() || self.block_m != 128 {
             return None;
         }
-        let square = Tile::SQUARE_WGMMA.apply(*self);
+        let square = Tile { mainloop: self.mainloop, ..Tile::SQUARE_WGMMA }.apply(*self);
         square.validate().is_ok().then_some(square)
     }
 }
@@ -468,7 +492,7 @@ impl KernelSpec {
     pub fn smem_row(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.head_dim + SMEM_ROW_PAD,
-            Mainloop::Wgmma => self.head_dim.next_multiple_of(64),
+            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => self.head_dim.next_multiple_of(64),
         }
     }
 
@@ -489,7 +513,7 @@ impl KernelSpec {
     pub fn threads(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.warps * 32,
-            Mainloop::Wgmma => self.warps * 32 + 128,
+            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => self.warps * 32 + 128,
         }
     }
 
@@ -505,7 +529,7 @@ impl KernelSpec {
             Mainloop::MmaSync => (self.stages, 0, 0),
             // Flags padded to 8 bytes for the mbarriers (Q loaded; K and V full and empty per
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
-            Mainloop::Wgmma => {
+            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => {
                 let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
                 (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
             }
@@ -519,13 +543,31 @@ impl KernelSpec {
         LaunchShape { threads: self.threads(), shared_bytes: self.shared_bytes(), block_m: self.block_m }
     }
 
+    /// The `setmaxnreg` budget of the `wgmma_tma` producer warpgroup, per thread; the consumers get
+    /// the rest of the block's launch registers. Dense and A-shape producers walk a plain cursor and
+    /// issue tensor-map copies: 64 (below that ptxas spills some of them: the cp.async fallback for
+    /// edge tiles keeps a source address and a step per thread; at 24-40 every dense producer
+    /// spills). The index-driven producers still walk range windows and
+    /// copy gathered columns themselves: they keep the `wgmma` engine's budgets (104 beside two
+    /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill.
+    /// The consumers' code needs 184 registers (128-row blocks; 136 for 64x64) whatever the budget
+    /// above that, so what they are given beyond it is headroom, not speed.
+    pub fn tma_producer_registers(&self) -> u32 {
+        match (self.pattern.is_indexed(), self.block_m, self.block_n) {
+            (false, _, _) => 64,
+            (true, 128, _) => 104,
+            (true, _, 64) => 72,
+            (true, _, _) => 56,
+        }
+    }
+
     /// Whether the index-driven schedule visits the gathered columns of a 128-row block's two
     /// halves as one merged stream (a column both halves list is loaded once). It needs loader
     /// threads that meet at a barrier of their own while they build a tile: the `wgmma` producer
     /// warpgroup has them; with `mma.sync` every thread loads and computes, and each half's
     /// columns are visited apart.
     pub fn merges_column_lists(&self) -> bool {
-        self.pattern.is_indexed() && self.mainloop == Mainloop::Wgmma && self.block_m == 128
+        self.pattern.is_indexed() && self.mainloop.is_warpgroup() && self.block_m == 128
     }
 
     /// The `extern "C"` entry point name of the kernel.
@@ -562,6 +604,8 @@ impl KernelSpec {
         match self.mainloop {
             Mainloop::MmaSync => String::new(),
             Mainloop::Wgmma => format!("{separator}wgmma"),
+            Mainloop::WgmmaTma => format!("{separator}wgmma{separator}tma"),
+            Mainloop::WgmmaTmaPingPong => format!("{separator}wgmma{separator}tma{separator}pingpong"),
         }
     }
 
@@ -610,7 +654,7 @@ impl KernelSpec {
                 allowed: format!("64 or 128 for pattern {} (its key ranges are 64 wide)", self.pattern),
             });
         }
-        if self.mainloop == Mainloop::Wgmma {
+        if self.mainloop.is_warpgroup() {
             let why = if self.arch != Arch::Sm90a {
                 Some(format!("arch {} (wgmma needs sm_90a)", self.arch))
             } else if self.m_frags() != 1 || self.warps % 4 != 0 {
@@ -620,6 +664,10 @@ impl KernelSpec {
                 ))
             } else if self.head_dim > 128 {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
+            } else if self.mainloop.uses_tensor_maps() && self.block_n % abi::TMA_BOX_ROWS != 0 {
+                Some(format!("block_n {} (its tensor-map boxes are 64-key runs)", self.block_n))
+            } else if self.mainloop == Mainloop::WgmmaTmaPingPong && self.warps != 8 {
+                Some(format!("{} warps (ping-pong takes turns between two consumer warpgroups: 8 warps)", self.warps))
             } else if self.stages < 2 {
                 // The producer announces a tile only once the next tile's copies are out, into
                 // another stage: with one stage it would wait for itself.
@@ -633,7 +681,7 @@ impl KernelSpec {
             if let Some(why) = why {
                 return Err(SpecError::Invalid {
                     field: "mainloop",
-                    value: format!("wgmma with {why}"),
+                    value: format!("{} with {why}", self.mainloop),
                     allowed: "mma_sync for this tile".into(),
                 });
             }

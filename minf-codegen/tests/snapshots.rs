@@ -15,12 +15,26 @@ fn representative(pattern: Pattern, arch: Arch) -> KernelSpec {
 }
 
 /// Every kernel minf renders by default: the default specs of every architecture, then every
-/// index kernel of every architecture.
+/// index kernel of every architecture, then the `wgmma_tma` twin of every `wgmma` default and the
+/// `wgmma_tma_pingpong` twin of every 8-warp one (the tensor-map engines, selected by spec only).
 fn every_kernel() -> Vec<AnyKernel> {
-    let mut kernels: Vec<AnyKernel> = KernelSpec::default_set(Arch::ALL).into_iter().map(AnyKernel::from).collect();
+    let defaults = KernelSpec::default_set(Arch::ALL);
+    let mut kernels: Vec<AnyKernel> = defaults.iter().copied().map(AnyKernel::from).collect();
     for &arch in Arch::ALL {
         kernels.extend(IndexKernel::ALL.iter().map(|&kernel| AnyKernel::from(IndexKernelSpec { kernel, arch })));
     }
+    kernels.extend(
+        defaults
+            .iter()
+            .filter(|spec| spec.mainloop == Mainloop::Wgmma)
+            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTma, ..spec })),
+    );
+    kernels.extend(
+        defaults
+            .iter()
+            .filter(|spec| spec.mainloop == Mainloop::Wgmma && spec.warps == 8)
+            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..spec })),
+    );
     kernels
 }
 
@@ -34,6 +48,18 @@ fn rendered_source_of_each_pattern_on_each_engine() {
             insta::assert_snapshot!(spec.readable_name(), kernel.source);
         }
     }
+}
+
+#[test]
+fn rendered_source_of_each_pattern_on_the_tma_engine() {
+    for &pattern in Pattern::ALL {
+        let spec = KernelSpec { mainloop: Mainloop::WgmmaTma, ..representative(pattern, Arch::Sm90a) };
+        let kernel = render(&spec).expect("tensor-map twins of the defaults render");
+        insta::assert_snapshot!(spec.readable_name(), kernel.source);
+    }
+    let spec = KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..representative(Pattern::Dense, Arch::Sm90a) };
+    let kernel = render(&spec).expect("the ping-pong twin of the dense default renders");
+    insta::assert_snapshot!(spec.readable_name(), kernel.source);
 }
 
 #[test]
@@ -104,7 +130,7 @@ fn templates_are_header_free_with_their_entry_points() {
         assert!(!rendered.source.contains("{{") && !rendered.source.contains("{%"), "{name}: unrendered template");
         for entry in &rendered.entries {
             let bounds = match kernel {
-                AnyKernel::Attention(spec) if spec.mainloop == Mainloop::Wgmma => "THREADS, MIN_BLOCKS_PER_SM",
+                AnyKernel::Attention(spec) if spec.mainloop.is_warpgroup() => "THREADS, MIN_BLOCKS_PER_SM",
                 AnyKernel::Attention(_) => "THREADS",
                 AnyKernel::Index(_) => "",
             };

@@ -8,7 +8,7 @@ use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr};
+use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr, TensorMaps};
 use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
 /// A packed variable-length batch (`cu_seqlens`-style), checked and uploaded once: sequence `b` has
@@ -747,9 +747,24 @@ pub fn attention_with_spec<T: AttentionElement>(
         shared_mem_bytes: kernel.launch.shared_bytes,
     };
     let params = KernelArgs(params);
+    // The wgmma_tma engine's second parameter: a tensor map per input, over the same pointers and
+    // layouts as the parameters.
+    let maps = if spec.mainloop.uses_tensor_maps() {
+        Some(KernelArgs(TensorMaps {
+            q: crate::tma::encode("q", spec.dtype, &q.layout, q_ptr)?,
+            k: crate::tma::encode("k", spec.dtype, &k.layout, k_ptr)?,
+            v: crate::tma::encode("v", spec.dtype, &v.layout, v_ptr)?,
+        }))
+    } else {
+        None
+    };
     let mut launch = stream.launch_builder(&kernel.function);
     launch.arg(&params);
-    // SAFETY: the parameter block matches the kernel's declaration; every tensor's layout was
+    if let Some(maps) = &maps {
+        launch.arg(maps);
+    }
+    // SAFETY: the parameter block (and, for the tensor-map engines, the maps) matches the kernel's
+    // declaration; every tensor's layout was
     // checked against its buffer and every index's sizes against the call; the kernel clamps index
     // counts to their capacities and bounds-checks every key and sequence offset it reads.
     unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;

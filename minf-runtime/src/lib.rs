@@ -31,6 +31,7 @@ pub mod search;
 pub mod tensor;
 pub mod tile_choice;
 pub mod timing;
+mod tma;
 pub mod vertical_slash;
 pub mod warm;
 

@@ -470,20 +470,24 @@ fn non_causal_dense_sees_every_key() {
     let device = device();
     let seed = test_seed("non-causal dense");
     let mut failures = Vec::new();
-    for (n, &(q_len, kv_len)) in [(1, 1), (63, 1000), (130, 130), (1000, 2111)].iter().enumerate() {
-        let case =
-            ChunkCase { sequences: vec![(q_len, kv_len); 2], packed: false, heads: 8, kv_heads: 2, head_dim: 128 };
-        let outcome = check_chunk::<bf16>(
-            &device,
-            &case,
-            seed + n as u64,
-            PatternArgs::Dense,
-            false,
-            &|_, _, _, _, _| true,
-            None,
-        );
-        report("non-causal dense", case.describe::<bf16>(), &outcome, &mut failures);
+    for variant in variants(&device, Pattern::Dense) {
+        VARIANT.set(variant);
+        for (n, &(q_len, kv_len)) in [(1, 1), (63, 1000), (130, 130), (1000, 2111)].iter().enumerate() {
+            let case =
+                ChunkCase { sequences: vec![(q_len, kv_len); 2], packed: false, heads: 8, kv_heads: 2, head_dim: 128 };
+            let outcome = check_chunk::<bf16>(
+                &device,
+                &case,
+                seed + n as u64,
+                PatternArgs::Dense,
+                false,
+                &|_, _, _, _, _| true,
+                None,
+            );
+            report(&format!("{variant:?} non-causal dense"), case.describe::<bf16>(), &outcome, &mut failures);
+        }
     }
+    VARIANT.set(Variant::Default);
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 

@@ -30,6 +30,14 @@ pub(super) enum Variant {
     /// The default tile on the mma.sync engine (what A100-class cards run), where the default is
     /// the wgmma engine.
     MmaSync,
+    /// The `wgmma_tma` engine (tensor-map copies, sm_90a, head_dim <= 128) on the `Wgmma` tiles.
+    WgmmaTma,
+    /// The `wgmma_tma` engine on 128-row index-driven blocks with 128-key tiles (the default tile).
+    WgmmaTmaTwoRowBlocks,
+    /// The `wgmma_tma` engine on 64x64 index-driven blocks.
+    WgmmaTmaSquare,
+    /// `wgmma_tma_pingpong` on 128-row blocks with 128-key tiles (every pattern).
+    WgmmaTmaPingPong,
 }
 
 thread_local! {
@@ -57,6 +65,24 @@ pub(super) fn spec_override<T: AttentionElement>(device: &Device, pattern: Patte
         Variant::MmaSync if base.mainloop != Mainloop::MmaSync => {
             Some(KernelSpec { mainloop: Mainloop::MmaSync, ..base })
         }
+        Variant::WgmmaTma if case.head_dim <= 128 => {
+            let (block_m, block_n, warps) = if pattern.is_indexed() { (64, 64, 4) } else { (128, 128, 8) };
+            Some(KernelSpec { block_m, block_n, warps, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
+        }
+        Variant::WgmmaTmaTwoRowBlocks if pattern.is_indexed() && case.head_dim <= 128 => {
+            Some(KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
+        }
+        Variant::WgmmaTmaPingPong if case.head_dim <= 128 => Some(KernelSpec {
+            block_m: 128,
+            block_n: 128,
+            warps: 8,
+            stages: 2,
+            mainloop: Mainloop::WgmmaTmaPingPong,
+            ..base
+        }),
+        Variant::WgmmaTmaSquare if pattern.is_indexed() && case.head_dim <= 128 => {
+            Some(KernelSpec { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
+        }
         _ => None,
     }
 }
@@ -74,6 +100,12 @@ pub(super) fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
             variants.push(Variant::WgmmaSquare);
         }
         variants.push(Variant::MmaSync);
+        variants.push(Variant::WgmmaTma);
+        if pattern.is_indexed() {
+            variants.push(Variant::WgmmaTmaTwoRowBlocks);
+            variants.push(Variant::WgmmaTmaSquare);
+        }
+        variants.push(Variant::WgmmaTmaPingPong);
     }
     variants
 }

@@ -130,6 +130,30 @@ fn attention_mma_sync() {
     attention_sweep(Variant::MmaSync);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_tma() {
+    attention_sweep(Variant::WgmmaTma);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_tma_two_row_blocks() {
+    attention_sweep(Variant::WgmmaTmaTwoRowBlocks);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_tma_square() {
+    attention_sweep(Variant::WgmmaTmaSquare);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_tma_pingpong() {
+    attention_sweep(Variant::WgmmaTmaPingPong);
+}
+
 /// The index kernels and a whole prefill layer.
 #[test]
 #[ignore = "needs a CUDA GPU"]

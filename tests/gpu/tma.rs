@@ -1,0 +1,92 @@
+//! GPU tests of the tensor-map engines' (`wgmma_tma`, `wgmma_tma_pingpong`) dense kernels against the float64 reference: every head
+//! dimension it takes, lengths on and off the 64- and 128-key boundaries (so whole tiles arrive by
+//! tensor map and edge tiles by `cp.async` in one launch), BSHD and BHSD layouts, GQA groupings,
+//! and a packed batch of sequences whose neighbours sit inside the tensors. The sparse patterns,
+//! chunks (causal and not), and the sanitizer sweep run the engine through the `WgmmaTma*`
+//! variants of `patterns.rs`, `chunked.rs` and `sanitize.rs`.
+
+use super::patterns::packed_offsets;
+use super::{check_attention, describe, device, test_seed, Case, Outcome, Packed, TOLERANCE};
+use half::{bf16, f16};
+use minf::codegen::{Arch, KernelSpec, Mainloop, Pattern};
+use minf::{AttentionElement, Device, PatternArgs, Varlen};
+
+/// The dense specs on tensor-map engines for `head_dim`: `wgmma_tma` on the default tile and on
+/// 64x128 blocks (one consumer warpgroup, two blocks per SM), and `wgmma_tma_pingpong`.
+fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSpec; 3] {
+    let base = KernelSpec::default_for(Pattern::Dense, T::DTYPE, head_dim as u32, device.arch());
+    let spec = |block_m, warps, mainloop| KernelSpec { block_m, block_n: 128, warps, stages: 2, mainloop, ..base };
+    [spec(128, 8, Mainloop::WgmmaTma), spec(64, 4, Mainloop::WgmmaTma), spec(128, 8, Mainloop::WgmmaTmaPingPong)]
+}
+
+fn record(what: String, outcome: &Outcome, failures: &mut Vec<String>) {
+    let ok = outcome.out_error <= TOLERANCE && outcome.lse_error <= 1e-2;
+    println!(
+        "{} {what}: rel_l2 {:.2e}, lse max abs {:.1e}",
+        if ok { "ok  " } else { "FAIL" },
+        outcome.out_error,
+        outcome.lse_error
+    );
+    if !ok {
+        failures.push(what);
+    }
+}
+
+fn dense_for<T: AttentionElement>(device: &Device, failures: &mut Vec<String>) {
+    let seed = test_seed(&format!("wgmma_tma dense {}", T::DTYPE));
+    let head_dims: &[usize] = if T::DTYPE == minf::codegen::DType::Bf16 { &[64, 96, 128] } else { &[128] };
+    for &head_dim in head_dims {
+        for (n, &seq) in [1usize, 63, 64, 65, 127, 128, 129, 1000, 4097, 8256].iter().enumerate() {
+            let (heads, kv_heads, batch, bhsd) = [(32, 8, 2, false), (8, 8, 2, true), (8, 2, 1, true)][n % 3];
+            let case = Case { batch, seq, heads, kv_heads, head_dim, bhsd };
+            for spec in tma_specs::<T>(device, head_dim) {
+                let o = check_attention::<T>(
+                    device,
+                    &case,
+                    seed.wrapping_add((seq * 1000 + head_dim) as u64),
+                    Some(spec),
+                    PatternArgs::Dense,
+                    None,
+                    &|_, _, i, j| j <= i,
+                );
+                record(format!("{} {}", spec.kernel_name(), describe::<T>(&case)), &o, failures);
+            }
+        }
+        // A packed batch: sequence ends that are not multiples of 64, so runs near a sequence's
+        // end take the cp.async path (the tensor map would read the next sequence's rows).
+        let lens = [1000, 333, 64, 129];
+        let offsets = packed_offsets(&lens);
+        let cu: Vec<i32> = offsets.iter().map(|&o| o as i32).collect();
+        let varlen = Varlen::new(device, &cu, &cu).expect("varlen");
+        for bhsd in [false, true] {
+            let case = Case { batch: 1, seq: offsets[lens.len()], heads: 8, kv_heads: 2, head_dim, bhsd };
+            for spec in tma_specs::<T>(device, head_dim) {
+                let packed = Packed { varlen: &varlen, offsets: offsets.clone() };
+                let o = check_attention::<T>(
+                    device,
+                    &case,
+                    seed ^ 0x7a,
+                    Some(spec),
+                    PatternArgs::Dense,
+                    Some(&packed),
+                    &|_, _, i, j| j <= i,
+                );
+                record(format!("{} varlen {lens:?} {}", spec.kernel_name(), describe::<T>(&case)), &o, failures);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wgmma_tma_dense_matches_reference() {
+    let device = device();
+    if device.arch() != Arch::Sm90a {
+        println!("skipped: the wgmma_tma engine needs sm_90a; the device is {}", device.arch());
+        return;
+    }
+    let mut failures = Vec::new();
+    dense_for::<bf16>(&device, &mut failures);
+    dense_for::<f16>(&device, &mut failures);
+    assert!(failures.is_empty(), "over tolerance {TOLERANCE}: {failures:?}");
+}
