@@ -1,15 +1,44 @@
 #!/usr/bin/env python3
-"""Usage: scripts/nvrtc-check.py ARCH FILE.cu [NVRTC_OPTION ...]
+"""Usage: scripts/nvrtc-check.py ARCH FILE.cu [NVRTC_OPTION ...]  |  scripts/nvrtc-check.py --registers FILE.sass
 
 Compiles a rendered kernel source with NVRTC on the CPU (no GPU needed) and prints the ptxas
 resource report: registers, spills, stack, shared memory, and the C7514/C7518 warnings that say
-ptxasserialised a kernel's wgmma instructions. With PTX_OUT=FILE it also writes the PTX, with
-CUBIN_OUT=FILE the CUBIN (disassemble it with nvdisasm, e.g. to see each warp role's registers
-after setmaxnreg: scripts/sass-registers.py). ARCH is
-e.g. sm_90a. Render sources with `cargo run -p minf-codegen --example render` (docs/testing.md).
-Needs the pip wheel nvidia-cuda-nvrtc (as .ci/run installs)."""
-import ctypes, glob, os, sys
-import nvidia
+ptxas serialised a kernel's wgmma instructions. With PTX_OUT=FILE it also writes the PTX, with
+CUBIN_OUT=FILE the CUBIN. ARCH is e.g. sm_90a. Render sources with
+`cargo run -p minf-codegen --example render` (docs/testing.md).
+Needs the pip wheel nvidia-cuda-nvrtc (as .ci/run installs).
+
+With --registers, reads `nvdisasm -c` output of a warp-specialised kernel instead (no NVRTC) and
+prints, for the code after each `setmaxnreg` (SASS `USETMAXREG`), the budget it sets, the highest
+register that code names up to the next one (or the end), and its local-memory (spill) loads and
+stores: the producer's branch follows the DEALLOC, the consumers' the TRY_ALLOC. Make the SASS with
+`CUBIN_OUT=k.cubin scripts/nvrtc-check.py sm_90a k.cu` and `nvdisasm -c k.cubin > k.sass`."""
+import ctypes, glob, os, re, sys
+
+
+def register_report(sass_path):
+    regions, current = [], {"name": "entry", "max": -1, "ldl": 0, "stl": 0}
+    for line in open(sass_path).read().splitlines():
+        m = re.search(r"USETMAXREG\.(\S+)\s+(?:UP\d+,\s*)?(0x[0-9a-f]+)", line)
+        if m:
+            regions.append(current)
+            current = {"name": f"{m.group(1)} {int(m.group(2), 16)}", "max": -1, "ldl": 0, "stl": 0}
+            continue
+        code = line.split(";")[0]
+        for r in re.findall(r"\bR(\d+)\b", code):
+            current["max"] = max(current["max"], int(r))
+        current["ldl"] += bool(re.search(r"\bLDL\b", code))
+        current["stl"] += bool(re.search(r"\bSTL\b", code))
+    regions.append(current)
+    for r in regions:
+        print(f"{r['name']:<28} highest register R{r['max']:<4} LDL {r['ldl']:<4} STL {r['stl']}")
+
+
+if len(sys.argv) == 3 and sys.argv[1] == "--registers":
+    register_report(sys.argv[2])
+    sys.exit(0)
+
+import nvidia  # noqa: E402  (only the NVRTC mode needs the wheel)
 
 lib = None
 for root in nvidia.__path__:
