@@ -167,8 +167,11 @@ pub struct VerticalSlashIndex {
     column_index: CudaSlice<i32>,
 }
 
-/// A vertical-slash index in host memory (same layout as [`VerticalSlashIndex`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A vertical-slash index in host memory (same layout as [`VerticalSlashIndex`]). Two indices are
+/// equal when their shapes, all four counts and each row's counted entries are equal: the slots
+/// past a row's counts are not compared (a downloaded index holds whatever the device buffers held
+/// there).
+#[derive(Debug, Clone)]
 pub struct HostVerticalSlashIndex {
     /// The dimensions.
     pub shape: IndexShape,
@@ -181,6 +184,20 @@ pub struct HostVerticalSlashIndex {
     /// `[batch, heads, rows, nnz_v]`: the columns, ascending.
     pub column_index: Vec<i32>,
 }
+
+impl PartialEq for HostVerticalSlashIndex {
+    fn eq(&self, other: &Self) -> bool {
+        let shape = self.shape;
+        if shape != other.shape || self.block_count != other.block_count || self.column_count != other.column_count {
+            return false;
+        }
+        (0..self.block_count.len()).all(|row| {
+            self.counted(row, true) == other.counted(row, true) && self.counted(row, false) == other.counted(row, false)
+        })
+    }
+}
+
+impl Eq for HostVerticalSlashIndex {}
 
 impl HostVerticalSlashIndex {
     /// An all-zero index of this shape; `None` if its size overflows `usize`.
@@ -206,6 +223,35 @@ impl HostVerticalSlashIndex {
         let row = self.shape.row(b, h, r);
         let n = (self.column_count[row].max(0) as usize).min(self.shape.nnz_v);
         &self.column_index[row * self.shape.nnz_v..row * self.shape.nnz_v + n]
+    }
+
+    /// The counted range starts (`ranges`) or columns of row `row` of the count arrays, counts
+    /// clamped to the capacity; `None` where the buffers are shorter than the shape says.
+    fn counted(&self, row: usize, ranges: bool) -> Option<&[i32]> {
+        let (counts, list, capacity) = if ranges {
+            (&self.block_count, &self.block_offset, self.shape.nnz_s)
+        } else {
+            (&self.column_count, &self.column_index, self.shape.nnz_v)
+        };
+        let n = usize::try_from(*counts.get(row)?).unwrap_or(0).min(capacity);
+        list.get(row.checked_mul(capacity)?..)?.get(..n)
+    }
+
+    /// Sets every slot past its row's count to zero, as MInference's converter leaves them (for
+    /// files other tools read); the counted entries are unchanged.
+    pub fn zero_padding(&mut self) {
+        let IndexShape { nnz_s, nnz_v, .. } = self.shape;
+        for (counts, list, capacity) in
+            [(&self.block_count, &mut self.block_offset, nnz_s), (&self.column_count, &mut self.column_index, nnz_v)]
+        {
+            if capacity == 0 {
+                continue;
+            }
+            for (&count, row) in counts.iter().zip(list.chunks_mut(capacity)) {
+                let n = (count.max(0) as usize).min(row.len());
+                row[n..].fill(0);
+            }
+        }
     }
 }
 
