@@ -93,13 +93,10 @@ fn check_guarantees(case: &Case, index: &HostVerticalSlashIndex) {
                 let row = shape.row(b, h, r);
                 let (blocks, cols) = (index.block_count[row], index.column_count[row]);
                 let at = format!("b={b} h={h} r={r} length={length}");
-                // (c) counts within capacity, unused slots zero, nothing past the length.
+                // (c) counts within capacity, nothing past the length (the slots past the counts
+                // are unspecified).
                 assert!((0..=case.nnz_s as i32).contains(&blocks), "{at}: block_count {blocks}");
                 assert!((0..=case.nnz_v as i32).contains(&cols), "{at}: column_count {cols}");
-                let offsets = &index.block_offset[row * case.nnz_s..(row + 1) * case.nnz_s];
-                let columns = &index.column_index[row * case.nnz_v..(row + 1) * case.nnz_v];
-                assert!(offsets[blocks as usize..].iter().all(|&x| x == 0), "{at}: unused offset slots not zero");
-                assert!(columns[cols as usize..].iter().all(|&x| x == 0), "{at}: unused column slots not zero");
                 let start_m = r * BLOCK;
                 if start_m >= length {
                     assert_eq!((blocks, cols), (0, 0), "{at}: a row block past the length has entries");
