@@ -257,7 +257,8 @@ const MAX_GRID_Y: usize = 65_535;
 /// MInference's converted vertical-slash index (int32, byte-compatible with its
 /// `convert_vertical_slash_indexes`), one entry per (batch, query head, 64-row query block). For a
 /// chunk (`q_len < kv_len`), row `r` is the chunk's query rows `[64r, 64r + 64)` and every stored
-/// key (range starts, columns) is absolute in `[0, kv_len)`.
+/// key (range starts, columns) is absolute in `[0, kv_len)`. Only each block's first
+/// `block_count` starts and `column_count` columns are read; the slots past them may hold anything.
 #[derive(Debug, Clone, Copy)]
 pub struct VerticalSlashIndexRef<'a> {
     /// `[batch, heads, rows]`: how many 64-key ranges each block visits.

@@ -8,7 +8,8 @@
 //!   (start columns, not necessarily multiples of 64);
 //! - `column_count[b, h, r]` single key columns are listed, ascending, in
 //!   `column_index[b, h, r, 0 .. column_count]`;
-//! - every other slot is zero.
+//! - slots past a row's counts are unspecified: the converter does not clear them (a reused index
+//!   keeps what earlier conversions left there), and every reader stops at the counts.
 //!
 //! The converter accepts raw indices in any order, with duplicates and out-of-range values: only
 //! verticals and slashes in `[0, seqlen)` count, each once. Its output is byte-identical to
@@ -157,7 +158,8 @@ impl IndexShape {
     }
 }
 
-/// A vertical-slash index on the device: four zero-padded `i32` buffers and their shape.
+/// A vertical-slash index on the device: four `i32` buffers and their shape. Only each row's
+/// counted entries are meaningful (see the [module docs](self)).
 #[derive(Debug)]
 pub struct VerticalSlashIndex {
     shape: IndexShape,
@@ -167,8 +169,11 @@ pub struct VerticalSlashIndex {
     column_index: CudaSlice<i32>,
 }
 
-/// A vertical-slash index in host memory (same layout as [`VerticalSlashIndex`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A vertical-slash index in host memory (same layout as [`VerticalSlashIndex`]). Two indices are
+/// equal when their shapes, all four counts and each row's counted entries are equal: the slots
+/// past a row's counts are not compared (a downloaded index holds whatever the device buffers held
+/// there).
+#[derive(Debug, Clone)]
 pub struct HostVerticalSlashIndex {
     /// The dimensions.
     pub shape: IndexShape,
@@ -181,6 +186,20 @@ pub struct HostVerticalSlashIndex {
     /// `[batch, heads, rows, nnz_v]`: the columns, ascending.
     pub column_index: Vec<i32>,
 }
+
+impl PartialEq for HostVerticalSlashIndex {
+    fn eq(&self, other: &Self) -> bool {
+        let shape = self.shape;
+        if shape != other.shape || self.block_count != other.block_count || self.column_count != other.column_count {
+            return false;
+        }
+        (0..self.block_count.len()).all(|row| {
+            self.counted(row, true) == other.counted(row, true) && self.counted(row, false) == other.counted(row, false)
+        })
+    }
+}
+
+impl Eq for HostVerticalSlashIndex {}
 
 impl HostVerticalSlashIndex {
     /// An all-zero index of this shape; `None` if its size overflows `usize`.
@@ -206,6 +225,35 @@ impl HostVerticalSlashIndex {
         let row = self.shape.row(b, h, r);
         let n = (self.column_count[row].max(0) as usize).min(self.shape.nnz_v);
         &self.column_index[row * self.shape.nnz_v..row * self.shape.nnz_v + n]
+    }
+
+    /// The counted range starts (`ranges`) or columns of row `row` of the count arrays, counts
+    /// clamped to the capacity; `None` where the buffers are shorter than the shape says.
+    fn counted(&self, row: usize, ranges: bool) -> Option<&[i32]> {
+        let (counts, list, capacity) = if ranges {
+            (&self.block_count, &self.block_offset, self.shape.nnz_s)
+        } else {
+            (&self.column_count, &self.column_index, self.shape.nnz_v)
+        };
+        let n = usize::try_from(*counts.get(row)?).unwrap_or(0).min(capacity);
+        list.get(row.checked_mul(capacity)?..)?.get(..n)
+    }
+
+    /// Sets every slot past its row's count to zero, as MInference's converter leaves them (for
+    /// files other tools read); the counted entries are unchanged.
+    pub fn zero_padding(&mut self) {
+        let IndexShape { nnz_s, nnz_v, .. } = self.shape;
+        for (counts, list, capacity) in
+            [(&self.block_count, &mut self.block_offset, nnz_s), (&self.column_count, &mut self.column_index, nnz_v)]
+        {
+            if capacity == 0 {
+                continue;
+            }
+            for (&count, row) in counts.iter().zip(list.chunks_mut(capacity)) {
+                let n = (count.max(0) as usize).min(row.len());
+                row[n..].fill(0);
+            }
+        }
     }
 }
 
@@ -280,7 +328,9 @@ impl VerticalSlashIndex {
         Ok(VerticalSlashIndex { shape, block_count, block_offset, column_count, column_index })
     }
 
-    /// A zeroed index of this shape, allocated on the device's stream.
+    /// A zeroed index of this shape (every count 0: an empty index), allocated on the device's
+    /// stream. The zero fill happens once, here: conversions into the index rewrite every count and
+    /// the counted entries, and leave the slots past the counts as they are.
     pub fn zeros(device: &Device, shape: IndexShape) -> Result<Self, MinfError> {
         let (counts, offsets, columns) = shape.lengths()?;
         let stream = device.stream();
@@ -403,7 +453,7 @@ impl ConvertWorkspace {
 /// Converts raw vertical and slash indices into a new [`VerticalSlashIndex`].
 ///
 /// - `seqlens`: `[batch]` valid lengths (clamped to `[0, context]`); row blocks at or past a
-///   sequence's length keep zero counts;
+///   sequence's length get zero counts;
 /// - `vertical`: `[batch, heads, nnz_v]` key columns; `slash`: `[batch, heads, nnz_s]` diagonal
 ///   offsets (`0` is the main diagonal). Any order, duplicates and out-of-range values allowed;
 /// - `context`: the padded sequence length, giving `rows = ceil(context / 64)`.
@@ -426,9 +476,10 @@ pub fn convert_vertical_slash(
     Ok(index)
 }
 
-/// [`convert_vertical_slash`] into an existing index (zeroed first), whose shape gives `batch`,
-/// `heads`, the row count (which must be `ceil(context / 64)`) and the capacities (which must be
-/// those of `vertical` and `slash`). Allocates nothing once `workspace` is large enough.
+/// [`convert_vertical_slash`] into an existing index, whose shape gives `batch`, `heads`, the row
+/// count (which must be `ceil(context / 64)`) and the capacities (which must be those of `vertical`
+/// and `slash`). Writes every count and each row's counted entries; the slots past the counts are
+/// not cleared (see the [module docs](self)). Allocates nothing once `workspace` is large enough.
 pub fn convert_vertical_slash_into(
     device: &Device,
     seqlens: &CudaSlice<i32>,
@@ -445,7 +496,6 @@ pub fn convert_vertical_slash_into(
             "the output index has shape {have:?} but these inputs and context {context} give {want:?}"
         )));
     }
-    zero_index(device, index)?;
     launch(device, seqlens, None, vertical, slash, context, workspace, index)
 }
 
@@ -466,7 +516,7 @@ pub struct ChunkLengths<'a> {
 /// `kv_lens[b]` keys and its last `q_lens[b]` tokens are the queries; `vertical` (absolute key
 /// columns) and `slash` (offsets from each query's absolute position) count only within
 /// `[0, kv_len)`. Row `r` of sequence `b` holds its chunk's rows `64r .. 64r + 63`; rows at or past
-/// `q_lens[b]` keep zero counts. The index shape must be
+/// `q_lens[b]` get zero counts. The index shape must be
 /// [`IndexShape::for_chunk_conversion`]'s. With `q_lens = kv_lens` the output equals
 /// [`convert_vertical_slash_into`]'s.
 pub fn convert_vertical_slash_chunk_into(
@@ -495,25 +545,11 @@ pub fn convert_vertical_slash_chunk_into(
             lengths.max_q_len, lengths.max_kv_len
         )));
     }
-    zero_index(device, index)?;
     launch(device, lengths.kv_lens, Some(lengths.q_lens), vertical, slash, lengths.max_kv_len, workspace, index)
 }
 
-fn zero_index(device: &Device, index: &mut VerticalSlashIndex) -> Result<(), MinfError> {
-    let stream = device.stream();
-    for (name, buffer) in [
-        ("block_count", &mut index.block_count),
-        ("block_offset", &mut index.block_offset),
-        ("column_count", &mut index.column_count),
-        ("column_index", &mut index.column_index),
-    ] {
-        stream.memset_zeros(buffer).map_err(MinfError::driver(format!("zeroing {name}")))?;
-    }
-    Ok(())
-}
-
-/// Zeroes the bitmaps and launches both passes into the (already zeroed) `index`; `q_lens`
-/// `None` converts whole prompts.
+/// Zeroes the bitmaps and launches both passes into `index` (whose contents need not be zero: the
+/// rows pass writes every count); `q_lens` `None` converts whole prompts.
 #[allow(clippy::too_many_arguments)]
 fn launch(
     device: &Device,

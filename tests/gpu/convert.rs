@@ -1,8 +1,10 @@
 //! GPU tests of the vertical-slash index converter: its output must equal the CPU model
-//! (`minf_testkit::convert::convert_cpu`) byte for byte, on raw inputs (any order, duplicates,
-//! out-of-range values), on MInference-style inputs and across reuses of the output and workspace;
-//! and the chunk converter (`convert_vertical_slash_chunk_into`) against
-//! `minf_testkit::convert::convert_chunk_cpu`.
+//! (`minf_testkit::convert::convert_cpu`) byte for byte in every count and every counted entry, on
+//! raw inputs (any order, duplicates, out-of-range values), on MInference-style inputs and across
+//! reuses of the output and workspace; and the chunk converter (`convert_vertical_slash_chunk_into`)
+//! against `minf_testkit::convert::convert_chunk_cpu`. The converter does not clear its outputs, so
+//! the tests convert into indices poisoned with [`POISON`]: a count or counted entry it failed to
+//! write shows up as a mismatch.
 
 use super::{device, test_seed};
 use minf::timing::median_ms;
@@ -109,7 +111,22 @@ pub(super) fn gpu(device: &Device, inputs: &Inputs, workspace: &mut ConvertWorks
     .unwrap_or_else(|e| panic!("converting {}: {e}", inputs.describe()))
 }
 
-/// Compares and, on a mismatch, names the first differing array and row.
+/// What [`poisoned`] fills every slot of an index with: past every capacity and every length of
+/// these tests, so it equals no count and no key the converter writes.
+pub(super) const POISON: i32 = 0x7fff_fff0;
+
+/// `index` with every slot of its four buffers set to [`POISON`].
+pub(super) fn poisoned(device: &Device, index: VerticalSlashIndex) -> VerticalSlashIndex {
+    let (shape, mut parts) = index.into_parts();
+    for buffer in parts.iter_mut() {
+        device.stream().memcpy_htod(&vec![POISON; buffer.len()], buffer).expect("poison");
+    }
+    let [bc, bo, cc, ci] = parts;
+    VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts")
+}
+
+/// Compares shapes, every count and each row's counted entries (the slots past the counts are
+/// unspecified) and, on a mismatch, names the first differing row.
 pub(super) fn assert_same(got: &HostVerticalSlashIndex, want: &HostVerticalSlashIndex, what: &str) {
     if got == want {
         return;
@@ -120,21 +137,17 @@ pub(super) fn assert_same(got: &HostVerticalSlashIndex, want: &HostVerticalSlash
         for h in 0..shape.heads {
             for r in 0..shape.rows {
                 let row = shape.row(b, h, r);
-                let (got_o, want_o) = (&got.block_offset, &want.block_offset);
-                let (got_c, want_c) = (&got.column_index, &want.column_index);
-                let offsets = row * shape.nnz_s..(row + 1) * shape.nnz_s;
-                let columns = row * shape.nnz_v..(row + 1) * shape.nnz_v;
                 assert!(
                     got.block_count[row] == want.block_count[row]
                         && got.column_count[row] == want.column_count[row]
-                        && got_o[offsets.clone()] == want_o[offsets.clone()]
-                        && got_c[columns.clone()] == want_c[columns.clone()],
+                        && got.ranges(b, h, r) == want.ranges(b, h, r)
+                        && got.columns(b, h, r) == want.columns(b, h, r),
                     "{what}: row block (b={b}, h={h}, r={r}) differs: GPU {} ranges {:?}, {} columns {:?}; \
                      CPU {} ranges {:?}, {} columns {:?}",
                     got.block_count[row],
-                    &got_o[offsets.start..offsets.start + 8.min(shape.nnz_s)],
+                    got.ranges(b, h, r).iter().take(8).collect::<Vec<_>>(),
                     got.column_count[row],
-                    &got_c[columns.start..columns.start + 8.min(shape.nnz_v)],
+                    got.columns(b, h, r).iter().take(8).collect::<Vec<_>>(),
                     want.block_count[row],
                     want.ranges(b, h, r).iter().take(8).collect::<Vec<_>>(),
                     want.column_count[row],
@@ -174,8 +187,23 @@ fn converter_matches_the_cpu_model() {
     padded.context = 1000;
     cases.push(("raw, padded context 1000".into(), padded));
     for (what, inputs) in &cases {
-        let got = gpu(&device, inputs, &mut workspace).to_host().expect("download");
-        assert_same(&got, &inputs.cpu(), &format!("{what} ({})", inputs.describe()));
+        let want = inputs.cpu();
+        let index = gpu(&device, inputs, &mut workspace);
+        assert_same(&index.to_host().expect("download"), &want, &format!("{what} ({})", inputs.describe()));
+        // Again into the same index, poisoned: every count and counted entry must be rewritten.
+        let mut index = poisoned(&device, index);
+        let d = upload(&device, inputs);
+        convert_vertical_slash_into(
+            &device,
+            &d.seqlens,
+            &d.vertical,
+            &d.slash,
+            inputs.context,
+            &mut workspace,
+            &mut index,
+        )
+        .unwrap_or_else(|e| panic!("converting {what} into a poisoned index: {e}"));
+        assert_same(&index.to_host().expect("download"), &want, &format!("{what}, poisoned ({})", inputs.describe()));
         println!("ok   {what}: {}", inputs.describe());
     }
     println!("workspace holds {} bytes", workspace.device_bytes());
@@ -183,12 +211,13 @@ fn converter_matches_the_cpu_model() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn reused_outputs_are_zeroed_and_overlong_seqlens_clamped() {
+fn reused_and_poisoned_outputs_give_the_same_index_and_overlong_seqlens_are_clamped() {
     let device = device();
-    let seed = test_seed("reused_outputs_are_zeroed_and_overlong_seqlens_clamped");
+    let seed = test_seed("reused_and_poisoned_outputs_give_the_same_index_and_overlong_seqlens_are_clamped");
     let mut rng = TestRng::new(seed);
     let mut workspace = ConvertWorkspace::new();
-    // First a dense case (many entries), then a sparse one of the same shape into the same index.
+    // First a dense case (many entries), then a sparse one of the same shape into the same index:
+    // the dense entries past the sparse counts stay behind and must not matter.
     let dense = Inputs::raw(&mut rng, &[3000, 2500], 4, 1500, 1500);
     let mut sparse = Inputs::raw(&mut rng, &[3000, 1200], 4, 1500, 1500);
     for x in sparse.vertical.iter_mut().chain(sparse.slash.iter_mut()).skip(7).step_by(3) {
@@ -199,10 +228,24 @@ fn reused_outputs_are_zeroed_and_overlong_seqlens_clamped() {
     let d = upload(&device, &sparse);
     convert_vertical_slash_into(&device, &d.seqlens, &d.vertical, &d.slash, sparse.context, &mut workspace, &mut index)
         .expect("second conversion");
-    assert_same(&index.to_host().expect("download"), &sparse.cpu(), "reused output");
-    // Lengths past the context are the context, negative ones are empty.
+    let reused = index.to_host().expect("download");
+    assert_same(&reused, &sparse.cpu(), "reused output");
+    // The same conversion into the index poisoned: the same index (rows past the second
+    // sequence's 1200 tokens included, whose counts only the conversion writes).
+    let mut index = poisoned(&device, index);
+    convert_vertical_slash_into(&device, &d.seqlens, &d.vertical, &d.slash, sparse.context, &mut workspace, &mut index)
+        .expect("conversion into a poisoned index");
+    let from_poison = index.to_host().expect("download");
+    assert_same(&from_poison, &reused, "poisoned output against the reused one");
+    assert!(
+        from_poison.block_count.iter().chain(&from_poison.column_count).all(|&n| n != POISON),
+        "a count was not written"
+    );
+    // Lengths past the context are the context, negative ones are empty (every row of the second
+    // sequence gets zero counts over the poison).
     let mut clamped = Inputs::raw(&mut rng, &[3000, 2000], 4, 1500, 1500);
     clamped.seqlens = vec![1 << 30, -5];
+    let mut index = poisoned(&device, index);
     let d = upload(&device, &clamped);
     convert_vertical_slash_into(
         &device,
@@ -261,7 +304,7 @@ fn converter_128k_x_32_heads_timing() {
         )
     })
     .expect("timed conversions");
-    // The zeroing of the outputs alone, for comparison.
+    // A zero fill of the outputs (which the converter does not do), for comparison.
     let (shape, mut parts) = index.into_parts();
     let zero_ms = median_ms(stream, 1, 10, || {
         for part in parts.iter_mut() {
@@ -272,14 +315,14 @@ fn converter_128k_x_32_heads_timing() {
     .expect("timed zeroing");
     let output_bytes: usize = parts.iter().map(|p| p.num_bytes()).sum();
     let [bc, bo, cc, ci] = parts;
-    let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("same buffers");
+    let index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("same buffers");
     println!(
         "vs_convert {length} tokens x {heads} heads, nnz_v {nnz_v}, nnz_s {nnz_s} on {}: {total_ms:.3} ms per call \
-         ({zero_ms:.3} ms of it zeroing {:.2} GB of outputs, {:.3} ms the two passes)",
+         (zeroing its {:.2} GB of outputs, which it does not do, takes {zero_ms:.3} ms)",
         device.name(),
         output_bytes as f64 / 1e9,
-        total_ms - zero_ms
     );
+    let mut index = poisoned(&device, index);
     convert_vertical_slash_into(
         &device,
         &d.seqlens,
@@ -318,13 +361,8 @@ fn chunk_converter_matches_the_cpu_model() {
             let want =
                 convert_chunk_cpu(&q_lens, &kv_lens, &vertical, &slash, (2, heads, nnz_v, nnz_s), q_len, max_kv_len);
             let shape = IndexShape { batch: 2, heads, rows: q_len.div_ceil(64), nnz_s, nnz_v };
-            let index = VerticalSlashIndex::zeros(&device, shape).expect("index");
-            // Poison: every slot of the index must be rewritten (zeroed or converted).
-            let (_, [mut bc, mut bo, mut cc, mut ci]) = index.into_parts();
-            for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
-                stream.memcpy_htod(&vec![0x7f7f_7f7f; buffer.len()], buffer).expect("poison");
-            }
-            let mut index = VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts");
+            // Poisoned: every count and counted entry must be written, rows past a chunk included.
+            let mut index = poisoned(&device, VerticalSlashIndex::zeros(&device, shape).expect("index"));
             let q_lens_device = stream.clone_htod(&q_lens).expect("upload q_lens");
             let kv_lens_device = stream.clone_htod(&kv_lens).expect("upload kv_lens");
             let vertical_device = stream.clone_htod(&vertical).expect("upload vertical");

@@ -229,8 +229,8 @@ fn near_tie_swaps(got: &[i32], want: &[usize], scores: &[f64], forced: usize, wh
 }
 
 /// Each head's sizes in `list` clamped to `kv_len`, and a vertical-slash index for `batch` x
-/// `heads` and `q_len` queries sized for them, every entry poisoned (the estimate must rewrite
-/// each count).
+/// `heads` and `q_len` queries sized for them, every slot poisoned (the estimate must write each
+/// count and each counted entry; the slots past the counts keep the poison).
 fn poisoned_index(
     device: &Device,
     list: &[VerticalSlashHead],
@@ -243,11 +243,7 @@ fn poisoned_index(
     let nnz_v = clamped.iter().map(|c| c.0).max().unwrap_or(1).max(1);
     let nnz_s = clamped.iter().map(|c| c.1).max().unwrap_or(1).max(1);
     let shape = IndexShape { batch, heads, rows: q_len.div_ceil(64), nnz_s, nnz_v };
-    let (_, [mut bc, mut bo, mut cc, mut ci]) = VerticalSlashIndex::zeros(device, shape).expect("index").into_parts();
-    for buffer in [&mut bc, &mut bo, &mut cc, &mut ci] {
-        device.stream().memcpy_htod(&vec![0x7f7f_7f7f; buffer.len()], buffer).expect("poison");
-    }
-    (clamped, VerticalSlashIndex::from_parts(shape, bc, bo, cc, ci).expect("index parts"))
+    (clamped, super::convert::poisoned(device, VerticalSlashIndex::zeros(device, shape).expect("index")))
 }
 
 pub(super) fn vertical_slash_case<T: AttentionElement>(

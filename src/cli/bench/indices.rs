@@ -3,8 +3,8 @@
 //!
 //! Each file holds, as int32 safetensors (batch 1):
 //! - `block_count [1, H, R]`, `block_offset [1, H, R, NNZ_S]`, `column_count [1, H, R]`,
-//!   `column_index [1, H, R, NNZ_V]`: the converted vertical-slash index (MInference's format),
-//!   when a head used it;
+//!   `column_index [1, H, R, NNZ_V]`: the converted vertical-slash index (MInference's format,
+//!   zero after each row's counts), when a head used it;
 //! - `kv_num_blocks [1, H, R]`, `kv_indices [1, H, R, CAP]`: the block-sparse lists (64-key
 //!   blocks per 64-row block), when a head used them;
 //! - `block128_num [1, H, R128]`, `block128_indices [1, H, R128, W]`: for every head, the 128-key
@@ -131,11 +131,15 @@ pub fn save_index(dir: &Path, case: &Case, mask: &RealisedMask) -> Result<PathBu
     let heads = mask.heads.len();
     let mut tensors: Vec<(&str, Vec<usize>, Vec<i32>)> = Vec::new();
     if let Some(index) = &mask.vertical_slash {
+        // The device index leaves the slots past each row's counts unspecified; the file has
+        // MInference's zeros there.
+        let mut index = index.clone();
+        index.zero_padding();
         let s = index.shape;
-        tensors.push(("block_count", vec![s.batch, s.heads, s.rows], index.block_count.clone()));
-        tensors.push(("block_offset", vec![s.batch, s.heads, s.rows, s.nnz_s], index.block_offset.clone()));
-        tensors.push(("column_count", vec![s.batch, s.heads, s.rows], index.column_count.clone()));
-        tensors.push(("column_index", vec![s.batch, s.heads, s.rows, s.nnz_v], index.column_index.clone()));
+        tensors.push(("block_count", vec![s.batch, s.heads, s.rows], index.block_count));
+        tensors.push(("block_offset", vec![s.batch, s.heads, s.rows, s.nnz_s], index.block_offset));
+        tensors.push(("column_count", vec![s.batch, s.heads, s.rows], index.column_count));
+        tensors.push(("column_index", vec![s.batch, s.heads, s.rows, s.nnz_v], index.column_index));
     }
     if let Some(index) = &mask.block_sparse {
         tensors.push(("kv_num_blocks", vec![index.batch, index.heads, index.rows], index.kv_num_blocks.clone()));
