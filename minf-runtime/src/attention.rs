@@ -14,24 +14,29 @@ use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 /// A packed variable-length batch (`cu_seqlens`-style), checked and uploaded once: sequence `b` has
 /// query rows `cu_seqlens_q[b]..cu_seqlens_q[b + 1]` of `[1, total_q_rows, heads, head_dim]`
 /// tensors and key/value rows `cu_seqlens_k[b]..cu_seqlens_k[b + 1]` of
-/// `[1, total_kv_rows, kv_heads, head_dim]` tensors. Each sequence has `q_len <= kv_len`; its query
-/// row `i` sits at absolute position `kv_len - q_len + i` (its own prefix length).
+/// `[1, total_kv_rows, kv_heads, head_dim]` tensors. For causal calls each sequence has
+/// `q_len <= kv_len`; its query row `i` sits at absolute position `kv_len - q_len + i` (its own
+/// prefix length).
 #[derive(Debug)]
 pub struct Varlen {
     cu_seqlens_q: Vec<i32>,
     cu_seqlens_k: Vec<i32>,
     max_seqlen_q: usize,
     max_seqlen_k: usize,
+    /// The first sequence with more queries than keys (only non-causal calls take one).
+    longer_queries: Option<LongerQueries>,
     device_q: CudaSlice<i32>,
     device_k: CudaSlice<i32>,
 }
 
 impl Varlen {
-    /// Checks the host offsets (`batch + 1` each, starting at 0, non-decreasing, every sequence's
-    /// `q_len <= kv_len`) and uploads them on the device's stream. Self-attention of packed
-    /// sequences passes the same offsets twice.
+    /// Checks the host offsets (`batch + 1` each, starting at 0, non-decreasing) and uploads them
+    /// on the device's stream. Self-attention of packed sequences passes the same offsets twice.
+    /// Causal calls need every sequence's `q_len <= kv_len`; a non-causal dense call (a split-KV
+    /// part) also takes sequences with more queries than keys.
     pub fn new(device: &Device, cu_seqlens_q: &[i32], cu_seqlens_k: &[i32]) -> Result<Varlen, MinfError> {
-        let (max_seqlen_q, max_seqlen_k) = check_varlen(cu_seqlens_q, cu_seqlens_k)?;
+        let VarlenLengths { max_q: max_seqlen_q, max_k: max_seqlen_k, longer_queries } =
+            check_varlen(cu_seqlens_q, cu_seqlens_k)?;
         let upload = |offsets: &[i32], what: &str| {
             device.stream().clone_htod(offsets).map_err(MinfError::driver(format!("uploading {what}")))
         };
@@ -40,6 +45,7 @@ impl Varlen {
             cu_seqlens_k: cu_seqlens_k.to_vec(),
             max_seqlen_q,
             max_seqlen_k,
+            longer_queries,
             device_q: upload(cu_seqlens_q, "cu_seqlens_q")?,
             device_k: upload(cu_seqlens_k, "cu_seqlens_k")?,
         })
@@ -99,16 +105,40 @@ struct VarlenRows {
     total_q: usize,
     total_k: usize,
     max_q: usize,
+    longer_queries: Option<LongerQueries>,
 }
 
 impl Varlen {
     fn rows(&self) -> VarlenRows {
-        VarlenRows { batch: self.batch(), total_q: self.total_q(), total_k: self.total_k(), max_q: self.max_seqlen_q }
+        VarlenRows {
+            batch: self.batch(),
+            total_q: self.total_q(),
+            total_k: self.total_k(),
+            max_q: self.max_seqlen_q,
+            longer_queries: self.longer_queries,
+        }
     }
 }
 
-/// Checks varlen offsets on the host and returns the longest query and key/value sequences.
-fn check_varlen(cu_q: &[i32], cu_k: &[i32]) -> Result<(usize, usize), MinfError> {
+/// A sequence of a [`Varlen`] with more queries than keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LongerQueries {
+    sequence: usize,
+    q_len: usize,
+    kv_len: usize,
+}
+
+/// What [`check_varlen`] finds in valid offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VarlenLengths {
+    max_q: usize,
+    max_k: usize,
+    longer_queries: Option<LongerQueries>,
+}
+
+/// Checks varlen offsets on the host: the longest query and key/value sequences, and the first
+/// sequence with more queries than keys.
+fn check_varlen(cu_q: &[i32], cu_k: &[i32]) -> Result<VarlenLengths, MinfError> {
     if cu_q.len() < 2 || cu_q.len() != cu_k.len() {
         return Err(shape_error(format!(
             "varlen: cu_seqlens_q and cu_seqlens_k need batch + 1 >= 2 offsets each; got {} and {}",
@@ -131,20 +161,17 @@ fn check_varlen(cu_q: &[i32], cu_k: &[i32]) -> Result<(usize, usize), MinfError>
             )));
         }
     }
-    let (mut max_q, mut max_k) = (0usize, 0usize);
+    let (mut max_q, mut max_k, mut longer_queries) = (0usize, 0usize, None);
     for b in 0..cu_q.len() - 1 {
         let q_len = (cu_q[b + 1] - cu_q[b]) as usize;
         let kv_len = (cu_k[b + 1] - cu_k[b]) as usize;
-        if q_len > kv_len {
-            return Err(shape_error(format!(
-                "varlen: sequence {b} has q_len {q_len} > kv_len {kv_len}; queries attend to a prefix of at least \
-                 their own length"
-            )));
+        if q_len > kv_len && longer_queries.is_none() {
+            longer_queries = Some(LongerQueries { sequence: b, q_len, kv_len });
         }
         max_q = max_q.max(q_len);
         max_k = max_k.max(kv_len);
     }
-    Ok((max_q, max_k))
+    Ok(VarlenLengths { max_q, max_k, longer_queries })
 }
 
 /// Options of an attention call.
@@ -153,7 +180,8 @@ pub struct AttentionOptions<'a> {
     /// Softmax scale; `None` means `1 / sqrt(head_dim)`.
     pub softmax_scale: Option<f32>,
     /// Optional log-sum-exp output (natural log of the scaled scores' sum of exponentials): f32
-    /// `[batch, heads, q_len]`, or `[heads, total_q_rows]` with [`Varlen`].
+    /// `[batch, heads, q_len]`, or `[heads, total_q_rows]` with [`Varlen`] (`total_q_rows` being
+    /// q's row count, which may run past the last query offset).
     pub lse: Option<&'a mut CudaSlice<f32>>,
     /// Tile configuration; `None` picks the default for the pattern, head dimension and device.
     pub spec: Option<KernelSpec>,
@@ -166,7 +194,8 @@ pub struct AttentionOptions<'a> {
     pub heads: Option<&'a HeadSubset>,
     /// Causal (the default): the query at absolute position `p` sees keys `j <= p`. `false` (dense
     /// only) sees every key of `[0, kv_len)`: a part of a split-KV computation whose parts are
-    /// merged by log-sum-exp ([`crate::merge`]).
+    /// merged by log-sum-exp ([`crate::merge`]). Such a part may hold fewer keys than queries (a
+    /// piece of a short prefix); a sequence with no keys gets output 0 and log-sum-exp -inf.
     pub causal: bool,
 }
 
@@ -454,8 +483,9 @@ struct Checked {
 }
 
 /// The shape checks of an attention call that need no device: `q` is `[batch, q_len, heads, d]`,
-/// `k` and `v` `[batch, kv_len, kv_heads, d]` with `q_len <= kv_len` (or packed rows that `varlen`
-/// describes), `out` like `q`, `lse` large enough.
+/// `k` and `v` `[batch, kv_len, kv_heads, d]` with `q_len <= kv_len` when `causal` (or packed rows
+/// that `varlen` describes), `out` like `q`, `lse` large enough.
+#[allow(clippy::too_many_arguments)]
 fn check_shapes(
     q: [usize; 4],
     k: [usize; 4],
@@ -464,6 +494,7 @@ fn check_shapes(
     varlen: Option<VarlenRows>,
     lse_len: Option<usize>,
     heads_subset: Option<usize>,
+    causal: bool,
 ) -> Result<Checked, MinfError> {
     let [batch, q_rows, heads, head_dim] = q;
     let [kv_batch, kv_rows, kv_heads, kv_head_dim] = k;
@@ -485,10 +516,11 @@ fn check_shapes(
     fits_i32("kv_len", kv_rows)?;
     let (batch, max_q) = match varlen {
         None => {
-            if q_rows > kv_rows {
+            if causal && q_rows > kv_rows {
                 return Err(shape_error(format!(
-                    "q_len {q_rows} > kv_len {kv_rows}: queries attend to a key prefix at least as long as \
-                     themselves (q [batch, q_len, heads, d], k and v [batch, kv_len, kv_heads, d])"
+                    "q_len {q_rows} > kv_len {kv_rows}: causal queries attend to a key prefix at least as long as \
+                     themselves (q [batch, q_len, heads, d], k and v [batch, kv_len, kv_heads, d]); only \
+                     non-causal dense parts take fewer keys than queries"
                 )));
             }
             (batch, q_rows)
@@ -510,6 +542,12 @@ fn check_shapes(
                     "varlen cu_seqlens_k ends at row {} but k and v have {kv_rows} rows: the KV buffer is shorter \
                      than the declared sequences",
                     varlen.total_k
+                )));
+            }
+            if let (true, Some(LongerQueries { sequence, q_len, kv_len })) = (causal, varlen.longer_queries) {
+                return Err(shape_error(format!(
+                    "varlen: sequence {sequence} has q_len {q_len} > kv_len {kv_len}; causal queries attend to a \
+                     prefix of at least their own length (only non-causal dense parts take fewer keys)"
                 )));
             }
             (varlen.batch, varlen.max_q)
@@ -569,6 +607,7 @@ fn check_tensors<T: AttentionElement>(
         options.varlen.map(Varlen::rows),
         options.lse.as_ref().map(|lse| lse.len()),
         options.heads.map(HeadSubset::head_count),
+        options.causal,
     )
 }
 
@@ -783,8 +822,9 @@ mod tests {
 
     #[test]
     fn varlen_offsets_are_checked_on_the_host() {
-        assert_eq!(check_varlen(&[0, 3, 3, 10], &[0, 5, 9, 20]).unwrap(), (7, 11));
-        assert_eq!(check_varlen(&[0, 1], &[0, 1]).unwrap(), (1, 1));
+        let lengths = |max_q, max_k| VarlenLengths { max_q, max_k, longer_queries: None };
+        assert_eq!(check_varlen(&[0, 3, 3, 10], &[0, 5, 9, 20]).unwrap(), lengths(7, 11));
+        assert_eq!(check_varlen(&[0, 1], &[0, 1]).unwrap(), lengths(1, 1));
         assert!(error_of(check_varlen(&[0], &[0])).contains("need batch + 1 >= 2 offsets each; got 1 and 1"));
         assert!(error_of(check_varlen(&[0, 3], &[0, 3, 4])).contains("got 2 and 3"));
         assert!(error_of(check_varlen(&[1, 3], &[0, 3])).contains("cu_seqlens_q must start at 0; got 1"));
@@ -792,38 +832,51 @@ mod tests {
         assert!(error_of(check_varlen(&[0, 4, 2], &[0, 4, 8]))
             .contains("cu_seqlens_q decreases at sequence 1 (4 then 2); offsets must be non-decreasing"));
         assert!(error_of(check_varlen(&[0, 1, 2], &[0, 9, 5])).contains("cu_seqlens_k decreases at sequence 1"));
-        assert!(error_of(check_varlen(&[0, 2, 9], &[0, 5, 10])).contains("sequence 1 has q_len 7 > kv_len 5"));
+        // More queries than keys: recorded (the first such sequence) for the call to check.
+        assert_eq!(
+            check_varlen(&[0, 2, 9, 20], &[0, 5, 10, 12]).unwrap(),
+            VarlenLengths {
+                max_q: 11,
+                max_k: 5,
+                longer_queries: Some(LongerQueries { sequence: 1, q_len: 7, kv_len: 5 })
+            }
+        );
     }
 
     #[test]
     fn chunk_shapes_are_checked_on_the_host() {
         let q = [2, 100, 8, 64];
         let kv = [2, 300, 2, 64];
-        let checked = check_shapes(q, kv, kv, q, None, Some(2 * 8 * 100), None).unwrap();
+        let checked = check_shapes(q, kv, kv, q, None, Some(2 * 8 * 100), None, true).unwrap();
         assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 100, 100, 300));
         // q_len == 1 is a chunk too.
-        assert!(check_shapes([2, 1, 8, 64], kv, kv, [2, 1, 8, 64], None, None, None).is_ok());
-        assert!(error_of(check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None))
+        assert!(check_shapes([2, 1, 8, 64], kv, kv, [2, 1, 8, 64], None, None, None, true).is_ok());
+        assert!(error_of(check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None, true))
             .contains("q_len 301 > kv_len 300"));
-        assert!(error_of(check_shapes(q, [1, 300, 2, 64], [1, 300, 2, 64], q, None, None, None))
+        // A non-causal (split-KV) part may have fewer keys than queries.
+        let checked = check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None, false).unwrap();
+        assert_eq!((checked.max_q, checked.q_rows, checked.kv_rows), (301, 301, 300));
+        assert!(error_of(check_shapes(q, [1, 300, 2, 64], [1, 300, 2, 64], q, None, None, None, true))
             .contains("same batch and head_dim expected"));
-        assert!(error_of(check_shapes(q, kv, [2, 299, 2, 64], q, None, None, None)).contains("!= v shape"));
-        assert!(error_of(check_shapes(q, kv, kv, [2, 300, 8, 64], None, None, None)).contains("out shape"));
-        assert!(error_of(check_shapes(q, kv, kv, q, None, Some(1599), None))
+        assert!(error_of(check_shapes(q, kv, [2, 299, 2, 64], q, None, None, None, true)).contains("!= v shape"));
+        assert!(error_of(check_shapes(q, kv, kv, [2, 300, 8, 64], None, None, None, true)).contains("out shape"));
+        assert!(error_of(check_shapes(q, kv, kv, q, None, Some(1599), None, true))
             .contains("lse holds 1599 floats but [batch, heads, q_len] = 1600 are needed"));
-        assert!(error_of(check_shapes(q, kv, kv, q, None, None, Some(4))).contains("checked against 4 query heads"));
-        assert!(error_of(check_shapes(q, [2, 300, 3, 64], [2, 300, 3, 64], q, None, None, None))
+        assert!(
+            error_of(check_shapes(q, kv, kv, q, None, None, Some(4), true)).contains("checked against 4 query heads")
+        );
+        assert!(error_of(check_shapes(q, [2, 300, 3, 64], [2, 300, 3, 64], q, None, None, None, true))
             .contains("not a multiple of 3"));
     }
 
     #[test]
     fn varlen_totals_are_checked_against_the_tensors() {
         // Sequences of 10 and 5 queries over 100 and 200 keys.
-        let (max_q, _) = check_varlen(&[0, 10, 15], &[0, 100, 300]).unwrap();
-        let rows = VarlenRows { batch: 2, total_q: 15, total_k: 300, max_q };
+        let lengths = check_varlen(&[0, 10, 15], &[0, 100, 300]).unwrap();
+        let rows = VarlenRows { batch: 2, total_q: 15, total_k: 300, max_q: lengths.max_q, longer_queries: None };
         let check = |q_rows: usize, kv_rows: usize, batch: usize, lse: Option<usize>| {
             let (q, kv) = ([batch, q_rows, 4, 64], [batch, kv_rows, 2, 64]);
-            check_shapes(q, kv, kv, q, Some(rows), lse, None)
+            check_shapes(q, kv, kv, q, Some(rows), lse, None, true)
         };
         let checked = check(15, 300, 1, Some(4 * 15)).unwrap();
         assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 10, 15, 300));
@@ -832,6 +885,21 @@ mod tests {
             .contains("cu_seqlens_k ends at row 300 but k and v have 299 rows: the KV buffer is shorter"));
         assert!(error_of(check(15, 300, 2, None)).contains("got batch 2"));
         assert!(error_of(check(15, 300, 1, Some(59))).contains("[heads, total_q_rows] = 60"));
+
+        // Sequences of 7 queries over 5 keys and 8 over 20: causal calls refuse them, non-causal
+        // (split-KV) parts take them.
+        let lengths = check_varlen(&[0, 7, 15], &[0, 5, 25]).unwrap();
+        let rows = VarlenRows {
+            batch: 2,
+            total_q: 15,
+            total_k: 25,
+            max_q: lengths.max_q,
+            longer_queries: lengths.longer_queries,
+        };
+        let (q, kv) = ([1, 15, 4, 64], [1, 25, 2, 64]);
+        assert!(error_of(check_shapes(q, kv, kv, q, Some(rows), None, None, true))
+            .contains("varlen: sequence 0 has q_len 7 > kv_len 5; causal queries"));
+        assert_eq!(check_shapes(q, kv, kv, q, Some(rows), None, None, false).unwrap().max_q, 8);
     }
 
     #[test]

@@ -125,9 +125,10 @@ impl ChunkShape {
     }
 
     /// The absolute position of query row 0: `kv_len - q_len` (the causal diagonal aligned
-    /// bottom-right).
+    /// bottom-right); 0 when there are more queries than keys, a shape only non-causal parts have
+    /// (their mask does not depend on positions).
     pub fn q_offset(&self) -> usize {
-        self.kv_len - self.q_len
+        self.kv_len.saturating_sub(self.q_len)
     }
 }
 

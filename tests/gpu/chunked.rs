@@ -470,11 +470,15 @@ fn non_causal_dense_sees_every_key() {
     let device = device();
     let seed = test_seed("non-causal dense");
     let mut failures = Vec::new();
+    // Split-KV parts may hold fewer keys than queries (the last two batch cases); a packed batch
+    // mixes such sequences with longer ones and one without keys (output 0, lse -inf).
+    let batches = [(1, 1), (63, 1000), (130, 130), (1000, 2111), (1000, 300), (130, 1)]
+        .map(|sequence| (vec![sequence; 2], false));
+    let packed = (vec![(300, 1000), (700, 129), (64, 0), (1, 5)], true);
     for variant in variants(&device, Pattern::Dense) {
         VARIANT.set(variant);
-        for (n, &(q_len, kv_len)) in [(1, 1), (63, 1000), (130, 130), (1000, 2111)].iter().enumerate() {
-            let case =
-                ChunkCase { sequences: vec![(q_len, kv_len); 2], packed: false, heads: 8, kv_heads: 2, head_dim: 128 };
+        for (n, (sequences, packed)) in batches.iter().cloned().chain([packed.clone()]).enumerate() {
+            let case = ChunkCase { sequences, packed, heads: 8, kv_heads: 2, head_dim: 128 };
             let outcome = check_chunk::<bf16>(
                 &device,
                 &case,
@@ -756,7 +760,8 @@ fn lse_merge_of_splits_equals_one_shot() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn lse_merge_handles_parts_without_keys() {
-    // Part b saw no key (lse -inf): the merge is part a. Both saw none: output 0, lse -inf.
+    // Part b saw no key (lse -inf) and its output holds NaN (a buffer nothing wrote): the merge is
+    // part a. Both saw none: output 0, lse -inf.
     let device = device();
     let stream = device.stream();
     let (rows, heads, d) = (5, 3, 64);
@@ -764,7 +769,7 @@ fn lse_merge_handles_parts_without_keys() {
     let a_host: Vec<bf16> = random_normal(rows * heads * d, seed).into_iter().map(bf16::from_f32).collect();
     let a_lse: Vec<f32> =
         (0..rows * heads).map(|t| if t % 4 == 0 { f32::NEG_INFINITY } else { t as f32 * 0.3 }).collect();
-    let b_host: Vec<bf16> = vec![bf16::from_f32(7.0); rows * heads * d];
+    let b_host: Vec<bf16> = vec![bf16::NAN; rows * heads * d];
     let b_lse = vec![f32::NEG_INFINITY; rows * heads];
     let mut a = stream.clone_htod(&a_host).expect("a");
     let mut a_lse_dev = stream.clone_htod(&a_lse).expect("a lse");
