@@ -358,13 +358,18 @@ impl Tile {
 
 impl KernelSpec {
     /// The 64-row spec the per-head tile choice runs next to this one: [`Tile::SQUARE_WGMMA`] (on
-    /// this spec's engine) when this is an index-driven spec on 128-row warpgroup blocks (whose two halves may share few
-    /// keys) and that tile is valid for it; `None` otherwise (every head then runs on this spec).
+    /// this spec's engine; `wgmma_tma` for `wgmma_tma_pingpong`, whose turns need two consumers)
+    /// when this is an index-driven spec on 128-row warpgroup blocks (whose two halves may share
+    /// few keys) and that tile is valid for it; `None` otherwise (every head then runs on this spec).
     pub fn square_alternative(&self) -> Option<KernelSpec> {
         if !self.pattern.is_indexed() || !self.mainloop.is_warpgroup() || self.block_m != 128 {
             return None;
         }
-        let square = Tile { mainloop: self.mainloop, ..Tile::SQUARE_WGMMA }.apply(*self);
+        let mainloop = match self.mainloop {
+            Mainloop::WgmmaTmaPingPong => Mainloop::WgmmaTma,
+            other => other,
+        };
+        let square = Tile { mainloop, ..Tile::SQUARE_WGMMA }.apply(*self);
         square.validate().is_ok().then_some(square)
     }
 }
@@ -987,5 +992,23 @@ mod tests {
             let err = bad.parse::<Tile>().unwrap_err().to_string();
             assert!(err.contains("tile") || err.contains("mainloop"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn square_alternatives_keep_the_engine_and_ping_pong_falls_back_to_one_consumer() {
+        let base = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
+        for (mainloop, square_engine) in [
+            (Mainloop::Wgmma, Mainloop::Wgmma),
+            (Mainloop::WgmmaTma, Mainloop::WgmmaTma),
+            (Mainloop::WgmmaTmaPingPong, Mainloop::WgmmaTma),
+        ] {
+            let spec = Tile { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop }.apply(base);
+            spec.validate().unwrap();
+            let square = spec.square_alternative().unwrap_or_else(|| panic!("{mainloop} has a square alternative"));
+            assert_eq!((square.block_m, square.block_n, square.warps, square.mainloop), (64, 64, 4, square_engine));
+            assert!(square.validate().is_ok());
+        }
+        let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
+        assert_eq!(dense.square_alternative(), None);
     }
 }

@@ -57,6 +57,12 @@ pub(crate) fn map_geometry(name: &str, layout: &Layout, address: u64) -> Result<
         [rows, heads, batch].iter().zip(&[layout.strides[1], layout.strides[2], layout.strides[0]]).enumerate()
     {
         let bytes = stride as u64 * ELEMENT_BYTES;
+        if bytes == 0 && extent > 1 {
+            return Err(unsupported(format!(
+                "dimension {} of {extent} entries has stride 0 (a broadcast view), which a tensor map cannot express",
+                i + 1
+            )));
+        }
         strides[i] = if extent <= 1 {
             bytes.next_multiple_of(ALIGNMENT).clamp(ALIGNMENT, MAX_STRIDE - ALIGNMENT)
         } else {
@@ -137,5 +143,9 @@ mod tests {
         let odd = Layout { shape: [2, 64, 2, 64], strides: [64 * 2 * 64 + 4, 128, 64, 1] };
         let err = map_geometry("q", &odd, 0).unwrap_err().to_string();
         assert!(err.contains("dimension 3 is not a multiple of 16"), "{err}");
+        // K/V broadcast over the batch through stride 0: refused, not passed to the driver.
+        let broadcast = Layout { shape: [2, 64, 2, 64], strides: [0, 128, 64, 1] };
+        let err = map_geometry("k", &broadcast, 0).unwrap_err().to_string();
+        assert!(err.contains("dimension 3 of 2 entries has stride 0"), "{err}");
     }
 }
