@@ -4,9 +4,9 @@
 # Times the Hopper tile engines against each other in one call on a GPU machine, from the
 # repository root with the bundle of scripts/gpu-bundle.sh: dense (dense_bench, $SEQS, default
 # 32768,131072) and the banded and scattered vertical-slash indices at 128K (vs_bench --generate,
-# docs/design.md) on `wgmma`, `wgmma_tma`, `wgmma_tma_pingpong` (2 and 3 stages), each engine
-# $ROUNDS times (default 2) in alternating order, so a difference smaller than the spread between
-# two runs of one engine reads as noise. Prints one line per run and a table last; logs and JSON
+# docs/design.md) on `wgmma`, `wgmma_tma`, `wgmma_tma_pingpong` and `wgmma_tma_overlap` (2 and 3
+# stages), each engine $ROUNDS times (default 2) in alternating order, so a difference smaller than
+# the spread between two runs of one engine reads as noise. Prints one line per run and a table last; logs and JSON
 # in OUT_DIR. Environment: BIN (default .gpu/bin), SEQS, ROUNDS, ITERS (default 20).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,8 @@ engines=(
   "wgmma_tma wgmma_tma 128,128,8,2 128,128,8,2"
   "pingpong_s2 wgmma_tma_pingpong 128,128,8,2 128,128,8,2"
   "pingpong_s3 wgmma_tma_pingpong 128,128,8,3 128,128,8,3"
+  "overlap_s2 wgmma_tma_overlap 128,128,8,2 128,128,8,2"
+  "overlap_s3 wgmma_tma_overlap 128,128,8,3 128,128,8,3"
 )
 scattered="--sinks 30 --random-columns 70 --slashes 64 --far-slashes 736"
 table=()

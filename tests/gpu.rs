@@ -288,6 +288,8 @@ fn explicit_specs_agree_with_the_default() {
             (128, 128, 8, 3, Mainloop::WgmmaTma),
             (128, 128, 8, 2, Mainloop::WgmmaTmaPingPong),
             (128, 128, 8, 3, Mainloop::WgmmaTmaPingPong),
+            (128, 128, 8, 2, Mainloop::WgmmaTmaOverlap),
+            (64, 128, 4, 2, Mainloop::WgmmaTmaOverlap),
         ]);
     }
     for (block_m, block_n, warps, stages, mainloop) in tiles {

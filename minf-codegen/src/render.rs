@@ -84,10 +84,13 @@ struct TemplateContext {
     smem_row: u32,
     /// Hopper warpgroup MMA instead of per-warp `mma.sync`.
     wgmma: bool,
-    /// The warpgroup engine's producer copies through tensor maps (`wgmma_tma`, `wgmma_tma_pingpong`).
+    /// The warpgroup engine's producer copies through tensor maps (`wgmma_tma` and its variants).
     tma: bool,
     /// The two consumer warpgroups take turns issuing their products (`wgmma_tma_pingpong`).
     pingpong: bool,
+    /// Each consumer runs a tile's softmax while the previous tile's P V is in flight
+    /// (`wgmma_tma_overlap`).
+    overlap: bool,
     /// [`KernelSpec::tma_producer_registers`] (tensor-map engines only).
     producer_registers: u32,
     /// n8 tiles of S and of O (the wgmma N dimensions / 8).
@@ -202,6 +205,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         wgmma: spec.mainloop.is_warpgroup(),
         tma: spec.mainloop.uses_tensor_maps(),
         pingpong: spec.mainloop == Mainloop::WgmmaTmaPingPong,
+        overlap: spec.mainloop == Mainloop::WgmmaTmaOverlap,
         producer_registers: spec.tma_producer_registers(),
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,

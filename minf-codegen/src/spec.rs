@@ -308,6 +308,10 @@ named_enum!(
         /// matrix products (named barriers): each turn issues P V of the previous tile and S of
         /// the current one together, and each consumer's softmax runs under the other's products.
         WgmmaTmaPingPong => "wgmma_tma_pingpong",
+        /// `wgmma_tma` whose consumers overlap a tile's softmax with the products around it: each
+        /// consumer issues S of tile i and P V of tile i - 1 together and runs the mask and softmax
+        /// of tile i while P V is in flight (P V of the last tile is issued after the loop).
+        WgmmaTmaOverlap => "wgmma_tma_overlap",
     }
 );
 
@@ -315,13 +319,13 @@ impl Mainloop {
     /// Whether this is a warp-specialised warpgroup-MMA engine (a producer warpgroup plus 64-row
     /// consumer warpgroups on 128-byte swizzled tiles).
     pub fn is_warpgroup(self) -> bool {
-        matches!(self, Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong)
+        matches!(self, Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong | Mainloop::WgmmaTmaOverlap)
     }
 
     /// Whether the engine's producer copies through tensor maps (the kernel takes a second,
     /// `__grid_constant__` parameter of [`abi::TensorMaps`]).
     pub fn uses_tensor_maps(self) -> bool {
-        matches!(self, Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong)
+        matches!(self, Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong | Mainloop::WgmmaTmaOverlap)
     }
 }
 
@@ -497,7 +501,7 @@ impl KernelSpec {
     pub fn smem_row(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.head_dim + SMEM_ROW_PAD,
-            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => self.head_dim.next_multiple_of(64),
+            _ => self.head_dim.next_multiple_of(64),
         }
     }
 
@@ -518,7 +522,7 @@ impl KernelSpec {
     pub fn threads(&self) -> u32 {
         match self.mainloop {
             Mainloop::MmaSync => self.warps * 32,
-            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => self.warps * 32 + 128,
+            _ => self.warps * 32 + 128,
         }
     }
 
@@ -534,7 +538,7 @@ impl KernelSpec {
             Mainloop::MmaSync => (self.stages, 0, 0),
             // Flags padded to 8 bytes for the mbarriers (Q loaded; K and V full and empty per
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
-            Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong => {
+            _ => {
                 let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
                 (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
             }
@@ -611,6 +615,7 @@ impl KernelSpec {
             Mainloop::Wgmma => format!("{separator}wgmma"),
             Mainloop::WgmmaTma => format!("{separator}wgmma{separator}tma"),
             Mainloop::WgmmaTmaPingPong => format!("{separator}wgmma{separator}tma{separator}pingpong"),
+            Mainloop::WgmmaTmaOverlap => format!("{separator}wgmma{separator}tma{separator}overlap"),
         }
     }
 

@@ -35,6 +35,12 @@ fn every_kernel() -> Vec<AnyKernel> {
             .filter(|spec| spec.mainloop == Mainloop::Wgmma && spec.warps == 8)
             .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..spec })),
     );
+    kernels.extend(
+        defaults
+            .iter()
+            .filter(|spec| spec.mainloop == Mainloop::Wgmma)
+            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..spec })),
+    );
     kernels
 }
 
@@ -59,6 +65,9 @@ fn rendered_source_of_each_pattern_on_the_tma_engine() {
     }
     let spec = KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..representative(Pattern::Dense, Arch::Sm90a) };
     let kernel = render(&spec).expect("the ping-pong twin of the dense default renders");
+    insta::assert_snapshot!(spec.readable_name(), kernel.source);
+    let spec = KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..representative(Pattern::Dense, Arch::Sm90a) };
+    let kernel = render(&spec).expect("the overlap twin of the dense default renders");
     insta::assert_snapshot!(spec.readable_name(), kernel.source);
 }
 

@@ -1,6 +1,6 @@
 //! The tensor-map engines without a GPU: every sm_90a warpgroup default spec (each pattern, head
 //! dimension and dtype, and the 64-row alternatives of the index-driven ones) renders on
-//! `wgmma_tma` (and the 128-row ones on `wgmma_tma_pingpong`) with the second `__grid_constant__`
+//! `wgmma_tma` and `wgmma_tma_overlap` (and the 128-row ones on `wgmma_tma_pingpong`) with the second `__grid_constant__`
 //! parameter, and NVRTC compiles it to a CUBIN. Their results are checked on a GPU by
 //! `tests/gpu/tma.rs` and the `WgmmaTma*` variants of `tests/gpu/patterns.rs`,
 //! `tests/gpu/chunked.rs` and `tests/gpu/sanitize.rs`.
@@ -22,6 +22,9 @@ fn tma_specs() -> Vec<KernelSpec> {
                 specs.push(spec);
                 specs.extend(spec.square_alternative());
                 specs.push(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..default });
+                let overlap = KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..default };
+                specs.push(overlap);
+                specs.extend(overlap.square_alternative());
             }
         }
     }
@@ -31,9 +34,9 @@ fn tma_specs() -> Vec<KernelSpec> {
 #[test]
 fn every_tma_spec_renders_with_its_tensor_maps() {
     let specs = tma_specs();
-    // 4 patterns x 2 dtypes x head_dim 64, 96, 128 on both engines, plus the 64-row alternatives
-    // of the two index-driven patterns.
-    assert_eq!(specs.len(), 2 * 4 * 2 * 3 + 2 * 2 * 3);
+    // 4 patterns x 2 dtypes x head_dim 64, 96, 128 on the three engines, plus the 64-row
+    // alternatives of the two index-driven patterns on wgmma_tma and wgmma_tma_overlap.
+    assert_eq!(specs.len(), 3 * 4 * 2 * 3 + 2 * 2 * 2 * 3);
     for spec in specs {
         spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         let source = render(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}")).source;

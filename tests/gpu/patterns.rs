@@ -38,6 +38,10 @@ pub(super) enum Variant {
     WgmmaTmaSquare,
     /// `wgmma_tma_pingpong` on 128-row blocks with 128-key tiles (every pattern).
     WgmmaTmaPingPong,
+    /// `wgmma_tma_overlap` on 128-row blocks with 128-key tiles (every pattern).
+    WgmmaTmaOverlap,
+    /// `wgmma_tma_overlap` on 64x64 index-driven blocks (one consumer, two blocks per SM).
+    WgmmaTmaOverlapSquare,
 }
 
 thread_local! {
@@ -80,6 +84,22 @@ pub(super) fn spec_override<T: AttentionElement>(device: &Device, pattern: Patte
             mainloop: Mainloop::WgmmaTmaPingPong,
             ..base
         }),
+        Variant::WgmmaTmaOverlap if case.head_dim <= 128 => Some(KernelSpec {
+            block_m: 128,
+            block_n: 128,
+            warps: 8,
+            stages: 2,
+            mainloop: Mainloop::WgmmaTmaOverlap,
+            ..base
+        }),
+        Variant::WgmmaTmaOverlapSquare if pattern.is_indexed() && case.head_dim <= 128 => Some(KernelSpec {
+            block_m: 64,
+            block_n: 64,
+            warps: 4,
+            stages: 2,
+            mainloop: Mainloop::WgmmaTmaOverlap,
+            ..base
+        }),
         Variant::WgmmaTmaSquare if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
         }
@@ -106,6 +126,10 @@ pub(super) fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
             variants.push(Variant::WgmmaTmaSquare);
         }
         variants.push(Variant::WgmmaTmaPingPong);
+        variants.push(Variant::WgmmaTmaOverlap);
+        if pattern.is_indexed() {
+            variants.push(Variant::WgmmaTmaOverlapSquare);
+        }
     }
     variants
 }

@@ -154,6 +154,12 @@ fn attention_wgmma_tma_pingpong() {
     attention_sweep(Variant::WgmmaTmaPingPong);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_wgmma_tma_overlap() {
+    attention_sweep(Variant::WgmmaTmaOverlap);
+}
+
 /// The index kernels and a whole prefill layer.
 #[test]
 #[ignore = "needs a CUDA GPU"]

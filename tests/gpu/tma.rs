@@ -1,4 +1,5 @@
-//! GPU tests of the tensor-map engines' (`wgmma_tma`, `wgmma_tma_pingpong`) dense kernels against the float64 reference: every head
+//! GPU tests of the tensor-map engines' (`wgmma_tma`, `wgmma_tma_pingpong`, `wgmma_tma_overlap`)
+//! dense kernels against the float64 reference: every head
 //! dimension it takes, lengths on and off the 64- and 128-key boundaries (so whole tiles arrive by
 //! tensor map and edge tiles by `cp.async` in one launch), BSHD and BHSD layouts, GQA groupings,
 //! and a packed batch of sequences whose neighbours sit inside the tensors. The sparse patterns,
@@ -12,11 +13,18 @@ use minf::codegen::{Arch, KernelSpec, Mainloop, Pattern};
 use minf::{AttentionElement, Device, PatternArgs, Varlen};
 
 /// The dense specs on tensor-map engines for `head_dim`: `wgmma_tma` on the default tile and on
-/// 64x128 blocks (one consumer warpgroup, two blocks per SM), and `wgmma_tma_pingpong`.
-fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSpec; 3] {
+/// 64x128 blocks (one consumer warpgroup, two blocks per SM), `wgmma_tma_pingpong`, and
+/// `wgmma_tma_overlap` on both block heights.
+fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSpec; 5] {
     let base = KernelSpec::default_for(Pattern::Dense, T::DTYPE, head_dim as u32, device.arch());
     let spec = |block_m, warps, mainloop| KernelSpec { block_m, block_n: 128, warps, stages: 2, mainloop, ..base };
-    [spec(128, 8, Mainloop::WgmmaTma), spec(64, 4, Mainloop::WgmmaTma), spec(128, 8, Mainloop::WgmmaTmaPingPong)]
+    [
+        spec(128, 8, Mainloop::WgmmaTma),
+        spec(64, 4, Mainloop::WgmmaTma),
+        spec(128, 8, Mainloop::WgmmaTmaPingPong),
+        spec(128, 8, Mainloop::WgmmaTmaOverlap),
+        spec(64, 4, Mainloop::WgmmaTmaOverlap),
+    ]
 }
 
 fn record(what: String, outcome: &Outcome, failures: &mut Vec<String>) {
