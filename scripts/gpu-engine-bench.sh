@@ -3,7 +3,8 @@
 #
 # Times the Hopper tile engines against each other in one call on a GPU machine, from the
 # repository root with the bundle of scripts/gpu-bundle.sh: dense (dense_bench, $SEQS, default
-# 32768,131072) and the banded and scattered vertical-slash indices at 128K (vs_bench --generate,
+# 32768,131072) and the banded, scattered and column-heavy (3500 columns, 100 diagonals: gathered
+# key tiles) vertical-slash indices at 128K (vs_bench --generate,
 # docs/design.md) on `wgmma`, `wgmma_tma`, `wgmma_tma_pingpong` and `wgmma_tma_overlap` (2 and 3
 # stages), each engine $ROUNDS times (default 2) in alternating order, so a difference smaller than
 # the spread between two runs of one engine reads as noise. Prints one line per run and a table last; logs and JSON
@@ -28,6 +29,7 @@ engines=(
   "overlap_s3 wgmma_tma_overlap 128,128,8,3 128,128,8,3"
 )
 scattered="--sinks 30 --random-columns 70 --slashes 64 --far-slashes 736"
+columns="--sinks 30 --random-columns 3470 --slashes 100"
 table=()
 for round in $(seq 1 "$rounds"); do
   for entry in "${engines[@]}"; do
@@ -40,11 +42,14 @@ for round in $(seq 1 "$rounds"); do
     banded=$(grep -oE "minf vertical-slash \([^)]*\): [0-9.]+ ms" "$log" | tail -1 | grep -oE "[0-9.]+ ms$")
     "$bin/vs_bench" --generate 131072 $scattered --tile "$vs_tile" --mainloop "$mainloop" >> "$log" 2>&1
     scattered_ms=$(grep -oE "minf vertical-slash \([^)]*\): [0-9.]+ ms" "$log" | tail -1 | grep -oE "[0-9.]+ ms$")
-    line=$(printf "%-12s round %s  dense %s TFLOP/s (%s)  banded %s  scattered %s" "$label" "$round" "${dense:-FAILED}" "$seqs" "${banded:-FAILED}" "${scattered_ms:-FAILED}")
+    "$bin/vs_bench" --generate 131072 $columns --tile "$vs_tile" --mainloop "$mainloop" >> "$log" 2>&1
+    columns_ms=$(grep -oE "minf vertical-slash \([^)]*\): [0-9.]+ ms" "$log" | tail -1 | grep -oE "[0-9.]+ ms$")
+    line=$(printf "%-12s round %s  dense %s TFLOP/s (%s)  banded %s  scattered %s  columns %s" "$label" "$round" \
+      "${dense:-FAILED}" "$seqs" "${banded:-FAILED}" "${scattered_ms:-FAILED}" "${columns_ms:-FAILED}")
     echo "$line"
     table+=("$line")
   done
 done
 echo
-echo "engine       round  dense TFLOP/s per length; vertical-slash 128K banded / scattered (128-row blocks)"
+echo "engine       round  dense TFLOP/s per length; vertical-slash 128K banded / scattered / columns (128-row blocks)"
 printf "%s\n" "${table[@]}" | sort
