@@ -154,8 +154,12 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
         lse: lse_view.as_mut().map(|lse| lse.slice_mut()),
         ..Default::default()
     };
+    // The index has a row per 64 queries; its sizes are clamped by the keys (a chunk's q_len may be
+    // shorter than its kv_len).
     let [batch, seq, heads, _] = call.q.shape();
+    let kv_len = call.k.shape()[1];
     let rows = seq.div_ceil(BLOCK);
+    let key_blocks = kv_len.div_ceil(BLOCK);
     match &call.pattern {
         PatternCall::Dense => attention(device, q, k, v, out, PatternArgs::Dense, options),
         PatternCall::AShape(shape) => attention(device, q, k, v, out, PatternArgs::AShape(*shape), options),
@@ -165,7 +169,7 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
                 .collect();
             let (nnz_v, nnz_s) = listed
                 .iter()
-                .map(|h| clamp_sizes(seq, h.vertical, h.slash))
+                .map(|h| clamp_sizes(kv_len, h.vertical, h.slash))
                 .fold((1, 1), |a, b| (a.0.max(b.0), a.1.max(b.1)));
             let mut index = VerticalSlashIndex::zeros(device, IndexShape { batch, heads, rows, nnz_s, nnz_v })?;
             let mut workspace = EstimateWorkspace::new();
@@ -189,7 +193,7 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
             attention(device, q, k, v, out, PatternArgs::VerticalSlash(index), options)
         }
         PatternCall::BlockSparseEstimated { top_k } => {
-            let capacity = (*top_k).min(rows).max(1);
+            let capacity = (*top_k).min(key_blocks).max(1);
             let mut index = BlockSparseIndex::zeros(device, batch, heads, rows, capacity)?;
             let mut workspace = EstimateWorkspace::new();
             let all: Vec<usize> = (0..heads).collect();

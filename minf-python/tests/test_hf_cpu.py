@@ -131,6 +131,34 @@ def test_a_chunk_after_a_cached_prefix_keeps_its_causal_mask(tiny_llama, monkeyp
         minf.hf.unpatch(model)
 
 
+def test_a_static_cache_prefill_keeps_its_top_left_causal_mask(tiny_llama):
+    """A static cache's prefill has fewer queries than cache slots and no mask (SDPA's own top-left
+    causal skip): the patched model must not read it as a chunk after a prefix. Its logits and
+    greedy tokens equal the unpatched model's bit for bit."""
+    from transformers import StaticCache
+
+    model, ids = tiny_llama
+    prompt = ids[:, :100]
+
+    def prefill_logits():
+        cache = StaticCache(config=model.config, max_cache_len=256)
+        with torch.no_grad():
+            return model(prompt, past_key_values=cache, use_cache=True).logits
+
+    def greedy():
+        with torch.no_grad():
+            return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, do_sample=False,
+                                  cache_implementation="static", pad_token_id=0)
+
+    reference_logits, reference_tokens = prefill_logits(), greedy()
+    minf.hf.patch(model)
+    try:
+        assert torch.equal(prefill_logits(), reference_logits)
+        assert torch.equal(greedy(), reference_tokens)
+    finally:
+        minf.hf.unpatch(model)
+
+
 def test_the_chunk_mask_is_left_out_only_when_it_is_plain_causal():
     from minf.hf import _bottom_right_causal, _chunk_aware_sdpa_mask
 

@@ -75,6 +75,16 @@ def test_strides_of_size_one_dimensions_do_not_matter():
     assert qt.strides == (0, 64, 0, 1)
 
 
+def test_a_broadcast_output_is_refused():
+    q, _, _ = qkv()
+    qt = _tensors.tensor4("q", q, "bshd")
+    # out.expand()-ed over the heads: every head would write the same memory.
+    shared = FakeTensor([1, 256, 8, 128], strides=[256 * 128, 128, 0, 1])
+    with pytest.raises(ValueError, match=r"out has shape \[1, 256, 8, 128\] and a dimension of stride 0"):
+        _tensors.check_out(shared, qt, "bshd")
+    assert _tensors.check_out(FakeTensor([1, 256, 8, 128]), qt, "bshd").shape == qt.shape
+
+
 @pytest.mark.parametrize(
     "change, error, text",
     [

@@ -525,12 +525,14 @@ impl<'d> Prefill<'d> {
             return Err(shape_error("prefill_chunked: chunk_tokens must be at least 1".into()));
         }
         for (name, layout, len) in [("q", q.layout, q.data.len()), ("out", out.layout, out.data.len())] {
-            if layout.strides != Layout::bshd(layout.shape).strides {
+            // A dimension of size 1 may have any stride (PyTorch reports 0 or anything for them).
+            let contiguous = Layout::bshd(layout.shape).strides;
+            let packed = (0..4).all(|d| layout.shape[d] <= 1 || layout.strides[d] == contiguous[d]);
+            if !packed {
                 return Err(shape_error(format!(
                     "prefill_chunked: {name} has strides {:?}; the driver copies chunks of contiguous \
                      [batch, seq, heads, head_dim] tensors (strides {:?})",
-                    layout.strides,
-                    Layout::bshd(layout.shape).strides
+                    layout.strides, contiguous
                 )));
             }
             if layout.span() > len {

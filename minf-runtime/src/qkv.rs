@@ -42,6 +42,20 @@ struct FileTensor {
     data: Vec<f32>,
 }
 
+/// Fills `out` on up to 16 threads, in pieces of a whole number of `unit` elements (at least 64K
+/// elements each): `fill(first, part)` writes the elements `first .. first + part.len()`. A layer of
+/// a long prompt is gigabytes: one thread would take seconds to convert or transpose it.
+fn fill_in_parallel<T: Send>(out: &mut [T], unit: usize, fill: impl Fn(usize, &mut [T]) + Sync) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
+    let piece = out.len().div_ceil(threads).max(1 << 16).next_multiple_of(unit.max(1));
+    let fill = &fill;
+    std::thread::scope(|scope| {
+        for (i, part) in out.chunks_mut(piece).enumerate() {
+            scope.spawn(move || fill(i * piece, part));
+        }
+    });
+}
+
 fn read_tensor(
     file: &SafeTensors<'_>,
     name: &str,
@@ -49,12 +63,19 @@ fn read_tensor(
 ) -> Result<FileTensor, MinfError> {
     let view = file.tensor(name).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
     let bytes = view.data();
-    let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+    let element: fn(&[u8]) -> f32 = match view.dtype() {
+        Dtype::F32 => |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        Dtype::BF16 => |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        Dtype::F16 => |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
         other => return Err(err(format!("tensor `{name}` is {other:?}; minf reads F32, BF16 and F16"))),
     };
+    let size = if view.dtype() == Dtype::F32 { 4 } else { 2 };
+    let mut data = vec![0.0f32; bytes.len() / size];
+    fill_in_parallel(&mut data, 1, |first, part| {
+        for (x, b) in part.iter_mut().zip(bytes[first * size..].chunks_exact(size)) {
+            *x = element(b);
+        }
+    });
     Ok(FileTensor { shape: view.shape().to_vec(), data })
 }
 
@@ -140,12 +161,16 @@ pub fn load_safetensors(path: impl AsRef<Path>) -> Result<HostQkv, MinfError> {
             return t.data;
         }
         let mut out = vec![0.0f32; t.data.len()];
-        for h in 0..heads {
-            for s in 0..seq {
-                out[(s * heads + h) * head_dim..][..head_dim]
-                    .copy_from_slice(&t.data[(h * seq + s) * head_dim..][..head_dim]);
+        let row = heads * head_dim;
+        // Whole sequence rows per piece: piece `first` starts at sequence row `first / row`.
+        fill_in_parallel(&mut out, row, |first, part| {
+            for (i, out_row) in part.chunks_exact_mut(row).enumerate() {
+                let s = first / row + i;
+                for (h, out_head) in out_row.chunks_exact_mut(head_dim).enumerate() {
+                    out_head.copy_from_slice(&t.data[(h * seq + s) * head_dim..][..head_dim]);
+                }
             }
-        }
+        });
         out
     };
     Ok(HostQkv {
@@ -291,6 +316,32 @@ mod tests {
         let guessed = load_safetensors(&path).unwrap();
         assert_eq!((guessed.seq, guessed.heads), (2, 16));
         assert_eq!(guessed.q, bhsd(&mha.q, 16, 2, 8));
+    }
+
+    #[test]
+    fn long_files_convert_and_transpose_in_parallel_pieces() {
+        // Several 64K-element pieces per tensor, a row count that splits unevenly, bf16 in the
+        // [1, heads, seq, dim] layout: every element lands where the single-threaded rule puts it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.safetensors");
+        let (s, h, g, d) = (4999, 6, 2, 16);
+        let qkv = filled(s, h, g, d);
+        let bf16s = |x: &[f32]| x.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>();
+        let rounded = |x: &[f32]| x.iter().map(|v| half::bf16::from_f32(*v).to_f32()).collect::<Vec<f32>>();
+        write(
+            &path,
+            &[
+                ("q", Dtype::BF16, vec![1, h, s, d], bf16s(&bhsd(&qkv.q, s, h, d))),
+                ("k", Dtype::BF16, vec![1, g, s, d], bf16s(&bhsd(&qkv.k, s, g, d))),
+                ("v", Dtype::BF16, vec![1, g, s, d], bf16s(&bhsd(&qkv.v, s, g, d))),
+            ],
+            Some("bhsd"),
+        );
+        let got = load_safetensors(&path).unwrap();
+        assert_eq!((got.seq, got.heads, got.kv_heads, got.head_dim), (s, h, g, d));
+        assert_eq!(got.q, rounded(&qkv.q));
+        assert_eq!(got.k, rounded(&qkv.k));
+        assert_eq!(got.v, rounded(&qkv.v));
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub fn search(args: &SearchArgs) -> Result<ExitCode, Box<dyn Error>> {
     );
     let started = Instant::now();
     let (mut load_seconds, mut evaluate_seconds, mut resumed) = (0.0, 0.0, 0);
+    // The first failed write of a layer line (e.g. a closed pipe), returned once the search ends.
+    let mut print_error = None;
     let shape = SearchShape { heads, kv_heads, head_dim };
     let choices = run_search(&device, &inputs, shape, &space, options, output, |report| {
         load_seconds += report.load_seconds;
@@ -110,10 +112,18 @@ pub fn search(args: &SearchArgs) -> Result<ExitCode, Box<dyn Error>> {
         } else {
             format!("read {:.1} s, evaluated {:.2} s", report.load_seconds, report.evaluate_seconds)
         };
-        bar.println(format!("layer {:>3}: {} ({timing})", report.layer, summary.join(", ")));
+        // Through `suspend`, not `ProgressBar::println`, which drops lines while the bar is hidden
+        // (output not a terminal: a log file, `tee`, CI).
+        let line = format!("layer {:>3}: {} ({timing})", report.layer, summary.join(", "));
+        if let Err(error) = bar.suspend(|| outln!("{line}")) {
+            print_error.get_or_insert(error);
+        }
         bar.inc(1);
     })?;
     bar.finish_and_clear();
+    if let Some(error) = print_error {
+        return Err(error.into());
+    }
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     for choice in choices.iter().flatten() {
         *totals.entry(choice.candidate.to_string()).or_insert(0) += 1;

@@ -1,6 +1,7 @@
 //! GPU tests of the offline pattern search (`minf::search`): planted heads whose best pattern is
 //! known are recovered, under both criteria; the same inputs give the same file; a finished
-//! search resumes from its progress file without evaluating again.
+//! search resumes from its progress file without evaluating again; with grouped-query attention
+//! every query head gets its shared key/value head's pattern.
 //!
 //! Each planted head's scores are built from orthogonal one-hot directions, so every score is
 //! exactly 25 (27 for planted columns and sinks, so they rank first among the estimate's columns)
@@ -82,18 +83,25 @@ fn space() -> SearchSpace {
     .expect("test space")
 }
 
-/// Q/K/V of one layer whose heads are `heads`, values drawn from `seed`.
-fn planted_layer(heads: &[Planted], seed: u64) -> HostQkv {
-    let h_count = heads.len();
+/// Q/K/V of one layer whose key/value heads are `heads`, each shared by `group` query heads that
+/// all carry its structure, values drawn from `seed`.
+fn planted_layer(heads: &[Planted], group: usize, seed: u64) -> HostQkv {
+    let kv_count = heads.len();
+    let h_count = kv_count * group;
     // q . k = AMPLITUDE^2 gives a scaled score of 25.
     let amplitude = (25.0 * (HEAD_DIM as f32).sqrt()).sqrt();
     let heavy = amplitude * 27.0 / 25.0;
     let mut q = vec![0f32; SEQ * h_count * HEAD_DIM];
-    let mut k = vec![0f32; SEQ * h_count * HEAD_DIM];
-    for (h, planted) in heads.iter().enumerate() {
+    let mut k = vec![0f32; SEQ * kv_count * HEAD_DIM];
+    for (h, planted) in (0..h_count).map(|h| (h, heads[h / group])) {
+        // The first query head of a group writes its key/value head's keys.
+        let writes_keys = h % group == 0;
         for t in 0..SEQ {
             let at = (t * h_count + h) * HEAD_DIM;
-            let (q_row, k_row) = (&mut q[at..at + HEAD_DIM], &mut k[at..at + HEAD_DIM]);
+            let kv_at = (t * kv_count + h / group) * HEAD_DIM;
+            let q_row = &mut q[at..at + HEAD_DIM];
+            let mut scratch = [0f32; HEAD_DIM];
+            let k_row = if writes_keys { &mut k[kv_at..kv_at + HEAD_DIM] } else { &mut scratch[..] };
             match planted {
                 Planted::SinkWindow => {
                     let segment = (t + WINDOW_SHIFT) / WINDOW_SEGMENT;
@@ -128,8 +136,8 @@ fn planted_layer(heads: &[Planted], seed: u64) -> HostQkv {
             }
         }
     }
-    let v = random_normal(SEQ * h_count * HEAD_DIM, seed);
-    HostQkv { seq: SEQ, heads: h_count, kv_heads: h_count, head_dim: HEAD_DIM, q, k, v }
+    let v = random_normal(SEQ * kv_count * HEAD_DIM, seed);
+    HostQkv { seq: SEQ, heads: h_count, kv_heads: kv_count, head_dim: HEAD_DIM, q, k, v }
 }
 
 const LAYERS: [[Planted; 3]; 2] = [
@@ -137,21 +145,22 @@ const LAYERS: [[Planted; 3]; 2] = [
     [Planted::BlockDiagonal, Planted::SinkWindow, Planted::VerticalSlash],
 ];
 
-/// Two prompts (different values) of the two layers in [`LAYERS`].
-fn write_inputs(dir: &Path, seed: u64) {
+/// Two prompts (different values) of the two layers in [`LAYERS`], each key/value head shared by
+/// `group` query heads.
+fn write_inputs(dir: &Path, group: usize, seed: u64) {
     for (p, prompt) in ["a", "b"].iter().enumerate() {
         let prompt_dir = dir.join(prompt);
         std::fs::create_dir_all(&prompt_dir).expect("prompt dir");
         for (layer, heads) in LAYERS.iter().enumerate() {
-            let qkv = planted_layer(heads, seed.wrapping_add((10 * p + layer) as u64));
+            let qkv = planted_layer(heads, group, seed.wrapping_add((10 * p + layer) as u64));
             save_safetensors(&qkv, prompt_dir.join(format!("layer_{layer}.safetensors"))).expect("write layer");
         }
     }
 }
 
-fn search(inputs: &SearchInputs, criterion: Criterion, output: &Path) -> (String, usize) {
+fn search(inputs: &SearchInputs, group: usize, criterion: Criterion, output: &Path) -> (String, usize) {
     let device = device();
-    let shape = SearchShape { heads: 3, kv_heads: 3, head_dim: HEAD_DIM };
+    let shape = SearchShape { heads: 3 * group, kv_heads: 3, head_dim: HEAD_DIM };
     let options = SearchOptions { criterion, sample_blocks: 0 };
     let mut evaluated = 0;
     let choices = run_search(&device, inputs, shape, &space(), options, output, |report| {
@@ -165,7 +174,7 @@ fn search(inputs: &SearchInputs, criterion: Criterion, output: &Path) -> (String
     })
     .expect("search");
     for (layer, heads) in LAYERS.iter().enumerate() {
-        for (h, planted) in heads.iter().enumerate() {
+        for (h, planted) in (0..3 * group).map(|h| (h, heads[h / group])) {
             let chosen = &choices[layer][h];
             assert_eq!(
                 chosen.candidate,
@@ -186,13 +195,13 @@ fn search(inputs: &SearchInputs, criterion: Criterion, output: &Path) -> (String
 fn search_recovers_planted_heads_deterministically_and_resumes() {
     let seed = test_seed("search_recovers_planted_heads");
     let dir = tempfile::tempdir().expect("temp dir");
-    write_inputs(&dir.path().join("inputs"), seed);
+    write_inputs(&dir.path().join("inputs"), 1, seed);
     let inputs = SearchInputs::discover(dir.path().join("inputs")).expect("inputs");
     assert_eq!((inputs.layers(), inputs.prompts.len()), (2, 2));
 
     for criterion in [Criterion::Mismatch, Criterion::Recall] {
         let first = dir.path().join(format!("{criterion}-first.json"));
-        let (text, evaluated) = search(&inputs, criterion, &first);
+        let (text, evaluated) = search(&inputs, 1, criterion, &first);
         assert_eq!(evaluated, 2);
         // The config reads back with the choices and their scores.
         let config = minf::PatternConfig::load(&first, 3).expect("written config reads back");
@@ -203,11 +212,27 @@ fn search_recovers_planted_heads_deterministically_and_resumes() {
         }
         // A second search of the same inputs writes the same file.
         let second = dir.path().join(format!("{criterion}-second.json"));
-        let (again, _) = search(&inputs, criterion, &second);
+        let (again, _) = search(&inputs, 1, criterion, &second);
         assert_eq!(again, text, "{criterion}: the same inputs gave different configs");
         // Searching into the first output again reads every layer from its progress file.
         assert!(progress_path(&first).is_file());
-        let (resumed, evaluated) = search(&inputs, criterion, &first);
+        let (resumed, evaluated) = search(&inputs, 1, criterion, &first);
         assert_eq!((resumed, evaluated), (text, 0));
     }
+}
+
+/// Grouped-query attention: each planted key/value head is shared by two query heads, and each
+/// query head is given its key/value head's pattern.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn search_maps_query_heads_to_their_shared_key_value_heads() {
+    let seed = test_seed("search_gqa");
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_inputs(&dir.path().join("inputs"), 2, seed);
+    let inputs = SearchInputs::discover(dir.path().join("inputs")).expect("inputs");
+    let output = dir.path().join("gqa.json");
+    let (_, evaluated) = search(&inputs, 2, Criterion::Mismatch, &output);
+    assert_eq!(evaluated, 2);
+    let config = minf::PatternConfig::load(&output, 6).expect("written config reads back");
+    assert_eq!(config.layers().iter().map(Vec::len).collect::<Vec<_>>(), vec![6, 6]);
 }

@@ -149,8 +149,14 @@ def _logical(t: Tensor4, layout: str) -> List[int]:
 
 
 def check_out(out: Any, q: Tensor4, layout: str) -> Tensor4:
-    """Checks a caller-given output tensor against q: the same shape, dtype and device."""
+    """Checks a caller-given output tensor against q: the same shape, dtype and device, and no
+    broadcast dimension (stride 0 over more than one entry: several outputs would share memory)."""
     ot = tensor4("out", out, layout)
+    if any(n > 1 and s == 0 for n, s in zip(ot.shape, ot.strides)):
+        raise ValueError(
+            f"out has shape {_logical(ot, layout)} and a dimension of stride 0 (a broadcast view, e.g. from "
+            "expand()): every output element needs its own memory; allocate out with torch.empty"
+        )
     if (ot.shape, ot.dtype, ot.device_index) != (q.shape, q.dtype, q.device_index):
         raise ValueError(
             f"out has shape {_logical(ot, layout)}, {ot.dtype} on cuda:{ot.device_index} but q has "

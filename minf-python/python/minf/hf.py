@@ -16,7 +16,8 @@ files that ``minf bench --inputs`` and the Rust ``load_safetensors`` read.
 
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from ._api import Prefill
 
@@ -94,14 +95,26 @@ def _bottom_right_causal(q_len: int, kv_len: int, device: Any) -> Any:
     return torch.arange(kv_len, device=device)[None, :] <= rows
 
 
+# What the mask function of the current forward pass left out, per thread: the (q_len, kv_len) of a
+# chunk whose plain bottom-right causal mask it dropped, or None. A None mask with fewer queries
+# than keys is otherwise SDPA's own skip: causal aligned top-left (a static cache's prefill, whose
+# cache slots past the prompt are empty).
+_LEFT_OUT = threading.local()
+
+
+def _left_out_chunk() -> Optional[Tuple[int, int]]:
+    return getattr(_LEFT_OUT, "chunk", None)
+
+
 def _chunk_aware_sdpa_mask(*args: Any, **kwargs: Any) -> Any:
     """SDPA's mask function, except for a chunk after a cached prefix (``1 < q_len < kv_len``)
     whose mask is exactly causal, bottom-right aligned, in every batch entry (no padding, no
-    window): that mask comes back as None, like an unpadded whole prompt's, so the attention
-    function knows it from the shapes (minf runs the chunk; SDPA gets the mask rebuilt). Checking
+    window): that mask comes back as None, like an unpadded whole prompt's, and the chunk's shape is
+    recorded for the attention function (minf runs the chunk; SDPA gets the mask rebuilt). Checking
     the mask waits for the device once per forward pass of a chunk, not per layer."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
+    _LEFT_OUT.chunk = None
     mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
     if mask is None or getattr(mask, "dim", lambda: 0)() != 4 or str(mask.dtype) != "torch.bool":
         return mask
@@ -111,6 +124,7 @@ def _chunk_aware_sdpa_mask(*args: Any, **kwargs: Any) -> Any:
     import torch
 
     if torch.equal(mask, _bottom_right_causal(q_len, kv_len, mask.device).expand_as(mask)):
+        _LEFT_OUT.chunk = (q_len, kv_len)
         return None
     return mask
 
@@ -125,6 +139,13 @@ def _minf_attention(module: Any, query: Any, key: Any, value: Any, attention_mas
 
     patch = getattr(module, "_minf_patch", None)
     q_len, kv_len = query.shape[2], key.shape[2]
+    # Fewer queries than keys and no mask: a chunk whose bottom-right mask the mask function left
+    # out, or SDPA's own top-left causal skip (a static cache's prefill: the queries are the first
+    # q_len positions and the slots after them are empty, so the first q_len keys are the prompt).
+    chunk = attention_mask is None and 1 < q_len < kv_len and _left_out_chunk() == (q_len, kv_len)
+    if attention_mask is None and 1 < q_len < kv_len and not chunk:
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+        kv_len = q_len
     if patch is not None and patch.takes(module, query, key, attention_mask, dropout, scaling, is_causal, kwargs):
         batch, heads, _, head_dim = query.shape
         out = torch.empty((batch, q_len, heads, head_dim), dtype=query.dtype, device=query.device)
@@ -133,7 +154,7 @@ def _minf_attention(module: Any, query: Any, key: Any, value: Any, attention_mas
         else:
             patch.prefill.prefill_chunk(module.layer_idx, query, key, value, layout="bhsd", out=out.transpose(1, 2))
         return out, None
-    if attention_mask is None and 1 < q_len < kv_len:
+    if chunk:
         # A chunk whose causal mask _chunk_aware_sdpa_mask left out: SDPA needs it back (its own
         # is_causal aligns the diagonal top-left).
         attention_mask = _bottom_right_causal(q_len, kv_len, query.device)[None, None]

@@ -36,6 +36,25 @@ pub struct SearchInputs {
     pub files: Vec<Vec<PathBuf>>,
 }
 
+/// Replaces `path` with `bytes` atomically: a temporary file beside it, written and synced, renamed
+/// over it, so an interruption leaves the old file or the new one, never a cut one. The file gets
+/// the permissions a plain create would (0666 less the umask), not a temporary file's 0600.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MinfError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".minf-search-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut file = builder.tempfile_in(dir).map_err(io_error(path))?;
+    file.write_all(bytes).map_err(io_error(path))?;
+    file.as_file().sync_all().map_err(io_error(path))?;
+    file.persist(path).map_err(|e| io_error(path)(e.error))?;
+    Ok(())
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MinfError + '_ {
     move |source| MinfError::Io { path: path.to_path_buf(), source }
 }
@@ -132,17 +151,41 @@ impl SearchInputs {
         self.files.len()
     }
 
-    /// What identifies the inputs in a progress file: every file's path below the directory and
-    /// its size.
+    /// What identifies the inputs in a progress file: every file's path below the directory, its
+    /// size and a hash of samples of its bytes ([`content_sample_hash`]), so a prompt dumped
+    /// again into the same files (same shapes, other values) is not taken for the one searched.
     fn fingerprint(&self) -> Result<Value, MinfError> {
         let mut entries = Vec::new();
         for path in self.files.iter().flatten() {
             let size = std::fs::metadata(path).map_err(io_error(path))?.len();
             let name = path.strip_prefix(&self.dir).unwrap_or(path).display().to_string();
-            entries.push(json!([name, size]));
+            let hash = content_sample_hash(path, size)?;
+            entries.push(json!([name, size, hash]));
         }
         Ok(Value::Array(entries))
     }
+}
+
+/// Pieces of a file [`content_sample_hash`] reads, and their size: 1 MiB of a file at most.
+const SAMPLE_PIECES: u64 = 16;
+const SAMPLE_PIECE_BYTES: u64 = 64 << 10;
+
+/// A BLAKE3 hash (hex) of `SAMPLE_PIECES` pieces of the file spread from its start to its end (all
+/// of a small file): cheap next to reading the file, and it changes when its values do.
+fn content_sample_hash(path: &Path, size: u64) -> Result<String, MinfError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(io_error(path))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut piece = vec![0u8; SAMPLE_PIECE_BYTES as usize];
+    let last_start = size.saturating_sub(SAMPLE_PIECE_BYTES);
+    for i in 0..SAMPLE_PIECES {
+        let start = last_start * i / (SAMPLE_PIECES - 1);
+        let len = SAMPLE_PIECE_BYTES.min(size - start) as usize;
+        file.seek(SeekFrom::Start(start)).map_err(io_error(path))?;
+        file.read_exact(&mut piece[..len]).map_err(io_error(path))?;
+        hasher.update(&piece[..len]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 /// One head's choice.
@@ -265,10 +308,10 @@ impl Progress {
                 for (layer, heads) in &done {
                     clean.push_str(&layer_line(*layer, heads));
                 }
-                std::fs::write(&path, clean).map_err(io_error(&path))?;
+                write_atomically(&path, clean.as_bytes())?;
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::write(&path, format!("{}\n", header.value)).map_err(io_error(&path))?;
+                write_atomically(&path, format!("{}\n", header.value).as_bytes())?;
             }
             Err(error) => return Err(io_error(&path)(error)),
         }
@@ -461,5 +504,58 @@ mod tests {
         std::fs::write(dir.path().join("in/layer_1.safetensors"), b"longer").unwrap();
         let changed = SearchHeader::new(&inputs, &space, Criterion::Mismatch, 32, (3, 1, 128)).unwrap();
         assert!(Progress::open(&path, &changed, &space).is_err());
+        // The same size with other values (a prompt dumped again into the same files) is another search.
+        std::fs::write(dir.path().join("in/layer_1.safetensors"), b"x").unwrap();
+        assert!(Progress::open(&path, &header, &space).is_ok());
+        std::fs::write(dir.path().join("in/layer_1.safetensors"), b"y").unwrap();
+        let message = Progress::open(&path, &header_again(&inputs, &space), &space).unwrap_err().to_string();
+        assert!(message.contains("other inputs or settings"), "{message}");
+    }
+
+    fn header_again(inputs: &SearchInputs, space: &SearchSpace) -> SearchHeader {
+        SearchHeader::new(inputs, space, Criterion::Mismatch, 32, (3, 1, 128)).unwrap()
+    }
+
+    #[test]
+    fn content_samples_cover_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let size = 3 << 20;
+        let mut bytes = vec![0u8; size];
+        std::fs::write(&path, &bytes).unwrap();
+        let before = content_sample_hash(&path, size as u64).unwrap();
+        // A change near the end (inside the last piece) changes the hash; the first piece's bytes too.
+        bytes[size - 10] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let end_changed = content_sample_hash(&path, size as u64).unwrap();
+        assert_ne!(before, end_changed);
+        bytes[5] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_ne!(end_changed, content_sample_hash(&path, size as u64).unwrap());
+        // Small and empty files are hashed whole.
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(content_sample_hash(&path, 3).unwrap(), content_sample_hash(&path, 3).unwrap());
+        std::fs::write(&path, b"").unwrap();
+        assert!(content_sample_hash(&path, 0).is_ok());
+    }
+
+    #[test]
+    fn atomic_writes_replace_the_file_with_plain_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        // No temporary file is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The mode a plain create gets under this process's umask, not a temporary file's 0600.
+            let plain = dir.path().join("plain");
+            std::fs::write(&plain, b"x").unwrap();
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), mode(&plain));
+        }
     }
 }

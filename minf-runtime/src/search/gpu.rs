@@ -194,7 +194,7 @@ fn score_heads(
     sample: &RowSample,
     heads: usize,
     head_dim: usize,
-) -> Vec<(u64, f64)> {
+) -> Result<Vec<(u64, f64)>, MinfError> {
     let row_len = heads * head_dim;
     let rows = dense.0.len() / row_len.max(1);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
@@ -227,15 +227,15 @@ fn score_heads(
             })
             .collect();
         for job in jobs {
-            if let Ok(counts) = job.join() {
-                for (total, count) in mismatches.iter_mut().zip(counts) {
-                    *total += count;
-                }
+            let counts = job.join().map_err(|_| MinfError::Shape("search: a scoring thread panicked".into()))?;
+            for (total, count) in mismatches.iter_mut().zip(counts) {
+                *total += count;
             }
         }
-    });
+        Ok::<(), MinfError>(())
+    })?;
     let seq = sample.seq;
-    (0..heads)
+    let scores = (0..heads)
         .map(|h| {
             let recall: f64 = sample
                 .blocks
@@ -253,7 +253,8 @@ fn score_heads(
                 .sum();
             (mismatches[h], recall)
         })
-        .collect()
+        .collect();
+    Ok(scores)
 }
 
 impl<'d> Evaluator<'d> {
@@ -441,7 +442,7 @@ impl<'d> Evaluator<'d> {
                 Some(costs) => {
                     let out_rows = download_rows(stream, buffer(&b.out, "the candidate output")?, &sample, row_len)?;
                     let lse = download_lse(stream, buffer(&b.lse, "the candidate log-sum-exp")?, heads * seq)?;
-                    let scores = score_heads((&dense_rows, &dense_lse), (&out_rows, &lse), &sample, heads, head_dim);
+                    let scores = score_heads((&dense_rows, &dense_lse), (&out_rows, &lse), &sample, heads, head_dim)?;
                     scores
                         .into_iter()
                         .zip(costs)

@@ -218,11 +218,7 @@ pub fn run_search_with(
     })?;
     let choices: Vec<Vec<HeadChoice>> = (0..layers).filter_map(|l| progress.done().get(&l).cloned()).collect();
     let text = config_json(&choices, options.criterion);
-    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let io = |source: std::io::Error| MinfError::Io { path: output.to_path_buf(), source };
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
-    file.persist(output).map_err(|e| io(e.error))?;
+    files::write_atomically(output, text.as_bytes())?;
     Ok(choices)
 }
 
