@@ -231,13 +231,15 @@ def patch(
 
 
 def unpatch(model: Any) -> None:
-    """Undoes :func:`patch`: the model's previous attention implementation comes back."""
-    previous = "sdpa"
+    """Undoes :func:`patch`: the model's previous attention implementation comes back. A model
+    that is not patched is left as it is."""
+    previous = None
     for module in _attention_modules(model):
         state = module.__dict__.pop("_minf_patch", None)
         if state is not None:
             previous = state.previous
-    _set_implementation(model, previous)
+    if previous is not None:
+        _set_implementation(model, previous)
 
 
 def _dump_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
