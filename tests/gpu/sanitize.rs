@@ -164,7 +164,7 @@ fn index_kernels_and_prefill() {
     super::estimate::block_sparse_case::<bf16>(&device, &mut estimate, (700, 6, 2, 128, 3), seed + 7);
 
     // A whole layer of every pattern through the prefill (estimation, conversion, launches).
-    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let mut prefill =
         minf::Prefill::new(&device, &super::prefill::config(), super::prefill::SHAPE, options).expect("prefill");
     let error = super::prefill::check_layer(&device, &mut prefill, 1, 700, seed + 8);

@@ -442,7 +442,7 @@ fn config_heads(measured: usize, config_heads: usize) -> Vec<usize> {
 
 /// The one-layer config and options that run `case`'s pattern on its heads.
 fn case_config(case: &Case) -> Result<(PatternConfig, PrefillOptions), BenchError> {
-    let mut options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let uniform = |entry: serde_json::Value| {
         let layer: serde_json::Map<String, serde_json::Value> =
             (0..case.heads).map(|h| (h.to_string(), entry.clone())).collect();
