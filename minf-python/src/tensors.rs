@@ -310,7 +310,7 @@ impl PrefillHandle {
     /// with 1000 columns and 6096 diagonals) for a model of the given shape.
     #[new]
     #[pyo3(signature = (config=None, *, layers=None, heads=None, kv_heads=None, head_dim=None, starting_layer=0,
-        dense_below=None, block_sparse_top_k=None))]
+        dense_below=None, dense_chunks_below=None, block_sparse_top_k=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         config: Option<PathBuf>,
@@ -320,6 +320,7 @@ impl PrefillHandle {
         head_dim: Option<u32>,
         starting_layer: usize,
         dense_below: Option<usize>,
+        dense_chunks_below: Option<usize>,
         block_sparse_top_k: Option<usize>,
     ) -> PyResult<PrefillHandle> {
         let known = config.as_deref().and_then(known_model).map(|model| model.shape);
@@ -368,6 +369,9 @@ impl PrefillHandle {
         if let Some(tokens) = dense_below {
             options.dense_below = tokens;
         }
+        if let Some(queries) = dense_chunks_below {
+            options.dense_chunks_below = queries;
+        }
         if let Some(top_k) = block_sparse_top_k {
             if top_k == 0 {
                 return Err(PyValueError::new_err("block_sparse_top_k must be at least 1"));
@@ -388,6 +392,12 @@ impl PrefillHandle {
     #[getter]
     fn dense_below(&self) -> usize {
         self.options.dense_below
+    }
+
+    /// Chunks of fewer queries run every head dense.
+    #[getter]
+    fn dense_chunks_below(&self) -> usize {
+        self.options.dense_chunks_below
     }
 
     /// The config file (or the default's description).

@@ -59,6 +59,10 @@ def test_patch_switches_the_model_and_falls_back_to_sdpa_exactly(tiny_llama):
     assert torch.equal(tokens, reference_tokens)
     minf.hf.unpatch(model)
     assert model.config._attn_implementation == before
+    # Unpatching a model that is not patched leaves its implementation (here eager) alone.
+    model.set_attn_implementation("eager")
+    minf.hf.unpatch(model)
+    assert model.config._attn_implementation == "eager"
 
 
 def test_dump_qkv_writes_post_rotary_layers_in_minf_format(tiny_llama, tmp_path):

@@ -23,10 +23,11 @@
 //! against the caller's KV buffer holding the `kv_len` keys of the prefix and the chunk, query row
 //! `i` at absolute position `kv_len - q_len + i`. Each chunk estimates its own indices from its own
 //! last queries (MInference's rules in absolute positions, [`crate::estimate::gpu`]); A-shape
-//! windows are absolute; whether the chunk runs dense is decided by `kv_len` (the keys it attends
-//! to, which set both the attention's and the estimation's cost), so every chunk of a prompt shorter
-//! than [`PrefillOptions::dense_below`] runs dense and a late chunk of a long prompt runs sparse
-//! however short it is. [`Prefill::prefill_chunked`] drives a whole prompt chunk by chunk. Scratch
+//! windows are absolute. A chunk runs dense when its `kv_len` (the keys it attends to) is below
+//! [`PrefillOptions::dense_below`], so every chunk of a short prompt runs dense, or when it has
+//! fewer queries than [`PrefillOptions::dense_chunks_below`]: estimating a chunk reads all
+//! `kv_len` keys, which costs about what a few hundred queries' dense attention over them does.
+//! [`Prefill::prefill_chunked`] drives a whole prompt chunk by chunk. Scratch
 //! per chunk is bounded by the chunk and its indices (`ceil(q_len / 64)` rows), never by
 //! `kv_len` squared.
 
@@ -55,12 +56,24 @@ use minf_codegen::Tile;
 /// the right value depends on the config and the inputs' sparsity (docs/design.md, known limits).
 pub const DEFAULT_DENSE_BELOW: usize = 32_768;
 
+/// Default of [`PrefillOptions::dense_chunks_below`], in queries. Estimating a chunk (the scores
+/// of its last 64 queries against every key, the top-k and the conversion) was about 1.5 ms for
+/// 32 heads at 128K keys on an H100, about what dense attention of 300-400 queries over the same
+/// keys takes (4 µs per query at 530 TFLOP/s); sparse attention of the chunk still costs a share
+/// of that. A prediction from those two measurements, not yet timed as a whole.
+pub const DEFAULT_DENSE_CHUNKS_BELOW: usize = 256;
+
 /// How [`Prefill`] runs a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrefillOptions {
     /// Prompts of fewer tokens run every head dense (the sparse patterns' estimation and index
     /// do not pay for short prompts); default [`DEFAULT_DENSE_BELOW`]. `0` never falls back.
+    /// For a chunk, the tokens are its `kv_len`.
     pub dense_below: usize,
+    /// Chunks of fewer queries run every head dense, whatever their `kv_len` (a short turn of a
+    /// chat after a long prefix: estimating its indices would cost more than it saves); default
+    /// [`DEFAULT_DENSE_CHUNKS_BELOW`]. `0` never falls back.
+    pub dense_chunks_below: usize,
     /// Key blocks (of 64) each 64-row query block of a block-sparse head keeps; default
     /// [`BLOCK_SPARSE_TOP_K`] (MInference's 100, which its configs' sizes do not change).
     pub block_sparse_top_k: usize,
@@ -79,6 +92,7 @@ impl Default for PrefillOptions {
     fn default() -> Self {
         PrefillOptions {
             dense_below: DEFAULT_DENSE_BELOW,
+            dense_chunks_below: DEFAULT_DENSE_CHUNKS_BELOW,
             block_sparse_top_k: BLOCK_SPARSE_TOP_K,
             indexed_tile: None,
             tile_choice: true,
@@ -90,6 +104,12 @@ impl PrefillOptions {
     /// Whether a prompt of `seq` tokens runs every head dense.
     pub fn runs_dense(&self, seq: usize) -> bool {
         seq < self.dense_below
+    }
+
+    /// Whether a chunk of `q_len` queries over `kv_len` keys runs every head dense (a whole
+    /// prompt is `q_len == kv_len`).
+    pub fn runs_dense_chunk(&self, q_len: usize, kv_len: usize) -> bool {
+        self.runs_dense(kv_len) || q_len < self.dense_chunks_below
     }
 }
 
@@ -599,7 +619,7 @@ impl<'d> Prefill<'d> {
     ) -> Result<PrefillTiming, MinfError> {
         let dims = check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
         let CallDims { batch, q_len, kv_len } = dims;
-        let dense_fallback = self.options.runs_dense(kv_len);
+        let dense_fallback = self.options.runs_dense_chunk(q_len, kv_len);
         if !dense_fallback {
             check_seq(self.layers.iter().map(|plan| &plan.groups), kv_len)?;
         }
@@ -962,6 +982,15 @@ mod tests {
         assert!(!never.runs_dense(0) && !never.runs_dense(1));
         let always = PrefillOptions { dense_below: usize::MAX, ..options };
         assert!(always.runs_dense(1 << 20));
+        // Chunks: dense below dense_below keys, or below dense_chunks_below queries.
+        assert_eq!(options.dense_chunks_below, DEFAULT_DENSE_CHUNKS_BELOW);
+        let long = DEFAULT_DENSE_BELOW * 4;
+        assert!(options.runs_dense_chunk(DEFAULT_DENSE_CHUNKS_BELOW - 1, long));
+        assert!(!options.runs_dense_chunk(DEFAULT_DENSE_CHUNKS_BELOW, long));
+        assert!(options.runs_dense_chunk(8192, DEFAULT_DENSE_BELOW - 1));
+        assert!(!options.runs_dense_chunk(long, long));
+        let sparse_chunks = PrefillOptions { dense_chunks_below: 0, ..options };
+        assert!(!sparse_chunks.runs_dense_chunk(1, long));
     }
 
     fn model(layers: usize, heads: usize, kv_heads: usize) -> ModelShape {

@@ -171,7 +171,7 @@ fn prefill_of_every_pattern_matches_the_reference_under_the_realised_mask() {
     let device = device();
     let seed = test_seed("prefill_of_every_pattern_matches_the_reference_under_the_realised_mask");
     // Sparse at every length, so the small cases exercise the estimation and every pattern.
-    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
     for seq in [1000, 4097] {
         for layer in [0, 1, 2] {
@@ -312,7 +312,7 @@ fn chunked_prefill_of_every_pattern_matches_the_reference_under_the_realised_mas
     let device = device();
     let seed = test_seed("chunked_prefill_of_every_pattern_matches_the_reference_under_the_realised_mask");
     // Sparse at every length, so every chunk exercises its estimation and every pattern.
-    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
     for (i, &chunk) in CHUNKS.iter().enumerate() {
         for layer in [0, 1, 2] {
@@ -326,10 +326,11 @@ fn chunked_prefill_of_every_pattern_matches_the_reference_under_the_realised_mas
             }
         }
     }
-    // The dense fallback is decided by kv_len: a one-token chunk after 5000 tokens runs sparse.
-    let options = PrefillOptions { dense_below: 4096, ..PrefillOptions::default() };
+    // The dense fallback: kv_len below dense_below, or q_len below dense_chunks_below (here 64: a
+    // one-token chunk after 5000 tokens runs dense, one of 64 sparse).
+    let options = PrefillOptions { dense_below: 4096, dense_chunks_below: 64, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
-    for (chunk, dense) in [((1, 5000), false), ((1000, 3000), true)] {
+    for (chunk, dense) in [((64, 5000), false), ((1, 5000), true), ((1000, 3000), true)] {
         let (error, lse_error) = check_chunk(&device, &mut prefill, 1, chunk, seed);
         assert!(error <= TOLERANCE && lse_error <= 1e-3, "chunk {chunk:?}: {error:.2e}, LSE {lse_error:.2e}");
         let density = prefill.realised_mask().expect("mask").density(&[0, 2]);
@@ -397,7 +398,7 @@ fn widen(x: &[f32]) -> Vec<f64> {
 fn dense_chunked_prefill_equals_one_shot() {
     let device = device();
     let seed = test_seed("dense_chunked_prefill_equals_one_shot");
-    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
     // Layer 0 is below the config's starting layer: every head dense.
     for (seq, chunk_tokens) in [(4097, 1000), (4097, 64), (3000, 4097), (2000, 1)] {
@@ -416,7 +417,7 @@ fn dense_chunked_prefill_equals_one_shot() {
 fn sparse_chunked_prefill_runs_its_chunks() {
     let device = device();
     let seed = test_seed("sparse_chunked_prefill_runs_its_chunks");
-    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
     for layer in [1, 2] {
         let (_, chunked, manual) = one_shot_and_chunked(&device, &mut prefill, layer, (4097, 1000), seed);

@@ -202,7 +202,7 @@ fn index_kernels_and_prefill() {
     super::estimate::block_sparse_chunk_case::<bf16>(&device, &mut grouped, (300, 17_000, 4, 2, 128, 100), seed + 14);
 
     // A whole layer of every pattern through the prefill (estimation, conversion, launches).
-    let options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let mut prefill =
         minf::Prefill::new(&device, &super::prefill::config(), super::prefill::SHAPE, options).expect("prefill");
     let error = super::prefill::check_layer(&device, &mut prefill, 1, 700, seed + 8);

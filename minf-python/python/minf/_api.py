@@ -192,7 +192,9 @@ class Prefill:
     None for MInference's default (every head vertical-slash, 1000 columns and 6096 diagonals).
     ``layers``, ``heads``, ``kv_heads`` and ``head_dim`` give the model's attention shape (needed
     unless the file name is a known model's). ``starting_layer`` runs the layers below it dense;
-    prompts shorter than ``dense_below`` tokens (default 32768) run every head dense;
+    prompts shorter than ``dense_below`` tokens (default 32768) run every head dense, and so do
+    chunks of fewer than ``dense_chunks_below`` queries (default 256: estimating a chunk's indices
+    reads all its keys, which costs about what that many queries' dense attention does);
     ``block_sparse_top_k`` (default 100) is the key blocks a block-sparse head keeps.
 
     The runtime state (head maps, indices and estimation scratch, reused across calls) is kept per
@@ -209,6 +211,7 @@ class Prefill:
         head_dim: Optional[int] = None,
         starting_layer: int = 0,
         dense_below: Optional[int] = None,
+        dense_chunks_below: Optional[int] = None,
         block_sparse_top_k: Optional[int] = None,
     ):
         self._native = _minf.Prefill(
@@ -219,6 +222,7 @@ class Prefill:
             head_dim=optional_int("head_dim", head_dim),
             starting_layer=optional_int("starting_layer", starting_layer),
             dense_below=optional_int("dense_below", dense_below),
+            dense_chunks_below=optional_int("dense_chunks_below", dense_chunks_below),
             block_sparse_top_k=optional_int("block_sparse_top_k", block_sparse_top_k),
         )
 
@@ -231,6 +235,11 @@ class Prefill:
     def dense_below(self) -> int:
         """Prompts shorter than this many tokens run every head dense."""
         return self._native.dense_below
+
+    @property
+    def dense_chunks_below(self) -> int:
+        """Chunks of fewer queries run every head dense."""
+        return self._native.dense_chunks_below
 
     @property
     def config(self) -> str:
@@ -255,7 +264,8 @@ class Prefill:
         """One chunk of a prompt after its prefix: ``q_chunk`` holds the chunk's ``q_len`` queries,
         ``k_all``/``v_all`` the ``kv_len`` keys and values of the prefix and the chunk (the chunk's
         last), ``1 <= q_len <= kv_len``; query ``i`` sits at position ``kv_len - q_len + i``. The
-        chunk estimates its own indices; it runs dense below ``dense_below`` keys. With
+        chunk estimates its own indices; it runs dense below ``dense_below`` keys or
+        ``dense_chunks_below`` queries. With
         ``lse=True`` also returns the float32 log-sum-exp ``[batch, heads, q_len]``."""
         return self._run(layer, q_chunk, k_all, v_all, layout, out, 0, lse)
 

@@ -66,15 +66,16 @@ class _Patch:
 
     def takes(self, module: Any, query: Any, key: Any, attention_mask: Any, dropout: float, scaling: Any,
               is_causal: Any, kwargs: Dict[str, Any]) -> bool:
-        """Whether minf runs this call: a causal prefill (a whole prompt, or a chunk of more than one
-        query after a cached prefix) of one unpadded sequence set with enough keys, on CUDA in
-        bf16/f16, with the default softmax scale and no sliding window."""
+        """Whether minf runs this call: a causal prefill (a whole prompt, or a chunk of at least
+        ``dense_chunks_below`` queries after a cached prefix) of one unpadded sequence set with
+        enough keys, on CUDA in bf16/f16, with the default softmax scale and no sliding window."""
         q_len, kv_len = query.shape[2], key.shape[2]
         head_dim = query.shape[3]
         return (
             attention_mask is None
             and 1 < q_len <= kv_len
             and kv_len >= self.prefill.dense_below
+            and (q_len == kv_len or q_len >= self.prefill.dense_chunks_below)
             and query.is_cuda
             and str(query.dtype) in ("torch.bfloat16", "torch.float16")
             and not (dropout and module.training)
@@ -194,6 +195,7 @@ def patch(
     *,
     starting_layer: int = 0,
     dense_below: Optional[int] = None,
+    dense_chunks_below: Optional[int] = None,
     block_sparse_top_k: Optional[int] = None,
 ) -> Prefill:
     """Makes ``model`` (a transformers causal LM) prefill with minf's per-head sparse attention.
@@ -201,7 +203,8 @@ def patch(
     ``config`` is a MInference JSON config for the model (a path), or None for MInference's
     default (every head vertical-slash, 1000 columns and 6096 diagonals); it must have the
     model's number of layers. ``starting_layer``, ``dense_below`` (default 32768: shorter prompts
-    run SDPA) and ``block_sparse_top_k`` as in :class:`minf.Prefill`. Returns the
+    run SDPA), ``dense_chunks_below`` (default 256: shorter chunks after a cached prefix run SDPA)
+    and ``block_sparse_top_k`` as in :class:`minf.Prefill`. Returns the
     :class:`minf.Prefill` the model now uses; :func:`unpatch` undoes the patch.
     """
     shape = model_shape(model)
@@ -213,6 +216,7 @@ def patch(
         head_dim=shape["head_dim"],
         starting_layer=starting_layer,
         dense_below=dense_below,
+        dense_chunks_below=dense_chunks_below,
         block_sparse_top_k=block_sparse_top_k,
     )
     modules = _attention_modules(model)
@@ -231,13 +235,15 @@ def patch(
 
 
 def unpatch(model: Any) -> None:
-    """Undoes :func:`patch`: the model's previous attention implementation comes back."""
-    previous = "sdpa"
+    """Undoes :func:`patch`: the model's previous attention implementation comes back. A model
+    that is not patched is left as it is."""
+    previous = None
     for module in _attention_modules(model):
         state = module.__dict__.pop("_minf_patch", None)
         if state is not None:
             previous = state.previous
-    _set_implementation(model, previous)
+    if previous is not None:
+        _set_implementation(model, previous)
 
 
 def _dump_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:

@@ -234,9 +234,9 @@ pub fn markdown(records: &[Record]) -> String {
          there (the dense-equivalent speedup).\n"
     );
     let mut header =
-        "| tokens | pattern | heads | minf ms/head | est / conv / attn ms | density | TFLOP/s | vs minf dense |"
+        "| tokens | pattern | heads | minf ms/head | est / conv / attn ms | density | recall | TFLOP/s | vs minf dense |"
             .to_string();
-    let mut rule = "|---|---|---|---|---|---|---|---|".to_string();
+    let mut rule = "|---|---|---|---|---|---|---|---|---|".to_string();
     for method in &methods {
         let _ = write!(header, " vs {method} |");
         rule.push_str("---|");
@@ -247,12 +247,13 @@ pub fn markdown(records: &[Record]) -> String {
         let split = format!("{} / {} / {}", cell(r.est_ms, 2), cell(r.conv_ms, 2), cell(r.attn_ms, 2));
         let _ = write!(
             out,
-            "| {} | {} | {} | {:.3} | {split} | {} | {} | {} |",
+            "| {} | {} | {} | {:.3} | {split} | {} | {} | {} | {} |",
             tokens(r.seq as f64),
             r.label(),
             r.heads,
             r.per_head_ms,
             cell(r.density, 3),
+            cell(r.recall, 4),
             cell(r.tflops, 1),
             r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x"))
         );

@@ -337,7 +337,7 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
 /// The header of the terminal table ([`table_row`]); `chunked` adds the chunked run's columns.
 pub fn table_header(chunked: bool) -> String {
     let columns = format!(
-        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9}",
+        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10} {:>10} {:>8} {:>7} {:>7} {:>9} {:>9}",
         "tokens",
         "pattern",
         "heads",
@@ -347,6 +347,7 @@ pub fn table_header(chunked: bool) -> String {
         "total ms",
         "ms/head",
         "density",
+        "recall",
         "TFLOP/s",
         "speedup",
         "compile s"
@@ -367,7 +368,7 @@ pub fn table_row(r: &Record, chunked: bool) -> String {
         label = format!("...{}", label.chars().skip(chars - 31).collect::<String>());
     }
     let columns = format!(
-        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10.3} {:>10.3} {:>8} {:>7} {:>9} {:>9}",
+        "{:<7} {:<34} {:>5} {:>10} {:>9} {:>9} {:>10.3} {:>10.3} {:>8} {:>7} {:>7} {:>9} {:>9}",
         tokens(r.seq as f64),
         label,
         r.heads,
@@ -377,6 +378,7 @@ pub fn table_row(r: &Record, chunked: bool) -> String {
         r.total_ms,
         r.per_head_ms,
         number(r.density, 4),
+        number(r.recall, 4),
         number(r.tflops, 1),
         r.dense_speedup.map_or_else(|| "-".to_string(), |s| format!("{s:.2}x")),
         number(r.compile_s, 2)

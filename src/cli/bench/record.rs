@@ -40,6 +40,10 @@ pub struct Record {
     pub per_head_ms: f64,
     /// Computed 64x64 tiles over the causal 64x64 tiles (diagonal tiles counted whole).
     pub density: Option<f64>,
+    /// Attention recall: the share of each query row's dense softmax mass on the keys the case
+    /// visited, `exp(lse_case - lse_dense)`, averaged over every row and head; 1 for dense.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<f64>,
     /// TFLOP/s on computed tiles: `4 * 64 * 64 * head_dim` FLOPs per computed tile over `attn_ms`.
     pub tflops: Option<f64>,
     /// Dense time of the same length and heads (same method family) over `total_ms`.

@@ -14,8 +14,8 @@ use minf_runtime::config::MINFERENCE_BLOCK_TOP_K;
 use minf_runtime::device::{driver_available, probe};
 use minf_runtime::timing::median_ms;
 use minf_runtime::{
-    AttentionElement, Device, HostQkv, MinfError, ModelShape, PatternConfig, Prefill, PrefillOptions, PrefillTiming,
-    TensorMut, TensorRef,
+    attention, AttentionElement, AttentionOptions, Device, HostQkv, MinfError, ModelShape, PatternArgs, PatternConfig,
+    Prefill, PrefillOptions, PrefillTiming, TensorMut, TensorRef,
 };
 use minf_testkit::inputs::{InputSpec, StructuredInputs};
 use std::collections::HashMap;
@@ -147,6 +147,36 @@ impl<T: AttentionElement> Buffers<T> {
         }
     }
 
+    /// The log-sum-exp `[heads, seq]` of every query row of the whole prompt, through the case's
+    /// prefill (`prefill` given) or dense attention (`None`); waits for the device to download it.
+    fn log_sum_exp(
+        &mut self,
+        device: &Device,
+        prefill: Option<&mut Prefill<'_>>,
+        case: &Case,
+    ) -> Result<Vec<f32>, MinfError> {
+        let stream = device.stream();
+        let q_shape = [1, case.seq, case.heads, case.head_dim];
+        let kv_shape = [1, case.seq, case.kv_heads, case.head_dim];
+        let mut lse = stream
+            .alloc_zeros::<f32>(case.heads * case.seq)
+            .map_err(MinfError::driver("allocating the log-sum-exp"))?;
+        let (q, k, v) = (
+            TensorRef::bshd(&self.q, q_shape)?,
+            TensorRef::bshd(&self.k, kv_shape)?,
+            TensorRef::bshd(&self.v, kv_shape)?,
+        );
+        let out = TensorMut::bshd(&mut self.out, q_shape)?;
+        match prefill {
+            Some(prefill) => prefill.prefill_chunk(0, q, k, v, out, Some(&mut lse))?,
+            None => {
+                let options = AttentionOptions { lse: Some(&mut lse), ..AttentionOptions::default() };
+                attention(device, q, k, v, out, PatternArgs::Dense, options)?
+            }
+        }
+        stream.clone_dtoh(&lse).map_err(MinfError::driver("downloading the log-sum-exp"))
+    }
+
     /// The whole prompt (`seq` tokens) through [`Prefill::prefill_chunked`], `chunk` tokens at a
     /// time; not waited for.
     fn prefill_chunked(&mut self, prefill: &mut Prefill<'_>, case: &Case, chunk: usize) -> Result<(), MinfError> {
@@ -186,6 +216,8 @@ pub struct GpuBench {
     driver: String,
     source: InputSource,
     inputs: Option<(InputKey, DeviceInputs)>,
+    /// Dense attention's log-sum-exp of the current inputs, once a sparse case needed it.
+    dense_lse: Option<Vec<f32>>,
     dense_ms: HashMap<(usize, usize), f64>,
 }
 
@@ -200,13 +232,14 @@ impl GpuBench {
         let device = Device::new(0).map_err(|e| BenchError::NoGpu(e.to_string()))?;
         let driver = format!("CUDA {}.{}", info.driver_version.0, info.driver_version.1);
         let source = InputSource::Structured { seed: 1, flat_tail: false };
-        Ok(GpuBench { device, driver, source, inputs: None, dense_ms: HashMap::new() })
+        Ok(GpuBench { device, driver, source, inputs: None, dense_lse: None, dense_ms: HashMap::new() })
     }
 
     /// Takes the inputs of the following cases from `source`.
     pub fn use_inputs(&mut self, source: InputSource) {
         self.source = source;
         self.inputs = None;
+        self.dense_lse = None;
     }
 
     /// The GPU's name.
@@ -232,6 +265,7 @@ impl GpuBench {
             return Ok(());
         }
         self.inputs = None;
+        self.dense_lse = None;
         let started = Instant::now();
         let host = match &self.source {
             InputSource::Structured { seed, flat_tail } => {
@@ -301,6 +335,30 @@ impl GpuBench {
             _ => None,
         };
         let Measured { timing, compile_s, tiles: (computed, causal), device_bytes, reps } = measured;
+        let recall = if case.pattern.is_sparse() {
+            progress(&format!("recall of {} at {} tokens", case.pattern, case.seq));
+            let (sparse, dense) = match inputs {
+                DeviceInputs::Bf16(buffers) => {
+                    let dense = match self.dense_lse.take() {
+                        Some(dense) => dense,
+                        None => buffers.log_sum_exp(device, None, case)?,
+                    };
+                    (buffers.log_sum_exp(device, Some(&mut prefill), case)?, dense)
+                }
+                DeviceInputs::F16(buffers) => {
+                    let dense = match self.dense_lse.take() {
+                        Some(dense) => dense,
+                        None => buffers.log_sum_exp(device, None, case)?,
+                    };
+                    (buffers.log_sum_exp(device, Some(&mut prefill), case)?, dense)
+                }
+            };
+            let recall = mean_recall(&sparse, &dense);
+            self.dense_lse = Some(dense);
+            Some(recall)
+        } else {
+            Some(1.0)
+        };
         let chunked_total_ms = match settings.chunk {
             Some(chunk) => {
                 progress(&format!("timing {} at {} tokens in chunks of {chunk}", case.pattern, case.seq));
@@ -379,6 +437,7 @@ impl GpuBench {
             total_ms: timing.total_ms,
             per_head_ms: timing.total_ms / case.heads as f64,
             density: Some(computed as f64 / causal.max(1) as f64),
+            recall,
             tflops,
             dense_speedup: self.dense_ms.get(&(case.seq, case.heads)).map(|dense| dense / timing.total_ms),
             compile_s: Some(compile_s),
@@ -398,6 +457,25 @@ impl GpuBench {
 
 /// Rows and keys of the tiles FLOPs are counted on.
 const BLOCK_FLOP_TILE: usize = 64;
+
+/// The mean over rows of `exp(sparse - dense)` (log-sum-exps of the same rows over the visited keys
+/// and over every key): each row's share of its dense softmax mass, capped at 1 (rounding), a
+/// non-finite share counted as 0.
+pub fn mean_recall(sparse: &[f32], dense: &[f32]) -> f64 {
+    let total: f64 = sparse
+        .iter()
+        .zip(dense)
+        .map(|(&s, &d)| {
+            let share = (f64::from(s) - f64::from(d)).exp();
+            if share.is_finite() {
+                share.min(1.0)
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    total / sparse.len().max(1) as f64
+}
 
 /// Compiles or loads the case's kernels on a small input (wall time, before any timing), warms
 /// up, then times `reps` calls and takes the median of each part.
@@ -442,7 +520,7 @@ fn config_heads(measured: usize, config_heads: usize) -> Vec<usize> {
 
 /// The one-layer config and options that run `case`'s pattern on its heads.
 fn case_config(case: &Case) -> Result<(PatternConfig, PrefillOptions), BenchError> {
-    let mut options = PrefillOptions { dense_below: 0, ..PrefillOptions::default() };
+    let mut options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
     let uniform = |entry: serde_json::Value| {
         let layer: serde_json::Map<String, serde_json::Value> =
             (0..case.heads).map(|h| (h.to_string(), entry.clone())).collect();

@@ -7,6 +7,7 @@ use super::cases::{
 use super::compare::{markdown, ratios, targets};
 use super::plot::{latency_svg, TITLE, X_LABEL, Y_LABEL};
 use super::record::{read_records, write_records, Record};
+use super::run::mean_recall;
 use super::{table_header, table_row};
 use minf::codegen::DType;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ fn record(method: &str, pattern: &str, params: &str, seq: usize, heads: usize, t
         total_ms,
         per_head_ms: total_ms / heads as f64,
         density: Some(0.1),
+        recall: None,
         tflops: Some(300.0),
         dense_speedup: None,
         compile_s: None,
@@ -380,4 +382,24 @@ fn chunked_runs_report_their_total_and_ratio() {
     assert_eq!(value["chunked_ratio"], 1.1);
     let plain = serde_json::to_value(&without).unwrap();
     assert!(["chunk_tokens", "chunked_total_ms", "chunked_ratio"].iter().all(|k| plain.get(k).is_none()), "{plain}");
+}
+
+#[test]
+fn recall_is_the_mean_share_of_the_dense_mass_and_shows_in_the_table() {
+    // Rows keeping all, half and a tenth of their mass; a row with a non-finite share counts 0.
+    let dense = [1.0f32, 2.0, 3.0, 0.5];
+    let sparse = [1.0f32, 2.0 + 0.5f32.ln(), 3.0 + 0.1f32.ln(), f32::NAN];
+    let recall = mean_recall(&sparse, &dense);
+    assert!((recall - (1.0 + 0.5 + 0.1) / 4.0).abs() < 1e-6, "{recall}");
+    // Rounding can put a sparse row a hair above its dense one: the share is capped at 1.
+    assert_eq!(mean_recall(&[2.0 + 1e-6], &[2.0]), 1.0);
+    assert_eq!(mean_recall(&[], &[]), 0.0);
+    let mut sparse_record = record("minf", "vertical_slash", "1000,6096", 131_072, 32, 50.0);
+    sparse_record.recall = Some(0.9731);
+    let row = table_row(&sparse_record, false);
+    assert!(row.contains(" 0.1000  0.9731 "), "{row}");
+    assert_eq!(table_header(false).len(), row.len(), "columns line up:\n{}\n{row}", table_header(false));
+    let value = serde_json::to_value(&sparse_record).unwrap();
+    assert_eq!(value["recall"], 0.9731);
+    assert!(serde_json::to_value(record("minf", "dense", "", 1024, 4, 1.0)).unwrap().get("recall").is_none());
 }
