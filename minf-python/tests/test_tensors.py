@@ -131,6 +131,8 @@ def test_a_broadcast_output_is_refused():
               kv_indices=FakeTensor([1, 8, 4, 4], dtype="int32")), ValueError, r"index tensors must be contiguous"),
         (dict(pattern="block_sparse", kv_num_blocks=FakeTensor([1, 8, 4], dtype="int32", device=("cpu", None)),
               kv_indices=FakeTensor([1, 8, 4, 4], dtype="int32")), ValueError, r"kv_num_blocks is on the cpu device"),
+        (dict(softmax_scale=0.0), ValueError, r"softmax_scale 0.0: it must be positive and finite"),
+        (dict(softmax_scale=float("nan")), ValueError, r"softmax_scale nan: it must be positive and finite"),
     ],
 )
 def test_attention_rejects_bad_input_before_launching(change, error, text):

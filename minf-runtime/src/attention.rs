@@ -598,7 +598,7 @@ fn check_tensors<T: AttentionElement>(
     if head_dim != spec.head_dim as usize {
         return Err(shape_error(format!("q has head_dim {head_dim} but the spec is for {}", spec.head_dim)));
     }
-    check_options(spec.pattern, options.causal)?;
+    check_options(spec.pattern, options.causal, options.softmax_scale)?;
     check_shapes(
         q.layout.shape,
         k.layout.shape,
@@ -611,12 +611,16 @@ fn check_tensors<T: AttentionElement>(
     )
 }
 
-/// Non-causal attention exists for the dense pattern only (split-KV parts).
-fn check_options(pattern: Pattern, causal: bool) -> Result<(), MinfError> {
+/// Non-causal attention exists for the dense pattern only (split-KV parts); a softmax scale must be
+/// positive and finite (a masked score is -inf, and -inf times 0 is NaN).
+fn check_options(pattern: Pattern, causal: bool, softmax_scale: Option<f32>) -> Result<(), MinfError> {
     if !causal && pattern != Pattern::Dense {
         return Err(shape_error(format!(
             "causal = false is for the dense pattern only (split-KV parts); pattern {pattern} is causal"
         )));
+    }
+    if let Some(scale) = softmax_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(shape_error(format!("softmax_scale {scale}: it must be positive and finite")));
     }
     Ok(())
 }
@@ -904,10 +908,15 @@ mod tests {
 
     #[test]
     fn non_causal_is_for_dense_only() {
-        assert!(check_options(Pattern::Dense, false).is_ok());
+        assert!(check_options(Pattern::Dense, false, None).is_ok());
         for pattern in [Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse] {
-            assert!(check_options(pattern, true).is_ok());
-            assert!(error_of(check_options(pattern, false)).contains("causal = false is for the dense pattern only"));
+            assert!(check_options(pattern, true, Some(0.125)).is_ok());
+            assert!(
+                error_of(check_options(pattern, false, None)).contains("causal = false is for the dense pattern only")
+            );
+        }
+        for bad in [0.0, -0.5, f32::NAN, f32::INFINITY] {
+            assert!(error_of(check_options(Pattern::Dense, true, Some(bad))).contains("must be positive and finite"));
         }
     }
 

@@ -1,6 +1,7 @@
 """``minf.attention`` and ``minf.Prefill``: minf's kernels on torch CUDA tensors, without copies,
 on torch's current stream, without synchronising."""
 
+import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -161,6 +162,8 @@ def attention(
     kwargs = _pattern_kwargs(pattern, pattern_args, qt)
     if softmax_scale is not None:
         softmax_scale = float(softmax_scale)
+        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
+            raise ValueError(f"softmax_scale {softmax_scale}: it must be positive and finite")
     torch = _torch()
     batch, q_len, heads, _ = qt.shape
     with torch.cuda.device(qt.device_index):
