@@ -680,6 +680,15 @@ pub fn attention_with_spec<T: AttentionElement>(
     }
     spec.validate()?;
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
+    // A tensor map cannot view zero rows: a call without keys (a non-causal part of nothing, whose
+    // rows get output 0 and log-sum-exp -inf) runs the same tile on the `cp.async` producer.
+    let keyless;
+    let spec = if spec.mainloop.uses_tensor_maps() && checked.kv_rows == 0 {
+        keyless = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
+        &keyless
+    } else {
+        spec
+    };
     let stream = device.stream();
     // The int32 buffers the kernel reads: index_count, index_list, column_count, column_index,
     // cu_seqlens_q, head_index, cu_seqlens_k.

@@ -10,7 +10,8 @@ use super::patterns::packed_offsets;
 use super::{check_attention, describe, device, test_seed, Case, Outcome, Packed, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{Arch, KernelSpec, Mainloop, Pattern};
-use minf::{AttentionElement, Device, PatternArgs, Varlen};
+use minf::{AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef, Varlen};
+use minf_testkit::reference::random_normal;
 
 /// The dense specs on tensor-map engines for `head_dim`: `wgmma_tma` on the default tile and on
 /// 64x128 blocks (one consumer warpgroup, two blocks per SM), `wgmma_tma_pingpong`, and
@@ -97,4 +98,42 @@ fn wgmma_tma_dense_matches_reference() {
     dense_for::<bf16>(&device, &mut failures);
     dense_for::<f16>(&device, &mut failures);
     assert!(failures.is_empty(), "over tolerance {TOLERANCE}: {failures:?}");
+}
+
+/// A non-causal part without keys (k and v views of zero rows) on the tensor-map engines: a
+/// tensor map cannot view zero rows, so the call runs the tile on the `cp.async` producer and
+/// every query row gets output 0 and log-sum-exp -inf.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_non_causal_part_without_keys_gives_zero_and_minus_infinity() {
+    let device = device();
+    if device.arch() != Arch::Sm90a {
+        println!("skipped: the wgmma_tma engine needs sm_90a; the device is {}", device.arch());
+        return;
+    }
+    let stream = device.stream();
+    let (q_len, heads, kv_heads, d) = (200, 8, 2, 128);
+    let q_host: Vec<bf16> =
+        random_normal(q_len * heads * d, test_seed("keyless")).into_iter().map(bf16::from_f32).collect();
+    let q = stream.clone_htod(&q_host).expect("q");
+    // One row of storage behind the zero-row views (a device allocation cannot be empty).
+    let kv = stream.clone_htod(&vec![bf16::from_f32(1.0); kv_heads * d]).expect("kv");
+    for spec in tma_specs::<bf16>(&device, d) {
+        let mut out = stream.clone_htod(&vec![bf16::NAN; q_len * heads * d]).expect("out");
+        let mut lse = stream.clone_htod(&vec![f32::NAN; heads * q_len]).expect("lse");
+        minf::attention(
+            &device,
+            TensorRef::bshd(&q, [1, q_len, heads, d]).expect("q view"),
+            TensorRef::bshd(&kv, [1, 0, kv_heads, d]).expect("k view"),
+            TensorRef::bshd(&kv, [1, 0, kv_heads, d]).expect("v view"),
+            TensorMut::bshd(&mut out, [1, q_len, heads, d]).expect("out view"),
+            PatternArgs::Dense,
+            AttentionOptions { lse: Some(&mut lse), spec: Some(spec), causal: false, ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", spec.kernel_name()));
+        let out: Vec<bf16> = stream.clone_dtoh(&out).expect("out");
+        let lse: Vec<f32> = stream.clone_dtoh(&lse).expect("lse");
+        assert!(out.iter().all(|x| x.to_f32() == 0.0), "{}: output not 0", spec.kernel_name());
+        assert!(lse.iter().all(|&x| x == f32::NEG_INFINITY), "{}: lse not -inf", spec.kernel_name());
+    }
 }
