@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use minf_runtime::attention::{attention, AShape, AttentionOptions, BlockSparseIndexRef, PatternArgs};
 use minf_runtime::config::{known_model, ModelShape, PatternConfig};
 use minf_runtime::estimate::{clamp_sizes, BLOCK};
-use minf_runtime::foreign::{stream_device, ForeignSlice};
+use minf_runtime::foreign::{keeping_current_context, stream_device, ForeignSlice};
 use minf_runtime::prefill::{HeadGroups, Prefill, PrefillOptions};
 use minf_runtime::tensor::{AttentionElement, Layout, TensorMut, TensorRef};
 use minf_runtime::{
@@ -302,6 +302,18 @@ pub struct PrefillHandle {
     shape: ModelShape,
     options: PrefillOptions,
     runs: Vec<(usize, usize, Prefill<'static>)>,
+}
+
+impl Drop for PrefillHandle {
+    /// Frees the runtime state of every device the handle ran on without changing the thread's
+    /// current CUDA context: the handle is often collected outside any `torch.cuda.device` guard,
+    /// and freeing a buffer binds its device's context, which would change torch's current device.
+    fn drop(&mut self) {
+        if !self.runs.is_empty() {
+            let runs = std::mem::take(&mut self.runs);
+            keeping_current_context(move || drop(runs));
+        }
+    }
 }
 
 #[pymethods]

@@ -102,3 +102,25 @@ pub unsafe fn stream_device(ordinal: usize, cu_stream: CUstream) -> Result<&'sta
     devices.push((ordinal, key, device));
     Ok(device)
 }
+
+/// Runs `f` and then makes the calling thread's CUDA context what it was before: for work that may
+/// bind another device's context (cudarc binds a buffer's context to the thread to free it) outside
+/// the caller's device guard, so the other library's current device does not change under it. Call
+/// it only once the driver is loaded (a [`Device`] was opened); a context that cannot be read or
+/// restored is logged and left as it is.
+pub fn keeping_current_context<R>(f: impl FnOnce() -> R) -> R {
+    let saved = cudarc::driver::result::ctx::get_current();
+    let result = f();
+    match saved {
+        Ok(Some(context)) => {
+            // SAFETY: `context` was current on this thread a moment ago and is a primary context
+            // retained by the device that owns it (and by the other library), so it is still alive.
+            if let Err(error) = unsafe { cudarc::driver::result::ctx::set_current(context) } {
+                tracing::warn!("could not restore the thread's CUDA context: {error}");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::warn!("could not read the thread's CUDA context: {error}"),
+    }
+    result
+}
