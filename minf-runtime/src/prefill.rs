@@ -533,6 +533,36 @@ impl<'d> Prefill<'d> {
         out: TensorMut<'_, T>,
         chunk_tokens: usize,
     ) -> Result<(), MinfError> {
+        self.chunked(layer, q, k, v, out, chunk_tokens, false).map(|_| ())
+    }
+
+    /// As [`Prefill::prefill_chunked`], timing each chunk as [`Prefill::prefill_timed`] does
+    /// (waits for the device after every chunk): the estimation, conversion, attention and total
+    /// times summed over the chunks. The copies of each chunk's queries and output are not
+    /// counted.
+    pub fn prefill_chunked_timed<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+        chunk_tokens: usize,
+    ) -> Result<PrefillTiming, MinfError> {
+        self.chunked(layer, q, k, v, out, chunk_tokens, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chunked<T: AttentionElement>(
+        &mut self,
+        layer: usize,
+        q: TensorRef<'_, T>,
+        k: TensorRef<'_, T>,
+        v: TensorRef<'_, T>,
+        out: TensorMut<'_, T>,
+        chunk_tokens: usize,
+        timed: bool,
+    ) -> Result<PrefillTiming, MinfError> {
         let dims = check_call(self.shape, layer, [q.layout.shape, k.layout.shape, v.layout.shape, out.layout.shape])?;
         if dims.q_len != dims.kv_len {
             return Err(shape_error(format!(
@@ -575,6 +605,7 @@ impl<'d> Prefill<'d> {
         };
         let (mut q_chunk, mut out_chunk) = (alloc("queries")?, alloc("output")?);
         let out_data = out.data;
+        let mut sum = PrefillTiming::default();
         for start in (0..seq).step_by(chunk) {
             let end = (start + chunk).min(seq);
             let len = end - start;
@@ -587,15 +618,19 @@ impl<'d> Prefill<'d> {
             // The KV buffer's first `end` tokens: the prefix and this chunk.
             let (k_all, v_all) = (first_tokens(k, end), first_tokens(v, end));
             let chunk_shape = [batch, len, heads, head_dim];
-            self.run(
+            let timing = self.run(
                 layer,
                 TensorRef::bshd(&q_chunk, chunk_shape)?,
                 k_all,
                 v_all,
                 TensorMut::bshd(&mut out_chunk, chunk_shape)?,
                 None,
-                false,
+                timed,
             )?;
+            sum.estimation_ms += timing.estimation_ms;
+            sum.conversion_ms += timing.conversion_ms;
+            sum.attention_ms += timing.attention_ms;
+            sum.total_ms += timing.total_ms;
             for b in 0..batch {
                 let to = (b * seq + start) * row..(b * seq + end) * row;
                 stream
@@ -603,7 +638,7 @@ impl<'d> Prefill<'d> {
                     .map_err(MinfError::driver("copying a chunk's output"))?;
             }
         }
-        Ok(())
+        Ok(sum)
     }
 
     #[allow(clippy::too_many_arguments)]

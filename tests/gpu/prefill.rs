@@ -339,7 +339,9 @@ fn chunked_prefill_of_every_pattern_matches_the_reference_under_the_realised_mas
 }
 
 /// Runs `layer` over a whole prompt of `seq` tokens one-shot, through `prefill_chunked` and
-/// through a loop of `prefill_chunk` calls; returns the three outputs.
+/// through a loop of `prefill_chunk` calls; returns the three outputs. Also runs
+/// `prefill_chunked_timed` and checks that it computes what `prefill_chunked` does and splits its
+/// time.
 fn one_shot_and_chunked(
     device: &Device,
     prefill: &mut Prefill<'_>,
@@ -367,6 +369,19 @@ fn one_shot_and_chunked(
     prefill
         .prefill_chunked(layer, qv, kv, vv, TensorMut::bshd(&mut chunked, q_shape).expect("out"), chunk_tokens)
         .expect("chunked");
+    let mut timed = poisoned::<bf16>(device, seq * heads * d);
+    let (qv, kv, vv) = views();
+    let timing = prefill
+        .prefill_chunked_timed(layer, qv, kv, vv, TensorMut::bshd(&mut timed, q_shape).expect("out"), chunk_tokens)
+        .expect("chunked, timed");
+    let timed_error = relative_l2(&widen(&download(device, &timed)), &widen(&download(device, &chunked)));
+    assert!(timed_error <= TOLERANCE, "the timed driver differs from the untimed one: rel L2 {timed_error:.2e}");
+    let parts = timing.estimation_ms + timing.conversion_ms + timing.attention_ms;
+    assert!(timing.attention_ms > 0.0 && timing.estimation_ms >= -1e-3 && timing.conversion_ms >= 0.0, "{timing:?}");
+    assert!(
+        (parts - timing.total_ms).abs() <= 1e-3 * timing.total_ms.max(1.0),
+        "the parts add up to the total: {timing:?}"
+    );
     // The same chunks by hand: each chunk's queries copied out, its keys the buffer's first tokens.
     let mut manual = vec![0.0f32; seq * heads * d];
     for start in (0..seq).step_by(chunk_tokens) {

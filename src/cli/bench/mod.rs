@@ -353,13 +353,14 @@ pub fn table_header(chunked: bool) -> String {
         "compile s"
     );
     if chunked {
-        format!("{columns} {:>11} {:>7}", "chunked ms", "ratio")
+        format!("{columns} {:>11} {:>7} {:>22}", "chunked ms", "ratio", "chunks est+conv+attn")
     } else {
         columns
     }
 }
 
-/// One record as a row of the terminal table; `chunked` adds the chunked run's total and ratio.
+/// One record as a row of the terminal table; `chunked` adds the chunked run's total, its ratio
+/// and where its time went (estimation, conversion and attention summed over the chunks).
 pub fn table_row(r: &Record, chunked: bool) -> String {
     let number = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"));
     let mut label = r.label();
@@ -385,7 +386,11 @@ pub fn table_row(r: &Record, chunked: bool) -> String {
     );
     if chunked {
         let ratio = r.chunked_ratio.map_or_else(|| "-".to_string(), |x| format!("{x:.3}x"));
-        format!("{columns} {:>11} {:>7}", number(r.chunked_total_ms, 3), ratio)
+        let split = match (r.chunked_est_ms, r.chunked_conv_ms, r.chunked_attn_ms) {
+            (Some(est), Some(conv), Some(attn)) => format!("{est:.1}+{conv:.1}+{attn:.1}"),
+            _ => "-".to_string(),
+        };
+        format!("{columns} {:>11} {:>7} {split:>22}", number(r.chunked_total_ms, 3), ratio)
     } else {
         columns
     }

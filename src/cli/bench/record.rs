@@ -75,6 +75,16 @@ pub struct Record {
     /// `chunked_total_ms / total_ms`: what chunking costs over the one-shot call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunked_ratio: Option<f64>,
+    /// Where the chunked run's time goes: estimation, conversion and attention summed over the
+    /// chunks of one run that times each chunk alone (`Prefill::prefill_chunked_timed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked_est_ms: Option<f64>,
+    /// See `chunked_est_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked_conv_ms: Option<f64>,
+    /// See `chunked_est_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunked_attn_ms: Option<f64>,
 }
 
 impl Record {

@@ -178,8 +178,15 @@ impl<T: AttentionElement> Buffers<T> {
     }
 
     /// The whole prompt (`seq` tokens) through [`Prefill::prefill_chunked`], `chunk` tokens at a
-    /// time; not waited for.
-    fn prefill_chunked(&mut self, prefill: &mut Prefill<'_>, case: &Case, chunk: usize) -> Result<(), MinfError> {
+    /// time, not waited for; or, `timed`, through [`Prefill::prefill_chunked_timed`] (each chunk
+    /// timed alone, waited for).
+    fn prefill_chunked(
+        &mut self,
+        prefill: &mut Prefill<'_>,
+        case: &Case,
+        chunk: usize,
+        timed: bool,
+    ) -> Result<PrefillTiming, MinfError> {
         let q_shape = [1, case.seq, case.heads, case.head_dim];
         let kv_shape = [1, case.seq, case.kv_heads, case.head_dim];
         let (q, k, v) = (
@@ -187,7 +194,12 @@ impl<T: AttentionElement> Buffers<T> {
             TensorRef::bshd(&self.k, kv_shape)?,
             TensorRef::bshd(&self.v, kv_shape)?,
         );
-        prefill.prefill_chunked(0, q, k, v, TensorMut::bshd(&mut self.out, q_shape)?, chunk)
+        let out = TensorMut::bshd(&mut self.out, q_shape)?;
+        if timed {
+            prefill.prefill_chunked_timed(0, q, k, v, out, chunk)
+        } else {
+            prefill.prefill_chunked(0, q, k, v, out, chunk).map(|()| PrefillTiming::default())
+        }
     }
 }
 
@@ -359,22 +371,28 @@ impl GpuBench {
         } else {
             Some(1.0)
         };
-        let chunked_total_ms = match settings.chunk {
+        let (chunked_total_ms, chunked_split) = match settings.chunk {
             Some(chunk) => {
                 progress(&format!("timing {} at {} tokens in chunks of {chunk}", case.pattern, case.seq));
                 let warmup = settings.warmup.max(1);
                 let stream = device.stream();
-                let ms = match inputs {
-                    DeviceInputs::Bf16(buffers) => {
-                        median_ms(stream, warmup, reps, || buffers.prefill_chunked(&mut prefill, case, chunk))?
-                    }
-                    DeviceInputs::F16(buffers) => {
-                        median_ms(stream, warmup, reps, || buffers.prefill_chunked(&mut prefill, case, chunk))?
-                    }
+                let (ms, split) = match inputs {
+                    DeviceInputs::Bf16(buffers) => (
+                        median_ms(stream, warmup, reps, || {
+                            buffers.prefill_chunked(&mut prefill, case, chunk, false).map(|_| ())
+                        })?,
+                        buffers.prefill_chunked(&mut prefill, case, chunk, true)?,
+                    ),
+                    DeviceInputs::F16(buffers) => (
+                        median_ms(stream, warmup, reps, || {
+                            buffers.prefill_chunked(&mut prefill, case, chunk, false).map(|_| ())
+                        })?,
+                        buffers.prefill_chunked(&mut prefill, case, chunk, true)?,
+                    ),
                 };
-                Some(ms)
+                (Some(ms), Some(split))
             }
-            None => None,
+            None => (None, None),
         };
         if case.pattern == PatternSpec::Dense {
             self.dense_ms.insert((case.seq, case.heads), timing.total_ms);
@@ -417,7 +435,8 @@ impl GpuBench {
         if let Some(chunk) = settings.chunk {
             notes.push(format!(
                 "chunked_total_ms: Prefill::prefill_chunked in chunks of {chunk} tokens ({} chunks), each estimating \
-                 its own indices, including the copies of each chunk's queries and output",
+                 its own indices, including the copies of each chunk's queries and output; chunked_est_ms, \
+                 chunked_conv_ms, chunked_attn_ms: one more chunked run with each chunk timed alone, summed",
                 case.seq.div_ceil(chunk)
             ));
         }
@@ -451,6 +470,9 @@ impl GpuBench {
             chunk_tokens: settings.chunk,
             chunked_total_ms,
             chunked_ratio: chunked_total_ms.map(|chunked| chunked / timing.total_ms),
+            chunked_est_ms: chunked_split.map(|split| split.estimation_ms),
+            chunked_conv_ms: chunked_split.map(|split| split.conversion_ms),
+            chunked_attn_ms: chunked_split.map(|split| split.attention_ms),
         })
     }
 }

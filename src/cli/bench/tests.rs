@@ -42,6 +42,9 @@ fn record(method: &str, pattern: &str, params: &str, seq: usize, heads: usize, t
         chunk_tokens: None,
         chunked_total_ms: None,
         chunked_ratio: None,
+        chunked_est_ms: None,
+        chunked_conv_ms: None,
+        chunked_attn_ms: None,
     }
 }
 
@@ -362,14 +365,22 @@ fn chunked_runs_report_their_total_and_ratio() {
     chunked.chunk_tokens = Some(65_536);
     chunked.chunked_total_ms = Some(880.0);
     chunked.chunked_ratio = Some(1.1);
-    // The table: two more columns with --chunk, a dash where a record has no chunked run.
+    (chunked.chunked_est_ms, chunked.chunked_conv_ms, chunked.chunked_attn_ms) = (Some(21.3), Some(20.0), Some(800.5));
+    // The table: three more columns with --chunk, a dash where a record has no chunked run.
     let (header, plain_header) = (table_header(true), table_header(false));
-    assert!(header.starts_with(&plain_header) && header.ends_with("chunked ms   ratio"), "{header}");
+    assert!(
+        header.starts_with(&plain_header) && header.ends_with("chunked ms   ratio   chunks est+conv+attn"),
+        "{header}"
+    );
     let row = table_row(&chunked, true);
     assert!(row.starts_with(&table_row(&chunked, false)), "{row}");
-    assert!(row.ends_with("    880.000  1.100x"), "{row}");
+    assert!(row.ends_with("    880.000  1.100x        21.3+20.0+800.5"), "{row}");
     let without = record("minf", "dense", "", 1 << 20, 4, 500.0);
-    assert!(table_row(&without, true).ends_with("          -       -"), "{}", table_row(&without, true));
+    assert!(
+        table_row(&without, true).ends_with("          -       -                      -"),
+        "{}",
+        table_row(&without, true)
+    );
     assert_eq!(header.len(), row.len(), "columns line up:\n{header}\n{row}");
     // The JSON: the three fields round-trip, and records without a chunked run omit them.
     let dir = tempfile::tempdir().unwrap();
@@ -380,8 +391,11 @@ fn chunked_runs_report_their_total_and_ratio() {
     assert_eq!(value["chunk_tokens"], 65_536);
     assert_eq!(value["chunked_total_ms"], 880.0);
     assert_eq!(value["chunked_ratio"], 1.1);
+    assert_eq!((value["chunked_est_ms"].as_f64(), value["chunked_attn_ms"].as_f64()), (Some(21.3), Some(800.5)));
     let plain = serde_json::to_value(&without).unwrap();
-    assert!(["chunk_tokens", "chunked_total_ms", "chunked_ratio"].iter().all(|k| plain.get(k).is_none()), "{plain}");
+    let fields =
+        ["chunk_tokens", "chunked_total_ms", "chunked_ratio", "chunked_est_ms", "chunked_conv_ms", "chunked_attn_ms"];
+    assert!(fields.iter().all(|k| plain.get(k).is_none()), "{plain}");
 }
 
 #[test]
