@@ -263,10 +263,11 @@ def test_hf_model_shape_and_when_minf_runs():
     assert not takes(q_len=1, kv_len=2049), "decoding runs SDPA"
     assert not takes(q_len=1000, kv_len=1000), "prompts below dense_below run SDPA"
     assert takes(q_len=1024, kv_len=4096), "a chunk after a cached prefix runs minf"
-    assert not takes(q_len=2, kv_len=4096), "chunks below dense_chunks_below (256) run SDPA"
-    assert takes(q_len=256, kv_len=4096), "chunks from dense_chunks_below up run minf"
+    assert not takes(q_len=2, kv_len=4096), "chunks below dense_chunks_below (512) run SDPA"
+    assert not takes(q_len=511, kv_len=4096)
+    assert takes(q_len=512, kv_len=4096), "chunks from dense_chunks_below up run minf"
     every_chunk = minf.Prefill(layers=2, heads=8, kv_heads=2, head_dim=128, dense_below=1024, dense_chunks_below=0)
-    assert every_chunk.dense_chunks_below == 0 and state.prefill.dense_chunks_below == 256
+    assert every_chunk.dense_chunks_below == 0 and state.prefill.dense_chunks_below == 512
     state = minf.hf._Patch(every_chunk, "sdpa")
     assert takes(q_len=2, kv_len=1024), "with dense_chunks_below 0, a short chunk runs minf once the keys reach dense_below"
     assert not takes(q_len=500, kv_len=1000), "chunks with fewer keys than dense_below run SDPA"

@@ -56,12 +56,13 @@ use minf_codegen::Tile;
 /// the right value depends on the config and the inputs' sparsity (docs/design.md, known limits).
 pub const DEFAULT_DENSE_BELOW: usize = 32_768;
 
-/// Default of [`PrefillOptions::dense_chunks_below`], in queries. Estimating a chunk (the scores
-/// of its last 64 queries against every key, the top-k and the conversion) was about 1.5 ms for
-/// 32 heads at 128K keys on an H100, about what dense attention of 300-400 queries over the same
-/// keys takes (4 µs per query at 530 TFLOP/s); sparse attention of the chunk still costs a share
-/// of that. A prediction from those two measurements, not yet timed as a whole.
-pub const DEFAULT_DENSE_CHUNKS_BELOW: usize = 256;
+/// Default of [`PrefillOptions::dense_chunks_below`], in queries. Estimating a chunk over 128K
+/// keys for 32 heads costs 1.3 ms for the scores of its last 64 queries and their top-k, plus a
+/// conversion of at most the 1.3 ms a whole 128K prompt's takes (H200, 2026-12-05): what dense
+/// attention of about 320-650 queries over the same keys takes (4.0 µs per query at 540 TFLOP/s),
+/// and the chunk's sparse attention comes on top. A prediction from those measurements; the
+/// break-even itself is not yet timed.
+pub const DEFAULT_DENSE_CHUNKS_BELOW: usize = 512;
 
 /// How [`Prefill`] runs a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

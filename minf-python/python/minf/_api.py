@@ -196,7 +196,7 @@ class Prefill:
     ``layers``, ``heads``, ``kv_heads`` and ``head_dim`` give the model's attention shape (needed
     unless the file name is a known model's). ``starting_layer`` runs the layers below it dense;
     prompts shorter than ``dense_below`` tokens (default 32768) run every head dense, and so do
-    chunks of fewer than ``dense_chunks_below`` queries (default 256: estimating a chunk's indices
+    chunks of fewer than ``dense_chunks_below`` queries (default 512: estimating a chunk's indices
     reads all its keys, which costs about what that many queries' dense attention does);
     ``block_sparse_top_k`` (default 100) is the key blocks a block-sparse head keeps.
 

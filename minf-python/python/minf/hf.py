@@ -203,7 +203,7 @@ def patch(
     ``config`` is a MInference JSON config for the model (a path), or None for MInference's
     default (every head vertical-slash, 1000 columns and 6096 diagonals); it must have the
     model's number of layers. ``starting_layer``, ``dense_below`` (default 32768: shorter prompts
-    run SDPA), ``dense_chunks_below`` (default 256: shorter chunks after a cached prefix run SDPA)
+    run SDPA), ``dense_chunks_below`` (default 512: shorter chunks after a cached prefix run SDPA)
     and ``block_sparse_top_k`` as in :class:`minf.Prefill`. Returns the
     :class:`minf.Prefill` the model now uses; :func:`unpatch` undoes the patch.
     """
