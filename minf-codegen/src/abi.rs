@@ -372,6 +372,10 @@ kernel_params! {
         pub nnz_v: i32,
         /// Capacity of each row block's range list.
         pub nnz_s: i32,
+        /// 1: the rows pass first copies both lists of its (batch, head) into dynamic shared
+        /// memory (`nnz_v + nnz_s` ints, at most [`CONVERT_STAGED_INTS`]); 0: it reads them from
+        /// global memory.
+        pub stage_lists: i32,
     }
 }
 
@@ -627,6 +631,9 @@ kernel_constants! {
     pub const INDEX_BLOCK: u32 = 64;
     /// Threads per block of the index kernels other than the selections.
     pub const INDEX_THREADS: u32 = 256;
+    /// Most list entries (columns and diagonals of one head) the converter's rows pass stages in
+    /// shared memory (64 KiB); longer lists are read from global memory.
+    pub const CONVERT_STAGED_INTS: u32 = 16_384;
     /// Query rows (the last ones) the vertical-slash estimate scores: min(LAST_Q, seq).
     pub const LAST_Q: u32 = 64;
     /// Keys each block of the vertical-slash score passes covers.

@@ -236,7 +236,9 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
 /// Renders an index kernel.
 pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderError> {
     let abi = match spec.kernel {
-        IndexKernel::VerticalSlashConvert => abi_text(&["INDEX_BLOCK"], &[ConvertParams::c_declaration()])?,
+        IndexKernel::VerticalSlashConvert => {
+            abi_text(&["INDEX_BLOCK", "CONVERT_STAGED_INTS"], &[ConvertParams::c_declaration()])?
+        }
         IndexKernel::VerticalSlashScores => {
             abi_text(&["LAST_Q", "SCORE_CHUNK_KEYS", "SCORE_HEADS_PER_BLOCK"], &[ScoresParams::c_declaration()])?
         }

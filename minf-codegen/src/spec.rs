@@ -821,7 +821,10 @@ impl IndexKernelSpec {
         };
         match self.kernel {
             IndexKernel::VerticalSlashConvert => {
-                vec![entry("_lists", abi::INDEX_THREADS, 0), entry("_rows", abi::INDEX_THREADS, 0)]
+                vec![
+                    entry("_lists", abi::INDEX_THREADS, 0),
+                    entry("_rows", abi::INDEX_THREADS, abi::CONVERT_STAGED_INTS * 4),
+                ]
             }
             IndexKernel::VerticalSlashScores => {
                 let mut entries = vec![entry("_combine", abi::INDEX_THREADS, 0)];

@@ -591,6 +591,10 @@ fn launch(
     let (column_count, _cc_sync) = index.column_count.device_ptr_mut(stream);
     let (column_index, _ci_sync) = index.column_index.device_ptr_mut(stream);
     let i32_bytes = std::mem::size_of::<i32>() as u64;
+    // The rows pass walks both lists of its head once per row block: from shared memory when they
+    // fit the entry's dynamic shared memory.
+    let staged_ints = shape.nnz_v + shape.nnz_s;
+    let stage_lists = staged_ints * 4 <= rows_kernel.launch.shared_bytes as usize;
     // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT, rows
     // by it too).
     let params = KernelArgs(ConvertParams {
@@ -613,6 +617,7 @@ fn launch(
         words: size.words as i32,
         nnz_v: shape.nnz_v as i32,
         nnz_s: shape.nnz_s as i32,
+        stage_lists: i32::from(stage_lists),
     });
     let lists_config = LaunchConfig {
         grid_dim: (shape.heads as u32, shape.batch as u32, 1),
@@ -630,7 +635,7 @@ fn launch(
     let rows_config = LaunchConfig {
         grid_dim: (shape.rows.div_ceil(threads as usize) as u32, shape.heads as u32, shape.batch as u32),
         block_dim: (threads, 1, 1),
-        shared_mem_bytes: rows_kernel.launch.shared_bytes,
+        shared_mem_bytes: if stage_lists { staged_ints as u32 * 4 } else { 0 },
     };
     let mut pass = stream.launch_builder(&rows_kernel.function);
     pass.arg(&params);
