@@ -57,11 +57,11 @@ use minf_codegen::Tile;
 pub const DEFAULT_DENSE_BELOW: usize = 32_768;
 
 /// Default of [`PrefillOptions::dense_chunks_below`], in queries. Estimating a chunk over 128K
-/// keys for 32 heads costs 1.3 ms for the scores of its last 64 queries and their top-k, plus a
-/// conversion of at most the 1.3 ms a whole 128K prompt's takes (H200, 2026-12-05): what dense
-/// attention of about 320-650 queries over the same keys takes (4.0 µs per query at 540 TFLOP/s),
-/// and the chunk's sparse attention comes on top. A prediction from those measurements; the
-/// break-even itself is not yet timed.
+/// keys for 32 heads costs 1.3 ms for the scores of its last 64 queries and their top-k, plus
+/// 0.1-0.5 ms for the conversion (H200, 2026-12-05): what dense attention of about 350-450
+/// queries over the same keys takes (4.0 µs per query at 540 TFLOP/s), and the chunk's sparse
+/// attention comes on top. A prediction from those measurements; the break-even itself is not yet
+/// timed.
 pub const DEFAULT_DENSE_CHUNKS_BELOW: usize = 512;
 
 /// How [`Prefill`] runs a layer.
