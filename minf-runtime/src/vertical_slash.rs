@@ -39,6 +39,10 @@ pub const BLOCK: usize = INDEX_BLOCK as usize;
 /// Largest `context` the converter accepts (row starts and range ends stay inside `i32`).
 pub const MAX_CONTEXT: usize = 1 << 30;
 
+/// Blocks of the converter's rows pass in one launch, over all (batch, head) pairs, where the rows
+/// allow: about 16 per SM of an H100 or H200.
+const ROW_BLOCKS_PER_LAUNCH: usize = 2048;
+
 /// Largest batch and head count (the converter's launch grid).
 pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 
@@ -631,9 +635,13 @@ fn launch(
     // and the kernel range-checks every index it reads before using it as an address.
     unsafe { pass.launch(lists_config) }
         .map_err(MinfError::driver(format!("launching {}_lists", spec.kernel_name())))?;
+    // One warp per row block; a block's warps take every (grid x * warps)-th row block, so that a
+    // long prompt stages each head's lists in few blocks and a short chunk still spreads its rows.
     let threads = rows_kernel.launch.threads;
+    let warps = (threads / 32) as usize;
+    let row_groups = shape.rows.div_ceil(warps).min(ROW_BLOCKS_PER_LAUNCH / heads_total).max(1);
     let rows_config = LaunchConfig {
-        grid_dim: (shape.rows.div_ceil(threads as usize) as u32, shape.heads as u32, shape.batch as u32),
+        grid_dim: (row_groups as u32, shape.heads as u32, shape.batch as u32),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: if stage_lists { staged_ints as u32 * 4 } else { 0 },
     };
