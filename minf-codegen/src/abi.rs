@@ -646,6 +646,15 @@ kernel_constants! {
     pub const FORCED_DIAGONALS: u32 = 100;
     /// Threads per block of the block selection.
     pub const SELECT_THREADS: u32 = 256;
+    /// Most candidate blocks of the short block selection (`_block_select_short`, 8 keys per
+    /// thread), which the launcher picks for prompts of up to this many key blocks (128K tokens).
+    pub const SELECT_SHORT_ROWS: u32 = 2048;
+    /// Top bits of the block selection's threshold counted over every candidate; the lower bits
+    /// are counted over the candidates that share them.
+    pub const SELECT_PREFIX_BITS: u32 = 12;
+    /// Candidates sharing the threshold's prefix that each thread of the block selection holds in
+    /// registers; any further ones are read from shared memory for each bit.
+    pub const SELECT_HELD_SURVIVORS: u32 = 4;
     /// Scores each block of the vertical-slash top-k passes covers (a segment of one selection).
     pub const SELECT_SEGMENT_KEYS: u32 = 4096;
     /// Threads per block of the vertical-slash top-k passes.
@@ -657,8 +666,8 @@ kernel_constants! {
     pub const SELECT_STATE_INTS: u32 = 4;
     /// Threads per block of the block-sparse pooling.
     pub const POOL_THREADS: u32 = 256;
-    /// Most 64-row query blocks of a block-sparse estimate: a query block keeps the keys of every
-    /// candidate block in shared memory (16384 blocks = 1M tokens = 64 KiB).
+    /// Most 64-row query blocks of a block-sparse estimate: a query block's selection holds the
+    /// key of every candidate block in registers (64 per thread; 16384 blocks = 1M tokens).
     pub const MAX_BLOCK_SPARSE_ROWS: u32 = 16_384;
     /// Query blocks and key blocks of one block_scores tile (a square of the score matrix).
     pub const BLOCK_SCORE_TILE: u32 = 128;
@@ -671,7 +680,8 @@ pub fn constant(name: &str) -> Option<&'static Constant> {
     CONSTANTS.iter().find(|c| c.name == name)
 }
 
-/// Dynamic shared memory of the block selection for `rows` key blocks: a key per candidate block.
+/// Dynamic shared memory of the block selection for `rows` key blocks: a key per candidate block
+/// (the candidates that share the threshold's prefix, at most all of them).
 pub fn block_select_shared_bytes(rows: u32) -> u32 {
     rows * 4
 }

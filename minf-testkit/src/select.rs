@@ -6,13 +6,13 @@
 //!   of the segments before it and per (step, warp) counts in index order;
 //! - the block-sparse estimate: its scores ([`fma_dot`], the products added in head_dim order by
 //!   fused multiply-add, as each thread of the tiled score pass adds them) and its top-k
-//!   ([`block_top_k`]: the same three digits in one block, then each warp's range of candidates
-//!   placed from the ranges before it).
+//!   ([`block_top_k`]: the threshold one bit at a time, the low bits counted over the keys that
+//!   share its prefix, then the selected candidates placed from 32-candidate words in index order).
 //!
 //! The tests check the selections against a plain sort (ties and forced keys included); the GPU
 //! tests check the kernels against these models exactly and against the f64 references.
 
-use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS, SELECT_THREADS};
+use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_PREFIX_BITS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS};
 
 /// Scores each block covers.
 const SEGMENT: usize = SELECT_SEGMENT_KEYS as usize;
@@ -127,42 +127,54 @@ pub fn fma_dot(q: &[f32], k: &[f32]) -> f32 {
     q.iter().zip(k).fold(0.0f32, |sum, (&a, &b)| a.mul_add(b, sum))
 }
 
+/// The `k`-th largest of `keys` (`1 <= k <= keys.len()`) and how many keys equal to it the top `k`
+/// take, as the block selection finds it: bit by bit from the top, a bit set when at least `k` keys
+/// lie at or above the prefix with it; the first [`SELECT_PREFIX_BITS`] bits counted over every
+/// key, the rest over the keys that share those bits (the others are above or below whatever the
+/// low bits turn out to be).
+pub fn block_threshold(keys: &[u32], k: usize) -> (u32, usize) {
+    let low_bits = 32 - SELECT_PREFIX_BITS;
+    let at_least = |keys: &[u32], candidate: u32| keys.iter().filter(|&&v| v >= candidate).count();
+    let mut threshold = 0u32;
+    for bit in (low_bits..32).rev() {
+        let candidate = threshold | 1 << bit;
+        if at_least(keys, candidate) >= k {
+            threshold = candidate;
+        }
+    }
+    let prefix = threshold >> low_bits;
+    let above_prefix = keys.iter().filter(|&&v| v >> low_bits > prefix).count();
+    let survivors: Vec<u32> = keys.iter().copied().filter(|&v| v >> low_bits == prefix).collect();
+    let need = k - above_prefix;
+    for bit in (0..low_bits).rev() {
+        let candidate = threshold | 1 << bit;
+        if at_least(&survivors, candidate) >= need {
+            threshold = candidate;
+        }
+    }
+    let above = above_prefix + survivors.iter().filter(|&&v| v > threshold).count();
+    (threshold, k - above)
+}
+
 /// The indices of the `k` largest `keys` (`k` clamped to the length) as the block selection finds
-/// them: the threshold from the same three digits, then each of the block's warps counts the keys
-/// above and equal to it in its contiguous range and places its selected keys from the counts of
-/// the ranges before it; ascending.
+/// them: every candidate when `k` is the length; otherwise [`block_threshold`], then per word of 32
+/// candidates in index order those above the threshold and the equal ones while fewer than
+/// `remaining` equal ones came before; ascending.
 pub fn block_top_k(keys: &[u32], k: usize) -> Vec<usize> {
     let k = k.min(keys.len());
-    if k == 0 {
-        return Vec::new();
+    if k == keys.len() {
+        return (0..k).collect();
     }
-    // One block: its histograms are the row's.
-    let (threshold, remaining) = segmented_threshold(keys, k);
-    let warps = SELECT_THREADS as usize / WARP;
-    let span = keys.len().div_ceil(warps);
-    let ranges: Vec<std::ops::Range<usize>> =
-        (0..warps).map(|w| (w * span).min(keys.len())..((w + 1) * span).min(keys.len())).collect();
-    let counts: Vec<(usize, usize)> = ranges
-        .iter()
-        .map(|r| {
-            let range = &keys[r.clone()];
-            (range.iter().filter(|&&v| v > threshold).count(), range.iter().filter(|&&v| v == threshold).count())
-        })
-        .collect();
-    let mut out = vec![usize::MAX; k];
-    for (warp, range) in ranges.iter().enumerate() {
-        let above_before: usize = counts[..warp].iter().map(|c| c.0).sum();
-        let mut equal_rank: usize = counts[..warp].iter().map(|c| c.1).sum();
-        let mut position = above_before + equal_rank.min(remaining);
-        for c in range.clone() {
-            let (above, equal) = (keys[c] > threshold, keys[c] == threshold);
-            if above || (equal && equal_rank < remaining) {
-                if let Some(slot) = out.get_mut(position) {
-                    *slot = c;
-                }
-                position += 1;
+    let (threshold, remaining) = block_threshold(keys, k);
+    let mut out = Vec::with_capacity(k);
+    let mut equal_rank = 0;
+    for (w, word) in keys.chunks(WARP).enumerate() {
+        for (bit, &v) in word.iter().enumerate() {
+            let taken = v > threshold || (v == threshold && equal_rank < remaining);
+            equal_rank += usize::from(v == threshold);
+            if taken && out.len() < k {
+                out.push(WARP * w + bit);
             }
-            equal_rank += usize::from(equal);
         }
     }
     out
@@ -248,6 +260,27 @@ mod tests {
                 // A sequential sum of n terms errs by at most about n * 2^-24 of their magnitude.
                 let bound = head_dim as f64 * f64::from(f32::EPSILON) * magnitude;
                 assert!((got - exact).abs() <= bound, "d {head_dim} seed {seed}: {got} vs {exact}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_block_threshold_is_the_kth_largest_key() {
+        let mut rng = TestRng::new(5);
+        // Keys spread over every prefix, keys sharing one prefix, and NaN images (0) with keys
+        // below the first prefix bit, where the threshold can end at 0.
+        let spreads: [fn(u64) -> u32; 3] =
+            [|x| x as u32, |x| 0xbf80_0000 | (x as u32 & 0xfff), |x| (x % 5) as u32 * (x % 3) as u32];
+        for spread in spreads {
+            let keys: Vec<u32> = (0..5000).map(|_| spread(rng.next_u64())).collect();
+            let mut sorted = keys.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            for k in [1, 2, 100, 2500, 4999, 5000] {
+                let (threshold, remaining) = block_threshold(&keys, k);
+                assert_eq!(threshold, sorted[k - 1], "k {k}");
+                let above = sorted.iter().filter(|&&v| v > threshold).count();
+                assert!(remaining >= 1, "k {k}");
+                assert_eq!(above + remaining, k, "k {k}");
             }
         }
     }

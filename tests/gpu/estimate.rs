@@ -533,6 +533,8 @@ fn block_sparse_estimate_matches_reference() {
     // partial last blocks and tiles.
     block_sparse_case::<bf16>(&device, &mut workspace, (9000, 6, 3, 96, 100), seed + 2);
     block_sparse_case::<bf16>(&device, &mut workspace, (16_447, 4, 1, 256, 100), seed + 3);
+    // More key blocks than the short selection takes (SELECT_SHORT_ROWS): the long one.
+    block_sparse_case::<bf16>(&device, &mut workspace, (140_000, 2, 1, 64, 100), seed + 4);
 }
 
 /// The score matrices computed and selected a few (batch, head) pairs at a time (a small
@@ -771,6 +773,8 @@ fn block_sparse_estimate_of_a_chunk_matches_the_chunk_rule() {
         }
     }
     block_sparse_chunk_case::<f16>(&device, &mut workspace, (1000, 3037, 4, 4, 64, 100), seed + 100);
+    // A chunk over more key blocks than the short selection takes.
+    block_sparse_chunk_case::<bf16>(&device, &mut workspace, (1000, 139_037, 2, 1, 64, 100), seed + 101);
 }
 
 #[test]

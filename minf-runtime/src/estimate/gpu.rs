@@ -40,8 +40,8 @@ pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 /// Largest sequence of the score passes: their grid's y dimension counts chunks.
 pub const MAX_SCORE_SEQ: usize = 65_535 * SCORE_CHUNK_KEYS;
 /// Most 64-row query blocks of a block-sparse estimate ([`abi::MAX_BLOCK_SPARSE_ROWS`]): a query
-/// block's selection keeps the keys of every candidate block in shared memory (16384 blocks = 1M
-/// tokens = 64 KiB).
+/// block's selection holds the key of every candidate block in registers (16384 blocks = 1M
+/// tokens: 64 keys per thread).
 pub const MAX_BLOCK_SPARSE_ROWS: usize = abi::MAX_BLOCK_SPARSE_ROWS as usize;
 /// Longest prompt of a block-sparse estimate, in tokens: [`MAX_BLOCK_SPARSE_ROWS`] blocks of 64.
 pub const MAX_BLOCK_SPARSE_SEQ: usize = MAX_BLOCK_SPARSE_ROWS * BLOCK;
@@ -57,8 +57,8 @@ pub fn check_block_sparse_seq(what: &str, seq: usize) -> Result<(), MinfError> {
     if rows > MAX_BLOCK_SPARSE_ROWS {
         return Err(shape_error(format!(
             "{what}: {seq} tokens make {rows} query blocks of {BLOCK}, but the block-sparse estimate takes at most \
-             {MAX_BLOCK_SPARSE_ROWS} blocks ({MAX_BLOCK_SPARSE_SEQ} tokens: it keeps a query block's candidate key \
-             blocks in shared memory); use prompts of at most {MAX_BLOCK_SPARSE_SEQ} tokens, or a config whose heads \
+             {MAX_BLOCK_SPARSE_ROWS} blocks ({MAX_BLOCK_SPARSE_SEQ} tokens: a query block's selection holds the \
+             keys of all its candidate blocks in registers); use prompts of at most {MAX_BLOCK_SPARSE_SEQ} tokens, or a config whose heads \
              are not block_sparse (e.g. vertical_and_slash)"
         )));
     }
@@ -922,7 +922,9 @@ fn run_block_sparse<T: AttentionElement>(
     let select_shared = abi::block_select_shared_bytes(rows as u32);
     let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
     let scores = load(device, IndexKernel::EstimateSelect, "_block_scores")?;
-    let select = load(device, IndexKernel::EstimateSelect, "_block_select")?;
+    // The short selection holds fewer keys per thread, so more of its blocks share an SM.
+    let select_entry = if rows <= abi::SELECT_SHORT_ROWS as usize { "_block_select_short" } else { "_block_select" };
+    let select = load(device, IndexKernel::EstimateSelect, select_entry)?;
     if select_shared > select.launch.shared_bytes {
         return Err(shape_error(format!(
             "{what}: {rows} key blocks need {select_shared} bytes of shared memory; the selection allows {}",
