@@ -40,9 +40,17 @@ fn scores_template_renders_every_entry_point() {
 #[test]
 fn selection_template_renders_every_entry_point() {
     renders_with_entries(IndexKernel::EstimateSelect, |spec| {
-        ["_vs_histogram", "_vs_count", "_vs_write", "_block_pool", "_block_scores", "_block_select"]
-            .map(|suffix| spec.entry_name(suffix))
-            .to_vec()
+        [
+            "_vs_histogram",
+            "_vs_count",
+            "_vs_write",
+            "_block_pool",
+            "_block_scores",
+            "_block_select",
+            "_block_select_short",
+        ]
+        .map(|suffix| spec.entry_name(suffix))
+        .to_vec()
     });
 }
 
