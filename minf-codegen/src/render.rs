@@ -22,6 +22,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("common/ptx.cu.tera", include_str!("../../templates/common/ptx.cu.tera")),
     ("common/hopper.cu.tera", include_str!("../../templates/common/hopper.cu.tera")),
     ("common/abi.cu.tera", include_str!("../../templates/common/abi.cu.tera")),
+    ("common/block.cu.tera", include_str!("../../templates/common/block.cu.tera")),
     ("attention/kernel.cu.tera", include_str!("../../templates/attention/kernel.cu.tera")),
     ("attention/mainloop/config.cu.tera", include_str!("../../templates/attention/mainloop/config.cu.tera")),
     ("attention/mainloop/tiles.cu.tera", include_str!("../../templates/attention/mainloop/tiles.cu.tera")),
