@@ -653,8 +653,8 @@ kernel_constants! {
     /// are counted over the candidates that share them.
     pub const SELECT_PREFIX_BITS: u32 = 12;
     /// Candidates sharing the threshold's prefix that each lane of the block selection holds in
-    /// registers (every warp counts all of them for the low bits); any further ones are read from
-    /// shared memory for each bit.
+    /// registers: up to 32 times this many, every warp counts all of them for the low bits; more
+    /// (heavy ties) are shared out over the block and counted block-wide.
     pub const SELECT_HELD_SURVIVORS: u32 = 4;
     /// Scores each block of the vertical-slash top-k passes covers (a segment of one selection).
     pub const SELECT_SEGMENT_KEYS: u32 = 4096;

@@ -537,6 +537,50 @@ fn block_sparse_estimate_matches_reference() {
     block_sparse_case::<bf16>(&device, &mut workspace, (140_000, 2, 1, 64, 100), seed + 4);
 }
 
+/// Equal scores everywhere (every key row the same vector, prompts of whole 64-token blocks): every
+/// candidate of a query block ties, so it keeps its first `min(top_k, candidates)` key blocks. Past
+/// 128 candidates the block selection's survivors are the whole row and are counted block-wide;
+/// prompts below and above SELECT_SHORT_ROWS key blocks run both entries.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn block_sparse_estimate_of_equal_scores_keeps_the_first_blocks() {
+    let device = device();
+    let seed = test_seed("block_sparse_estimate_of_equal_scores_keeps_the_first_blocks");
+    let mut workspace = EstimateWorkspace::new();
+    let (heads, kv_heads, head_dim, top_k) = (2, 1, 64, 100);
+    for seq in [16_384usize, 140_032] {
+        let (q_host, _, _, _) = inputs::<bf16>(seq, heads, kv_heads, head_dim, seed + seq as u64);
+        let q_host = &q_host[..seq * heads * head_dim];
+        let key: Vec<bf16> = (0..head_dim).map(|e| bf16::from_f32(0.25 + e as f32 / 64.0)).collect();
+        let k_host: Vec<bf16> = key.iter().copied().cycle().take(seq * kv_heads * head_dim).collect();
+        let stream = device.stream();
+        let q = stream.clone_htod(q_host).expect("upload q");
+        let k = stream.clone_htod(&k_host).expect("upload k");
+        let rows = seq.div_ceil(64);
+        let capacity = top_k.min(rows);
+        let mut index = BlockSparseIndex::zeros(&device, 1, heads, rows, capacity).expect("index");
+        let listed: Vec<usize> = (0..heads).collect();
+        estimate_block_sparse_gpu(
+            &device,
+            TensorRef::bshd(&q, [1, seq, heads, head_dim]).expect("q view"),
+            TensorRef::bshd(&k, [1, seq, kv_heads, head_dim]).expect("k view"),
+            &listed,
+            top_k,
+            &mut workspace,
+            &mut index,
+        )
+        .expect("block-sparse estimate");
+        let got = index.to_host().expect("download");
+        for h in 0..heads {
+            for r in 0..rows {
+                let want: Vec<i32> = (0..top_k.min(r + 1) as i32).collect();
+                assert_eq!(got.blocks(0, h, r), &want[..], "seq={seq} h={h} r={r}");
+            }
+        }
+        println!("ok   block-sparse equal scores seq={seq}: {} rows x {heads} heads keep their first blocks", rows);
+    }
+}
+
 /// The score matrices computed and selected a few (batch, head) pairs at a time (a small
 /// [`EstimateWorkspace::limit_block_scores`]) give the lists of one pass: whole prompts and chunks
 /// whose prefixes reach past several key tiles.
