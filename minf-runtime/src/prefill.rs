@@ -41,11 +41,11 @@ use crate::estimate::gpu::{
     EstimateWorkspace, VerticalSlashHead,
 };
 use crate::estimate::{clamp_sizes, BLOCK, BLOCK_SPARSE_TOP_K};
-use crate::tensor::{AttentionElement, Layout, TensorMut, TensorRef};
+use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef, TokenRange};
 use crate::tile_choice::TileChoice;
 use crate::vertical_slash::{realised_chunk_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use minf_codegen::Tile;
 
 /// Default of [`PrefillOptions::dense_below`], in tokens. On an H100 with `minf bench` on the
@@ -519,10 +519,10 @@ impl<'d> Prefill<'d> {
     }
 
     /// A whole prompt through [`Prefill::prefill_chunk`], `chunk_tokens` queries at a time:
-    /// `q`, `out` contiguous `[batch, seq, heads, head_dim]` and `k`, `v`
-    /// `[batch, seq, kv_heads, head_dim]` (any strides with contiguous rows) hold the whole
-    /// prompt; chunk `c` attends to the keys `0 .. min((c + 1) * chunk_tokens, seq)`. Allocates a
-    /// query and an output buffer of one chunk per call (the chunks are copied through them);
+    /// `q`, `out` `[batch, seq, heads, head_dim]` and `k`, `v` `[batch, seq, kv_heads, head_dim]`
+    /// (any strides with contiguous rows) hold the whole prompt; chunk `c` attends to the keys
+    /// `0 .. min((c + 1) * chunk_tokens, seq)`. Each chunk reads its queries from `q` and writes
+    /// its output into `out` in place (no copies, no buffers of its own);
     /// [`Prefill::realised_mask`] then describes the last chunk. Launches on `device.stream()`;
     /// nothing waits for the device.
     pub fn prefill_chunked<T: AttentionElement>(
@@ -539,8 +539,7 @@ impl<'d> Prefill<'d> {
 
     /// As [`Prefill::prefill_chunked`], timing each chunk as [`Prefill::prefill_timed`] does
     /// (waits for the device after every chunk): the estimation, conversion, attention and total
-    /// times summed over the chunks. The copies of each chunk's queries and output are not
-    /// counted.
+    /// times summed over the chunks.
     pub fn prefill_chunked_timed<T: AttentionElement>(
         &mut self,
         layer: usize,
@@ -575,69 +574,39 @@ impl<'d> Prefill<'d> {
         if chunk_tokens == 0 {
             return Err(shape_error("prefill_chunked: chunk_tokens must be at least 1".into()));
         }
-        for (name, layout, len) in [("q", q.layout, q.data.len()), ("out", out.layout, out.data.len())] {
-            // A dimension of size 1 may have any stride (PyTorch reports 0 or anything for them).
-            let contiguous = Layout::bshd(layout.shape).strides;
-            let packed = (0..4).all(|d| layout.shape[d] <= 1 || layout.strides[d] == contiguous[d]);
-            if !packed {
-                return Err(shape_error(format!(
-                    "prefill_chunked: {name} has strides {:?}; the driver copies chunks of contiguous \
-                     [batch, seq, heads, head_dim] tensors (strides {:?})",
-                    layout.strides, contiguous
-                )));
-            }
-            if layout.span() > len {
-                return Err(shape_error(format!(
-                    "prefill_chunked: {name} of shape {:?} spans {} elements but its buffer holds {len}",
-                    layout.shape,
-                    layout.span()
-                )));
-            }
-        }
-        let CallDims { batch, q_len: seq, .. } = dims;
-        let [_, _, heads, head_dim] = q.layout.shape;
-        let row = heads * head_dim;
+        let (q_layout, out_layout) = (q.layout, out.layout);
+        check_layout("prefill_chunked: q", &q_layout, q.data.len())?;
+        check_layout("prefill_chunked: out", &out_layout, out.data.len())?;
+        let seq = dims.q_len;
         let chunk = chunk_tokens.min(seq);
         let stream = self.device.stream().clone();
-        let alloc = |what: &str| {
-            stream
-                .alloc_zeros::<T>(batch * chunk * row)
-                .map_err(MinfError::driver(format!("allocating the chunk's {what} ({} rows)", batch * chunk)))
-        };
-        let (mut q_chunk, mut out_chunk) = (alloc("queries")?, alloc("output")?);
-        let out_data = out.data;
+        // Each chunk reads its queries and writes its output in place, through views of `q` and
+        // `out` from the chunk's first token on. Taking the base addresses through cudarc orders
+        // the stream after earlier writes to both buffers and records this call's use of them
+        // when the guards drop, after the last chunk's launches.
+        let (q_len_elements, out_len_elements) = (q.data.len(), out.data.len());
+        let (q_base, _q_read) = q.data.device_ptr(&stream);
+        let (out_base, _out_write) = out.data.device_ptr_mut(&stream);
         let mut sum = PrefillTiming::default();
         for start in (0..seq).step_by(chunk) {
             let end = (start + chunk).min(seq);
-            let len = end - start;
-            for b in 0..batch {
-                let from = (b * seq + start) * row..(b * seq + end) * row;
-                stream
-                    .memcpy_dtod(&q.data.slice(from), &mut q_chunk.slice_mut(b * len * row..(b + 1) * len * row))
-                    .map_err(MinfError::driver("copying a chunk's queries"))?;
-            }
+            // SAFETY: `q` and `out` are borrowed for this call and checked to hold their layouts;
+            // their memory outlives the chunk's launches, which are ordered on the device's stream
+            // before the guards above record this call's use of both buffers; `out` is borrowed
+            // mutably, so only this chunk's launches write its view.
+            let (q_chunk, mut out_chunk) = unsafe {
+                (
+                    TokenRange::<T>::new(&stream, q_base, q_len_elements, q_layout, start..end)?,
+                    TokenRange::<T>::new(&stream, out_base, out_len_elements, out_layout, start..end)?,
+                )
+            };
             // The KV buffer's first `end` tokens: the prefix and this chunk.
             let (k_all, v_all) = (first_tokens(k, end), first_tokens(v, end));
-            let chunk_shape = [batch, len, heads, head_dim];
-            let timing = self.run(
-                layer,
-                TensorRef::bshd(&q_chunk, chunk_shape)?,
-                k_all,
-                v_all,
-                TensorMut::bshd(&mut out_chunk, chunk_shape)?,
-                None,
-                timed,
-            )?;
+            let timing = self.run(layer, q_chunk.tensor(), k_all, v_all, out_chunk.tensor_mut(), None, timed)?;
             sum.estimation_ms += timing.estimation_ms;
             sum.conversion_ms += timing.conversion_ms;
             sum.attention_ms += timing.attention_ms;
             sum.total_ms += timing.total_ms;
-            for b in 0..batch {
-                let to = (b * seq + start) * row..(b * seq + end) * row;
-                stream
-                    .memcpy_dtod(&out_chunk.slice(b * len * row..(b + 1) * len * row), &mut out_data.slice_mut(to))
-                    .map_err(MinfError::driver("copying a chunk's output"))?;
-            }
         }
         Ok(sum)
     }

@@ -2,8 +2,11 @@
 //! element strides, so `[batch, heads, seq, head_dim]` storage works without a copy.
 
 use crate::error::MinfError;
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use crate::foreign::ForeignSlice;
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use minf_codegen::DType;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// Element types the attention kernels read and write.
 pub trait AttentionElement: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + 'static {
@@ -133,6 +136,99 @@ impl<'a, T> TensorMut<'a, T> {
     }
 }
 
+/// The tokens `range` of every sequence of a tensor, viewed in place: the tensor's buffer from the
+/// range's first token on, with the tensor's strides. What the chunked driver hands each chunk
+/// instead of copying its queries and output.
+pub(crate) struct TokenRange<T> {
+    slice: ForeignSlice<T>,
+    layout: Layout,
+}
+
+impl<T> TokenRange<T> {
+    /// Views tokens `range` of a tensor of `layout` stored at device address `base`, a buffer of
+    /// `len` elements of `T`; the range must lie inside the tensor's tokens.
+    ///
+    /// # Safety
+    ///
+    /// `base` is the address of `len` elements of `T` in `stream`'s context, which stay allocated
+    /// while the view lives and until the work launched on it completes, and which nothing else
+    /// accesses outside `stream`'s order meanwhile (the view is given to one launch at a time).
+    pub(crate) unsafe fn new(
+        stream: &Arc<CudaStream>,
+        base: u64,
+        len: usize,
+        layout: Layout,
+        range: Range<usize>,
+    ) -> Result<TokenRange<T>, MinfError> {
+        let (offset, layout, view_len) = token_range(layout, len, range)?;
+        let ptr = base + (offset * std::mem::size_of::<T>()) as u64;
+        // SAFETY: `token_range` keeps the view inside the caller's buffer; the rest is the
+        // caller's contract above.
+        let slice = unsafe { ForeignSlice::new(stream, ptr, view_len) };
+        Ok(TokenRange { slice, layout })
+    }
+
+    /// The view, read-only.
+    pub(crate) fn tensor(&self) -> TensorRef<'_, T> {
+        TensorRef { data: self.slice.slice(), layout: self.layout }
+    }
+
+    /// The view, writable.
+    pub(crate) fn tensor_mut(&mut self) -> TensorMut<'_, T> {
+        TensorMut { data: self.slice.slice_mut(), layout: self.layout }
+    }
+}
+
+/// Where tokens `range` of a tensor of `layout` in a buffer of `len` elements start (an element
+/// offset), their layout, and the elements left in the buffer from there on; checks that the range
+/// lies inside the tensor's tokens and that the view fits the buffer.
+fn token_range(layout: Layout, len: usize, range: Range<usize>) -> Result<(usize, Layout, usize), MinfError> {
+    let tokens = layout.shape[1];
+    if range.start >= range.end || range.end > tokens {
+        return Err(MinfError::Shape(format!("tokens {range:?} of a tensor of {tokens} tokens")));
+    }
+    let offset = range.start * layout.strides[1];
+    let mut shape = layout.shape;
+    shape[1] = range.len();
+    let view = Layout { shape, strides: layout.strides };
+    let view_len = len.saturating_sub(offset);
+    view.check("token range", view_len)?;
+    Ok((offset, view, view_len))
+}
+
 pub(crate) fn check_layout(name: &str, layout: &Layout, len: usize) -> Result<(), MinfError> {
     layout.check(name, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ranges_of_strided_tensors() {
+        // [2, 10, 4, 8] stored [batch, heads, seq, head_dim]: token t of sequence b, head h at
+        // ((b * 4 + h) * 10 + t) * 8.
+        let layout = Layout::bhsd([2, 10, 4, 8]);
+        let len = layout.span();
+        let (offset, view, view_len) = token_range(layout, len, 3..7).expect("tokens 3..7");
+        assert_eq!(offset, 3 * 8);
+        assert_eq!(view.shape, [2, 4, 4, 8]);
+        assert_eq!(view.strides, layout.strides);
+        assert_eq!(view_len, len - 24);
+        // The view's last element is the tensor's last element of token 6.
+        assert_eq!(offset + view.span() - 1, ((4 + 3) * 10 + 6) * 8 + 7);
+        let (offset, view, _) = token_range(Layout::bshd([1, 10, 4, 8]), 320, 9..10).expect("the last token");
+        assert_eq!((offset, view.shape[1]), (9 * 32, 1));
+    }
+
+    #[test]
+    fn token_ranges_outside_the_tensor_or_its_buffer_are_errors() {
+        let layout = Layout::bshd([1, 10, 4, 8]);
+        for range in [5..5, 0..0, 9..11] {
+            let error = token_range(layout, layout.span(), range.clone()).expect_err("outside the tokens");
+            assert!(error.to_string().contains("of a tensor of 10 tokens"), "{range:?}: {error}");
+        }
+        let error = token_range(layout, layout.span() - 1, 2..10).expect_err("a buffer one element short");
+        assert!(error.to_string().contains("spans"), "{error}");
+    }
 }

@@ -427,6 +427,78 @@ fn dense_chunked_prefill_equals_one_shot() {
     }
 }
 
+/// `[b, s, h, d]` data reordered as `[b, h, s, d]`, or back with `back`.
+fn reorder_bshd_bhsd(x: &[f32], [b, s, h, d]: [usize; 4], back: bool) -> Vec<f32> {
+    let mut y = vec![0.0; x.len()];
+    for bi in 0..b {
+        for si in 0..s {
+            for hi in 0..h {
+                let bshd = ((bi * s + si) * h + hi) * d;
+                let bhsd = ((bi * h + hi) * s + si) * d;
+                let (from, to) = if back { (bhsd, bshd) } else { (bshd, bhsd) };
+                y[to..to + d].copy_from_slice(&x[from..from + d]);
+            }
+        }
+    }
+    y
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn chunked_prefill_reads_and_writes_strided_batches_in_place() {
+    let device = device();
+    let seed = test_seed("chunked_prefill_reads_and_writes_strided_batches_in_place");
+    let options = PrefillOptions { dense_below: 0, dense_chunks_below: 0, ..PrefillOptions::default() };
+    let mut prefill = Prefill::new(&device, &config(), SHAPE, options).expect("prefill");
+    let ModelShape { heads, kv_heads, head_dim, .. } = SHAPE;
+    let (batch, seq, chunk_tokens, d) = (2, 3001, 700, head_dim as usize);
+    // Two different prompts, stored [batch, seq, heads, d] for k and v and [batch, heads, seq, d]
+    // for q and out: every chunk's rows are strided views of the whole tensors.
+    let (mut q_host, mut k_host, mut v_host) = (Vec::new(), Vec::new(), Vec::new());
+    for b in 0..batch as u64 {
+        let (q, k, v) = prompt(seq, seed ^ (b << 8));
+        q_host.extend(q);
+        k_host.extend(k);
+        v_host.extend(v);
+    }
+    let (q_shape, kv_shape) = ([batch, seq, heads, d], [batch, seq, kv_heads, d]);
+    let q_bhsd = upload::<bf16>(&device, &reorder_bshd_bhsd(&q_host, q_shape, false));
+    let q_bshd = upload::<bf16>(&device, &q_host);
+    let (k, v) = (upload::<bf16>(&device, &k_host), upload::<bf16>(&device, &v_host));
+    let kv = || (TensorRef::bshd(&k, kv_shape).expect("k"), TensorRef::bshd(&v, kv_shape).expect("v"));
+    let bhsd = Layout::bhsd(q_shape);
+    // Layer 0 runs dense: chunked equals one-shot. Layer 2 runs vertical-slash: the strided
+    // chunks equal the contiguous ones.
+    for layer in [0, 2] {
+        let mut strided = poisoned::<bf16>(&device, batch * seq * heads * d);
+        let (k_all, v_all) = kv();
+        prefill
+            .prefill_chunked(
+                layer,
+                TensorRef::new(&q_bhsd, bhsd).expect("q"),
+                k_all,
+                v_all,
+                TensorMut::new(&mut strided, bhsd).expect("out"),
+                chunk_tokens,
+            )
+            .expect("chunked, strided");
+        let strided = reorder_bshd_bhsd(&download(&device, &strided), q_shape, true);
+        assert!(strided.iter().all(|x| !x.is_nan()), "layer {layer}: an element was not written");
+        let mut expected = poisoned::<bf16>(&device, batch * seq * heads * d);
+        let (k_all, v_all) = kv();
+        let q = TensorRef::bshd(&q_bshd, q_shape).expect("q");
+        let out = TensorMut::bshd(&mut expected, q_shape).expect("out");
+        if layer == 0 {
+            prefill.prefill(layer, q, k_all, v_all, out).expect("one-shot");
+        } else {
+            prefill.prefill_chunked(layer, q, k_all, v_all, out, chunk_tokens).expect("chunked, contiguous");
+        }
+        let error = relative_l2(&widen(&strided), &widen(&download(&device, &expected)));
+        println!("layer {layer}: strided chunks of batch {batch} vs expected rel L2 {error:.2e}");
+        assert!(error <= TOLERANCE, "layer {layer}: rel L2 {error:.2e} (seed {seed})");
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sparse_chunked_prefill_runs_its_chunks() {

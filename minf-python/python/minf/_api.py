@@ -275,7 +275,7 @@ class Prefill:
     def prefill_chunked(self, layer: int, q: Any, k: Any, v: Any, chunk_tokens: int, *, out: Any = None) -> Any:
         """A whole prompt chunk by chunk, ``chunk_tokens`` queries at a time (chunk ``c`` attends to
         the keys before its end), through :meth:`prefill_chunk`: per-chunk scratch bounded by the
-        chunk. ``q`` (and ``out``) are contiguous ``[batch, seq, heads, head_dim]``."""
+        chunk. Each chunk reads ``q`` and writes ``out`` in place."""
         chunk_tokens = optional_int("chunk_tokens", chunk_tokens)  # type: ignore[assignment]
         if not chunk_tokens:
             raise ValueError("chunk_tokens must be at least 1")

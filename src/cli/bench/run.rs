@@ -435,8 +435,7 @@ impl GpuBench {
         if let Some(chunk) = settings.chunk {
             notes.push(format!(
                 "chunked_total_ms: Prefill::prefill_chunked in chunks of {chunk} tokens ({} chunks), each estimating \
-                 its own indices, including the copies of each chunk's queries and output; chunked_est_ms, \
-                 chunked_conv_ms, chunked_attn_ms: one more chunked run with each chunk timed alone, summed",
+                 its own indices; chunked_est_ms, chunked_conv_ms, chunked_attn_ms: one more chunked run with each chunk timed alone, summed",
                 case.seq.div_ceil(chunk)
             ));
         }
