@@ -7,7 +7,7 @@
 use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr, TensorMaps};
 use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
@@ -790,15 +790,11 @@ pub fn attention_with_spec<T: AttentionElement>(
         causal: i32::from(options.causal),
         head_index: int_ptr(5),
     };
-    let config = LaunchConfig {
-        grid_dim: (
-            checked.max_q.div_ceil(kernel.launch.block_m as usize) as u32,
-            head_slots as u32,
-            checked.batch as u32,
-        ),
-        block_dim: (kernel.launch.threads, 1, 1),
-        shared_mem_bytes: kernel.launch.shared_bytes,
-    };
+    let config = kernel.config((
+        checked.max_q.div_ceil(kernel.launch.block_m as usize) as u32,
+        head_slots as u32,
+        checked.batch as u32,
+    ));
     let params = KernelArgs(params);
     // The wgmma_tma engine's second parameter: a tensor map per input, over the same pointers and
     // layouts as the parameters.

@@ -4,7 +4,9 @@
 use crate::error::MinfError;
 use crate::jit::KernelCache;
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+};
 use cudarc::nvrtc::Ptx;
 use minf_codegen::abi::KernelParams;
 use minf_codegen::{render_any, AnyKernel, Arch, EntryPoint, IndexKernelSpec, KernelSpec, LaunchShape};
@@ -18,6 +20,18 @@ pub struct LoadedKernel {
     pub function: CudaFunction,
     /// Threads, shared memory and rows per block.
     pub launch: LaunchShape,
+}
+
+impl LoadedKernel {
+    /// The launch of a grid of `grid` blocks of this kernel: its threads per block and its dynamic
+    /// shared memory.
+    pub fn config(&self, grid: (u32, u32, u32)) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: grid,
+            block_dim: (self.launch.threads, 1, 1),
+            shared_mem_bytes: self.launch.shared_bytes,
+        }
+    }
 }
 
 /// A kernel parameter struct ([`minf_codegen::abi`]) as a launch argument, passed by value.

@@ -11,7 +11,7 @@
 use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use minf_codegen::abi::{MergeParams, INDEX_THREADS};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
@@ -60,11 +60,7 @@ pub fn merge_attention<T: AttentionElement>(
     });
     let warps_per_block = (INDEX_THREADS / 32) as usize;
     let blocks = (batch * rows * heads).div_ceil(warps_per_block).min(MAX_BLOCKS);
-    let config = LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (kernel.launch.threads, 1, 1),
-        shared_mem_bytes: kernel.launch.shared_bytes,
-    };
+    let config = kernel.config((blocks as u32, 1, 1));
     let mut launch = stream.launch_builder(&kernel.function);
     launch.arg(&params);
     // SAFETY: the parameter block matches the kernel's declaration; both outputs' layouts were

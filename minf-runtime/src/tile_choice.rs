@@ -14,7 +14,7 @@ use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadS
 use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use minf_codegen::abi::{ChoiceParams, ConstPtr};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
@@ -208,11 +208,7 @@ impl TileChoice {
             shared_num: SHARED_NUM,
             shared_den: SHARED_DEN,
         });
-        let config = LaunchConfig {
-            grid_dim: (slots as u32, 1, 1),
-            block_dim: (kernel.launch.threads, 1, 1),
-            shared_mem_bytes: kernel.launch.shared_bytes,
-        };
+        let config = kernel.config((slots as u32, 1, 1));
         let mut launch = stream.launch_builder(&kernel.function);
         launch.arg(&params);
         // SAFETY: the parameter block matches the kernel's declaration; every index buffer was

@@ -623,11 +623,7 @@ fn launch(
         nnz_s: shape.nnz_s as i32,
         stage_lists: i32::from(stage_lists),
     });
-    let lists_config = LaunchConfig {
-        grid_dim: (shape.heads as u32, shape.batch as u32, 1),
-        block_dim: (lists_kernel.launch.threads, 1, 1),
-        shared_mem_bytes: lists_kernel.launch.shared_bytes,
-    };
+    let lists_config = lists_kernel.config((shape.heads as u32, shape.batch as u32, 1));
     let mut pass = stream.launch_builder(&lists_kernel.function);
     pass.arg(&params);
     // SAFETY: the parameter block matches the kernel's declaration; every buffer length was checked
@@ -641,9 +637,8 @@ fn launch(
     let warps = (threads / 32) as usize;
     let row_groups = shape.rows.div_ceil(warps).min(ROW_BLOCKS_PER_LAUNCH / heads_total).max(1);
     let rows_config = LaunchConfig {
-        grid_dim: (row_groups as u32, shape.heads as u32, shape.batch as u32),
-        block_dim: (threads, 1, 1),
         shared_mem_bytes: if stage_lists { staged_ints as u32 * 4 } else { 0 },
+        ..rows_kernel.config((row_groups as u32, shape.heads as u32, shape.batch as u32))
     };
     let mut pass = stream.launch_builder(&rows_kernel.function);
     pass.arg(&params);

@@ -372,17 +372,12 @@ fn launch_scores<T: AttentionElement>(
         chunks: chunks as i32,
         scale_log2: (std::f64::consts::LOG2_E / (head_dim as f64).sqrt()) as f32,
     });
-    let launch_config = |kernel: &LoadedKernel, grid_dim: (u32, u32, u32)| LaunchConfig {
-        grid_dim,
-        block_dim: (kernel.launch.threads, 1, 1),
-        shared_mem_bytes: kernel.launch.shared_bytes,
-    };
     let chunked = ((kv_heads * pairs) as u32, chunks as u32, batch as u32);
     let per_head = (heads as u32, batch as u32, 1);
     for (kernel, config, pass) in [
-        (&stats, launch_config(&stats, chunked), "stats"),
-        (&combine, launch_config(&combine, per_head), "combine"),
-        (&accumulate, launch_config(&accumulate, chunked), "accumulate"),
+        (&stats, stats.config(chunked), "stats"),
+        (&combine, combine.config(per_head), "combine"),
+        (&accumulate, accumulate.config(chunked), "accumulate"),
     ] {
         let mut launch = stream.launch_builder(&kernel.function);
         launch.arg(&params);
@@ -562,11 +557,7 @@ fn launch_top_k(
     };
     let passes = [(&histogram, 0), (&histogram, 1), (&histogram, 2), (&count, 0), (&write, 0)];
     for (kernel, pass) in passes {
-        let config = LaunchConfig {
-            grid_dim: ((2 * layout.segments) as u32, heads as u32, batch as u32),
-            block_dim: (kernel.launch.threads, 1, 1),
-            shared_mem_bytes: kernel.launch.shared_bytes,
-        };
+        let config = kernel.config(((2 * layout.segments) as u32, heads as u32, batch as u32));
         let params = KernelArgs(SelectParams { pass, ..params });
         let mut launch = stream.launch_builder(&kernel.function);
         launch.arg(&params);
@@ -986,25 +977,14 @@ fn run_block_sparse<T: AttentionElement>(
         // capacity) entries per list.
         unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching the block-sparse {pass}")))
     };
-    let pool_config = LaunchConfig {
-        grid_dim: (rows as u32, jobs as u32, dims.batch as u32),
-        block_dim: (pool.launch.threads, 1, 1),
-        shared_mem_bytes: pool.launch.shared_bytes,
-    };
+    let pool_config = pool.config((rows as u32, jobs as u32, dims.batch as u32));
     launch(&pool, pool_config, &params(0), "pooling")?;
     for pair_begin in (0..pairs).step_by(group) {
         let pairs_here = group.min(pairs - pair_begin) as u32;
         let group_params = params(pair_begin);
-        let scores_config = LaunchConfig {
-            grid_dim: (tiles, pairs_here, 1),
-            block_dim: (scores.launch.threads, 1, 1),
-            shared_mem_bytes: scores.launch.shared_bytes,
-        };
-        let select_config = LaunchConfig {
-            grid_dim: (q_rows as u32, pairs_here, 1),
-            block_dim: (select.launch.threads, 1, 1),
-            shared_mem_bytes: select_shared,
-        };
+        let scores_config = scores.config((tiles, pairs_here, 1));
+        let select_config =
+            LaunchConfig { shared_mem_bytes: select_shared, ..select.config((q_rows as u32, pairs_here, 1)) };
         mark(1)?;
         launch(&scores, scores_config, &group_params, "scores")?;
         mark(2)?;
