@@ -1,13 +1,17 @@
 //! Times minf's dense causal kernel through the runtime (CUDA events, median after warm-up) and
-//! prints TFLOP/s on the causal half of the score matrix.
+//! prints TFLOP/s on the causal half of the score matrix; with `--a-shape N_INIT,N_LOCAL`, the
+//! A-shape kernel instead (TFLOP/s on the 64x64 tiles its mask touches, as `minf bench` counts):
+//! rows of a few dozen tiles, where a block's fixed cost shows.
 //!
-//! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20]
-//!              [--tile block_m,block_n,warps,stages] [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap] [--json FILE]`
+//! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20] [--a-shape 128,3968]
+//!              [--tile block_m,block_n,warps,stages]
+//!              [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap|wgmma_persistent|wgmma_tma_persistent]
+//!              [--json FILE]`
 //! For the baselines on the same card, run `bench/peers.py --methods sdpa_flash,sdpa_cudnn`.
 
 use half::bf16;
 use minf::codegen::{DType, KernelSpec, Pattern};
-use minf::{dense_attention, AttentionOptions, Device, TensorMut, TensorRef};
+use minf::{attention, AShape, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef};
 use minf_testkit::reference::random_normal;
 use std::time::Instant;
 
@@ -22,11 +26,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let head_dim: usize = arg(&args, "--head-dim", 128);
     let iters: usize = arg(&args, "--iters", 20);
     let json_path: Option<String> = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1).cloned());
+    let a_shape = match args.iter().position(|a| a == "--a-shape").and_then(|i| args.get(i + 1)) {
+        Some(sizes) => {
+            let parts: Vec<usize> = sizes.split(',').map(str::parse).collect::<Result<_, _>>()?;
+            let [n_init, n_local] = parts[..] else {
+                return Err("--a-shape takes n_init,n_local".into());
+            };
+            Some(AShape { n_init, n_local })
+        }
+        None => None,
+    };
+    let (pattern, args_of) = match a_shape {
+        Some(shape) => (Pattern::AShape, PatternArgs::AShape(shape)),
+        None => (Pattern::Dense, PatternArgs::Dense),
+    };
 
     let device = Device::new(0)?;
     let stream = device.stream().clone();
     println!("device: {} ({})", device.name(), device.arch());
-    let mut spec = KernelSpec::default_for(Pattern::Dense, DType::Bf16, head_dim as u32, device.arch());
+    let mut spec = KernelSpec::default_for(pattern, DType::Bf16, head_dim as u32, device.arch());
     if let Some(tile) = args.iter().position(|a| a == "--tile").and_then(|i| args.get(i + 1)) {
         let parts: Vec<u32> = tile.split(',').map(str::parse).collect::<Result<_, _>>()?;
         let [block_m, block_n, warps, stages] = parts[..] else {
@@ -48,12 +66,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (q, k, v) = (upload(1)?, upload(2)?, upload(3)?);
         let mut out = stream.alloc_zeros::<bf16>(n)?;
         let mut run = || -> Result<(), minf::MinfError> {
-            dense_attention(
+            attention(
                 &device,
                 TensorRef::bshd(&q, shape)?,
                 TensorRef::bshd(&k, shape)?,
                 TensorRef::bshd(&v, shape)?,
                 TensorMut::bshd(&mut out, shape)?,
+                args_of,
                 AttentionOptions { spec: Some(spec), ..Default::default() },
             )
         };
@@ -62,13 +81,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         stream.synchronize()?;
         let first_call_s = first.elapsed().as_secs_f64();
         let ms = minf::timing::median_ms(&stream, 3, iters, &mut run)?;
-        let flops = 4.0 * (seq as f64) * (seq as f64) / 2.0 * head_dim as f64 * heads as f64;
+        let flops = match a_shape {
+            Some(shape) => 4.0 * 64.0 * 64.0 * head_dim as f64 * heads as f64 * a_shape_tiles(seq, shape) as f64,
+            None => 4.0 * (seq as f64) * (seq as f64) / 2.0 * head_dim as f64 * heads as f64,
+        };
         let tflops = flops / (ms * 1e-3) / 1e12;
         println!(
             "seq={seq:6} minf (rust runtime) {ms:8.3} ms {tflops:6.1} TFLOP/s  (first call incl. JIT/cache load {first_call_s:.2} s)"
         );
         records.push(format!(
-            "{{\"method\":\"minf\",\"seq\":{seq},\"heads\":{heads},\"head_dim\":{head_dim},\"ms\":{ms},\"tflops\":{tflops},\"first_call_s\":{first_call_s},\"device\":\"{}\"}}",
+            "{{\"method\":\"minf\",\"pattern\":\"{}\",\"seq\":{seq},\"heads\":{heads},\"head_dim\":{head_dim},\"ms\":{ms},\"tflops\":{tflops},\"first_call_s\":{first_call_s},\"device\":\"{}\"}}",
+            pattern,
             device.name()
         ));
     }
@@ -76,4 +99,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, format!("[{}]\n", records.join(",\n")))?;
     }
     Ok(())
+}
+
+/// The causal 64x64 tiles of a `seq`-token sequence that hold a key one of their queries sees
+/// under `shape`: a sink key, or a key within `n_local` of the tile's last query (the diagonal tile
+/// always).
+fn a_shape_tiles(seq: usize, shape: AShape) -> usize {
+    (0..seq.div_ceil(64))
+        .map(|r| {
+            let last = (64 * r + 63).min(seq - 1);
+            (0..=r).filter(|&c| 64 * c < shape.n_init || c == r || 64 * c + 63 + shape.n_local > last).count()
+        })
+        .sum()
 }

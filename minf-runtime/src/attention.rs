@@ -684,7 +684,12 @@ pub fn attention_with_spec<T: AttentionElement>(
     // rows get output 0 and log-sum-exp -inf) runs the same tile on the `cp.async` producer.
     let keyless;
     let spec = if spec.mainloop.uses_tensor_maps() && checked.kv_rows == 0 {
-        keyless = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
+        let mainloop = if spec.mainloop.is_persistent() {
+            minf_codegen::Mainloop::WgmmaPersistent
+        } else {
+            minf_codegen::Mainloop::Wgmma
+        };
+        keyless = KernelSpec { mainloop, ..*spec };
         &keyless
     } else {
         spec
@@ -749,6 +754,7 @@ pub fn attention_with_spec<T: AttentionElement>(
     let int_ptrs = int_buffers.map(|buffer| buffer.map(|slice| slice.device_ptr(stream)));
     let int_ptr = |i: usize| ConstPtr::new(int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr));
     let kernel = device.kernel(spec)?;
+    let query_blocks = checked.max_q.div_ceil(kernel.launch.block_m as usize);
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
@@ -789,12 +795,25 @@ pub fn attention_with_spec<T: AttentionElement>(
         n_local,
         causal: i32::from(options.causal),
         head_index: int_ptr(5),
+        work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
-    let config = kernel.config((
-        checked.max_q.div_ceil(kernel.launch.block_m as usize) as u32,
-        head_slots as u32,
-        checked.batch as u32,
-    ));
+    let config = if spec.mainloop.is_persistent() {
+        // Every block the device holds at once, or one per work item when there are fewer; the
+        // kernel counts items in 32 bits.
+        let items = query_blocks * head_slots * checked.batch;
+        if items > i32::MAX as usize {
+            return Err(shape_error(format!(
+                "{}: {query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a \
+                 persistent kernel takes at most {}",
+                spec.mainloop,
+                checked.batch,
+                i32::MAX
+            )));
+        }
+        kernel.config((items.min(kernel.resident_blocks as usize) as u32, 1, 1))
+    } else {
+        kernel.config((query_blocks as u32, head_slots as u32, checked.batch as u32))
+    };
     let params = KernelArgs(params);
     // The wgmma_tma engine's second parameter: a tensor map per input, over the same pointers and
     // layouts as the parameters.
