@@ -153,6 +153,13 @@ pub(super) fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
         variants.push(Variant::WgmmaPersistent);
         variants.push(Variant::WgmmaTmaPersistent);
     }
+    // MINF_TEST_VARIANTS=Default,WgmmaPersistent,... runs only the variants it names (for a
+    // targeted run on a GPU machine; docs/testing.md).
+    if let Ok(names) = std::env::var("MINF_TEST_VARIANTS") {
+        let names: Vec<&str> = names.split(',').map(str::trim).collect();
+        variants.retain(|variant| names.iter().any(|name| name.eq_ignore_ascii_case(&format!("{variant:?}"))));
+        println!("MINF_TEST_VARIANTS: running {variants:?}");
+    }
     variants
 }
 
