@@ -197,11 +197,24 @@ pub struct AttentionOptions<'a> {
     /// merged by log-sum-exp ([`crate::merge`]). Such a part may hold fewer keys than queries (a
     /// piece of a short prefix); a sequence with no keys gets output 0 and log-sum-exp -inf.
     pub causal: bool,
+    /// A persistent engine's grid (`wgmma_persistent`, `wgmma_tma_persistent`): at most this many
+    /// blocks, each walking more work items; `None` launches every block the device holds at once.
+    /// Fewer leave SMs to kernels running beside it (e.g. communication). Ignored by the other
+    /// engines; must be at least 1.
+    pub persistent_blocks: Option<u32>,
 }
 
 impl Default for AttentionOptions<'_> {
     fn default() -> Self {
-        AttentionOptions { softmax_scale: None, lse: None, spec: None, varlen: None, heads: None, causal: true }
+        AttentionOptions {
+            softmax_scale: None,
+            lse: None,
+            spec: None,
+            varlen: None,
+            heads: None,
+            causal: true,
+            persistent_blocks: None,
+        }
     }
 }
 
@@ -798,19 +811,27 @@ pub fn attention_with_spec<T: AttentionElement>(
         work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
     let config = if spec.mainloop.is_persistent() {
-        // Every block the device holds at once, or one per work item when there are fewer; the
-        // kernel counts items in 32 bits.
+        // Every block the device holds at once (or the caller's cap), or one per work item when
+        // there are fewer.
         let items = query_blocks * head_slots * checked.batch;
-        if items > i32::MAX as usize {
+        let blocks = match options.persistent_blocks {
+            Some(0) => return Err(shape_error("persistent_blocks must be at least 1".into())),
+            Some(cap) => cap.min(kernel.resident_blocks),
+            None => kernel.resident_blocks,
+        }
+        .max(1) as usize;
+        let blocks = items.min(blocks);
+        // The kernel counts items, and steps through them by the grid, in 32 bits.
+        if items + blocks > i32::MAX as usize {
             return Err(shape_error(format!(
                 "{}: {query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a \
-                 persistent kernel takes at most {}",
+                 persistent kernel takes fewer than {}",
                 spec.mainloop,
                 checked.batch,
-                i32::MAX
+                i32::MAX as usize - blocks
             )));
         }
-        kernel.config((items.min(kernel.resident_blocks as usize) as u32, 1, 1))
+        kernel.config((blocks as u32, 1, 1))
     } else {
         kernel.config((query_blocks as u32, head_slots as u32, checked.batch as u32))
     };

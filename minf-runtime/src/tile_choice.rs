@@ -93,11 +93,18 @@ impl TileChoice {
             ));
         }
         let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
-        let AttentionOptions { softmax_scale, mut lse, varlen, causal, .. } = options;
+        let AttentionOptions { softmax_scale, mut lse, varlen, causal, persistent_blocks, .. } = options;
         let Some(square_spec) = wide_spec.square_alternative() else {
             self.chosen = false;
-            let options =
-                AttentionOptions { softmax_scale, lse, spec: Some(wide_spec), varlen, heads: Some(&self.all), causal };
+            let options = AttentionOptions {
+                softmax_scale,
+                lse,
+                spec: Some(wide_spec),
+                varlen,
+                heads: Some(&self.all),
+                causal,
+                persistent_blocks,
+            };
             return attention_with_spec(device, &wide_spec, q, k, v, out, args, options);
         };
         self.choose(device, &args)?;
@@ -109,11 +116,19 @@ impl TileChoice {
             varlen,
             heads: Some(&self.wide),
             causal,
+            persistent_blocks,
         };
         let wide_out = TensorMut { data: &mut *out.data, layout: out.layout };
         attention_with_spec(device, &wide_spec, q, k, v, wide_out, args, wide_options)?;
-        let square_options =
-            AttentionOptions { softmax_scale, lse, spec: Some(square_spec), varlen, heads: Some(&self.square), causal };
+        let square_options = AttentionOptions {
+            softmax_scale,
+            lse,
+            spec: Some(square_spec),
+            varlen,
+            heads: Some(&self.square),
+            causal,
+            persistent_blocks,
+        };
         attention_with_spec(device, &square_spec, q, k, v, out, args, square_options)
     }
 

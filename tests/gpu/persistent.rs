@@ -50,6 +50,17 @@ impl Inputs {
         varlen: Option<&Varlen>,
         heads: Option<&HeadSubset>,
     ) -> (Vec<u16>, Vec<f32>) {
+        self.run_with(device, spec, args, AttentionOptions { varlen, heads, ..Default::default() })
+    }
+
+    /// As `run`, with the other options given.
+    fn run_with(
+        &self,
+        device: &Device,
+        spec: KernelSpec,
+        args: PatternArgs<'_>,
+        options: AttentionOptions<'_>,
+    ) -> (Vec<u16>, Vec<f32>) {
         let stream = device.stream();
         let [batch, q_len, head_count, _] = self.q_layout.shape;
         let mut out = stream.clone_htod(&vec![bf16::NAN; self.q_layout.span()]).expect("out");
@@ -61,7 +72,7 @@ impl Inputs {
             TensorRef::new(&self.v, self.kv_layout).expect("v"),
             TensorMut::new(&mut out, self.q_layout).expect("out"),
             args,
-            AttentionOptions { lse: Some(&mut lse), spec: Some(spec), varlen, heads, ..Default::default() },
+            AttentionOptions { lse: Some(&mut lse), spec: Some(spec), ..options },
         )
         .unwrap_or_else(|e| panic!("{}: {e}", spec.kernel_name()));
         let out: Vec<bf16> = stream.clone_dtoh(&out).expect("download out");
@@ -69,8 +80,8 @@ impl Inputs {
     }
 }
 
-/// Index of the first element where the two launches differ (NaN bit patterns compare equal, so a
-/// slot neither writes passes), or None.
+/// Where the two launches first differ (NaN bit patterns compare equal, so a slot neither writes
+/// passes), or None.
 fn first_difference(a: &(Vec<u16>, Vec<f32>), b: &(Vec<u16>, Vec<f32>)) -> Option<String> {
     if let Some(i) = a.0.iter().zip(&b.0).position(|(x, y)| x != y) {
         return Some(format!("output element {i}: {:#06x} against {:#06x}", a.0[i], b.0[i]));
@@ -98,6 +109,7 @@ fn persistent_engines_equal_their_one_block_per_item_forms() {
                 let tile = |mainloop| KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop, ..base };
                 let (walked, one_per_item) = (run(tile(persistent)), run(tile(plain)));
                 let written = walked.0.iter().filter(|&&bits| !bf16::from_bits(bits).is_nan()).count();
+                assert!(written > 0, "{persistent} {what}: no output element written");
                 match first_difference(&walked, &one_per_item) {
                     None => println!("ok   {persistent} {what}: equal to {plain} ({written} elements written)"),
                     Some(difference) => {
@@ -122,10 +134,15 @@ fn persistent_engines_equal_their_one_block_per_item_forms() {
         });
     }
 
-    // A chunk: 3000 queries after a prefix of 9001 keys.
+    // A chunk: 3000 queries after a prefix of 9001 keys; and a non-causal part (split-KV) of
+    // those queries against 5000 keys.
     let inputs = Inputs::new(&device, [1, 3000, 12_001, 32, 8, 128], false, seed ^ 7);
     check("dense chunk 3000 of 12001".into(), Pattern::Dense, 128, &|spec| {
         inputs.run(&device, spec, PatternArgs::Dense, None, None)
+    });
+    let inputs = Inputs::new(&device, [1, 3000, 5000, 32, 8, 128], false, seed ^ 9);
+    check("dense non-causal 3000 x 5000".into(), Pattern::Dense, 128, &|spec| {
+        inputs.run_with(&device, spec, PatternArgs::Dense, AttentionOptions { causal: false, ..Default::default() })
     });
 
     // A packed batch whose short sequences leave most of their query blocks without work, and a
@@ -147,4 +164,46 @@ fn persistent_engines_equal_their_one_block_per_item_forms() {
         failures.is_empty(),
         "persistent launches that differ from their one-block-per-item form (seed {seed}): {failures:?}"
     );
+}
+
+/// Small launches on one and on three persistent blocks (`AttentionOptions::persistent_blocks`),
+/// so each block walks dozens of items: the carried ring, the Q tile's barriers and the output
+/// tile's reuse at sizes compute-sanitizer runs in seconds. Bit for bit equal to the launch of
+/// one block per item.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn few_persistent_blocks_walk_many_items() {
+    let device = device();
+    if device.arch() != Arch::Sm90a {
+        println!("skipped: the persistent engines need sm_90a; the device is {}", device.arch());
+        return;
+    }
+    let seed = test_seed("few_persistent_blocks_walk_many_items");
+    let inputs = Inputs::new(&device, [2, 700, 700, 8, 2, 128], false, seed);
+    let mut failures = Vec::new();
+    for (pattern, args) in [
+        (Pattern::Dense, PatternArgs::Dense),
+        (Pattern::AShape, PatternArgs::AShape(AShape { n_init: 4, n_local: 200 })),
+    ] {
+        let base = KernelSpec::default_for(pattern, DType::Bf16, 128, device.arch());
+        for (persistent, plain) in
+            [(Mainloop::WgmmaPersistent, Mainloop::Wgmma), (Mainloop::WgmmaTmaPersistent, Mainloop::WgmmaTma)]
+        {
+            let tile = |mainloop| KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop, ..base };
+            let one_per_item = inputs.run(&device, tile(plain), args, None, None);
+            // 6 query blocks x 8 heads x 2 sequences = 96 items.
+            for blocks in [1, 3] {
+                let options = AttentionOptions { persistent_blocks: Some(blocks), ..Default::default() };
+                let walked = inputs.run_with(&device, tile(persistent), args, options);
+                match first_difference(&walked, &one_per_item) {
+                    None => println!("ok   {persistent} {pattern} on {blocks} block(s): equal to {plain}"),
+                    Some(difference) => {
+                        println!("FAIL {persistent} {pattern} on {blocks} block(s): {difference}");
+                        failures.push(format!("{persistent} {pattern} on {blocks} block(s)"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "persistent launches that differ (seed {seed}): {failures:?}");
 }
