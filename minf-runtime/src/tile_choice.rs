@@ -85,7 +85,7 @@ impl TileChoice {
         v: TensorRef<'_, T>,
         out: TensorMut<'_, T>,
         args: PatternArgs<'_>,
-        options: AttentionOptions<'_>,
+        mut options: AttentionOptions<'_>,
     ) -> Result<(), MinfError> {
         if options.heads.is_some() {
             return Err(MinfError::Shape(
@@ -93,42 +93,20 @@ impl TileChoice {
             ));
         }
         let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
-        let AttentionOptions { softmax_scale, mut lse, varlen, causal, persistent_blocks, .. } = options;
+        // Each launch takes the caller's options but its own spec and head map (and the lse in turn).
+        let mut lse = options.lse.take();
         let Some(square_spec) = wide_spec.square_alternative() else {
             self.chosen = false;
-            let options = AttentionOptions {
-                softmax_scale,
-                lse,
-                spec: Some(wide_spec),
-                varlen,
-                heads: Some(&self.all),
-                causal,
-                persistent_blocks,
-            };
+            let options = AttentionOptions { lse, spec: Some(wide_spec), heads: Some(&self.all), ..options };
             return attention_with_spec(device, &wide_spec, q, k, v, out, args, options);
         };
         self.choose(device, &args)?;
         self.chosen = true;
-        let wide_options = AttentionOptions {
-            softmax_scale,
-            lse: lse.as_deref_mut(),
-            spec: Some(wide_spec),
-            varlen,
-            heads: Some(&self.wide),
-            causal,
-            persistent_blocks,
-        };
+        let wide_options =
+            AttentionOptions { lse: lse.as_deref_mut(), spec: Some(wide_spec), heads: Some(&self.wide), ..options };
         let wide_out = TensorMut { data: &mut *out.data, layout: out.layout };
         attention_with_spec(device, &wide_spec, q, k, v, wide_out, args, wide_options)?;
-        let square_options = AttentionOptions {
-            softmax_scale,
-            lse,
-            spec: Some(square_spec),
-            varlen,
-            heads: Some(&self.square),
-            causal,
-            persistent_blocks,
-        };
+        let square_options = AttentionOptions { lse, spec: Some(square_spec), heads: Some(&self.square), ..options };
         attention_with_spec(device, &square_spec, q, k, v, out, args, square_options)
     }
 

@@ -1,9 +1,11 @@
-//! The tensor-map engines without a GPU: every sm_90a warpgroup default spec (each pattern, head
-//! dimension and dtype, and the 64-row alternatives of the index-driven ones) renders on
-//! `wgmma_tma` and `wgmma_tma_overlap` (and the 128-row ones on `wgmma_tma_pingpong`) with the second `__grid_constant__`
-//! parameter, and NVRTC compiles it to a CUBIN. Their results are checked on a GPU by
-//! `tests/gpu/tma.rs` and the `WgmmaTma*` variants of `tests/gpu/patterns.rs`,
-//! `tests/gpu/chunked.rs` and `tests/gpu/sanitize.rs`.
+//! The Hopper engine variants without a GPU: every sm_90a warpgroup default spec (each pattern,
+//! head dimension and dtype) renders on the tensor-map engines (`wgmma_tma` and
+//! `wgmma_tma_overlap` with the 64-row alternatives of the index-driven patterns, and the 128-row
+//! ones on `wgmma_tma_pingpong`) with the second `__grid_constant__` parameter, and on the
+//! persistent engines (`wgmma_persistent`, `wgmma_tma_persistent`, 128-row blocks) with the
+//! work-item walk as its entry point; NVRTC compiles every one to a CUBIN. Their results are
+//! checked on a GPU by `tests/gpu/tma.rs`, `tests/gpu/persistent.rs` and the engine variants of
+//! `tests/gpu/patterns.rs`, `tests/gpu/chunked.rs` and `tests/gpu/sanitize.rs`.
 
 use minf_codegen::spec::HEAD_DIMS;
 use minf_codegen::{render, Arch, DType, KernelSpec, Mainloop, Pattern};
@@ -25,6 +27,26 @@ fn tma_specs() -> Vec<KernelSpec> {
                 let overlap = KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..default };
                 specs.push(overlap);
                 specs.extend(overlap.square_alternative());
+            }
+        }
+    }
+    specs
+}
+
+/// The persistent twins of every sm_90a default on the warpgroup engine, on 128-row blocks.
+fn persistent_specs() -> Vec<KernelSpec> {
+    let mut specs = Vec::new();
+    for &pattern in Pattern::ALL {
+        for &dtype in DType::ALL {
+            for &head_dim in HEAD_DIMS {
+                let default = KernelSpec::default_for(pattern, dtype, head_dim, Arch::Sm90a);
+                if default.mainloop != Mainloop::Wgmma {
+                    continue;
+                }
+                let tile = KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, ..default };
+                for mainloop in [Mainloop::WgmmaPersistent, Mainloop::WgmmaTmaPersistent] {
+                    specs.push(KernelSpec { mainloop, ..tile });
+                }
             }
         }
     }
@@ -53,13 +75,36 @@ fn every_tma_spec_renders_with_its_tensor_maps() {
     }
 }
 
+#[test]
+fn every_persistent_spec_renders_its_work_item_walk() {
+    let specs = persistent_specs();
+    // 4 patterns x 2 dtypes x head_dim 64, 96, 128 on the two engines.
+    assert_eq!(specs.len(), 4 * 2 * 3 * 2);
+    for spec in specs {
+        spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        let source = render(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}")).source;
+        assert!(
+            source.contains("    attention_blocks<Schedule>(p"),
+            "{spec:?}: entry point without the work-item walk"
+        );
+        assert!(source.contains("constexpr bool PERSISTENT = true;"), "{spec:?}");
+        assert!(!source.contains("    attention_block(p, seq"), "{spec:?}: one block per item");
+        assert_eq!(
+            source.contains("const __grid_constant__ TensorMaps maps"),
+            spec.mainloop == Mainloop::WgmmaTmaPersistent,
+            "{spec:?}: tensor maps only on wgmma_tma_persistent"
+        );
+    }
+}
+
 /// NVRTC compiles each of them to a CUBIN (NVRTC must be installed; this fails, not skips,
 /// without it). `scripts/nvrtc-check.py` prints their register and spill report.
 #[test]
-fn every_tma_spec_compiles_for_sm90a() {
+fn every_engine_variant_compiles_for_sm90a() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let cache = minf_runtime::jit::KernelCache::at(dir.path().to_path_buf());
-    for spec in tma_specs().into_iter().filter(|spec| spec.dtype == DType::Bf16 || spec.head_dim == 128) {
+    let specs = tma_specs().into_iter().chain(persistent_specs());
+    for spec in specs.filter(|spec| spec.dtype == DType::Bf16 || spec.head_dim == 128) {
         let rendered = render(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}"));
         let compiled = cache.get_or_compile(&rendered).unwrap_or_else(|e| panic!("compiling {spec:?}: {e}"));
         assert!(!compiled.is_ptx, "{spec:?}: expected a CUBIN");
