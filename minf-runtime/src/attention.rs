@@ -692,6 +692,9 @@ pub fn attention_with_spec<T: AttentionElement>(
         )));
     }
     spec.validate()?;
+    if options.persistent_blocks == Some(0) {
+        return Err(shape_error("persistent_blocks must be at least 1".into()));
+    }
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
     // A tensor map cannot view zero rows: a call without keys (a non-causal part of nothing, whose
     // rows get output 0 and log-sum-exp -inf) runs the same tile on the `cp.async` producer.
@@ -814,12 +817,8 @@ pub fn attention_with_spec<T: AttentionElement>(
         // Every block the device holds at once (or the caller's cap), or one per work item when
         // there are fewer.
         let items = query_blocks * head_slots * checked.batch;
-        let blocks = match options.persistent_blocks {
-            Some(0) => return Err(shape_error("persistent_blocks must be at least 1".into())),
-            Some(cap) => cap.min(kernel.resident_blocks),
-            None => kernel.resident_blocks,
-        }
-        .max(1) as usize;
+        let blocks = options.persistent_blocks.map_or(kernel.resident_blocks, |cap| cap.min(kernel.resident_blocks));
+        let blocks = blocks.max(1) as usize;
         let blocks = items.min(blocks);
         // The kernel counts items, and steps through them by the grid, in 32 bits.
         if items + blocks > i32::MAX as usize {

@@ -206,4 +206,18 @@ fn few_persistent_blocks_walk_many_items() {
         }
     }
     assert!(failures.is_empty(), "persistent launches that differ (seed {seed}): {failures:?}");
+
+    // A grid of no blocks is refused before any launch.
+    let mut out = device.stream().clone_htod(&vec![bf16::NAN; inputs.q_layout.span()]).expect("out");
+    let error = minf::attention(
+        &device,
+        TensorRef::new(&inputs.q, inputs.q_layout).expect("q"),
+        TensorRef::new(&inputs.k, inputs.kv_layout).expect("k"),
+        TensorRef::new(&inputs.v, inputs.kv_layout).expect("v"),
+        TensorMut::new(&mut out, inputs.q_layout).expect("out"),
+        PatternArgs::Dense,
+        AttentionOptions { persistent_blocks: Some(0), ..Default::default() },
+    )
+    .expect_err("persistent_blocks 0");
+    assert!(error.to_string().contains("persistent_blocks must be at least 1"), "{error}");
 }
