@@ -817,7 +817,8 @@ pub fn attention_with_spec<T: AttentionElement>(
         // Every block the device holds at once (or the caller's cap), or one per work item when
         // there are fewer.
         let items = query_blocks * head_slots * checked.batch;
-        let blocks = options.persistent_blocks.map_or(kernel.resident_blocks, |cap| cap.min(kernel.resident_blocks));
+        let resident = device.resident_blocks(&kernel)?;
+        let blocks = options.persistent_blocks.map_or(resident, |cap| cap.min(resident));
         let blocks = blocks.max(1) as usize;
         let blocks = items.min(blocks);
         // The kernel counts items, and steps through them by the grid, in 32 bits.

@@ -20,9 +20,6 @@ pub struct LoadedKernel {
     pub function: CudaFunction,
     /// Threads, shared memory and rows per block.
     pub launch: LaunchShape,
-    /// Blocks of it the device runs at once: its multiprocessors times the blocks of this launch
-    /// shape that fit one (the grid of a persistent kernel).
-    pub resident_blocks: u32,
 }
 
 impl LoadedKernel {
@@ -201,6 +198,17 @@ impl Device {
         self.multiprocessors
     }
 
+    /// Blocks of `kernel` the device runs at once: its multiprocessors times the blocks of the
+    /// kernel's launch shape that fit one (the grid of a persistent kernel).
+    pub fn resident_blocks(&self, kernel: &LoadedKernel) -> Result<u32, MinfError> {
+        let LaunchShape { threads, shared_bytes, .. } = kernel.launch;
+        let per_multiprocessor = kernel
+            .function
+            .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
+            .map_err(MinfError::driver("reading a kernel's occupancy"))?;
+        Ok(self.multiprocessors * per_multiprocessor.max(1))
+    }
+
     /// The device's marketing name.
     pub fn name(&self) -> &str {
         &self.name
@@ -265,11 +273,7 @@ impl Device {
                     launch.shared_bytes
                 )))?;
         }
-        let per_multiprocessor = function
-            .occupancy_max_active_blocks_per_multiprocessor(launch.threads, launch.shared_bytes as usize, None)
-            .map_err(MinfError::driver(format!("reading the occupancy of {entry}")))?;
-        let resident_blocks = self.multiprocessors * per_multiprocessor.max(1);
-        let loaded = LoadedKernel { function, launch, resident_blocks };
+        let loaded = LoadedKernel { function, launch };
         self.functions.lock().map_err(|_| poisoned())?.insert((*kernel, entry.to_string()), loaded.clone());
         Ok(loaded)
     }
