@@ -10,47 +10,49 @@
 use minf_codegen::spec::HEAD_DIMS;
 use minf_codegen::{render, Arch, DType, KernelSpec, Mainloop, Pattern};
 
-/// The tensor-map twins of every sm_90a default on the warpgroup engine.
-fn tma_specs() -> Vec<KernelSpec> {
+/// Every sm_90a default spec on the warpgroup engine (each pattern, dtype and head dimension).
+fn warpgroup_defaults() -> Vec<KernelSpec> {
     let mut specs = Vec::new();
     for &pattern in Pattern::ALL {
         for &dtype in DType::ALL {
             for &head_dim in HEAD_DIMS {
-                let default = KernelSpec::default_for(pattern, dtype, head_dim, Arch::Sm90a);
-                if default.mainloop != Mainloop::Wgmma {
-                    continue;
-                }
-                let spec = KernelSpec { mainloop: Mainloop::WgmmaTma, ..default };
-                specs.push(spec);
-                specs.extend(spec.square_alternative());
-                specs.push(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..default });
-                let overlap = KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..default };
-                specs.push(overlap);
-                specs.extend(overlap.square_alternative());
+                specs.push(KernelSpec::default_for(pattern, dtype, head_dim, Arch::Sm90a));
             }
         }
+    }
+    specs.retain(|spec| spec.mainloop == Mainloop::Wgmma);
+    specs
+}
+
+/// The tensor-map twins of every warpgroup default.
+fn tma_specs() -> Vec<KernelSpec> {
+    let mut specs = Vec::new();
+    for default in warpgroup_defaults() {
+        let spec = KernelSpec { mainloop: Mainloop::WgmmaTma, ..default };
+        specs.push(spec);
+        specs.extend(spec.square_alternative());
+        specs.push(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..default });
+        let overlap = KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..default };
+        specs.push(overlap);
+        specs.extend(overlap.square_alternative());
     }
     specs
 }
 
-/// The persistent twins of every sm_90a default on the warpgroup engine, on 128-row blocks.
+/// The persistent twins of every warpgroup default, on 128-row blocks.
 fn persistent_specs() -> Vec<KernelSpec> {
-    let mut specs = Vec::new();
-    for &pattern in Pattern::ALL {
-        for &dtype in DType::ALL {
-            for &head_dim in HEAD_DIMS {
-                let default = KernelSpec::default_for(pattern, dtype, head_dim, Arch::Sm90a);
-                if default.mainloop != Mainloop::Wgmma {
-                    continue;
-                }
-                let tile = KernelSpec { block_m: 128, block_n: 128, warps: 8, stages: 2, ..default };
-                for mainloop in [Mainloop::WgmmaPersistent, Mainloop::WgmmaTmaPersistent] {
-                    specs.push(KernelSpec { mainloop, ..tile });
-                }
-            }
-        }
-    }
-    specs
+    let tiles = warpgroup_defaults().into_iter().map(|default| KernelSpec {
+        block_m: 128,
+        block_n: 128,
+        warps: 8,
+        stages: 2,
+        ..default
+    });
+    tiles
+        .flat_map(|tile| {
+            [Mainloop::WgmmaPersistent, Mainloop::WgmmaTmaPersistent].map(|mainloop| KernelSpec { mainloop, ..tile })
+        })
+        .collect()
 }
 
 #[test]
