@@ -1,6 +1,6 @@
 //! Times minf's dense causal kernel through the runtime (CUDA events, median after warm-up) and
 //! prints TFLOP/s on the causal half of the score matrix; with `--a-shape N_INIT,N_LOCAL`, the
-//! A-shape kernel instead (TFLOP/s on the 64x64 tiles its mask touches, as `minf bench` counts):
+//! A-shape kernel instead (TFLOP/s on the 64x64 tiles it computes, as `minf bench` counts them):
 //! rows of a few dozen tiles, where a block's fixed cost shows.
 //!
 //! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20] [--a-shape 128,3968]
@@ -11,7 +11,8 @@
 
 use half::bf16;
 use minf::codegen::{DType, KernelSpec, Pattern};
-use minf::{attention, AShape, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef};
+use minf::prefill::HeadMask;
+use minf::{attention, AShape, AttentionOptions, Device, PatternArgs, RealisedMask, TensorMut, TensorRef};
 use minf_testkit::reference::random_normal;
 use std::time::Instant;
 
@@ -101,14 +102,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The causal 64x64 tiles of a `seq`-token sequence that hold a key one of their queries sees
-/// under `shape`: a sink key, or a key within `n_local` of the tile's last query (the diagonal tile
-/// always).
+/// The 64x64 tiles an A-shape head computes over `seq` tokens, counted as `minf bench` counts
+/// them: each 64-row block's visited keys (`RealisedMask::visited_keys`) in whole tiles.
 fn a_shape_tiles(seq: usize, shape: AShape) -> usize {
-    (0..seq.div_ceil(64))
-        .map(|r| {
-            let last = (64 * r + 63).min(seq - 1);
-            (0..=r).filter(|&c| 64 * c < shape.n_init || c == r || 64 * c + 63 + shape.n_local > last).count()
-        })
-        .sum()
+    let mask = RealisedMask {
+        batch: 1,
+        seq,
+        q_offset: 0,
+        heads: vec![HeadMask::AShape(shape)],
+        vertical_slash: None,
+        block_sparse: None,
+    };
+    (0..seq.div_ceil(64)).map(|r| mask.visited_keys(0, 0, r).div_ceil(64)).sum()
 }
