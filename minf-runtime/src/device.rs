@@ -58,7 +58,6 @@ pub struct Device {
     stream: Arc<CudaStream>,
     arch: Arch,
     name: String,
-    multiprocessors: u32,
     // Shared with the views of [`Device::with_stream`].
     cache: Arc<KernelCache>,
     modules: Arc<Mutex<HashMap<AnyKernel, LoadedModule>>>,
@@ -139,16 +138,12 @@ impl Device {
             major,
             minor,
         })?;
-        let multiprocessors = ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(MinfError::driver("reading the multiprocessor count"))?;
         let stream = ctx.default_stream();
         Ok(Device {
             ctx,
             stream,
             arch,
             name,
-            multiprocessors: u32::try_from(multiprocessors).unwrap_or(1).max(1),
             cache: Arc::new(cache),
             modules: Arc::default(),
             functions: Arc::default(),
@@ -171,7 +166,6 @@ impl Device {
             stream,
             arch: self.arch,
             name: self.name.clone(),
-            multiprocessors: self.multiprocessors,
             cache: self.cache.clone(),
             modules: self.modules.clone(),
             functions: self.functions.clone(),
@@ -193,11 +187,6 @@ impl Device {
         self.arch
     }
 
-    /// Streaming multiprocessors.
-    pub fn multiprocessors(&self) -> u32 {
-        self.multiprocessors
-    }
-
     /// Blocks of `kernel` the device runs at once: its multiprocessors times the blocks of the
     /// kernel's launch shape that fit one (the grid of a persistent kernel).
     pub fn resident_blocks(&self, kernel: &LoadedKernel) -> Result<u32, MinfError> {
@@ -206,7 +195,11 @@ impl Device {
             .function
             .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
             .map_err(MinfError::driver("reading a kernel's occupancy"))?;
-        Ok(self.multiprocessors * per_multiprocessor.max(1))
+        let multiprocessors = self
+            .ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(MinfError::driver("reading the multiprocessor count"))?;
+        Ok(u32::try_from(multiprocessors).unwrap_or(1).max(1) * per_multiprocessor.max(1))
     }
 
     /// The device's marketing name.
