@@ -5,7 +5,7 @@
 //!
 //! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20] [--a-shape 128,3968]
 //!              [--tile block_m,block_n,warps,stages]
-//!              [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap|wgmma_persistent|wgmma_tma_persistent]
+//!              [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap]
 //!              [--json FILE]`
 //! For the baselines on the same card, run `bench/peers.py --methods sdpa_flash,sdpa_cudnn`.
 

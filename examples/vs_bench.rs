@@ -7,7 +7,7 @@
 //!
 //! `vs_bench (INDEX.safetensors | --generate SEQ [--sinks 30] [--random-columns 970] [--slashes 6096]
 //!           [--far-slashes 0]) [--head-dim 128] [--iters 10] [--tile [block_m,]block_n,warps,stages]
-//!           [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap|wgmma_persistent|wgmma_tma_persistent] [--choose] [--json FILE]`
+//!           [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap] [--choose] [--json FILE]`
 //!
 //! `--choose` runs the heads through a `TileChoice` (a chooser kernel picks 128-row or 64-row
 //! blocks per head, then both kernels launch over complementary head maps) and prints the choice.

@@ -6,10 +6,9 @@
 # 32768,131072), A-shape (128, 3968) at 128K (dense_bench --a-shape: rows of 33 tiles) and the
 # banded, scattered and column-heavy (3500 columns, 100 diagonals: gathered key tiles)
 # vertical-slash indices at 128K (vs_bench --generate, docs/design.md) on `wgmma`, `wgmma_tma`,
-# `wgmma_tma_pingpong`, `wgmma_tma_overlap` (2 and 3 stages), `wgmma_persistent` and
-# `wgmma_tma_persistent`, each engine $ROUNDS times (default 2) in alternating order, so a difference smaller than
-# the spread between two runs of one engine reads as noise. Prints one line per run and a table last; logs and JSON
-# in OUT_DIR. Environment: BIN (default .gpu/bin), SEQS, ROUNDS, ITERS (default 20).
+# `wgmma_tma_pingpong` and `wgmma_tma_overlap` (2 and 3 stages), each engine $ROUNDS times
+# (default 2) in alternating order, so a difference smaller than the spread between two runs of
+# one engine reads as noise. Prints one line per run and a table last; logs and JSON in OUT_DIR. Environment: BIN (default .gpu/bin), SEQS, ROUNDS, ITERS (default 20).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${BIN:-.gpu/bin}
@@ -28,8 +27,6 @@ engines=(
   "pingpong_s3 wgmma_tma_pingpong 128,128,8,3 128,128,8,3"
   "overlap_s2 wgmma_tma_overlap 128,128,8,2 128,128,8,2"
   "overlap_s3 wgmma_tma_overlap 128,128,8,3 128,128,8,3"
-  "persistent wgmma_persistent 128,128,8,2 128,128,8,2"
-  "tma_persist wgmma_tma_persistent 128,128,8,2 128,128,8,2"
 )
 scattered="--sinks 30 --random-columns 70 --slashes 64 --far-slashes 736"
 columns="--sinks 30 --random-columns 3470 --slashes 100"

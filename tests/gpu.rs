@@ -40,9 +40,6 @@ mod search;
 #[path = "gpu/tma.rs"]
 mod tma;
 
-#[path = "gpu/persistent.rs"]
-mod persistent;
-
 /// bf16/f16 operands land near 3e-3 relative L2; this is the acceptance bound.
 const TOLERANCE: f64 = 1e-2;
 
@@ -293,8 +290,6 @@ fn explicit_specs_agree_with_the_default() {
             (128, 128, 8, 3, Mainloop::WgmmaTmaPingPong),
             (128, 128, 8, 2, Mainloop::WgmmaTmaOverlap),
             (64, 128, 4, 2, Mainloop::WgmmaTmaOverlap),
-            (128, 128, 8, 2, Mainloop::WgmmaPersistent),
-            (128, 128, 8, 2, Mainloop::WgmmaTmaPersistent),
         ]);
     }
     for (block_m, block_n, warps, stages, mainloop) in tiles {

@@ -92,8 +92,6 @@ struct TemplateContext {
     /// Each consumer runs a tile's softmax while the previous tile's P V is in flight
     /// (`wgmma_tma_overlap`).
     overlap: bool,
-    /// Blocks walk the launch's work items in turn (`wgmma_persistent`, `wgmma_tma_persistent`).
-    persistent: bool,
     /// [`KernelSpec::tma_producer_registers`] (tensor-map engines only).
     producer_registers: u32,
     /// n8 tiles of S and of O (the wgmma N dimensions / 8).
@@ -209,7 +207,6 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         tma: spec.mainloop.uses_tensor_maps(),
         pingpong: spec.mainloop == Mainloop::WgmmaTmaPingPong,
         overlap: spec.mainloop == Mainloop::WgmmaTmaOverlap,
-        persistent: spec.mainloop.is_persistent(),
         producer_registers: spec.tma_producer_registers(),
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,

@@ -312,13 +312,6 @@ named_enum!(
         /// consumer issues S of tile i and P V of tile i - 1 together and runs the mask and softmax
         /// of tile i while P V is in flight (P V of the last tile is issued after the loop).
         WgmmaTmaOverlap => "wgmma_tma_overlap",
-        /// The `wgmma` engine as a persistent kernel: as many blocks as fit the GPU at once, each
-        /// walking its share of the (query block, head, sequence) work items. The producer loads
-        /// the next item's Q and first tiles while the consumers finish the previous item and
-        /// stage its output in a buffer of their own.
-        WgmmaPersistent => "wgmma_persistent",
-        /// `wgmma_tma` as a persistent kernel, as `wgmma_persistent` is `wgmma`.
-        WgmmaTmaPersistent => "wgmma_tma_persistent",
     }
 );
 
@@ -326,30 +319,13 @@ impl Mainloop {
     /// Whether this is a warp-specialised warpgroup-MMA engine (a producer warpgroup plus 64-row
     /// consumer warpgroups on 128-byte swizzled tiles).
     pub fn is_warpgroup(self) -> bool {
-        matches!(
-            self,
-            Mainloop::Wgmma
-                | Mainloop::WgmmaTma
-                | Mainloop::WgmmaTmaPingPong
-                | Mainloop::WgmmaTmaOverlap
-                | Mainloop::WgmmaPersistent
-                | Mainloop::WgmmaTmaPersistent
-        )
+        matches!(self, Mainloop::Wgmma | Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong | Mainloop::WgmmaTmaOverlap)
     }
 
     /// Whether the engine's producer copies through tensor maps (the kernel takes a second,
     /// `__grid_constant__` parameter of [`abi::TensorMaps`]).
     pub fn uses_tensor_maps(self) -> bool {
-        matches!(
-            self,
-            Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong | Mainloop::WgmmaTmaOverlap | Mainloop::WgmmaTmaPersistent
-        )
-    }
-
-    /// Whether the kernel is persistent: its grid is as many blocks as are resident on the device
-    /// at once, and each block walks the work items `abi::AttentionParams::work` counts.
-    pub fn is_persistent(self) -> bool {
-        matches!(self, Mainloop::WgmmaPersistent | Mainloop::WgmmaTmaPersistent)
+        matches!(self, Mainloop::WgmmaTma | Mainloop::WgmmaTmaPingPong | Mainloop::WgmmaTmaOverlap)
     }
 }
 
@@ -386,9 +362,7 @@ impl Tile {
 
 impl KernelSpec {
     /// The 64-row spec the per-head tile choice runs next to this one: [`Tile::SQUARE_WGMMA`] (on
-    /// this spec's engine; `wgmma_tma` for `wgmma_tma_pingpong`, whose turns need two consumers,
-    /// and the engine a persistent spec is the persistent form of, since two 64-row blocks already
-    /// share an SM)
+    /// this spec's engine; `wgmma_tma` for `wgmma_tma_pingpong`, whose turns need two consumers)
     /// when this is an index-driven spec on 128-row warpgroup blocks (whose two halves may share
     /// few keys) and that tile is valid for it; `None` otherwise (every head then runs on this spec).
     pub fn square_alternative(&self) -> Option<KernelSpec> {
@@ -396,8 +370,7 @@ impl KernelSpec {
             return None;
         }
         let mainloop = match self.mainloop {
-            Mainloop::WgmmaTmaPingPong | Mainloop::WgmmaTmaPersistent => Mainloop::WgmmaTma,
-            Mainloop::WgmmaPersistent => Mainloop::Wgmma,
+            Mainloop::WgmmaTmaPingPong => Mainloop::WgmmaTma,
             other => other,
         };
         let square = Tile { mainloop, ..Tile::SQUARE_WGMMA }.apply(*self);
@@ -556,13 +529,10 @@ impl KernelSpec {
     /// Dynamic shared memory in bytes: the Q tile, `stages` K and V tiles (padded rows), and per
     /// stage the key index of each tile slot plus the tile's flags; `wgmma` adds its mbarriers (Q
     /// loaded, and per stage a full and an empty barrier for K and for V) and, per stage, the slot
-    /// bits of merged column tiles (one bit per slot and 64-row half) and two column counts. A
-    /// persistent kernel adds an output tile (its consumers stage O there while the producer loads
-    /// the next Q) and a barrier that frees the Q tile.
+    /// bits of merged column tiles (one bit per slot and 64-row half) and two column counts.
     pub fn shared_bytes(&self) -> u32 {
         let row = self.smem_row() * 2;
-        let output_rows = if self.mainloop.is_persistent() { self.block_m } else { 0 };
-        let tiles = (self.block_m + output_rows + 2 * self.stages * self.block_n) * row;
+        let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
         // Flag words, mbarrier and column-merge bytes, and the alignment in front of the tiles.
         let (flags, barriers, alignment) = match self.mainloop {
             Mainloop::MmaSync => (self.stages, 0, 0),
@@ -570,8 +540,7 @@ impl KernelSpec {
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
             _ => {
                 let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
-                let q_barriers = if self.mainloop.is_persistent() { 2 } else { 1 };
-                (self.stages.next_multiple_of(2), 8 * (q_barriers + 4 * self.stages) + merge, 1008)
+                (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
             }
         };
         let metadata = ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16;
@@ -592,18 +561,12 @@ impl KernelSpec {
     /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill.
     /// The consumers' code needs 184 registers (128-row blocks; 136 for 64x64) whatever the budget
     /// above that, so what they are given beyond it is headroom, not speed.
-    /// A persistent producer also keeps its place in the work items: 16 more.
     pub fn tma_producer_registers(&self) -> u32 {
-        let registers = match (self.pattern.is_indexed(), self.block_m, self.block_n) {
+        match (self.pattern.is_indexed(), self.block_m, self.block_n) {
             (false, _, _) => 64,
             (true, 128, _) => 104,
             (true, _, 64) => 72,
             (true, _, _) => 56,
-        };
-        if self.mainloop.is_persistent() {
-            registers + 16
-        } else {
-            registers
         }
     }
 
@@ -653,8 +616,6 @@ impl KernelSpec {
             Mainloop::WgmmaTma => format!("{separator}wgmma{separator}tma"),
             Mainloop::WgmmaTmaPingPong => format!("{separator}wgmma{separator}tma{separator}pingpong"),
             Mainloop::WgmmaTmaOverlap => format!("{separator}wgmma{separator}tma{separator}overlap"),
-            Mainloop::WgmmaPersistent => format!("{separator}wgmma{separator}persistent"),
-            Mainloop::WgmmaTmaPersistent => format!("{separator}wgmma{separator}tma{separator}persistent"),
         }
     }
 
@@ -717,9 +678,6 @@ impl KernelSpec {
                 Some(format!("block_n {} (its tensor-map boxes are 64-key runs)", self.block_n))
             } else if self.mainloop == Mainloop::WgmmaTmaPingPong && self.warps != 8 {
                 Some(format!("{} warps (ping-pong takes turns between two consumer warpgroups: 8 warps)", self.warps))
-            } else if self.mainloop.is_persistent() && self.warps != 8 {
-                // Two blocks of one consumer already share an SM, one starting while the other ends.
-                Some(format!("{} warps (a persistent block has two consumer warpgroups: 8 warps)", self.warps))
             } else if self.stages < 2 {
                 // The producer announces a tile only once the next tile's copies are out, into
                 // another stage: with one stage it would wait for itself.
@@ -1030,30 +988,6 @@ mod tests {
     }
 
     #[test]
-    fn persistent_blocks_have_two_consumers_an_output_tile_and_a_q_barrier() {
-        let base = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
-        assert_eq!((base.block_m, base.warps, base.mainloop), (128, 8, Mainloop::Wgmma));
-        for (persistent, plain) in
-            [(Mainloop::WgmmaPersistent, Mainloop::Wgmma), (Mainloop::WgmmaTmaPersistent, Mainloop::WgmmaTma)]
-        {
-            let spec = KernelSpec { mainloop: persistent, ..base };
-            spec.validate().unwrap();
-            assert!(persistent.is_persistent() && !plain.is_persistent());
-            assert_eq!(persistent.uses_tensor_maps(), plain.uses_tensor_maps());
-            // The output tile (128 rows of 128 elements) and one more mbarrier.
-            let plain_bytes = KernelSpec { mainloop: plain, ..base }.shared_bytes();
-            assert_eq!(spec.shared_bytes(), plain_bytes + 128 * 128 * 2 + 16);
-            let err = KernelSpec { block_m: 64, warps: 4, ..spec }.validate().unwrap_err();
-            assert!(err.to_string().contains("two consumer warpgroups"), "{err}");
-        }
-        let tma = KernelSpec { mainloop: Mainloop::WgmmaTmaPersistent, ..base };
-        assert_eq!(
-            tma.tma_producer_registers(),
-            KernelSpec { mainloop: Mainloop::WgmmaTma, ..base }.tma_producer_registers() + 16
-        );
-    }
-
-    #[test]
     fn hopper_maps_to_sm90a() {
         assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90a));
         assert_eq!(Arch::for_compute_capability(7, 5), None);
@@ -1080,8 +1014,6 @@ mod tests {
             (Mainloop::Wgmma, Mainloop::Wgmma),
             (Mainloop::WgmmaTma, Mainloop::WgmmaTma),
             (Mainloop::WgmmaTmaPingPong, Mainloop::WgmmaTma),
-            (Mainloop::WgmmaPersistent, Mainloop::Wgmma),
-            (Mainloop::WgmmaTmaPersistent, Mainloop::WgmmaTma),
         ] {
             let spec = Tile { block_m: 128, block_n: 128, warps: 8, stages: 2, mainloop }.apply(base);
             spec.validate().unwrap();

@@ -15,9 +15,8 @@ fn representative(pattern: Pattern, arch: Arch) -> KernelSpec {
 }
 
 /// Every kernel minf renders by default: the default specs of every architecture, then every
-/// index kernel of every architecture, then the `wgmma_tma` and `wgmma_tma_overlap` twins of every
-/// `wgmma` default and the `wgmma_tma_pingpong`, `wgmma_persistent` and `wgmma_tma_persistent` twins
-/// of every 8-warp one (engines selected by spec only).
+/// index kernel of every architecture, then the `wgmma_tma` twin of every `wgmma` default and the
+/// `wgmma_tma_pingpong` twin of every 8-warp one (the tensor-map engines, selected by spec only).
 fn every_kernel() -> Vec<AnyKernel> {
     let defaults = KernelSpec::default_set(Arch::ALL);
     let mut kernels: Vec<AnyKernel> = defaults.iter().copied().map(AnyKernel::from).collect();
@@ -42,14 +41,6 @@ fn every_kernel() -> Vec<AnyKernel> {
             .filter(|spec| spec.mainloop == Mainloop::Wgmma)
             .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..spec })),
     );
-    for mainloop in [Mainloop::WgmmaPersistent, Mainloop::WgmmaTmaPersistent] {
-        kernels.extend(
-            defaults
-                .iter()
-                .filter(|spec| spec.mainloop == Mainloop::Wgmma && spec.warps == 8)
-                .map(|&spec| AnyKernel::from(KernelSpec { mainloop, ..spec })),
-        );
-    }
     kernels
 }
 
@@ -78,11 +69,6 @@ fn rendered_source_of_each_pattern_on_the_tma_engine() {
     let spec = KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..representative(Pattern::Dense, Arch::Sm90a) };
     let kernel = render(&spec).expect("the overlap twin of the dense default renders");
     insta::assert_snapshot!(spec.readable_name(), kernel.source);
-    for mainloop in [Mainloop::WgmmaPersistent, Mainloop::WgmmaTmaPersistent] {
-        let spec = KernelSpec { mainloop, ..representative(Pattern::Dense, Arch::Sm90a) };
-        let kernel = render(&spec).expect("the persistent twins of the dense default render");
-        insta::assert_snapshot!(spec.readable_name(), kernel.source);
-    }
 }
 
 #[test]

@@ -197,24 +197,11 @@ pub struct AttentionOptions<'a> {
     /// merged by log-sum-exp ([`crate::merge`]). Such a part may hold fewer keys than queries (a
     /// piece of a short prefix); a sequence with no keys gets output 0 and log-sum-exp -inf.
     pub causal: bool,
-    /// A persistent engine's grid (`wgmma_persistent`, `wgmma_tma_persistent`): at most this many
-    /// blocks, each walking more work items; `None` launches every block the device holds at once.
-    /// Fewer leave SMs to kernels running beside it (e.g. communication). Ignored by the other
-    /// engines; must be at least 1.
-    pub persistent_blocks: Option<u32>,
 }
 
 impl Default for AttentionOptions<'_> {
     fn default() -> Self {
-        AttentionOptions {
-            softmax_scale: None,
-            lse: None,
-            spec: None,
-            varlen: None,
-            heads: None,
-            causal: true,
-            persistent_blocks: None,
-        }
+        AttentionOptions { softmax_scale: None, lse: None, spec: None, varlen: None, heads: None, causal: true }
     }
 }
 
@@ -692,20 +679,12 @@ pub fn attention_with_spec<T: AttentionElement>(
         )));
     }
     spec.validate()?;
-    if options.persistent_blocks == Some(0) {
-        return Err(shape_error("persistent_blocks must be at least 1".into()));
-    }
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
     // A tensor map cannot view zero rows: a call without keys (a non-causal part of nothing, whose
     // rows get output 0 and log-sum-exp -inf) runs the same tile on the `cp.async` producer.
     let keyless;
     let spec = if spec.mainloop.uses_tensor_maps() && checked.kv_rows == 0 {
-        let mainloop = if spec.mainloop.is_persistent() {
-            minf_codegen::Mainloop::WgmmaPersistent
-        } else {
-            minf_codegen::Mainloop::Wgmma
-        };
-        keyless = KernelSpec { mainloop, ..*spec };
+        keyless = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
         &keyless
     } else {
         spec
@@ -770,7 +749,6 @@ pub fn attention_with_spec<T: AttentionElement>(
     let int_ptrs = int_buffers.map(|buffer| buffer.map(|slice| slice.device_ptr(stream)));
     let int_ptr = |i: usize| ConstPtr::new(int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr));
     let kernel = device.kernel(spec)?;
-    let query_blocks = checked.max_q.div_ceil(kernel.launch.block_m as usize);
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
@@ -811,30 +789,12 @@ pub fn attention_with_spec<T: AttentionElement>(
         n_local,
         causal: i32::from(options.causal),
         head_index: int_ptr(5),
-        work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
-    let config = if spec.mainloop.is_persistent() {
-        // Every block the device holds at once (or the caller's cap), or one per work item when
-        // there are fewer.
-        let items = query_blocks * head_slots * checked.batch;
-        let resident = device.resident_blocks(&kernel)?;
-        let blocks = options.persistent_blocks.map_or(resident, |cap| cap.min(resident));
-        let blocks = blocks.max(1) as usize;
-        let blocks = items.min(blocks);
-        // The kernel counts items, and steps through them by the grid, in 32 bits.
-        if items + blocks > i32::MAX as usize {
-            return Err(shape_error(format!(
-                "{}: {query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a \
-                 persistent kernel takes fewer than {}",
-                spec.mainloop,
-                checked.batch,
-                i32::MAX as usize - blocks
-            )));
-        }
-        kernel.config((blocks as u32, 1, 1))
-    } else {
-        kernel.config((query_blocks as u32, head_slots as u32, checked.batch as u32))
-    };
+    let config = kernel.config((
+        checked.max_q.div_ceil(kernel.launch.block_m as usize) as u32,
+        head_slots as u32,
+        checked.batch as u32,
+    ));
     let params = KernelArgs(params);
     // The wgmma_tma engine's second parameter: a tensor map per input, over the same pointers and
     // layouts as the parameters.

@@ -187,21 +187,6 @@ impl Device {
         self.arch
     }
 
-    /// Blocks of `kernel` the device runs at once: its multiprocessors times the blocks of the
-    /// kernel's launch shape that fit one (the grid of a persistent kernel).
-    pub fn resident_blocks(&self, kernel: &LoadedKernel) -> Result<u32, MinfError> {
-        let LaunchShape { threads, shared_bytes, .. } = kernel.launch;
-        let per_multiprocessor = kernel
-            .function
-            .occupancy_max_active_blocks_per_multiprocessor(threads, shared_bytes as usize, None)
-            .map_err(MinfError::driver("reading a kernel's occupancy"))?;
-        let multiprocessors = self
-            .ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(MinfError::driver("reading the multiprocessor count"))?;
-        Ok(u32::try_from(multiprocessors).unwrap_or(1).max(1) * per_multiprocessor.max(1))
-    }
-
     /// The device's marketing name.
     pub fn name(&self) -> &str {
         &self.name

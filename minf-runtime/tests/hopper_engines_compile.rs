@@ -1,11 +1,9 @@
 //! The Hopper engine variants without a GPU: every sm_90a warpgroup default spec (each pattern,
 //! head dimension and dtype) renders on the tensor-map engines (`wgmma_tma` and
 //! `wgmma_tma_overlap` with the 64-row alternatives of the index-driven patterns, and the 128-row
-//! ones on `wgmma_tma_pingpong`) with the second `__grid_constant__` parameter, and on the
-//! persistent engines (`wgmma_persistent`, `wgmma_tma_persistent`, 128-row blocks) with the
-//! work-item walk as its entry point; NVRTC compiles every one to a CUBIN. Their results are
-//! checked on a GPU by `tests/gpu/tma.rs`, `tests/gpu/persistent.rs` and the engine variants of
-//! `tests/gpu/patterns.rs`, `tests/gpu/chunked.rs` and `tests/gpu/sanitize.rs`.
+//! ones on `wgmma_tma_pingpong`) with the second `__grid_constant__` parameter; NVRTC compiles
+//! every one to a CUBIN. Their results are checked on a GPU by `tests/gpu/tma.rs` and the engine
+//! variants of `tests/gpu/patterns.rs`, `tests/gpu/chunked.rs` and `tests/gpu/sanitize.rs`.
 
 use minf_codegen::spec::HEAD_DIMS;
 use minf_codegen::{render, Arch, DType, KernelSpec, Mainloop, Pattern};
@@ -39,22 +37,6 @@ fn tma_specs() -> Vec<KernelSpec> {
     specs
 }
 
-/// The persistent twins of every warpgroup default, on 128-row blocks.
-fn persistent_specs() -> Vec<KernelSpec> {
-    let tiles = warpgroup_defaults().into_iter().map(|default| KernelSpec {
-        block_m: 128,
-        block_n: 128,
-        warps: 8,
-        stages: 2,
-        ..default
-    });
-    tiles
-        .flat_map(|tile| {
-            [Mainloop::WgmmaPersistent, Mainloop::WgmmaTmaPersistent].map(|mainloop| KernelSpec { mainloop, ..tile })
-        })
-        .collect()
-}
-
 #[test]
 fn every_tma_spec_renders_with_its_tensor_maps() {
     let specs = tma_specs();
@@ -77,36 +59,13 @@ fn every_tma_spec_renders_with_its_tensor_maps() {
     }
 }
 
-#[test]
-fn every_persistent_spec_renders_its_work_item_walk() {
-    let specs = persistent_specs();
-    // 4 patterns x 2 dtypes x head_dim 64, 96, 128 on the two engines.
-    assert_eq!(specs.len(), 4 * 2 * 3 * 2);
-    for spec in specs {
-        spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
-        let source = render(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}")).source;
-        assert!(
-            source.contains("    attention_blocks<Schedule>(p"),
-            "{spec:?}: entry point without the work-item walk"
-        );
-        assert!(source.contains("constexpr bool PERSISTENT = true;"), "{spec:?}");
-        assert!(!source.contains("    attention_block(p, seq"), "{spec:?}: one block per item");
-        assert_eq!(
-            source.contains("const __grid_constant__ TensorMaps maps"),
-            spec.mainloop == Mainloop::WgmmaTmaPersistent,
-            "{spec:?}: tensor maps only on wgmma_tma_persistent"
-        );
-    }
-}
-
 /// NVRTC compiles each of them to a CUBIN (NVRTC must be installed; this fails, not skips,
 /// without it). `scripts/nvrtc-check.py` prints their register and spill report.
 #[test]
 fn every_engine_variant_compiles_for_sm90a() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let cache = minf_runtime::jit::KernelCache::at(dir.path().to_path_buf());
-    let specs = tma_specs().into_iter().chain(persistent_specs());
-    for spec in specs.filter(|spec| spec.dtype == DType::Bf16 || spec.head_dim == 128) {
+    for spec in tma_specs().into_iter().filter(|spec| spec.dtype == DType::Bf16 || spec.head_dim == 128) {
         let rendered = render(&spec).unwrap_or_else(|e| panic!("rendering {spec:?}: {e}"));
         let compiled = cache.get_or_compile(&rendered).unwrap_or_else(|e| panic!("compiling {spec:?}: {e}"));
         assert!(!compiled.is_ptx, "{spec:?}: expected a CUBIN");

@@ -42,10 +42,6 @@ pub(super) enum Variant {
     WgmmaTmaOverlap,
     /// `wgmma_tma_overlap` on 64x64 index-driven blocks (one consumer, two blocks per SM).
     WgmmaTmaOverlapSquare,
-    /// `wgmma_persistent` on 128-row blocks with 128-key tiles (every pattern).
-    WgmmaPersistent,
-    /// `wgmma_tma_persistent` on 128-row blocks with 128-key tiles (every pattern).
-    WgmmaTmaPersistent,
 }
 
 thread_local! {
@@ -107,22 +103,6 @@ pub(super) fn spec_override<T: AttentionElement>(device: &Device, pattern: Patte
         Variant::WgmmaTmaSquare if pattern.is_indexed() && case.head_dim <= 128 => {
             Some(KernelSpec { block_m: 64, block_n: 64, warps: 4, stages: 2, mainloop: Mainloop::WgmmaTma, ..base })
         }
-        Variant::WgmmaPersistent if case.head_dim <= 128 => Some(KernelSpec {
-            block_m: 128,
-            block_n: 128,
-            warps: 8,
-            stages: 2,
-            mainloop: Mainloop::WgmmaPersistent,
-            ..base
-        }),
-        Variant::WgmmaTmaPersistent if case.head_dim <= 128 => Some(KernelSpec {
-            block_m: 128,
-            block_n: 128,
-            warps: 8,
-            stages: 2,
-            mainloop: Mainloop::WgmmaTmaPersistent,
-            ..base
-        }),
         _ => None,
     }
 }
@@ -150,10 +130,8 @@ pub(super) fn variants(device: &Device, pattern: Pattern) -> Vec<Variant> {
         if pattern.is_indexed() {
             variants.push(Variant::WgmmaTmaOverlapSquare);
         }
-        variants.push(Variant::WgmmaPersistent);
-        variants.push(Variant::WgmmaTmaPersistent);
     }
-    // MINF_TEST_VARIANTS=Default,WgmmaPersistent,... runs only the variants it names (for a
+    // MINF_TEST_VARIANTS=Default,WgmmaTma,... runs only the variants it names (for a
     // targeted run on a GPU machine; docs/testing.md).
     if let Ok(names) = std::env::var("MINF_TEST_VARIANTS") {
         let names: Vec<&str> = names.split(',').map(str::trim).collect();

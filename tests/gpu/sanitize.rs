@@ -160,18 +160,6 @@ fn attention_wgmma_tma_overlap() {
     attention_sweep(Variant::WgmmaTmaOverlap);
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn attention_wgmma_persistent() {
-    attention_sweep(Variant::WgmmaPersistent);
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn attention_wgmma_tma_persistent() {
-    attention_sweep(Variant::WgmmaTmaPersistent);
-}
-
 /// The index kernels and a whole prefill layer.
 #[test]
 #[ignore = "needs a CUDA GPU"]

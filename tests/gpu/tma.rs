@@ -1,5 +1,5 @@
-//! GPU tests of the tensor-map engines' (`wgmma_tma`, `wgmma_tma_pingpong`, `wgmma_tma_overlap`,
-//! `wgmma_tma_persistent`) dense kernels against the float64 reference: every head
+//! GPU tests of the tensor-map engines' (`wgmma_tma`, `wgmma_tma_pingpong`, `wgmma_tma_overlap`)
+//! dense kernels against the float64 reference: every head
 //! dimension it takes, lengths on and off the 64- and 128-key boundaries (so whole tiles arrive by
 //! tensor map and edge tiles by `cp.async` in one launch), BSHD and BHSD layouts, GQA groupings,
 //! and a packed batch of sequences whose neighbours sit inside the tensors. The sparse patterns,
@@ -14,9 +14,9 @@ use minf::{AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, T
 use minf_testkit::reference::random_normal;
 
 /// The dense specs on tensor-map engines for `head_dim`: `wgmma_tma` on the default tile and on
-/// 64x128 blocks (one consumer warpgroup, two blocks per SM), `wgmma_tma_pingpong`,
-/// `wgmma_tma_overlap` on both block heights, and `wgmma_tma_persistent`.
-fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSpec; 6] {
+/// 64x128 blocks (one consumer warpgroup, two blocks per SM), `wgmma_tma_pingpong`, and
+/// `wgmma_tma_overlap` on both block heights.
+fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSpec; 5] {
     let base = KernelSpec::default_for(Pattern::Dense, T::DTYPE, head_dim as u32, device.arch());
     let spec = |block_m, warps, mainloop| KernelSpec { block_m, block_n: 128, warps, stages: 2, mainloop, ..base };
     [
@@ -25,7 +25,6 @@ fn tma_specs<T: AttentionElement>(device: &Device, head_dim: usize) -> [KernelSp
         spec(128, 8, Mainloop::WgmmaTmaPingPong),
         spec(128, 8, Mainloop::WgmmaTmaOverlap),
         spec(64, 4, Mainloop::WgmmaTmaOverlap),
-        spec(128, 8, Mainloop::WgmmaTmaPersistent),
     ]
 }
 
