@@ -376,6 +376,9 @@ kernel_params! {
         /// memory (`nnz_v + nnz_s` ints, at most [`CONVERT_STAGED_INTS`]); 0: it reads them from
         /// global memory.
         pub stage_lists: i32,
+        /// Threads that convert one row block together in the rows pass: 1, 2, 4, 8, 16 or 32
+        /// (each walks the row's lists; together they store its entries).
+        pub row_lanes: i32,
     }
 }
 

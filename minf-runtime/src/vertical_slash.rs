@@ -43,6 +43,20 @@ pub const MAX_CONTEXT: usize = 1 << 30;
 /// allow: about 16 per SM of an H100 or H200.
 const ROW_BLOCKS_PER_LAUNCH: usize = 2048;
 
+/// Threads the converter's rows pass aims for: about as many as an H100 or H200 holds at once
+/// (2048 per SM). Few rows (a chunk) get up to a warp each; many rows (a whole long prompt) get
+/// groups of 4, whose walks then run side by side.
+const ROW_THREADS_PER_LAUNCH: usize = 1 << 18;
+
+/// Threads converting one row block together when `rows` row blocks are converted in one launch:
+/// the power of two that brings the launch nearest [`ROW_THREADS_PER_LAUNCH`] from below, between
+/// 4 (whose 16-byte runs of entries keep the stores whole) and 32 (a warp).
+fn row_lanes(rows: usize) -> usize {
+    let wanted = ROW_THREADS_PER_LAUNCH / rows.max(1);
+    let below = if wanted == 0 { 1 } else { 1 << wanted.ilog2() };
+    below.clamp(4, 32)
+}
+
 /// Largest batch and head count (the converter's launch grid).
 pub const MAX_BATCH_OR_HEADS: usize = 65_535;
 
@@ -601,6 +615,7 @@ fn launch(
     let stage_lists = staged_ints * 4 <= rows_kernel.launch.shared_bytes as usize;
     // IndexShape::for_conversion bounds every value below by i32::MAX (context by MAX_CONTEXT, rows
     // by it too).
+    let lanes = row_lanes(heads_total * shape.rows);
     let params = KernelArgs(ConvertParams {
         seqlens: seqlens_ptr.into(),
         q_lens: q_lens_ptr.as_ref().map_or(ConstPtr::NULL, |(ptr, _)| ConstPtr::new(*ptr)),
@@ -622,6 +637,7 @@ fn launch(
         nnz_v: shape.nnz_v as i32,
         nnz_s: shape.nnz_s as i32,
         stage_lists: i32::from(stage_lists),
+        row_lanes: lanes as i32,
     });
     let lists_config = lists_kernel.config((shape.heads as u32, shape.batch as u32, 1));
     let mut pass = stream.launch_builder(&lists_kernel.function);
@@ -631,11 +647,11 @@ fn launch(
     // and the kernel range-checks every index it reads before using it as an address.
     unsafe { pass.launch(lists_config) }
         .map_err(MinfError::driver(format!("launching {}_lists", spec.kernel_name())))?;
-    // One warp per row block; a block's warps take every (grid x * warps)-th row block, so that a
-    // long prompt stages each head's lists in few blocks and a short chunk still spreads its rows.
-    let threads = rows_kernel.launch.threads;
-    let warps = (threads / 32) as usize;
-    let row_groups = shape.rows.div_ceil(warps).min(ROW_BLOCKS_PER_LAUNCH / heads_total).max(1);
+    // A group of `lanes` threads per row block; a block's groups take every (grid x * groups)-th
+    // row block, so that a long prompt stages each head's lists in few blocks and a short chunk
+    // still spreads its rows.
+    let groups = rows_kernel.launch.threads as usize / lanes;
+    let row_groups = shape.rows.div_ceil(groups).min(ROW_BLOCKS_PER_LAUNCH / heads_total).max(1);
     let rows_config = LaunchConfig {
         shared_mem_bytes: if stage_lists { staged_ints as u32 * 4 } else { 0 },
         ..rows_kernel.config((row_groups as u32, shape.heads as u32, shape.batch as u32))
@@ -645,4 +661,26 @@ fn launch(
     // SAFETY: as above; rows are bounded by `rows` and writes by the per-row capacities.
     unsafe { pass.launch(rows_config) }.map_err(MinfError::driver(format!("launching {}_rows", spec.kernel_name())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_lanes_spread_few_rows_over_warps_and_many_over_groups_of_four() {
+        // A chunk of 8K queries over 32 heads (4096 row blocks): a warp per row block.
+        assert_eq!(row_lanes(32 * 128), 32);
+        // A whole 128K prompt over 32 heads (65536 row blocks): four threads per row block.
+        assert_eq!(row_lanes(32 * 2048), 4);
+        // In between, the power of two that stays at or below the thread target.
+        assert_eq!(row_lanes(16_384), 16);
+        assert_eq!(row_lanes(16_385), 8);
+        assert_eq!(row_lanes(40_000), 4);
+        for rows in [0, 1, 5, 1000, 8192, 1 << 20, 1 << 40] {
+            let lanes = row_lanes(rows);
+            assert!(lanes.is_power_of_two() && (4..=32).contains(&lanes), "{rows}: {lanes}");
+            assert!(rows * lanes <= ROW_THREADS_PER_LAUNCH || lanes == 4, "{rows}: {lanes}");
+        }
+    }
 }

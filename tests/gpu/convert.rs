@@ -182,6 +182,10 @@ fn converter_matches_the_cpu_model() {
     cases.push(("raw 32768 x 32 heads".into(), Inputs::raw(&mut rng, &[32768], 32, 1000, 2000)));
     cases.push(("raw batch 2, 32768 and 20000".into(), Inputs::raw(&mut rng, &[32768, 20000], 8, 1000, 2000)));
     cases.push(("MInference-style 32768 x 32 heads".into(), Inputs::minference(&mut rng, 32768, 32, 1000, 2000)));
+    // Enough row blocks in one launch that fewer threads share each: 8 (32768 row blocks) and 4
+    // (66560; a warp then converts eight row blocks side by side).
+    cases.push(("raw 8192 x 256 heads".into(), Inputs::raw(&mut rng, &[8192], 256, 60, 90)));
+    cases.push(("raw batch 2, 4097 and 3000 x 512 heads".into(), Inputs::raw(&mut rng, &[4097, 3000], 512, 70, 50)));
     // Capacities far above the length, and a longer padded context.
     let mut padded = Inputs::raw(&mut rng, &[500, 300], 3, 2000, 3000);
     padded.context = 1000;
