@@ -459,18 +459,38 @@ impl KernelSpec {
         };
         // On sm_90a the warp-specialised wgmma engine (swizzled tiles) ran dense at 368-378 TFLOP/s
         // at 16K on an H100 against 273 for mma.sync, and vertical-slash at least as fast
-        // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128.
-        let mainloop = if arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8 {
+        // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128. Its tensor-map
+        // producer ran dense 4-7% and A-shape 6-7% faster (H100); the index-driven patterns, not
+        // timed on it, keep the cp.async producer.
+        let mainloop =
+            match (arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8, pattern.is_indexed()) {
+                (true, false) => Mainloop::WgmmaTma,
+                (true, true) => Mainloop::Wgmma,
+                (false, _) => Mainloop::MmaSync,
+            };
+        KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch, mainloop }
+    }
+
+    /// This spec with its tile set by hand (a `#[sparse_attention]` kernel's arguments): the engine
+    /// is `mainloop` when given, else this spec's, except that a tile the tensor-map producer cannot
+    /// copy (`block_n` other than 64 or 128) runs on `wgmma`.
+    pub fn retiled(
+        self,
+        (block_m, block_n, warps, stages): (u32, u32, u32, u32),
+        mainloop: Option<Mainloop>,
+    ) -> KernelSpec {
+        let mainloop = mainloop.unwrap_or(if self.mainloop.uses_tensor_maps() && !matches!(block_n, 64 | 128) {
             Mainloop::Wgmma
         } else {
-            Mainloop::MmaSync
-        };
-        KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch, mainloop }
+            self.mainloop
+        });
+        KernelSpec { block_m, block_n, warps, stages, mainloop, ..self }
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
     /// dimension, each index-driven default followed by its 64-row alternative where the per-head
-    /// tile choice has one ([`KernelSpec::square_alternative`]), in a stable order, leaving out the
+    /// tile choice has one ([`KernelSpec::square_alternative`]) and each tensor-map default by its
+    /// `wgmma` twin (what a call runs whose tensors no map can view), in a stable order, leaving out the
     /// few combinations that do not fit a target (index-driven kernels with head_dim 256 on the
     /// 99 KiB shared-memory parts). Warming it leaves nothing for a default call to compile.
     pub fn default_set(arches: &[Arch]) -> Vec<KernelSpec> {
@@ -483,6 +503,9 @@ impl KernelSpec {
                         if spec.validate().is_ok() {
                             specs.push(spec);
                             specs.extend(spec.square_alternative());
+                            if spec.mainloop.uses_tensor_maps() {
+                                specs.push(KernelSpec { mainloop: Mainloop::Wgmma, ..spec });
+                            }
                         }
                     }
                 }
@@ -928,13 +951,17 @@ mod tests {
             }
         }
         let specs = KernelSpec::default_set(Arch::ALL);
-        // Plus the 64-row alternatives of the index-driven wgmma defaults (sm_90a, head_dim <= 128).
+        // Plus the 64-row alternatives of the index-driven wgmma defaults and the wgmma twins of the
+        // dense and A-shape tensor-map defaults (sm_90a, head_dim <= 128).
         let alternatives = 2 * DType::ALL.len() * 3;
+        let twins = 2 * DType::ALL.len() * 3;
         assert_eq!(
             specs.len(),
-            Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len() * Pattern::ALL.len() - 8 + alternatives
+            Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len() * Pattern::ALL.len() - 8 + alternatives + twins
         );
         assert_eq!(specs.iter().filter(|s| s.block_m == 64 && s.mainloop == Mainloop::Wgmma).count(), alternatives);
+        assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::WgmmaTma).count(), twins);
+        assert_eq!(specs.iter().filter(|s| !s.pattern.is_indexed() && s.mainloop == Mainloop::Wgmma).count(), twins);
         for spec in specs {
             spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         }
@@ -979,12 +1006,44 @@ mod tests {
 
     #[test]
     fn wgmma_needs_two_stages() {
-        let base = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
-        assert_eq!(base.mainloop, Mainloop::Wgmma);
+        let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
+        assert_eq!(dense.mainloop, Mainloop::WgmmaTma);
+        let base = KernelSpec { mainloop: Mainloop::Wgmma, ..dense };
         assert!(KernelSpec { stages: 2, ..base }.validate().is_ok());
         let err = KernelSpec { stages: 1, ..base }.validate().unwrap_err();
         assert!(err.to_string().contains("1 stage"), "{err}");
         assert!(KernelSpec { stages: 1, mainloop: Mainloop::MmaSync, ..base }.validate().is_ok());
+    }
+
+    #[test]
+    fn hopper_defaults_copy_dense_and_a_shape_through_tensor_maps() {
+        for &pattern in Pattern::ALL {
+            for &head_dim in HEAD_DIMS {
+                let spec = KernelSpec::default_for(pattern, DType::Bf16, head_dim, Arch::Sm90a);
+                let expected = match (head_dim <= 128, pattern.is_indexed()) {
+                    (true, false) => Mainloop::WgmmaTma,
+                    (true, true) => Mainloop::Wgmma,
+                    (false, _) => Mainloop::MmaSync,
+                };
+                assert_eq!(spec.mainloop, expected, "{spec:?}");
+                let sm80 = KernelSpec::default_for(pattern, DType::Bf16, head_dim, Arch::Sm80);
+                assert_eq!(sm80.mainloop, Mainloop::MmaSync, "{sm80:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn retiled_specs_keep_the_default_engine_where_the_tile_suits_it() {
+        let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
+        let same = dense.retiled((128, 64, 8, 3), None);
+        assert_eq!((same.block_n, same.stages, same.mainloop), (64, 3, Mainloop::WgmmaTma));
+        // 32-key tiles are no tensor-map box: the cp.async producer.
+        assert_eq!(dense.retiled((128, 32, 8, 2), None).mainloop, Mainloop::Wgmma);
+        assert_eq!(dense.retiled((128, 32, 8, 2), Some(Mainloop::MmaSync)).mainloop, Mainloop::MmaSync);
+        let indexed = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
+        assert_eq!(indexed.retiled((128, 32, 8, 2), None).mainloop, Mainloop::Wgmma);
+        let ampere = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm80);
+        assert_eq!(ampere.retiled((64, 32, 4, 2), None).mainloop, Mainloop::MmaSync);
     }
 
     #[test]

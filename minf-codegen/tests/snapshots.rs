@@ -9,38 +9,32 @@ use minf_codegen::{
 };
 
 /// The spec pinned in full for `pattern` on `arch`: the bf16, head_dim 128 default (`mma.sync` on
-/// sm_80, `wgmma` on sm_90a).
+/// sm_80; on sm_90a `wgmma`, with the tensor-map producer for dense and A-shape).
 fn representative(pattern: Pattern, arch: Arch) -> KernelSpec {
     KernelSpec::default_for(pattern, DType::Bf16, 128, arch)
 }
 
 /// Every kernel minf renders by default: the default specs of every architecture, then every
-/// index kernel of every architecture, then the `wgmma_tma` twin of every `wgmma` default and the
-/// `wgmma_tma_pingpong` twin of every 8-warp one (the tensor-map engines, selected by spec only).
+/// index kernel of every architecture, then the other warpgroup engines of every warpgroup
+/// default: `wgmma`, `wgmma_tma` and `wgmma_tma_overlap`, and `wgmma_tma_pingpong` for the 8-warp
+/// ones (selected by spec, and `wgmma` where a call's tensors cannot be mapped).
 fn every_kernel() -> Vec<AnyKernel> {
     let defaults = KernelSpec::default_set(Arch::ALL);
     let mut kernels: Vec<AnyKernel> = defaults.iter().copied().map(AnyKernel::from).collect();
     for &arch in Arch::ALL {
         kernels.extend(IndexKernel::ALL.iter().map(|&kernel| AnyKernel::from(IndexKernelSpec { kernel, arch })));
     }
-    kernels.extend(
-        defaults
-            .iter()
-            .filter(|spec| spec.mainloop == Mainloop::Wgmma)
-            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTma, ..spec })),
-    );
-    kernels.extend(
-        defaults
-            .iter()
-            .filter(|spec| spec.mainloop == Mainloop::Wgmma && spec.warps == 8)
-            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaPingPong, ..spec })),
-    );
-    kernels.extend(
-        defaults
-            .iter()
-            .filter(|spec| spec.mainloop == Mainloop::Wgmma)
-            .map(|&spec| AnyKernel::from(KernelSpec { mainloop: Mainloop::WgmmaTmaOverlap, ..spec })),
-    );
+    let engines = [Mainloop::Wgmma, Mainloop::WgmmaTma, Mainloop::WgmmaTmaPingPong, Mainloop::WgmmaTmaOverlap];
+    let mut listed: Vec<KernelSpec> = defaults.clone();
+    for mainloop in engines {
+        for spec in defaults.iter().filter(|spec| spec.mainloop.is_warpgroup()) {
+            let twin = KernelSpec { mainloop, ..*spec };
+            if (mainloop != Mainloop::WgmmaTmaPingPong || spec.warps == 8) && !listed.contains(&twin) {
+                listed.push(twin);
+                kernels.push(AnyKernel::from(twin));
+            }
+        }
+    }
     kernels
 }
 
@@ -48,8 +42,8 @@ fn every_kernel() -> Vec<AnyKernel> {
 fn rendered_source_of_each_pattern_on_each_engine() {
     for &pattern in Pattern::ALL {
         for (arch, mainloop) in [(Arch::Sm80, Mainloop::MmaSync), (Arch::Sm90a, Mainloop::Wgmma)] {
-            let spec = representative(pattern, arch);
-            assert_eq!(spec.mainloop, mainloop, "{spec:?}");
+            let spec = KernelSpec { mainloop, ..representative(pattern, arch) };
+            assert_eq!(representative(pattern, arch).mainloop.is_warpgroup(), arch == Arch::Sm90a, "{spec:?}");
             let kernel = render(&spec).expect("default specs render");
             insta::assert_snapshot!(spec.readable_name(), kernel.source);
         }

@@ -71,14 +71,13 @@ impl Kernel {
     fn spec(&self, arch: Arch) -> KernelSpec {
         let arch = self.arch.unwrap_or(arch);
         let defaults = KernelSpec::default_for(self.pattern, self.dtype, self.head_dim, arch);
-        KernelSpec {
-            block_m: self.block_m.unwrap_or(defaults.block_m),
-            block_n: self.block_n.unwrap_or(defaults.block_n),
-            warps: self.warps.unwrap_or(defaults.warps),
-            stages: self.stages.unwrap_or(defaults.stages),
-            mainloop: self.mainloop.unwrap_or(defaults.mainloop),
-            ..defaults
-        }
+        let tile = (
+            self.block_m.unwrap_or(defaults.block_m),
+            self.block_n.unwrap_or(defaults.block_n),
+            self.warps.unwrap_or(defaults.warps),
+            self.stages.unwrap_or(defaults.stages),
+        );
+        defaults.retiled(tile, self.mainloop)
     }
 
     /// The targets checked at compile time: the pinned one, else [`DEFAULT_TARGETS`].
@@ -342,8 +341,11 @@ fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
     let warps = field_or_default(kernel.warps, "warps");
     let stages = field_or_default(kernel.stages, "stages");
     let mainloop = match kernel.mainloop {
-        Some(mainloop) => variant("Mainloop", &mainloop),
-        None => quote!(defaults.mainloop),
+        Some(mainloop) => {
+            let mainloop = variant("Mainloop", &mainloop);
+            quote!(::core::option::Option::Some(#mainloop))
+        }
+        None => quote!(::core::option::Option::None),
     };
     quote! {
         impl ::minf::SparseAttentionKernel for #ident {
@@ -358,14 +360,7 @@ fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
                     ::core::option::Option::None => arch,
                 };
                 let defaults = ::minf::codegen::KernelSpec::default_for(Self::PATTERN, Self::DTYPE, #head_dim, arch);
-                ::minf::codegen::KernelSpec {
-                    block_m: #block_m,
-                    block_n: #block_n,
-                    warps: #warps,
-                    stages: #stages,
-                    mainloop: #mainloop,
-                    ..defaults
-                }
+                defaults.retiled((#block_m, #block_n, #warps, #stages), #mainloop)
             }
         }
 

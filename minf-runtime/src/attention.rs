@@ -680,15 +680,6 @@ pub fn attention_with_spec<T: AttentionElement>(
     }
     spec.validate()?;
     let checked = check_tensors(spec, device, &q, &k, &v, &out, &options)?;
-    // A tensor map cannot view zero rows: a call without keys (a non-causal part of nothing, whose
-    // rows get output 0 and log-sum-exp -inf) runs the same tile on the `cp.async` producer.
-    let keyless;
-    let spec = if spec.mainloop.uses_tensor_maps() && checked.kv_rows == 0 {
-        keyless = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
-        &keyless
-    } else {
-        spec
-    };
     let stream = device.stream();
     // The int32 buffers the kernel reads: index_count, index_list, column_count, column_index,
     // cu_seqlens_q, head_index, cu_seqlens_k.
@@ -748,12 +739,28 @@ pub fn attention_with_spec<T: AttentionElement>(
     // Device addresses, each with the guard that orders the stream's use of its buffer.
     let int_ptrs = int_buffers.map(|buffer| buffer.map(|slice| slice.device_ptr(stream)));
     let int_ptr = |i: usize| ConstPtr::new(int_ptrs[i].as_ref().map_or(0, |(ptr, _)| *ptr));
-    let kernel = device.kernel(spec)?;
-    let head_dim = q.layout.shape[3];
-    let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
     let (k_ptr, _k_sync) = k.data.device_ptr(stream);
     let (v_ptr, _v_sync) = v.data.device_ptr(stream);
+    // What no tensor map can view (zero key rows: a non-causal part of nothing, whose rows get
+    // output 0 and log-sum-exp -inf; a broadcast view) runs the same tile on the `cp.async`
+    // producer, which computes the same result.
+    let unmappable;
+    let spec = if spec.mainloop.uses_tensor_maps()
+        && (checked.kv_rows == 0
+            || [(&q.layout, q_ptr), (&k.layout, k_ptr), (&v.layout, v_ptr)]
+                .iter()
+                .any(|&(layout, address)| !crate::tma::can_map(layout, address)))
+    {
+        tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
+        unmappable = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
+        &unmappable
+    } else {
+        spec
+    };
+    let kernel = device.kernel(spec)?;
+    let head_dim = q.layout.shape[3];
+    let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let o_layout = out.layout;
     let (o_ptr, _o_sync) = out.data.device_ptr_mut(stream);
     let (lse_ptr, _lse_sync) = match options.lse {

@@ -41,8 +41,8 @@ pub(crate) fn map_geometry(name: &str, layout: &Layout, address: u64) -> Result<
     let [batch, rows, heads, head_dim] = layout.shape.map(|n| n as u64);
     let unsupported = |why: String| {
         MinfError::Shape(format!(
-            "{name}: {why}; the wgmma_tma engine's tensor maps need a 16-byte aligned base and strides below 2^40 \
-             bytes (run the wgmma engine instead)"
+            "{name}: {why}; a tensor map needs a 16-byte aligned base and strides below 2^40 bytes (such calls \
+             run on the wgmma producer)"
         ))
     };
     if address % ALIGNMENT != 0 {
@@ -76,6 +76,12 @@ pub(crate) fn map_geometry(name: &str, layout: &Layout, address: u64) -> Result<
         }
     }
     Ok(MapGeometry { dims, strides })
+}
+
+/// Whether the driver can map a tensor with `layout` at device address `address`
+/// ([`map_geometry`] accepts it).
+pub(crate) fn can_map(layout: &Layout, address: u64) -> bool {
+    map_geometry("", layout, address).is_ok()
 }
 
 /// Encodes the map of tensor `name` (`dtype` elements at `address` with `layout`).
@@ -139,7 +145,8 @@ mod tests {
         let layout = Layout::bshd([1, 64, 2, 64]);
         let err = map_geometry("v", &layout, 0x1008).unwrap_err().to_string();
         assert!(err.contains("v: device address 0x1008 is not 16-byte aligned"), "{err}");
-        assert!(err.contains("run the wgmma engine instead"), "{err}");
+        assert!(err.contains("run on the wgmma producer"), "{err}");
+        assert!(!can_map(&layout, 0x1008) && can_map(&layout, 0x1010));
         let odd = Layout { shape: [2, 64, 2, 64], strides: [64 * 2 * 64 + 4, 128, 64, 1] };
         let err = map_geometry("q", &odd, 0).unwrap_err().to_string();
         assert!(err.contains("dimension 3 is not a multiple of 16"), "{err}");
@@ -147,5 +154,6 @@ mod tests {
         let broadcast = Layout { shape: [2, 64, 2, 64], strides: [0, 128, 64, 1] };
         let err = map_geometry("k", &broadcast, 0).unwrap_err().to_string();
         assert!(err.contains("dimension 3 of 2 entries has stride 0"), "{err}");
+        assert!(!can_map(&broadcast, 0));
     }
 }

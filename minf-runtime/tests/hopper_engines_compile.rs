@@ -18,7 +18,7 @@ fn warpgroup_defaults() -> Vec<KernelSpec> {
             }
         }
     }
-    specs.retain(|spec| spec.mainloop == Mainloop::Wgmma);
+    specs.retain(|spec| spec.mainloop.is_warpgroup());
     specs
 }
 

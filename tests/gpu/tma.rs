@@ -9,7 +9,8 @@
 use super::patterns::packed_offsets;
 use super::{check_attention, describe, device, test_seed, Case, Outcome, Packed, TOLERANCE};
 use half::{bf16, f16};
-use minf::codegen::{Arch, KernelSpec, Mainloop, Pattern};
+use minf::codegen::{Arch, DType, KernelSpec, Mainloop, Pattern};
+use minf::tensor::Layout;
 use minf::{AttentionElement, AttentionOptions, Device, PatternArgs, TensorMut, TensorRef, Varlen};
 use minf_testkit::reference::random_normal;
 
@@ -135,5 +136,63 @@ fn a_non_causal_part_without_keys_gives_zero_and_minus_infinity() {
         let lse: Vec<f32> = stream.clone_dtoh(&lse).expect("lse");
         assert!(out.iter().all(|x| x.to_f32() == 0.0), "{}: output not 0", spec.kernel_name());
         assert!(lse.iter().all(|&x| x == f32::NEG_INFINITY), "{}: lse not -inf", spec.kernel_name());
+    }
+}
+
+/// K and V broadcast over a batch of 2 (batch stride 0), which no tensor map can express: the
+/// tensor-map engines (the dense default on sm_90a among them) run the call on the `cp.async`
+/// producer, whose output and log-sum-exp equal an explicit `wgmma` launch bit for bit, and
+/// whose two batch entries equal each other where their queries do.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn broadcast_keys_run_on_the_cp_async_producer() {
+    let device = device();
+    if device.arch() != Arch::Sm90a {
+        println!("skipped: the wgmma_tma engine needs sm_90a; the device is {}", device.arch());
+        return;
+    }
+    let stream = device.stream();
+    let (batch, seq, heads, kv_heads, d) = (2, 700, 8, 2, 128);
+    let seed = test_seed("broadcast_keys");
+    let host = |n: usize, salt: u64| -> Vec<bf16> {
+        random_normal(n, seed.wrapping_add(salt)).into_iter().map(bf16::from_f32).collect()
+    };
+    // Both batch entries hold the same queries, so their outputs must match too.
+    let mut q_host = host(seq * heads * d, 1);
+    q_host.extend_from_within(..);
+    let q = stream.clone_htod(&q_host).expect("q");
+    let k = stream.clone_htod(&host(seq * kv_heads * d, 2)).expect("k");
+    let v = stream.clone_htod(&host(seq * kv_heads * d, 3)).expect("v");
+    let broadcast = Layout { shape: [batch, seq, kv_heads, d], strides: [0, kv_heads * d, d, 1] };
+    let run = |spec: Option<KernelSpec>| -> (Vec<bf16>, Vec<f32>) {
+        let mut out = stream.clone_htod(&vec![bf16::NAN; batch * seq * heads * d]).expect("out");
+        let mut lse = stream.clone_htod(&vec![f32::NAN; batch * heads * seq]).expect("lse");
+        minf::attention(
+            &device,
+            TensorRef::bshd(&q, [batch, seq, heads, d]).expect("q view"),
+            TensorRef::new(&k, broadcast).expect("broadcast k view"),
+            TensorRef::new(&v, broadcast).expect("broadcast v view"),
+            TensorMut::bshd(&mut out, [batch, seq, heads, d]).expect("out view"),
+            PatternArgs::Dense,
+            AttentionOptions { lse: Some(&mut lse), spec, ..Default::default() },
+        )
+        .unwrap_or_else(|e| panic!("{spec:?}: {e}"));
+        (stream.clone_dtoh(&out).expect("out"), stream.clone_dtoh(&lse).expect("lse"))
+    };
+    let default = KernelSpec::default_for(Pattern::Dense, DType::Bf16, d as u32, device.arch());
+    assert_eq!(default.mainloop, Mainloop::WgmmaTma, "the sm_90a dense default copies through tensor maps");
+    let (want_out, want_lse) = run(Some(KernelSpec { mainloop: Mainloop::Wgmma, ..default }));
+    let half = want_out.len() / 2;
+    assert!(want_out.iter().all(|x| x.to_f32().is_finite()), "wgmma left unwritten output");
+    assert_eq!(want_out[..half], want_out[half..], "equal queries over broadcast keys differ between batch entries");
+    for spec in [None].into_iter().chain(tma_specs::<bf16>(&device, d).map(Some)) {
+        let (out, lse) = run(spec);
+        let name = spec.map_or("the default".to_string(), |s| s.kernel_name());
+        assert!(out == want_out, "{name}: output differs from wgmma's");
+        assert!(
+            lse.iter().zip(&want_lse).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: log-sum-exp differs from wgmma's"
+        );
+        println!("ok   {name}: broadcast K/V, batch {batch}, bit for bit wgmma's");
     }
 }
