@@ -487,6 +487,14 @@ impl KernelSpec {
         KernelSpec { block_m, block_n, warps, stages, mainloop, ..self }
     }
 
+    /// This spec followed by the others a launch of it may run instead: the 64-row alternative of
+    /// the per-head tile choice ([`KernelSpec::square_alternative`]), and the `wgmma` twin of a
+    /// tensor-map spec (for calls whose tensors no tensor map can view).
+    pub fn with_companions(self) -> Vec<KernelSpec> {
+        let twin = self.mainloop.uses_tensor_maps().then_some(KernelSpec { mainloop: Mainloop::Wgmma, ..self });
+        std::iter::once(self).chain(self.square_alternative()).chain(twin).collect()
+    }
+
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
     /// dimension, each index-driven default followed by its 64-row alternative where the per-head
     /// tile choice has one ([`KernelSpec::square_alternative`]) and each tensor-map default by its
@@ -501,11 +509,7 @@ impl KernelSpec {
                     for &head_dim in HEAD_DIMS {
                         let spec = KernelSpec::default_for(pattern, dtype, head_dim, arch);
                         if spec.validate().is_ok() {
-                            specs.push(spec);
-                            specs.extend(spec.square_alternative());
-                            if spec.mainloop.uses_tensor_maps() {
-                                specs.push(KernelSpec { mainloop: Mainloop::Wgmma, ..spec });
-                            }
+                            specs.extend(spec.with_companions());
                         }
                     }
                 }

@@ -581,8 +581,9 @@ impl PatternConfig {
     }
 
     /// The distinct attention kernels running this config needs, with their default tiles, in
-    /// [`Pattern`] order, each index-driven one followed by the 64-row alternative the per-head
-    /// tile choice runs next to it ([`KernelSpec::square_alternative`]), if any. Dense is always
+    /// [`Pattern`] order, each followed by the kernels a launch of it may run instead
+    /// ([`KernelSpec::with_companions`]: the tile choice's 64-row alternative, the `wgmma` twin of
+    /// a tensor-map default). Dense is always
     /// among them: it runs the layers below the starting layer and is the fallback for prompts too
     /// short for sparse attention to pay (and for decoding).
     pub fn kernel_specs(&self, head_dim: u32, dtype: DType, arch: Arch) -> Vec<KernelSpec> {
@@ -592,7 +593,7 @@ impl PatternConfig {
         patterns
             .into_iter()
             .map(|p| KernelSpec::default_for(p, dtype, head_dim, arch))
-            .flat_map(|spec| std::iter::once(spec).chain(spec.square_alternative()))
+            .flat_map(KernelSpec::with_companions)
             .collect()
     }
 }

@@ -1,7 +1,7 @@
 //! MInference per-head configs: every shipped file loads and matches its JSON and the README's model
 //! table; every kind of malformed file gets an error naming the file, the layer and the head.
 
-use minf_codegen::{Arch, DType, KernelSpec, Pattern, Tile};
+use minf_codegen::{Arch, DType, KernelSpec, Mainloop, Pattern, Tile};
 use minf_runtime::config::{
     known_model, ConfigError, FilePattern, HeadPattern, ModelShape, PatternConfig, FALLBACK_SLASH, FALLBACK_VERTICAL,
     MINFERENCE_BLOCK_TOP_K,
@@ -132,14 +132,21 @@ fn spot_values() -> TestResult {
     assert_eq!(phi.head(8, 1).map(|h| h.file_pattern), Some(FilePattern::StreamLlm));
     assert_eq!(phi.head(0, 0).map(|h| h.score), Some(0.33349305391311646));
     assert_eq!(phi.shape().map(|s| s.head_dim), Some(96));
-    // Kernel needs: dense (always), A-shape and vertical-slash at the model's head_dim, and on
-    // sm_90a vertical-slash's 64-row alternative for the per-head tile choice.
+    // Kernel needs: dense (always), A-shape and vertical-slash at the model's head_dim; on sm_90a
+    // the wgmma twins of the tensor-map dense and A-shape defaults and vertical-slash's 64-row
+    // alternative for the per-head tile choice.
     let specs = phi.kernel_specs(96, DType::Bf16, Arch::Sm90a);
-    let mut want: Vec<KernelSpec> = [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash]
-        .iter()
-        .map(|&p| KernelSpec::default_for(p, DType::Bf16, 96, Arch::Sm90a))
-        .collect();
-    want.push(Tile::SQUARE_WGMMA.apply(want[2]));
+    let [dense, a_shape, vertical_slash] = [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash]
+        .map(|p| KernelSpec::default_for(p, DType::Bf16, 96, Arch::Sm90a));
+    assert_eq!((dense.mainloop, a_shape.mainloop), (Mainloop::WgmmaTma, Mainloop::WgmmaTma));
+    let want = [
+        dense,
+        KernelSpec { mainloop: Mainloop::Wgmma, ..dense },
+        a_shape,
+        KernelSpec { mainloop: Mainloop::Wgmma, ..a_shape },
+        vertical_slash,
+        Tile::SQUARE_WGMMA.apply(vertical_slash),
+    ];
     assert_eq!(specs, want);
     let on_sm80 = phi.kernel_specs(96, DType::Bf16, Arch::Sm80);
     assert_eq!(on_sm80.len(), 3, "no 64-row alternative where the default already has 64-row blocks");
@@ -189,10 +196,18 @@ fn starting_layer_ratio_and_fallback_follow_minference() -> TestResult {
     assert!(late.layers()[0].iter().all(|h| h.pattern == HeadPattern::Dense));
     assert_eq!(late.head(1, 0).map(|h| h.pattern), Some(HeadPattern::BlockSparse { top_k: 100 }));
     let kinds: Vec<Pattern> = late.kernel_specs(128, DType::Bf16, Arch::Sm90a).iter().map(|s| s.pattern).collect();
-    // Each index-driven pattern twice on sm_90a: its default and the tile choice's 64-row blocks.
+    // Each pattern twice on sm_90a: dense on tensor maps and its wgmma twin, each index-driven
+    // pattern's default and the tile choice's 64-row blocks.
     assert_eq!(
         kinds,
-        [Pattern::Dense, Pattern::VerticalSlash, Pattern::VerticalSlash, Pattern::BlockSparse, Pattern::BlockSparse]
+        [
+            Pattern::Dense,
+            Pattern::Dense,
+            Pattern::VerticalSlash,
+            Pattern::VerticalSlash,
+            Pattern::BlockSparse,
+            Pattern::BlockSparse
+        ]
     );
     let all_dense = config.with_starting_layer(5);
     assert_eq!(all_dense.pattern_counts().into_iter().collect::<Vec<_>>(), [(Pattern::Dense, 6)]);
