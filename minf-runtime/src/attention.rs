@@ -747,10 +747,9 @@ pub fn attention_with_spec<T: AttentionElement>(
     // producer, which computes the same result.
     let unmappable;
     let spec = if spec.mainloop.uses_tensor_maps()
-        && (checked.kv_rows == 0
-            || [(&q.layout, q_ptr), (&k.layout, k_ptr), (&v.layout, v_ptr)]
-                .iter()
-                .any(|&(layout, address)| !crate::tma::can_map(layout, address)))
+        && [(&q.layout, q_ptr), (&k.layout, k_ptr), (&v.layout, v_ptr)]
+            .iter()
+            .any(|&(layout, address)| !crate::tma::can_map(layout, address))
     {
         tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
         unmappable = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };

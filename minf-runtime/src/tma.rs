@@ -41,14 +41,18 @@ pub(crate) fn map_geometry(name: &str, layout: &Layout, address: u64) -> Result<
     let [batch, rows, heads, head_dim] = layout.shape.map(|n| n as u64);
     let unsupported = |why: String| {
         MinfError::Shape(format!(
-            "{name}: {why}; a tensor map needs a 16-byte aligned base and strides below 2^40 bytes (such calls \
-             run on the wgmma producer)"
+            "{name}: {why}; a tensor map needs a 16-byte aligned base, extents from 1 to 2^32 and strides below \
+             2^40 bytes (such calls run on the wgmma producer)"
         ))
     };
     if address % ALIGNMENT != 0 {
         return Err(unsupported(format!("device address {address:#x} is not 16-byte aligned")));
     }
     let dims = [head_dim, rows, heads, batch];
+    if dims.contains(&0) {
+        // A call without keys (a non-causal part of nothing) has k and v of zero rows.
+        return Err(unsupported(format!("shape {:?} is empty", layout.shape)));
+    }
     if let Some(&too_large) = dims.iter().find(|&&n| n > MAX_DIM) {
         return Err(unsupported(format!("dimension {too_large} exceeds 2^32 elements")));
     }
@@ -155,5 +159,9 @@ mod tests {
         let err = map_geometry("k", &broadcast, 0).unwrap_err().to_string();
         assert!(err.contains("dimension 3 of 2 entries has stride 0"), "{err}");
         assert!(!can_map(&broadcast, 0));
+        // Zero key rows: no map views them.
+        let keyless = Layout::bshd([1, 0, 2, 64]);
+        let err = map_geometry("k", &keyless, 0).unwrap_err().to_string();
+        assert!(err.contains("shape [1, 0, 2, 64] is empty"), "{err}");
     }
 }

@@ -52,9 +52,8 @@ const ROW_THREADS_PER_LAUNCH: usize = 1 << 18;
 /// the power of two that brings the launch nearest [`ROW_THREADS_PER_LAUNCH`] from below, between
 /// 4 (whose 16-byte runs of entries keep the stores whole) and 32 (a warp).
 fn row_lanes(rows: usize) -> usize {
-    let wanted = ROW_THREADS_PER_LAUNCH / rows.max(1);
-    let below = if wanted == 0 { 1 } else { 1 << wanted.ilog2() };
-    below.clamp(4, 32)
+    let wanted = (ROW_THREADS_PER_LAUNCH / rows.max(1)).max(1);
+    (1 << wanted.ilog2()).clamp(4, 32)
 }
 
 /// Largest batch and head count (the converter's launch grid).
