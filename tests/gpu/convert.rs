@@ -34,6 +34,22 @@ fn minference_indices(rng: &mut TestRng, count: usize, length: i32, slash: bool)
     chosen
 }
 
+/// `count` slash slots (descending, unused ones -1) in runs whose gaps sit on both sides of one and
+/// two range steps (64 and 128 keys), where whether a slash starts a new range depends on where
+/// the current range started.
+fn clustered_slashes(rng: &mut TestRng, count: usize, length: i32) -> Vec<i32> {
+    const GAPS: [i32; 12] = [1, 1, 1, 2, 63, 64, 65, 100, 127, 128, 129, 300];
+    let mut offsets = Vec::with_capacity(count);
+    let mut x = rng.below(3) as i32;
+    while x < length && offsets.len() < count {
+        offsets.push(x);
+        x += GAPS[rng.below(GAPS.len())];
+    }
+    offsets.reverse();
+    offsets.resize(count, -1);
+    offsets
+}
+
 pub(super) struct Inputs {
     seqlens: Vec<i32>,
     vertical: Vec<i32>,
@@ -64,6 +80,17 @@ impl Inputs {
         for _ in 0..heads {
             vertical.extend(minference_indices(rng, nnz_v, length, false));
             slash.extend(minference_indices(rng, nnz_s, length, true));
+        }
+        Inputs { seqlens: vec![length], vertical, slash, heads, nnz_v, nnz_s, context: length as usize }
+    }
+
+    /// Slashes in runs ([`clustered_slashes`]); verticals as MInference's.
+    pub(super) fn clustered(rng: &mut TestRng, length: i32, heads: usize, nnz_v: usize, nnz_s: usize) -> Inputs {
+        let (nnz_v, nnz_s) = (nnz_v.min(length as usize), nnz_s.min(length as usize));
+        let (mut vertical, mut slash) = (Vec::new(), Vec::new());
+        for _ in 0..heads {
+            vertical.extend(minference_indices(rng, nnz_v, length, false));
+            slash.extend(clustered_slashes(rng, nnz_s, length));
         }
         Inputs { seqlens: vec![length], vertical, slash, heads, nnz_v, nnz_s, context: length as usize }
     }
@@ -186,6 +213,11 @@ fn converter_matches_the_cpu_model() {
     // (66560; a warp then converts eight row blocks side by side).
     cases.push(("raw 8192 x 256 heads".into(), Inputs::raw(&mut rng, &[8192], 256, 60, 90)));
     cases.push(("raw batch 2, 4097 and 3000 x 512 heads".into(), Inputs::raw(&mut rng, &[4097, 3000], 512, 70, 50)));
+    // Slash gaps around 64 and 128 keys, with a warp (2048 row blocks), groups of 8 (32768) and
+    // groups of 4 (65536) per row block.
+    cases.push(("clustered 32768 x 4 heads".into(), Inputs::clustered(&mut rng, 32768, 4, 300, 3000)));
+    cases.push(("clustered 8192 x 256 heads".into(), Inputs::clustered(&mut rng, 8192, 256, 100, 400)));
+    cases.push(("clustered 32768 x 128 heads".into(), Inputs::clustered(&mut rng, 32768, 128, 100, 400)));
     // Capacities far above the length, and a longer padded context.
     let mut padded = Inputs::raw(&mut rng, &[500, 300], 3, 2000, 3000);
     padded.context = 1000;
@@ -359,7 +391,11 @@ fn chunk_converter_matches_the_cpu_model() {
             for &length in &kv_lens {
                 for _ in 0..heads {
                     vertical.extend(hostile_raw_indices(&mut rng, nnz_v, length, max_kv_len));
-                    slash.extend(hostile_raw_indices(&mut rng, nnz_s, length, max_kv_len));
+                    if prefix % 2 == 1 {
+                        slash.extend(clustered_slashes(&mut rng, nnz_s, length));
+                    } else {
+                        slash.extend(hostile_raw_indices(&mut rng, nnz_s, length, max_kv_len));
+                    }
                 }
             }
             let want =
