@@ -883,11 +883,7 @@ impl IndexKernelSpec {
                         abi::SELECT_THREADS,
                         abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS),
                     ),
-                    entry(
-                        "_block_select_short",
-                        abi::SELECT_THREADS,
-                        abi::block_select_shared_bytes(abi::SELECT_SHORT_ROWS),
-                    ),
+                    entry("_block_select_short", abi::SELECT_THREADS, 0),
                 ]
             }
             IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0)],

@@ -909,12 +909,18 @@ fn run_block_sparse<T: AttentionElement>(
     let (Some(pooled), Some(block_scores)) = (workspace.pooled.as_mut(), workspace.block_scores.as_mut()) else {
         return Err(shape_error(format!("{what}: the workspace was not allocated")));
     };
-    // rows <= MAX_BLOCK_SPARSE_ROWS: the entry's launch shape allows this much.
-    let select_shared = abi::block_select_shared_bytes(rows as u32);
     let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
     let scores = load(device, IndexKernel::EstimateSelect, "_block_scores")?;
-    // The short selection holds fewer keys per thread, so more of its blocks share an SM.
-    let select_entry = if rows <= abi::SELECT_SHORT_ROWS as usize { "_block_select_short" } else { "_block_select" };
+    // Up to SELECT_SHORT_ROWS candidates a query block takes a warp of the short selection (its
+    // keys in registers, no shared memory); more take a whole block, with shared memory for the
+    // keys that share the threshold's prefix (rows <= MAX_BLOCK_SPARSE_ROWS: the entry's launch
+    // shape allows this much).
+    let short = rows <= abi::SELECT_SHORT_ROWS as usize;
+    let (select_entry, rows_per_block, select_shared) = if short {
+        ("_block_select_short", abi::SELECT_THREADS / 32, 0)
+    } else {
+        ("_block_select", 1, abi::block_select_shared_bytes(rows as u32))
+    };
     let select = load(device, IndexKernel::EstimateSelect, select_entry)?;
     if select_shared > select.launch.shared_bytes {
         return Err(shape_error(format!(
@@ -983,8 +989,9 @@ fn run_block_sparse<T: AttentionElement>(
         let pairs_here = group.min(pairs - pair_begin) as u32;
         let group_params = params(pair_begin);
         let scores_config = scores.config((tiles, pairs_here, 1));
+        let select_blocks = (q_rows as u32).div_ceil(rows_per_block);
         let select_config =
-            LaunchConfig { shared_mem_bytes: select_shared, ..select.config((q_rows as u32, pairs_here, 1)) };
+            LaunchConfig { shared_mem_bytes: select_shared, ..select.config((select_blocks, pairs_here, 1)) };
         mark(1)?;
         launch(&scores, scores_config, &group_params, "scores")?;
         mark(2)?;
