@@ -528,8 +528,8 @@ fn launch_top_k(
     scratch: &mut Option<CudaSlice<i32>>,
 ) -> Result<(), MinfError> {
     let stream = device.stream();
-    let row_params = |histograms: MutPtr<i32>, states: MutPtr<i32>, segment_counts: MutPtr<i32>, segments: usize| {
-        SelectParams {
+    let select_params =
+        |histograms: MutPtr<i32>, states: MutPtr<i32>, segment_counts: MutPtr<i32>, segments: usize| SelectParams {
             vertical: targets.vertical,
             slash: targets.slash,
             head_sizes: targets.head_sizes,
@@ -544,11 +544,10 @@ fn launch_top_k(
             capacity_s: targets.capacity_s as i32,
             segments: segments as i32,
             pass: 0,
-        }
-    };
+        };
     if seq <= abi::SELECT_ROW_KEYS as usize {
         let row = load(device, IndexKernel::EstimateSelect, "_vs_row")?;
-        let params = KernelArgs(row_params(MutPtr::NULL, MutPtr::NULL, MutPtr::NULL, 1));
+        let params = KernelArgs(select_params(MutPtr::NULL, MutPtr::NULL, MutPtr::NULL, 1));
         let mut launch = stream.launch_builder(&row.function);
         launch.arg(&params);
         // SAFETY: the parameter block matches the kernel's declaration; the scores hold
@@ -572,7 +571,7 @@ fn launch_top_k(
     let at = |ints: usize| MutPtr::new(scratch_ptr + (ints * std::mem::size_of::<i32>()) as u64);
     // The callers bound seq by MAX_SCORE_SEQ (so the segments fit i32), heads by
     // MAX_BATCH_OR_HEADS and the capacities by i32::MAX.
-    let params = row_params(at(0), at(layout.states), at(layout.segment_counts), layout.segments);
+    let params = select_params(at(0), at(layout.states), at(layout.segment_counts), layout.segments);
     let passes = [(&histogram, 0), (&histogram, 1), (&histogram, 2), (&count, 0), (&write, 0)];
     for (kernel, pass) in passes {
         let config = kernel.config(((2 * layout.segments) as u32, heads as u32, batch as u32));
