@@ -8,7 +8,7 @@ use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
-use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr, TensorMaps};
+use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr};
 use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
 /// A packed variable-length batch (`cu_seqlens`-style), checked and uploaded once: sequence `b` has
@@ -742,15 +742,20 @@ pub fn attention_with_spec<T: AttentionElement>(
     let (q_ptr, _q_sync) = q.data.device_ptr(stream);
     let (k_ptr, _k_sync) = k.data.device_ptr(stream);
     let (v_ptr, _v_sync) = v.data.device_ptr(stream);
-    // What no tensor map can view (zero key rows: a non-causal part of nothing, whose rows get
-    // output 0 and log-sum-exp -inf; a broadcast view) runs the same tile on the `cp.async`
-    // producer, which computes the same result.
+    // The tensor-map engines' second parameter: a map per input, over the same pointers and
+    // layouts as the parameters. What no tensor map can view (zero key rows: a non-causal part of
+    // nothing, whose rows get output 0 and log-sum-exp -inf; a broadcast view) runs the same tile on
+    // the `cp.async` producer, which computes the same result.
+    let maps = if spec.mainloop.uses_tensor_maps() {
+        crate::tma::encode_inputs(
+            spec.dtype,
+            [("q", &q.layout, q_ptr), ("k", &k.layout, k_ptr), ("v", &v.layout, v_ptr)],
+        )?
+    } else {
+        None
+    };
     let unmappable;
-    let spec = if spec.mainloop.uses_tensor_maps()
-        && [(&q.layout, q_ptr), (&k.layout, k_ptr), (&v.layout, v_ptr)]
-            .iter()
-            .any(|&(layout, address)| !crate::tma::can_map(layout, address))
-    {
+    let spec = if spec.mainloop.uses_tensor_maps() && maps.is_none() {
         tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
         unmappable = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
         &unmappable
@@ -802,17 +807,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         checked.batch as u32,
     ));
     let params = KernelArgs(params);
-    // The wgmma_tma engine's second parameter: a tensor map per input, over the same pointers and
-    // layouts as the parameters.
-    let maps = if spec.mainloop.uses_tensor_maps() {
-        Some(KernelArgs(TensorMaps {
-            q: crate::tma::encode("q", spec.dtype, &q.layout, q_ptr)?,
-            k: crate::tma::encode("k", spec.dtype, &k.layout, k_ptr)?,
-            v: crate::tma::encode("v", spec.dtype, &v.layout, v_ptr)?,
-        }))
-    } else {
-        None
-    };
+    let maps = maps.map(KernelArgs);
     let mut launch = stream.launch_builder(&kernel.function);
     launch.arg(&params);
     if let Some(maps) = &maps {

@@ -14,7 +14,7 @@
 use crate::error::MinfError;
 use crate::tensor::Layout;
 use cudarc::driver::{sys, DriverError};
-use minf_codegen::abi::{TensorMap, TMA_BOX_COLUMNS, TMA_BOX_ROWS};
+use minf_codegen::abi::{TensorMap, TensorMaps, TMA_BOX_COLUMNS, TMA_BOX_ROWS};
 use minf_codegen::DType;
 
 /// The driver's limits on a tiled tensor map: global address and strides 16-byte aligned, strides
@@ -82,15 +82,27 @@ pub(crate) fn map_geometry(name: &str, layout: &Layout, address: u64) -> Result<
     Ok(MapGeometry { dims, strides })
 }
 
-/// Whether the driver can map a tensor with `layout` at device address `address`
-/// ([`map_geometry`] accepts it).
-pub(crate) fn can_map(layout: &Layout, address: u64) -> bool {
-    map_geometry("", layout, address).is_ok()
+/// The maps of q, k and v (`dtype` elements; each input its name, layout and device address), or
+/// `None` when no tensor map can view one of them ([`map_geometry`]'s reasons: zero rows, a
+/// broadcast stride of 0, an unaligned base or stride): such a call runs its tile on the
+/// `cp.async` producer instead. An error is the driver refusing a geometry it should accept.
+pub(crate) fn encode_inputs(dtype: DType, inputs: [(&str, &Layout, u64); 3]) -> Result<Option<TensorMaps>, MinfError> {
+    let mut geometries = [MapGeometry { dims: [0; 4], strides: [0; 3] }; 3];
+    for (geometry, &(name, layout, address)) in geometries.iter_mut().zip(&inputs) {
+        match map_geometry(name, layout, address) {
+            Ok(found) => *geometry = found,
+            Err(why) => {
+                tracing::debug!("{why}");
+                return Ok(None);
+            }
+        }
+    }
+    let encode_input = |i: usize| encode(inputs[i].0, dtype, &geometries[i], inputs[i].2);
+    Ok(Some(TensorMaps { q: encode_input(0)?, k: encode_input(1)?, v: encode_input(2)? }))
 }
 
-/// Encodes the map of tensor `name` (`dtype` elements at `address` with `layout`).
-pub(crate) fn encode(name: &str, dtype: DType, layout: &Layout, address: u64) -> Result<TensorMap, MinfError> {
-    let geometry = map_geometry(name, layout, address)?;
+/// Encodes the map of tensor `name` (`dtype` elements at `address` with `geometry`).
+fn encode(name: &str, dtype: DType, geometry: &MapGeometry, address: u64) -> Result<TensorMap, MinfError> {
     let data_type = match dtype {
         DType::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
         DType::F16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
@@ -150,7 +162,7 @@ mod tests {
         let err = map_geometry("v", &layout, 0x1008).unwrap_err().to_string();
         assert!(err.contains("v: device address 0x1008 is not 16-byte aligned"), "{err}");
         assert!(err.contains("run on the wgmma producer"), "{err}");
-        assert!(!can_map(&layout, 0x1008) && can_map(&layout, 0x1010));
+        assert!(map_geometry("v", &layout, 0x1010).is_ok());
         let odd = Layout { shape: [2, 64, 2, 64], strides: [64 * 2 * 64 + 4, 128, 64, 1] };
         let err = map_geometry("q", &odd, 0).unwrap_err().to_string();
         assert!(err.contains("dimension 3 is not a multiple of 16"), "{err}");
@@ -158,7 +170,6 @@ mod tests {
         let broadcast = Layout { shape: [2, 64, 2, 64], strides: [0, 128, 64, 1] };
         let err = map_geometry("k", &broadcast, 0).unwrap_err().to_string();
         assert!(err.contains("dimension 3 of 2 entries has stride 0"), "{err}");
-        assert!(!can_map(&broadcast, 0));
         // Zero key rows: no map views them.
         let keyless = Layout::bshd([1, 0, 2, 64]);
         let err = map_geometry("k", &keyless, 0).unwrap_err().to_string();
