@@ -44,7 +44,6 @@ fn selection_template_renders_every_entry_point() {
             "_vs_histogram",
             "_vs_count",
             "_vs_write",
-            "_vs_row",
             "_block_pool",
             "_block_scores",
             "_block_select",
