@@ -664,11 +664,6 @@ kernel_constants! {
     pub const SELECT_SEGMENT_KEYS: u32 = 4096;
     /// Threads per block of the vertical-slash top-k passes.
     pub const SELECT_SEGMENT_THREADS: u32 = 256;
-    /// Longest rows whose vertical-slash top-k runs in one block per selection (`_vs_row`, one
-    /// launch); longer rows take the five segment passes.
-    pub const SELECT_ROW_KEYS: u32 = 262_144;
-    /// Threads per block of the one-block vertical-slash top-k.
-    pub const SELECT_ROW_THREADS: u32 = 1024;
     /// Bins of a radix-select histogram: digits of up to 11 bits.
     pub const RADIX_BINS: u32 = 2048;
     /// Ints of one vertical-slash top-k selection's state: threshold prefix, keys equal to it

@@ -255,8 +255,6 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
                 "MAX_BLOCK_SPARSE_ROWS",
                 "SELECT_SEGMENT_KEYS",
                 "SELECT_SEGMENT_THREADS",
-                "SELECT_ROW_KEYS",
-                "SELECT_ROW_THREADS",
                 "RADIX_BINS",
                 "SELECT_STATE_INTS",
                 "POOL_THREADS",

@@ -876,7 +876,6 @@ impl IndexKernelSpec {
                     entry("_vs_histogram", abi::SELECT_SEGMENT_THREADS, 0),
                     entry("_vs_count", abi::SELECT_SEGMENT_THREADS, 0),
                     entry("_vs_write", abi::SELECT_SEGMENT_THREADS, 0),
-                    entry("_vs_row", abi::SELECT_ROW_THREADS, 0),
                     entry("_block_pool", abi::POOL_THREADS, 0),
                     entry("_block_scores", abi::BLOCK_SCORE_THREADS, 0),
                     entry(

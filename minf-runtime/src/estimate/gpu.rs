@@ -517,10 +517,8 @@ struct TopKTargets {
     capacity_s: usize,
 }
 
-/// Launches the top-k over `[batch, heads, seq]` scores (batch and heads at most
-/// [`MAX_BATCH_OR_HEADS`], seq at most [`MAX_SCORE_SEQ`]): one block per selection for rows of up to
-/// [`abi::SELECT_ROW_KEYS`] scores, else the five segment passes, with `scratch` grown to their
-/// layout.
+/// Launches the five top-k passes over `[batch, heads, seq]` scores (batch and heads at most
+/// [`MAX_BATCH_OR_HEADS`], seq at most [`MAX_SCORE_SEQ`]), with `scratch` grown to their layout.
 fn launch_top_k(
     device: &Device,
     (batch, heads, seq): (usize, usize, usize),
@@ -528,36 +526,6 @@ fn launch_top_k(
     scratch: &mut Option<CudaSlice<i32>>,
 ) -> Result<(), MinfError> {
     let stream = device.stream();
-    let select_params =
-        |histograms: MutPtr<i32>, states: MutPtr<i32>, segment_counts: MutPtr<i32>, segments: usize| SelectParams {
-            vertical: targets.vertical,
-            slash: targets.slash,
-            head_sizes: targets.head_sizes,
-            out_vertical: targets.out_vertical,
-            out_slash: targets.out_slash,
-            histograms,
-            states,
-            segment_counts,
-            seq: seq as i32,
-            heads: heads as i32,
-            capacity_v: targets.capacity_v as i32,
-            capacity_s: targets.capacity_s as i32,
-            segments: segments as i32,
-            pass: 0,
-        };
-    if seq <= abi::SELECT_ROW_KEYS as usize {
-        let row = load(device, IndexKernel::EstimateSelect, "_vs_row")?;
-        let params = KernelArgs(select_params(MutPtr::NULL, MutPtr::NULL, MutPtr::NULL, 1));
-        let mut launch = stream.launch_builder(&row.function);
-        launch.arg(&params);
-        // SAFETY: the parameter block matches the kernel's declaration; the scores hold
-        // batch * heads * seq floats, the size table 2 * heads ints, the outputs
-        // batch * heads * capacity ints; the kernel reads no scratch, clamps every size to the
-        // capacity and seq, reads keys below seq and writes positions below the size.
-        return unsafe { launch.launch(row.config((2, heads as u32, batch as u32))) }
-            .map(|_| ())
-            .map_err(MinfError::driver("launching the vertical-slash top-k"));
-    }
     let layout = SelectScratch::layout(batch * heads, seq);
     reserve_buffer(scratch, stream, layout.len, "the estimate's top-k histograms")?;
     let scratch = scratch.as_mut().ok_or_else(|| shape_error("the top-k scratch was not allocated".into()))?;
@@ -571,7 +539,22 @@ fn launch_top_k(
     let at = |ints: usize| MutPtr::new(scratch_ptr + (ints * std::mem::size_of::<i32>()) as u64);
     // The callers bound seq by MAX_SCORE_SEQ (so the segments fit i32), heads by
     // MAX_BATCH_OR_HEADS and the capacities by i32::MAX.
-    let params = select_params(at(0), at(layout.states), at(layout.segment_counts), layout.segments);
+    let params = SelectParams {
+        vertical: targets.vertical,
+        slash: targets.slash,
+        head_sizes: targets.head_sizes,
+        out_vertical: targets.out_vertical,
+        out_slash: targets.out_slash,
+        histograms: at(0),
+        states: at(layout.states),
+        segment_counts: at(layout.segment_counts),
+        seq: seq as i32,
+        heads: heads as i32,
+        capacity_v: targets.capacity_v as i32,
+        capacity_s: targets.capacity_s as i32,
+        segments: layout.segments as i32,
+        pass: 0,
+    };
     let passes = [(&histogram, 0), (&histogram, 1), (&histogram, 2), (&count, 0), (&write, 0)];
     for (kernel, pass) in passes {
         let config = kernel.config(((2 * layout.segments) as u32, heads as u32, batch as u32));
