@@ -25,12 +25,40 @@ def time_ms(fn, iters=20, warmup=5):
     return times[len(times) // 2]
 
 
+# Packages MInference switches to when it finds them; blocked so that its Triton kernels run.
+BLOCKED_PACKAGES = ("sgl_kernel", "vllm_flash_attn", "vllm")
+
+
+def _hide_blocked_packages():
+    """Makes transformers report the blocked packages as absent. `minference.modules` asks
+    `transformers.utils.import_utils._is_package_available("vllm")` before importing vLLM, and
+    that check can find an installed distribution that the import then cannot load."""
+    try:
+        import_utils = importlib.import_module("transformers.utils.import_utils")
+    except ImportError:
+        return
+    original = getattr(import_utils, "_is_package_available", None)
+    if original is None or getattr(original, "_minf_blocked", False):
+        return
+
+    def is_package_available(pkg_name, *args, **kwargs):
+        if pkg_name in BLOCKED_PACKAGES:
+            return_version = kwargs.get("return_version", args[0] if args else False)
+            return (False, "N/A") if return_version else False
+        return original(pkg_name, *args, **kwargs)
+
+    is_package_available._minf_blocked = True
+    import_utils._is_package_available = is_package_available
+
+
 def import_minference(site="/tmp/site", modules=("pit_sparse_flash_attention_v2",), package="ops"):
     """MInference 0.1.6's `minference.<package>.<name>` modules (`package` "ops" or "modules") from
     its install under `site`, with the packages it would otherwise switch to (sgl_kernel, vLLM)
     blocked, so its Triton kernels run."""
-    for blocked in ("sgl_kernel", "vllm_flash_attn", "vllm"):
+    for blocked in BLOCKED_PACKAGES:
         sys.modules[blocked] = None
+    if package == "modules":
+        _hide_blocked_packages()
     if site not in sys.path:
         sys.path.insert(0, site)
     for name in ("minference", "minference.ops", "minference.modules"):
