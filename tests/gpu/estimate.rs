@@ -188,7 +188,8 @@ use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
 use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
-use minf_testkit::select::{block_top_k, fma_dot, order_key};
+use minf::codegen::abi;
+use minf_testkit::select::{block_score_tolerance, block_top_k, key_value};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
 fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {
@@ -422,10 +423,11 @@ fn vertical_slash_estimate_at_128k_matches_reference() {
     );
 }
 
-/// Every listed block list equals, exactly, the top-k of the GPU's own pooled blocks with the dots
-/// summed as the tiled score pass sums them (`minf_testkit::select::fma_dot`, ties to the smaller
-/// block): the score tiles' arithmetic, their causal layout and the radix select keep the rule.
-fn block_lists_match_the_gpu_pooling(
+/// The block scores the GPU kept (the last group of pairs) lie within the score pass's tolerance
+/// of the f64 dots of the GPU's own pooled blocks, and every such pair's lists equal, exactly, the
+/// top-k of those stored scores (`minf_testkit::select::block_top_k`, ties to the smaller block):
+/// the score tiles' arithmetic and causal layout, and the selection's rule.
+fn block_lists_match_the_gpu_scores(
     workspace: &EstimateWorkspace,
     got: &minf::HostBlockSparseIndex,
     listed: &[usize],
@@ -440,18 +442,41 @@ fn block_lists_match_the_gpu_pooling(
     let jobs = listed.len() + kv_used.len();
     let pooled = workspace.pooled_to_host(jobs * batch * kv_rows * head_dim).expect("pooled blocks");
     let row_of = |job: usize, b: usize, r: usize| &pooled[((job * batch + b) * kv_rows + r) * head_dim..][..head_dim];
-    for b in 0..batch {
-        for (q_job, &h) in listed.iter().enumerate() {
-            let k_job = listed.len() + kv_used.partition_point(|&kv| kv < h / group);
-            for r in 0..q_len.div_ceil(64) {
-                let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
-                let keys: Vec<u32> =
-                    (0..=last).map(|c| order_key(fma_dot(row_of(q_job, b, r), row_of(k_job, b, c)))).collect();
-                let want: Vec<i32> = block_top_k(&keys, top_k).iter().map(|&c| c as i32).collect();
-                assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
+    let (first_pair, slot_keys, stored) =
+        workspace.block_scores_to_host().expect("block scores").expect("the estimate kept block scores");
+    let tolerance = block_score_tolerance(head_dim);
+    let mut worst = 0.0f64;
+    for (slot, keys_of_pair) in stored.chunks(slot_keys).enumerate() {
+        let pair = first_pair + slot;
+        let (b, q_job) = (pair / listed.len(), pair % listed.len());
+        let h = listed[q_job];
+        let k_job = listed.len() + kv_used.partition_point(|&kv| kv < h / group);
+        for r in 0..q_len.div_ceil(64) {
+            let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
+            let from = abi::block_score_offset(kv_len as u64, q_len as u64, r as u64) as usize;
+            let keys = &keys_of_pair[from..from + last + 1];
+            for (c, &key) in keys.iter().enumerate() {
+                let (q, k) = (row_of(q_job, b, r), row_of(k_job, b, c));
+                let exact: f64 = q.iter().zip(k).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+                let magnitude: f64 = q.iter().zip(k).map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs()).sum();
+                let error = (f64::from(key_value(key)) - exact).abs();
+                assert!(
+                    error <= tolerance * magnitude,
+                    "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r} c={c}: score {} against {exact} (sum |q k| {magnitude})",
+                    key_value(key)
+                );
+                if magnitude > 0.0 {
+                    worst = worst.max(error / magnitude);
+                }
             }
+            let want: Vec<i32> = block_top_k(keys, top_k).iter().map(|&c| c as i32).collect();
+            assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
         }
     }
+    println!(
+        "ok   block scores of {} pairs within {worst:.2e} of sum |q k| (tolerance {tolerance:.2e}); lists exact",
+        stored.len() / slot_keys
+    );
 }
 
 pub(super) fn block_sparse_case<T: AttentionElement>(
@@ -481,7 +506,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
     .expect("block-sparse estimate");
     let got = index.to_host().expect("download");
     if top_k > 0 {
-        block_lists_match_the_gpu_pooling(
+        block_lists_match_the_gpu_scores(
             workspace,
             &got,
             &listed,
@@ -749,7 +774,7 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
     let got = index.to_host().expect("download");
     if top_k > 0 {
         let shape = (batch, heads, kv_heads, head_dim);
-        block_lists_match_the_gpu_pooling(workspace, &got, &listed, shape, (q_len, kv_len, top_k));
+        block_lists_match_the_gpu_scores(workspace, &got, &listed, shape, (q_len, kv_len, top_k));
     }
     let chunk = ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim };
     let want = estimate_block_sparse_chunk(&q_f32, &k_f32, chunk, top_k).expect("reference");
