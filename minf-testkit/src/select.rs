@@ -286,7 +286,9 @@ mod tests {
                     let (hi, lo) = split_tf32(*x);
                     assert_eq!(hi.to_bits() & 0x1fff, 0, "{x}: hi is TF32");
                     assert_eq!(lo.to_bits() & 0x1fff, 0, "{x}: lo is TF32");
-                    assert!((f64::from(hi) + f64::from(lo) - f64::from(*x)).abs() <= 2f64.powi(-21) * f64::from(x.abs()));
+                    assert!(
+                        (f64::from(hi) + f64::from(lo) - f64::from(*x)).abs() <= 2f64.powi(-21) * f64::from(x.abs())
+                    );
                 }
             }
         }

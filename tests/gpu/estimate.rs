@@ -179,6 +179,7 @@ fn scores_at_128k_timing() {
 
 // ---- The whole estimates: selections, converted index and block lists against the CPU ----
 
+use minf::codegen::abi;
 use minf::estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, select_vertical_slash_gpu, EstimateWorkspace,
     VerticalSlashHead,
@@ -188,7 +189,6 @@ use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
 use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
-use minf::codegen::abi;
 use minf_testkit::select::{block_score_tolerance, block_top_k, key_value};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
