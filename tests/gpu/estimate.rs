@@ -484,7 +484,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
     workspace: &mut EstimateWorkspace,
     (seq, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize),
     seed: u64,
-) {
+) -> minf::HostBlockSparseIndex {
     let batch = 2;
     let (q_host, k_host, q_f32, k_f32) = inputs::<T>(seq, heads, kv_heads, head_dim, seed);
     let stream = device.stream();
@@ -542,6 +542,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
         T::DTYPE
     );
     println!("ok   {} block-sparse seq={seq} top_k={top_k}: {mismatched_rows}/{listed_rows} lists differ", T::DTYPE);
+    got
 }
 
 #[test]
@@ -607,8 +608,8 @@ fn block_sparse_estimate_of_equal_scores_keeps_the_first_blocks() {
 }
 
 /// The score matrices computed and selected a few (batch, head) pairs at a time (a small
-/// [`EstimateWorkspace::limit_block_scores`]) give the lists of one pass: whole prompts and chunks
-/// whose prefixes reach past several key tiles.
+/// [`EstimateWorkspace::limit_block_scores`]) give exactly the lists of one pass, whose stored
+/// scores are all checked: whole prompts and chunks whose prefixes reach past several key tiles.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn block_sparse_estimate_in_groups_of_heads_matches() {
@@ -616,11 +617,17 @@ fn block_sparse_estimate_in_groups_of_heads_matches() {
     let seed = test_seed("block_sparse_estimate_in_groups_of_heads_matches");
     // One pair per group, then three (the last group partial: 2 batches x 4 listed heads).
     for (i, limit) in [1usize, 3 * 4 * 200 * 201 / 2].into_iter().enumerate() {
-        let mut workspace = EstimateWorkspace::new();
-        workspace.limit_block_scores(limit);
-        block_sparse_case::<bf16>(&device, &mut workspace, (12_800, 6, 2, 128, 100), seed + i as u64);
-        let case = (3000, 20_037, 6, 2, 128, 100);
-        block_sparse_chunk_case::<bf16>(&device, &mut workspace, case, seed + 10 + i as u64);
+        let mut grouped = EstimateWorkspace::new();
+        grouped.limit_block_scores(limit);
+        let mut one_pass = EstimateWorkspace::new();
+        let (case, case_seed) = ((12_800, 6, 2, 128, 100), seed + i as u64);
+        let got = block_sparse_case::<bf16>(&device, &mut grouped, case, case_seed);
+        let want = block_sparse_case::<bf16>(&device, &mut one_pass, case, case_seed);
+        assert_eq!(got, want, "limit {limit}: the lists computed in groups differ from one pass's");
+        let (chunk, chunk_seed) = ((3000, 20_037, 6, 2, 128, 100), seed + 10 + i as u64);
+        let got = block_sparse_chunk_case::<bf16>(&device, &mut grouped, chunk, chunk_seed);
+        let want = block_sparse_chunk_case::<bf16>(&device, &mut one_pass, chunk, chunk_seed);
+        assert_eq!(got, want, "limit {limit}: the chunk's lists computed in groups differ from one pass's");
     }
 }
 
@@ -749,7 +756,7 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
     workspace: &mut EstimateWorkspace,
     (q_len, prefix, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize, usize),
     seed: u64,
-) {
+) -> minf::HostBlockSparseIndex {
     let (batch, kv_len) = (2, prefix + q_len);
     let (q_all, k_host, q_all_f32, k_f32) = inputs::<T>(kv_len, heads, kv_heads, head_dim, seed);
     let q_host = chunk_rows(&q_all, batch, kv_len, q_len, heads * head_dim);
@@ -809,6 +816,7 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
         "ok   {} block-sparse chunk q_len={q_len} after {prefix}: {mismatched_rows}/{listed_rows} differ",
         T::DTYPE
     );
+    got
 }
 
 /// q_len of the matrix, each after prefixes that are not multiples of 64 (and one that is).
