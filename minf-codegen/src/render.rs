@@ -144,6 +144,20 @@ struct ScoreEntry {
     accumulate_entry: String,
     stats_bytes: u32,
     accumulate_bytes: u32,
+    /// Blocks per SM the accumulating pass's registers must allow.
+    accumulate_blocks: u32,
+}
+
+/// Blocks per SM the accumulating vertical-slash score pass is compiled to allow (its launch
+/// bounds cap the registers to match): three for head_dim 64 where three blocks' shared memory
+/// fits an SM (Hopper), else two.
+fn score_accumulate_blocks(arch: Arch, head_dim: u32) -> u32 {
+    let block_bytes = abi::score_shared_bytes(head_dim, true) + 1024;
+    if head_dim <= 64 && 3 * block_bytes <= arch.shared_memory_per_sm() {
+        3
+    } else {
+        2
+    }
 }
 
 fn engine() -> Result<&'static tera::Tera, RenderError> {
@@ -278,6 +292,7 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
                     accumulate_entry: spec.score_entry_name("accumulate", dtype, head_dim),
                     stats_bytes: abi::score_shared_bytes(head_dim, false),
                     accumulate_bytes: abi::score_shared_bytes(head_dim, true),
+                    accumulate_blocks: score_accumulate_blocks(spec.arch, head_dim),
                 });
             }
         }
@@ -306,5 +321,20 @@ pub fn render_any(kernel: &AnyKernel) -> Result<RenderedKernel, RenderError> {
     match kernel {
         AnyKernel::Attention(spec) => render(spec),
         AnyKernel::Index(spec) => render_index(spec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accumulating_pass_takes_three_blocks_where_their_shared_memory_fits() {
+        // About 61 KB a block at head_dim 64: three fit Hopper's 228 KB, two an A100's 164 KB.
+        assert_eq!(score_accumulate_blocks(Arch::Sm90a, 64), 3);
+        assert_eq!(score_accumulate_blocks(Arch::Sm80, 64), 2);
+        for head_dim in [96, 128, 256] {
+            assert_eq!(score_accumulate_blocks(Arch::Sm90a, head_dim), 2, "d{head_dim}");
+        }
     }
 }

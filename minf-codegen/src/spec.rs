@@ -229,6 +229,16 @@ impl Arch {
         }
     }
 
+    /// Shared memory of one SM, in bytes: what the blocks resident on it share (each also
+    /// reserves 1 KiB).
+    pub fn shared_memory_per_sm(self) -> u32 {
+        match self {
+            Arch::Sm80 => 164 * 1024,
+            Arch::Sm86 | Arch::Sm89 => 100 * 1024,
+            Arch::Sm90 | Arch::Sm90a => 228 * 1024,
+        }
+    }
+
     /// The architecture NVRTC should target for a device of compute capability `major.minor`:
     /// Hopper gets `sm_90a` so its own instructions are available.
     pub fn for_compute_capability(major: i32, minor: i32) -> Option<Arch> {
