@@ -50,9 +50,7 @@ const ROW_THREADS_PER_LAUNCH: usize = 1 << 18;
 
 /// Threads converting one row block together when `rows` row blocks are converted in one launch:
 /// the power of two that brings the launch nearest [`ROW_THREADS_PER_LAUNCH`] from below, between
-/// 4 (whose 16-byte runs of entries keep the stores whole) and 32 (a warp). The rows pass shrinks
-/// a group below a warp to one thread in a head with many more slashes than verticals, where the
-/// walk that every thread of a group repeats costs more than the stores they share.
+/// 4 (whose 16-byte runs of entries keep the stores whole) and 32 (a warp).
 fn row_lanes(rows: usize) -> usize {
     let wanted = (ROW_THREADS_PER_LAUNCH / rows.max(1)).max(1);
     (1 << wanted.ilog2()).clamp(4, 32)
