@@ -29,10 +29,19 @@ def time_ms(fn, iters=20, warmup=5):
 BLOCKED_PACKAGES = ("sgl_kernel", "vllm_flash_attn", "vllm")
 
 
+class _Availability(tuple):
+    """A `(found, version)` pair that is true only when the package was found. transformers 5's
+    `_is_package_available` returns the pair, which is always true, and MInference tests the
+    result as a bool (`if _is_package_available("kivi_gemv"): import kivi_gemv`)."""
+
+    def __bool__(self):
+        return bool(self[0])
+
+
 def _hide_blocked_packages():
-    """Makes transformers report the blocked packages as absent. `minference.modules` asks
-    `transformers.utils.import_utils._is_package_available("vllm")` before importing vLLM, and
-    that check can find an installed distribution that the import then cannot load."""
+    """Makes transformers' `_is_package_available` report the blocked packages as absent and its
+    pairs test false for absent packages. `minference.modules` imports `kivi_gemv` and vLLM where
+    that check is true, and an installed distribution can pass it while its import fails."""
     try:
         import_utils = importlib.import_module("transformers.utils.import_utils")
     except ImportError:
@@ -40,12 +49,16 @@ def _hide_blocked_packages():
     original = getattr(import_utils, "_is_package_available", None)
     if original is None or getattr(original, "_minf_blocked", False):
         return
+    returns_pairs = isinstance(original("packaging"), tuple)
 
     def is_package_available(pkg_name, *args, **kwargs):
         if pkg_name in BLOCKED_PACKAGES:
             return_version = kwargs.get("return_version", args[0] if args else False)
-            return (False, "N/A") if return_version else False
-        return original(pkg_name, *args, **kwargs)
+            if returns_pairs or return_version:
+                return _Availability((False, "N/A"))
+            return False
+        result = original(pkg_name, *args, **kwargs)
+        return _Availability(result) if isinstance(result, tuple) else result
 
     is_package_available._minf_blocked = True
     import_utils._is_package_available = is_package_available

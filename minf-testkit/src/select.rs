@@ -4,13 +4,14 @@
 //!   summed over segments of the row (one GPU block each), then per segment the keys above and
 //!   equal to the threshold, then the ordered writes, each segment placing its keys from the counts
 //!   of the segments before it and per (step, warp) counts in index order;
-//! - the block-sparse estimate: its scores ([`fma_dot`], the products added in head_dim order by
-//!   fused multiply-add, as each thread of the tiled score pass adds them) and its top-k
+//! - the block-sparse estimate: the error of its scores (TF32 tensor-core products of f32 values
+//!   split in two, [`split_tf32`], within [`block_score_tolerance`] of the exact dot) and its top-k
 //!   ([`block_top_k`]: the threshold one bit at a time, the low bits counted over the keys that
 //!   share its prefix, then the selected candidates placed from 32-candidate words in index order).
 //!
 //! The tests check the selections against a plain sort (ties and forced keys included); the GPU
-//! tests check the kernels against these models exactly and against the f64 references.
+//! tests check the selection kernels against these models exactly, the block scores against the
+//! f64 dots within the tolerance, and the estimates against the f64 references.
 
 use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_PREFIX_BITS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS};
 
@@ -35,6 +36,11 @@ pub fn order_key(x: f32) -> u32 {
     } else {
         bits | 0x8000_0000
     }
+}
+
+/// The float whose [`order_key`] is `key` (every key but 0, the image of NaN).
+pub fn key_value(key: u32) -> f32 {
+    f32::from_bits(if key & 0x8000_0000 != 0 { key & 0x7fff_ffff } else { !key })
 }
 
 /// The `k`-th largest of `keys` (`1 <= k <= keys.len()`) and how many keys equal to it the top `k`
@@ -121,10 +127,19 @@ pub fn segmented_top_k(keys: &[u32], k: usize) -> Vec<usize> {
     out
 }
 
-/// The dot `q . k` as the block-sparse score pass computes it: `q[e] * k[e]` added by fused
-/// multiply-add from 0, `e` ascending.
-pub fn fma_dot(q: &[f32], k: &[f32]) -> f32 {
-    q.iter().zip(k).fold(0.0f32, |sum, (&a, &b)| a.mul_add(b, sum))
+/// A finite f32 as the block score pass splits it for its TF32 products: `hi`, the value rounded
+/// half up to its top 10 mantissa bits, and `lo`, the rest cut to 10 bits (both exact TF32 values).
+pub fn split_tf32(x: f32) -> (f32, f32) {
+    let hi = f32::from_bits(x.to_bits().wrapping_add(0x1000) & 0xffff_e000);
+    let lo = f32::from_bits((x - hi).to_bits() & 0xffff_e000);
+    (hi, lo)
+}
+
+/// How far a block score may lie from the exact dot, as a share of `sum |q_i k_i|`: 2^-19 for the
+/// split products (the dropped `lo * lo`, the parts' rounding) and 4 units in the last place
+/// (2^-21) for each of the `3 * head_dim / 8` tensor-core additions into the f32 accumulator.
+pub fn block_score_tolerance(head_dim: usize) -> f64 {
+    2f64.powi(-19) + (3 * head_dim.div_ceil(8)) as f64 * 2f64.powi(-21)
 }
 
 /// The `k`-th largest of `keys` (`1 <= k <= keys.len()`) and how many keys equal to it the top `k`
@@ -249,18 +264,40 @@ mod tests {
     }
 
     #[test]
-    fn fma_dot_is_close_to_the_f64_dot() {
+    fn split_products_are_within_the_block_score_tolerance() {
         for head_dim in [64, 96, 128, 256] {
             for seed in 0..20u64 {
                 let q = crate::random_normal(head_dim, 1000 + seed);
                 let k = crate::random_normal(head_dim, 2000 + seed);
                 let exact: f64 = q.iter().zip(&k).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
                 let magnitude: f64 = q.iter().zip(&k).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
-                let got = f64::from(fma_dot(&q, &k));
-                // A sequential sum of n terms errs by at most about n * 2^-24 of their magnitude.
-                let bound = head_dim as f64 * f64::from(f32::EPSILON) * magnitude;
-                assert!((got - exact).abs() <= bound, "d {head_dim} seed {seed}: {got} vs {exact}");
+                // The three products the kernel adds, summed exactly: the split alone.
+                let split: f64 = q
+                    .iter()
+                    .zip(&k)
+                    .map(|(&a, &b)| {
+                        let ((ah, al), (bh, bl)) = (split_tf32(a), split_tf32(b));
+                        let (ah, al, bh, bl) = (f64::from(ah), f64::from(al), f64::from(bh), f64::from(bl));
+                        al * bh + ah * bl + ah * bh
+                    })
+                    .sum();
+                assert!((split - exact).abs() <= 2f64.powi(-19) * magnitude, "d {head_dim} seed {seed}: split");
+                for x in q.iter().chain(&k) {
+                    let (hi, lo) = split_tf32(*x);
+                    assert_eq!(hi.to_bits() & 0x1fff, 0, "{x}: hi is TF32");
+                    assert_eq!(lo.to_bits() & 0x1fff, 0, "{x}: lo is TF32");
+                    assert!(
+                        (f64::from(hi) + f64::from(lo) - f64::from(*x)).abs() <= 2f64.powi(-21) * f64::from(x.abs())
+                    );
+                }
             }
+        }
+    }
+
+    #[test]
+    fn key_value_inverts_order_key() {
+        for x in [0.0f32, -0.0, 1.5, -1.5, f32::MIN_POSITIVE, -3.25e-20, 7.0e30, f32::INFINITY, f32::NEG_INFINITY] {
+            assert_eq!(key_value(order_key(x)).to_bits(), x.to_bits(), "{x}");
         }
     }
 

@@ -179,6 +179,7 @@ fn scores_at_128k_timing() {
 
 // ---- The whole estimates: selections, converted index and block lists against the CPU ----
 
+use minf::codegen::abi;
 use minf::estimate::gpu::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, select_vertical_slash_gpu, EstimateWorkspace,
     VerticalSlashHead,
@@ -188,7 +189,7 @@ use minf::vertical_slash::{IndexShape, VerticalSlashIndex};
 use minf::BlockSparseIndex;
 use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, select_vertical_slash, VerticalSlashScores};
-use minf_testkit::select::{block_top_k, fma_dot, order_key};
+use minf_testkit::select::{block_score_tolerance, block_top_k, key_value};
 
 /// Per-head sizes of a case: some heads unlisted, hostile sizes (0, past N) and MInference's.
 fn head_list(heads: usize, seq: usize) -> Vec<VerticalSlashHead> {
@@ -422,10 +423,11 @@ fn vertical_slash_estimate_at_128k_matches_reference() {
     );
 }
 
-/// Every listed block list equals, exactly, the top-k of the GPU's own pooled blocks with the dots
-/// summed as the tiled score pass sums them (`minf_testkit::select::fma_dot`, ties to the smaller
-/// block): the score tiles' arithmetic, their causal layout and the radix select keep the rule.
-fn block_lists_match_the_gpu_pooling(
+/// The block scores the GPU kept (the last group of pairs) lie within the score pass's tolerance
+/// of the f64 dots of the GPU's own pooled blocks, and every such pair's lists equal, exactly, the
+/// top-k of those stored scores (`minf_testkit::select::block_top_k`, ties to the smaller block):
+/// the score tiles' arithmetic and causal layout, and the selection's rule.
+fn block_lists_match_the_gpu_scores(
     workspace: &EstimateWorkspace,
     got: &minf::HostBlockSparseIndex,
     listed: &[usize],
@@ -440,18 +442,41 @@ fn block_lists_match_the_gpu_pooling(
     let jobs = listed.len() + kv_used.len();
     let pooled = workspace.pooled_to_host(jobs * batch * kv_rows * head_dim).expect("pooled blocks");
     let row_of = |job: usize, b: usize, r: usize| &pooled[((job * batch + b) * kv_rows + r) * head_dim..][..head_dim];
-    for b in 0..batch {
-        for (q_job, &h) in listed.iter().enumerate() {
-            let k_job = listed.len() + kv_used.partition_point(|&kv| kv < h / group);
-            for r in 0..q_len.div_ceil(64) {
-                let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
-                let keys: Vec<u32> =
-                    (0..=last).map(|c| order_key(fma_dot(row_of(q_job, b, r), row_of(k_job, b, c)))).collect();
-                let want: Vec<i32> = block_top_k(&keys, top_k).iter().map(|&c| c as i32).collect();
-                assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
+    let (first_pair, slot_keys, stored) =
+        workspace.block_scores_to_host().expect("block scores").expect("the estimate kept block scores");
+    let tolerance = block_score_tolerance(head_dim);
+    let mut worst = 0.0f64;
+    for (slot, keys_of_pair) in stored.chunks(slot_keys).enumerate() {
+        let pair = first_pair + slot;
+        let (b, q_job) = (pair / listed.len(), pair % listed.len());
+        let h = listed[q_job];
+        let k_job = listed.len() + kv_used.partition_point(|&kv| kv < h / group);
+        for r in 0..q_len.div_ceil(64) {
+            let last = (kv_len - q_len + ((r + 1) * 64).min(q_len) - 1) / 64;
+            let from = abi::block_score_offset(kv_len as u64, q_len as u64, r as u64) as usize;
+            let keys = &keys_of_pair[from..from + last + 1];
+            for (c, &key) in keys.iter().enumerate() {
+                let (q, k) = (row_of(q_job, b, r), row_of(k_job, b, c));
+                let exact: f64 = q.iter().zip(k).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+                let magnitude: f64 = q.iter().zip(k).map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs()).sum();
+                let error = (f64::from(key_value(key)) - exact).abs();
+                assert!(
+                    error <= tolerance * magnitude,
+                    "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r} c={c}: score {} against {exact} (sum |q k| {magnitude})",
+                    key_value(key)
+                );
+                if magnitude > 0.0 {
+                    worst = worst.max(error / magnitude);
+                }
             }
+            let want: Vec<i32> = block_top_k(keys, top_k).iter().map(|&c| c as i32).collect();
+            assert_eq!(got.blocks(b, h, r), &want[..], "q_len={q_len} kv_len={kv_len} b={b} h={h} r={r}");
         }
     }
+    println!(
+        "ok   block scores of {} pairs within {worst:.2e} of sum |q k| (tolerance {tolerance:.2e}); lists exact",
+        stored.len() / slot_keys
+    );
 }
 
 pub(super) fn block_sparse_case<T: AttentionElement>(
@@ -459,7 +484,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
     workspace: &mut EstimateWorkspace,
     (seq, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize),
     seed: u64,
-) {
+) -> minf::HostBlockSparseIndex {
     let batch = 2;
     let (q_host, k_host, q_f32, k_f32) = inputs::<T>(seq, heads, kv_heads, head_dim, seed);
     let stream = device.stream();
@@ -481,7 +506,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
     .expect("block-sparse estimate");
     let got = index.to_host().expect("download");
     if top_k > 0 {
-        block_lists_match_the_gpu_pooling(
+        block_lists_match_the_gpu_scores(
             workspace,
             &got,
             &listed,
@@ -517,6 +542,7 @@ pub(super) fn block_sparse_case<T: AttentionElement>(
         T::DTYPE
     );
     println!("ok   {} block-sparse seq={seq} top_k={top_k}: {mismatched_rows}/{listed_rows} lists differ", T::DTYPE);
+    got
 }
 
 #[test]
@@ -582,8 +608,8 @@ fn block_sparse_estimate_of_equal_scores_keeps_the_first_blocks() {
 }
 
 /// The score matrices computed and selected a few (batch, head) pairs at a time (a small
-/// [`EstimateWorkspace::limit_block_scores`]) give the lists of one pass: whole prompts and chunks
-/// whose prefixes reach past several key tiles.
+/// [`EstimateWorkspace::limit_block_scores`]) give exactly the lists of one pass, whose stored
+/// scores are all checked: whole prompts and chunks whose prefixes reach past several key tiles.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn block_sparse_estimate_in_groups_of_heads_matches() {
@@ -591,11 +617,17 @@ fn block_sparse_estimate_in_groups_of_heads_matches() {
     let seed = test_seed("block_sparse_estimate_in_groups_of_heads_matches");
     // One pair per group, then three (the last group partial: 2 batches x 4 listed heads).
     for (i, limit) in [1usize, 3 * 4 * 200 * 201 / 2].into_iter().enumerate() {
-        let mut workspace = EstimateWorkspace::new();
-        workspace.limit_block_scores(limit);
-        block_sparse_case::<bf16>(&device, &mut workspace, (12_800, 6, 2, 128, 100), seed + i as u64);
-        let case = (3000, 20_037, 6, 2, 128, 100);
-        block_sparse_chunk_case::<bf16>(&device, &mut workspace, case, seed + 10 + i as u64);
+        let mut grouped = EstimateWorkspace::new();
+        grouped.limit_block_scores(limit);
+        let mut one_pass = EstimateWorkspace::new();
+        let (case, case_seed) = ((12_800, 6, 2, 128, 100), seed + i as u64);
+        let got = block_sparse_case::<bf16>(&device, &mut grouped, case, case_seed);
+        let want = block_sparse_case::<bf16>(&device, &mut one_pass, case, case_seed);
+        assert_eq!(got, want, "limit {limit}: the lists computed in groups differ from one pass's");
+        let (chunk, chunk_seed) = ((3000, 20_037, 6, 2, 128, 100), seed + 10 + i as u64);
+        let got = block_sparse_chunk_case::<bf16>(&device, &mut grouped, chunk, chunk_seed);
+        let want = block_sparse_chunk_case::<bf16>(&device, &mut one_pass, chunk, chunk_seed);
+        assert_eq!(got, want, "limit {limit}: the chunk's lists computed in groups differ from one pass's");
     }
 }
 
@@ -724,7 +756,7 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
     workspace: &mut EstimateWorkspace,
     (q_len, prefix, heads, kv_heads, head_dim, top_k): (usize, usize, usize, usize, usize, usize),
     seed: u64,
-) {
+) -> minf::HostBlockSparseIndex {
     let (batch, kv_len) = (2, prefix + q_len);
     let (q_all, k_host, q_all_f32, k_f32) = inputs::<T>(kv_len, heads, kv_heads, head_dim, seed);
     let q_host = chunk_rows(&q_all, batch, kv_len, q_len, heads * head_dim);
@@ -749,7 +781,7 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
     let got = index.to_host().expect("download");
     if top_k > 0 {
         let shape = (batch, heads, kv_heads, head_dim);
-        block_lists_match_the_gpu_pooling(workspace, &got, &listed, shape, (q_len, kv_len, top_k));
+        block_lists_match_the_gpu_scores(workspace, &got, &listed, shape, (q_len, kv_len, top_k));
     }
     let chunk = ChunkShape { batch, q_len, kv_len, heads, kv_heads, head_dim };
     let want = estimate_block_sparse_chunk(&q_f32, &k_f32, chunk, top_k).expect("reference");
@@ -784,6 +816,7 @@ pub(super) fn block_sparse_chunk_case<T: AttentionElement>(
         "ok   {} block-sparse chunk q_len={q_len} after {prefix}: {mismatched_rows}/{listed_rows} differ",
         T::DTYPE
     );
+    got
 }
 
 /// q_len of the matrix, each after prefixes that are not multiples of 64 (and one that is).

@@ -153,6 +153,9 @@ pub struct EstimateWorkspace {
     pooled: Option<CudaSlice<f32>>,
     block_scores: Option<CudaSlice<u32>>,
     block_score_limit: Option<usize>,
+    /// The (batch, listed head) pairs whose score matrices the block scores hold after the last
+    /// block-sparse estimate (its last group): first pair, pair count, keys per pair.
+    block_scores_held: Option<(usize, usize, usize)>,
 }
 
 impl EstimateWorkspace {
@@ -204,6 +207,16 @@ impl EstimateWorkspace {
     /// meaningful); for tests and inspection (synchronises).
     pub fn pooled_to_host(&self, len: usize) -> Result<Vec<f32>, MinfError> {
         download(&self.pooled, len, "pooled blocks")
+    }
+
+    /// The block score matrices of the last block-sparse estimate's last group of pairs: the
+    /// first pair (`b * listed + entry`, the listed heads in their order), the keys per pair
+    /// (`abi::block_score_keys`) and the pairs' keys (order-preserving images of the f32 scores,
+    /// laid out by `abi::block_score_offset`); for tests and inspection (synchronises).
+    pub fn block_scores_to_host(&self) -> Result<Option<(usize, usize, Vec<u32>)>, MinfError> {
+        let Some((first, pairs, keys)) = self.block_scores_held else { return Ok(None) };
+        let held = download(&self.block_scores, pairs * keys, "block scores")?;
+        Ok(Some((first, keys, held)))
     }
 
     /// The selections of the last vertical-slash estimate before conversion: columns
@@ -877,6 +890,7 @@ fn run_block_sparse<T: AttentionElement>(
     mark(0)?;
     stream.memset_zeros(kv_num_blocks).map_err(MinfError::driver("zeroing kv_num_blocks"))?;
     stream.memset_zeros(kv_indices).map_err(MinfError::driver("zeroing kv_indices"))?;
+    workspace.block_scores_held = None;
     if heads.is_empty() || kept == 0 || q_rows == 0 {
         return Ok(());
     }
@@ -987,6 +1001,7 @@ fn run_block_sparse<T: AttentionElement>(
     launch(&pool, pool_config, &params(0), "pooling")?;
     for pair_begin in (0..pairs).step_by(group) {
         let pairs_here = group.min(pairs - pair_begin) as u32;
+        workspace.block_scores_held = Some((pair_begin, pairs_here as usize, slot_keys));
         let group_params = params(pair_begin);
         let scores_config = scores.config((tiles, pairs_here, 1));
         let select_blocks = (q_rows as u32).div_ceil(rows_per_block);
