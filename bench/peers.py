@@ -83,6 +83,21 @@ def read_layer_inputs(path):
     return tensors
 
 
+def with_config_heads(config, layer, picked, heads):
+    """`config` with layer `layer`'s heads replaced by the heads `picked` (comma-separated config
+    head indices), in order, so that query head i of the inputs runs config head picked[i]."""
+    picked = [int(h) for h in picked.split(",")]
+    if len(picked) != heads:
+        raise ValueError(f"--config-heads names {len(picked)} heads; the inputs have {heads}")
+    entries = config[layer]
+    missing = [h for h in picked if str(h) not in entries]
+    if missing:
+        raise ValueError(f"--config-heads {missing} are not heads of layer {layer} (it has {len(entries)})")
+    config = list(config)
+    config[layer] = {str(i): entries[str(h)] for i, h in enumerate(picked)}
+    return config
+
+
 def layer_records(args, path):
     """minference_layer on one Q/K/V file: MInference's `minference_prefill_forward` for layer
     --layer of --config, K/V expanded to the query heads as its attention forward does."""
@@ -95,6 +110,8 @@ def layer_records(args, path):
     heads, kv_heads, seq, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
     if heads % kv_heads:
         raise ValueError(f"{path}: {heads} query heads is not a multiple of {kv_heads} key/value heads")
+    if args.config_heads:
+        config = with_config_heads(config, args.layer, args.config_heads, heads)
     k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
     reps = args.long_reps if seq >= args.long_from else args.reps
     kwargs = {
@@ -263,6 +280,8 @@ def main():
     parser.add_argument("--layer-inputs", help="Q/K/V safetensors files, comma-separated, for minference_layer")
     parser.add_argument("--config", help="MInference JSON config, for minference_layer")
     parser.add_argument("--layer", type=int, default=16, help="config layer, for minference_layer")
+    parser.add_argument("--config-heads", help="config heads the inputs' query heads run, in order, for "
+                        "minference_layer (default: heads 0, 1, ...); minf bench times heads 0,8,16,24 at 1M")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     allowed = list(dict.fromkeys(DENSE_METHODS + INDEX_METHODS + LAYER_METHODS))
