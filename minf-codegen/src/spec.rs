@@ -501,8 +501,13 @@ impl KernelSpec {
     /// the per-head tile choice ([`KernelSpec::square_alternative`]), and the `wgmma` twin of a
     /// tensor-map spec (for calls whose tensors no tensor map can view).
     pub fn with_companions(self) -> Vec<KernelSpec> {
-        let twin = self.mainloop.uses_tensor_maps().then_some(KernelSpec { mainloop: Mainloop::Wgmma, ..self });
-        std::iter::once(self).chain(self.square_alternative()).chain(twin).collect()
+        std::iter::once(self).chain(self.square_alternative()).chain(self.cp_async_twin()).collect()
+    }
+
+    /// The same tile on the `wgmma` engine's `cp.async` producer, for a tensor-map spec: what a
+    /// launch of it runs when no tensor map can view the call's tensors. `None` for other engines.
+    pub fn cp_async_twin(self) -> Option<KernelSpec> {
+        self.mainloop.uses_tensor_maps().then_some(KernelSpec { mainloop: Mainloop::Wgmma, ..self })
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head
