@@ -126,9 +126,13 @@ fn warm_registered_reports_every_spec() {
 #[test]
 fn kernels_sharing_a_spec_are_compiled_once() {
     // Prefill and PrefillAlias share their spec on each arch: 2 (Prefill) + 2 (DeepPipeline) + 1
-    // (PinnedHopper) + 1 (Tuned).
+    // (PinnedHopper) + 1 (Tuned), plus the cp.async twins of the two sm_90a tensor-map specs.
+    for kernel in ["Prefill", "DeepPipeline"] {
+        assert!((find(kernel).spec)(Arch::Sm90a).cp_async_twin().is_some(), "{kernel} copies by tensor maps on sm_90a");
+    }
+    assert_eq!((find("PinnedHopper").spec)(Arch::Sm90a).cp_async_twin(), None);
     let dir = tempfile::tempdir().unwrap();
     let cache = KernelCache::at(dir.path().to_path_buf());
     let report = warm_registered(&cache, &[Arch::Sm80, Arch::Sm90a]);
-    assert_eq!(report.compiled + report.cached + report.failed.len(), 6, "{report:?}");
+    assert_eq!(report.compiled + report.cached + report.failed.len(), 8, "{report:?}");
 }

@@ -500,11 +500,15 @@ impl KernelSpec {
     /// the per-head tile choice ([`KernelSpec::square_alternative`]), and the `wgmma` twins of
     /// both tensor-map specs (for calls whose tensors no tensor map can view).
     pub fn with_companions(self) -> Vec<KernelSpec> {
-        let twin = |spec: KernelSpec| {
-            spec.mainloop.uses_tensor_maps().then_some(KernelSpec { mainloop: Mainloop::Wgmma, ..spec })
-        };
         let square = self.square_alternative();
-        std::iter::once(self).chain(square).chain(twin(self)).chain(square.and_then(twin)).collect()
+        let twins = [Some(self), square].into_iter().flatten().filter_map(KernelSpec::cp_async_twin);
+        std::iter::once(self).chain(square).chain(twins).collect()
+    }
+
+    /// The same tile on the `wgmma` engine's `cp.async` producer, for a tensor-map spec: what a
+    /// launch of it runs when no tensor map can view the call's tensors. `None` for other engines.
+    pub fn cp_async_twin(self) -> Option<KernelSpec> {
+        self.mainloop.uses_tensor_maps().then_some(KernelSpec { mainloop: Mainloop::Wgmma, ..self })
     }
 
     /// The default spec set for the given architectures: every implemented pattern, dtype and head

@@ -755,12 +755,13 @@ pub fn attention_with_spec<T: AttentionElement>(
         None
     };
     let unmappable;
-    let spec = if spec.mainloop.uses_tensor_maps() && maps.is_none() {
-        tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
-        unmappable = KernelSpec { mainloop: minf_codegen::Mainloop::Wgmma, ..*spec };
-        &unmappable
-    } else {
-        spec
+    let spec = match spec.cp_async_twin() {
+        Some(twin) if maps.is_none() => {
+            tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
+            unmappable = twin;
+            &unmappable
+        }
+        _ => spec,
     };
     let kernel = device.kernel(spec)?;
     let head_dim = q.layout.shape[3];

@@ -119,8 +119,9 @@ pub struct WarmReport {
 }
 
 /// Renders and compiles (or finds in `cache`) every registered kernel for each of `arches`, or for
-/// its pinned target, in parallel on up to `available_parallelism` threads. Kernels with the same
-/// spec are compiled once. Failures (a spec that does not fit a target, NVRTC errors) are
+/// its pinned target, with the `cp.async` twin of a tensor-map kernel
+/// ([`KernelSpec::cp_async_twin`], labelled `"Name@sm_90a (wgmma twin)"`), in parallel on up to
+/// `available_parallelism` threads. Kernels with the same spec are compiled once. Failures (a spec that does not fit a target, NVRTC errors) are
 /// collected in the report rather than stopping the other kernels.
 pub fn warm_registered(cache: &KernelCache, arches: &[Arch]) -> WarmReport {
     let start = Instant::now();
@@ -129,12 +130,15 @@ pub fn warm_registered(cache: &KernelCache, arches: &[Arch]) -> WarmReport {
     for kernel in registered() {
         for arch in kernel.targets(arches) {
             let spec = (kernel.spec)(arch);
-            let label = format!("{}@{arch}", kernel.name);
-            match index.get(&spec) {
-                Some(&i) => jobs[i].1.push(label),
-                None => {
-                    index.insert(spec, jobs.len());
-                    jobs.push((spec, vec![label]));
+            // A tensor-map kernel runs its cp.async twin on tensors no tensor map can view.
+            let twin = spec.cp_async_twin().map(|twin| (twin, format!("{}@{arch} (wgmma twin)", kernel.name)));
+            for (spec, label) in std::iter::once((spec, format!("{}@{arch}", kernel.name))).chain(twin) {
+                match index.get(&spec) {
+                    Some(&i) => jobs[i].1.push(label),
+                    None => {
+                        index.insert(spec, jobs.len());
+                        jobs.push((spec, vec![label]));
+                    }
                 }
             }
         }
