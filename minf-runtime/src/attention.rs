@@ -754,15 +754,11 @@ pub fn attention_with_spec<T: AttentionElement>(
     } else {
         None
     };
-    let unmappable;
-    let spec = match spec.cp_async_twin() {
-        Some(twin) if maps.is_none() => {
-            tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
-            unmappable = twin;
-            &unmappable
-        }
-        _ => spec,
-    };
+    let unmappable = spec.cp_async_twin().filter(|_| maps.is_none());
+    if unmappable.is_some() {
+        tracing::debug!("{}: a tensor map cannot view the call's tensors; running wgmma", spec.kernel_name());
+    }
+    let spec = unmappable.as_ref().unwrap_or(spec);
     let kernel = device.kernel(spec)?;
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());

@@ -121,8 +121,9 @@ pub struct WarmReport {
 /// Renders and compiles (or finds in `cache`) every registered kernel for each of `arches`, or for
 /// its pinned target, with the `cp.async` twin of a tensor-map kernel
 /// ([`KernelSpec::cp_async_twin`], labelled `"Name@sm_90a (wgmma twin)"`), in parallel on up to
-/// `available_parallelism` threads. Kernels with the same spec are compiled once. Failures (a spec that does not fit a target, NVRTC errors) are
-/// collected in the report rather than stopping the other kernels.
+/// `available_parallelism` threads. Kernels with the same spec are compiled once. Failures (a spec
+/// that does not fit a target, NVRTC errors) are collected in the report rather than stopping the
+/// other kernels.
 pub fn warm_registered(cache: &KernelCache, arches: &[Arch]) -> WarmReport {
     let start = Instant::now();
     let mut jobs: Vec<(KernelSpec, Vec<String>)> = Vec::new();
