@@ -470,14 +470,13 @@ impl KernelSpec {
         // On sm_90a the warp-specialised wgmma engine (swizzled tiles) ran dense at 368-378 TFLOP/s
         // at 16K on an H100 against 273 for mma.sync, and vertical-slash at least as fast
         // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128. Its tensor-map
-        // producer ran dense 4-7% and A-shape 6-7% faster (H100); the index-driven patterns, not
-        // timed on it, keep the cp.async producer.
-        let mainloop =
-            match (arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8, pattern.is_indexed()) {
-                (true, false) => Mainloop::WgmmaTma,
-                (true, true) => Mainloop::Wgmma,
-                (false, _) => Mainloop::MmaSync,
-            };
+        // producer ran dense 4-7% and A-shape 6-7% faster (H100), and vertical-slash indices on
+        // 128-row blocks 13% (banded) to 19% (scattered) faster, gathered columns 2%.
+        let mainloop = if arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8 {
+            Mainloop::WgmmaTma
+        } else {
+            Mainloop::MmaSync
+        };
         KernelSpec { pattern, dtype, head_dim, block_m, block_n, warps, stages, arch, mainloop }
     }
 
@@ -498,10 +497,12 @@ impl KernelSpec {
     }
 
     /// This spec followed by the others a launch of it may run instead: the 64-row alternative of
-    /// the per-head tile choice ([`KernelSpec::square_alternative`]), and the `wgmma` twin of a
-    /// tensor-map spec (for calls whose tensors no tensor map can view).
+    /// the per-head tile choice ([`KernelSpec::square_alternative`]), and the `wgmma` twins of
+    /// both tensor-map specs (for calls whose tensors no tensor map can view).
     pub fn with_companions(self) -> Vec<KernelSpec> {
-        std::iter::once(self).chain(self.square_alternative()).chain(self.cp_async_twin()).collect()
+        let square = self.square_alternative();
+        let twins = [Some(self), square].into_iter().flatten().filter_map(KernelSpec::cp_async_twin);
+        std::iter::once(self).chain(square).chain(twins).collect()
     }
 
     /// The same tile on the `wgmma` engine's `cp.async` producer, for a tensor-map spec: what a
@@ -966,17 +967,19 @@ mod tests {
             }
         }
         let specs = KernelSpec::default_set(Arch::ALL);
-        // Plus the 64-row alternatives of the index-driven wgmma defaults and the wgmma twins of the
-        // dense and A-shape tensor-map defaults (sm_90a, head_dim <= 128).
+        // On sm_90a up to head_dim 128 every default is a tensor-map spec; the two index-driven
+        // patterns add their 64-row alternatives, and every tensor-map spec its wgmma twin.
+        let tensor_map_defaults = Pattern::ALL.len() * DType::ALL.len() * 3;
         let alternatives = 2 * DType::ALL.len() * 3;
-        let twins = 2 * DType::ALL.len() * 3;
+        let twins = tensor_map_defaults + alternatives;
         assert_eq!(
             specs.len(),
             Arch::ALL.len() * DType::ALL.len() * HEAD_DIMS.len() * Pattern::ALL.len() - 8 + alternatives + twins
         );
+        assert_eq!(specs.iter().filter(|s| s.block_m == 64 && s.mainloop == Mainloop::WgmmaTma).count(), alternatives);
         assert_eq!(specs.iter().filter(|s| s.block_m == 64 && s.mainloop == Mainloop::Wgmma).count(), alternatives);
         assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::WgmmaTma).count(), twins);
-        assert_eq!(specs.iter().filter(|s| !s.pattern.is_indexed() && s.mainloop == Mainloop::Wgmma).count(), twins);
+        assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::Wgmma).count(), twins);
         for spec in specs {
             spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
         }
@@ -1031,15 +1034,11 @@ mod tests {
     }
 
     #[test]
-    fn hopper_defaults_copy_dense_and_a_shape_through_tensor_maps() {
+    fn hopper_defaults_copy_through_tensor_maps_up_to_head_dim_128() {
         for &pattern in Pattern::ALL {
             for &head_dim in HEAD_DIMS {
                 let spec = KernelSpec::default_for(pattern, DType::Bf16, head_dim, Arch::Sm90a);
-                let expected = match (head_dim <= 128, pattern.is_indexed()) {
-                    (true, false) => Mainloop::WgmmaTma,
-                    (true, true) => Mainloop::Wgmma,
-                    (false, _) => Mainloop::MmaSync,
-                };
+                let expected = if head_dim <= 128 { Mainloop::WgmmaTma } else { Mainloop::MmaSync };
                 assert_eq!(spec.mainloop, expected, "{spec:?}");
                 let sm80 = KernelSpec::default_for(pattern, DType::Bf16, head_dim, Arch::Sm80);
                 assert_eq!(sm80.mainloop, Mainloop::MmaSync, "{sm80:?}");

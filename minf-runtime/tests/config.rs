@@ -133,18 +133,22 @@ fn spot_values() -> TestResult {
     assert_eq!(phi.head(0, 0).map(|h| h.score), Some(0.33349305391311646));
     assert_eq!(phi.shape().map(|s| s.head_dim), Some(96));
     // Kernel needs: dense (always), A-shape and vertical-slash at the model's head_dim; on sm_90a
-    // the wgmma twins of the tensor-map dense and A-shape defaults and vertical-slash's 64-row
-    // alternative for the per-head tile choice.
+    // each on tensor maps with its wgmma twin, and vertical-slash's 64-row alternative for the
+    // per-head tile choice with its twin.
     let specs = phi.kernel_specs(96, DType::Bf16, Arch::Sm90a);
     let [dense, a_shape, vertical_slash] = [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash]
         .map(|p| KernelSpec::default_for(p, DType::Bf16, 96, Arch::Sm90a));
-    assert_eq!((dense.mainloop, a_shape.mainloop), (Mainloop::WgmmaTma, Mainloop::WgmmaTma));
+    let tensor_maps = (Mainloop::WgmmaTma, Mainloop::WgmmaTma, Mainloop::WgmmaTma);
+    assert_eq!((dense.mainloop, a_shape.mainloop, vertical_slash.mainloop), tensor_maps);
+    let square = Tile { mainloop: Mainloop::WgmmaTma, ..Tile::SQUARE_WGMMA }.apply(vertical_slash);
     let want = [
         dense,
         KernelSpec { mainloop: Mainloop::Wgmma, ..dense },
         a_shape,
         KernelSpec { mainloop: Mainloop::Wgmma, ..a_shape },
         vertical_slash,
+        square,
+        KernelSpec { mainloop: Mainloop::Wgmma, ..vertical_slash },
         Tile::SQUARE_WGMMA.apply(vertical_slash),
     ];
     assert_eq!(specs, want);
@@ -196,19 +200,11 @@ fn starting_layer_ratio_and_fallback_follow_minference() -> TestResult {
     assert!(late.layers()[0].iter().all(|h| h.pattern == HeadPattern::Dense));
     assert_eq!(late.head(1, 0).map(|h| h.pattern), Some(HeadPattern::BlockSparse { top_k: 100 }));
     let kinds: Vec<Pattern> = late.kernel_specs(128, DType::Bf16, Arch::Sm90a).iter().map(|s| s.pattern).collect();
-    // Each pattern twice on sm_90a: dense on tensor maps and its wgmma twin, each index-driven
-    // pattern's default and the tile choice's 64-row blocks.
-    assert_eq!(
-        kinds,
-        [
-            Pattern::Dense,
-            Pattern::Dense,
-            Pattern::VerticalSlash,
-            Pattern::VerticalSlash,
-            Pattern::BlockSparse,
-            Pattern::BlockSparse
-        ]
-    );
+    // On sm_90a: dense on tensor maps and its wgmma twin; each index-driven pattern's default and
+    // the tile choice's 64-row blocks, both on tensor maps, and their wgmma twins.
+    let (dense, vertical_slash, block_sparse) = (Pattern::Dense, Pattern::VerticalSlash, Pattern::BlockSparse);
+    let want = [[dense; 2].as_slice(), &[vertical_slash; 4], &[block_sparse; 4]].concat();
+    assert_eq!(kinds, want);
     let all_dense = config.with_starting_layer(5);
     assert_eq!(all_dense.pattern_counts().into_iter().collect::<Vec<_>>(), [(Pattern::Dense, 6)]);
     Ok(())
