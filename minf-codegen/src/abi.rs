@@ -417,6 +417,8 @@ kernel_params! {
         pub shared_num: i32,
         /// See shared_num.
         pub shared_den: i32,
+        /// Heads whose index rows list fewer keys than this on average run on 64-row blocks.
+        pub min_wide_keys: i32,
     }
 }
 

@@ -26,6 +26,14 @@ use minf_codegen::{IndexKernel, IndexKernelSpec};
 const SHARED_NUM: i32 = 3;
 const SHARED_DEN: i32 = 5;
 
+/// A head runs on 64-row blocks, whatever its halves share, when its index rows list fewer keys
+/// than this on average. A block's fixed costs (loading Q, reading its index, the first tile's
+/// wait, writing the output) are paid once per block; two 64-row blocks on an SM hide each other's,
+/// one 128-row block hides nothing. From H100 timings at 128K x 32 heads, head dim 128
+/// (docs/design.md): 64-row blocks won at 256-2945 keys per row (by 40% at 256-307, 5-16% at
+/// 1905-2945) and 128-row blocks at 3783 and above where the halves share their keys.
+const MIN_WIDE_KEYS: i32 = 3072;
+
 /// The head maps of the two launches of one group of index-driven heads, kept on the device and
 /// rewritten by each [`TileChoice::attention`] call (so a warm call allocates nothing).
 #[derive(Debug)]
@@ -200,6 +208,7 @@ impl TileChoice {
             slots: as_i32("slots", slots)?,
             shared_num: SHARED_NUM,
             shared_den: SHARED_DEN,
+            min_wide_keys: MIN_WIDE_KEYS,
         });
         let config = kernel.config((slots as u32, 1, 1));
         let mut launch = stream.launch_builder(&kernel.function);

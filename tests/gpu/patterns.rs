@@ -564,32 +564,45 @@ fn vertical_slash_matches_masked_reference() {
     assert!(failures.is_empty(), "over tolerance: {failures:?}");
 }
 
-/// Heads `0..banded` list the nearest 16 ranges of every row block (the two halves of a 128-row
-/// block share 15 of them), the others the diagonal range and 12 far diagonals (adjacent row
-/// blocks' ranges lie 64 keys apart, so the halves share almost no key); every head also lists
-/// three sink columns left of its ranges.
-pub(super) fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: usize, banded: usize) -> HostVs {
+/// How a head of [`banded_and_scattered_index`] lists its keys.
+#[derive(Clone, Copy)]
+pub(super) enum IndexHead {
+    /// The nearest `n` ranges of every row block: the two halves of a 128-row block share `n - 1`.
+    Banded(usize),
+    /// The diagonal range and 12 far diagonals: adjacent row blocks' ranges lie 64 keys apart, so
+    /// the halves share almost no key.
+    Scattered,
+}
+
+/// A vertical-slash index with one head per entry of `heads`; every head also lists three sink
+/// columns left of its ranges.
+pub(super) fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: &[IndexHead]) -> HostVs {
     let rows = seq.div_ceil(64);
-    let (nnz_s, nnz_v) = (16, 3);
-    let mut ranges = HostLists::new(1, heads, rows, nnz_s);
-    let mut columns = HostLists::new(1, heads, rows, nnz_v);
-    for h in 0..heads {
+    let widest = heads.iter().map(|head| if let IndexHead::Banded(n) = head { *n } else { 0 }).max().unwrap_or(0);
+    let (nnz_s, nnz_v) = (widest.max(13), 3);
+    let count = heads.len();
+    let mut ranges = HostLists::new(1, count, rows, nnz_s);
+    let mut columns = HostLists::new(1, count, rows, nnz_v);
+    for (h, head) in heads.iter().enumerate() {
         // Far diagonals at least 128 apart, so each row block's ranges neither touch nor overlap.
         let slashes: Vec<i64> = (0..12).map(|k| 128 + 200 * k as i64 + rng.below(50) as i64).collect();
         for r in 0..rows {
             let end_m = 64 * r as i64 + 64;
-            let mut starts: Vec<i32> = if h < banded {
-                (1..=16).map(|k| end_m - 64 * k).filter(|&s| s >= 0).map(|s| s as i32).collect()
-            } else {
-                let mut far: Vec<i32> =
-                    slashes.iter().map(|s| end_m - s - 64).filter(|&s| s >= 0).map(|s| s as i32).collect();
-                far.push((end_m - 64) as i32);
-                far
+            let mut starts: Vec<i32> = match *head {
+                IndexHead::Banded(n) => {
+                    (1..=n as i64).map(|k| end_m - 64 * k).filter(|&s| s >= 0).map(|s| s as i32).collect()
+                }
+                IndexHead::Scattered => {
+                    let mut far: Vec<i32> =
+                        slashes.iter().map(|s| end_m - s - 64).filter(|&s| s >= 0).map(|s| s as i32).collect();
+                    far.push((end_m - 64) as i32);
+                    far
+                }
             };
             starts.sort_unstable();
             let first = starts.first().copied().unwrap_or(0);
             let cols: Vec<i32> = (0..3).filter(|&c| c < first).collect();
-            let at = ranges.slot(0, h, heads, r);
+            let at = ranges.slot(0, h, count, r);
             ranges.set(at, &starts, starts.len() as i32);
             columns.set(at, &cols, cols.len() as i32);
         }
@@ -599,12 +612,15 @@ pub(super) fn banded_and_scattered_index(rng: &mut TestRng, seq: usize, heads: u
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn tile_choice_splits_heads_by_shared_keys_and_matches_reference() {
+fn tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference() {
     let device = device();
-    let seed = test_seed("tile_choice_splits_heads_by_shared_keys_and_matches_reference");
+    let seed = test_seed("tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference");
     let mut rng = TestRng::new(seed);
-    let case = Case { batch: 1, seq: 4096, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
-    let index = banded_and_scattered_index(&mut rng, case.seq, case.heads, 2);
+    let case = Case { batch: 1, seq: 8192, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
+    // Heads 0 and 3 list about 3860 keys per row (96 ranges, fewer in the first 95 row blocks),
+    // head 1 at most 1024: only 0 and 3 have the work per row that 128-row blocks need.
+    use IndexHead::{Banded, Scattered};
+    let index = banded_and_scattered_index(&mut rng, case.seq, &[Banded(96), Banded(16), Scattered, Banded(96)]);
     // Launch slots in another order than the heads, so a slot/head mix-up shows.
     let slots = [2, 0, 3, 1];
     let mut choice = TileChoice::new(&device, &slots, case.heads).expect("tile choice");
@@ -619,8 +635,11 @@ fn tile_choice_splits_heads_by_shared_keys_and_matches_reference() {
     match chosen {
         Some(wide) => {
             assert!(has_alternative, "a choice was made on a device without a 64-row alternative");
-            let expected: Vec<bool> = slots.iter().map(|&h| h < 2).collect();
-            assert_eq!(wide, expected, "banded heads 0-1 on 128-row blocks, scattered 2-3 on 64-row (slots {slots:?})");
+            let expected: Vec<bool> = slots.iter().map(|&h| h == 0 || h == 3).collect();
+            assert_eq!(
+                wide, expected,
+                "busy banded heads 0 and 3 on 128-row blocks, light banded 1 and scattered 2 on 64-row (slots {slots:?})"
+            );
             println!("tile choice: slots {slots:?} wide {wide:?}");
         }
         None => {

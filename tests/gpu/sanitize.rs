@@ -9,7 +9,7 @@
 use super::chunked::sanitizer_chunks;
 use super::patterns::{
     banded_and_scattered_index, block_sparse_index, packed_offsets, run_block_sparse, run_vertical_slash,
-    spec_override, variants, vertical_slash_index, Variant, VARIANT,
+    spec_override, variants, vertical_slash_index, IndexHead, Variant, VARIANT,
 };
 use super::{check_attention, describe, device, test_seed, Case, Packed, TOLERANCE};
 use half::{bf16, f16};
@@ -169,10 +169,11 @@ fn index_kernels_and_prefill() {
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
 
-    // The tile choice and both of its launches.
-    let case = Case { batch: 1, seq: 1024, heads: 4, kv_heads: 2, head_dim: 128, bhsd: false };
-    let index = banded_and_scattered_index(&mut rng, case.seq, case.heads, 2);
-    let mut choice = TileChoice::new(&device, &[2, 0, 3, 1], case.heads).expect("tile choice");
+    // The tile choice and both of its launches, each with heads (one busy banded head on 128-row
+    // blocks, one scattered on 64-row).
+    let case = Case { batch: 1, seq: 8192, heads: 2, kv_heads: 1, head_dim: 128, bhsd: false };
+    let index = banded_and_scattered_index(&mut rng, case.seq, &[IndexHead::Scattered, IndexHead::Banded(96)]);
+    let mut choice = TileChoice::new(&device, &[1, 0], case.heads).expect("tile choice");
     run_vertical_slash::<bf16>(&device, &case, seed + 5, &index, None, "tile choice", &mut failures, Some(&mut choice));
 
     // The converter, byte for byte against its CPU model.
