@@ -113,7 +113,9 @@ struct RunArgs {
     #[arg(long, conflicts_with = "inputs")]
     flat_tail: bool,
     /// Take the inputs from this file (q, k, v; see `minf::load_safetensors`) instead of the
-    /// generator; the cases then have its length and heads.
+    /// generator; the cases then have its length and heads (a file with fewer query heads than a
+    /// config pattern's layer is timed as those heads of it: head i runs config head
+    /// i * layer heads / file heads, as in long cases).
     #[arg(long)]
     inputs: Option<PathBuf>,
     /// Tile and engine of the index-driven kernels (vertical-slash, block-sparse and their config
@@ -187,26 +189,46 @@ fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOp
         Some(list) => PatternSpec::parse_list(list)?,
         None => default_patterns(Path::new(".")),
     };
-    let asked = match inputs {
-        Some(qkv) => ShapeArgs { heads: Some(qkv.heads), kv_heads: Some(qkv.kv_heads), head_dim: Some(qkv.head_dim) },
-        None => ShapeArgs { heads: args.heads, kv_heads: args.kv_heads, head_dim: args.head_dim },
+    let Some(qkv) = inputs else {
+        let asked = ShapeArgs { heads: args.heads, kv_heads: args.kv_heads, head_dim: args.head_dim };
+        let (heads, kv_heads, head_dim) = resolve_shape(&patterns, asked)?;
+        return Ok(CaseOptions {
+            seqs: parse_seqs(&args.seqs)?,
+            heads,
+            kv_heads,
+            head_dim,
+            dtype: args.dtype,
+            patterns,
+            long_from: args.long_from,
+            long_heads: args.long_heads.unwrap_or_else(|| default_long_heads(heads, kv_heads)),
+        });
     };
-    let (heads, kv_heads, head_dim) = resolve_shape(&patterns, asked)?;
-    let mut options = CaseOptions {
-        seqs: parse_seqs(&args.seqs)?,
+    // The file sets the shape. A file with fewer query heads than a config's layer (as
+    // `search_inputs --heads 4` writes for the heads a long case times) is timed as a subset of that
+    // layer: its head i runs the config's head i * layer_heads / file_heads, as in long cases and
+    // `bench/peers.py --config-heads`.
+    let has_config = patterns.iter().any(|p| matches!(p, PatternSpec::Config { .. }));
+    let layer_shape = ShapeArgs { heads: None, kv_heads: None, head_dim: Some(qkv.head_dim) };
+    let layer = if has_config { Some(resolve_shape(&patterns, layer_shape)?) } else { None };
+    let (heads, kv_heads, head_dim, long_from) = match layer {
+        Some((heads, kv_heads, head_dim)) if qkv.heads < heads => (heads, kv_heads, head_dim, 0),
+        _ => {
+            let asked =
+                ShapeArgs { heads: Some(qkv.heads), kv_heads: Some(qkv.kv_heads), head_dim: Some(qkv.head_dim) };
+            let (heads, kv_heads, head_dim) = resolve_shape(&patterns, asked)?;
+            (heads, kv_heads, head_dim, usize::MAX)
+        }
+    };
+    Ok(CaseOptions {
+        seqs: vec![qkv.seq],
         heads,
         kv_heads,
         head_dim,
         dtype: args.dtype,
         patterns,
-        long_from: args.long_from,
-        long_heads: args.long_heads.unwrap_or_else(|| default_long_heads(heads, kv_heads)),
-    };
-    if let Some(qkv) = inputs {
-        options.seqs = vec![qkv.seq];
-        options.long_from = usize::MAX;
-    }
-    Ok(options)
+        long_from,
+        long_heads: qkv.heads,
+    })
 }
 
 fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {

@@ -417,3 +417,37 @@ fn recall_is_the_mean_share_of_the_dense_mass_and_shows_in_the_table() {
     assert_eq!(value["recall"], 0.9731);
     assert!(serde_json::to_value(record("minf", "dense", "", 1024, 4, 1.0)).unwrap().get("recall").is_none());
 }
+
+#[derive(clap::Parser)]
+struct RunCli {
+    #[command(flatten)]
+    run: super::RunArgs,
+}
+
+fn file_shape(seq: usize, heads: usize, kv_heads: usize) -> minf::HostQkv {
+    minf::HostQkv { seq, heads, kv_heads, head_dim: 128, q: Vec::new(), k: Vec::new(), v: Vec::new() }
+}
+
+#[test]
+fn input_files_with_fewer_heads_than_a_config_time_those_heads_of_its_layer() {
+    use clap::Parser;
+    let config =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json");
+    let run = RunCli::parse_from(["bench", "--patterns", &format!("config:{config}:16")]).run;
+    let shape = |qkv: &minf::HostQkv| {
+        let cases = super::case_options(&run, Some(qkv)).expect("options").cases().expect("cases");
+        assert_eq!(cases.len(), 1);
+        let case = &cases[0];
+        (case.seq, case.heads, case.kv_heads, case.layer_heads)
+    };
+    // Four of the layer's 32 heads (one KV head), as `search_inputs --heads 4 --kv-heads 1` writes.
+    assert_eq!(shape(&file_shape(1 << 20, 4, 1)), (1 << 20, 4, 1, 32));
+    assert_eq!(shape(&file_shape(4096, 32, 8)), (4096, 32, 8, 32));
+    // More heads than the layer's are no subset of it.
+    let error = super::case_options(&run, Some(&file_shape(4096, 64, 16))).expect_err("64 heads").to_string();
+    assert!(error.contains("--heads 64"), "{error}");
+    // Without a config the file's shape is the case's.
+    let dense = RunCli::parse_from(["bench", "--patterns", "dense"]).run;
+    let cases = super::case_options(&dense, Some(&file_shape(4096, 4, 1))).expect("options").cases().expect("cases");
+    assert_eq!((cases[0].heads, cases[0].kv_heads, cases[0].layer_heads), (4, 1, 4));
+}
