@@ -125,6 +125,7 @@ def layer_records(args, path):
     record = base_record("minference_layer", "config", params, seq, heads, kv_heads, d, ms, reps)
     record["note"] = (f"MInference 0.1.6 minference_prefill_forward (its per-head estimation and kernels) on "
                       f"{os.path.basename(path)}; K/V expanded to the query heads")
+    record["inputs"] = f"file {os.path.basename(path)}"
     if args.config_heads:
         record["note"] += f"; config heads [{args.config_heads.replace(',', ', ')}]"
     print(f"minference_layer  config:{params} {seq:8d} x {heads:2d} heads: {ms:9.3f} ms "

@@ -118,6 +118,16 @@ fn config_layer<'a>(records: &'a [Record], method: &str, seq: usize) -> Option<&
     records.iter().find(|r| r.method == method && r.pattern == "config" && r.seq == seq)
 }
 
+/// minf's config layer at `peer`'s length on the same inputs as `peer` where a record says so,
+/// else minf's first config record of that length.
+fn config_layer_like<'a>(records: &'a [Record], peer: &Record) -> Option<&'a Record> {
+    let same = |r: &&Record| r.method == MINF_METHOD && r.pattern == "config" && r.seq == peer.seq;
+    let on_same_inputs = peer.inputs.as_ref().and_then(|inputs| {
+        records.iter().filter(same).find(|r| r.heads == peer.heads && r.inputs.as_ref() == Some(inputs))
+    });
+    on_same_inputs.or_else(|| records.iter().find(same))
+}
+
 /// minf's record of `pattern` (`"dense"` or `"config"`) at `seq` that also ran in chunks of
 /// `chunk` tokens (`minf bench --chunk`).
 fn chunked<'a>(records: &'a [Record], pattern: &str, seq: usize, chunk: usize) -> Option<&'a Record> {
@@ -150,7 +160,10 @@ pub fn targets(records: &[Record]) -> Vec<Target> {
     let config_speedup = |peer: Option<&Record>, seq: usize| {
         config_layer(records, MINF_METHOD, seq).zip(peer).map(|(m, p)| p.per_head_ms / m.per_head_ms)
     };
-    let own_layer = |seq: usize| config_speedup(config_layer(records, "minference_layer", seq), seq);
+    let own_layer = |seq: usize| {
+        let peer = config_layer(records, "minference_layer", seq)?;
+        config_layer_like(records, peer).map(|m| peer.per_head_ms / m.per_head_ms)
+    };
     let chunked_ratio = |pattern: &str, seq: usize, chunk: usize| chunked(records, pattern, seq, chunk)?.chunked_ratio;
     let mut targets = vec![
         Target::at_most("minf vertical_slash:1000,6096 total / MInference kernel (128K)", vs_ratio, 1.0),

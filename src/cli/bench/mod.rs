@@ -253,7 +253,9 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         Some(path) => {
             let qkv = minf::load_safetensors(path)?;
             let cases = case_options(args, Some(&qkv))?.cases()?;
-            bench.use_inputs(InputSource::File(qkv));
+            let name =
+                path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+            bench.use_inputs(InputSource::File(qkv, name));
             cases
         }
         None => {

@@ -85,6 +85,11 @@ pub struct Record {
     /// See `chunked_est_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunked_attn_ms: Option<f64>,
+    /// Which inputs the case ran on, so that records on the same tensors can be paired:
+    /// `structured seed N` (`structured flat-tail seed N`) for the generator, `file NAME` for a
+    /// Q/K/V file (`minf bench --inputs`, `bench/peers.py --layer-inputs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
 }
 
 impl Record {

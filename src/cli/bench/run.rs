@@ -67,8 +67,8 @@ pub enum InputSource {
         /// long-range decay (`--flat-tail`).
         flat_tail: bool,
     },
-    /// One file's inputs (`--inputs`), for every case at its length.
-    File(HostQkv),
+    /// One file's inputs (`--inputs`), for every case at its length, and the file's name.
+    File(HostQkv, String),
 }
 
 /// How the cases are timed.
@@ -285,7 +285,7 @@ impl GpuBench {
                 let make = if *flat_tail { InputSpec::flat_tail } else { InputSpec::new };
                 StructuredInputs::generate(&make(case.seq, case.heads, case.kv_heads, case.head_dim, *seed))?
             }
-            InputSource::File(qkv) => {
+            InputSource::File(qkv, _) => {
                 let shape = (qkv.seq, qkv.heads, qkv.kv_heads, qkv.head_dim);
                 if shape != (case.seq, case.heads, case.kv_heads, case.head_dim) {
                     return Err(BenchError::Case(format!(
@@ -409,8 +409,13 @@ impl GpuBench {
             InputSource::Structured { seed, flat_tail: true } => {
                 format!("structured inputs without the long-range decay (--flat-tail), seed {seed}")
             }
-            InputSource::File(_) => "inputs from --inputs".into(),
+            InputSource::File(_, name) => format!("inputs from --inputs ({name})"),
         });
+        let inputs = match &self.source {
+            InputSource::Structured { seed, flat_tail: false } => format!("structured seed {seed}"),
+            InputSource::Structured { seed, flat_tail: true } => format!("structured flat-tail seed {seed}"),
+            InputSource::File(_, name) => format!("file {name}"),
+        };
         if case.is_subset() {
             notes.push(format!(
                 "{} of the layer's {} query heads timed ({} KV heads); compare per_head_ms",
@@ -472,6 +477,7 @@ impl GpuBench {
             chunked_est_ms: chunked_split.map(|split| split.estimation_ms),
             chunked_conv_ms: chunked_split.map(|split| split.conversion_ms),
             chunked_attn_ms: chunked_split.map(|split| split.attention_ms),
+            inputs: Some(inputs),
         })
     }
 }

@@ -45,6 +45,7 @@ fn record(method: &str, pattern: &str, params: &str, seq: usize, heads: usize, t
         chunked_est_ms: None,
         chunked_conv_ms: None,
         chunked_attn_ms: None,
+        inputs: None,
     }
 }
 
@@ -236,6 +237,14 @@ fn targets_read_tflops_estimation_conversion_and_chunked_ratios() {
             r.chunk_tokens = Some(65_536);
             r.chunked_ratio = Some(1.07);
         }),
+        // At 1M the own layer pairs with minf's record on its file, not the first config record.
+        with(record("minf", "config", "l.json:16", M1, 4, 60.0), &|r| r.inputs = Some("structured seed 1".into())),
+        with(record("minf", "config", "l.json:16", M1, 4, 40.0), &|r| {
+            r.inputs = Some("file layer_0.safetensors".into())
+        }),
+        with(record("minference_layer", "config", "l.json:16", M1, 4, 80.0), &|r| {
+            r.inputs = Some("file layer_0.safetensors".into())
+        }),
     ];
     let checked = targets(&records);
     let value = |prefix: &str| {
@@ -253,7 +262,7 @@ fn targets_read_tflops_estimation_conversion_and_chunked_ratios() {
     assert_eq!(value("minf block-sparse estimation ms, block_sparse:100 (128K)"), (Some(8.7), Some(false)));
     assert_eq!(value("minf block-sparse estimation ms, block_sparse:100 (1M)"), (Some(5.5), Some(true)));
     assert_eq!(value("MInference's own config layer / minf config layer, per head (128K)"), (Some(3.0), Some(true)));
-    assert_eq!(value("MInference's own config layer / minf config layer, per head (1M)"), (None, None));
+    assert_eq!(value("MInference's own config layer / minf config layer, per head (1M)"), (Some(2.0), Some(false)));
     assert_eq!(value("minf config layer in 8K chunks"), (Some(1.2), Some(true)));
     assert_eq!(value("minf dense in 64K chunks"), (Some(1.07), Some(false)));
     assert_eq!(value("minf config layer in 64K chunks"), (None, None));
