@@ -230,13 +230,9 @@ impl Arch {
     }
 
     /// Shared memory of one SM, in bytes: what the blocks resident on it share (each also
-    /// reserves 1 KiB).
+    /// reserves 1 KiB, which a block's largest opt-in leaves free).
     pub fn shared_memory_per_sm(self) -> u32 {
-        match self {
-            Arch::Sm80 => 164 * 1024,
-            Arch::Sm86 | Arch::Sm89 => 100 * 1024,
-            Arch::Sm90 | Arch::Sm90a => 228 * 1024,
-        }
+        self.max_shared_memory() + 1024
     }
 
     /// The architecture NVRTC should target for a device of compute capability `major.minor`:

@@ -404,18 +404,18 @@ impl GpuBench {
             "peak_mem_bytes: q, k, v, out, indices and estimation scratch allocated for the case; TFLOP/s on attn_ms, \
              {BLOCK_FLOP_TILE}x{BLOCK_FLOP_TILE} tiles with causal diagonal tiles counted whole"
         )];
-        notes.push(match &self.source {
-            InputSource::Structured { seed, flat_tail: false } => format!("structured inputs, seed {seed}"),
-            InputSource::Structured { seed, flat_tail: true } => {
-                format!("structured inputs without the long-range decay (--flat-tail), seed {seed}")
+        // The record's `inputs` (to pair records on the same tensors) and the note's words for them.
+        let (inputs, inputs_note) = match &self.source {
+            InputSource::Structured { seed, flat_tail: false } => {
+                (format!("structured seed {seed}"), format!("structured inputs, seed {seed}"))
             }
-            InputSource::File(_, name) => format!("inputs from --inputs ({name})"),
-        });
-        let inputs = match &self.source {
-            InputSource::Structured { seed, flat_tail: false } => format!("structured seed {seed}"),
-            InputSource::Structured { seed, flat_tail: true } => format!("structured flat-tail seed {seed}"),
-            InputSource::File(_, name) => format!("file {name}"),
+            InputSource::Structured { seed, flat_tail: true } => (
+                format!("structured flat-tail seed {seed}"),
+                format!("structured inputs without the long-range decay (--flat-tail), seed {seed}"),
+            ),
+            InputSource::File(_, name) => (format!("file {name}"), format!("inputs from --inputs ({name})")),
         };
+        notes.push(inputs_note);
         if case.is_subset() {
             notes.push(format!(
                 "{} of the layer's {} query heads timed ({} KV heads); compare per_head_ms",
