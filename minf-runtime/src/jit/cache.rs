@@ -167,7 +167,7 @@ impl KernelCache {
         let entry = self.root.join(&key.name);
         let mut lookup = read_entry(&entry, &key);
         if let Lookup::Hit { image, is_ptx } = lookup {
-            return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit));
+            return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit, Vec::new()));
         }
         if self.jit_disabled {
             return Err(JitError::JitDisabled { name: key.name, cache_dir: self.root.clone() });
@@ -188,7 +188,9 @@ impl KernelCache {
             }
         };
         match lookup {
-            Lookup::Hit { image, is_ptx } => return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit)),
+            Lookup::Hit { image, is_ptx } => {
+                return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit, Vec::new()))
+            }
             Lookup::Corrupt(reason) => {
                 tracing::warn!(entry = %entry.display(), %reason, "corrupt kernel cache entry; rebuilding it");
                 if lock.is_some() {
@@ -209,6 +211,9 @@ impl KernelCache {
         };
         let seconds = start.elapsed().as_secs_f64();
         tracing::info!(kernel = %key.name, seconds, "compiled kernel with NVRTC");
+        for warning in &compiled.performance_warnings {
+            tracing::warn!(kernel = %key.name, %warning, "ptxas reports a performance loss");
+        }
         if lock.is_some() && !self.is_memory_only() {
             let meta = EntryMeta {
                 key_name: key.name.clone(),
@@ -228,7 +233,8 @@ impl KernelCache {
             }
         }
         drop(lock);
-        Ok(self.remember(key, compiled.image, compiled.is_ptx, CacheOutcome::Compiled { seconds }))
+        let outcome = CacheOutcome::Compiled { seconds };
+        Ok(self.remember(key, compiled.image, compiled.is_ptx, outcome, compiled.performance_warnings))
     }
 
     /// With JIT disabled and no NVRTC to tell the key's version: finds an entry of this kernel
@@ -249,7 +255,7 @@ impl KernelCache {
                 return Ok(CachedKernel { outcome: CacheOutcome::MemoryHit, ..hit.clone() });
             }
             if let Lookup::Hit { image, is_ptx } = read_entry(&self.root.join(&key.name), &key) {
-                return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit));
+                return Ok(self.remember(key, image, is_ptx, CacheOutcome::DiskHit, Vec::new()));
             }
         }
         tracing::debug!(kernel = %prefix, error = %nvrtc_error, "no cached entry and no NVRTC");
@@ -344,8 +350,21 @@ impl KernelCache {
     }
 
     /// Stores a kernel in memory and returns it with `outcome`.
-    fn remember(&self, key: CacheKey, image: Vec<u8>, is_ptx: bool, outcome: CacheOutcome) -> CachedKernel {
-        let kernel = CachedKernel { key, image: Arc::new(image), is_ptx, outcome };
+    fn remember(
+        &self,
+        key: CacheKey,
+        image: Vec<u8>,
+        is_ptx: bool,
+        outcome: CacheOutcome,
+        performance_warnings: Vec<String>,
+    ) -> CachedKernel {
+        let kernel = CachedKernel {
+            key,
+            image: Arc::new(image),
+            is_ptx,
+            outcome,
+            performance_warnings: performance_warnings.into(),
+        };
         self.memory.lock().unwrap_or_else(PoisonError::into_inner).insert(kernel.key.name.clone(), kernel.clone());
         kernel
     }

@@ -128,4 +128,7 @@ pub struct CachedKernel {
     pub is_ptx: bool,
     /// How it was obtained.
     pub outcome: CacheOutcome,
+    /// ptxas's performance warnings from this process's compile of the kernel, such as `wgmma`
+    /// instructions it serialised (C7514, C7518); empty for a kernel read from the disk cache.
+    pub performance_warnings: Arc<[String]>,
 }

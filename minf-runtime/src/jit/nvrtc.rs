@@ -224,6 +224,15 @@ pub(crate) struct Compiled {
     pub(crate) image: Vec<u8>,
     /// Whether `image` is PTX.
     pub(crate) is_ptx: bool,
+    /// ptxas's performance warnings in the compile log ([`performance_warnings`]).
+    pub(crate) performance_warnings: Vec<String>,
+}
+
+/// The lines of an NVRTC log in which ptxas reports a performance loss, such as `wgmma`
+/// instructions it serialised (C7514, C7518): the kernel is correct but slower than its source
+/// intends.
+pub(crate) fn performance_warnings(log: &str) -> Vec<String> {
+    log.lines().filter(|line| line.contains("Potential Performance Loss")).map(|line| line.trim().to_string()).collect()
 }
 
 /// An NVRTC program, destroyed on drop.
@@ -278,13 +287,16 @@ pub(crate) fn compile(kernel: &RenderedKernel, name: &str) -> Result<Compiled, J
     }
     tracing::debug!(kernel = %name, seconds = start.elapsed().as_secs_f64(), "nvrtcCompileProgram done");
     // SAFETY: as above.
+    let log = unsafe { result::get_program_log(program.handle) }.map_err(call("nvrtcGetProgramLog"))?;
+    let performance_warnings = performance_warnings(&c_chars_to_string(&log));
+    // SAFETY: as above.
     match unsafe { cubin(program.handle) } {
-        Ok(image) => Ok(Compiled { image, is_ptx: false }),
+        Ok(image) => Ok(Compiled { image, is_ptx: false, performance_warnings }),
         Err(cubin_error) => {
             tracing::warn!(kernel = %name, error = ?cubin_error, "no CUBIN from NVRTC; falling back to PTX");
             // SAFETY: as above.
             let ptx = unsafe { result::get_ptx(program.handle) }.map_err(call("nvrtcGetPTX"))?;
-            Ok(Compiled { image: ptx.iter().map(|&c| c as u8).collect(), is_ptx: true })
+            Ok(Compiled { image: ptx.iter().map(|&c| c as u8).collect(), is_ptx: true, performance_warnings })
         }
     }
 }
@@ -326,6 +338,18 @@ mod tests {
             vec![base.path().join("python3.12/site-packages"), base.path().join("python3.10/site-packages")]
         );
         Ok(())
+    }
+
+    #[test]
+    fn performance_warnings_are_the_lines_that_report_a_loss() {
+        let log = "k.cu(317): warning #177-D: variable \"X\" was declared but never referenced\n\
+                   ptxas info    : (C7514) Potential Performance Loss: wgmma.mma_async instructions are serialized \
+                   due to non wgmma instructions reading accumulator registers of a wgmma in the function 'k'\n\
+                   ptxas info    : Used 168 registers\n";
+        let warnings = performance_warnings(log);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("ptxas info    : (C7514) Potential Performance Loss"), "{warnings:?}");
+        assert!(performance_warnings("ptxas info    : Used 168 registers").is_empty());
     }
 
     #[test]
