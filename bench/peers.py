@@ -12,7 +12,8 @@
 - minference_layer: MInference's own layer (`minference_prefill_forward`: per head, its online
   estimation and its kernels, as its HF patch runs a prefill) on the Q/K/V of --layer-inputs under
   layer --layer of --config; compare with `minf bench --inputs FILE --patterns config:CONFIG:LAYER`
-  on the same file (the record's pattern and params match minf's config case).
+  on the same file (the record's pattern and params match minf's config case). Its density is the
+  share of causal 64x64 tiles its own vertical-slash indices compute, counted in one more, untimed run.
 
 Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
 values). K and V are expanded to the query heads (repeat_interleave) for every method, since
@@ -98,6 +99,34 @@ def with_config_heads(config, layer, picked, heads):
     return config
 
 
+def own_index_density(pit, run, seq):
+    """The share of the causal 64x64 tiles that MInference's own vertical-slash indices compute in
+    one untimed `run` of its layer: every 64-key block an index row lists plus its gathered columns
+    in tiles of 64, over the heads its converter saw (one call per head, batch 1). None when no
+    head went through the converter."""
+    original = pit.convert_vertical_slash_indexes
+    calls = []
+
+    def counting(*args, **kwargs):
+        block_count, block_offset, column_count, column_index = original(*args, **kwargs)
+        tiles = block_count.to(torch.int64).sum() + ((column_count.to(torch.int64) + 63) // 64).sum()
+        calls.append((tiles, block_count.shape[1]))
+        return block_count, block_offset, column_count, column_index
+
+    pit.convert_vertical_slash_indexes = counting
+    try:
+        run()
+        torch.cuda.synchronize()
+    finally:
+        pit.convert_vertical_slash_indexes = original
+    if not calls:
+        return None
+    rows = (seq + 63) // 64
+    tiles = sum(int(t) for t, _ in calls)
+    heads = sum(h for _, h in calls)
+    return tiles / (heads * rows * (rows + 1) // 2)
+
+
 def layer_records(args, path):
     """minference_layer on one Q/K/V file: MInference's `minference_prefill_forward` for layer
     --layer of --config, K/V expanded to the query heads as its attention forward does."""
@@ -123,13 +152,20 @@ def layer_records(args, path):
     ms = time_ms(lambda: forward.minference_prefill_forward(q, k, v, kwargs), reps, warmup=2)
     params = f"{os.path.basename(args.config)}:{args.layer}"
     record = base_record("minference_layer", "config", params, seq, heads, kv_heads, d, ms, reps)
+    try:
+        pit = import_minference(args.site, ("pit_sparse_flash_attention_v2",))["pit_sparse_flash_attention_v2"]
+        record["density"] = own_index_density(pit, lambda: forward.minference_prefill_forward(q, k, v, kwargs), seq)
+    except Exception as error:  # the density is a note on the timing, never a reason to lose it
+        print(f"minference_layer: its own index density not measured: {error}", flush=True)
     record["note"] = (f"MInference 0.1.6 minference_prefill_forward (its per-head estimation and kernels) on "
-                      f"{os.path.basename(path)}; K/V expanded to the query heads")
+                      f"{os.path.basename(path)}; K/V expanded to the query heads; density: its own "
+                      f"vertical-slash indices, in an untimed run")
     record["inputs"] = f"file {os.path.basename(path)}"
     if args.config_heads:
         record["note"] += f"; config heads [{args.config_heads.replace(',', ', ')}]"
+    density = "" if record["density"] is None else f", density {100 * record['density']:.2f}%"
     print(f"minference_layer  config:{params} {seq:8d} x {heads:2d} heads: {ms:9.3f} ms "
-          f"({ms / heads:.3f} per head)", flush=True)
+          f"({ms / heads:.3f} per head{density})", flush=True)
     del q, k, v
     return [record]
 
