@@ -102,7 +102,7 @@ def with_config_heads(config, layer, picked, heads):
 def own_index_density(pit, run, seq):
     """The share of the causal 64x64 tiles that MInference's own vertical-slash indices compute in
     one untimed `run` of its layer: every 64-key block an index row lists plus its gathered columns
-    in tiles of 64, over the heads its converter saw (one call per head, batch 1). None when no
+    in tiles of 64, over every (batch, head) row of indices its converter produced. None when no
     head went through the converter."""
     original = pit.convert_vertical_slash_indexes
     calls = []
@@ -110,7 +110,7 @@ def own_index_density(pit, run, seq):
     def counting(*args, **kwargs):
         block_count, block_offset, column_count, column_index = original(*args, **kwargs)
         tiles = block_count.to(torch.int64).sum() + ((column_count.to(torch.int64) + 63) // 64).sum()
-        calls.append((tiles, block_count.shape[1]))
+        calls.append((tiles, block_count.numel()))  # index rows: batch x heads x query blocks
         return block_count, block_offset, column_count, column_index
 
     pit.convert_vertical_slash_indexes = counting
@@ -123,7 +123,7 @@ def own_index_density(pit, run, seq):
         return None
     rows = (seq + 63) // 64
     tiles = sum(int(t) for t, _ in calls)
-    heads = sum(h for _, h in calls)
+    heads = sum(n for _, n in calls) // rows
     return tiles / (heads * rows * (rows + 1) // 2)
 
 
