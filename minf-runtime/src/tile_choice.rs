@@ -8,13 +8,14 @@
 //! and [`minf_codegen::Tile::SQUARE_WGMMA`] blocks), each over head maps in which the heads the other launch
 //! computes are -1 (those blocks return at once). No host round trip; every head is computed by
 //! exactly one of the two launches. The chooser reads the index alone, so a chunk's index (rows of
-//! the chunk's queries, absolute keys) is chosen for like a whole sequence's.
+//! the chunk's queries, absolute keys) is chosen for like a whole sequence's, except that an index
+//! of fewer than [`TileChoice::split_from_rows`] rows gives all its heads one tile (see there).
 
 use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadSubset, PatternArgs};
 use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use minf_codegen::abi::{ChoiceParams, ConstPtr};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
@@ -34,6 +35,9 @@ const SHARED_DEN: i32 = 5;
 /// 1905-2945) and 128-row blocks at 3783 and above where the halves share their keys.
 const MIN_WIDE_KEYS: i32 = 3072;
 
+/// Default of [`TileChoice::split_from_rows`]: 512 index rows, a 32K-token chunk.
+pub const SPLIT_FROM_ROWS: usize = 512;
+
 /// The head maps of the two launches of one group of index-driven heads, kept on the device and
 /// rewritten by each [`TileChoice::attention`] call (so a warm call allocates nothing).
 #[derive(Debug)]
@@ -45,6 +49,10 @@ pub struct TileChoice {
     wide: HeadSubset,
     /// Head map of the 64-row launch, the complement of `wide`.
     square: HeadSubset,
+    /// Per slot, the chooser's average keys per sampled index row (the weights of a group choice).
+    keys: CudaSlice<f32>,
+    /// Indices of fewer index rows than this (batch x rows per head) give all heads one tile.
+    split_from_rows: usize,
     /// Whether the last call chose (its spec had a 64-row alternative).
     chosen: bool,
 }
@@ -53,12 +61,33 @@ impl TileChoice {
     /// Head maps for the query heads `heads` (checked as for [`HeadSubset::new`]) of a layer of
     /// `head_count` heads.
     pub fn new(device: &Device, heads: &[usize], head_count: usize) -> Result<TileChoice, MinfError> {
+        let keys = device
+            .stream()
+            .alloc_zeros::<f32>(heads.len().max(1))
+            .map_err(MinfError::driver(format!("allocating the tile choice's weights ({} x f32)", heads.len())))?;
         Ok(TileChoice {
             all: HeadSubset::new(device, heads, head_count)?,
             wide: HeadSubset::new(device, heads, head_count)?,
             square: HeadSubset::new(device, heads, head_count)?,
+            keys,
+            split_from_rows: SPLIT_FROM_ROWS,
             chosen: false,
         })
+    }
+
+    /// The fewest index rows (64-row query blocks, over the batch) for which heads are split
+    /// between the two tiles; below it every head takes the tile of the heads that list the most
+    /// keys in all. Each of the two launches ends in a partly filled last wave whose cost does not
+    /// shrink with the index, while what the better tile saves does: on 8K-token chunks (128
+    /// rows) of the Llama-3-8B-262K layer 16 at 128K (H100), splitting cost 2.2 ms over the 16
+    /// chunks and saved nothing. Default [`SPLIT_FROM_ROWS`].
+    pub fn split_from_rows(&self) -> usize {
+        self.split_from_rows
+    }
+
+    /// Sets [`TileChoice::split_from_rows`]: 0 splits heads on every index, `usize::MAX` never.
+    pub fn set_split_from_rows(&mut self, rows: usize) {
+        self.split_from_rows = rows;
     }
 
     /// The query heads of the group, in launch-slot order.
@@ -191,6 +220,7 @@ impl TileChoice {
         let (slots_ptr, _slots_sync) = self.all.device_heads().device_ptr(stream);
         let (wide_ptr, _wide_sync) = self.wide.device_heads_mut().device_ptr_mut(stream);
         let (square_ptr, _square_sync) = self.square.device_heads_mut().device_ptr_mut(stream);
+        let (keys_ptr, _keys_sync) = self.keys.device_ptr_mut(stream);
         let params = KernelArgs(ChoiceParams {
             count: count_ptr.into(),
             list: list_ptr.into(),
@@ -199,6 +229,7 @@ impl TileChoice {
             slot_heads: slots_ptr.into(),
             wide: wide_ptr.into(),
             square: square_ptr.into(),
+            keys: keys_ptr.into(),
             batch: as_i32("batch", batch)?,
             heads: as_i32("heads", heads)?,
             rows: as_i32("rows", rows)?,
@@ -217,6 +248,16 @@ impl TileChoice {
         // checked above to hold [batch, heads, rows, capacity] entries, the kernel clamps each
         // count to its capacity, and it writes one entry per slot of the two head maps.
         unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
+        if batch.saturating_mul(rows) >= self.split_from_rows {
+            return Ok(());
+        }
+        let group = device.index_kernel(&spec, &spec.entry_name("_group"))?;
+        let mut launch = stream.launch_builder(&group.function);
+        launch.arg(&params);
+        // SAFETY: the same parameter block; the kernel reads and rewrites the `slots` entries of
+        // the two head maps and of `keys` that the launch above wrote.
+        unsafe { launch.launch(group.config((1, 1, 1))) }
+            .map_err(MinfError::driver(format!("launching {}_group", spec.kernel_name())))?;
         Ok(())
     }
 }

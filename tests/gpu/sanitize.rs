@@ -169,12 +169,18 @@ fn index_kernels_and_prefill() {
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
 
-    // The tile choice and both of its launches, each with heads (one busy banded head on 128-row
-    // blocks, one scattered on 64-row).
+    // The tile choice and both of its launches, each with heads (split from 0 rows: one busy
+    // banded head on 128-row blocks, one scattered on 64-row), then with the group choice of an
+    // index of few rows (the default split).
     let case = Case { batch: 1, seq: 8192, heads: 2, kv_heads: 1, head_dim: 128, bhsd: false };
     let index = banded_and_scattered_index(&mut rng, case.seq, &[IndexHead::Scattered, IndexHead::Banded(96)]);
     let mut choice = TileChoice::new(&device, &[1, 0], case.heads).expect("tile choice");
-    run_vertical_slash::<bf16>(&device, &case, seed + 5, &index, None, "tile choice", &mut failures, Some(&mut choice));
+    let default_split = choice.split_from_rows();
+    for split_from_rows in [0, default_split] {
+        choice.set_split_from_rows(split_from_rows);
+        let label = format!("tile choice, split from {split_from_rows} rows");
+        run_vertical_slash::<bf16>(&device, &case, seed + 5, &index, None, &label, &mut failures, Some(&mut choice));
+    }
 
     // The converter, byte for byte against its CPU model.
     let mut workspace = ConvertWorkspace::new();
