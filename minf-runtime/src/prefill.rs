@@ -429,8 +429,7 @@ impl<'d> Prefill<'d> {
         options: PrefillOptions,
     ) -> Result<Prefill<'d>, MinfError> {
         check_model(config, shape, options)?;
-        let choose =
-            (options.tile_choice && options.indexed_tile.is_none()).then_some(options.tile_split_from_rows);
+        let choose = (options.tile_choice && options.indexed_tile.is_none()).then_some(options.tile_split_from_rows);
         let layers = (0..shape.layers)
             .map(|layer| LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads, choose))
             .collect::<Result<Vec<_>, MinfError>>()?;

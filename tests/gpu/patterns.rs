@@ -639,7 +639,16 @@ fn tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference() {
         choice.set_split_from_rows(split_from_rows);
         for round in 0..2 {
             let label = format!("vertical_slash tile choice, split from {split_from_rows} rows");
-            run_vertical_slash::<bf16>(&device, &case, seed + round, &index, None, &label, &mut failures, Some(&mut choice));
+            run_vertical_slash::<bf16>(
+                &device,
+                &case,
+                seed + round,
+                &index,
+                None,
+                &label,
+                &mut failures,
+                Some(&mut choice),
+            );
         }
         let chosen = choice.last_choice(&device).expect("download the choice");
         match chosen {
