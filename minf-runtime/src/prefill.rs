@@ -90,7 +90,7 @@ pub struct PrefillOptions {
     /// With the tile choice: the fewest index rows (64-row query blocks) of a call for which its
     /// heads are split between the two tiles; a call over fewer (a short chunk) gives all heads of
     /// a group one tile ([`TileChoice::split_from_rows`]). Default
-    /// [`SPLIT_FROM_ROWS`](crate::tile_choice::SPLIT_FROM_ROWS).
+    /// [`SPLIT_FROM_ROWS`].
     pub tile_split_from_rows: usize,
 }
 
