@@ -94,6 +94,8 @@ struct TemplateContext {
     overlap: bool,
     /// [`KernelSpec::tma_producer_registers`] (tensor-map engines only).
     producer_registers: u32,
+    /// [`KernelSpec::output_parts`] (warpgroup engines).
+    pv_parts: u32,
     /// n8 tiles of S and of O (the wgmma N dimensions / 8).
     s_tiles: u32,
     o_tiles: u32,
@@ -222,6 +224,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         pingpong: spec.mainloop == Mainloop::WgmmaTmaPingPong,
         overlap: spec.mainloop == Mainloop::WgmmaTmaOverlap,
         producer_registers: spec.tma_producer_registers(),
+        pv_parts: spec.output_parts(),
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,
         arch: spec.arch.as_str(),
