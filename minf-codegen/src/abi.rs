@@ -399,8 +399,6 @@ kernel_params! {
         pub wide: MutPtr<i32>,
         /// `[slots]` out: the head if the 64-row launch computes it, else -1.
         pub square: MutPtr<i32>,
-        /// `[slots]` out: the average keys per sampled index row of the slot's head (0 without one).
-        pub keys: MutPtr<f32>,
         /// Batch entries of the index.
         pub batch: i32,
         /// Query heads of the index.

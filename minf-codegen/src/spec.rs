@@ -911,7 +911,7 @@ impl IndexKernelSpec {
                     entry("_block_select_short", abi::SELECT_THREADS, 0),
                 ]
             }
-            IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0), entry("_group", abi::INDEX_THREADS, 0)],
+            IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0)],
             IndexKernel::LseMerge => {
                 DType::ALL.iter().map(|dtype| entry(&format!("_{dtype}"), abi::INDEX_THREADS, 0)).collect()
             }

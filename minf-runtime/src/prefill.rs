@@ -42,7 +42,7 @@ use crate::estimate::gpu::{
 };
 use crate::estimate::{clamp_sizes, BLOCK, BLOCK_SPARSE_TOP_K};
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef, TokenRange};
-use crate::tile_choice::{TileChoice, SPLIT_FROM_ROWS};
+use crate::tile_choice::{TileChoice, CHOOSE_FROM_ROWS};
 use crate::vertical_slash::{realised_chunk_mask_contains, HostVerticalSlashIndex, IndexShape, VerticalSlashIndex};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
@@ -87,11 +87,10 @@ pub struct PrefillOptions {
     /// With no `indexed_tile`: let a [`TileChoice`] pick, per head and call, between the default
     /// 128-row blocks and 64-row blocks where the device has both (sm_90a); default `true`.
     pub tile_choice: bool,
-    /// With the tile choice: the fewest index rows (64-row query blocks) of a call for which its
-    /// heads are split between the two tiles; a call over fewer (a short chunk) gives all heads of
-    /// a group one tile ([`TileChoice::split_from_rows`]). Default
-    /// [`SPLIT_FROM_ROWS`].
-    pub tile_split_from_rows: usize,
+    /// The fewest index rows (64-row query blocks) of a call for which the tile choice runs; a
+    /// call over fewer (a short chunk) runs every index-driven head on the default tile
+    /// ([`TileChoice::choose_from_rows`]). Default [`CHOOSE_FROM_ROWS`].
+    pub tile_choice_from_rows: usize,
 }
 
 impl Default for PrefillOptions {
@@ -102,7 +101,7 @@ impl Default for PrefillOptions {
             block_sparse_top_k: BLOCK_SPARSE_TOP_K,
             indexed_tile: None,
             tile_choice: true,
-            tile_split_from_rows: SPLIT_FROM_ROWS,
+            tile_choice_from_rows: CHOOSE_FROM_ROWS,
         }
     }
 }
@@ -224,16 +223,16 @@ enum IndexedHeads {
 }
 
 impl IndexedHeads {
-    /// `choose`: the tile choice's [`TileChoice::split_from_rows`], or `None` for one fixed launch.
+    /// `choose`: the tile choice's [`TileChoice::choose_from_rows`], or `None` for one fixed launch.
     fn new(
         device: &Device,
         heads: &[usize],
         head_count: usize,
         choose: Option<usize>,
     ) -> Result<IndexedHeads, MinfError> {
-        Ok(if let Some(split_from_rows) = choose {
+        Ok(if let Some(choose_from_rows) = choose {
             let mut choice = TileChoice::new(device, heads, head_count)?;
-            choice.set_split_from_rows(split_from_rows);
+            choice.set_choose_from_rows(choose_from_rows);
             IndexedHeads::Chosen(Box::new(choice))
         } else {
             IndexedHeads::Fixed(LaunchHeads::new(device, heads, head_count)?)
@@ -429,7 +428,7 @@ impl<'d> Prefill<'d> {
         options: PrefillOptions,
     ) -> Result<Prefill<'d>, MinfError> {
         check_model(config, shape, options)?;
-        let choose = (options.tile_choice && options.indexed_tile.is_none()).then_some(options.tile_split_from_rows);
+        let choose = (options.tile_choice && options.indexed_tile.is_none()).then_some(options.tile_choice_from_rows);
         let layers = (0..shape.layers)
             .map(|layer| LayerPlan::new(device, HeadGroups::for_layer(config, layer)?, shape.heads, choose))
             .collect::<Result<Vec<_>, MinfError>>()?;

@@ -9,13 +9,13 @@
 //! computes are -1 (those blocks return at once). No host round trip; every head is computed by
 //! exactly one of the two launches. The chooser reads the index alone, so a chunk's index (rows of
 //! the chunk's queries, absolute keys) is chosen for like a whole sequence's, except that an index
-//! of fewer than [`TileChoice::split_from_rows`] rows gives all its heads one tile (see there).
+//! of fewer than [`TileChoice::choose_from_rows`] rows is not chosen for (see there).
 
 use crate::attention::{attention_with_spec, launch_spec, AttentionOptions, HeadSubset, PatternArgs};
 use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{AttentionElement, TensorMut, TensorRef};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use minf_codegen::abi::{ChoiceParams, ConstPtr};
 use minf_codegen::{IndexKernel, IndexKernelSpec};
 
@@ -35,8 +35,8 @@ const SHARED_DEN: i32 = 5;
 /// 1905-2945) and 128-row blocks at 3783 and above where the halves share their keys.
 const MIN_WIDE_KEYS: i32 = 3072;
 
-/// Default of [`TileChoice::split_from_rows`]: 512 index rows, a 32K-token chunk.
-pub const SPLIT_FROM_ROWS: usize = 512;
+/// Default of [`TileChoice::choose_from_rows`]: 512 index rows, a 32K-token chunk.
+pub const CHOOSE_FROM_ROWS: usize = 512;
 
 /// The head maps of the two launches of one group of index-driven heads, kept on the device and
 /// rewritten by each [`TileChoice::attention`] call (so a warm call allocates nothing).
@@ -49,10 +49,9 @@ pub struct TileChoice {
     wide: HeadSubset,
     /// Head map of the 64-row launch, the complement of `wide`.
     square: HeadSubset,
-    /// Per slot, the chooser's average keys per sampled index row (the weights of a group choice).
-    keys: CudaSlice<f32>,
-    /// Indices of fewer index rows than this (batch x rows per head) give all heads one tile.
-    split_from_rows: usize,
+    /// Indices of fewer index rows than this (batch x rows per head) run every head on the
+    /// default tile, with no choice.
+    choose_from_rows: usize,
     /// Whether the last call chose (its spec had a 64-row alternative).
     chosen: bool,
 }
@@ -61,33 +60,31 @@ impl TileChoice {
     /// Head maps for the query heads `heads` (checked as for [`HeadSubset::new`]) of a layer of
     /// `head_count` heads.
     pub fn new(device: &Device, heads: &[usize], head_count: usize) -> Result<TileChoice, MinfError> {
-        let keys = device
-            .stream()
-            .alloc_zeros::<f32>(heads.len().max(1))
-            .map_err(MinfError::driver(format!("allocating the tile choice's weights ({} x f32)", heads.len())))?;
         Ok(TileChoice {
             all: HeadSubset::new(device, heads, head_count)?,
             wide: HeadSubset::new(device, heads, head_count)?,
             square: HeadSubset::new(device, heads, head_count)?,
-            keys,
-            split_from_rows: SPLIT_FROM_ROWS,
+            choose_from_rows: CHOOSE_FROM_ROWS,
             chosen: false,
         })
     }
 
-    /// The fewest index rows (64-row query blocks, over the batch) for which heads are split
-    /// between the two tiles; below it every head takes the tile of the heads that list the most
-    /// keys in all. Each of the two launches ends in a partly filled last wave whose cost does not
-    /// shrink with the index, while what the better tile saves does: on 8K-token chunks (128
-    /// rows) of the Llama-3-8B-262K layer 16 at 128K (H100), splitting cost 2.2 ms over the 16
-    /// chunks and saved nothing. Default [`SPLIT_FROM_ROWS`].
-    pub fn split_from_rows(&self) -> usize {
-        self.split_from_rows
+    /// The fewest index rows (64-row query blocks, over the batch) for which the choice runs; an
+    /// index of fewer rows (a short chunk's) runs every head on the default tile in one launch.
+    /// On a short index, the choice's fixed costs (the chooser, which samples every head's rows
+    /// whatever their number, and the last, partly filled wave of each of two launches) do not
+    /// shrink with the work, while what the better tile saves does: on 8K-token chunks (128
+    /// rows) of the Llama-3-8B-262K layer 16 at 128K (H100), attention over the 16 chunks took
+    /// 25.3 ms with heads split per head, 24.2 ms with every head on the tile that the heads
+    /// listing the most keys chose, and 22.9 ms with no choice (docs/design.md). Default
+    /// [`CHOOSE_FROM_ROWS`].
+    pub fn choose_from_rows(&self) -> usize {
+        self.choose_from_rows
     }
 
-    /// Sets [`TileChoice::split_from_rows`]: 0 splits heads on every index, `usize::MAX` never.
-    pub fn set_split_from_rows(&mut self, rows: usize) {
-        self.split_from_rows = rows;
+    /// Sets [`TileChoice::choose_from_rows`]: 0 chooses on every index, `usize::MAX` never.
+    pub fn set_choose_from_rows(&mut self, rows: usize) {
+        self.choose_from_rows = rows;
     }
 
     /// The query heads of the group, in launch-slot order.
@@ -96,8 +93,8 @@ impl TileChoice {
     }
 
     /// Downloads the last choice (waits for the device): per head of [`TileChoice::heads`], `true`
-    /// where it ran on 128-row blocks; `None` if no call has chosen yet (none made, or the spec
-    /// had no 64-row alternative).
+    /// where it ran on 128-row blocks; `None` if the last call did not choose (none made, the spec
+    /// had no 64-row alternative, or the index had fewer rows than [`TileChoice::choose_from_rows`]).
     pub fn last_choice(&self, device: &Device) -> Result<Option<Vec<bool>>, MinfError> {
         if !self.chosen {
             return Ok(None);
@@ -111,8 +108,9 @@ impl TileChoice {
 
     /// Attention of an index-driven pattern over this group's heads (`options.heads` must be
     /// `None`): when `options.spec` (or the device default) has a 64-row alternative
-    /// ([`KernelSpec::square_alternative`](minf_codegen::KernelSpec::square_alternative)), the chooser picks one of the two per head and both
-    /// are launched; otherwise this is one launch of that spec over the group.
+    /// ([`KernelSpec::square_alternative`](minf_codegen::KernelSpec::square_alternative)) and the
+    /// index has at least [`TileChoice::choose_from_rows`] rows, the chooser picks one of the two
+    /// per head and both are launched; otherwise this is one launch of that spec over the group.
     #[allow(clippy::too_many_arguments)]
     pub fn attention<T: AttentionElement>(
         &mut self,
@@ -132,7 +130,12 @@ impl TileChoice {
         let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
         // Each launch takes the caller's options but its own spec and head map (and the lse in turn).
         let mut lse = options.lse.take();
-        let Some(square_spec) = wide_spec.square_alternative() else {
+        let short = match &args {
+            PatternArgs::VerticalSlash(index) => index.batch.saturating_mul(index.rows) < self.choose_from_rows,
+            PatternArgs::BlockSparse(index) => index.batch.saturating_mul(index.rows) < self.choose_from_rows,
+            PatternArgs::Dense | PatternArgs::AShape(_) => false,
+        };
+        let Some(square_spec) = wide_spec.square_alternative().filter(|_| !short) else {
             self.chosen = false;
             let options = AttentionOptions { lse, spec: Some(wide_spec), heads: Some(&self.all), ..options };
             return attention_with_spec(device, &wide_spec, q, k, v, out, args, options);
@@ -220,7 +223,6 @@ impl TileChoice {
         let (slots_ptr, _slots_sync) = self.all.device_heads().device_ptr(stream);
         let (wide_ptr, _wide_sync) = self.wide.device_heads_mut().device_ptr_mut(stream);
         let (square_ptr, _square_sync) = self.square.device_heads_mut().device_ptr_mut(stream);
-        let (keys_ptr, _keys_sync) = self.keys.device_ptr_mut(stream);
         let params = KernelArgs(ChoiceParams {
             count: count_ptr.into(),
             list: list_ptr.into(),
@@ -229,7 +231,6 @@ impl TileChoice {
             slot_heads: slots_ptr.into(),
             wide: wide_ptr.into(),
             square: square_ptr.into(),
-            keys: keys_ptr.into(),
             batch: as_i32("batch", batch)?,
             heads: as_i32("heads", heads)?,
             rows: as_i32("rows", rows)?,
@@ -248,16 +249,6 @@ impl TileChoice {
         // checked above to hold [batch, heads, rows, capacity] entries, the kernel clamps each
         // count to its capacity, and it writes one entry per slot of the two head maps.
         unsafe { launch.launch(config) }.map_err(MinfError::driver(format!("launching {}", spec.kernel_name())))?;
-        if batch.saturating_mul(rows) >= self.split_from_rows {
-            return Ok(());
-        }
-        let group = device.index_kernel(&spec, &spec.entry_name("_group"))?;
-        let mut launch = stream.launch_builder(&group.function);
-        launch.arg(&params);
-        // SAFETY: the same parameter block; the kernel reads and rewrites the `slots` entries of
-        // the two head maps and of `keys` that the launch above wrote.
-        unsafe { launch.launch(group.config((1, 1, 1))) }
-            .map_err(MinfError::driver(format!("launching {}_group", spec.kernel_name())))?;
         Ok(())
     }
 }

@@ -453,16 +453,17 @@ fn chunked_block_sparse_matches_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn chunked_vertical_slash_matches_reference() {
     pattern_matches_reference(Pattern::VerticalSlash);
-    // Through the tile choice over chunk rows: split per head (both launches), then as a group.
+    // Through the tile choice over chunk rows (both launches), then the default, under which
+    // chunks this short run on the default tile unchosen.
     let device = device();
     let seed = test_seed("chunked vertical_slash tile choice");
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
     let case = ChunkCase { sequences: vec![(1000, 3001)], packed: false, heads: 8, kv_heads: 2, head_dim: 128 };
     let mut choice = TileChoice::new(&device, &(0..8).collect::<Vec<_>>(), 8).expect("tile choice");
-    let default_split = choice.split_from_rows();
-    for split_from_rows in [0, default_split] {
-        choice.set_split_from_rows(split_from_rows);
+    let default_rows = choice.choose_from_rows();
+    for choose_from_rows in [0, default_rows] {
+        choice.set_choose_from_rows(choose_from_rows);
         run_pattern::<bf16>(&device, &mut rng, &case, seed, Pattern::VerticalSlash, Some(&mut choice), &mut failures);
     }
     assert!(failures.is_empty(), "over tolerance: {failures:?}");

@@ -627,18 +627,15 @@ fn tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference() {
     let has_alternative =
         KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, device.arch()).square_alternative().is_some();
     let mut failures = Vec::new();
-    // The index has 128 rows: split per head only when told to split from 0 rows; by default
-    // (fewer rows than TileChoice::split_from_rows) every head takes the tile of the heads listing
-    // the most keys, here the busy banded 0 and 3.
-    assert!(choice.split_from_rows() > case.seq / 64, "the default must group an index of {} rows", case.seq / 64);
+    // The index has 128 rows: the choice runs when told to choose from 0 rows; by default (fewer
+    // rows than TileChoice::choose_from_rows) every head runs on the default tile, unchosen.
+    let rows = case.seq / 64;
+    assert!(choice.choose_from_rows() > rows, "the default must leave an index of {rows} rows unchosen");
     let per_head: Vec<bool> = slots.iter().map(|&h| h == 0 || h == 3).collect();
-    for (split_from_rows, expected, what) in [
-        (0, per_head, "busy banded heads 0 and 3 on 128-row blocks, light banded 1 and scattered 2 on 64-row"),
-        (choice.split_from_rows(), vec![true; slots.len()], "every head on the busy heads' 128-row blocks"),
-    ] {
-        choice.set_split_from_rows(split_from_rows);
+    for (choose_from_rows, expected) in [(0, Some(per_head)), (choice.choose_from_rows(), None)] {
+        choice.set_choose_from_rows(choose_from_rows);
         for round in 0..2 {
-            let label = format!("vertical_slash tile choice, split from {split_from_rows} rows");
+            let label = format!("vertical_slash tile choice from {choose_from_rows} rows");
             run_vertical_slash::<bf16>(
                 &device,
                 &case,
@@ -651,16 +648,14 @@ fn tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference() {
             );
         }
         let chosen = choice.last_choice(&device).expect("download the choice");
-        match chosen {
-            Some(wide) => {
-                assert!(has_alternative, "a choice was made on a device without a 64-row alternative");
-                assert_eq!(wide, expected, "{what} (slots {slots:?}, split from {split_from_rows} rows)");
-                println!("tile choice, split from {split_from_rows} rows: slots {slots:?} wide {wide:?}");
-            }
-            None => {
-                assert!(!has_alternative, "the device has a 64-row alternative but no choice was made");
-                println!("tile choice: {} has no 64-row alternative; one launch over every head", device.arch());
-            }
+        println!("tile choice from {choose_from_rows} rows: slots {slots:?} wide {chosen:?}");
+        match (has_alternative, &expected) {
+            (true, Some(_)) => assert_eq!(
+                chosen, expected,
+                "busy banded heads 0 and 3 on 128-row blocks, light banded 1 and scattered 2 on 64-row (slots {slots:?})"
+            ),
+            (true, None) => assert_eq!(chosen, None, "an index of {rows} rows was chosen for from {choose_from_rows}"),
+            (false, _) => assert_eq!(chosen, None, "{} has no 64-row alternative, yet a choice was made", device.arch()),
         }
     }
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));

@@ -169,16 +169,16 @@ fn index_kernels_and_prefill() {
     let mut rng = TestRng::new(seed);
     let mut failures = Vec::new();
 
-    // The tile choice and both of its launches, each with heads (split from 0 rows: one busy
-    // banded head on 128-row blocks, one scattered on 64-row), then with the group choice of an
-    // index of few rows (the default split).
+    // The tile choice and both of its launches, each with heads (choosing from 0 rows: one busy
+    // banded head on 128-row blocks, one scattered on 64-row), then the default, under which an
+    // index of so few rows runs on the default tile unchosen.
     let case = Case { batch: 1, seq: 8192, heads: 2, kv_heads: 1, head_dim: 128, bhsd: false };
     let index = banded_and_scattered_index(&mut rng, case.seq, &[IndexHead::Scattered, IndexHead::Banded(96)]);
     let mut choice = TileChoice::new(&device, &[1, 0], case.heads).expect("tile choice");
-    let default_split = choice.split_from_rows();
-    for split_from_rows in [0, default_split] {
-        choice.set_split_from_rows(split_from_rows);
-        let label = format!("tile choice, split from {split_from_rows} rows");
+    let default_rows = choice.choose_from_rows();
+    for choose_from_rows in [0, default_rows] {
+        choice.set_choose_from_rows(choose_from_rows);
+        let label = format!("tile choice from {choose_from_rows} rows");
         run_vertical_slash::<bf16>(&device, &case, seed + 5, &index, None, &label, &mut failures, Some(&mut choice));
     }
 

@@ -127,11 +127,10 @@ struct RunArgs {
     /// between 128-row and 64-row blocks (minf::TileChoice) that runs otherwise.
     #[arg(long, conflicts_with = "index_tile")]
     no_tile_choice: bool,
-    /// With the tile choice: the fewest index rows (64-row query blocks) of a call whose heads are
-    /// split between the two tiles; calls over fewer (short chunks) give all heads one tile.
-    /// 0 splits every call.
-    #[arg(long, value_name = "ROWS", default_value_t = minf::tile_choice::SPLIT_FROM_ROWS)]
-    tile_split_rows: usize,
+    /// The fewest index rows (64-row query blocks) of a call for which the tile choice runs;
+    /// calls over fewer (chunks of under 32K tokens by default) run on the default tile. 0: every call.
+    #[arg(long, value_name = "ROWS", default_value_t = minf::tile_choice::CHOOSE_FROM_ROWS)]
+    tile_choice_from_rows: usize,
     /// Also run every case chunk by chunk (`Prefill::prefill_chunked`, chunks of SIZE tokens: 64K,
     /// 8K, 65536, ...) and report its total and its ratio to the one-shot total.
     #[arg(long, value_name = "SIZE", value_parser = parse_chunk_tokens)]
@@ -283,7 +282,7 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         save_indices: args.save_indices.clone(),
         index_tile: args.index_tile,
         tile_choice: !args.no_tile_choice,
-        tile_split_from_rows: args.tile_split_rows,
+        tile_choice_from_rows: args.tile_choice_from_rows,
         chunk: args.chunk,
     };
 

@@ -88,8 +88,8 @@ pub struct RunSettings {
     pub index_tile: Option<Tile>,
     /// Whether the index-driven heads choose their tile per head (`--no-tile-choice` turns it off).
     pub tile_choice: bool,
-    /// Index rows from which the choice splits a call's heads (`--tile-split-rows`).
-    pub tile_split_from_rows: usize,
+    /// Index rows from which the tile choice runs (`--tile-choice-from-rows`).
+    pub tile_choice_from_rows: usize,
     /// Tokens per chunk of the chunked run next to each case (`--chunk`), or none.
     pub chunk: Option<usize>,
 }
@@ -326,7 +326,7 @@ impl GpuBench {
         let (config, mut options) = case_config(case)?;
         options.indexed_tile = settings.index_tile;
         options.tile_choice = settings.tile_choice;
-        options.tile_split_from_rows = settings.tile_split_from_rows;
+        options.tile_choice_from_rows = settings.tile_choice_from_rows;
         let shape =
             ModelShape { layers: 1, heads: case.heads, kv_heads: case.kv_heads, head_dim: case.head_dim as u32 };
         let reps = if case.seq >= settings.long_from { settings.long_reps } else { settings.reps }.max(1);
@@ -448,8 +448,8 @@ impl GpuBench {
             ));
             if case.pattern.is_sparse() && settings.index_tile.is_none() && settings.tile_choice {
                 notes.push(format!(
-                    "chunks of fewer than {} index rows give all index-driven heads one tile (--tile-split-rows)",
-                    settings.tile_split_from_rows
+                    "chunks of fewer than {} index rows run on the default tile, with no tile choice (--tile-choice-from-rows)",
+                    settings.tile_choice_from_rows
                 ));
             }
         }
