@@ -354,6 +354,16 @@ impl PatternArgs<'_> {
             PatternArgs::BlockSparse(_) => Pattern::BlockSparse,
         }
     }
+
+    /// `(batch, heads, rows)` of an index-driven pattern's index (rows: 64-row query blocks per
+    /// batch entry and head); `None` for dense and A-shape.
+    pub fn index_dims(&self) -> Option<(usize, usize, usize)> {
+        match self {
+            PatternArgs::Dense | PatternArgs::AShape(_) => None,
+            PatternArgs::VerticalSlash(index) => Some((index.batch, index.heads, index.rows)),
+            PatternArgs::BlockSparse(index) => Some((index.batch, index.heads, index.rows)),
+        }
+    }
 }
 
 fn strides(layout: &Layout) -> [i64; 3] {

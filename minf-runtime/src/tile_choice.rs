@@ -130,11 +130,8 @@ impl TileChoice {
         let wide_spec = launch_spec(device, args.pattern(), T::DTYPE, q.layout.shape[3], options.spec, None);
         // Each launch takes the caller's options but its own spec and head map (and the lse in turn).
         let mut lse = options.lse.take();
-        let short = match &args {
-            PatternArgs::VerticalSlash(index) => index.batch.saturating_mul(index.rows) < self.choose_from_rows,
-            PatternArgs::BlockSparse(index) => index.batch.saturating_mul(index.rows) < self.choose_from_rows,
-            PatternArgs::Dense | PatternArgs::AShape(_) => false,
-        };
+        let short =
+            args.index_dims().is_some_and(|(batch, _, rows)| batch.saturating_mul(rows) < self.choose_from_rows);
         let Some(square_spec) = wide_spec.square_alternative().filter(|_| !short) else {
             self.chosen = false;
             let options = AttentionOptions { lse, spec: Some(wide_spec), heads: Some(&self.all), ..options };
