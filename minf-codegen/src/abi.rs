@@ -358,6 +358,10 @@ kernel_params! {
         pub v_list: MutPtr<i32>,
         /// `[batch * heads, nnz_s]` ascending unique slashes in [0, length).
         pub s_list: MutPtr<i32>,
+        /// `[batch * heads, nnz_s]` for each slash of `s_list`, the index of the first slash of its
+        /// run: the stretch of the list, ending at it, whose neighbours lie at most `INDEX_BLOCK`
+        /// apart.
+        pub s_run: MutPtr<i32>,
         /// `[batch * heads, 2]` lengths of the two lists.
         pub list_len: MutPtr<i32>,
         /// Query heads.

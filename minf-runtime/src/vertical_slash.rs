@@ -426,7 +426,7 @@ struct WorkspaceSize {
     words: usize,
     /// Two bitmaps per (batch, head).
     bits: usize,
-    /// A vertical and a slash list per (batch, head).
+    /// A vertical list, a slash list and the slashes' run starts per (batch, head).
     lists: usize,
     /// Two list lengths per (batch, head).
     lengths: usize,
@@ -439,7 +439,7 @@ impl WorkspaceSize {
         Some(WorkspaceSize {
             words,
             bits: heads_total.checked_mul(words)?.checked_mul(2)?,
-            lists: heads_total.checked_mul(nnz_v.checked_add(nnz_s)?)?,
+            lists: heads_total.checked_mul(nnz_v.checked_add(nnz_s.checked_mul(2)?)?)?,
             lengths: heads_total.checked_mul(2)?,
         })
     }
@@ -628,6 +628,7 @@ fn launch(
         s_bits: MutPtr::new(bits_ptr + (heads_total * size.words) as u64 * i32_bytes),
         v_list: lists_ptr.into(),
         s_list: MutPtr::new(lists_ptr + (heads_total * shape.nnz_v) as u64 * i32_bytes),
+        s_run: MutPtr::new(lists_ptr + (heads_total * (shape.nnz_v + shape.nnz_s)) as u64 * i32_bytes),
         list_len: lengths_ptr.into(),
         heads: shape.heads as i32,
         rows: shape.rows as i32,
