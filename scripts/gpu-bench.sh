@@ -90,6 +90,7 @@ if [ "${QUICK:-0}" != 1 ] && [ ! -f "$inputs/1m/layer_0.safetensors" ]; then
   step "inputs 1M" "$logs/inputs.log" "$bin/search_inputs" --out "$inputs/1m" --seq 1048576 --heads 4 --kv-heads 1 --layers 1
 fi
 
+read -r -a extra <<< "${MINF_ARGS:-}"  # more flags for every minf bench run
 # Step 2 with the minf of bundle $1, records into $2 (saving the indices when $3 is set).
 minf_steps() {
   local minf=$1/minf dir=$2 save=$3 log=$logs/minf-$(basename "$2").log
@@ -98,24 +99,18 @@ minf_steps() {
   local args=(bench --seqs 131072 --json "$dir/minf.json" --plot "$dir/minf.svg")
   [ -n "$save" ] && args+=(--save-indices "$indices")
   echo "== step 2: $minf -> $dir (log $log)"
-  # shellcheck disable=SC2086 # MINF_ARGS is a list of flags
-  step "minf bench 128K" "$log" "$minf" "${args[@]}" ${MINF_ARGS:-}
-  # shellcheck disable=SC2086
+  step "minf bench 128K" "$log" "$minf" "${args[@]}" ${extra[@]+"${extra[@]}"}
   step "layer $layer, 128K file" "$log" "$minf" bench --inputs "$inputs/128k/layer_0.safetensors" \
-    --patterns "config:$config:$layer" --json "$dir/layer.json" ${MINF_ARGS:-}
+    --patterns "config:$config:$layer" --json "$dir/layer.json" ${extra[@]+"${extra[@]}"}
   [ "${QUICK:-0}" = 1 ] && return
-  # shellcheck disable=SC2086
   step "block-sparse 1M" "$log" "$minf" bench --seqs 1M --patterns block_sparse:100 --json "$dir/minf.json" --append \
-    ${MINF_ARGS:-}
-  # shellcheck disable=SC2086
+    ${extra[@]+"${extra[@]}"}
   step "layer $layer, 1M file" "$log" "$minf" bench --inputs "$inputs/1m/layer_0.safetensors" \
-    --patterns "config:$config:$layer" --json "$dir/layer.json" --append ${MINF_ARGS:-}
-  # shellcheck disable=SC2086
+    --patterns "config:$config:$layer" --json "$dir/layer.json" --append ${extra[@]+"${extra[@]}"}
   step "8K chunks at 128K" "$log" "$minf" bench --seqs 128K --patterns "dense,config:$config:$layer" --chunk 8K \
-    --json "$dir/chunk.json" ${MINF_ARGS:-}
-  # shellcheck disable=SC2086
+    --json "$dir/chunk.json" ${extra[@]+"${extra[@]}"}
   step "64K chunks at 1M" "$log" "$minf" bench --seqs 1M --patterns "dense,config:$config:$layer" --chunk 64K \
-    --json "$dir/chunk.json" --append ${MINF_ARGS:-}
+    --json "$dir/chunk.json" --append ${extra[@]+"${extra[@]}"}
 }
 [ -n "$baseline" ] && minf_steps "$baseline" "$out/baseline" ""
 minf_steps "$bin" "$out" save
