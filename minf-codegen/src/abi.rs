@@ -666,6 +666,13 @@ kernel_constants! {
     /// registers: up to 32 times this many, every warp counts all of them for the low bits; more
     /// (heavy ties) are shared out over the block and counted block-wide.
     pub const SELECT_HELD_SURVIVORS: u32 = 4;
+    /// Candidates the streaming block selection (`_block_select_stream`, a warp per query block)
+    /// buffers in shared memory: the best so far, which a new chunk joins when it reaches their
+    /// k-th largest key.
+    pub const SELECT_STREAM_BUFFER: u32 = 512;
+    /// Candidates per chunk of the streaming block selection (8 per lane), read from the causal
+    /// edge back; it takes k up to SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK.
+    pub const SELECT_STREAM_CHUNK: u32 = 256;
     /// Scores each block of the vertical-slash top-k passes covers (a segment of one selection).
     pub const SELECT_SEGMENT_KEYS: u32 = 4096;
     /// Threads per block of the vertical-slash top-k passes.

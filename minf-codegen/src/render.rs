@@ -269,6 +269,8 @@ pub fn render_index(spec: &IndexKernelSpec) -> Result<RenderedKernel, RenderErro
                 "SELECT_SHORT_ROWS",
                 "SELECT_PREFIX_BITS",
                 "SELECT_HELD_SURVIVORS",
+                "SELECT_STREAM_BUFFER",
+                "SELECT_STREAM_CHUNK",
                 "MAX_BLOCK_SPARSE_ROWS",
                 "SELECT_SEGMENT_KEYS",
                 "SELECT_SEGMENT_THREADS",

@@ -915,6 +915,7 @@ impl IndexKernelSpec {
                         abi::block_select_shared_bytes(abi::MAX_BLOCK_SPARSE_ROWS),
                     ),
                     entry("_block_select_short", abi::SELECT_THREADS, 0),
+                    entry("_block_select_stream", abi::SELECT_THREADS, 0),
                 ]
             }
             IndexKernel::TileChoice => vec![entry("", abi::INDEX_THREADS, 0)],

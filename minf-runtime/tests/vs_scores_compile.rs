@@ -48,6 +48,7 @@ fn selection_template_renders_every_entry_point() {
             "_block_scores",
             "_block_select",
             "_block_select_short",
+            "_block_select_stream",
         ]
         .map(|suffix| spec.entry_name(suffix))
         .to_vec()

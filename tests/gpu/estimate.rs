@@ -559,14 +559,17 @@ fn block_sparse_estimate_matches_reference() {
     // partial last blocks and tiles.
     block_sparse_case::<bf16>(&device, &mut workspace, (9000, 6, 3, 96, 100), seed + 2);
     block_sparse_case::<bf16>(&device, &mut workspace, (16_447, 4, 1, 256, 100), seed + 3);
-    // More key blocks than the short selection takes (SELECT_SHORT_ROWS): the long one.
+    // More key blocks than the short selection takes (SELECT_SHORT_ROWS): the streaming selection
+    // for k up to SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK, the block-wide one above.
     block_sparse_case::<bf16>(&device, &mut workspace, (140_000, 2, 1, 64, 100), seed + 4);
+    block_sparse_case::<bf16>(&device, &mut workspace, (140_000, 2, 1, 64, 300), seed + 5);
 }
 
 /// Equal scores everywhere (every key row the same vector, prompts of whole 64-token blocks): every
 /// candidate of a query block ties, so it keeps its first `min(top_k, candidates)` key blocks. Past
 /// 128 candidates the block selection's survivors are the whole row and are counted block-wide;
-/// prompts below and above SELECT_SHORT_ROWS key blocks run both entries.
+/// prompts below and above SELECT_SHORT_ROWS key blocks run the short and the streaming selection
+/// (whose compactions then keep the smallest blocks of equal keys).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn block_sparse_estimate_of_equal_scores_keeps_the_first_blocks() {
