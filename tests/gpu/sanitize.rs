@@ -207,7 +207,7 @@ fn index_kernels_and_prefill() {
     grouped.limit_block_scores(1);
     super::estimate::block_sparse_case::<bf16>(&device, &mut grouped, (9000, 4, 2, 96, 100), seed + 13);
     super::estimate::block_sparse_chunk_case::<bf16>(&device, &mut grouped, (300, 17_000, 4, 2, 128, 100), seed + 14);
-    // More key blocks than the short selection takes: the long one.
+    // More key blocks than the short selection takes: the streaming one.
     super::estimate::block_sparse_case::<bf16>(&device, &mut grouped, (133_000, 1, 1, 64, 100), seed + 15);
 
     // A whole layer of every pattern through the prefill (estimation, conversion, launches).
