@@ -559,25 +559,27 @@ fn block_sparse_estimate_matches_reference() {
     // partial last blocks and tiles.
     block_sparse_case::<bf16>(&device, &mut workspace, (9000, 6, 3, 96, 100), seed + 2);
     block_sparse_case::<bf16>(&device, &mut workspace, (16_447, 4, 1, 256, 100), seed + 3);
-    // More key blocks than the short selection takes (SELECT_SHORT_ROWS): the streaming selection
-    // for k up to SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK, the block-wide one above.
+    // k up to SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK takes the streaming selection (every
+    // case above), also on rows of more than SELECT_SHORT_ROWS key blocks; a larger k the short
+    // selection up to SELECT_SHORT_ROWS and the block-wide one above.
     block_sparse_case::<bf16>(&device, &mut workspace, (140_000, 2, 1, 64, 100), seed + 4);
+    block_sparse_case::<bf16>(&device, &mut workspace, (30_000, 2, 1, 64, 300), seed + 6);
     block_sparse_case::<bf16>(&device, &mut workspace, (140_000, 2, 1, 64, 300), seed + 5);
 }
 
 /// Equal scores everywhere (every key row the same vector, prompts of whole 64-token blocks): every
-/// candidate of a query block ties, so it keeps its first `min(top_k, candidates)` key blocks. Past
-/// 128 candidates the block selection's survivors are the whole row and are counted block-wide;
-/// prompts below and above SELECT_SHORT_ROWS key blocks run the short and the streaming selection
-/// (whose compactions then keep the smallest blocks of equal keys).
+/// candidate of a query block ties, so it keeps its first `min(top_k, candidates)` key blocks. With
+/// top-100 every selection is the streaming one, whose compactions then keep the smallest blocks of
+/// equal keys; with top-300 prompts below and above SELECT_SHORT_ROWS key blocks run the short
+/// selection and the block-wide one, whose survivors are then the whole row.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn block_sparse_estimate_of_equal_scores_keeps_the_first_blocks() {
     let device = device();
     let seed = test_seed("block_sparse_estimate_of_equal_scores_keeps_the_first_blocks");
     let mut workspace = EstimateWorkspace::new();
-    let (heads, kv_heads, head_dim, top_k) = (2, 1, 64, 100);
-    for seq in [16_384usize, 140_032] {
+    let (heads, kv_heads, head_dim) = (2, 1, 64);
+    for (seq, top_k) in [(16_384usize, 100usize), (140_032, 100), (16_384, 300), (140_032, 300)] {
         let (q_host, _, _, _) = inputs::<bf16>(seq, heads, kv_heads, head_dim, seed + seq as u64);
         let q_host = &q_host[..seq * heads * head_dim];
         let key: Vec<bf16> = (0..head_dim).map(|e| bf16::from_f32(0.25 + e as f32 / 64.0)).collect();
@@ -603,10 +605,10 @@ fn block_sparse_estimate_of_equal_scores_keeps_the_first_blocks() {
         for h in 0..heads {
             for r in 0..rows {
                 let want: Vec<i32> = (0..top_k.min(r + 1) as i32).collect();
-                assert_eq!(got.blocks(0, h, r), &want[..], "seq={seq} h={h} r={r}");
+                assert_eq!(got.blocks(0, h, r), &want[..], "seq={seq} top_k={top_k} h={h} r={r}");
             }
         }
-        println!("ok   block-sparse equal scores seq={seq}: {} rows x {heads} heads keep their first blocks", rows);
+        println!("ok   block-sparse equal scores seq={seq} top_k={top_k}: {rows} rows x {heads} heads keep their first blocks");
     }
 }
 

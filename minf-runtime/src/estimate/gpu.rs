@@ -925,17 +925,17 @@ fn run_block_sparse<T: AttentionElement>(
     };
     let pool = load(device, IndexKernel::EstimateSelect, "_block_pool")?;
     let scores = load(device, IndexKernel::EstimateSelect, "_block_scores")?;
-    // Up to SELECT_SHORT_ROWS candidates a query block takes a warp of the short selection (its
-    // keys in registers, no shared memory). More take a warp of the streaming selection where it
-    // holds k (a buffer of the best so far, read from the causal edge back), else a whole block,
-    // with shared memory for the keys that share the threshold's prefix (rows <=
+    // Where its buffer holds k, a query block takes a warp of the streaming selection (a buffer of
+    // the best so far, read from the causal edge back). Larger k: up to SELECT_SHORT_ROWS
+    // candidates a warp of the short selection (its keys in registers, no shared memory), more a
+    // whole block, with shared memory for the keys that share the threshold's prefix (rows <=
     // MAX_BLOCK_SPARSE_ROWS: the entry's launch shape allows this much).
     let short = rows <= abi::SELECT_SHORT_ROWS as usize;
     let streams = kept <= (abi::SELECT_STREAM_BUFFER - abi::SELECT_STREAM_CHUNK) as usize;
-    let (select_entry, rows_per_block, select_shared) = if short {
-        ("_block_select_short", abi::SELECT_THREADS / 32, 0)
-    } else if streams {
+    let (select_entry, rows_per_block, select_shared) = if streams {
         ("_block_select_stream", abi::SELECT_THREADS / 32, 0)
+    } else if short {
+        ("_block_select_short", abi::SELECT_THREADS / 32, 0)
     } else {
         ("_block_select", 1, abi::block_select_shared_bytes(rows as u32))
     };
