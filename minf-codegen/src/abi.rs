@@ -656,8 +656,8 @@ kernel_constants! {
     /// Threads per block of the block selection.
     pub const SELECT_THREADS: u32 = 256;
     /// Most candidate blocks of the short block selection (`_block_select_short`, a warp per query
-    /// block, 64 keys per lane), which the launcher picks for prompts of up to this many key
-    /// blocks (128K tokens).
+    /// block, 64 keys per lane), which the launcher picks for a k the streaming selection does not
+    /// hold on prompts of up to this many key blocks (128K tokens).
     pub const SELECT_SHORT_ROWS: u32 = 2048;
     /// Top bits of the block selection's threshold counted over every candidate; the lower bits
     /// are counted over the candidates that share them.
