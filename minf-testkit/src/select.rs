@@ -7,13 +7,18 @@
 //! - the block-sparse estimate: the error of its scores (TF32 tensor-core products of f32 values
 //!   split in two, [`split_tf32`], within [`block_score_tolerance`] of the exact dot) and its top-k
 //!   ([`block_top_k`]: the threshold one bit at a time, the low bits counted over the keys that
-//!   share its prefix, then the selected candidates placed from 32-candidate words in index order).
+//!   share its prefix, then the selected candidates placed from 32-candidate words in index order),
+//!   and its streaming form for k up to [`SELECT_STREAM_BUFFER`] - [`SELECT_STREAM_CHUNK`]
+//!   ([`stream_top_k`]: chunks from the causal edge back into a buffer of the best so far).
 //!
 //! The tests check the selections against a plain sort (ties and forced keys included); the GPU
 //! tests check the selection kernels against these models exactly, the block scores against the
 //! f64 dots within the tolerance, and the estimates against the f64 references.
 
-use minf_runtime::codegen::abi::{RADIX_BINS, SELECT_PREFIX_BITS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS};
+use minf_runtime::codegen::abi::{
+    RADIX_BINS, SELECT_PREFIX_BITS, SELECT_SEGMENT_KEYS, SELECT_SEGMENT_THREADS, SELECT_STREAM_BUFFER,
+    SELECT_STREAM_CHUNK,
+};
 
 /// Scores each block covers.
 const SEGMENT: usize = SELECT_SEGMENT_KEYS as usize;
@@ -195,6 +200,67 @@ pub fn block_top_k(keys: &[u32], k: usize) -> Vec<usize> {
     out
 }
 
+/// The `k` best of `held` buffered (key, block) candidates as the streaming selection's compaction
+/// keeps them: the k-th largest key found bit by bit from the top, every key above it, then the
+/// equal ones with the smallest blocks (a 16-bit bound found the same way), in buffer order.
+/// Returns the k-th largest key, the new bar.
+fn stream_compact(buffer: &mut Vec<(u32, u32)>, k: usize) -> u32 {
+    let mut threshold = 0u32;
+    for bit in (0..32).rev() {
+        let candidate = threshold | 1 << bit;
+        if buffer.iter().filter(|&&(key, _)| key >= candidate).count() >= k {
+            threshold = candidate;
+        }
+    }
+    let remaining = k - buffer.iter().filter(|&&(key, _)| key > threshold).count();
+    let mut last_block = u32::MAX;
+    if buffer.iter().filter(|&&(key, _)| key == threshold).count() > remaining {
+        last_block = 0;
+        for bit in (0..16).rev() {
+            let candidate = last_block | 1 << bit;
+            let below = buffer.iter().filter(|&&(key, block)| key == threshold && block < candidate).count();
+            if below < remaining {
+                last_block = candidate;
+            }
+        }
+    }
+    buffer.retain(|&(key, block)| key > threshold || (key == threshold && block <= last_block));
+    threshold
+}
+
+/// The indices of the `k` largest `keys` (`k` clamped to the length; `k` up to
+/// [`SELECT_STREAM_BUFFER`] - [`SELECT_STREAM_CHUNK`], at most 65,536 keys) as the streaming block
+/// selection finds them: chunks of [`SELECT_STREAM_CHUNK`] keys from the end back; a key joins the
+/// buffer when it reaches the bar (0 until the first compaction); a chunk whose joining keys would
+/// overflow [`SELECT_STREAM_BUFFER`] first compacts the buffer to its `k` best, which raises the
+/// bar; at the end the buffer is compacted to `k` and its blocks come out ascending.
+pub fn stream_top_k(keys: &[u32], k: usize) -> Vec<usize> {
+    let (buffer_len, chunk) = (SELECT_STREAM_BUFFER as usize, SELECT_STREAM_CHUNK as usize);
+    assert!(k <= buffer_len - chunk && keys.len() <= 1 << 16, "outside the streaming selection's range");
+    let k = k.min(keys.len());
+    if k == keys.len() {
+        return (0..k).collect();
+    }
+    let mut buffer: Vec<(u32, u32)> = Vec::with_capacity(buffer_len);
+    let mut bar = 0u32;
+    let mut end = keys.len();
+    while end > 0 {
+        let start = end.saturating_sub(chunk);
+        let joining = keys[start..end].iter().filter(|&&key| key >= bar).count();
+        if buffer.len() + joining > buffer_len {
+            bar = stream_compact(&mut buffer, k);
+        }
+        buffer.extend((start..end).filter(|&c| keys[c] >= bar).map(|c| (keys[c], c as u32)));
+        end = start;
+    }
+    if buffer.len() > k {
+        stream_compact(&mut buffer, k);
+    }
+    let mut out: Vec<usize> = buffer.iter().map(|&(_, block)| block as usize).collect();
+    out.sort_unstable();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +385,48 @@ mod tests {
                 assert!(remaining >= 1, "k {k}");
                 assert_eq!(above + remaining, k, "k {k}");
             }
+        }
+    }
+
+    #[test]
+    fn streaming_selection_equals_a_sort() {
+        let mut rng = TestRng::new(41);
+        let most = (SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK) as usize;
+        // Candidate counts below one chunk, across chunk and buffer edges, and of a 1M-token prompt.
+        for len in [1, 5, 100, 255, 256, 257, 511, 512, 513, 1000, 2048, 16_384] {
+            for distinct in [1u64, 3, 40, u64::from(u32::MAX)] {
+                let keys: Vec<u32> = (0..len).map(|_| order_key((rng.next_u64() % distinct) as f32 - 7.0)).collect();
+                for k in [1, 3, 100, most, len - 1, len] {
+                    let k = k.clamp(1, most);
+                    assert_eq!(stream_top_k(&keys, k), sorted_top_k(&keys, k), "len {len} distinct {distinct} k {k}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streaming_selection_keeps_the_smaller_blocks_of_equal_keys_when_the_bar_rises_late() {
+        // Keys rising towards the row's start, the order the chunks are read in reversed: every
+        // chunk joins whole and each overflow compacts; then steps of equal keys across chunks.
+        let most = (SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK) as usize;
+        let rising: Vec<u32> = (0..4000u32).map(|c| 4000 - c).collect();
+        let steps: Vec<u32> = (0..4000u32).map(|c| 100 + (c / 300) % 4).collect();
+        let zeros_then_ones: Vec<u32> = (0..3000u32).map(|c| u32::from(c % 700 == 0)).collect();
+        for keys in [rising, steps, zeros_then_ones] {
+            for k in [1, 7, 100, most] {
+                assert_eq!(stream_top_k(&keys, k), sorted_top_k(&keys, k), "k {k}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any row the streaming selection takes, any k it holds: the same blocks as a sort.
+        #[test]
+        fn streaming_selection_equals_a_sort_on_any_row(
+            keys in proptest::collection::vec(proptest::prop_oneof![0u32..4, proptest::num::u32::ANY], 1..3000),
+            k in 1usize..=(SELECT_STREAM_BUFFER - SELECT_STREAM_CHUNK) as usize,
+        ) {
+            proptest::prop_assert_eq!(stream_top_k(&keys, k), sorted_top_k(&keys, k));
         }
     }
 
