@@ -1,21 +1,22 @@
-//! Counts, on the CPU, the key tiles each index-driven engine computes for a vertical-slash index
-//! estimated from the structured inputs (no GPU): where the 128-row blocks' tiles are shared by both
+//! Counts, on the CPU, the key tiles each index-driven engine computes for a vertical-slash or
+//! block-sparse index estimated from the structured inputs (no GPU): where the 128-row blocks' tiles are shared by both
 //! 64-row halves, where one half computes alone, which are masked, and what the 64-row blocks visit
 //! instead. It runs MInference's estimate (the float64 CPU reference) and the converter's CPU model,
 //! then the schedule's CPU model ([`minf_testkit::schedule`]).
 //!
-//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--seed 1] [--decay L]
-//! [--flat-tail]` (`--decay` sets [`InputSpec::decay_logit`](minf_testkit::InputSpec::decay_logit);
+//! `index_tiles [--seq 131072] [--heads 4] [--vertical 1000] [--slash 6096] [--block-sparse K]
+//! [--seed 1] [--decay L] [--flat-tail]` (`--block-sparse K`: MInference's block-sparse estimate,
+//! top-K key blocks per query block, instead of vertical-slash) (`--decay` sets [`InputSpec::decay_logit`](minf_testkit::InputSpec::decay_logit);
 //! `--flat-tail` takes [`InputSpec::flat_tail`](minf_testkit::InputSpec::flat_tail), the inputs
 //! without the decay).
 //!
 //! The heads share one KV head (the estimate reads each query head with its KV head).
 
 use minf_testkit::convert::convert_cpu;
-use minf_testkit::estimate::estimate_vertical_slash;
+use minf_testkit::estimate::{estimate_block_sparse, estimate_vertical_slash};
 use minf_testkit::inputs::{InputSpec, StructuredInputs};
 use minf_testkit::reference::ReferenceShape;
-use minf_testkit::schedule::{narrow_tiles, wide_tiles};
+use minf_testkit::schedule::{block_sparse_narrow_tiles, block_sparse_wide_tiles, narrow_tiles, wide_tiles};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -41,19 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let qkv = StructuredInputs::generate(&spec)?;
     let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
-    let estimate = estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
-    let index =
-        convert_cpu(&[seq as i32], &estimate.vertical, &estimate.slash, 1, heads, estimate.nnz_v, estimate.nnz_s, seq);
-    println!(
-        "vertical-slash ({vertical}, {slash}) estimated at {seq} tokens, {heads} heads, seed {seed}, decay logit {decay} ({:.1} s)",
-        started.elapsed().as_secs_f64()
-    );
-    println!("head  density  128-row tiles: both  one-half  64-key  masked  columns  shared keys  64-row tiles");
     let rows = seq.div_ceil(64);
     let causal_tiles = rows * (rows + 1) / 2;
-    for h in 0..heads {
-        let wide = wide_tiles(&index, h, seq);
-        let square = narrow_tiles(&index, h);
+    let heading = "head  density  128-row tiles: both  one-half  64-key  masked  columns  shared keys  64-row tiles";
+    let print_head = |h: usize, wide: minf_testkit::schedule::WideTiles, square: usize| {
         println!(
             "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}",
             100.0 * square as f64 / causal_tiles as f64,
@@ -65,6 +57,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             100.0 * wide.shared_share(),
             square
         );
+    };
+    if let Some(i) = args.iter().position(|a| a == "--block-sparse") {
+        let top_k: usize = args.get(i + 1).ok_or("--block-sparse needs a value")?.parse()?;
+        let index = estimate_block_sparse(&qkv.q, &qkv.k, shape, top_k)?;
+        println!(
+            "block-sparse top-{top_k} estimated at {seq} tokens, {heads} heads, seed {seed}, decay logit {decay} ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        println!("{heading}");
+        for h in 0..heads {
+            print_head(h, block_sparse_wide_tiles(&index, h, seq), block_sparse_narrow_tiles(&index, h));
+        }
+        return Ok(());
+    }
+    let estimate = estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
+    let index =
+        convert_cpu(&[seq as i32], &estimate.vertical, &estimate.slash, 1, heads, estimate.nnz_v, estimate.nnz_s, seq);
+    println!(
+        "vertical-slash ({vertical}, {slash}) estimated at {seq} tokens, {heads} heads, seed {seed}, decay logit {decay} ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{heading}");
+    for h in 0..heads {
+        print_head(h, wide_tiles(&index, h, seq), narrow_tiles(&index, h));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The CPU model of the index-driven schedule: which key tiles the attention kernels compute for a
-//! vertical-slash index ([`HostVerticalSlashIndex`], batch 0).
+//! vertical-slash index ([`HostVerticalSlashIndex`]) or a block-sparse one
+//! ([`HostBlockSparseIndex`], whose key blocks the schedule walks as 64-key ranges), batch 0.
 //!
 //! - **64-row blocks** ([`narrow_tiles`]): each 64-row block computes one 64-key tile per range of
 //!   its index row and gathers its columns 64 at a time.
@@ -12,6 +13,7 @@
 //!
 //! `examples/index_tiles.rs` prints both counts for an index estimated from the structured inputs.
 
+use minf_runtime::block_sparse::HostBlockSparseIndex;
 use minf_runtime::vertical_slash::{HostVerticalSlashIndex, BLOCK};
 
 /// What the 128-row schedule computes, in tiles (summed over the blocks it was given).
@@ -50,10 +52,26 @@ impl WideTiles {
 /// Adds to `out` what the 128-row block over index rows `r` and, if `second`, `r + 1` of head `h`
 /// computes, for a sequence of `seq` tokens (the last block of an odd row count has one row).
 pub fn wide_block(index: &HostVerticalSlashIndex, h: usize, r: usize, second: bool, seq: usize, out: &mut WideTiles) {
+    let rows = if second { r..r + 2 } else { r..r + 1 };
+    let halves: Vec<Vec<i64>> = rows.map(|row| index.ranges(0, h, row).iter().map(|&s| s as i64).collect()).collect();
+    wide_ranges(&halves, r as i64 * BLOCK as i64, seq, out);
+    let mut columns: Vec<i32> = index.columns(0, h, r).to_vec();
+    if second {
+        columns.extend_from_slice(index.columns(0, h, r + 1));
+    }
+    let listed = columns.len();
+    columns.sort_unstable();
+    columns.dedup();
+    out.columns += columns.len().div_ceil(2 * BLOCK);
+    let shared_columns = listed - columns.len();
+    out.shared_units += shared_columns as f64 / BLOCK as f64;
+    out.single_units += (columns.len() - shared_columns) as f64 / BLOCK as f64;
+}
+
+/// Adds to `out` the range tiles of a 128-row block whose first query row is `m_start`, over its
+/// halves' ascending 64-key range starts (one list per half).
+fn wide_ranges(halves: &[Vec<i64>], m_start: i64, seq: usize, out: &mut WideTiles) {
     let block = BLOCK as i64;
-    let halves: Vec<&[i32]> =
-        if second { vec![index.ranges(0, h, r), index.ranges(0, h, r + 1)] } else { vec![index.ranges(0, h, r)] };
-    let m_start = r as i64 * block;
     let mut next = vec![0usize; halves.len()];
     // A start waiting for a partner, per membership (bit 0: the first half, bit 1: the second).
     let mut pending: [Option<i64>; 3] = [None; 3];
@@ -78,7 +96,6 @@ pub fn wide_block(index: &HostVerticalSlashIndex, h: usize, r: usize, second: bo
         let mut members = 0;
         for (half, list) in halves.iter().enumerate() {
             if let Some(&start) = list.get(next[half]) {
-                let start = start as i64;
                 if start < best {
                     best = start;
                     members = 1 << half;
@@ -103,17 +120,26 @@ pub fn wide_block(index: &HostVerticalSlashIndex, h: usize, r: usize, second: bo
             tile(*start, *start, BLOCK, slot + 1);
         }
     }
-    let mut columns: Vec<i32> = index.columns(0, h, r).to_vec();
-    if second {
-        columns.extend_from_slice(index.columns(0, h, r + 1));
+}
+
+/// What the 128-row schedule computes for head `h` of a block-sparse index over every 128-row
+/// block, for a sequence of `seq` tokens: each listed key block is a 64-key range.
+pub fn block_sparse_wide_tiles(index: &HostBlockSparseIndex, h: usize, seq: usize) -> WideTiles {
+    let block = BLOCK as i64;
+    let mut out = WideTiles::default();
+    for r in (0..index.rows).step_by(2) {
+        let rows = r..(r + 2).min(index.rows);
+        let halves: Vec<Vec<i64>> =
+            rows.map(|row| index.blocks(0, h, row).iter().map(|&b| b as i64 * block).collect()).collect();
+        wide_ranges(&halves, r as i64 * block, seq, &mut out);
     }
-    let listed = columns.len();
-    columns.sort_unstable();
-    columns.dedup();
-    out.columns += columns.len().div_ceil(2 * BLOCK);
-    let shared_columns = listed - columns.len();
-    out.shared_units += shared_columns as f64 / BLOCK as f64;
-    out.single_units += (columns.len() - shared_columns) as f64 / BLOCK as f64;
+    out
+}
+
+/// The tiles the 64-row schedule computes for head `h` of a block-sparse index: one per listed
+/// key block.
+pub fn block_sparse_narrow_tiles(index: &HostBlockSparseIndex, h: usize) -> usize {
+    (0..index.rows).map(|r| index.blocks(0, h, r).len()).sum()
 }
 
 /// What the 128-row schedule computes for head `h` over every 128-row block of the index, for a
@@ -191,6 +217,38 @@ mod tests {
         assert_eq!((got.both, got.one_half, got.narrow, got.masked), (0, 0, 2, 2));
         assert_eq!((got.shared_units, got.single_units), (1.0, 1.0));
         assert!((got.shared_share() - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn block_sparse_blocks_pair_as_64_key_ranges() {
+        // Six query blocks; rows 4 and 5 list blocks {0, 1, 4} and {0, 2, 5}: block 0 is shared
+        // (a 64-key tile, its partner never comes), 1 and 4 pair in the first half's 128-key tile,
+        // 2 and 5 in the second's; each tile reaching row 256 or a narrow one is masked.
+        let (rows, capacity) = (6, 3);
+        let mut index = HostBlockSparseIndex {
+            batch: 1,
+            heads: 1,
+            rows,
+            capacity,
+            kv_num_blocks: vec![0; rows],
+            kv_indices: vec![0; rows * capacity],
+        };
+        for (r, blocks) in [(4, [0, 1, 4]), (5, [0, 2, 5])] {
+            index.kv_num_blocks[r] = 3;
+            index.kv_indices[r * capacity..][..3].copy_from_slice(&blocks);
+        }
+        let got = block_sparse_wide_tiles(&index, 0, 384);
+        let want = WideTiles {
+            both: 0,
+            one_half: 2,
+            narrow: 1,
+            masked: 3,
+            columns: 0,
+            shared_units: 1.0,
+            single_units: 4.0,
+        };
+        assert_eq!(got, want);
+        assert_eq!(block_sparse_narrow_tiles(&index, 0), 6);
     }
 
     #[test]
