@@ -238,15 +238,8 @@ mod tests {
             index.kv_indices[r * capacity..][..3].copy_from_slice(&blocks);
         }
         let got = block_sparse_wide_tiles(&index, 0, 384);
-        let want = WideTiles {
-            both: 0,
-            one_half: 2,
-            narrow: 1,
-            masked: 3,
-            columns: 0,
-            shared_units: 1.0,
-            single_units: 4.0,
-        };
+        let want =
+            WideTiles { both: 0, one_half: 2, narrow: 1, masked: 3, columns: 0, shared_units: 1.0, single_units: 4.0 };
         assert_eq!(got, want);
         assert_eq!(block_sparse_narrow_tiles(&index, 0), 6);
     }
