@@ -49,7 +49,7 @@ for r in body:
     elif "USETMAXREG" in text:
         role = "consumers"
     roles.append(role)
-    if " EXIT" in f" {text.split(maxsplit=1)[-1]}" and role != "common":
+    if "EXIT" in text.split() and role != "common":
         role = "common"
 if "producer" in roles:
     # Reasons of the issued and not-issued samples together (the plain stall_ columns).
