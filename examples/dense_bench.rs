@@ -3,15 +3,19 @@
 //! A-shape kernel instead (TFLOP/s on the 64x64 tiles it computes, as `minf bench` counts them):
 //! rows of a few dozen tiles, where a block's fixed cost shows.
 //!
-//! `dense_bench [--seqs 16384,65536] [--heads 32] [--head-dim 128] [--iters 20] [--a-shape 128,3968]
-//!              [--tile block_m,block_n,warps,stages]
+//! `dense_bench [--seqs 16384,65536] [--heads 32] [--kv-heads 32] [--layout bshd|bhsd] [--head-dim 128]
+//!              [--iters 20] [--a-shape 128,3968] [--tile block_m,block_n,warps,stages]
 //!              [--mainloop mma_sync|wgmma|wgmma_tma|wgmma_tma_pingpong|wgmma_tma_overlap]
 //!              [--json FILE]`
+//! `--kv-heads` below `--heads` shares each K/V head among `heads / kv_heads` query heads (GQA, as
+//! `minf bench` runs Llama-3-8B's 32 on 8); `--layout bhsd` stores the tensors head-major (as the
+//! Python peers pass them) instead of token-major.
 //! For the baselines on the same card, run `bench/peers.py --methods sdpa_flash,sdpa_cudnn`.
 
 use half::bf16;
 use minf::codegen::{DType, KernelSpec, Pattern};
 use minf::prefill::HeadMask;
+use minf::tensor::Layout;
 use minf::{attention, AShape, AttentionOptions, Device, PatternArgs, RealisedMask, TensorMut, TensorRef};
 use minf_testkit::reference::random_normal;
 use std::time::Instant;
@@ -24,6 +28,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let seqs: String = arg(&args, "--seqs", "16384,65536".to_string());
     let heads: usize = arg(&args, "--heads", 32);
+    let kv_heads: usize = arg(&args, "--kv-heads", heads);
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(format!("--kv-heads {kv_heads} must divide --heads {heads}").into());
+    }
+    let layout: String = arg(&args, "--layout", "bshd".to_string());
+    let layout_of: fn([usize; 4]) -> Layout = match layout.as_str() {
+        "bshd" => Layout::bshd,
+        "bhsd" => Layout::bhsd,
+        other => return Err(format!("--layout {other}: bshd or bhsd").into()),
+    };
     let head_dim: usize = arg(&args, "--head-dim", 128);
     let iters: usize = arg(&args, "--iters", 20);
     let json_path: Option<String> = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1).cloned());
@@ -56,23 +70,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(mainloop) = args.iter().position(|a| a == "--mainloop").and_then(|i| args.get(i + 1)) {
         spec.mainloop = mainloop.parse()?;
     }
-    println!("kernel: {}", spec.kernel_name());
+    println!("kernel: {} ({heads} query heads on {kv_heads} K/V heads, {layout})", spec.kernel_name());
     let mut records = Vec::new();
     for seq in seqs.split(',').map(str::parse::<usize>) {
         let seq = seq?;
-        let shape = [1, seq, heads, head_dim];
-        let n = seq * heads * head_dim;
-        let upload =
-            |seed: u64| stream.clone_htod(&random_normal(n, seed).into_iter().map(bf16::from_f32).collect::<Vec<_>>());
-        let (q, k, v) = (upload(1)?, upload(2)?, upload(3)?);
+        let (q_shape, kv_shape) = ([1, seq, heads, head_dim], [1, seq, kv_heads, head_dim]);
+        let (n, kv_n) = (seq * heads * head_dim, seq * kv_heads * head_dim);
+        let upload = |len: usize, seed: u64| {
+            stream.clone_htod(&random_normal(len, seed).into_iter().map(bf16::from_f32).collect::<Vec<_>>())
+        };
+        let (q, k, v) = (upload(n, 1)?, upload(kv_n, 2)?, upload(kv_n, 3)?);
         let mut out = stream.alloc_zeros::<bf16>(n)?;
         let mut run = || -> Result<(), minf::MinfError> {
             attention(
                 &device,
-                TensorRef::bshd(&q, shape)?,
-                TensorRef::bshd(&k, shape)?,
-                TensorRef::bshd(&v, shape)?,
-                TensorMut::bshd(&mut out, shape)?,
+                TensorRef::new(&q, layout_of(q_shape))?,
+                TensorRef::new(&k, layout_of(kv_shape))?,
+                TensorRef::new(&v, layout_of(kv_shape))?,
+                TensorMut::new(&mut out, layout_of(q_shape))?,
                 args_of,
                 AttentionOptions { spec: Some(spec), ..Default::default() },
             )
@@ -91,7 +106,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "seq={seq:6} minf (rust runtime) {ms:8.3} ms {tflops:6.1} TFLOP/s  (first call incl. JIT/cache load {first_call_s:.2} s)"
         );
         records.push(format!(
-            "{{\"method\":\"minf\",\"pattern\":\"{}\",\"seq\":{seq},\"heads\":{heads},\"head_dim\":{head_dim},\"ms\":{ms},\"tflops\":{tflops},\"first_call_s\":{first_call_s},\"device\":\"{}\"}}",
+            "{{\"method\":\"minf\",\"pattern\":\"{}\",\"seq\":{seq},\"heads\":{heads},\"kv_heads\":{kv_heads},\"layout\":\"{layout}\",\"head_dim\":{head_dim},\"ms\":{ms},\"tflops\":{tflops},\"first_call_s\":{first_call_s},\"device\":\"{}\"}}",
             pattern,
             device.name()
         ));
