@@ -613,6 +613,10 @@ struct SplitOutcome {
     lse_vs_reference: f64,
     /// One-shot LSE against the f64 reference (the kernel's own LSE error, reported).
     one_shot_lse_vs_reference: f64,
+    /// The one-shot LSE's mean signed difference from the reference (a bias, where it is near
+    /// the largest difference) and the row with the largest: `(batch, row, head, reference LSE)`.
+    one_shot_lse_bias: f64,
+    one_shot_lse_worst: (usize, usize, usize, f64),
     /// The merge kernel against the f64 merge of the same device parts: output rel L2, LSE.
     merge: f64,
     merge_lse: f64,
@@ -633,6 +637,7 @@ fn merged_splits<T: AttentionElement>(device: &Device, splits: usize, seed: u64)
     let (mut merged_out, mut merged_lse, mut one_shot_out, mut one_shot_lse) = (vec![], vec![], vec![], vec![]);
     let (mut got_rows, mut want_rows) = (vec![], vec![]);
     let (mut lse_vs_reference, mut one_shot_lse_vs_reference): (f64, f64) = (0.0, 0.0);
+    let (mut one_shot_lse_signed, mut one_shot_lse_worst, mut sampled) = (0.0, (0, 0, 0, 0.0), 0usize);
     let (mut merge, mut merge_lse): (f64, f64) = (0.0, 0.0);
     for b in 0..batch {
         let q = round(random_normal(q_len * heads * d, seed + b as u64));
@@ -697,8 +702,13 @@ fn merged_splits<T: AttentionElement>(device: &Device, splits: usize, seed: u64)
             let at = (i * heads + h) * d;
             got_rows.extend(got[at..at + d].iter().map(|x| x.to_f32() as f64));
             lse_vs_reference = lse_vs_reference.max(lse_gap(got_lse[h * q_len + i] as f64, reference.lse[t]));
-            one_shot_lse_vs_reference =
-                one_shot_lse_vs_reference.max(lse_gap(want_lse[h * q_len + i] as f64, reference.lse[t]));
+            let one_shot_gap = lse_gap(want_lse[h * q_len + i] as f64, reference.lse[t]);
+            if one_shot_gap > one_shot_lse_vs_reference {
+                one_shot_lse_vs_reference = one_shot_gap;
+                one_shot_lse_worst = (b, i, h, reference.lse[t]);
+            }
+            one_shot_lse_signed += want_lse[h * q_len + i] as f64 - reference.lse[t];
+            sampled += 1;
         }
         want_rows.extend(reference.out);
         merged_out.extend(got);
@@ -712,6 +722,8 @@ fn merged_splits<T: AttentionElement>(device: &Device, splits: usize, seed: u64)
         vs_reference: relative_l2(&got_rows, &want_rows),
         lse_vs_reference,
         one_shot_lse_vs_reference,
+        one_shot_lse_bias: one_shot_lse_signed / sampled.max(1) as f64,
+        one_shot_lse_worst,
         merge,
         merge_lse,
     }
@@ -744,13 +756,19 @@ fn lse_merge_of_splits_equals_one_shot() {
                 && outcome.merge_lse <= MERGE_LSE_TOLERANCE;
             println!(
                 "{} {splits} splits {dtype}: rel_l2 vs one-shot {:.2e} (lse {:.1e}), vs f64 reference {:.2e} (lse \
-                 {:.1e}; one-shot lse {:.1e}), vs f64 merge of the parts {:.1e} (lse {:.1e})",
+                 {:.1e}; one-shot lse {:.1e}, mean signed {:+.1e}, largest at (batch, row, head) ({}, {}, {}) of \
+                 lse {:.4}), vs f64 merge of the parts {:.1e} (lse {:.1e})",
                 if ok { "ok  " } else { "FAIL" },
                 outcome.vs_one_shot,
                 outcome.lse_vs_one_shot,
                 outcome.vs_reference,
                 outcome.lse_vs_reference,
                 outcome.one_shot_lse_vs_reference,
+                outcome.one_shot_lse_bias,
+                outcome.one_shot_lse_worst.0,
+                outcome.one_shot_lse_worst.1,
+                outcome.one_shot_lse_worst.2,
+                outcome.one_shot_lse_worst.3,
                 outcome.merge,
                 outcome.merge_lse,
             );
