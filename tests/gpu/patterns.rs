@@ -695,3 +695,119 @@ fn tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference() {
     }
     assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
 }
+
+/// Launches of one kernel on the same inputs: each output element and log-sum-exp of every launch
+/// after the first, as bits, against the first's. Outputs and LSE are poisoned with NaN before
+/// each launch. `None` when all agree, else what differed.
+#[allow(clippy::too_many_arguments)]
+fn repeated_launches_differ<T: AttentionElement>(
+    device: &Device,
+    (q_len, kv_len, heads, kv_heads, head_dim): (usize, usize, usize, usize, usize),
+    seed: u64,
+    args: PatternArgs<'_>,
+    spec: Option<KernelSpec>,
+    causal: bool,
+    launches: usize,
+) -> Option<String> {
+    use minf::{attention, AttentionOptions, TensorMut, TensorRef};
+    let stream = device.stream();
+    let inputs = |len: usize, rows: usize, salt: u64| -> Vec<T> {
+        minf_testkit::reference::random_normal(len * rows * head_dim, seed ^ salt)
+            .into_iter()
+            .map(T::from_f32)
+            .collect()
+    };
+    let q = stream.clone_htod(&inputs(q_len, heads, 0x51)).expect("q");
+    let k = stream.clone_htod(&inputs(kv_len, kv_heads, 0x52)).expect("k");
+    let v = stream.clone_htod(&inputs(kv_len, kv_heads, 0x53)).expect("v");
+    let mut first: Option<(Vec<T>, Vec<f32>)> = None;
+    for launch in 0..launches {
+        let mut out = stream.clone_htod(&vec![T::from_f32(f32::NAN); q_len * heads * head_dim]).expect("out");
+        let mut lse = stream.clone_htod(&vec![f32::NAN; heads * q_len]).expect("lse");
+        attention(
+            device,
+            TensorRef::bshd(&q, [1, q_len, heads, head_dim]).expect("q view"),
+            TensorRef::bshd(&k, [1, kv_len, kv_heads, head_dim]).expect("k view"),
+            TensorRef::bshd(&v, [1, kv_len, kv_heads, head_dim]).expect("v view"),
+            TensorMut::bshd(&mut out, [1, q_len, heads, head_dim]).expect("out view"),
+            args,
+            AttentionOptions { lse: Some(&mut lse), spec, causal, ..Default::default() },
+        )
+        .expect("launch");
+        let got: (Vec<T>, Vec<f32>) = (stream.clone_dtoh(&out).expect("out"), stream.clone_dtoh(&lse).expect("lse"));
+        match &first {
+            None => first = Some(got),
+            Some((out0, lse0)) => {
+                let out_diff = got.0.iter().zip(out0).filter(|(a, b)| a.to_f32().to_bits() != b.to_f32().to_bits());
+                let lse_diff = got.1.iter().zip(lse0).filter(|(a, b)| a.to_bits() != b.to_bits());
+                let (outs, lses) = (out_diff.count(), lse_diff.count());
+                if outs + lses > 0 {
+                    return Some(format!("launch {launch}: {outs} output elements and {lses} LSE entries differ"));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Every engine variant gives bit-identical results over repeated launches on the same inputs
+/// (dense causal and as a split-KV part, block-sparse): no result depends on timing. racecheck does
+/// not watch shared memory that tensor-map or `cp.async` copies write, so a stage reused before
+/// its readers finish would show here first.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn repeated_launches_are_bit_identical() {
+    let device = device();
+    let seed = test_seed("repeated launches");
+    let launches = 12;
+    let mut failures = Vec::new();
+    // Dense: a chunk of 700 queries after 5301 keys (the LSE-merge test's shape), causal and as a
+    // split-KV part, and a whole prompt that is not a multiple of the tiles.
+    for variant in variants(&device, Pattern::Dense) {
+        VARIANT.set(variant);
+        for (q_len, kv_len, causal) in [(700, 6001, true), (700, 6001, false), (4133, 4133, true)] {
+            let case = Case { batch: 1, seq: kv_len, heads: 8, kv_heads: 2, head_dim: 128, bhsd: false };
+            let spec = spec_override::<bf16>(&device, Pattern::Dense, &case);
+            if variant != Variant::Default && spec.is_none() {
+                continue;
+            }
+            let shape = (q_len, kv_len, 8, 2, 128);
+            if let Some(what) =
+                repeated_launches_differ::<bf16>(&device, shape, seed, PatternArgs::Dense, spec, causal, launches)
+            {
+                failures.push(format!("dense {variant:?} {q_len}x{kv_len} causal {causal}: {what}"));
+            }
+        }
+    }
+    // Block-sparse on a random index (a third of the causal blocks), every index-driven variant.
+    let (seq, heads) = (4133, 8);
+    let mut rng = TestRng::new(seed);
+    let index = block_sparse_index(&mut rng, 1, heads, &[seq], false);
+    let stream = device.stream();
+    let counts = stream.clone_htod(&index.counts).expect("counts");
+    let lists = stream.clone_htod(&index.lists).expect("lists");
+    let args = PatternArgs::BlockSparse(BlockSparseIndexRef {
+        kv_num_blocks: &counts,
+        kv_indices: &lists,
+        batch: 1,
+        heads,
+        rows: index.rows,
+        capacity: index.capacity,
+    });
+    for variant in variants(&device, Pattern::BlockSparse) {
+        VARIANT.set(variant);
+        let case = Case { batch: 1, seq, heads, kv_heads: 2, head_dim: 128, bhsd: false };
+        let spec = spec_override::<bf16>(&device, Pattern::BlockSparse, &case);
+        if variant != Variant::Default && spec.is_none() {
+            continue;
+        }
+        if let Some(what) =
+            repeated_launches_differ::<bf16>(&device, (seq, seq, heads, 2, 128), seed, args, spec, true, launches)
+        {
+            failures.push(format!("block_sparse {variant:?}: {what}"));
+        }
+    }
+    VARIANT.set(Variant::Default);
+    println!("repeated launches ({launches} each): {} differing case(s)", failures.len());
+    assert!(failures.is_empty(), "results differ between launches on the same inputs: {failures:?}");
+}
