@@ -699,7 +699,6 @@ fn tile_choice_splits_heads_by_shared_keys_and_work_and_matches_reference() {
 /// Launches of one kernel on the same inputs: each output element and log-sum-exp of every launch
 /// after the first, as bits, against the first's. Outputs and LSE are poisoned with NaN before
 /// each launch. `None` when all agree, else what differed.
-#[allow(clippy::too_many_arguments)]
 fn repeated_launches_differ<T: AttentionElement>(
     device: &Device,
     (q_len, kv_len, heads, kv_heads, head_dim): (usize, usize, usize, usize, usize),
