@@ -619,8 +619,8 @@ impl KernelSpec {
     /// each part's products running while the next part's exponentials are computed. Four for
     /// dense and A-shape (dense 557 -> 580 TFLOP/s, A-shape 505 -> 525 at 128K on an H100); two
     /// for the index-driven patterns, whose vertical-slash and block-sparse attention ran 4-7%
-    /// faster in two parts than in one and 1-4% slower in four than in one (`minf bench` at 128K, H100;
-    /// docs/design.md).
+    /// faster in two parts than in one, and 1-4% slower in four than in one (`minf bench` at
+    /// 128K, H100; docs/design.md).
     pub fn output_parts(&self) -> u32 {
         if self.pattern.is_indexed() {
             2
