@@ -60,8 +60,8 @@ fn every_tma_spec_renders_with_its_tensor_maps() {
 }
 
 /// NVRTC compiles each of them to a CUBIN (NVRTC must be installed; this fails, not skips,
-/// without it), and ptxas reports no performance loss for any of them (a serialised `wgmma`, C7514
-/// or C7518, leaves the kernel correct and much slower). `scripts/nvrtc-check.py` prints their
+/// without it), and ptxas reports no performance loss for any of them (a serialised `wgmma`, C7514,
+/// C7515 or C7518, leaves the kernel correct and much slower). `scripts/nvrtc-check.py` prints their
 /// register and spill report.
 #[test]
 fn every_engine_variant_compiles_for_sm90a() {

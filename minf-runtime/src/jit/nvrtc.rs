@@ -229,8 +229,8 @@ pub(crate) struct Compiled {
 }
 
 /// The lines of an NVRTC log in which ptxas reports a performance loss, such as `wgmma`
-/// instructions it serialised (C7514, C7518): the kernel is correct but slower than its source
-/// intends.
+/// instructions it serialised (C7514, C7515, C7518): the kernel is correct but slower than its
+/// source intends.
 pub(crate) fn performance_warnings(log: &str) -> Vec<String> {
     log.lines().filter(|line| line.contains("Potential Performance Loss")).map(|line| line.trim().to_string()).collect()
 }
