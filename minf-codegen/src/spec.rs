@@ -467,15 +467,10 @@ impl KernelSpec {
         // at 16K on an H100 against 273 for mma.sync, and vertical-slash at least as fast
         // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128. Its tensor-map
         // producer ran dense 4-7% and A-shape 6-7% faster (H100), and vertical-slash indices on
-        // 128-row blocks 13% (banded) to 19% (scattered) faster, gathered columns 2%. Dense rows
-        // take its overlap form (softmax under the previous tile's P V): 2.5-4.6% faster on dense
-        // on H100s, level on an H200, and 2-6% slower on A-shape and index-driven heads.
+        // 128-row blocks 13% (banded) to 19% (scattered) faster, gathered columns 2%. With S issued
+        // ahead (`scores_ahead`) it runs dense 4% faster than its overlap form (H100).
         let mainloop = if arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8 {
-            if pattern == Pattern::Dense {
-                Mainloop::WgmmaTmaOverlap
-            } else {
-                Mainloop::WgmmaTma
-            }
+            Mainloop::WgmmaTma
         } else {
             Mainloop::MmaSync
         };
@@ -627,6 +622,16 @@ impl KernelSpec {
         } else {
             4
         }
+    }
+
+    /// Whether the warpgroup consumers' default loop (`wgmma`, `wgmma_tma`) issues S of the next
+    /// tile right behind this tile's P V instead of after waiting for it. Measured at 128K x 32
+    /// heads on an H100 (docs/design.md): dense on `wgmma_tma` 606 -> 634 TFLOP/s, A-shape
+    /// (128, 3968) 570 -> 585, vertical-slash (3500, 100) on 64-row blocks 0.8% less time; the
+    /// index-driven kernels on 128-row blocks, whose consumers then take 197 of their 200
+    /// registers, ran 1-2.5% slower and keep the loop without it.
+    pub fn scores_ahead(&self) -> bool {
+        !(self.pattern.is_indexed() && self.block_m == 128)
     }
 
     /// Whether the index-driven schedule visits the gathered columns of a 128-row block's two
@@ -984,11 +989,9 @@ mod tests {
             }
         }
         let specs = KernelSpec::default_set(Arch::ALL);
-        // On sm_90a up to head_dim 128 every default is a tensor-map spec (dense on the overlap
-        // form); the two index-driven patterns add their 64-row alternatives, and every
-        // tensor-map spec its wgmma twin.
+        // On sm_90a up to head_dim 128 every default is a `wgmma_tma` spec; the two index-driven
+        // patterns add their 64-row alternatives, and every tensor-map spec its wgmma twin.
         let tensor_map_defaults = Pattern::ALL.len() * DType::ALL.len() * 3;
-        let dense_overlap = DType::ALL.len() * 3;
         let alternatives = 2 * DType::ALL.len() * 3;
         let twins = tensor_map_defaults + alternatives;
         assert_eq!(
@@ -997,8 +1000,8 @@ mod tests {
         );
         assert_eq!(specs.iter().filter(|s| s.block_m == 64 && s.mainloop == Mainloop::WgmmaTma).count(), alternatives);
         assert_eq!(specs.iter().filter(|s| s.block_m == 64 && s.mainloop == Mainloop::Wgmma).count(), alternatives);
-        assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::WgmmaTma).count(), twins - dense_overlap);
-        assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::WgmmaTmaOverlap).count(), dense_overlap);
+        assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::WgmmaTma).count(), twins);
+        assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::WgmmaTmaOverlap).count(), 0);
         assert_eq!(specs.iter().filter(|s| s.mainloop == Mainloop::Wgmma).count(), twins);
         for spec in specs {
             spec.validate().unwrap_or_else(|e| panic!("{spec:?}: {e}"));
@@ -1045,7 +1048,7 @@ mod tests {
     #[test]
     fn wgmma_needs_two_stages() {
         let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
-        assert_eq!(dense.mainloop, Mainloop::WgmmaTmaOverlap);
+        assert_eq!(dense.mainloop, Mainloop::WgmmaTma);
         let base = KernelSpec { mainloop: Mainloop::Wgmma, ..dense };
         assert!(KernelSpec { stages: 2, ..base }.validate().is_ok());
         let err = KernelSpec { stages: 1, ..base }.validate().unwrap_err();
@@ -1058,11 +1061,7 @@ mod tests {
         for &pattern in Pattern::ALL {
             for &head_dim in HEAD_DIMS {
                 let spec = KernelSpec::default_for(pattern, DType::Bf16, head_dim, Arch::Sm90a);
-                let expected = match (head_dim <= 128, pattern) {
-                    (true, Pattern::Dense) => Mainloop::WgmmaTmaOverlap,
-                    (true, _) => Mainloop::WgmmaTma,
-                    (false, _) => Mainloop::MmaSync,
-                };
+                let expected = if head_dim <= 128 { Mainloop::WgmmaTma } else { Mainloop::MmaSync };
                 assert_eq!(spec.mainloop, expected, "{spec:?}");
                 let sm80 = KernelSpec::default_for(pattern, DType::Bf16, head_dim, Arch::Sm80);
                 assert_eq!(sm80.mainloop, Mainloop::MmaSync, "{sm80:?}");
@@ -1074,7 +1073,7 @@ mod tests {
     fn retiled_specs_keep_the_default_engine_where_the_tile_suits_it() {
         let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
         let same = dense.retiled((128, 64, 8, 3), None);
-        assert_eq!((same.block_n, same.stages, same.mainloop), (64, 3, Mainloop::WgmmaTmaOverlap));
+        assert_eq!((same.block_n, same.stages, same.mainloop), (64, 3, Mainloop::WgmmaTma));
         // 32-key tiles are no tensor-map box: the cp.async producer.
         assert_eq!(dense.retiled((128, 32, 8, 2), None).mainloop, Mainloop::Wgmma);
         assert_eq!(dense.retiled((128, 32, 8, 2), Some(Mainloop::MmaSync)).mainloop, Mainloop::MmaSync);
@@ -1120,5 +1119,17 @@ mod tests {
         }
         let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
         assert_eq!(dense.square_alternative(), None);
+    }
+
+    #[test]
+    fn scores_go_ahead_except_on_128_row_index_driven_blocks() {
+        for &pattern in Pattern::ALL {
+            let spec = KernelSpec::default_for(pattern, DType::Bf16, 128, Arch::Sm90a);
+            assert_eq!(spec.scores_ahead(), !pattern.is_indexed(), "{spec:?}");
+            if let Some(square) = spec.square_alternative() {
+                assert_eq!(square.block_m, 64, "{square:?}");
+                assert!(square.scores_ahead(), "{square:?}");
+            }
+        }
     }
 }

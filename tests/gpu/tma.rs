@@ -196,7 +196,7 @@ fn broadcast_keys_run_on_the_cp_async_producer() {
         stream.clone_dtoh(&out).expect("out")
     };
     let default = KernelSpec::default_for(Pattern::Dense, DType::Bf16, d as u32, device.arch());
-    assert_eq!(default.mainloop, Mainloop::WgmmaTmaOverlap, "the sm_90a dense default is the tensor-map overlap form");
+    assert_eq!(default.mainloop, Mainloop::WgmmaTma, "the sm_90a dense default is the tensor-map engine");
     for (given, spec) in [(None, default)].into_iter().chain(tma_specs::<bf16>(&device, d).map(|s| (Some(s), s))) {
         let name = given.map_or("the default".to_string(), |s: KernelSpec| s.kernel_name());
         // The same tile on the cp.async producer, chosen explicitly.
