@@ -468,7 +468,7 @@ impl KernelSpec {
         // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128. Its tensor-map
         // producer ran dense 4-7% and A-shape 6-7% faster (H100), and vertical-slash indices on
         // 128-row blocks 13% (banded) to 19% (scattered) faster, gathered columns 2%. With S issued
-        // ahead (`scores_ahead`) it runs dense 4% faster than its overlap form (H100).
+        // ahead (`scores_ahead`) it runs dense 3-4% faster than its overlap form (H100).
         let mainloop = if arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8 {
             Mainloop::WgmmaTma
         } else {
@@ -627,9 +627,9 @@ impl KernelSpec {
     /// Whether the warpgroup consumers' default loop (`wgmma`, `wgmma_tma`) issues S of the next
     /// tile right behind this tile's P V instead of after waiting for it. Measured at 128K x 32
     /// heads on an H100 (docs/design.md): dense on `wgmma_tma` 606 -> 634 TFLOP/s, A-shape
-    /// (128, 3968) 570 -> 585, vertical-slash (3500, 100) on 64-row blocks 0.8% less time; the
+    /// (128, 3968) 570 -> 585, vertical-slash (3500, 100) on 64-row blocks 0.7% less time; the
     /// index-driven kernels on 128-row blocks, whose consumers then take 197 of their 200
-    /// registers, ran 1-2.5% slower and keep the loop without it.
+    /// registers, ran 0.8-2% slower and keep the loop without it.
     pub fn scores_ahead(&self) -> bool {
         !(self.pattern.is_indexed() && self.block_m == 128)
     }
