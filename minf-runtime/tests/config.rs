@@ -138,7 +138,7 @@ fn spot_values() -> TestResult {
     let specs = phi.kernel_specs(96, DType::Bf16, Arch::Sm90a);
     let [dense, a_shape, vertical_slash] = [Pattern::Dense, Pattern::AShape, Pattern::VerticalSlash]
         .map(|p| KernelSpec::default_for(p, DType::Bf16, 96, Arch::Sm90a));
-    let tensor_maps = (Mainloop::WgmmaTmaOverlap, Mainloop::WgmmaTma, Mainloop::WgmmaTma);
+    let tensor_maps = (Mainloop::WgmmaTma, Mainloop::WgmmaTma, Mainloop::WgmmaTma);
     assert_eq!((dense.mainloop, a_shape.mainloop, vertical_slash.mainloop), tensor_maps);
     let square = Tile { mainloop: Mainloop::WgmmaTma, ..Tile::SQUARE_WGMMA }.apply(vertical_slash);
     let want = [
