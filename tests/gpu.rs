@@ -47,6 +47,33 @@ fn device() -> Device {
     Device::new(0).unwrap_or_else(|e| panic!("GPU test needs a CUDA GPU, and none is usable: {e}"))
 }
 
+/// One launch of `attention` on device `q`/`k`/`v` rows (batch 1, BSHD: `[rows, heads | kv_heads,
+/// d]`), its output and LSE poisoned with NaN before it and downloaded after.
+fn launch_bshd<T: AttentionElement>(
+    device: &Device,
+    (q, k, v): (&cudarc::driver::CudaSlice<T>, &cudarc::driver::CudaSlice<T>, &cudarc::driver::CudaSlice<T>),
+    (heads, kv_heads, d): (usize, usize, usize),
+    args: PatternArgs<'_>,
+    spec: Option<KernelSpec>,
+    causal: bool,
+) -> (Vec<T>, Vec<f32>) {
+    let stream = device.stream();
+    let (q_len, kv_len) = (q.len() / (heads * d), k.len() / (kv_heads * d));
+    let mut out = stream.clone_htod(&vec![T::from_f32(f32::NAN); q.len()]).expect("out");
+    let mut lse = stream.clone_htod(&vec![f32::NAN; heads * q_len]).expect("lse");
+    attention(
+        device,
+        TensorRef::bshd(q, [1, q_len, heads, d]).expect("q view"),
+        TensorRef::bshd(k, [1, kv_len, kv_heads, d]).expect("k view"),
+        TensorRef::bshd(v, [1, kv_len, kv_heads, d]).expect("v view"),
+        TensorMut::bshd(&mut out, [1, q_len, heads, d]).expect("out view"),
+        args,
+        AttentionOptions { lse: Some(&mut lse), spec, causal, ..Default::default() },
+    )
+    .expect("launch");
+    (stream.clone_dtoh(&out).expect("out"), stream.clone_dtoh(&lse).expect("lse"))
+}
+
 /// Query rows the CPU reference computes: all of them for short sequences, a spread (including
 /// the first and last rows and tile edges) for long ones.
 fn reference_rows(seq: usize) -> Vec<usize> {

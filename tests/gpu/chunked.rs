@@ -7,7 +7,7 @@
 //! attention.
 
 use super::patterns::{spec_override, variants, Variant, VARIANT};
-use super::{device, test_seed, Case, TOLERANCE};
+use super::{device, launch_bshd, test_seed, Case, TOLERANCE};
 use half::{bf16, f16};
 use minf::codegen::{DType, Pattern};
 use minf::tensor::Layout;
@@ -514,23 +514,10 @@ fn dense_part<T: AttentionElement>(
     causal: bool,
 ) -> (Vec<T>, Vec<f32>) {
     let stream = device.stream();
-    let (q_len, kv_len) = (q.len() / (heads * d), k.len() / (kv_heads * d));
     let q_dev = stream.clone_htod(q).expect("q");
     let k_dev = stream.clone_htod(k).expect("k");
     let v_dev = stream.clone_htod(v).expect("v");
-    let mut out = stream.clone_htod(&vec![T::from_f32(f32::NAN); q.len()]).expect("out");
-    let mut lse = stream.clone_htod(&vec![f32::NAN; heads * q_len]).expect("lse");
-    attention(
-        device,
-        TensorRef::bshd(&q_dev, [1, q_len, heads, d]).expect("q view"),
-        TensorRef::bshd(&k_dev, [1, kv_len, kv_heads, d]).expect("k view"),
-        TensorRef::bshd(&v_dev, [1, kv_len, kv_heads, d]).expect("v view"),
-        TensorMut::bshd(&mut out, [1, q_len, heads, d]).expect("out view"),
-        PatternArgs::Dense,
-        AttentionOptions { lse: Some(&mut lse), causal, ..Default::default() },
-    )
-    .expect("dense part");
-    (stream.clone_dtoh(&out).expect("out"), stream.clone_dtoh(&lse).expect("lse"))
+    launch_bshd(device, (&q_dev, &k_dev, &v_dev), (heads, kv_heads, d), PatternArgs::Dense, None, causal)
 }
 
 fn as_f64<T: AttentionElement>(data: &[T]) -> Vec<f64> {

@@ -2,7 +2,9 @@
 //! mask its arguments define, over head dims, lengths, GQA groupings, packed batches of different
 //! lengths, and indices that are random, adversarial (out of range, over capacity) or extreme.
 
-use super::{check_attention, check_attention_with, describe, device, test_seed, Case, Outcome, Packed, TOLERANCE};
+use super::{
+    check_attention, check_attention_with, describe, device, launch_bshd, test_seed, Case, Outcome, Packed, TOLERANCE,
+};
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
 use minf::{
@@ -708,7 +710,6 @@ fn repeated_launches_differ<T: AttentionElement>(
     causal: bool,
     launches: usize,
 ) -> Option<String> {
-    use minf::{attention, AttentionOptions, TensorMut, TensorRef};
     let stream = device.stream();
     let inputs = |len: usize, rows: usize, salt: u64| -> Vec<T> {
         minf_testkit::reference::random_normal(len * rows * head_dim, seed ^ salt)
@@ -721,19 +722,7 @@ fn repeated_launches_differ<T: AttentionElement>(
     let v = stream.clone_htod(&inputs(kv_len, kv_heads, 0x53)).expect("v");
     let mut first: Option<(Vec<T>, Vec<f32>)> = None;
     for launch in 0..launches {
-        let mut out = stream.clone_htod(&vec![T::from_f32(f32::NAN); q_len * heads * head_dim]).expect("out");
-        let mut lse = stream.clone_htod(&vec![f32::NAN; heads * q_len]).expect("lse");
-        attention(
-            device,
-            TensorRef::bshd(&q, [1, q_len, heads, head_dim]).expect("q view"),
-            TensorRef::bshd(&k, [1, kv_len, kv_heads, head_dim]).expect("k view"),
-            TensorRef::bshd(&v, [1, kv_len, kv_heads, head_dim]).expect("v view"),
-            TensorMut::bshd(&mut out, [1, q_len, heads, head_dim]).expect("out view"),
-            args,
-            AttentionOptions { lse: Some(&mut lse), spec, causal, ..Default::default() },
-        )
-        .expect("launch");
-        let got: (Vec<T>, Vec<f32>) = (stream.clone_dtoh(&out).expect("out"), stream.clone_dtoh(&lse).expect("lse"));
+        let got = launch_bshd(device, (&q, &k, &v), (heads, kv_heads, head_dim), args, spec, causal);
         match &first {
             None => first = Some(got),
             Some((out0, lse0)) => {
