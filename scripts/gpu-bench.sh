@@ -48,6 +48,10 @@ export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
 for dir in "$bin" ${baseline:+"$baseline"}; do
   [ -x "$dir/minf" ] || { echo "gpu-bench: $dir/minf not found; build the bundle with scripts/gpu-bundle.sh" >&2; exit 2; }
 done
+if ! ls .gpu/wheels/minf-*.whl "$bin"/minf-*.whl > /dev/null 2>&1 && ! python3 -c "import minf" 2> /dev/null; then
+  echo "gpu-bench: no minf wheel in .gpu/wheels or $bin and no minf installed: bench/peers.py will skip its" \
+    "minf_python rows (scripts/gpu-bundle.sh writes the wheel into .gpu/wheels; bring that folder too)" >&2
+fi
 logs=$out/logs
 mkdir -p "$logs" "$inputs" "$indices"
 rm -f "$logs"/minf-*.log "$logs"/inputs.log "$logs"/peers.log "$logs"/compare-*.log
