@@ -48,7 +48,9 @@ export MINF_CACHE_DIR=${MINF_CACHE_DIR:-/tmp/minf-cache}
 for dir in "$bin" ${baseline:+"$baseline"}; do
   [ -x "$dir/minf" ] || { echo "gpu-bench: $dir/minf not found; build the bundle with scripts/gpu-bundle.sh" >&2; exit 2; }
 done
-if ! ls .gpu/wheels/minf-*.whl "$bin"/minf-*.whl > /dev/null 2>&1 && ! python3 -c "import minf" 2> /dev/null; then
+# The Python package for peers.py's minf_python rows: the newest wheel at hand, installed before step 3.
+wheel=$(ls -t .gpu/wheels/minf-*.whl "$bin"/minf-*.whl 2>/dev/null | head -1)
+if [ -z "$wheel" ] && ! python3 -c "import minf" 2> /dev/null; then
   echo "gpu-bench: no minf wheel in .gpu/wheels or $bin and no minf installed: bench/peers.py will skip its" \
     "minf_python rows (scripts/gpu-bundle.sh writes the wheel into .gpu/wheels; bring that folder too)" >&2
 fi
@@ -122,7 +124,6 @@ minf_steps "$bin" "$out" save
 if [ -n "$install_pid" ]; then
   wait "$install_pid" || echo "gpu-bench: the MInference build failed (see $logs/minference-install.log)"
 fi
-wheel=$(ls -t .gpu/wheels/minf-*.whl "$bin"/minf-*.whl 2>/dev/null | head -1)
 [ -n "$wheel" ] && python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
   --force-reinstall "$wheel"
 peers=(python3 bench/peers.py --site "$site")
