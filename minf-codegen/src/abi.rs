@@ -283,6 +283,9 @@ kernel_params! {
         pub causal: i32,
         /// Launch slot (grid y) -> query head, or null: slot y is head y.
         pub head_index: ConstPtr<i32>,
+        /// The launch's work items: query blocks, head slots and sequences (the grid of a kernel
+        /// with one block per item; the warpgroup engines' blocks walk them in turn).
+        pub work: [i32; 3],
     }
 }
 
@@ -816,7 +819,9 @@ mod tests {
         // Spot checks against hand-computed C offsets.
         assert_eq!(std::mem::offset_of!(AttentionParams, strides), 88);
         assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 232);
-        assert_eq!(std::mem::size_of::<AttentionParams>(), 240);
+        assert_eq!(std::mem::offset_of!(AttentionParams, work), 240);
+        // 12 bytes of work counts, padded to the struct's 8-byte alignment.
+        assert_eq!(std::mem::size_of::<AttentionParams>(), 256);
         assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 32);
         assert_eq!((std::mem::size_of::<TensorMaps>(), std::mem::align_of::<TensorMaps>()), (384, 64));
         assert_eq!(std::mem::offset_of!(TensorMaps, v), 256);

@@ -92,6 +92,8 @@ struct TemplateContext {
     /// Each consumer runs a tile's softmax while the previous tile's P V is in flight
     /// (`wgmma_tma_overlap`).
     overlap: bool,
+    /// Blocks walk the launch's work items in turn, with two Q buffers ([`KernelSpec::persistent`]).
+    persistent: bool,
     /// [`KernelSpec::tma_producer_registers`] (tensor-map engines only).
     producer_registers: u32,
     /// [`KernelSpec::output_parts`] (warpgroup engines).
@@ -225,6 +227,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         tma: spec.mainloop.uses_tensor_maps(),
         pingpong: spec.mainloop == Mainloop::WgmmaTmaPingPong,
         overlap: spec.mainloop == Mainloop::WgmmaTmaOverlap,
+        persistent: spec.persistent(),
         producer_registers: spec.tma_producer_registers(),
         pv_parts: spec.output_parts(),
         scores_ahead: spec.scores_ahead(),

@@ -571,8 +571,14 @@ impl KernelSpec {
     /// loaded, and per stage a full and an empty barrier for K and for V) and, per stage, the slot
     /// bits of merged column tiles (one bit per slot and 64-row half) and two column counts.
     pub fn shared_bytes(&self) -> u32 {
+        self.shared_bytes_with(self.persistent())
+    }
+
+    /// [`KernelSpec::shared_bytes`] with one Q buffer, or with two and their barriers (`persistent`).
+    fn shared_bytes_with(&self, persistent: bool) -> u32 {
         let row = self.smem_row() * 2;
-        let tiles = (self.block_m + 2 * self.stages * self.block_n) * row;
+        let q_buffers = if persistent { 2 } else { 1 };
+        let tiles = (q_buffers * self.block_m + 2 * self.stages * self.block_n) * row;
         // Flag words, mbarrier and column-merge bytes, and the alignment in front of the tiles.
         let (flags, barriers, alignment) = match self.mainloop {
             Mainloop::MmaSync => (self.stages, 0, 0),
@@ -580,7 +586,8 @@ impl KernelSpec {
             // stage); the swizzled tiles start at a 1024-byte boundary: up to 1008 bytes before them.
             _ => {
                 let merge = 4 * self.stages * ((self.block_m / 64) * self.block_n.div_ceil(32) + 2);
-                (self.stages.next_multiple_of(2), 8 * (1 + 4 * self.stages) + merge, 1008)
+                let q_barriers = if persistent { 4 } else { 1 };
+                (self.stages.next_multiple_of(2), 8 * (q_barriers + 4 * self.stages) + merge, 1008)
             }
         };
         let metadata = ((self.stages * self.block_n + flags) * 4 + barriers).div_ceil(16) * 16;
@@ -602,7 +609,16 @@ impl KernelSpec {
     /// The consumers' code needs 184 registers (128-row blocks; 136 for 64x64) whatever the budget
     /// above that, so what they are given beyond it is headroom, not speed.
     pub fn tma_producer_registers(&self) -> u32 {
-        match (self.pattern.is_indexed(), self.block_m, self.block_n) {
+        // A persistent block's producer also keeps its place in the work items and the next
+        // item's sequence and schedule: 8 registers more on dense and A-shape, 24 on the
+        // index-driven producers of 128-row blocks, 32 beside one 64x64 consumer (fewer spill).
+        let walk = match (self.persistent(), self.pattern.is_indexed(), self.block_m) {
+            (false, _, _) => 0,
+            (true, false, _) => 8,
+            (true, true, 128) => 24,
+            (true, true, _) => 32,
+        };
+        walk + match (self.pattern.is_indexed(), self.block_m, self.block_n) {
             (false, _, _) => 64,
             (true, 128, _) => 104,
             (true, _, 64) => 72,
@@ -632,6 +648,19 @@ impl KernelSpec {
     /// registers, ran 0.8-2% slower and keep the loop without it.
     pub fn scores_ahead(&self) -> bool {
         !(self.pattern.is_indexed() && self.block_m == 128)
+    }
+
+    /// Whether the kernel's blocks walk the launch's work items in turn (a grid of at most as many
+    /// blocks as the device holds at once) instead of one block per item: the producer loads the
+    /// next item's Q (a second Q buffer) and first tiles while the consumers finish an item and
+    /// write its output, which hides the block's launch, Q's load and the first tiles' wait.
+    /// The default tensor-map engine (`wgmma_tma`), where the second Q buffer still lets as many
+    /// blocks share an SM as without it.
+    pub fn persistent(&self) -> bool {
+        let blocks_per_sm = if self.warps == 4 { 2 } else { 1 };
+        self.mainloop == Mainloop::WgmmaTma
+            && self.shared_bytes_with(true) <= self.arch.max_shared_memory()
+            && blocks_per_sm * self.shared_bytes_with(true) <= self.arch.shared_memory_per_sm()
     }
 
     /// Whether the index-driven schedule visits the gathered columns of a 128-row block's two

@@ -770,6 +770,17 @@ pub fn attention_with_spec<T: AttentionElement>(
     }
     let spec = unmappable.as_ref().unwrap_or(spec);
     let kernel = device.kernel(spec)?;
+    let query_blocks = checked.max_q.div_ceil(kernel.launch.block_m as usize);
+    // Work items: query blocks x head slots x sequences, which the kernel counts in 32 bits.
+    let items = query_blocks * head_slots * checked.batch;
+    if items > i32::MAX as usize {
+        return Err(shape_error(format!(
+            "{query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a launch \
+             takes at most {}",
+            checked.batch,
+            i32::MAX
+        )));
+    }
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let o_layout = out.layout;
@@ -807,12 +818,16 @@ pub fn attention_with_spec<T: AttentionElement>(
         n_local,
         causal: i32::from(options.causal),
         head_index: int_ptr(5),
+        work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
-    let config = kernel.config((
-        checked.max_q.div_ceil(kernel.launch.block_m as usize) as u32,
-        head_slots as u32,
-        checked.batch as u32,
-    ));
+    let config = if spec.persistent() && std::env::var_os("MINF_DIAG_BLOCK_PER_ITEM").is_none() {
+        // As many blocks as the device holds at once, or one per work item where there are fewer.
+        kernel.config((items.min(kernel.resident_blocks as usize) as u32, 1, 1))
+    } else if spec.persistent() {
+        kernel.config((items as u32, 1, 1))
+    } else {
+        kernel.config((query_blocks as u32, head_slots as u32, checked.batch as u32))
+    };
     let params = KernelArgs(params);
     let maps = maps.map(KernelArgs);
     let mut launch = stream.launch_builder(&kernel.function);

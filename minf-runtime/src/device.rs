@@ -20,6 +20,9 @@ pub struct LoadedKernel {
     pub function: CudaFunction,
     /// Threads, shared memory and rows per block.
     pub launch: LaunchShape,
+    /// Blocks of it the device runs at once: its multiprocessors times the blocks that fit one
+    /// (the grid of a kernel whose blocks walk the work items).
+    pub resident_blocks: u32,
 }
 
 impl LoadedKernel {
@@ -58,6 +61,7 @@ pub struct Device {
     stream: Arc<CudaStream>,
     arch: Arch,
     name: String,
+    multiprocessors: u32,
     // Shared with the views of [`Device::with_stream`].
     cache: Arc<KernelCache>,
     modules: Arc<Mutex<HashMap<AnyKernel, LoadedModule>>>,
@@ -138,12 +142,16 @@ impl Device {
             major,
             minor,
         })?;
+        let multiprocessors = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(MinfError::driver("reading the multiprocessor count"))?;
         let stream = ctx.default_stream();
         Ok(Device {
             ctx,
             stream,
             arch,
             name,
+            multiprocessors: u32::try_from(multiprocessors).unwrap_or(1).max(1),
             cache: Arc::new(cache),
             modules: Arc::default(),
             functions: Arc::default(),
@@ -166,6 +174,7 @@ impl Device {
             stream,
             arch: self.arch,
             name: self.name.clone(),
+            multiprocessors: self.multiprocessors,
             cache: self.cache.clone(),
             modules: self.modules.clone(),
             functions: self.functions.clone(),
@@ -251,7 +260,11 @@ impl Device {
                     launch.shared_bytes
                 )))?;
         }
-        let loaded = LoadedKernel { function, launch };
+        let per_multiprocessor = function
+            .occupancy_max_active_blocks_per_multiprocessor(launch.threads, launch.shared_bytes as usize, None)
+            .map_err(MinfError::driver(format!("reading the occupancy of {entry}")))?;
+        let resident_blocks = self.multiprocessors * per_multiprocessor.max(1);
+        let loaded = LoadedKernel { function, launch, resident_blocks };
         self.functions.lock().map_err(|_| poisoned())?.insert((*kernel, entry.to_string()), loaded.clone());
         Ok(loaded)
     }
