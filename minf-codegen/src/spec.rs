@@ -610,12 +610,12 @@ impl KernelSpec {
     /// above that, so what they are given beyond it is headroom, not speed.
     pub fn tma_producer_registers(&self) -> u32 {
         // A persistent block's producer also keeps its place in the work items and the next
-        // item's sequence and schedule: 8 registers more on dense and A-shape, 24 on the
-        // index-driven producers of 128-row blocks, 32 beside one 64x64 consumer (fewer spill).
+        // item's sequence and schedule: 8 registers more on dense and A-shape, 16 on the
+        // index-driven producers of 128-row blocks (whose consumers need their 192: the vertical-slash producer spills 56 bytes in its cp.async copies), 32 beside one 64x64 consumer (fewer spill).
         let walk = match (self.persistent(), self.pattern.is_indexed(), self.block_m) {
             (false, _, _) => 0,
             (true, false, _) => 8,
-            (true, true, 128) => 24,
+            (true, true, 128) => 16,
             (true, true, _) => 32,
         };
         walk + match (self.pattern.is_indexed(), self.block_m, self.block_n) {
