@@ -197,11 +197,23 @@ pub struct AttentionOptions<'a> {
     /// merged by log-sum-exp ([`crate::merge`]). Such a part may hold fewer keys than queries (a
     /// piece of a short prefix); a sequence with no keys gets output 0 and log-sum-exp -inf.
     pub causal: bool,
+    /// The grid of a kernel whose blocks walk the work items ([`KernelSpec::persistent`]): at most
+    /// this many blocks; `None` launches as many as the device holds at once. Fewer leave SMs to
+    /// kernels running beside it. Must be at least 1; other kernels ignore it.
+    pub persistent_blocks: Option<u32>,
 }
 
 impl Default for AttentionOptions<'_> {
     fn default() -> Self {
-        AttentionOptions { softmax_scale: None, lse: None, spec: None, varlen: None, heads: None, causal: true }
+        AttentionOptions {
+            softmax_scale: None,
+            lse: None,
+            spec: None,
+            varlen: None,
+            heads: None,
+            causal: true,
+            persistent_blocks: None,
+        }
     }
 }
 
@@ -771,14 +783,23 @@ pub fn attention_with_spec<T: AttentionElement>(
     let spec = unmappable.as_ref().unwrap_or(spec);
     let kernel = device.kernel(spec)?;
     let query_blocks = checked.max_q.div_ceil(kernel.launch.block_m as usize);
-    // Work items: query blocks x head slots x sequences, which the kernel counts in 32 bits.
+    // Work items: query blocks x head slots x sequences. A persistent grid has at most as many
+    // blocks as the device holds (or the caller's cap), and no more than there are items.
     let items = query_blocks * head_slots * checked.batch;
-    if items > i32::MAX as usize {
+    let blocks = match options.persistent_blocks {
+        Some(0) => return Err(shape_error("persistent_blocks must be at least 1".into())),
+        Some(cap) => cap.min(kernel.resident_blocks),
+        None => kernel.resident_blocks,
+    }
+    .max(1) as usize;
+    let blocks = items.min(blocks);
+    // The kernel counts items, and steps through them by the grid, in 32 bits.
+    if items + blocks > i32::MAX as usize {
         return Err(shape_error(format!(
             "{query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a launch \
-             takes at most {}",
+             takes fewer than {}",
             checked.batch,
-            i32::MAX
+            i32::MAX as usize - blocks
         )));
     }
     let head_dim = q.layout.shape[3];
@@ -821,8 +842,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
     let config = if spec.persistent() && std::env::var_os("MINF_DIAG_BLOCK_PER_ITEM").is_none() {
-        // As many blocks as the device holds at once, or one per work item where there are fewer.
-        kernel.config((items.min(kernel.resident_blocks as usize) as u32, 1, 1))
+        kernel.config((blocks as u32, 1, 1))
     } else if spec.persistent() {
         kernel.config((items as u32, 1, 1))
     } else {
