@@ -51,11 +51,24 @@ fn device() -> Device {
 /// d]`), its output and LSE poisoned with NaN before it and downloaded after.
 fn launch_bshd<T: AttentionElement>(
     device: &Device,
+    tensors: (&cudarc::driver::CudaSlice<T>, &cudarc::driver::CudaSlice<T>, &cudarc::driver::CudaSlice<T>),
+    dims: (usize, usize, usize),
+    args: PatternArgs<'_>,
+    spec: Option<KernelSpec>,
+    causal: bool,
+) -> (Vec<T>, Vec<f32>) {
+    launch_bshd_on(device, tensors, dims, args, spec, causal, None)
+}
+
+/// `launch_bshd` with a persistent kernel's grid capped at `persistent_blocks` blocks.
+fn launch_bshd_on<T: AttentionElement>(
+    device: &Device,
     (q, k, v): (&cudarc::driver::CudaSlice<T>, &cudarc::driver::CudaSlice<T>, &cudarc::driver::CudaSlice<T>),
     (heads, kv_heads, d): (usize, usize, usize),
     args: PatternArgs<'_>,
     spec: Option<KernelSpec>,
     causal: bool,
+    persistent_blocks: Option<u32>,
 ) -> (Vec<T>, Vec<f32>) {
     let stream = device.stream();
     let (q_len, kv_len) = (q.len() / (heads * d), k.len() / (kv_heads * d));
@@ -68,7 +81,7 @@ fn launch_bshd<T: AttentionElement>(
         TensorRef::bshd(v, [1, kv_len, kv_heads, d]).expect("v view"),
         TensorMut::bshd(&mut out, [1, q_len, heads, d]).expect("out view"),
         args,
-        AttentionOptions { lse: Some(&mut lse), spec, causal, ..Default::default() },
+        AttentionOptions { lse: Some(&mut lse), spec, causal, persistent_blocks, ..Default::default() },
     )
     .expect("launch");
     (stream.clone_dtoh(&out).expect("out"), stream.clone_dtoh(&lse).expect("lse"))

@@ -3,7 +3,8 @@
 //! lengths, and indices that are random, adversarial (out of range, over capacity) or extreme.
 
 use super::{
-    check_attention, check_attention_with, describe, device, launch_bshd, test_seed, Case, Outcome, Packed, TOLERANCE,
+    check_attention, check_attention_with, describe, device, launch_bshd, launch_bshd_on, test_seed, Case, Outcome,
+    Packed, TOLERANCE,
 };
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
@@ -798,4 +799,102 @@ fn repeated_launches_are_bit_identical() {
     VARIANT.set(Variant::Default);
     println!("repeated launches ({launches} each): {} differing case(s)", failures.len());
     assert!(failures.is_empty(), "results differ between launches on the same inputs: {failures:?}");
+}
+
+/// Launches of the persistent kernels ([`KernelSpec::persistent`]) on one and on three blocks
+/// (`AttentionOptions::persistent_blocks`), so that each block walks dozens of work items through
+/// the carried stage ring and both Q buffers, against the launch on as many blocks as there are
+/// items (one each): every output element and log-sum-exp must be equal, bit for bit. Dense causal
+/// and as a split-KV part, A-shape, vertical-slash and block-sparse on random indices, on 128-row
+/// blocks and, index-driven, on 64x64 blocks (two per SM). What differed, if anything.
+pub(super) fn persistent_walk_differences(device: &Device, seed: u64) -> Vec<String> {
+    let (q_len, kv_len, heads, kv_heads, d) = (1500, 1700, 8, 2, 128);
+    let stream = device.stream();
+    let upload = |rows: usize, salt: u64| {
+        let host: Vec<bf16> =
+            minf_testkit::reference::random_normal(rows * d, seed ^ salt).into_iter().map(bf16::from_f32).collect();
+        stream.clone_htod(&host).expect("upload")
+    };
+    // A chunk of q_len queries after kv_len - q_len keys (dense), and a whole prompt (every pattern).
+    let chunk = (upload(q_len * heads, 0x71), upload(kv_len * kv_heads, 0x72), upload(kv_len * kv_heads, 0x73));
+    let prompt = (upload(q_len * heads, 0x74), upload(q_len * kv_heads, 0x75), upload(q_len * kv_heads, 0x76));
+    let mut rng = TestRng::new(seed);
+    let bs = block_sparse_index(&mut rng, 1, heads, &[q_len], false);
+    let vs = vertical_slash_index(&mut rng, 1, heads, &[q_len], false);
+    let bs_counts = stream.clone_htod(&bs.counts).expect("counts");
+    let bs_lists = stream.clone_htod(&bs.lists).expect("lists");
+    let block_count = stream.clone_htod(&vs.ranges.counts).expect("block_count");
+    let block_offset = stream.clone_htod(&vs.ranges.lists).expect("block_offset");
+    let column_count = stream.clone_htod(&vs.columns.counts).expect("column_count");
+    let column_index = stream.clone_htod(&vs.columns.lists).expect("column_index");
+    let cases = [
+        (Pattern::Dense, PatternArgs::Dense, true, &chunk),
+        (Pattern::Dense, PatternArgs::Dense, false, &chunk),
+        (Pattern::AShape, PatternArgs::AShape(AShape { n_init: 4, n_local: 300 }), true, &prompt),
+        (
+            Pattern::VerticalSlash,
+            PatternArgs::VerticalSlash(VerticalSlashIndexRef {
+                block_count: &block_count,
+                block_offset: &block_offset,
+                column_count: &column_count,
+                column_index: &column_index,
+                batch: 1,
+                heads,
+                rows: vs.ranges.rows,
+                nnz_s: vs.ranges.capacity,
+                nnz_v: vs.columns.capacity,
+            }),
+            true,
+            &prompt,
+        ),
+        (
+            Pattern::BlockSparse,
+            PatternArgs::BlockSparse(BlockSparseIndexRef {
+                kv_num_blocks: &bs_counts,
+                kv_indices: &bs_lists,
+                batch: 1,
+                heads,
+                rows: bs.rows,
+                capacity: bs.capacity,
+            }),
+            true,
+            &prompt,
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (pattern, args, causal, (q, k, v)) in cases {
+        let wide = KernelSpec::default_for(pattern, DType::Bf16, d as u32, device.arch());
+        for spec in [Some(wide), wide.square_alternative()].into_iter().flatten().filter(KernelSpec::persistent) {
+            let launch = |blocks| {
+                launch_bshd_on::<bf16>(device, (q, k, v), (heads, kv_heads, d), args, Some(spec), causal, blocks)
+            };
+            let one_per_item = launch(None);
+            for blocks in [1, 3] {
+                let walked = launch(Some(blocks));
+                let outs = walked.0.iter().zip(&one_per_item.0).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                let lses = walked.1.iter().zip(&one_per_item.1).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                let what = format!("{} causal {causal} on {blocks} block(s)", spec.kernel_name());
+                if outs + lses > 0 {
+                    println!("FAIL {what}: {outs} output elements and {lses} LSE entries differ");
+                    differences.push(what);
+                } else {
+                    println!("ok   {what}: equal to one block per item");
+                }
+            }
+        }
+    }
+    differences
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn few_persistent_blocks_walk_many_items() {
+    let device = device();
+    if device.arch() != minf::codegen::Arch::Sm90a {
+        println!("skipped: the persistent kernels need sm_90a; the device is {}", device.arch());
+        return;
+    }
+    let seed = test_seed("few persistent blocks");
+    let differences = persistent_walk_differences(&device, seed);
+    assert!(differences.is_empty(), "persistent launches that differ (seed {seed}): {differences:?}");
 }

@@ -160,6 +160,21 @@ fn attention_wgmma_tma_overlap() {
     attention_sweep(Variant::WgmmaTmaOverlap);
 }
 
+/// The persistent kernels on one and on three blocks, each block walking dozens of work items
+/// (`patterns::persistent_walk_differences`): the carried stage ring and the two Q buffers.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_persistent_walk() {
+    let device = device();
+    if device.arch() != minf::codegen::Arch::Sm90a {
+        println!("skipped: the persistent kernels need sm_90a; the device is {}", device.arch());
+        return;
+    }
+    let seed = test_seed("sanitizer sweep (persistent walk)");
+    let differences = super::patterns::persistent_walk_differences(&device, seed);
+    assert!(differences.is_empty(), "persistent launches that differ (seed {seed}): {differences:?}");
+}
+
 /// The index kernels and a whole prefill layer.
 #[test]
 #[ignore = "needs a CUDA GPU"]
