@@ -610,13 +610,12 @@ impl KernelSpec {
     /// above that, so what they are given beyond it is headroom, not speed.
     pub fn tma_producer_registers(&self) -> u32 {
         // A persistent block's producer also keeps its place in the work items and the next
-        // item's sequence and schedule: 8 registers more on dense and A-shape, 16 on the
-        // index-driven producers of 128-row blocks (whose consumers need their 192: the vertical-slash producer spills 56 bytes in its cp.async copies), 32 beside one 64x64 consumer (fewer spill).
-        let walk = match (self.persistent(), self.pattern.is_indexed(), self.block_m) {
-            (false, _, _) => 0,
-            (true, false, _) => 8,
-            (true, true, 128) => 16,
-            (true, true, _) => 32,
+        // item's sequence and schedule: 8 registers more on A-shape, 32 beside one 64x64
+        // index-driven consumer (with fewer it spills).
+        let walk = match (self.persistent(), self.pattern.is_indexed()) {
+            (false, _) => 0,
+            (true, false) => 8,
+            (true, true) => 32,
         };
         walk + match (self.pattern.is_indexed(), self.block_m, self.block_n) {
             (false, _, _) => 64,
@@ -654,11 +653,16 @@ impl KernelSpec {
     /// blocks as the device holds at once) instead of one block per item: the producer loads the
     /// next item's Q (a second Q buffer) and first tiles while the consumers finish an item and
     /// write its output, which hides the block's launch, Q's load and the first tiles' wait.
-    /// The default tensor-map engine (`wgmma_tma`), where the second Q buffer still lets as many
-    /// blocks share an SM as without it.
+    /// A-shape and the 64-row index-driven kernels on the default tensor-map engine (`wgmma_tma`,
+    /// the scores-ahead loop), where the second Q buffer still lets as many blocks share an SM as
+    /// without it: each consumer issues the next item's first S before it writes an item's output.
+    /// Dense (long rows, whose blocks' order the hardware keeps for L2) and the 128-row
+    /// index-driven kernels (no registers to spare) keep a block per item.
     pub fn persistent(&self) -> bool {
         let blocks_per_sm = if self.warps == 4 { 2 } else { 1 };
         self.mainloop == Mainloop::WgmmaTma
+            && self.scores_ahead()
+            && self.pattern != Pattern::Dense
             && self.shared_bytes_with(true) <= self.arch.max_shared_memory()
             && blocks_per_sm * self.shared_bytes_with(true) <= self.arch.shared_memory_per_sm()
     }
