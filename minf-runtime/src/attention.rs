@@ -841,10 +841,8 @@ pub fn attention_with_spec<T: AttentionElement>(
         head_index: int_ptr(5),
         work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
-    let config = if spec.persistent() && std::env::var_os("MINF_DIAG_BLOCK_PER_ITEM").is_none() {
+    let config = if spec.persistent() {
         kernel.config((blocks as u32, 1, 1))
-    } else if spec.persistent() {
-        kernel.config((items as u32, 1, 1))
     } else {
         kernel.config((query_blocks as u32, head_slots as u32, checked.batch as u32))
     };
