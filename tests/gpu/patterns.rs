@@ -861,6 +861,15 @@ pub(super) fn persistent_walk_differences(device: &Device, seed: u64) -> Vec<Str
             let launch = |blocks| {
                 launch_bshd_on::<bf16>(device, (q, k, v), (heads, kv_heads, d), args, Some(spec), true, blocks)
             };
+            // The default grid is one block per item while the device holds them all at once.
+            let kernel = device.kernel(&spec).expect("load the kernel");
+            let items = q_len.div_ceil(kernel.launch.block_m as usize) * heads;
+            assert!(
+                items <= kernel.resident_blocks as usize,
+                "{}: {items} items, {} resident blocks: the default grid walks items, not one block per item",
+                spec.kernel_name(),
+                kernel.resident_blocks
+            );
             let one_per_item = launch(None);
             for blocks in [1, 3] {
                 let walked = launch(Some(blocks));
