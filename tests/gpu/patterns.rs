@@ -807,7 +807,7 @@ fn repeated_launches_are_bit_identical() {
 /// items (one each): every output element and log-sum-exp must be equal, bit for bit. A-shape on
 /// 128-row blocks, vertical-slash and block-sparse on random indices on 64x64 blocks (two per
 /// SM); a spec that is not persistent is left out. What differed, if anything.
-pub(super) fn persistent_walk_differences(device: &Device, seed: u64) -> Vec<String> {
+fn persistent_walk_differences(device: &Device, seed: u64) -> Vec<String> {
     let (q_len, heads, kv_heads, d) = (1500, 8, 2, 128);
     let stream = device.stream();
     let upload = |rows: usize, salt: u64| {
@@ -888,15 +888,21 @@ pub(super) fn persistent_walk_differences(device: &Device, seed: u64) -> Vec<Str
     differences
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn few_persistent_blocks_walk_many_items() {
+/// Runs `persistent_walk_differences` on a fresh seed (printed under `label`) and fails on any
+/// difference; says it skipped where the device has no persistent kernels.
+pub(super) fn assert_persistent_walks_equal(label: &str) {
     let device = device();
     if device.arch() != minf::codegen::Arch::Sm90a {
         println!("skipped: the persistent kernels need sm_90a; the device is {}", device.arch());
         return;
     }
-    let seed = test_seed("few persistent blocks");
+    let seed = test_seed(label);
     let differences = persistent_walk_differences(&device, seed);
     assert!(differences.is_empty(), "persistent launches that differ (seed {seed}): {differences:?}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn few_persistent_blocks_walk_many_items() {
+    assert_persistent_walks_equal("few persistent blocks");
 }

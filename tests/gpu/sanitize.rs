@@ -165,14 +165,7 @@ fn attention_wgmma_tma_overlap() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_persistent_walk() {
-    let device = device();
-    if device.arch() != minf::codegen::Arch::Sm90a {
-        println!("skipped: the persistent kernels need sm_90a; the device is {}", device.arch());
-        return;
-    }
-    let seed = test_seed("sanitizer sweep (persistent walk)");
-    let differences = super::patterns::persistent_walk_differences(&device, seed);
-    assert!(differences.is_empty(), "persistent launches that differ (seed {seed}): {differences:?}");
+    super::patterns::assert_persistent_walks_equal("sanitizer sweep (persistent walk)");
 }
 
 /// The index kernels and a whole prefill layer.
