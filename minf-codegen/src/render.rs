@@ -29,6 +29,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("attention/mainloop/softmax.cu.tera", include_str!("../../templates/attention/mainloop/softmax.cu.tera")),
     ("attention/engines/mma_sync.cu.tera", include_str!("../../templates/attention/engines/mma_sync.cu.tera")),
     ("attention/engines/wgmma.cu.tera", include_str!("../../templates/attention/engines/wgmma.cu.tera")),
+    (
+        "attention/engines/wgmma_ahead_tiles.cu.tera",
+        include_str!("../../templates/attention/engines/wgmma_ahead_tiles.cu.tera"),
+    ),
     ("attention/schedules/dense.cu.tera", include_str!("../../templates/attention/schedules/dense.cu.tera")),
     ("attention/schedules/a_shape.cu.tera", include_str!("../../templates/attention/schedules/a_shape.cu.tera")),
     ("attention/schedules/indexed.cu.tera", include_str!("../../templates/attention/schedules/indexed.cu.tera")),
