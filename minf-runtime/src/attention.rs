@@ -790,9 +790,8 @@ pub fn attention_with_spec<T: AttentionElement>(
         Some(0) => return Err(shape_error("persistent_blocks must be at least 1".into())),
         Some(cap) => cap.min(kernel.resident_blocks),
         None => kernel.resident_blocks,
-    }
-    .max(1) as usize;
-    let blocks = items.min(blocks);
+    };
+    let blocks = items.min(blocks as usize);
     // The kernel counts items, and steps through them by the grid, in 32 bits.
     if items + blocks > i32::MAX as usize {
         return Err(shape_error(format!(
