@@ -783,24 +783,29 @@ pub fn attention_with_spec<T: AttentionElement>(
     let spec = unmappable.as_ref().unwrap_or(spec);
     let kernel = device.kernel(spec)?;
     let query_blocks = checked.max_q.div_ceil(kernel.launch.block_m as usize);
-    // Work items: query blocks x head slots x sequences. A persistent grid has at most as many
-    // blocks as the device holds (or the caller's cap), and no more than there are items.
-    let items = query_blocks * head_slots * checked.batch;
-    let blocks = match options.persistent_blocks {
-        Some(0) => return Err(shape_error("persistent_blocks must be at least 1".into())),
-        Some(cap) => cap.min(kernel.resident_blocks),
-        None => kernel.resident_blocks,
+    let grid = if spec.persistent() {
+        // Work items: query blocks x head slots x sequences. The grid has at most as many blocks
+        // as the device holds (or the caller's cap), and no more than there are items.
+        let items = query_blocks * head_slots * checked.batch;
+        let blocks = match options.persistent_blocks {
+            Some(0) => return Err(shape_error("persistent_blocks must be at least 1".into())),
+            Some(cap) => cap.min(kernel.resident_blocks),
+            None => kernel.resident_blocks,
+        };
+        let blocks = items.min(blocks as usize);
+        // The kernel counts items, and steps through them by the grid, in 32 bits.
+        if items + blocks > i32::MAX as usize {
+            return Err(shape_error(format!(
+                "{query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a \
+                 launch takes fewer than {}",
+                checked.batch,
+                i32::MAX as usize - blocks
+            )));
+        }
+        (blocks as u32, 1, 1)
+    } else {
+        (query_blocks as u32, head_slots as u32, checked.batch as u32)
     };
-    let blocks = items.min(blocks as usize);
-    // The kernel counts items, and steps through them by the grid, in 32 bits.
-    if items + blocks > i32::MAX as usize {
-        return Err(shape_error(format!(
-            "{query_blocks} query blocks x {head_slots} heads x {} sequences make {items} work items; a launch \
-             takes fewer than {}",
-            checked.batch,
-            i32::MAX as usize - blocks
-        )));
-    }
     let head_dim = q.layout.shape[3];
     let scale = options.softmax_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     let o_layout = out.layout;
@@ -840,11 +845,7 @@ pub fn attention_with_spec<T: AttentionElement>(
         head_index: int_ptr(5),
         work: [query_blocks as i32, head_slots as i32, checked.batch as i32],
     };
-    let config = if spec.persistent() {
-        kernel.config((blocks as u32, 1, 1))
-    } else {
-        kernel.config((query_blocks as u32, head_slots as u32, checked.batch as u32))
-    };
+    let config = kernel.config(grid);
     let params = KernelArgs(params);
     let maps = maps.map(KernelArgs);
     let mut launch = stream.launch_builder(&kernel.function);
