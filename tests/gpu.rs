@@ -47,6 +47,12 @@ fn device() -> Device {
     Device::new(0).unwrap_or_else(|e| panic!("GPU test needs a CUDA GPU, and none is usable: {e}"))
 }
 
+/// `host` rounded to `T` on the device.
+fn upload<T: AttentionElement>(device: &Device, host: &[f32]) -> cudarc::driver::CudaSlice<T> {
+    let rounded: Vec<T> = host.iter().map(|&x| T::from_f32(x)).collect();
+    device.stream().clone_htod(&rounded).expect("upload")
+}
+
 /// One launch of `attention` on device `q`/`k`/`v` rows (batch 1, BSHD: `[rows, heads | kv_heads,
 /// d]`), its output and LSE poisoned with NaN before it and downloaded after.
 fn launch_bshd<T: AttentionElement>(

@@ -3,8 +3,8 @@
 //! lengths, and indices that are random, adversarial (out of range, over capacity) or extreme.
 
 use super::{
-    check_attention, check_attention_with, describe, device, launch_bshd, launch_bshd_on, test_seed, Case, Outcome,
-    Packed, TOLERANCE,
+    check_attention, check_attention_with, describe, device, launch_bshd, launch_bshd_on, test_seed, upload, Case,
+    Outcome, Packed, TOLERANCE,
 };
 use half::{bf16, f16};
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
@@ -810,12 +810,9 @@ fn repeated_launches_are_bit_identical() {
 fn persistent_walk_differences(device: &Device, seed: u64) -> Vec<String> {
     let (q_len, heads, kv_heads, d) = (1500, 8, 2, 128);
     let stream = device.stream();
-    let upload = |rows: usize, salt: u64| {
-        let host: Vec<bf16> =
-            minf_testkit::reference::random_normal(rows * d, seed ^ salt).into_iter().map(bf16::from_f32).collect();
-        stream.clone_htod(&host).expect("upload")
-    };
-    let prompt = (upload(q_len * heads, 0x74), upload(q_len * kv_heads, 0x75), upload(q_len * kv_heads, 0x76));
+    let random =
+        |rows: usize, salt: u64| upload::<bf16>(device, &minf_testkit::reference::random_normal(rows * d, seed ^ salt));
+    let prompt = (random(q_len * heads, 0x74), random(q_len * kv_heads, 0x75), random(q_len * kv_heads, 0x76));
     let mut rng = TestRng::new(seed);
     let bs = block_sparse_index(&mut rng, 1, heads, &[q_len], false);
     let vs = vertical_slash_index(&mut rng, 1, heads, &[q_len], false);

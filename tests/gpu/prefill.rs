@@ -4,7 +4,7 @@
 //! LSE) under their realised masks, and whole prompts chunk by chunk (`prefill_chunked`) against
 //! one-shot prefill.
 
-use super::{device, reference_rows, test_seed, TOLERANCE};
+use super::{device, reference_rows, test_seed, upload, TOLERANCE};
 use half::bf16;
 use minf::config::{ModelShape, PatternConfig};
 use minf::tensor::Layout;
@@ -33,11 +33,6 @@ pub(super) const SHAPE: ModelShape = ModelShape { layers: 3, heads: 8, kv_heads:
 
 pub(super) fn config() -> PatternConfig {
     PatternConfig::parse(ALL_PATTERNS, "all_patterns.json", SHAPE.heads).expect("config").with_starting_layer(1)
-}
-
-fn upload<T: AttentionElement>(device: &Device, host: &[f32]) -> cudarc::driver::CudaSlice<T> {
-    let rounded: Vec<T> = host.iter().map(|&x| T::from_f32(x)).collect();
-    device.stream().clone_htod(&rounded).expect("upload")
 }
 
 fn poisoned<T: AttentionElement>(device: &Device, len: usize) -> cudarc::driver::CudaSlice<T> {
