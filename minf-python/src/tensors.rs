@@ -4,7 +4,9 @@
 //! shapes) and passes each as a plain description: its device address, logical
 //! `[batch, seq, heads, head_dim]` shape and element strides. Here the memory is viewed without a
 //! copy ([`ForeignSlice`]) and the kernels launch on the caller's stream ([`stream_device`]),
-//! after the runtime's own checks; nothing waits for the GPU.
+//! after the runtime's own checks; nothing waits for the GPU. Index-driven calls (vertical-slash
+//! and block-sparse) go through a [`TileChoice`] kept per device and head count ([`chosen_attention`]),
+//! as `minf bench` and `minf.Prefill` run them.
 
 use crate::minf_error;
 use half::{bf16, f16};
@@ -16,11 +18,12 @@ use minf_runtime::prefill::{HeadGroups, Prefill, PrefillOptions};
 use minf_runtime::tensor::{AttentionElement, Layout, TensorMut, TensorRef};
 use minf_runtime::{
     estimate_block_sparse_gpu, estimate_vertical_slash_gpu, BlockSparseIndex, Device, EstimateWorkspace, IndexShape,
-    MinfError, VerticalSlashHead, VerticalSlashIndex, VerticalSlashIndexRef,
+    MinfError, TileChoice, VerticalSlashHead, VerticalSlashIndex, VerticalSlashIndexRef,
 };
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 /// One tensor as the Python side describes it: `(data_ptr, shape, strides)`, shape and strides in
 /// the logical `[batch, seq, heads, head_dim]` order, strides in elements.
@@ -137,7 +140,40 @@ struct AttentionCall {
     pattern: PatternCall,
 }
 
-fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> Result<(), MinfError> {
+/// The tile choices of index-driven `attention` calls, one per (device, query heads): a choice's
+/// head maps live on its device and are rewritten by each call in stream order, so a warm call
+/// allocates nothing. Devices are the process-lifetime ones of [`stream_device`], keyed by address.
+static TILE_CHOICES: Mutex<Vec<(usize, usize, TileChoice)>> = Mutex::new(Vec::new());
+
+/// Index-driven attention through the tile choice of `device` for `heads` query heads (created on
+/// the first such call): per head, 128-row or 64-row blocks, picked on the device from the index.
+#[allow(clippy::too_many_arguments)]
+fn chosen_attention<T: AttentionElement>(
+    device: &'static Device,
+    heads: usize,
+    q: TensorRef<'_, T>,
+    k: TensorRef<'_, T>,
+    v: TensorRef<'_, T>,
+    out: TensorMut<'_, T>,
+    args: PatternArgs<'_>,
+    options: AttentionOptions<'_>,
+) -> Result<(), MinfError> {
+    let mut choices = TILE_CHOICES
+        .lock()
+        .map_err(|_| MinfError::Shape("the tile-choice table is poisoned by a panic in another thread".into()))?;
+    let key = (std::ptr::from_ref(device) as usize, heads);
+    let at = match choices.iter().position(|(d, h, _)| (*d, *h) == key) {
+        Some(at) => at,
+        None => {
+            let all: Vec<usize> = (0..heads).collect();
+            choices.push((key.0, key.1, TileChoice::new(device, &all, heads)?));
+            choices.len() - 1
+        }
+    };
+    choices[at].2.attention(device, q, k, v, out, args, options)
+}
+
+fn run_attention<T: AttentionElement>(device: &'static Device, call: &AttentionCall) -> Result<(), MinfError> {
     // SAFETY: the Python side describes live tensors of the checked dtype on this device and keeps
     // them referenced for the call; launches are ordered on the caller's stream.
     let (q_view, k_view, v_view) =
@@ -174,7 +210,7 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
             let mut index = VerticalSlashIndex::zeros(device, IndexShape { batch, heads, rows, nnz_s, nnz_v })?;
             let mut workspace = EstimateWorkspace::new();
             estimate_vertical_slash_gpu(device, q, k, &listed, &mut workspace, &mut index)?;
-            attention(device, q, k, v, out, PatternArgs::VerticalSlash(index.as_ref()), options)
+            chosen_attention(device, heads, q, k, v, out, PatternArgs::VerticalSlash(index.as_ref()), options)
         }
         PatternCall::VerticalSlashIndex(tensors) => {
             // SAFETY: live contiguous int32 tensors on this device, checked on the Python side.
@@ -190,7 +226,7 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
                 nnz_s: tensors[1].dim("block_offset", 3)?,
                 nnz_v: tensors[3].dim("column_index", 3)?,
             };
-            attention(device, q, k, v, out, PatternArgs::VerticalSlash(index), options)
+            chosen_attention(device, heads, q, k, v, out, PatternArgs::VerticalSlash(index), options)
         }
         PatternCall::BlockSparseEstimated { top_k } => {
             let capacity = (*top_k).min(key_blocks).max(1);
@@ -198,7 +234,7 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
             let mut workspace = EstimateWorkspace::new();
             let all: Vec<usize> = (0..heads).collect();
             estimate_block_sparse_gpu(device, q, k, &all, *top_k, &mut workspace, &mut index)?;
-            attention(device, q, k, v, out, PatternArgs::BlockSparse(index.as_ref()), options)
+            chosen_attention(device, heads, q, k, v, out, PatternArgs::BlockSparse(index.as_ref()), options)
         }
         PatternCall::BlockSparseIndex(tensors) => {
             // SAFETY: as above.
@@ -211,7 +247,7 @@ fn run_attention<T: AttentionElement>(device: &Device, call: &AttentionCall) -> 
                 rows: tensors[0].dim("kv_num_blocks", 2)?,
                 capacity: tensors[1].dim("kv_indices", 3)?,
             };
-            attention(device, q, k, v, out, PatternArgs::BlockSparse(index), options)
+            chosen_attention(device, heads, q, k, v, out, PatternArgs::BlockSparse(index), options)
         }
     }
 }

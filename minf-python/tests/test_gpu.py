@@ -228,6 +228,88 @@ def test_q_shorter_than_kv_is_exact(pattern):
     assert error < BF16_TOLERANCE
 
 
+def banded_and_scattered_index(seq: int) -> Tuple[Tuple[Any, ...], Any]:
+    """A converted vertical-slash index of two heads whose 64-row halves of a 128-row block share
+    their keys (head 0: 64 adjacent ranges ending at the diagonal) or share none (head 1: 64 ranges
+    128 keys apart, an odd row's 64 keys off its even neighbour's), each with 3 columns below its
+    first range; returns the four tensors and the per-(head, 64-row block) key visibility
+    ``[heads, rows, seq]``."""
+    rows = seq // 64
+    r = torch.arange(rows, device="cuda")[:, None]
+    m = torch.arange(63, -1, -1, device="cuda")[None, :]
+    heads_starts = [64 * r - 64 * m, 64 * r - 128 * m]
+    block_count = torch.zeros((1, 2, rows), dtype=torch.int32, device="cuda")
+    block_offset = torch.zeros((1, 2, rows, 64), dtype=torch.int32, device="cuda")
+    column_count = torch.zeros((1, 2, rows), dtype=torch.int32, device="cuda")
+    column_index = torch.zeros((1, 2, rows, 3), dtype=torch.int32, device="cuda")
+    visible = torch.zeros((2, rows, seq), dtype=torch.bool, device="cuda")
+    for h, starts in enumerate(heads_starts):
+        valid = starts >= 0
+        count = valid.sum(dim=1)
+        # Ascending starts, the valid ones first (a row's starts past its count are not read).
+        ordered = torch.where(valid, starts, starts + 64 * seq).sort(dim=1).values
+        block_count[0, h] = count.int()
+        block_offset[0, h] = torch.where(ordered < seq, ordered, 0).int()
+        keys = ordered[:, :, None] + torch.arange(64, device="cuda")[None, None, :]
+        row_of = r[:, :, None].expand_as(keys)
+        keep = keys < seq
+        visible[h, row_of[keep], keys[keep]] = True
+        first = ordered[:, 0:1].clamp_max(seq)
+        first = torch.where(count[:, None] > 0, first, torch.zeros_like(first))
+        columns = (first * torch.arange(1, 4, device="cuda")[None, :]) // 4
+        has_columns = (first >= 4).squeeze(1)
+        column_count[0, h] = torch.where(has_columns, 3, 0).int()
+        column_index[0, h] = columns.int()
+        visible[h, r[has_columns].expand(-1, 3), columns[has_columns]] = True
+    return (block_count, block_offset, column_count, column_index), visible
+
+
+@pytest.mark.parametrize("case", ["vertical_slash_index", "vertical_slash_estimated_full",
+                                  "block_sparse_estimated_full"])
+def test_a_long_index_runs_the_tile_choice_and_matches_its_reference(case):
+    """At 32K tokens (512 index rows, the fewest the tile choice chooses for) an index-driven call
+    runs a chooser and two launches, each computing the heads the other skips: a head computed by
+    neither would keep the NaNs of ``out``. The index case has one head of each kind (128-row and
+    64-row blocks); the estimated ones ask for every key (causal attention)."""
+    seq, heads = 32768, 2
+    q, k, v = random_qkv(seq, heads, 1, 128, "bshd")
+    if case == "vertical_slash_index":
+        tensors, per_row = banded_and_scattered_index(seq)
+        args: Dict[str, Any] = dict(pattern="vertical_slash", **dict(zip(
+            ("block_count", "block_offset", "column_count", "column_index"), tensors)))
+    elif case == "vertical_slash_estimated_full":
+        args = dict(pattern="vertical_slash", vertical_size=seq, slash_size=seq)
+        per_row = None
+    else:
+        args = dict(pattern="block_sparse", top_k=seq // 64)
+        per_row = None
+    out = torch.full_like(q, float("nan"))
+    out, lse = minf.attention(q, k, v, lse=True, out=out, **args)
+    torch.cuda.synchronize()
+    # float64 reference in slices of 4096 queries (a whole 32K x 32K score matrix is 8 GiB a head).
+    error_sq, norm_sq, lse_worst = 0.0, 0.0, 0.0
+    for h in range(heads):
+        keys, values = k[0, :, 0].double(), v[0, :, 0].double()
+        for start in range(0, seq, 4096):
+            i = torch.arange(start, start + 4096, device="cuda")
+            j = torch.arange(seq, device="cuda")
+            visible = j[None, :] <= i[:, None]
+            if per_row is not None:
+                visible &= per_row[h, i // 64]
+            scores = (q[0, start:start + 4096, h].double() @ keys.T) * 128 ** -0.5
+            scores.masked_fill_(~visible, float("-inf"))
+            reference = torch.softmax(scores, dim=-1) @ values
+            got = out[0, start:start + 4096, h].double()
+            error_sq += float((got - reference).square().sum())
+            norm_sq += float(reference.square().sum())
+            lse_worst = max(lse_worst, float((lse[0, h, start:start + 4096].double()
+                                              - torch.logsumexp(scores, dim=-1)).abs().max()))
+    error = (error_sq / norm_sq) ** 0.5
+    print(f"tile choice at 32K, {case}: rel L2 {error:.2e}, largest lse difference {lse_worst:.2e}")
+    assert error < BF16_TOLERANCE
+    assert lse_worst <= LSE_TOLERANCE
+
+
 def window_config(path: str, layers: int, heads: int, window: int) -> str:
     """A config whose heads are all A-shape windows of ``window`` keys (no sinks)."""
     with open(path, "w") as f:

@@ -148,6 +148,10 @@ def attention(
       estimated on the GPU from mean-pooled blocks; or ``kv_num_blocks`` ``[batch, heads, rows]``
       and ``kv_indices`` ``[batch, heads, rows, capacity]`` (int32, ascending block ids).
 
+    Vertical-slash and block-sparse calls on an index of at least 512 rows (32K queries) pick, per
+    head and on the GPU, 128-row or 64-row kernels (sm_90a) from how much the index's rows share,
+    as ``Prefill`` does; shorter ones run the default kernel.
+
     Returns a new tensor shaped like ``q`` in the same layout (or fills ``out``, which must not
     overlap the inputs), and with
     ``lse=True`` also the float32 log-sum-exp ``[batch, heads, q_len]`` (natural log, scaled
