@@ -269,8 +269,9 @@ def banded_and_scattered_index(seq: int) -> Tuple[Tuple[Any, ...], Any]:
 def test_a_long_index_runs_the_tile_choice_and_matches_its_reference(case):
     """At 32K tokens (512 index rows, the fewest the tile choice chooses for) an index-driven call
     runs a chooser and two launches, each computing the heads the other skips: a head computed by
-    neither would keep the NaNs of ``out``. The index case has one head of each kind (128-row and
-    64-row blocks); the estimated ones ask for every key (causal attention)."""
+    neither would keep the NaNs of ``out``. The index case has a head whose 64-row halves share
+    their keys and one whose halves share none (the chooser's two cases); the estimated ones ask
+    for every key (causal attention)."""
     seq, heads = 32768, 2
     q, k, v = random_qkv(seq, heads, 1, 128, "bshd")
     if case == "vertical_slash_index":
