@@ -145,12 +145,10 @@ struct AttentionCall {
 /// allocates nothing. Devices are the process-lifetime ones of [`stream_device`], keyed by address.
 static TILE_CHOICES: Mutex<Vec<(usize, usize, TileChoice)>> = Mutex::new(Vec::new());
 
-/// Index-driven attention through the tile choice of `device` for `heads` query heads (created on
+/// Index-driven attention through the tile choice of `device` for `q`'s query heads (created on
 /// the first such call): per head, 128-row or 64-row blocks, picked on the device from the index.
-#[allow(clippy::too_many_arguments)]
 fn chosen_attention<T: AttentionElement>(
     device: &'static Device,
-    heads: usize,
     q: TensorRef<'_, T>,
     k: TensorRef<'_, T>,
     v: TensorRef<'_, T>,
@@ -161,6 +159,7 @@ fn chosen_attention<T: AttentionElement>(
     let mut choices = TILE_CHOICES
         .lock()
         .map_err(|_| MinfError::Shape("the tile-choice table is poisoned by a panic in another thread".into()))?;
+    let heads = q.layout.shape[2];
     let key = (std::ptr::from_ref(device) as usize, heads);
     let at = match choices.iter().position(|(d, h, _)| (*d, *h) == key) {
         Some(at) => at,
@@ -210,7 +209,7 @@ fn run_attention<T: AttentionElement>(device: &'static Device, call: &AttentionC
             let mut index = VerticalSlashIndex::zeros(device, IndexShape { batch, heads, rows, nnz_s, nnz_v })?;
             let mut workspace = EstimateWorkspace::new();
             estimate_vertical_slash_gpu(device, q, k, &listed, &mut workspace, &mut index)?;
-            chosen_attention(device, heads, q, k, v, out, PatternArgs::VerticalSlash(index.as_ref()), options)
+            chosen_attention(device, q, k, v, out, PatternArgs::VerticalSlash(index.as_ref()), options)
         }
         PatternCall::VerticalSlashIndex(tensors) => {
             // SAFETY: live contiguous int32 tensors on this device, checked on the Python side.
@@ -226,7 +225,7 @@ fn run_attention<T: AttentionElement>(device: &'static Device, call: &AttentionC
                 nnz_s: tensors[1].dim("block_offset", 3)?,
                 nnz_v: tensors[3].dim("column_index", 3)?,
             };
-            chosen_attention(device, heads, q, k, v, out, PatternArgs::VerticalSlash(index), options)
+            chosen_attention(device, q, k, v, out, PatternArgs::VerticalSlash(index), options)
         }
         PatternCall::BlockSparseEstimated { top_k } => {
             let capacity = (*top_k).min(key_blocks).max(1);
@@ -234,7 +233,7 @@ fn run_attention<T: AttentionElement>(device: &'static Device, call: &AttentionC
             let mut workspace = EstimateWorkspace::new();
             let all: Vec<usize> = (0..heads).collect();
             estimate_block_sparse_gpu(device, q, k, &all, *top_k, &mut workspace, &mut index)?;
-            chosen_attention(device, heads, q, k, v, out, PatternArgs::BlockSparse(index.as_ref()), options)
+            chosen_attention(device, q, k, v, out, PatternArgs::BlockSparse(index.as_ref()), options)
         }
         PatternCall::BlockSparseIndex(tensors) => {
             // SAFETY: as above.
@@ -247,7 +246,7 @@ fn run_attention<T: AttentionElement>(device: &'static Device, call: &AttentionC
                 rows: tensors[0].dim("kv_num_blocks", 2)?,
                 capacity: tensors[1].dim("kv_indices", 3)?,
             };
-            chosen_attention(device, heads, q, k, v, out, PatternArgs::BlockSparse(index), options)
+            chosen_attention(device, q, k, v, out, PatternArgs::BlockSparse(index), options)
         }
     }
 }
