@@ -16,8 +16,9 @@
   share of causal 64x64 tiles its own vertical-slash indices compute, counted in one more, untimed run.
 
 Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
-values). K and V are expanded to the query heads (repeat_interleave) for every method, since
-MInference's kernels need that. Medians of CUDA-event timed runs after warm-up.
+values). K and V have one head per query head for every peer, since MInference's kernels need that;
+minf_python gets --kv-heads of them (grouped-query attention, as `minf bench` runs). Medians of
+CUDA-event timed runs after warm-up.
 
     python3 bench/peers.py --indices idx/ --json peers.json [--seqs 32768,131072] [--methods ...]
         [--heads 32 --kv-heads 8 --head-dim 128 --long-from 524288 --long-heads 4 --dense-long-heads 1]
@@ -51,6 +52,7 @@ MINFERENCE_MODULES = ("pit_sparse_flash_attention_v2", "block_sparse_flash_atten
 
 def base_record(method, pattern, params, seq, heads, kv_heads, head_dim, total_ms, reps):
     props = torch.cuda.get_device_properties(0)
+    kv_note = f"K/V of {kv_heads} heads" if method == "minf_python" else "K/V expanded to the query heads"
     return {
         "method": method, "pattern": pattern, "params": params, "seq": seq, "heads": heads,
         "kv_heads": kv_heads, "head_dim": head_dim, "dtype": "bf16",
@@ -59,13 +61,19 @@ def base_record(method, pattern, params, seq, heads, kv_heads, head_dim, total_m
         "compile_s": None, "peak_mem_bytes": torch.cuda.max_memory_allocated(), "card": props.name,
         "driver": f"CUDA {torch.version.cuda} (torch build)", "version": f"torch {torch.__version__}",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "reps": reps,
-        "note": "random normal inputs; K/V expanded to the query heads; peak_mem_bytes: "
+        "note": f"random normal inputs; {kv_note}; peak_mem_bytes: "
                 "torch.cuda.max_memory_allocated since the case began",
     }
 
 
 def qkv(seq, heads, head_dim):
     return [torch.randn(1, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+
+
+def kv_grouped(t, kv_heads):
+    """The first `kv_heads` heads of a `[1, heads, seq, head_dim]` K or V, contiguous: the grouped K/V
+    minf_python runs on, as `minf bench` does."""
+    return t[:, :kv_heads].contiguous()
 
 
 def read_layer_inputs(path):
@@ -194,7 +202,9 @@ def dense_records(args, seq, heads, kv_heads, methods, reps, note, minf=None):
         torch.cuda.reset_peak_memory_stats()
         try:
             if method == "minf_python":
-                ms = time_ms(lambda: minf.attention(q, k, v, layout="bhsd"), reps)
+                kg, vg = kv_grouped(k, kv_heads), kv_grouped(v, kv_heads)
+                ms = time_ms(lambda: minf.attention(q, kg, vg, layout="bhsd"), reps)
+                del kg, vg
             else:
                 with sdpa_kernel([backends[method]]):
                     ms = time_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
@@ -277,6 +287,7 @@ def index_records(args, path, methods, ops, reps, minf=None):
             "; streaming kernel; density an upper bound from minf's 128-blocks")
     if "minf_python" in methods and minf is not None:
         causal_tiles = heads * rows64 * (rows64 + 1) // 2
+        k, v = kv_grouped(k, kv_heads), kv_grouped(v, kv_heads)
         if pattern == "vertical_slash":
             index = {n: tensors[n].cuda() for n in ("block_count", "block_offset", "column_count", "column_index")}
             torch.cuda.reset_peak_memory_stats()
