@@ -17,7 +17,7 @@
 
 Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
 values). K and V have one head per query head for every peer, since MInference's kernels need that;
-minf_python gets --kv-heads of them (grouped-query attention, as `minf bench` runs). Medians of
+minf_python gets the case's K/V heads (--kv-heads, or the index file's), as `minf bench` runs them. Medians of
 CUDA-event timed runs after warm-up.
 
     python3 bench/peers.py --indices idx/ --json peers.json [--seqs 32768,131072] [--methods ...]
