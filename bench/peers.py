@@ -17,8 +17,8 @@
 
 Inputs are random normal bf16 (timing only: the tiles are fixed by minf's saved indices, not by the
 values). K and V have one head per query head for every peer, since MInference's kernels need that;
-minf_python gets the case's K/V heads (--kv-heads, or the index file's), as `minf bench` runs them. Medians of
-CUDA-event timed runs after warm-up.
+minf_python gets the case's K/V heads (--kv-heads, or the index file's), as `minf bench` runs them.
+Medians of CUDA-event timed runs after warm-up.
 
     python3 bench/peers.py --indices idx/ --json peers.json [--seqs 32768,131072] [--methods ...]
         [--heads 32 --kv-heads 8 --head-dim 128 --long-from 524288 --long-heads 4 --dense-long-heads 1]
