@@ -41,7 +41,7 @@ macro_rules! scalar_c_types {
     )+};
 }
 
-scalar_c_types!(u16 => "u16", i32 => "i32", u32 => "u32", i64 => "i64", u64 => "u64", f32 => "float");
+scalar_c_types!(u8 => "u8", u16 => "u16", i32 => "i32", u32 => "u32", i64 => "i64", u64 => "u64", f32 => "float");
 
 impl<T: CType, const N: usize> CType for [T; N] {
     fn c_type() -> String {
@@ -286,6 +286,17 @@ kernel_params! {
         /// The launch's work items: query blocks, head slots and sequences (the grid of a kernel
         /// with one block per item; the warpgroup engines' blocks walk them in turn).
         pub work: [i32; 3],
+        /// Kernels that list their tiles ([`crate::KernelSpec::lists_tiles`]): per (batch, head,
+        /// query block), a record of the block's range tiles in walk order, `TILE_LIST_CAPACITY`
+        /// tiles' two 64-key runs as index entries (`int2`: start columns or key-block ids, the
+        /// second unused for a tile of one run), then a byte per tile: its halves (bits 0-1) and
+        /// whether it holds two runs (bit 2).
+        pub tile_list: MutPtr<u8>,
+        /// Per (batch, head, query block): how many range tiles the list holds, or -1 where the
+        /// block has more than `TILE_LIST_CAPACITY` (the kernel then walks its index itself).
+        pub tile_count: MutPtr<i32>,
+        /// Query blocks per (batch, head) in the tile list.
+        pub tile_blocks: i32,
     }
 }
 
@@ -633,6 +644,10 @@ macro_rules! kernel_constants {
 }
 
 kernel_constants! {
+    /// Most range tiles the tile list holds per query block ([`crate::KernelSpec::lists_tiles`]);
+    /// a block with more walks its index in the kernel. A block's record is this many tiles' two
+    /// run entries (`int2`), then as many bytes of their halves and widths: 2304 bytes.
+    pub const TILE_LIST_CAPACITY: u32 = 256;
     /// Rows of one tensor-map box of the `wgmma_tma` engine: a 64-key run of K or V, or 64 query
     /// rows of Q.
     pub const TMA_BOX_ROWS: u32 = 64;
@@ -820,8 +835,10 @@ mod tests {
         assert_eq!(std::mem::offset_of!(AttentionParams, strides), 88);
         assert_eq!(std::mem::offset_of!(AttentionParams, head_index), 232);
         assert_eq!(std::mem::offset_of!(AttentionParams, work), 240);
-        // 12 bytes of work counts, padded to the struct's 8-byte alignment.
-        assert_eq!(std::mem::size_of::<AttentionParams>(), 256);
+        // 12 bytes of work counts, padded to the 8-byte alignment of the tile list's pointers.
+        assert_eq!(std::mem::offset_of!(AttentionParams, tile_list), 256);
+        assert_eq!(std::mem::offset_of!(AttentionParams, tile_blocks), 272);
+        assert_eq!(std::mem::size_of::<AttentionParams>(), 280);
         assert_eq!(std::mem::size_of::<ScoresParams>(), 56 + 48 + 32);
         assert_eq!((std::mem::size_of::<TensorMaps>(), std::mem::align_of::<TensorMaps>()), (384, 64));
         assert_eq!(std::mem::offset_of!(TensorMaps, v), 256);

@@ -111,6 +111,8 @@ struct TemplateContext {
     mainloop: &'static str,
     /// [`KernelSpec::merges_column_lists`].
     merges_column_lists: bool,
+    /// [`KernelSpec::lists_tiles`].
+    lists_tiles: bool,
     /// The C declarations of the kernel ABI ([`crate::abi`]).
     abi: String,
 }
@@ -240,13 +242,21 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         arch: spec.arch.as_str(),
         mainloop: spec.mainloop.as_str(),
         merges_column_lists: spec.merges_column_lists(),
+        lists_tiles: spec.lists_tiles(),
         abi: if spec.mainloop.uses_tensor_maps() {
             abi_text(
-                &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"],
+                if spec.lists_tiles() {
+                    &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS", "TILE_LIST_CAPACITY"]
+                } else {
+                    &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"]
+                },
                 &[AttentionParams::c_declaration(), TensorMap::C_DECLARATION.to_string(), TensorMaps::c_declaration()],
             )?
         } else {
-            abi_text(&[], &[AttentionParams::c_declaration()])?
+            abi_text(
+                if spec.lists_tiles() { &["TILE_LIST_CAPACITY"] } else { &[] },
+                &[AttentionParams::c_declaration()],
+            )?
         },
     };
     let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
@@ -257,7 +267,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         kernel_name: spec.kernel_name(),
         source,
         options: compile_options(spec.arch),
-        entries: vec![EntryPoint { name: spec.kernel_name(), launch: spec.launch_shape() }],
+        entries: spec.entries(),
     })
 }
 

@@ -603,9 +603,11 @@ impl KernelSpec {
     /// the rest of the block's launch registers. Dense and A-shape producers walk a plain cursor and
     /// issue tensor-map copies: 64 (below that ptxas spills some of them: the cp.async fallback for
     /// edge tiles keeps a source address and a step per thread; at 24-40 every dense producer
-    /// spills). The index-driven producers still walk range windows and
+    /// spills). The index-driven producers still walk range windows (or read the tile list) and
     /// copy gathered columns themselves: they keep the `wgmma` engine's budgets (104 beside two
-    /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill.
+    /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill;
+    /// the 128-row ones that list their tiles keep both the list's window and the walk (for
+    /// blocks the list does not hold): 120, below which the vertical-slash one spills.
     /// The consumers' code needs 184 registers (128-row blocks; 136 for 64x64) whatever the budget
     /// above that, so what they are given beyond it is headroom, not speed.
     pub fn tma_producer_registers(&self) -> u32 {
@@ -619,6 +621,7 @@ impl KernelSpec {
         };
         walk + match (self.pattern.is_indexed(), self.block_m, self.block_n) {
             (false, _, _) => 64,
+            (true, 128, _) if self.lists_tiles() => 120,
             (true, 128, _) => 104,
             (true, _, 64) => 72,
             (true, _, _) => 56,
@@ -674,6 +677,32 @@ impl KernelSpec {
     /// columns are visited apart.
     pub fn merges_column_lists(&self) -> bool {
         self.pattern.is_indexed() && self.mainloop.is_warpgroup() && self.block_m == 128
+    }
+
+    /// Whether the kernel reads its range tiles from a list that a pass before it writes (the
+    /// module's second entry point, [`KernelSpec::tile_list_name`]) instead of walking the
+    /// index's ranges in its producer: the 128-row index-driven kernels of the warpgroup engines,
+    /// whose producer's time per tile bounds them (docs/design.md, "Listed tiles").
+    pub fn lists_tiles(&self) -> bool {
+        self.pattern.is_indexed() && self.mainloop.is_warpgroup() && self.block_m == 128
+    }
+
+    /// The entry point of the tile-list pass of a kernel that lists its tiles.
+    pub fn tile_list_name(&self) -> String {
+        format!("{}_tile_list", self.kernel_name())
+    }
+
+    /// The module's entry points: the kernel, and the tile-list pass where it lists its tiles
+    /// (one warp per query block, on the kernel's grid of one block per item).
+    pub fn entries(&self) -> Vec<EntryPoint> {
+        let mut entries = vec![EntryPoint { name: self.kernel_name(), launch: self.launch_shape() }];
+        if self.lists_tiles() {
+            entries.push(EntryPoint {
+                name: self.tile_list_name(),
+                launch: LaunchShape { threads: 32, shared_bytes: 0, block_m: self.block_m },
+            });
+        }
+        entries
     }
 
     /// The `extern "C"` entry point name of the kernel.

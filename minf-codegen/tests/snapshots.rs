@@ -133,6 +133,7 @@ fn templates_are_header_free_with_their_entry_points() {
         assert!(!rendered.source.contains("{{") && !rendered.source.contains("{%"), "{name}: unrendered template");
         for entry in &rendered.entries {
             let bounds = match kernel {
+                AnyKernel::Attention(spec) if entry.name == spec.tile_list_name() => "32",
                 AnyKernel::Attention(spec) if spec.mainloop.is_warpgroup() => "THREADS, MIN_BLOCKS_PER_SM",
                 AnyKernel::Attention(_) => "THREADS",
                 AnyKernel::Index(_) => "",

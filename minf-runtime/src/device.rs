@@ -213,6 +213,11 @@ impl Device {
         self.function(&kernel, &spec.kernel_name())
     }
 
+    /// Loads the tile-list pass of `spec`'s module ([`KernelSpec::lists_tiles`]).
+    pub fn tile_list_kernel(&self, spec: &KernelSpec) -> Result<LoadedKernel, MinfError> {
+        self.function(&AnyKernel::Attention(*spec), &spec.tile_list_name())
+    }
+
     /// Loads entry point `entry` (one of [`IndexKernelSpec::entries`]) of an index kernel's
     /// module, with its shared-memory limit raised to what the entry's launch shape allows.
     pub fn index_kernel(&self, spec: &IndexKernelSpec, entry: &str) -> Result<LoadedKernel, MinfError> {

@@ -7,6 +7,7 @@ use super::{
     Outcome, Packed, TOLERANCE,
 };
 use half::{bf16, f16};
+use minf::codegen::abi::TILE_LIST_CAPACITY;
 use minf::codegen::{DType, KernelSpec, Mainloop, Pattern};
 use minf::{
     AShape, AttentionElement, BlockSparseIndexRef, Device, PatternArgs, TileChoice, Varlen, VerticalSlashIndexRef,
@@ -295,7 +296,10 @@ pub(super) fn block_sparse_index(
 ) -> HostLists {
     let max_len = lens.iter().copied().max().unwrap_or(0);
     let rows = max_len.div_ceil(64).max(1);
-    let capacity = rows.min(24) + usize::from(hostile) * 2;
+    // A hostile index's lists hold more entries than a 128-row block's tile list (its blocks walk
+    // their ranges in the kernel) in about half its rows.
+    let listed = rows.min(24) + usize::from(hostile) * 2;
+    let capacity = if hostile { listed + 4 * TILE_LIST_CAPACITY as usize } else { listed };
     let mut index = HostLists::new(batch, heads, rows, capacity);
     for (b, &len) in lens.iter().enumerate() {
         let key_blocks = len.div_ceil(64) as i32;
@@ -305,13 +309,18 @@ pub(super) fn block_sparse_index(
                 if rng.below(2) == 0 && !ids.contains(&(r as i32)) {
                     ids.push(r as i32); // the diagonal block, masked causally
                 }
-                ids.truncate(capacity - usize::from(hostile) * 2);
+                ids.truncate(listed - usize::from(hostile) * 2);
                 let mut count = ids.len() as i32;
                 if hostile {
-                    // Ids before and past the sequence, filling the list; a count past capacity.
+                    // Ids before and past the sequence, filling the list, or its first `listed`
+                    // entries; a count past capacity.
                     ids.insert(0, -3);
-                    ids.resize(capacity, key_blocks + 5);
-                    count = if rng.below(2) == 0 { i32::MAX } else { capacity as i32 };
+                    let filled = if rng.below(2) == 0 { capacity } else { listed };
+                    ids.resize(filled, key_blocks + 5);
+                    count = match (filled == capacity, rng.below(2)) {
+                        (true, 0) => i32::MAX,
+                        _ => filled as i32,
+                    };
                 }
                 let at = index.slot(b, h, heads, r);
                 index.set(at, &ids, count);
