@@ -893,10 +893,12 @@ struct TileList {
     blocks: i32,
 }
 
-impl TileList {
-    /// Bytes of one query block's record: each tile's two run entries and its halves.
-    const RECORD_BYTES: usize = TILE_LIST_CAPACITY as usize * 9;
+/// Bytes of one query block's record in the tile list of a kernel that lists its tiles
+/// ([`KernelSpec::lists_tiles`]): each tile's two run entries and a byte of its halves. The list
+/// holds one record per query block of every (batch, head) while a launch runs.
+pub const TILE_LIST_RECORD_BYTES: usize = TILE_LIST_CAPACITY as usize * 9;
 
+impl TileList {
     /// The list of `heads` (batch x query heads) of `index_rows` 64-row index blocks each, in
     /// query blocks of `block_m` rows.
     fn new(
@@ -908,7 +910,7 @@ impl TileList {
         let blocks = (index_rows.max(0) as usize * 64).div_ceil(block_m as usize);
         fits_i32("tile-list blocks", blocks)?;
         let entries = heads * blocks;
-        let bytes = entries * Self::RECORD_BYTES;
+        let bytes = entries * TILE_LIST_RECORD_BYTES;
         // SAFETY: the pass writes every entry the kernel reads (a block's count, its tiles below the
         // count and its first window) before the kernel runs, in stream order.
         let (records, count) = unsafe {

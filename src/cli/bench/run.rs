@@ -9,6 +9,7 @@ use super::indices::{save_index, tile_counts};
 use super::record::{today, Record, MINF_METHOD};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
+use minf_runtime::attention::TILE_LIST_RECORD_BYTES;
 use minf_runtime::codegen::{DType, Tile};
 use minf_runtime::config::MINFERENCE_BLOCK_TOP_K;
 use minf_runtime::device::{driver_available, probe};
@@ -404,8 +405,10 @@ impl GpuBench {
         let tflops =
             (timing.attention_ms > 0.0).then(|| computed as f64 * tile_flops / (timing.attention_ms * 1e-3) / 1e12);
         let mut notes = vec![format!(
-            "peak_mem_bytes: q, k, v, out, indices and estimation scratch allocated for the case; TFLOP/s on attn_ms, \
-             {BLOCK_FLOP_TILE}x{BLOCK_FLOP_TILE} tiles with causal diagonal tiles counted whole"
+            "peak_mem_bytes: q, k, v, out, indices and estimation scratch allocated for the case (not the tile list \
+             a 128-row index-driven launch holds while it runs: {TILE_LIST_RECORD_BYTES} bytes a 128-row block of \
+             every head); TFLOP/s on attn_ms, {BLOCK_FLOP_TILE}x{BLOCK_FLOP_TILE} tiles with causal diagonal tiles \
+             counted whole"
         )];
         // The record's `inputs` (to pair records on the same tensors) and the note's words for them.
         let (inputs, inputs_note) = match &self.source {
