@@ -1071,6 +1071,31 @@ mod tests {
     }
 
     #[test]
+    fn tile_lists_are_for_the_128_row_index_driven_warpgroup_kernels() {
+        for &pattern in Pattern::ALL {
+            for spec in KernelSpec::default_set(&[Arch::Sm80, Arch::Sm90a]).into_iter().filter(|s| s.pattern == pattern)
+            {
+                let lists = pattern.is_indexed() && spec.mainloop.is_warpgroup() && spec.block_m == 128;
+                assert_eq!(spec.lists_tiles(), lists, "{spec:?}");
+                let entries = spec.entries();
+                assert_eq!(entries[0].name, spec.kernel_name());
+                assert_eq!(entries[0].launch, spec.launch_shape());
+                if lists {
+                    assert_eq!(entries.len(), 2, "{spec:?}");
+                    assert_eq!(entries[1].name, format!("{}_tile_list", spec.kernel_name()));
+                    assert_eq!((entries[1].launch.threads, entries[1].launch.shared_bytes), (32, 0));
+                } else {
+                    assert_eq!(entries.len(), 1, "{spec:?}");
+                }
+            }
+        }
+        // Their producers keep the list's window beside the walk.
+        let vs = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
+        assert!(vs.lists_tiles());
+        assert_eq!(vs.tma_producer_registers(), 120);
+    }
+
+    #[test]
     fn names_parse_with_suggestions() {
         assert_eq!("bf16".parse::<DType>().unwrap(), DType::Bf16);
         assert_eq!("SM_90A".parse::<Arch>().unwrap(), Arch::Sm90a);
