@@ -926,3 +926,120 @@ impl TileList {
         Ok(TileList { records, count, blocks: blocks as i32 })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of<T: std::fmt::Debug>(result: Result<T, MinfError>) -> String {
+        result.expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn varlen_offsets_are_checked_on_the_host() {
+        let lengths = |max_q, max_k| VarlenLengths { max_q, max_k, longer_queries: None };
+        assert_eq!(check_varlen(&[0, 3, 3, 10], &[0, 5, 9, 20]).unwrap(), lengths(7, 11));
+        assert_eq!(check_varlen(&[0, 1], &[0, 1]).unwrap(), lengths(1, 1));
+        assert!(error_of(check_varlen(&[0], &[0])).contains("need batch + 1 >= 2 offsets each; got 1 and 1"));
+        assert!(error_of(check_varlen(&[0, 3], &[0, 3, 4])).contains("got 2 and 3"));
+        assert!(error_of(check_varlen(&[1, 3], &[0, 3])).contains("cu_seqlens_q must start at 0; got 1"));
+        assert!(error_of(check_varlen(&[0, 3], &[2, 3])).contains("cu_seqlens_k must start at 0; got 2"));
+        assert!(error_of(check_varlen(&[0, 4, 2], &[0, 4, 8]))
+            .contains("cu_seqlens_q decreases at sequence 1 (4 then 2); offsets must be non-decreasing"));
+        assert!(error_of(check_varlen(&[0, 1, 2], &[0, 9, 5])).contains("cu_seqlens_k decreases at sequence 1"));
+        // More queries than keys: recorded (the first such sequence) for the call to check.
+        assert_eq!(
+            check_varlen(&[0, 2, 9, 20], &[0, 5, 10, 12]).unwrap(),
+            VarlenLengths {
+                max_q: 11,
+                max_k: 5,
+                longer_queries: Some(LongerQueries { sequence: 1, q_len: 7, kv_len: 5 })
+            }
+        );
+    }
+
+    #[test]
+    fn chunk_shapes_are_checked_on_the_host() {
+        let q = [2, 100, 8, 64];
+        let kv = [2, 300, 2, 64];
+        let checked = check_shapes(q, kv, kv, q, None, Some(2 * 8 * 100), None, true).unwrap();
+        assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 100, 100, 300));
+        // q_len == 1 is a chunk too.
+        assert!(check_shapes([2, 1, 8, 64], kv, kv, [2, 1, 8, 64], None, None, None, true).is_ok());
+        assert!(error_of(check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None, true))
+            .contains("q_len 301 > kv_len 300"));
+        // A non-causal (split-KV) part may have fewer keys than queries.
+        let checked = check_shapes([2, 301, 8, 64], kv, kv, [2, 301, 8, 64], None, None, None, false).unwrap();
+        assert_eq!((checked.max_q, checked.q_rows, checked.kv_rows), (301, 301, 300));
+        assert!(error_of(check_shapes(q, [1, 300, 2, 64], [1, 300, 2, 64], q, None, None, None, true))
+            .contains("same batch and head_dim expected"));
+        assert!(error_of(check_shapes(q, kv, [2, 299, 2, 64], q, None, None, None, true)).contains("!= v shape"));
+        assert!(error_of(check_shapes(q, kv, kv, [2, 300, 8, 64], None, None, None, true)).contains("out shape"));
+        assert!(error_of(check_shapes(q, kv, kv, q, None, Some(1599), None, true))
+            .contains("lse holds 1599 floats but [batch, heads, q_len] = 1600 are needed"));
+        assert!(
+            error_of(check_shapes(q, kv, kv, q, None, None, Some(4), true)).contains("checked against 4 query heads")
+        );
+        assert!(error_of(check_shapes(q, [2, 300, 3, 64], [2, 300, 3, 64], q, None, None, None, true))
+            .contains("not a multiple of 3"));
+    }
+
+    #[test]
+    fn varlen_totals_are_checked_against_the_tensors() {
+        // Sequences of 10 and 5 queries over 100 and 200 keys.
+        let lengths = check_varlen(&[0, 10, 15], &[0, 100, 300]).unwrap();
+        let rows = VarlenRows { batch: 2, total_q: 15, total_k: 300, max_q: lengths.max_q, longer_queries: None };
+        let check = |q_rows: usize, kv_rows: usize, batch: usize, lse: Option<usize>| {
+            let (q, kv) = ([batch, q_rows, 4, 64], [batch, kv_rows, 2, 64]);
+            check_shapes(q, kv, kv, q, Some(rows), lse, None, true)
+        };
+        let checked = check(15, 300, 1, Some(4 * 15)).unwrap();
+        assert_eq!((checked.batch, checked.max_q, checked.q_rows, checked.kv_rows), (2, 10, 15, 300));
+        assert!(error_of(check(14, 300, 1, None)).contains("cu_seqlens_q ends at row 15 but q has 14 rows"));
+        assert!(error_of(check(15, 299, 1, None))
+            .contains("cu_seqlens_k ends at row 300 but k and v have 299 rows: the KV buffer is shorter"));
+        assert!(error_of(check(15, 300, 2, None)).contains("got batch 2"));
+        assert!(error_of(check(15, 300, 1, Some(59))).contains("[heads, total_q_rows] = 60"));
+
+        // Sequences of 7 queries over 5 keys and 8 over 20: causal calls refuse them, non-causal
+        // (split-KV) parts take them.
+        let lengths = check_varlen(&[0, 7, 15], &[0, 5, 25]).unwrap();
+        let rows = VarlenRows {
+            batch: 2,
+            total_q: 15,
+            total_k: 25,
+            max_q: lengths.max_q,
+            longer_queries: lengths.longer_queries,
+        };
+        let (q, kv) = ([1, 15, 4, 64], [1, 25, 2, 64]);
+        assert!(error_of(check_shapes(q, kv, kv, q, Some(rows), None, None, true))
+            .contains("varlen: sequence 0 has q_len 7 > kv_len 5; causal queries"));
+        assert_eq!(check_shapes(q, kv, kv, q, Some(rows), None, None, false).unwrap().max_q, 8);
+    }
+
+    #[test]
+    fn non_causal_is_for_dense_only() {
+        assert!(check_options(Pattern::Dense, false, None).is_ok());
+        for pattern in [Pattern::AShape, Pattern::VerticalSlash, Pattern::BlockSparse] {
+            assert!(check_options(pattern, true, Some(0.125)).is_ok());
+            assert!(
+                error_of(check_options(pattern, false, None)).contains("causal = false is for the dense pattern only")
+            );
+        }
+        for bad in [0.0, -0.5, f32::NAN, f32::INFINITY] {
+            assert!(error_of(check_options(Pattern::Dense, true, Some(bad))).contains("must be positive and finite"));
+        }
+    }
+
+    #[test]
+    fn head_subsets_are_checked_against_the_head_count() {
+        assert_eq!(check_head_subset(&[3, 0, 7], 8).unwrap(), vec![3, 0, 7]);
+        assert_eq!(check_head_subset(&[0], 1).unwrap(), vec![0]);
+        let message = |heads: &[usize], count: usize| check_head_subset(heads, count).unwrap_err().to_string();
+        assert!(message(&[8], 8).contains("head 8 is out of range; allowed 0 to 7"), "{}", message(&[8], 8));
+        assert!(message(&[1, 2, 1], 8).contains("head 1 is listed twice"));
+        assert!(message(&[], 8).contains("at least one"));
+        assert!(message(&[0], 0).contains("allowed 1 to 65535"));
+        assert!(message(&[0], 65_536).contains("allowed 1 to 65535"));
+    }
+}
