@@ -645,9 +645,11 @@ macro_rules! kernel_constants {
 
 kernel_constants! {
     /// Most range tiles the tile list holds per query block ([`crate::KernelSpec::lists_tiles`]);
-    /// a block with more walks its index in the kernel. A block's record is this many tiles' two
-    /// run entries (`int2`), then as many bytes of their halves and widths: 2304 bytes.
+    /// a block with more walks its index in the kernel.
     pub const TILE_LIST_CAPACITY: u32 = 256;
+    /// Bytes of a query block's record in the tile list: `TILE_LIST_CAPACITY` tiles' two run
+    /// entries (`int2`), then as many bytes of their halves and widths.
+    pub const TILE_LIST_RECORD_BYTES: u32 = TILE_LIST_CAPACITY * 9;
     /// Rows of one tensor-map box of the `wgmma_tma` engine: a 64-key run of K or V, or 64 query
     /// rows of Q.
     pub const TMA_BOX_ROWS: u32 = 64;

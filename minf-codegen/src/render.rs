@@ -246,7 +246,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         abi: if spec.mainloop.uses_tensor_maps() {
             abi_text(
                 if spec.lists_tiles() {
-                    &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS", "TILE_LIST_CAPACITY"]
+                    &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS", "TILE_LIST_CAPACITY", "TILE_LIST_RECORD_BYTES"]
                 } else {
                     &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"]
                 },
@@ -254,7 +254,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
             )?
         } else {
             abi_text(
-                if spec.lists_tiles() { &["TILE_LIST_CAPACITY"] } else { &[] },
+                if spec.lists_tiles() { &["TILE_LIST_CAPACITY", "TILE_LIST_RECORD_BYTES"] } else { &[] },
                 &[AttentionParams::c_declaration()],
             )?
         },

@@ -8,7 +8,7 @@ use crate::device::{Device, KernelArgs};
 use crate::error::MinfError;
 use crate::tensor::{check_layout, AttentionElement, Layout, TensorMut, TensorRef};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
-use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr, TILE_LIST_CAPACITY};
+use minf_codegen::abi::{AttentionParams, ConstPtr, MutPtr, TILE_LIST_RECORD_BYTES};
 use minf_codegen::{DType, KernelSpec, Pattern, Tile};
 
 /// A packed variable-length batch (`cu_seqlens`-style), checked and uploaded once: sequence `b` has
@@ -886,17 +886,12 @@ pub fn attention_with_spec<T: AttentionElement>(
 
 /// The tile list of one call of a kernel that lists its tiles ([`KernelSpec::lists_tiles`]).
 struct TileList {
-    /// `[heads, blocks]` records of `TILE_LIST_CAPACITY` tiles ([`AttentionParams::tile_list`]).
+    /// `[heads, blocks]` records of `TILE_LIST_RECORD_BYTES` ([`AttentionParams::tile_list`]).
     records: CudaSlice<u8>,
     /// `[heads, blocks]`: each block's tile count, or -1.
     count: CudaSlice<i32>,
     blocks: i32,
 }
-
-/// Bytes of one query block's record in the tile list of a kernel that lists its tiles
-/// ([`KernelSpec::lists_tiles`]): each tile's two run entries and a byte of its halves. The list
-/// holds one record per query block of every (batch, head) while a launch runs.
-pub const TILE_LIST_RECORD_BYTES: usize = TILE_LIST_CAPACITY as usize * 9;
 
 impl TileList {
     /// The list of `heads` (batch x query heads) of `index_rows` 64-row index blocks each, in
@@ -910,7 +905,7 @@ impl TileList {
         let blocks = (index_rows.max(0) as usize * 64).div_ceil(block_m as usize);
         fits_i32("tile-list blocks", blocks)?;
         let entries = heads * blocks;
-        let bytes = entries * TILE_LIST_RECORD_BYTES;
+        let bytes = entries * TILE_LIST_RECORD_BYTES as usize;
         // SAFETY: the pass writes every entry the kernel reads (a block's count, its tiles below the
         // count and its first window) before the kernel runs, in stream order.
         let (records, count) = unsafe {

@@ -9,7 +9,7 @@ use super::indices::{save_index, tile_counts};
 use super::record::{today, Record, MINF_METHOD};
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use minf_runtime::attention::TILE_LIST_RECORD_BYTES;
+use minf_runtime::codegen::abi::TILE_LIST_RECORD_BYTES;
 use minf_runtime::codegen::{DType, Tile};
 use minf_runtime::config::MINFERENCE_BLOCK_TOP_K;
 use minf_runtime::device::{driver_available, probe};
