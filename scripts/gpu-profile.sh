@@ -9,7 +9,7 @@
 # for attention and minf_<index kernel>_... for the index kernels. Examples, from the bundle:
 #
 #   scripts/gpu-profile.sh dense minf_dense .gpu/bin/dense_bench --seqs 32768 --iters 1
-#   scripts/gpu-profile.sh banded minf_vertical_slash .gpu/bin/vs_bench --generate 131072 --iters 1
+#   scripts/gpu-profile.sh banded 'minf_vertical_slash.*_tma$' .gpu/bin/vs_bench --generate 131072 --iters 1
 #   scripts/gpu-profile.sh scores vs_scores .gpu/bin/estimate_bench --seq 131072 --reps 1
 #   LAUNCH_SKIP=1 scripts/gpu-profile.sh bs 'minf_block_sparse.*_tma$' .gpu/bin/minf bench --seqs 131072 \
 #     --patterns block_sparse:100 --reps 1     (the skipped launch: the bench's 1024-token first call)
