@@ -215,6 +215,17 @@ pub fn compile_options(arch: Arch) -> Vec<String> {
 /// Validates `spec` and renders its kernel.
 pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
     spec.validate()?;
+    // The shared constants and structs the kernel reads: the tensor maps' where it copies by them,
+    // the tile list's where it lists its tiles.
+    let mut constants = Vec::new();
+    let mut structs = vec![AttentionParams::c_declaration()];
+    if spec.mainloop.uses_tensor_maps() {
+        constants.extend(["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"]);
+        structs.extend([TensorMap::C_DECLARATION.to_string(), TensorMaps::c_declaration()]);
+    }
+    if spec.lists_tiles() {
+        constants.extend(["TILE_LIST_CAPACITY", "TILE_LIST_RECORD_BYTES"]);
+    }
     let context = TemplateContext {
         kernel_name: spec.kernel_name(),
         pattern: spec.pattern.as_str(),
@@ -243,21 +254,7 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         mainloop: spec.mainloop.as_str(),
         merges_column_lists: spec.merges_column_lists(),
         lists_tiles: spec.lists_tiles(),
-        abi: if spec.mainloop.uses_tensor_maps() {
-            abi_text(
-                if spec.lists_tiles() {
-                    &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS", "TILE_LIST_CAPACITY", "TILE_LIST_RECORD_BYTES"]
-                } else {
-                    &["TMA_BOX_ROWS", "TMA_BOX_COLUMNS"]
-                },
-                &[AttentionParams::c_declaration(), TensorMap::C_DECLARATION.to_string(), TensorMaps::c_declaration()],
-            )?
-        } else {
-            abi_text(
-                if spec.lists_tiles() { &["TILE_LIST_CAPACITY", "TILE_LIST_RECORD_BYTES"] } else { &[] },
-                &[AttentionParams::c_declaration()],
-            )?
-        },
+        abi: abi_text(&constants, &structs)?,
     };
     let context = tera::Context::from_serialize(&context).map_err(|e| RenderError::Template(format!("{e:?}")))?;
     let source =

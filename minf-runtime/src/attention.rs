@@ -819,7 +819,7 @@ pub fn attention_with_spec<T: AttentionElement>(
     };
     // The tile list of a kernel that lists its tiles: written by its pass, read by the kernel,
     // then freed (stream-ordered).
-    let tile_list = if spec.lists_tiles() && !matches!(args, PatternArgs::Dense | PatternArgs::AShape(_)) {
+    let tile_list = if spec.lists_tiles() {
         Some(TileList::new(stream, checked.batch * checked.heads, index_rows, spec.block_m)?)
     } else {
         None
