@@ -21,7 +21,8 @@
 # Environment: BIN (default .gpu/bin/gpu), TOOLS (default "memcheck racecheck synccheck initcheck"),
 # THREADS (tests run side by side, default 8), TIME_LIMIT (seconds per tool run, default 1800;
 # racecheck: per test),
-# OUT (default /tmp/gpu-sanitize), MINF_TEST_SEED (replay a printed seed),
+# OUT (default /tmp/gpu-sanitize), MINF_TEST_SEED (replay a printed seed), MINF_TEST_HEAD_DIMS (the
+# sweep's attention cases on these head dims only, e.g. 128: racecheck runs an engine's whole sweep past 110 s),
 # SANITIZER (default: compute-sanitizer on PATH, else /usr/local/cuda/bin/compute-sanitizer).
 set -uo pipefail
 cd "$(dirname "$0")/.."

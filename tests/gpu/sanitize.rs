@@ -46,7 +46,7 @@ fn check_window<T: AttentionElement>(
 
 fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, seed: u64, failures: &mut Vec<String>) {
     let head_dims: &[usize] = if T::DTYPE == minf::codegen::DType::Bf16 { &[64, 128, 256] } else { &[128] };
-    for &head_dim in head_dims {
+    for head_dim in sweep_head_dims(head_dims) {
         let case = Case { batch: 2, seq: 300, heads: 4, kv_heads: 2, head_dim, bhsd: head_dim == 64 };
         for pattern in [Pattern::Dense, Pattern::AShape] {
             check_window::<T>(device, &case, seed, pattern, AShape { n_init: 16, n_local: 100 }, failures);
@@ -72,6 +72,20 @@ fn attention_families<T: AttentionElement>(device: &Device, rng: &mut TestRng, s
     run_block_sparse::<T>(device, &case, seed + 4, &index, Some(&packed), false, failures);
     // Chunks of every pattern: queries after a prefix, alone and packed with different prefixes.
     sanitizer_chunks::<T>(device, rng, seed + 5, failures);
+}
+
+/// The sweep's head dims out of `all`: those `MINF_TEST_HEAD_DIMS` names (e.g. `128` or `64,128`),
+/// else all of them. Under racecheck one engine's whole sweep runs past 110 s (H100), so a run that
+/// checks one kernel family names the dims it needs (docs/testing.md).
+fn sweep_head_dims(all: &[usize]) -> Vec<usize> {
+    let Ok(names) = std::env::var("MINF_TEST_HEAD_DIMS") else { return all.to_vec() };
+    let wanted: Vec<usize> = names
+        .split(',')
+        .map(|name| name.trim().parse().unwrap_or_else(|_| panic!("MINF_TEST_HEAD_DIMS: {name:?} is not a number")))
+        .collect();
+    let dims: Vec<usize> = all.iter().copied().filter(|d| wanted.contains(d)).collect();
+    println!("MINF_TEST_HEAD_DIMS: head dims {dims:?} of {all:?}");
+    dims
 }
 
 /// Attention of every pattern on `variant`'s kernels (skipped where the device has no such
