@@ -69,15 +69,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{pattern} estimated at {seq} tokens, {heads} heads, seed {seed}, decay logit {decay} ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    println!("head  density  128-row tiles: both  one-half  64-key  masked  columns  shared keys  64-row tiles");
+    println!(
+        "head  density  128-row tiles: both  one-half  (after same / other half)  64-key  masked  columns  \
+         shared keys  64-row tiles"
+    );
     let rows = seq.div_ceil(64);
     let causal_tiles = rows * (rows + 1) / 2;
     for (h, (wide, square)) in tiles.into_iter().enumerate() {
         println!(
-            "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}",
+            "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>25}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}",
             100.0 * square as f64 / causal_tiles as f64,
             wide.both,
             wide.one_half,
+            format!("{} / {}", wide.one_half_after_same, wide.one_half_after_other),
             wide.narrow,
             wide.masked,
             wide.columns,

@@ -29,6 +29,12 @@ pub struct WideTiles {
     pub masked: usize,
     /// Merged column tiles (always masked).
     pub columns: usize,
+    /// One-half range tiles right after a one-half tile of the same half, in the walk's order (the
+    /// other consumer idles through both).
+    pub one_half_after_same: usize,
+    /// One-half range tiles right after a one-half tile of the other half (each consumer has one
+    /// of the two, so they can run side by side).
+    pub one_half_after_other: usize,
     /// 64x64 units of work both halves share.
     pub shared_units: f64,
     /// 64x64 units of work only one half needs.
@@ -75,7 +81,16 @@ fn wide_ranges(halves: &[Vec<i64>], m_start: i64, seq: usize, out: &mut WideTile
     let mut next = vec![0usize; halves.len()];
     // A start waiting for a partner, per membership (bit 0: the first half, bit 1: the second).
     let mut pending: [Option<i64>; 3] = [None; 3];
+    // The halves of the previous tile if it was a one-half range tile.
+    let mut previous_one_half: Option<usize> = None;
     let mut tile = |first: i64, last: i64, width: usize, members: usize| {
+        let one_half = (width == 2 * BLOCK && members != 3).then_some(members);
+        match (previous_one_half, one_half) {
+            (Some(before), Some(now)) if before == now => out.one_half_after_same += 1,
+            (Some(_), Some(_)) => out.one_half_after_other += 1,
+            _ => {}
+        }
+        previous_one_half = one_half;
         let full = |s: i64| s >= 0 && s + block <= seq as i64;
         let masked = width != 2 * BLOCK || !full(first) || !full(last) || last + block - 1 > m_start;
         out.masked += usize::from(masked);
@@ -194,6 +209,8 @@ mod tests {
             narrow: 1,
             masked: 1,
             columns: 1,
+            one_half_after_same: 0,
+            one_half_after_other: 0,
             shared_units: 2.0 + 1.0 / 64.0,
             single_units: 1.0 + 2.0 / 64.0,
         };
@@ -223,7 +240,8 @@ mod tests {
     fn block_sparse_blocks_pair_as_64_key_ranges() {
         // Six query blocks; rows 4 and 5 list blocks {0, 1, 4} and {0, 2, 5}: block 0 is shared
         // (a 64-key tile, its partner never comes), 1 and 4 pair in the first half's 128-key tile,
-        // 2 and 5 in the second's; each tile reaching row 256 or a narrow one is masked.
+        // 2 and 5 in the second's, right after it; each tile reaching row 256 or a narrow one is
+        // masked.
         let (rows, capacity) = (6, 3);
         let mut index = HostBlockSparseIndex {
             batch: 1,
@@ -238,10 +256,42 @@ mod tests {
             index.kv_indices[r * capacity..][..3].copy_from_slice(&blocks);
         }
         let got = block_sparse_wide_tiles(&index, 0, 384);
-        let want =
-            WideTiles { both: 0, one_half: 2, narrow: 1, masked: 3, columns: 0, shared_units: 1.0, single_units: 4.0 };
+        let want = WideTiles {
+            both: 0,
+            one_half: 2,
+            narrow: 1,
+            masked: 3,
+            columns: 0,
+            one_half_after_same: 0,
+            one_half_after_other: 1,
+            shared_units: 1.0,
+            single_units: 4.0,
+        };
         assert_eq!(got, want);
         assert_eq!(block_sparse_narrow_tiles(&index, 0), 6);
+    }
+
+    #[test]
+    fn one_half_tiles_count_the_half_before_them() {
+        // Rows 4 and 5 list blocks {0, 1, 2, 3} and {4, 5}: the first half's tiles (0, 1) and
+        // (2, 3), then the second half's (4, 5), in that order: one after the same half, one after
+        // the other.
+        let (rows, capacity) = (6, 4);
+        let mut index = HostBlockSparseIndex {
+            batch: 1,
+            heads: 1,
+            rows,
+            capacity,
+            kv_num_blocks: vec![0; rows],
+            kv_indices: vec![0; rows * capacity],
+        };
+        let lists: [(usize, &[i32]); 2] = [(4, &[0, 1, 2, 3]), (5, &[4, 5])];
+        for (r, blocks) in lists {
+            index.kv_num_blocks[r] = blocks.len() as i32;
+            index.kv_indices[r * capacity..][..blocks.len()].copy_from_slice(blocks);
+        }
+        let got = block_sparse_wide_tiles(&index, 0, 384);
+        assert_eq!((got.one_half, got.one_half_after_same, got.one_half_after_other), (3, 1, 1));
     }
 
     #[test]
