@@ -236,13 +236,9 @@ mod tests {
         assert!((got.shared_share() - 2.0 / 3.0).abs() < 1e-12);
     }
 
-    #[test]
-    fn block_sparse_blocks_pair_as_64_key_ranges() {
-        // Six query blocks; rows 4 and 5 list blocks {0, 1, 4} and {0, 2, 5}: block 0 is shared
-        // (a 64-key tile, its partner never comes), 1 and 4 pair in the first half's 128-key tile,
-        // 2 and 5 in the second's, right after it; each tile reaching row 256 or a narrow one is
-        // masked.
-        let (rows, capacity) = (6, 3);
+    /// One head of `rows` query blocks, row `r` of `lists` listing its key blocks.
+    fn block_sparse_index(rows: usize, lists: &[(usize, &[i32])]) -> HostBlockSparseIndex {
+        let capacity = lists.iter().map(|(_, blocks)| blocks.len()).max().unwrap_or(1);
         let mut index = HostBlockSparseIndex {
             batch: 1,
             heads: 1,
@@ -251,10 +247,20 @@ mod tests {
             kv_num_blocks: vec![0; rows],
             kv_indices: vec![0; rows * capacity],
         };
-        for (r, blocks) in [(4, [0, 1, 4]), (5, [0, 2, 5])] {
-            index.kv_num_blocks[r] = 3;
-            index.kv_indices[r * capacity..][..3].copy_from_slice(&blocks);
+        for &(r, blocks) in lists {
+            index.kv_num_blocks[r] = blocks.len() as i32;
+            index.kv_indices[r * capacity..][..blocks.len()].copy_from_slice(blocks);
         }
+        index
+    }
+
+    #[test]
+    fn block_sparse_blocks_pair_as_64_key_ranges() {
+        // Six query blocks; rows 4 and 5 list blocks {0, 1, 4} and {0, 2, 5}: block 0 is shared
+        // (a 64-key tile, its partner never comes), 1 and 4 pair in the first half's 128-key tile,
+        // 2 and 5 in the second's, right after it; each tile reaching row 256 or a narrow one is
+        // masked.
+        let index = block_sparse_index(6, &[(4, &[0, 1, 4]), (5, &[0, 2, 5])]);
         let got = block_sparse_wide_tiles(&index, 0, 384);
         let want = WideTiles {
             both: 0,
@@ -276,20 +282,7 @@ mod tests {
         // Rows 4 and 5 list blocks {0, 1, 2, 3} and {4, 5}: the first half's tiles (0, 1) and
         // (2, 3), then the second half's (4, 5), in that order: one after the same half, one after
         // the other.
-        let (rows, capacity) = (6, 4);
-        let mut index = HostBlockSparseIndex {
-            batch: 1,
-            heads: 1,
-            rows,
-            capacity,
-            kv_num_blocks: vec![0; rows],
-            kv_indices: vec![0; rows * capacity],
-        };
-        let lists: [(usize, &[i32]); 2] = [(4, &[0, 1, 2, 3]), (5, &[4, 5])];
-        for (r, blocks) in lists {
-            index.kv_num_blocks[r] = blocks.len() as i32;
-            index.kv_indices[r * capacity..][..blocks.len()].copy_from_slice(blocks);
-        }
+        let index = block_sparse_index(6, &[(4, &[0, 1, 2, 3]), (5, &[4, 5])]);
         let got = block_sparse_wide_tiles(&index, 0, 384);
         assert_eq!((got.one_half, got.one_half_after_same, got.one_half_after_other), (3, 1, 1));
     }
