@@ -676,7 +676,7 @@ impl KernelSpec {
     /// warpgroup has them; with `mma.sync` every thread loads and computes, and each half's
     /// columns are visited apart.
     pub fn merges_column_lists(&self) -> bool {
-        self.pattern.is_indexed() && self.mainloop.is_warpgroup() && self.block_m == 128
+        self.is_two_half_warpgroup_index_kernel()
     }
 
     /// Whether the kernel reads its range tiles from a list that a pass before it writes (the
@@ -684,6 +684,12 @@ impl KernelSpec {
     /// index's ranges in its producer: the 128-row index-driven kernels of the warpgroup engines,
     /// whose producer's time per tile bounds them (docs/design.md, "Listed tiles").
     pub fn lists_tiles(&self) -> bool {
+        self.is_two_half_warpgroup_index_kernel()
+    }
+
+    /// A 128-row index-driven kernel of a warpgroup engine: a producer warpgroup of its own walks
+    /// both 64-row halves' index lists of a block.
+    fn is_two_half_warpgroup_index_kernel(&self) -> bool {
         self.pattern.is_indexed() && self.mainloop.is_warpgroup() && self.block_m == 128
     }
 
