@@ -6,9 +6,11 @@
 # other on the GPU machine (carry .gpu/ab). Each revision builds in a worktree and target folder
 # of its own under target/ab/LABEL: the kernels' templates are embedded at build time, and one
 # target folder shared by several checkouts can keep a binary built from another's templates.
+# TESTS=1 also builds each revision's GPU test binary into .gpu/ab/LABEL/gpu, for
+# `BIN=.gpu/ab/LABEL/gpu scripts/gpu-suite.sh` and scripts/gpu-sanitize.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 root=$(pwd)
 for build in "$@"; do
   label=${build%%=*}
@@ -30,6 +32,18 @@ for build in "$@"; do
   CARGO_TARGET_DIR=$root/target/ab/$label/target cargo build --quiet --release --bin minf --manifest-path "$src/Cargo.toml"
   cp "$root/target/ab/$label/target/release/minf" ".gpu/ab/$label/minf"
   strip ".gpu/ab/$label/minf"
+  if [ "${TESTS:-0}" = 1 ]; then
+    tests=$(CARGO_TARGET_DIR=$root/target/ab/$label/target cargo test --release --test gpu --no-run \
+      --manifest-path "$src/Cargo.toml" --message-format=json 2>/dev/null |
+      python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])')
+    [ -n "$tests" ] || { echo "ab-build: could not build the gpu test binary of $rev" >&2; exit 1; }
+    cp "$tests" ".gpu/ab/$label/gpu"
+    strip ".gpu/ab/$label/gpu"
+  fi
   git -C "$src" rev-parse HEAD > ".gpu/ab/$label/commit"
 done
 du -sh .gpu/ab
