@@ -16,7 +16,9 @@ use minf_testkit::convert::convert_cpu;
 use minf_testkit::estimate::{estimate_block_sparse, estimate_vertical_slash};
 use minf_testkit::inputs::{InputSpec, StructuredInputs};
 use minf_testkit::reference::ReferenceShape;
-use minf_testkit::schedule::{block_sparse_narrow_tiles, block_sparse_wide_tiles, narrow_tiles, wide_tiles, WideTiles};
+use minf_testkit::schedule::{
+    block_sparse_narrow_tiles, block_sparse_wide_tiles, narrow_gathered_tiles, narrow_tiles, wide_tiles, WideTiles,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -42,42 +44,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let qkv = StructuredInputs::generate(&spec)?;
     let shape = ReferenceShape { batch: 1, seq, heads, kv_heads: 1, head_dim: 128 };
-    // Per head: what the 128-row schedule computes and the 64-row schedule's tile count.
-    let (pattern, tiles): (String, Vec<(WideTiles, usize)>) = if let Some(i) =
-        args.iter().position(|a| a == "--block-sparse")
-    {
-        let top_k: usize = args.get(i + 1).ok_or("--block-sparse needs a value")?.parse()?;
-        let index = estimate_block_sparse(&qkv.q, &qkv.k, shape, top_k)?;
-        let tiles = (0..heads).map(|h| (block_sparse_wide_tiles(&index, h, seq), block_sparse_narrow_tiles(&index, h)));
-        (format!("block-sparse top-{top_k}"), tiles.collect())
-    } else {
-        let estimate = estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
-        let index = convert_cpu(
-            &[seq as i32],
-            &estimate.vertical,
-            &estimate.slash,
-            1,
-            heads,
-            estimate.nnz_v,
-            estimate.nnz_s,
-            seq,
-        );
-        let tiles = (0..heads).map(|h| (wide_tiles(&index, h, seq), narrow_tiles(&index, h)));
-        (format!("vertical-slash ({vertical}, {slash})"), tiles.collect())
-    };
+    // Per head: what the 128-row schedule computes and the 64-row schedule's tiles, all and
+    // gathered.
+    let (pattern, tiles): (String, Vec<(WideTiles, usize, usize)>) =
+        if let Some(i) = args.iter().position(|a| a == "--block-sparse") {
+            let top_k: usize = args.get(i + 1).ok_or("--block-sparse needs a value")?.parse()?;
+            let index = estimate_block_sparse(&qkv.q, &qkv.k, shape, top_k)?;
+            let tiles =
+                (0..heads).map(|h| (block_sparse_wide_tiles(&index, h, seq), block_sparse_narrow_tiles(&index, h), 0));
+            (format!("block-sparse top-{top_k}"), tiles.collect())
+        } else {
+            let estimate = estimate_vertical_slash(&qkv.q, &qkv.k, shape, vertical, slash)?;
+            let index = convert_cpu(
+                &[seq as i32],
+                &estimate.vertical,
+                &estimate.slash,
+                1,
+                heads,
+                estimate.nnz_v,
+                estimate.nnz_s,
+                seq,
+            );
+            let tiles = (0..heads)
+                .map(|h| (wide_tiles(&index, h, seq), narrow_tiles(&index, h), narrow_gathered_tiles(&index, h)));
+            (format!("vertical-slash ({vertical}, {slash})"), tiles.collect())
+        };
     println!(
         "{pattern} estimated at {seq} tokens, {heads} heads, seed {seed}, decay logit {decay} ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
     println!(
         "head  density  128-row tiles: both  one-half  (after same / other half)  64-key  masked  columns  \
-         shared keys  64-row tiles"
+         shared keys  64-row tiles  (gathered)"
     );
     let rows = seq.div_ceil(64);
     let causal_tiles = rows * (rows + 1) / 2;
-    for (h, (wide, square)) in tiles.into_iter().enumerate() {
+    for (h, (wide, square, gathered)) in tiles.into_iter().enumerate() {
         println!(
-            "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>25}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}",
+            "{h:>4}  {:>6.1}%  {:>19}  {:>8}  {:>25}  {:>6}  {:>6}  {:>7}  {:>10.1}%  {:>12}  {:>10}",
             100.0 * square as f64 / causal_tiles as f64,
             wide.both,
             wide.one_half,
@@ -86,7 +90,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             wide.masked,
             wide.columns,
             100.0 * wide.shared_share(),
-            square
+            square,
+            gathered
         );
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! ([`HostBlockSparseIndex`], whose key blocks the schedule walks as 64-key ranges), batch 0.
 //!
 //! - **64-row blocks** ([`narrow_tiles`]): each 64-row block computes one 64-key tile per range of
-//!   its index row and gathers its columns 64 at a time.
+//!   its index row and gathers its columns 64 at a time ([`narrow_gathered_tiles`]).
 //! - **128-row blocks** ([`wide_block`], [`wide_tiles`]): a 128-row block runs the two 64-row index
 //!   rows `r` and `r + 1` together, one half each. It walks the halves' range starts in ascending
 //!   order; a start both halves list belongs to both, one only one half lists to that half. Any two
@@ -169,9 +169,14 @@ pub fn wide_tiles(index: &HostVerticalSlashIndex, h: usize, seq: usize) -> WideT
 }
 
 /// The tiles the 64-row schedule computes for head `h`: one per range, and the columns gathered
-/// 64 per tile, over every index row.
+/// 64 per tile ([`narrow_gathered_tiles`]), over every index row.
 pub fn narrow_tiles(index: &HostVerticalSlashIndex, h: usize) -> usize {
-    (0..index.shape.rows).map(|r| index.ranges(0, h, r).len() + index.columns(0, h, r).len().div_ceil(BLOCK)).sum()
+    (0..index.shape.rows).map(|r| index.ranges(0, h, r).len()).sum::<usize>() + narrow_gathered_tiles(index, h)
+}
+
+/// Of [`narrow_tiles`], the tiles of gathered columns: each index row's columns, 64 per tile.
+pub fn narrow_gathered_tiles(index: &HostVerticalSlashIndex, h: usize) -> usize {
+    (0..index.shape.rows).map(|r| index.columns(0, h, r).len().div_ceil(BLOCK)).sum()
 }
 
 #[cfg(test)]
@@ -223,6 +228,7 @@ mod tests {
         let all = wide_tiles(&index, 0, 320);
         assert_eq!((all.both, all.narrow, all.columns), (1, 2, 1));
         assert_eq!(narrow_tiles(&index, 0), 6 + 2);
+        assert_eq!(narrow_gathered_tiles(&index, 0), 2);
     }
 
     #[test]
