@@ -34,13 +34,7 @@ for build in "$@"; do
   strip ".gpu/ab/$label/minf"
   if [ "${TESTS:-0}" = 1 ]; then
     tests=$(CARGO_TARGET_DIR=$root/target/ab/$label/target cargo test --release --test gpu --no-run \
-      --manifest-path "$src/Cargo.toml" --message-format=json 2>/dev/null |
-      python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')
-    [ -n "$tests" ] || { echo "ab-build: could not build the gpu test binary of $rev" >&2; exit 1; }
+      --manifest-path "$src/Cargo.toml" --message-format=json 2>/dev/null | scripts/cargo-executable.py gpu)
     cp "$tests" ".gpu/ab/$label/gpu"
     strip ".gpu/ab/$label/gpu"
   fi

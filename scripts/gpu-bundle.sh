@@ -18,13 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-.gpu/bin}
 mkdir -p "$out"
-tests=$(cargo test --release --test gpu --no-run --message-format=json 2>/dev/null |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')
-[ -n "$tests" ] || { echo "gpu-bundle: could not build the gpu test binary" >&2; exit 1; }
+tests=$(cargo test --release --test gpu --no-run --message-format=json 2>/dev/null | scripts/cargo-executable.py gpu)
 cp "$tests" "$out/gpu"
 examples=(prefill_demo quickstart dense_bench vs_bench estimate_bench search_inputs)
 cargo build --release --bin minf $(printf -- '--example %s ' "${examples[@]}")
