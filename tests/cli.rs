@@ -120,11 +120,17 @@ fn warm_into_a_read_only_directory_fails_and_saves_nothing() -> TestResult {
 }
 
 #[test]
-fn cache_clear_removes_entries_and_lock_files() -> TestResult {
+fn cache_clear_removes_entries_and_lock_files_only() -> TestResult {
     let cache = tempfile::tempdir()?;
     let entry = cache.path().join("dense-bf16-d64-m128n128-sm80-0123456789abcdef");
     fs::create_dir(&entry)?;
     fs::write(entry.join("meta.json"), b"{}")?;
+    // A cache directory set to a folder other programs use: their folders are not entries.
+    let other = cache.path().join("my_project").join("src");
+    fs::create_dir_all(&other)?;
+    fs::write(other.join("main.rs"), b"fn main() {}")?;
+    let listed = minf(&["cache", "list"]).env("MINF_CACHE_DIR", cache.path()).output()?;
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("my_project"), "{}", text(&listed));
     fs::create_dir(cache.path().join("locks"))?;
     for name in ["dense-bf16-d64-m128n128-sm80-0123456789abcdef.lock", "vs_convert-sm80-0123456789abcdef.lock"] {
         fs::write(cache.path().join("locks").join(name), b"")?;
@@ -133,6 +139,7 @@ fn cache_clear_removes_entries_and_lock_files() -> TestResult {
     assert!(output.status.success(), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("removed 1 entries"), "{}", text(&output));
     assert!(!entry.exists(), "{}", text(&output));
+    assert!(other.join("main.rs").exists(), "{}", text(&output));
     let locks: Vec<_> = fs::read_dir(cache.path().join("locks"))?.collect::<Result<_, _>>()?;
     assert!(locks.is_empty(), "lock files left behind: {locks:?}");
     Ok(())

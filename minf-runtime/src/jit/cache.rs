@@ -273,14 +273,22 @@ impl KernelCache {
         for item in dir {
             let item = item.map_err(JitError::io("reading the cache directory", &self.root))?;
             let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name == LOCKS || name == FAILED || !item.path().is_dir() {
+            let path = item.path();
+            if !is_entry_name(&name) || !path.is_dir() {
                 continue;
             }
-            let path = item.path();
+            // A folder of the entry's name shape holding anything but an entry's files is not
+            // minf's: it is neither listed nor removed.
             let mut size_bytes = 0;
+            let mut foreign = false;
             for file in fs::read_dir(&path).map_err(JitError::io("reading the cache entry", &path))? {
                 let file = file.map_err(JitError::io("reading the cache entry", &path))?;
+                let is_file = file.file_type().is_ok_and(|t| t.is_file());
+                foreign |= !is_file || ![META, SOURCE, CUBIN, PTX].contains(&&*file.file_name().to_string_lossy());
                 size_bytes += file.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+            if foreign {
+                continue;
             }
             let meta = fs::read(path.join(META)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
             entries.push(CacheEntryInfo { name, size_bytes, meta });
@@ -502,6 +510,18 @@ fn parse_version(text: &str) -> Option<(i32, i32)> {
     Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
+/// Whether `name` has the shape of an entry's folder: a readable spec prefix, a dash and 16
+/// lowercase hex digits of the key hash ([`CacheKey`]). Anything else in the cache directory is
+/// not an entry (the lock and failed-source folders, temporaries, other programs' files).
+fn is_entry_name(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(prefix, hash)| {
+        !prefix.is_empty()
+            && !prefix.starts_with('.')
+            && hash.len() == 16
+            && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Parses a boolean environment flag.
 fn parse_flag(var: &'static str, value: &str) -> Result<bool, JitError> {
     match value.trim().to_ascii_lowercase().as_str() {
@@ -528,6 +548,15 @@ mod tests {
     }
 
     #[test]
+    fn entry_names_are_a_prefix_and_16_hex_digits() {
+        assert!(is_entry_name("dense-bf16-d128-m128n128-sm90a-wgmma-tma-cbf31a02d7701e8b"));
+        for name in ["my_project", "dense-0123", "dense-0123456789ABCDEF", "-0123456789abcdef", ".tmp-0123456789abcdef"]
+        {
+            assert!(!is_entry_name(name), "{name}");
+        }
+    }
+
+    #[test]
     fn absent_cache_lists_no_entries() -> Result<(), JitError> {
         let cache = KernelCache::at(PathBuf::from("/nonexistent/minf-cache-test"));
         assert!(cache.entries()?.is_empty());
@@ -539,28 +568,35 @@ mod tests {
     #[test]
     fn clear_removes_entries_free_lock_files_and_stale_temporaries_only() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        for sub in ["dense-a", "dense-b", ".tmp-old", ".tmp-fresh", LOCKS, FAILED] {
+        let (a, b) = ("dense-bf16-d128-0123456789abcdef", "dense-bf16-d64-fedcba9876543210");
+        // Not minf's: a folder of another shape, and one of an entry's name holding other files.
+        let (project, look_alike) = ("my_project", "notes-00000000000000aa");
+        for sub in [a, b, ".tmp-old", ".tmp-fresh", LOCKS, FAILED, project, look_alike] {
             fs::create_dir(dir.path().join(sub))?;
         }
+        fs::write(dir.path().join(project).join(META), b"{}")?;
+        fs::write(dir.path().join(look_alike).join("notes.txt"), b"keep")?;
         let locks = dir.path().join(LOCKS);
-        fs::write(locks.join("dense-a.lock"), b"")?;
-        let held = File::create(locks.join("dense-b.lock"))?;
+        fs::write(locks.join(format!("{a}.lock")), b"")?;
+        let held = File::create(locks.join(format!("{b}.lock")))?;
         fs4::FileExt::lock(&held)?;
-        fs::write(dir.path().join("dense-a").join(META), b"{}")?;
+        fs::write(dir.path().join(a).join(META), b"{}")?;
+        fs::write(dir.path().join(a).join(CUBIN), b"\x7fELF")?;
         let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
         File::open(dir.path().join(".tmp-old"))?.set_modified(two_hours_ago)?;
         let cache = KernelCache::at(dir.path().to_path_buf());
-        assert_eq!(cache.entries()?.len(), 2);
+        let listed: Vec<String> = cache.entries()?.into_iter().map(|e| e.name).collect();
+        assert_eq!(listed, vec![a, b]);
         assert_eq!(cache.clear()?, 2);
         let mut left: Vec<String> = fs::read_dir(dir.path())?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
         left.sort();
-        assert_eq!(left, vec![".tmp-fresh", LOCKS]);
+        assert_eq!(left, vec![".tmp-fresh", LOCKS, project, look_alike]);
         let locks_left: Vec<String> = fs::read_dir(&locks)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
-        assert_eq!(locks_left, vec!["dense-b.lock"], "the free lock file goes, the held one stays");
+        assert_eq!(locks_left, vec![format!("{b}.lock")], "the free lock file goes, the held one stays");
         drop(held);
         Ok(())
     }
