@@ -146,6 +146,15 @@ fn cache_clear_removes_entries_and_lock_files_only() -> TestResult {
 }
 
 #[test]
+fn doctor_fails_on_an_invalid_jit_setting_and_says_so() -> TestResult {
+    let output = minf(&["doctor"]).env("MINF_DISABLE_JIT", "bad").output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(stdout.contains("cache:        unusable: invalid MINF_DISABLE_JIT=bad"), "{}", text(&output));
+    Ok(())
+}
+
+#[test]
 fn zero_jobs_is_refused() -> TestResult {
     let output = minf(&["warm", "--arch", "sm_80", "--jobs", "0"]).output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -75,6 +75,43 @@ fn config_show_on_broken_and_unknown_files_fails_naming_the_file() -> TestResult
     assert!(!output.status.success(), "{}", text(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(&format!("{}:3:1: invalid JSON", broken.display())), "{}", text(&output));
+
+    // A missing file and a folder say so, whatever their names; so does a list without layers.
+    let empty = dir.path().join("empty.json");
+    fs::write(&empty, "[]")?;
+    let missing = dir.path().join("missing.json");
+    for (path, heads, want) in [
+        (missing.clone(), None, "cannot read the pattern config"),
+        (dir.path().to_path_buf(), None, "cannot read the pattern config"),
+        (empty, Some("1"), "the config lists no layers"),
+    ] {
+        let mut args = vec!["config", "show", path.to_str().ok_or("path")?];
+        args.extend(heads.map(|h| ["--heads", h]).iter().flatten());
+        let output = minf(&args).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{path:?}: {}", text(&output));
+        assert!(stderr.contains(&format!("{}: {want}", path.display())), "{path:?}: {}", text(&output));
+    }
+    Ok(())
+}
+
+#[test]
+fn heads_against_a_known_model_are_refused() -> TestResult {
+    let path = shipped(PHI);
+    let path = path.to_str().ok_or("path")?;
+    for args in [
+        &["config", "show", path, "--heads", "64"][..],
+        &["warm", "--arch", "sm_80", "--config", path, "--heads", "16"],
+    ] {
+        let output = minf(args).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {}", text(&output));
+        assert!(
+            stderr.contains("Phi-3-mini-128k-instruct, which has 32 query heads per layer"),
+            "{args:?}: {}",
+            text(&output)
+        );
+    }
     Ok(())
 }
 

@@ -280,6 +280,12 @@ pub enum ConfigError {
         /// What was found instead.
         found: String,
     },
+    /// The list has no layers.
+    #[error("{}: the config lists no layers (MInference's per-head config has one object per layer)", file.display())]
+    NoLayers {
+        /// The file.
+        file: PathBuf,
+    },
     /// A layer is not an object.
     #[error("{at}: expected an object mapping query-head indices (\"0\", \"1\", ...) to {ENTRY}, found {found}")]
     LayerNotObject {
@@ -365,7 +371,7 @@ pub enum ConfigError {
         model: String,
     },
     /// The file name matches no known model, and no shape was given.
-    #[error("{}: no known model shape for this file name (known prefixes: {known}); give the shape explicitly (`PatternConfig::load_with_shape`, or `--heads` on the command line)", file.display())]
+    #[error("{}: no known model shape for this file name (known prefixes: {known}); give the shape explicitly (`--heads` on the command line, `PatternConfig::load_with_shape` in Rust)", file.display())]
     UnknownModel {
         /// The file.
         file: PathBuf,
@@ -471,10 +477,14 @@ impl PatternConfig {
     /// [`PatternConfig::load`].
     pub fn load_for_model(path: impl AsRef<Path>) -> Result<PatternConfig, ConfigError> {
         let path = path.as_ref();
-        let model = known_model(path).ok_or_else(|| ConfigError::UnknownModel {
-            file: path.to_path_buf(),
-            known: KNOWN_MODELS.iter().map(|m| format!("{}*", m.prefix)).collect::<Vec<_>>().join(", "),
-        })?;
+        let Some(model) = known_model(path) else {
+            // A file that cannot be read says so before its name's shape is asked for.
+            read(path)?;
+            return Err(ConfigError::UnknownModel {
+                file: path.to_path_buf(),
+                known: KNOWN_MODELS.iter().map(|m| format!("{}*", m.prefix)).collect::<Vec<_>>().join(", "),
+            });
+        };
         PatternConfig::load_with_shape(path, model.shape)
     }
 
@@ -497,6 +507,9 @@ impl PatternConfig {
         let Value::Array(list) = value else {
             return Err(ConfigError::NotAList { file, found: describe(&value) });
         };
+        if list.is_empty() {
+            return Err(ConfigError::NoLayers { file });
+        }
         if list.len().saturating_mul(heads) > MAX_HEAD_ENTRIES {
             return Err(ConfigError::TooLarge { file, layers: list.len(), heads });
         }

@@ -112,7 +112,7 @@ impl fmt::Display for DoctorReport {
                 writeln!(f, "cache dir:    {} ({size})", cache.dir.display())?;
                 write!(f, "jit:          {}", if cache.jit_enabled { "enabled" } else { "disabled (MINF_DISABLE_JIT)" })
             }
-            Err(e) => write!(f, "cache dir:    {e}"),
+            Err(e) => write!(f, "cache:        unusable: {e}"),
         }
     }
 }

@@ -330,6 +330,13 @@ fn structure_and_json_errors() {
     let missing = Path::new("/nonexistent/minf/config.json");
     let message = PatternConfig::load(missing, 32).map(|_| ()).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("/nonexistent/minf/config.json: cannot read"), "{message}");
+    // Even where its name matches no model: the missing file, not the name, is the error.
+    let e = PatternConfig::load_for_model(missing).map(|_| ()).err();
+    assert!(matches!(e, Some(ConfigError::Read { .. })), "{e:?}");
+    // A list without layers.
+    let e = load_error("no-layers.json", "[]", load);
+    assert!(matches!(e, ConfigError::NoLayers { .. }), "{e:?}");
+    assert_message(&e, None, None, &["lists no layers"]);
 }
 
 #[test]
@@ -349,7 +356,7 @@ fn layer_count_and_model_shape_errors() {
     // Unknown file names need a shape.
     let e = load_error("custom.json", &with_layer1("{}"), |p| PatternConfig::load_for_model(p));
     assert!(matches!(e, ConfigError::UnknownModel { .. }), "{e:?}");
-    assert_message(&e, None, None, &["no known model shape", "Phi_3_mini_128k_*", "load_with_shape"]);
+    assert_message(&e, None, None, &["no known model shape", "Phi_3_mini_128k_*", "--heads", "load_with_shape"]);
     // Zero heads and a bad ratio.
     let e = load_error("zero.json", &with_layer1("{}"), |p| PatternConfig::load(p, 0));
     assert_message(&e, None, None, &["at least 1"]);

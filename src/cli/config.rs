@@ -2,7 +2,7 @@
 
 use super::output::outln;
 use minf_runtime::codegen::Pattern;
-use minf_runtime::config::{known_model, ConfigError, FilePattern, HeadPattern, PatternConfig, MINFERENCE_BLOCK_TOP_K};
+use minf_runtime::config::{known_model, FilePattern, HeadPattern, PatternConfig, MINFERENCE_BLOCK_TOP_K};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -23,12 +23,23 @@ pub struct ConfigShowArgs {
     ratio: Option<f64>,
 }
 
-/// Loads a config with the shape from its file name, or with `--heads` for other files.
-pub fn load_config(path: &Path, heads: Option<usize>, starting_layer: usize) -> Result<PatternConfig, ConfigError> {
+/// Loads a config with the shape from its file name, or with `--heads` for other files; a
+/// `--heads` that contradicts the file's model is refused.
+pub fn load_config(path: &Path, heads: Option<usize>, starting_layer: usize) -> Result<PatternConfig, Box<dyn Error>> {
     let config = match (heads, known_model(path)) {
-        (Some(heads), Some(model)) if model.shape.heads == heads => PatternConfig::load_with_shape(path, model.shape),
-        (Some(heads), _) => PatternConfig::load(path, heads),
-        (None, _) => PatternConfig::load_for_model(path),
+        (Some(heads), Some(model)) if model.shape.heads != heads => {
+            return Err(format!(
+                "--heads {heads}: {} is a config of {}, which has {} query heads per layer; leave --heads out to \
+                 take the model's",
+                path.display(),
+                model.model,
+                model.shape.heads
+            )
+            .into())
+        }
+        (_, Some(model)) => PatternConfig::load_with_shape(path, model.shape),
+        (Some(heads), None) => PatternConfig::load(path, heads),
+        (None, None) => PatternConfig::load_for_model(path),
     }?;
     Ok(config.with_starting_layer(starting_layer))
 }

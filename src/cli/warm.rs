@@ -123,12 +123,10 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
 
 /// The attention kernels a per-head config needs, for every target, dtype and head dimension asked.
 fn config_kernels(path: &Path, args: &WarmArgs, arches: &[Arch]) -> Result<Vec<KernelSpec>, Box<dyn Error>> {
-    let shape_known = match (known_model(path), args.heads) {
-        (Some(model), Some(heads)) => model.shape.heads == heads,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    if !shape_known {
+    if known_model(path).is_none() {
+        // A file that cannot be read says so before its shape is asked for.
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the pattern config: {e}", path.display()))?;
         let missing: Vec<&str> = [(args.heads.is_none(), "--heads"), (args.head_dim.is_empty(), "--head-dim")]
             .into_iter()
             .filter_map(|(missing, flag)| missing.then_some(flag))

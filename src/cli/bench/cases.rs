@@ -319,11 +319,17 @@ pub fn resolve_shape(patterns: &[PatternSpec], asked: ShapeArgs) -> Result<(usiz
             Some((first, first_heads, first_kv, first_dim))
                 if (*first_heads, *first_kv, *first_dim) != (heads, kv_heads, head_dim) =>
             {
+                let describe = |heads: usize, kv_heads: Option<usize>, head_dim: Option<usize>| {
+                    let unknown = |n: Option<usize>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+                    format!("{heads}/{} query/KV heads, head_dim {}", unknown(kv_heads), unknown(head_dim))
+                };
                 return Err(CaseError(format!(
-                    "the configs {} and {} are of different model shapes ({first_heads} and {heads} query heads): \
-                     measure them in separate runs",
+                    "the configs {} and {} are of different model shapes ({} against {}): measure them in separate \
+                     runs",
                     first.display(),
-                    path.display()
+                    path.display(),
+                    describe(*first_heads, *first_kv, *first_dim),
+                    describe(heads, kv_heads, head_dim)
                 )));
             }
             Some(_) => {}
