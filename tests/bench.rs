@@ -74,6 +74,35 @@ fn chunk_is_checked_before_the_gpu_and_listed() {
 }
 
 #[test]
+fn list_takes_length_and_heads_from_the_inputs_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seq, heads, kv_heads, head_dim) = (256, 4, 2, 64);
+    let values = |n: usize| (0..n).map(|i| (i % 7) as f32 * 0.25).collect::<Vec<f32>>();
+    let qkv = minf::HostQkv {
+        seq,
+        heads,
+        kv_heads,
+        head_dim,
+        q: values(seq * heads * head_dim),
+        k: values(seq * kv_heads * head_dim),
+        v: values(seq * kv_heads * head_dim),
+    };
+    let path = dir.path().join("qkv.safetensors");
+    minf::save_safetensors(&qkv, &path).unwrap();
+    let output =
+        common::minf(&["bench", "--list", "--patterns", "dense", "--inputs", path.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", common::text(&output));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one case, at the file's length: {stdout}");
+    assert!(lines[0].contains("256") && lines[0].contains("heads 4/2"), "{stdout}");
+    let missing = dir.path().join("missing.safetensors");
+    let output = common::minf(&["bench", "--list", "--inputs", missing.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success(), "{}", common::text(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.safetensors"), "{}", common::text(&output));
+}
+
+#[test]
 fn compare_cli_writes_markdown_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("minf.json"), dir.path().join("peers.json"));

@@ -66,7 +66,10 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
         })?;
         vec![arch]
     } else {
-        args.arch.clone()
+        let mut arches = args.arch.clone();
+        arches.sort();
+        arches.dedup();
+        arches
     };
     if let Some(bad) = args.head_dim.iter().find(|d| !minf_runtime::codegen::spec::HEAD_DIMS.contains(d)) {
         return Err(format!("invalid --head-dim {bad}: allowed {:?}", minf_runtime::codegen::spec::HEAD_DIMS).into());

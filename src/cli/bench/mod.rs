@@ -19,7 +19,7 @@ mod run;
 use super::output::{errln, outln, write_stdout};
 use cases::{
     default_long_heads, default_patterns, parse_chunk_tokens, parse_seqs, resolve_shape, CaseOptions, PatternSpec,
-    ShapeArgs, DEFAULT_LONG_FROM,
+    ShapeArgs, DEFAULT_CONFIG, DEFAULT_CONFIG_DIRS, DEFAULT_CONFIG_LAYER, DEFAULT_LONG_FROM,
 };
 use compare::{markdown, targets, targets_json};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -165,6 +165,7 @@ fn compare_files(args: &CompareArgs) -> Result<ExitCode, Box<dyn Error>> {
     for file in &args.files {
         records.extend(read_records(file)?);
     }
+    check_comparable(&records)?;
     let report = markdown(&records);
     match &args.markdown {
         Some(path) => {
@@ -188,10 +189,45 @@ fn compare_files(args: &CompareArgs) -> Result<ExitCode, Box<dyn Error>> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses an empty comparison, and records of different head dimensions or element types,
+/// whose times the ratios and targets would set side by side.
+fn check_comparable(records: &[Record]) -> Result<(), Box<dyn Error>> {
+    let Some(first) = records.first() else {
+        return Err("no records to compare: the files hold empty lists".into());
+    };
+    if let Some(other) = records.iter().find(|r| (r.head_dim, &r.dtype) != (first.head_dim, &first.dtype)) {
+        return Err(format!(
+            "the records mix shapes: {} {} at head_dim {} ({}) and {} {} at head_dim {} ({}); compare records of \
+             one head dimension and element type",
+            first.method,
+            first.label(),
+            first.head_dim,
+            first.dtype,
+            other.method,
+            other.label(),
+            other.head_dim,
+            other.dtype
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOptions, Box<dyn Error>> {
     let patterns = match &args.patterns {
         Some(list) => PatternSpec::parse_list(list)?,
-        None => default_patterns(Path::new(".")),
+        None => {
+            let patterns = default_patterns(Path::new("."));
+            if !patterns.iter().any(|p| matches!(p, PatternSpec::Config { .. })) {
+                errln!(
+                    "note: {DEFAULT_CONFIG} is in neither {} below the current directory: the default cases leave out \
+                     its layer {DEFAULT_CONFIG_LAYER} (run from the repository root, or add --patterns \
+                     config:PATH)",
+                    DEFAULT_CONFIG_DIRS.join(" nor ")
+                );
+            }
+            patterns
+        }
     };
     let Some(qkv) = inputs else {
         let asked = ShapeArgs { heads: args.heads, kv_heads: args.kv_heads, head_dim: args.head_dim };
@@ -239,6 +275,11 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
     // Fast checks first: the case list, then the GPU, then anything slow.
     let cases = case_options(args, None)?.cases()?;
     if args.list {
+        // A file of inputs sets the cases' length and heads: read it for the list too.
+        let cases = match &args.inputs {
+            Some(path) => case_options(args, Some(&minf::load_safetensors(path)?))?.cases()?,
+            None => cases,
+        };
         for case in &cases {
             let subset = if case.is_subset() { format!(" (of {})", case.layer_heads) } else { String::new() };
             let chunked = args.chunk.map_or_else(String::new, |c| format!(", and in chunks of {}", tokens(c as f64)));

@@ -32,7 +32,7 @@ pub fn latency_svg(records: &[Record]) -> Result<String, String> {
     let points = || lines.values().flatten();
     let (Some(x_min), Some(x_max)) = (points().map(|p| p.0).reduce(f64::min), points().map(|p| p.0).reduce(f64::max))
     else {
-        return Err("nothing to plot: no record has a positive time".into());
+        return Err("nothing to plot: no record has both a positive length and a positive time".into());
     };
     let y_min = points().map(|p| p.1).fold(f64::INFINITY, f64::min);
     let y_max = points().map(|p| p.1).fold(0.0, f64::max);

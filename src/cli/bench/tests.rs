@@ -460,3 +460,16 @@ fn input_files_with_fewer_heads_than_a_config_time_those_heads_of_its_layer() {
     let cases = super::case_options(&dense, Some(&file_shape(4096, 4, 1))).expect("options").cases().expect("cases");
     assert_eq!((cases[0].heads, cases[0].kv_heads, cases[0].layer_heads), (4, 1, 4));
 }
+
+#[test]
+fn comparison_refuses_no_records_and_mixed_shapes() {
+    assert!(super::check_comparable(&[]).is_err_and(|e| e.to_string().contains("no records")));
+    let minf = record("minf", "dense", "", 131072, 32, 40.0);
+    let peer = record("sdpa_flash", "dense", "", 131072, 32, 50.0);
+    assert!(super::check_comparable(&[minf.clone(), peer.clone()]).is_ok());
+    let narrow = Record { head_dim: 64, ..peer.clone() };
+    let error = super::check_comparable(&[minf.clone(), narrow]).map_err(|e| e.to_string()).err().unwrap_or_default();
+    assert!(error.contains("head_dim 128 (bf16)") && error.contains("head_dim 64 (bf16)"), "{error}");
+    let half = Record { dtype: "f16".into(), ..peer };
+    assert!(super::check_comparable(&[minf, half]).is_err());
+}
