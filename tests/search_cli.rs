@@ -52,6 +52,10 @@ fn bad_spaces_arguments_and_inputs_fail_before_any_gpu_work() -> TestResult {
             vec!["--inputs", empty, "-o", out, "--heads", "4", "--kv-heads", "3", "--head-dim", "64"],
             "kv heads dividing",
         ),
+        (
+            vec!["--inputs", empty, "-o", out, "--heads", "4", "--kv-heads", "2", "--head-dim", "100"],
+            "invalid --head-dim 100",
+        ),
         ([&["--inputs", empty, "-o", out, "--criterion", "speed"][..], &shape[..]].concat(), "speed"),
     ];
     for (args, needle) in cases {

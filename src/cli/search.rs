@@ -70,6 +70,10 @@ pub fn search(args: &SearchArgs) -> Result<ExitCode, Box<dyn Error>> {
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(format!("--heads {heads} and --kv-heads {kv_heads}: both positive, kv heads dividing heads").into());
     }
+    let head_dims = minf_runtime::codegen::spec::HEAD_DIMS;
+    if !u32::try_from(head_dim).is_ok_and(|d| head_dims.contains(&d)) {
+        return Err(format!("invalid --head-dim {head_dim}: allowed {head_dims:?}").into());
+    }
     let inputs = SearchInputs::discover(dir)?;
     let criterion = match args.criterion {
         CriterionArg::Mismatch => Criterion::Mismatch,
