@@ -46,13 +46,18 @@ pub fn latency_svg(records: &[Record]) -> Result<String, String> {
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d((x_min / 1.2..x_max * 1.2).log_scale(), (y_min / 1.5..y_max * 1.5).log_scale())
+            .build_cartesian_2d(
+                (x_min / 1.2..x_max * 1.2).log_scale().base(2.0),
+                (y_min / 1.5..y_max * 1.5).log_scale().base(2.0),
+            )
             .map_err(draw_error)?;
         chart
             .configure_mesh()
             .x_desc(X_LABEL)
             .y_desc(Y_LABEL)
-            .x_label_formatter(&|x| tokens(*x))
+            // Bold ticks fall on powers of two (the benchmark's lengths); the light ticks between
+            // them stay unlabelled.
+            .x_label_formatter(&|x| if x.log2().fract() == 0.0 { tokens(*x) } else { String::new() })
             .y_label_formatter(&|y| milliseconds(*y))
             .draw()
             .map_err(draw_error)?;

@@ -171,6 +171,11 @@ fn the_plot_is_an_svg_with_every_series_and_both_axes() {
         assert!(svg.contains(text), "the SVG lacks {text:?}");
     }
     assert!(latency_svg(&[]).is_err());
+    // Lengths are labelled at powers of two, also when every record has one length.
+    let one_length = [record("minf", "dense", "", 131_072, 32, 320.0)];
+    let svg = latency_svg(&one_length).unwrap();
+    assert!(svg.contains("128K"), "no tick label at 128K");
+    assert!(!svg.contains("157286"), "a light tick is labelled");
 }
 
 #[test]
