@@ -246,6 +246,8 @@ fn warm<'py>(
 fn _minf(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MinfError", m.py().get_type::<MinfError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The head dimensions minf's kernels are generated for (the Python side's checks read them).
+    m.add("HEAD_DIMS", pyo3::types::PyTuple::new(m.py(), HEAD_DIMS)?)?;
     m.add_function(wrap_pyfunction!(doctor, m)?)?;
     m.add_function(wrap_pyfunction!(warm, m)?)?;
     m.add_function(wrap_pyfunction!(tensors::attention_into, m)?)?;

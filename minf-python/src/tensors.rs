@@ -11,7 +11,8 @@
 use crate::minf_error;
 use half::{bf16, f16};
 use minf_runtime::attention::{attention, AShape, AttentionOptions, BlockSparseIndexRef, PatternArgs};
-use minf_runtime::config::{known_model, ModelShape, PatternConfig};
+use minf_runtime::codegen::spec::HEAD_DIMS;
+use minf_runtime::config::{known_model, ModelShape, PatternConfig, MAX_HEAD_ENTRIES};
 use minf_runtime::estimate::{clamp_sizes, BLOCK};
 use minf_runtime::foreign::{keeping_current_context, stream_device, ForeignSlice};
 use minf_runtime::prefill::{HeadGroups, Prefill, PrefillOptions};
@@ -262,6 +263,26 @@ fn per_head(name: &str, value: Vec<usize>, heads: usize) -> PyResult<Vec<usize>>
     }
 }
 
+/// `value` as the kernels' f32 softmax scale: positive and finite after the conversion (a scale
+/// that is finite as a Python float may still overflow to infinity or underflow to zero).
+fn f32_softmax_scale(value: f64) -> PyResult<f32> {
+    let scale = value as f32;
+    if scale.is_finite() && scale > 0.0 {
+        Ok(scale)
+    } else {
+        Err(PyValueError::new_err(format!(
+            "softmax_scale {value:?}: it must be positive and finite as a float32 (between {:e} and {:e})",
+            f32::from_bits(1),
+            f32::MAX
+        )))
+    }
+}
+
+/// The allowed head dimensions, as error messages list them: `64, 96, 128, 256`.
+fn head_dims_text() -> String {
+    HEAD_DIMS.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// Attention of `q`, `k`, `v` into `out` (and `lse`) with one pattern for every head; see
 /// `minf.attention` for the arguments.
 #[pyfunction]
@@ -281,7 +302,7 @@ pub fn attention_into(
     out: TensorArg,
     pattern: &str,
     lse: Option<(u64, usize)>,
-    softmax_scale: Option<f32>,
+    softmax_scale: Option<f64>,
     n_init: Option<usize>,
     n_local: Option<usize>,
     vertical_size: Option<Vec<usize>>,
@@ -291,6 +312,7 @@ pub fn attention_into(
     block_sparse_index: Option<[IndexArg; 2]>,
 ) -> PyResult<()> {
     let element = element(dtype)?;
+    let softmax_scale = softmax_scale.map(f32_softmax_scale).transpose()?;
     let heads = q.shape()[2];
     let missing = |name: &str| PyValueError::new_err(format!("pattern {pattern:?} needs {name}"));
     let pattern = match pattern {
@@ -364,7 +386,7 @@ impl PrefillHandle {
         layers: Option<usize>,
         heads: Option<usize>,
         kv_heads: Option<usize>,
-        head_dim: Option<u32>,
+        head_dim: Option<usize>,
         starting_layer: usize,
         dense_below: Option<usize>,
         dense_chunks_below: Option<usize>,
@@ -383,7 +405,24 @@ impl PrefillHandle {
         };
         let heads = need(heads, known.map(|s| s.heads), "heads")?;
         let kv_heads = need(kv_heads, known.map(|s| s.kv_heads), "kv_heads")?;
-        let head_dim = need(head_dim.map(|d| d as usize), known.map(|s| s.head_dim as usize), "head_dim")?;
+        let head_dim = need(head_dim, known.map(|s| s.head_dim as usize), "head_dim")?;
+        // The kernels' head dimensions, checked here rather than at the first call.
+        let head_dim = u32::try_from(head_dim)
+            .ok()
+            .filter(|d| HEAD_DIMS.contains(d))
+            .ok_or_else(|| PyValueError::new_err(format!("head_dim {head_dim}: allowed {}", head_dims_text())))?;
+        if layers == Some(0) {
+            return Err(PyValueError::new_err("layers must be at least 1"));
+        }
+        // The config's own bound on its table, checked before anything of that size is built.
+        if let Some(layers) = layers {
+            if layers.saturating_mul(heads) > MAX_HEAD_ENTRIES {
+                return Err(PyValueError::new_err(format!(
+                    "layers {layers} and heads {heads}: {layers} layers of {heads} query heads is more than the \
+                     {MAX_HEAD_ENTRIES} head entries minf reads from a config"
+                )));
+            }
+        }
         let loaded = match &config {
             Some(path) => PatternConfig::load(path, heads).map_err(minf_error)?,
             None => {
@@ -406,8 +445,6 @@ impl PrefillHandle {
                 "{heads} query heads and {kv_heads} key/value heads: kv_heads must divide heads"
             )));
         }
-        let head_dim =
-            u32::try_from(head_dim).map_err(|_| PyValueError::new_err(format!("head_dim {head_dim} is too large")))?;
         let config = loaded.with_starting_layer(starting_layer);
         for layer in 0..layers {
             HeadGroups::for_layer(&config, layer).map_err(minf_error)?;

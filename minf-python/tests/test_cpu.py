@@ -65,6 +65,11 @@ def test_warm_accepts_single_values(cache_dir):
     assert counts["compiled"] + counts["cached"] == SMALL_KERNELS
 
 
+def test_warm_takes_more_jobs_than_kernels(cache_dir):
+    counts = minf.warm(**SMALL, jobs=2**70)
+    assert (counts["compiled"], counts["failed"]) == (SMALL_KERNELS, 0), counts
+
+
 def test_warm_unwritable_cache_raises_minf_error(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -82,6 +87,12 @@ def test_warm_unwritable_cache_raises_minf_error(tmp_path, monkeypatch):
         (dict(dtypes=["fp32"]), ValueError, r'invalid dtypes "fp32": allowed bf16, f16'),
         (dict(dtypes=[]), ValueError, r"dtypes is empty"),
         (dict(jobs=0), ValueError, r"jobs must be at least 1, got 0"),
+        (dict(jobs=-1), ValueError, r"jobs must be at least 1, got -1"),
+        (dict(jobs=1.5), TypeError, r"jobs must be an integer, got float"),
+        (dict(heads=-1), ValueError, r"heads must be non-negative, got -1"),
+        (dict(heads=2**64), ValueError, r"heads 18446744073709551616 is too large"),
+        (dict(config="x.json", patterns=None, starting_layer=-1), ValueError,
+         r"starting_layer must be non-negative, got -1"),
         (dict(arch=80), TypeError, r"arch must be a string or a list of strings"),
         (dict(head_dims=["64"]), TypeError, r"head_dims must be an integer or a list of integers"),
         (dict(heads=32), ValueError, r"heads needs config"),

@@ -93,6 +93,54 @@ def test_dump_qkv_writes_post_rotary_layers_in_minf_format(tiny_llama, tmp_path)
     assert torch.allclose(dumped, rotated.transpose(1, 2), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "change, error, text",
+    [
+        (dict(input_ids=[[1, 2, 3]]), TypeError, r"input_ids must be a torch.Tensor of token ids, \[1, seq\], got list"),
+        (dict(layers=1), TypeError, r"layers must be an iterable of layer indices \(integers\), got int"),
+        (dict(layers=0.7), TypeError, r"layers must be an iterable of layer indices \(integers\), got float"),
+        (dict(layers=[0.7]), TypeError, r"layers must hold integers, got float 0.7"),
+        (dict(layers=[True]), TypeError, r"layers must hold integers, got True"),
+        (dict(layers="01"), TypeError, r"layers must be an iterable of layer indices \(integers\), got str"),
+        (dict(layers=[0, 2]), ValueError, r"layers \[2\]: the model has layers 0 to 1"),
+    ],
+)
+def test_dump_qkv_checks_its_arguments(tiny_llama, tmp_path, change, error, text):
+    model, ids = tiny_llama
+    args = {"input_ids": ids, "layers": None, **change}
+    with pytest.raises(error, match=text):
+        minf.hf.dump_qkv(model, args["input_ids"], str(tmp_path / "dump"), layers=args["layers"])
+    assert not (tmp_path / "dump").exists(), "nothing is written on bad arguments"
+
+
+def test_dump_qkv_needs_attention_modules(tmp_path):
+    """GPT-2's attention has a layer_idx but no o_proj: dump_qkv cannot capture it and says so, as
+    patch does, instead of returning no files."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=128, n_layer=2, n_head=2)).eval()
+    ids = torch.randint(0, 64, (1, 16))
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has no attention modules with a layer_idx"):
+        minf.hf.patch(model)
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has no attention modules with a layer_idx: dump_qkv cannot"):
+        minf.hf.dump_qkv(model, ids, str(tmp_path / "dump"))
+    assert not (tmp_path / "dump").exists()
+
+
+def test_dump_qkv_raises_for_a_layer_it_did_not_write(tiny_llama, tmp_path, monkeypatch):
+    """A chosen layer whose attention never reached the dump writer (here: layer 1's module is
+    not found) raises, naming the layer, rather than returning fewer files; the model's
+    implementation is restored all the same."""
+    model, ids = tiny_llama
+    before = model.config._attn_implementation
+    first = model.model.layers[0].self_attn
+    monkeypatch.setattr(minf.hf, "_attention_modules", lambda model: [first])
+    with pytest.raises(ValueError, match=r"LlamaForCausalLM: layers \[1\] were not written"):
+        minf.hf.dump_qkv(model, ids[:, :32], str(tmp_path), layers=[0, 1])
+    assert model.config._attn_implementation == before
+    assert sorted(os.listdir(tmp_path)) == ["layer_0.safetensors"]
+
+
 def test_a_chunk_after_a_cached_prefix_keeps_its_causal_mask(tiny_llama, monkeypatch):
     """A second chunk of a prompt with the first chunk in the cache (q_len < kv_len): the patched
     mask function leaves its plain bottom-right causal mask out, and the SDPA path (every call, on

@@ -2,6 +2,7 @@
 before torch is imported), so tensor-like stand-ins carrying dtype, shape, strides, device and
 data_ptr exercise them without torch or a GPU."""
 
+import contextlib
 import json
 import os
 import re
@@ -133,6 +134,10 @@ def test_a_broadcast_output_is_refused():
               kv_indices=FakeTensor([1, 8, 4, 4], dtype="int32")), ValueError, r"kv_num_blocks is on the cpu device"),
         (dict(softmax_scale=0.0), ValueError, r"softmax_scale 0.0: it must be positive and finite"),
         (dict(softmax_scale=float("nan")), ValueError, r"softmax_scale nan: it must be positive and finite"),
+        # Finite as Python floats, but infinity and zero as the kernels' float32.
+        (dict(softmax_scale=1e300), ValueError, r"softmax_scale 1e\+300: it must be positive and finite as a float32"),
+        (dict(softmax_scale=1e-60), ValueError, r"softmax_scale 1e-60: it must be positive and finite as a float32"),
+        (dict(pattern="a_shape", n_init=2**70, n_local=8), ValueError, r"n_init 1180591620717411303424 is too large"),
     ],
 )
 def test_attention_rejects_bad_input_before_launching(change, error, text):
@@ -191,11 +196,29 @@ def test_prefill_default_config_and_a_shape_file(tmp_path):
         (dict(layers=2, heads=8, kv_heads=2, head_dim=64, block_sparse_top_k=0), ValueError,
          r"block_sparse_top_k must be at least 1"),
         (dict(layers=-1, heads=8, kv_heads=2, head_dim=64), ValueError, r"layers must be non-negative"),
+        (dict(layers=0, heads=8, kv_heads=2, head_dim=64), ValueError, r"layers must be at least 1"),
+        # The config's bound on its table is checked before anything of the model's size is built.
+        (dict(layers=2**60, heads=4, kv_heads=2, head_dim=128), ValueError,
+         r"layers 1152921504606846976 and heads 4: .* is more than the 1048576 head entries"),
+        (dict(layers=10**11, heads=4, kv_heads=2, head_dim=128), ValueError, r"layers 100000000000 and heads 4"),
+        (dict(layers=1, heads=2**20 + 1, kv_heads=1, head_dim=128), ValueError,
+         r"layers 1 and heads 1048577: .* more than the 1048576 head entries"),
+        (dict(layers=2, heads=8, kv_heads=2, head_dim=32), ValueError, r"head_dim 32: allowed 64, 96, 128, 256"),
+        (dict(layers=2, heads=8, kv_heads=2, head_dim=0), ValueError, r"head_dim 0: allowed 64, 96, 128, 256"),
+        (dict(layers=2, heads=8, kv_heads=2, head_dim=2**33), ValueError, r"head_dim 8589934592: allowed 64, 96"),
+        (dict(layers=2, heads=8, kv_heads=2, head_dim=64, starting_layer=2**64), ValueError,
+         r"starting_layer 18446744073709551616 is too large"),
     ],
 )
 def test_prefill_bad_arguments(args, error, text):
     with pytest.raises(error, match=text):
         minf.Prefill(**args)
+
+
+def test_head_dims_are_the_code_generators():
+    assert _tensors.HEAD_DIMS == tuple(minf._minf.HEAD_DIMS) == (64, 96, 128, 256)
+    for head_dim in _tensors.HEAD_DIMS:
+        assert minf.Prefill(layers=1, heads=2, kv_heads=1, head_dim=head_dim).shape == (1, 2, 1, head_dim)
 
 
 def test_prefill_unknown_config_needs_a_shape(tmp_path):
@@ -223,6 +246,38 @@ def test_prefill_call_checks_the_model_shape():
     q, k, v = qkv(seq=512)
     with pytest.raises(ValueError, match=r"q has 600 positions but k/v 512: allowed q_len <= kv_len"):
         prefill.prefill_chunk(0, FakeTensor([1, 600, 8, 128]), k, v)
+
+
+def test_prefill_chunked_passes_the_layout_through(monkeypatch):
+    """prefill_chunked takes ``layout`` like the other calls: BHSD tensors (what transformers
+    passes) reach the native call in minf's logical order, strides and all."""
+    prefill = minf.Prefill(layers=2, heads=8, kv_heads=2, head_dim=128)
+    calls = []
+
+    class Native:
+        shape = prefill.shape
+
+        def prefill_into(self, *args, **kwargs):
+            calls.append((args, kwargs))
+
+    stream = SimpleNamespace(cuda_stream=0)
+    fake_torch = SimpleNamespace(
+        cuda=SimpleNamespace(device=lambda index: contextlib.nullcontext(), current_stream=lambda index: stream)
+    )
+    monkeypatch.setattr(prefill, "_native", Native())
+    monkeypatch.setattr(minf._api, "_torch", lambda: fake_torch)
+    q, kv, out = FakeTensor([1, 8, 256, 128]), FakeTensor([1, 2, 256, 128]), FakeTensor([1, 8, 256, 128], ptr=1 << 21)
+    assert prefill.prefill_chunked(1, q, kv, kv, 64, layout="bhsd", out=out) is out
+    ((args, kwargs),) = calls
+    assert kwargs == {"chunk": 64, "lse": None}
+    assert args[3] == 1
+    assert args[4] == (1 << 20, (1, 256, 8, 128), (0, 128, 256 * 128, 1))
+    assert args[5] == (1 << 20, (1, 256, 2, 128), (0, 128, 256 * 128, 1))
+    assert args[7] == (1 << 21, (1, 256, 8, 128), (0, 128, 256 * 128, 1))
+    # Read as BSHD (the default), the same tensors are 8 queries over 2 keys: the layout is not ignored.
+    with pytest.raises(ValueError, match=r"q has 8 positions but k/v 2"):
+        prefill.prefill_chunked(1, q, kv, kv, 64, out=out)
+    assert len(calls) == 1
 
 
 class FakeAttention:
@@ -287,7 +342,25 @@ def test_hf_patch_needs_attention_modules():
         minf.hf.patch(model)
 
 
+def test_hf_patch_refuses_a_head_dim_the_kernels_do_not_take():
+    model = FakeModel()
+    model.config.head_dim = 32
+    with pytest.raises(ValueError, match=r"FakeModel has head_dim 32: minf's kernels take head_dim 64, 96, 128, 256"):
+        minf.hf.patch(model)
+    assert model.config._attn_implementation == "sdpa"
+    assert not any(hasattr(module, "_minf_patch") for module in model.layers)
+
+
 NO_GPU = not os.path.exists("/dev/nvidiactl")
+
+
+def test_native_attention_checks_the_softmax_scale_as_float32():
+    """The native call takes the scale as a double and refuses one that the kernels' float32
+    cannot hold, before it looks for a device."""
+    q, k, v = (t.description() for t in _tensors.check_qkv(*qkv(), "bshd"))
+    for scale, shown in ((1e300, "1e300"), (1e-60, "1e-60"), (float("inf"), "inf"), (0.0, "0.0")):
+        with pytest.raises(ValueError, match=rf"softmax_scale {shown}: it must be positive and finite as a float32"):
+            minf._minf.attention_into(0, 0, "bf16", q, k, v, q, pattern="dense", softmax_scale=scale)
 
 
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 from . import _minf
 from ._api import PATTERN_ARGS, Prefill, attention
 from ._minf import MinfError
+from ._tensors import optional_int
 
 __version__: str = _minf.__version__
 
@@ -61,13 +62,23 @@ def warm(
     included. Returns a dict with ``compiled``, ``cached`` and ``failed`` counts, ``failures``
     (name, message) pairs, ``attention``, ``index``, ``arch``, ``cache_dir`` and ``seconds``.
 
-    Raises ValueError or TypeError for bad arguments and MinfError when the cache cannot be
-    written, NVRTC is missing or no target can be picked.
+    Raises ValueError or TypeError for bad arguments (naming the argument) and MinfError when the
+    cache cannot be written, NVRTC is missing or no target can be picked.
     """
     if config is not None:
         import os
 
         config = os.fspath(config)
+    if jobs is not None:
+        if isinstance(jobs, bool) or not isinstance(jobs, int) and not hasattr(jobs, "__index__"):
+            raise TypeError(f"jobs must be an integer, got {type(jobs).__name__}")
+        jobs = int(jobs)
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs}")
+        # More jobs than kernels run as one job a kernel: the native call takes up to 2**63 - 1.
+        jobs = min(jobs, 2**63 - 1)
+    heads = optional_int("heads", heads)
+    starting_layer = optional_int("starting_layer", starting_layer)  # type: ignore[assignment]
     return _minf.warm(
         arch=arch,
         patterns=patterns,

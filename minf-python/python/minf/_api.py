@@ -1,7 +1,6 @@
 """``minf.attention`` and ``minf.Prefill``: minf's kernels on torch CUDA tensors, without copies,
 on torch's current stream, without synchronising."""
 
-import math
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -14,6 +13,7 @@ from ._tensors import (
     check_qkv,
     index_tensor,
     optional_int,
+    softmax_scale as check_softmax_scale,
 )
 
 #: The patterns of ``minf.attention`` and the keyword arguments each takes.
@@ -155,8 +155,9 @@ def attention(
     Returns a new tensor shaped like ``q`` in the same layout (or fills ``out``, which must not
     overlap the inputs), and with
     ``lse=True`` also the float32 log-sum-exp ``[batch, heads, q_len]`` (natural log, scaled
-    scores). ``softmax_scale`` defaults to ``1 / sqrt(head_dim)``. Runs on torch's current stream
-    of the tensors' device and returns without waiting for the GPU. Forward only (no autograd).
+    scores). ``softmax_scale`` defaults to ``1 / sqrt(head_dim)`` and must be positive and finite
+    as a float32 (the kernels' type). Runs on torch's current stream of the tensors' device and
+    returns without waiting for the GPU. Forward only (no autograd).
 
     Raises TypeError or ValueError (saying what is wrong and what is allowed) before anything is
     launched, and MinfError for what the runtime finds (e.g. a shape its kernels do not take).
@@ -165,9 +166,7 @@ def attention(
     qt, kt, vt = check_qkv(q, k, v, layout)
     kwargs = _pattern_kwargs(pattern, pattern_args, qt)
     if softmax_scale is not None:
-        softmax_scale = float(softmax_scale)
-        if not (math.isfinite(softmax_scale) and softmax_scale > 0):
-            raise ValueError(f"softmax_scale {softmax_scale}: it must be positive and finite")
+        softmax_scale = check_softmax_scale(softmax_scale)
     torch = _torch()
     batch, q_len, heads, _ = qt.shape
     with torch.cuda.device(qt.device_index):
@@ -198,8 +197,10 @@ class Prefill:
     e.g. ``Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json``, give the model shape) or
     None for MInference's default (every head vertical-slash, 1000 columns and 6096 diagonals).
     ``layers``, ``heads``, ``kv_heads`` and ``head_dim`` give the model's attention shape (needed
-    unless the file name is a known model's). ``starting_layer`` runs the layers below it dense;
-    prompts shorter than ``dense_below`` tokens (default 32768) run every head dense, and so do
+    unless the file name is a known model's): at least one layer, at most 1048576 head entries
+    (layers × heads, the bound on a config's table) and a head_dim minf's kernels take (64, 96,
+    128 or 256); anything else raises ValueError here, before any call. ``starting_layer`` runs
+    the layers below it dense; prompts shorter than ``dense_below`` tokens (default 32768) run every head dense, and so do
     chunks of fewer than ``dense_chunks_below`` queries (default 512: estimating a chunk's indices
     reads all its keys, which costs about what that many queries' dense attention does);
     ``block_sparse_top_k`` (default 100) is the key blocks a block-sparse head keeps.
@@ -276,14 +277,16 @@ class Prefill:
         ``lse=True`` also returns the float32 log-sum-exp ``[batch, heads, q_len]``."""
         return self._run(layer, q_chunk, k_all, v_all, layout, out, 0, lse)
 
-    def prefill_chunked(self, layer: int, q: Any, k: Any, v: Any, chunk_tokens: int, *, out: Any = None) -> Any:
+    def prefill_chunked(self, layer: int, q: Any, k: Any, v: Any, chunk_tokens: int, *, layout: str = "bshd",
+                        out: Any = None) -> Any:
         """A whole prompt chunk by chunk, ``chunk_tokens`` queries at a time (chunk ``c`` attends to
         the keys before its end), through :meth:`prefill_chunk`: per-chunk scratch bounded by the
-        chunk. Each chunk reads ``q`` and writes ``out`` in place."""
+        chunk. Each chunk reads ``q`` and writes ``out`` in place (through their strides, in either
+        layout)."""
         chunk_tokens = optional_int("chunk_tokens", chunk_tokens)  # type: ignore[assignment]
         if not chunk_tokens:
             raise ValueError("chunk_tokens must be at least 1")
-        return self._run(layer, q, k, v, "bshd", out, chunk_tokens, False)
+        return self._run(layer, q, k, v, layout, out, chunk_tokens, False)
 
     def _run(self, layer: int, q: Any, k: Any, v: Any, layout: str, out: Any, chunk: Optional[int],
              lse: bool) -> Any:

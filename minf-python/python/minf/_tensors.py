@@ -6,10 +6,16 @@ tensor is described to the native module as ``(data_ptr, shape, strides)`` in th
 ``[batch, seq, heads, head_dim]`` order minf's kernels use.
 """
 
+import math
+import struct
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
-#: Head dimensions minf's kernels are generated for.
-HEAD_DIMS: Tuple[int, ...] = (64, 96, 128, 256)
+from . import _minf
+
+#: Head dimensions minf's kernels are generated for (the code generator's list).
+HEAD_DIMS: Tuple[int, ...] = tuple(_minf.HEAD_DIMS)
+#: The largest integer the native functions take (a Rust ``usize``).
+MAX_INT = 2 ** (8 * struct.calcsize("P")) - 1
 #: The layouts a 4-D tensor may have.
 LAYOUTS: Tuple[str, ...] = ("bshd", "bhsd")
 _DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "f16"}
@@ -195,7 +201,8 @@ def allocation_shape(shape: Sequence[int], layout: str) -> Tuple[int, ...]:
 
 
 def optional_int(name: str, value: Optional[Any]) -> Optional[int]:
-    """``value`` as a non-negative int (None stays None); raises for anything else."""
+    """``value`` as a non-negative int that the native functions take (at most :data:`MAX_INT`;
+    None stays None); raises TypeError or ValueError naming ``name`` for anything else."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
@@ -203,4 +210,21 @@ def optional_int(name: str, value: Optional[Any]) -> Optional[int]:
     value = int(value)
     if value < 0:
         raise ValueError(f"{name} must be non-negative, got {value}")
+    if value > MAX_INT:
+        raise ValueError(f"{name} {value} is too large: at most {MAX_INT}")
     return value
+
+
+def softmax_scale(value: Any) -> float:
+    """``value`` as a softmax scale: a number that is positive and finite as a float32, the
+    kernels' type (1e300 would become infinity and 1e-60 zero)."""
+    scale = float(value)
+    try:
+        as_f32 = struct.unpack("f", struct.pack("f", scale))[0]
+    except OverflowError:
+        as_f32 = math.inf
+    if not (math.isfinite(as_f32) and as_f32 > 0):
+        raise ValueError(
+            f"softmax_scale {scale}: it must be positive and finite as a float32 (between 1e-45 and 3.4028235e+38)"
+        )
+    return scale

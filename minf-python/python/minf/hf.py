@@ -15,11 +15,13 @@ files that ``minf bench --inputs`` and the Rust ``load_safetensors`` read.
 """
 
 import math
+import operator
 import os
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from ._api import Prefill
+from ._tensors import HEAD_DIMS
 
 #: The name minf's attention function is registered under.
 ATTENTION_NAME = "minf"
@@ -55,6 +57,23 @@ def _sdpa() -> Any:
 
 def _attention_modules(model: Any) -> List[Any]:
     return [m for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int) and hasattr(m, "o_proj")]
+
+
+def _checked_attention_modules(model: Any, what: str) -> List[Any]:
+    """The model's attention modules; a model without any (e.g. GPT-2, whose attention has no
+    ``o_proj``) raises ValueError saying that ``what`` cannot be done."""
+    modules = _attention_modules(model)
+    if not modules:
+        raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx: {what}")
+    return modules
+
+
+def _check_head_dim(model: Any, shape: Dict[str, int]) -> None:
+    if shape["head_dim"] not in HEAD_DIMS:
+        raise ValueError(
+            f"{type(model).__name__} has head_dim {shape['head_dim']}: minf's kernels take head_dim "
+            f"{', '.join(map(str, HEAD_DIMS))}, so minf cannot patch it"
+        )
 
 
 class _Patch:
@@ -208,6 +227,7 @@ def patch(
     :class:`minf.Prefill` the model now uses; :func:`unpatch` undoes the patch.
     """
     shape = model_shape(model)
+    _check_head_dim(model, shape)
     prefill = Prefill(
         config,
         layers=shape["layers"],
@@ -219,9 +239,7 @@ def patch(
         dense_chunks_below=dense_chunks_below,
         block_sparse_top_k=block_sparse_top_k,
     )
-    modules = _attention_modules(model)
-    if not modules:
-        raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx: minf cannot patch it")
+    modules = _checked_attention_modules(model, "minf cannot patch it")
     previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if previous == ATTENTION_NAME:
         earlier = getattr(modules[0], "_minf_patch", None)
@@ -261,17 +279,25 @@ def dump_qkv(model: Any, input_ids: Any, path: PathLike, layers: Optional[Iterab
     may name the file itself (``path`` ending in ``.safetensors``). ``layers`` defaults to all.
     Returns the files written. ``minf bench --inputs FILE`` and ``minf_runtime::load_safetensors``
     read them. Attention runs SDPA while dumping; the model's implementation is restored after.
+
+    Raises TypeError for ``input_ids`` that is not a torch tensor or ``layers`` that is not an
+    iterable of integers, ValueError for layers out of range and for a model without attention
+    modules that have a ``layer_idx`` (as :func:`patch`) or when a chosen layer's attention did
+    not run through transformers' attention interface (its file could not be written).
     """
     import torch
     from safetensors.torch import save_file
 
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids must be a torch.Tensor of token ids, [1, seq], got {type(input_ids).__name__}")
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids has shape {list(input_ids.shape)}: dump_qkv takes one sequence, [1, seq]")
     count = model_shape(model)["layers"]
-    chosen = sorted(set(range(count) if layers is None else (int(layer) for layer in layers)))
+    chosen = sorted(set(range(count) if layers is None else _layer_list(layers)))
     bad = [layer for layer in chosen if not 0 <= layer < count]
     if bad or not chosen:
         raise ValueError(f"layers {bad or chosen}: the model has layers 0 to {count - 1}")
+    modules = _checked_attention_modules(model, "dump_qkv cannot capture its queries, keys and values")
     path = os.fspath(path)
     single = path.endswith(".safetensors")
     if single and len(chosen) != 1:
@@ -279,6 +305,7 @@ def dump_qkv(model: Any, input_ids: Any, path: PathLike, layers: Optional[Iterab
     if not single:
         os.makedirs(path, exist_ok=True)
     written: List[str] = []
+    done: Set[int] = set()
 
     def write(layer: int, query: Any, key: Any, value: Any) -> None:
         if layer not in chosen:
@@ -287,8 +314,8 @@ def dump_qkv(model: Any, input_ids: Any, path: PathLike, layers: Optional[Iterab
         tensors = {name: t.transpose(1, 2).contiguous().cpu() for name, t in (("q", query), ("k", key), ("v", value))}
         save_file(tensors, file, metadata={"layout": "bshd", "layer": str(layer), "model": type(model).__name__})
         written.append(file)
+        done.add(layer)
 
-    modules = _attention_modules(model)
     previous = getattr(model.config, "_attn_implementation", None) or "sdpa"
     _register(DUMP_NAME, _dump_attention)
     for module in modules:
@@ -303,4 +330,25 @@ def dump_qkv(model: Any, input_ids: Any, path: PathLike, layers: Optional[Iterab
         for module in modules:
             module.__dict__.pop("_minf_dump", None)
         _set_implementation(model, previous)
+    missing = [layer for layer in chosen if layer not in done]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__}: layers {missing} were not written (their attention did not run through "
+            f"transformers' attention interface with a matching layer_idx); written: {written}"
+        )
     return written
+
+
+def _layer_list(layers: Any) -> List[int]:
+    """``layers`` as a list of ints: an iterable of integers (not one int, not floats)."""
+    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers must be an iterable of layer indices (integers), got {type(layers).__name__}")
+    chosen = []
+    for layer in layers:
+        if isinstance(layer, bool):
+            raise TypeError(f"layers must hold integers, got {layer!r}")
+        try:
+            chosen.append(operator.index(layer))
+        except TypeError:
+            raise TypeError(f"layers must hold integers, got {type(layer).__name__} {layer!r}") from None
+    return chosen
