@@ -16,8 +16,10 @@ use pyo3::types::{PyDict, PyString};
 use std::path::PathBuf;
 use std::str::FromStr;
 
+// Declared as `minf.MinfError`, where the package exports it, so that pickle finds the class (an
+// error crosses process boundaries with multiprocessing).
 pyo3::create_exception!(
-    _minf,
+    minf,
     MinfError,
     PyRuntimeError,
     "An error from minf's runtime (NVRTC, the kernel cache, the GPU); the message is the runtime's."
@@ -27,6 +29,14 @@ mod tensors;
 
 fn minf_error(error: impl std::fmt::Display) -> PyErr {
     MinfError::new_err(error.to_string())
+}
+
+/// A config file that cannot be read, as the runtime reports it (a [`MinfError`]): checked before
+/// a file name that names no known model asks for the model's shape.
+fn check_readable(path: &std::path::Path) -> PyResult<()> {
+    std::fs::read_to_string(path)
+        .map(|_| ())
+        .map_err(|source| minf_error(minf_runtime::config::ConfigError::Read { file: path.to_path_buf(), source }))
 }
 
 /// `value` as a list of strings: one string, or a list or tuple of strings.
@@ -187,10 +197,11 @@ fn warm<'py>(
                 (_, Some(shape)) => PatternConfig::load_with_shape(path, shape),
                 (Some(heads), None) => PatternConfig::load(path, heads),
                 (None, None) => {
+                    check_readable(path)?;
                     return Err(PyValueError::new_err(format!(
                         "{}: no known model shape for this file name: pass heads (query heads per layer) and head_dims",
                         path.display()
-                    )))
+                    )));
                 }
             }
             .map_err(minf_error)?

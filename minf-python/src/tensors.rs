@@ -393,6 +393,9 @@ impl PrefillHandle {
         block_sparse_top_k: Option<usize>,
     ) -> PyResult<PrefillHandle> {
         let known = config.as_deref().and_then(known_model).map(|model| model.shape);
+        if let (Some(path), None) = (&config, known) {
+            crate::check_readable(path)?;
+        }
         let need = |value: Option<usize>, from_file: Option<usize>, name: &str| {
             value.or(from_file).ok_or_else(|| {
                 PyValueError::new_err(match &config {

@@ -26,6 +26,13 @@ def test_minf_error_is_runtime_error():
     assert issubclass(minf.MinfError, RuntimeError)
 
 
+def test_minf_error_pickles(cache_dir):
+    import pickle
+
+    error = pickle.loads(pickle.dumps(minf.MinfError("no CUDA driver found")))
+    assert type(error) is minf.MinfError and str(error) == "no CUDA driver found"
+
+
 def test_doctor_reports_cache_and_nvrtc(cache_dir):
     report = minf.doctor()
     assert report["cache_dir"] == str(cache_dir)
@@ -110,6 +117,14 @@ def test_warm_config_with_unknown_shape_asks_for_heads(cache_dir, tmp_path):
     config.write_text("[]")
     with pytest.raises(ValueError, match="pass heads .* and head_dims"):
         minf.warm(arch="sm_80", config=config)
+
+
+def test_a_missing_config_says_so_before_asking_for_its_shape(cache_dir, tmp_path):
+    missing = tmp_path / "custom.json"
+    with pytest.raises(minf.MinfError, match="custom.json: cannot read the pattern config"):
+        minf.warm(arch="sm_80", config=missing)
+    with pytest.raises(minf.MinfError, match="custom.json: cannot read the pattern config"):
+        minf.Prefill(missing)
 
 
 def test_warm_bad_config_raises_minf_error(cache_dir, tmp_path):
