@@ -86,6 +86,25 @@ def test_a_broadcast_output_is_refused():
     assert _tensors.check_out(FakeTensor([1, 256, 8, 128]), qt, "bshd").shape == qt.shape
 
 
+def test_an_output_overlapping_an_input_is_refused():
+    q, k, v = qkv()
+    qt, kt, vt = _tensors.check_qkv(q, k, v, "bshd")
+    q_bytes = 256 * 8 * 128 * 2
+    # out over q itself, and out starting in q's last row.
+    for ptr in (1 << 20, (1 << 20) + q_bytes - 256):
+        with pytest.raises(ValueError, match=r"out overlaps q in memory"):
+            _tensors.check_out(FakeTensor([1, 256, 8, 128], ptr=ptr), qt, "bshd", (qt, kt, vt))
+    # Right after q's last byte (and far from k and v, which share q's start here) is free.
+    after = FakeTensor([1, 256, 8, 128], ptr=(1 << 20) + q_bytes)
+    assert _tensors.check_out(after, qt, "bshd", (qt, kt, vt)).data_ptr == (1 << 20) + q_bytes
+
+
+def test_prefill_refuses_a_layer_it_does_not_have():
+    prefill = minf.Prefill(layers=2, heads=8, kv_heads=2, head_dim=128)
+    with pytest.raises(ValueError, match=r"layer 2 is out of range: this Prefill has layers 0 to 1"):
+        prefill.prefill(2, *qkv())
+
+
 @pytest.mark.parametrize(
     "change, error, text",
     [

@@ -172,7 +172,7 @@ def attention(
     with torch.cuda.device(qt.device_index):
         if out is None:
             out = torch.empty(allocation_shape(qt.shape, layout), dtype=q.dtype, device=q.device)
-        ot = check_out(out, qt, layout)
+        ot = check_out(out, qt, layout, (qt, kt, vt))
         lse_tensor = torch.empty((batch, heads, q_len), dtype=torch.float32, device=q.device) if lse else None
         _minf.attention_into(
             qt.device_index,
@@ -291,6 +291,8 @@ class Prefill:
     def _run(self, layer: int, q: Any, k: Any, v: Any, layout: str, out: Any, chunk: Optional[int],
              lse: bool) -> Any:
         layer = optional_int("layer", layer)  # type: ignore[assignment]
+        if layer >= self.shape[0]:
+            raise ValueError(f"layer {layer} is out of range: this Prefill has layers 0 to {self.shape[0] - 1}")
         check_layout(layout)
         qt, kt, vt = check_qkv(q, k, v, layout)
         _, heads, kv_heads, head_dim = self.shape
@@ -304,7 +306,7 @@ class Prefill:
         with torch.cuda.device(qt.device_index):
             if out is None:
                 out = torch.empty(allocation_shape(qt.shape, layout), dtype=q.dtype, device=q.device)
-            ot = check_out(out, qt, layout)
+            ot = check_out(out, qt, layout, (qt, kt, vt))
             lse_tensor = torch.empty((batch, heads, q_len), dtype=torch.float32, device=q.device) if lse else None
             self._native.prefill_into(
                 qt.device_index,

@@ -41,6 +41,11 @@ class Tensor4(NamedTuple):
         """What the native module takes: ``(data_ptr, shape, strides)``."""
         return (self.data_ptr, self.shape, self.strides)
 
+    def byte_span(self) -> Tuple[int, int]:
+        """The bytes from the first element to past the last (16-bit elements)."""
+        last = sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        return (self.data_ptr, self.data_ptr + 2 * (last + 1))
+
 
 def _is_tensor_like(value: Any) -> bool:
     return all(hasattr(value, attribute) for attribute in ("data_ptr", "shape", "stride", "dtype", "device"))
@@ -154,10 +159,19 @@ def _logical(t: Tensor4, layout: str) -> List[int]:
     return [b, s, h, d] if layout == "bshd" else [b, h, s, d]
 
 
-def check_out(out: Any, q: Tensor4, layout: str) -> Tensor4:
-    """Checks a caller-given output tensor against q: the same shape, dtype and device, and no
-    broadcast dimension (stride 0 over more than one entry: several outputs would share memory)."""
+def check_out(out: Any, q: Tensor4, layout: str, inputs: Sequence[Tensor4] = ()) -> Tensor4:
+    """Checks a caller-given output tensor against q: the same shape, dtype and device, no
+    broadcast dimension (stride 0 over more than one entry: several outputs would share memory),
+    and no byte in common with ``inputs`` (the kernels read them while they write out)."""
     ot = tensor4("out", out, layout)
+    start, end = ot.byte_span()
+    for tensor in inputs:
+        first, past = tensor.byte_span()
+        if start < past and first < end:
+            raise ValueError(
+                f"out overlaps {tensor.name} in memory: the kernels read {tensor.name} while they write out; "
+                "pass a separate output tensor (or none)"
+            )
     if any(n > 1 and s == 0 for n, s in zip(ot.shape, ot.strides)):
         raise ValueError(
             f"out has shape {_logical(ot, layout)} and a dimension of stride 0 (a broadcast view, e.g. from "
