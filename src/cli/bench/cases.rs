@@ -177,7 +177,7 @@ impl PatternSpec {
 
     /// Parses a comma-separated list of patterns. A part that is only digits continues the
     /// previous pattern's parameters, so `dense,a_shape:1024,4096,block_sparse:100` is three
-    /// patterns.
+    /// patterns; a pattern named twice is kept once.
     pub fn parse_list(text: &str) -> Result<Vec<PatternSpec>, CaseError> {
         let mut parts: Vec<String> = Vec::new();
         for part in text.split(',') {
@@ -194,7 +194,15 @@ impl PatternSpec {
                 _ => parts.push(part.to_string()),
             }
         }
-        parts.iter().map(|p| PatternSpec::parse(p)).collect()
+        // A pattern named twice is measured once, where it first stands.
+        let mut patterns: Vec<PatternSpec> = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let pattern = PatternSpec::parse(part)?;
+            if !patterns.contains(&pattern) {
+                patterns.push(pattern);
+            }
+        }
+        Ok(patterns)
     }
 }
 

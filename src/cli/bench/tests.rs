@@ -80,6 +80,10 @@ fn patterns_parse_with_their_parameters() {
 
 #[test]
 fn bad_patterns_say_what_was_wrong_and_what_is_allowed() {
+    assert_eq!(
+        PatternSpec::parse_list("dense,block_sparse:100,dense,block_sparse:100").unwrap(),
+        vec![PatternSpec::Dense, PatternSpec::BlockSparse { top_k: 100 }]
+    );
     let error = |text: &str| PatternSpec::parse_list(text).unwrap_err().to_string();
     let unknown = error("dense,sparse");
     assert!(unknown.contains("\"sparse\"") && unknown.contains("vertical_slash:VERTICAL,SLASH"), "{unknown}");
