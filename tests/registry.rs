@@ -9,6 +9,17 @@ use minf::{registered, sparse_attention, warm_registered, MinfError, RegisteredK
 #[sparse_attention(pattern = "dense", head_dim = 128)]
 struct Prefill;
 
+/// Items named like the generated code's locals do not disturb it.
+#[allow(non_camel_case_types, non_upper_case_globals, dead_code)]
+mod shadowing {
+    struct defaults;
+    const arch: u8 = 0;
+
+    /// A raw identifier: named `Match`.
+    #[minf::sparse_attention(pattern = "dense", head_dim = 128)]
+    pub struct r#Match;
+}
+
 /// The same kernel as `Prefill` under another name: warmed once.
 #[sparse_attention(pattern = "dense", head_dim = 128, dtype = "bf16")]
 struct PrefillAlias;
@@ -46,7 +57,8 @@ fn find(name: &str) -> &'static RegisteredKernel {
 fn registry_lists_every_declared_kernel_with_its_spec() {
     let mut names: Vec<&str> = registered().map(|k| k.name).collect();
     names.sort_unstable();
-    assert_eq!(names, ["DeepPipeline", "PinnedHopper", "Prefill", "PrefillAlias", "Tuned"]);
+    assert_eq!(names, ["DeepPipeline", "Match", "PinnedHopper", "Prefill", "PrefillAlias", "Tuned"]);
+    assert_eq!((find("Match").spec)(Arch::Sm80), (find("Prefill").spec)(Arch::Sm80));
 
     let prefill = find("Prefill");
     assert_eq!(prefill.fixed_arch, None);
@@ -58,11 +70,12 @@ fn registry_lists_every_declared_kernel_with_its_spec() {
     let pinned = find("PinnedHopper");
     assert_eq!(pinned.fixed_arch, Some(Arch::Sm90a));
     assert_eq!(pinned.targets(&[Arch::Sm80, Arch::Sm86]), [Arch::Sm90a]);
-    // The default's tile with block_n 32, which the tensor-map producer cannot copy: wgmma.
+    // The default's tile with block_n 32, which no warpgroup engine takes (no tensor-map box, and
+    // fewer k-steps than dense's four P V parts): mma_sync.
     let expected = KernelSpec {
         block_n: 32,
         stages: 3,
-        mainloop: Mainloop::Wgmma,
+        mainloop: Mainloop::MmaSync,
         ..KernelSpec::default_for(Pattern::Dense, DType::F16, 64, Arch::Sm90a)
     };
     assert_eq!((pinned.spec)(Arch::Sm80), expected, "a pinned kernel ignores the requested arch");
@@ -111,16 +124,11 @@ fn warm_registered_reports_every_spec() {
     let (label, err) = report.failed.iter().find(|(label, _)| label.starts_with("DeepPipeline")).expect("reported");
     assert_eq!(label, "DeepPipeline@sm_86");
     assert!(matches!(err, MinfError::Spec(SpecError::SharedMemory { .. })), "{err}");
-    // The others either compiled (NVRTC JIT) or failed inside the JIT (the contract stub).
-    for (label, err) in &report.failed {
-        let expected = ["DeepPipeline@sm_86", "PinnedHopper@sm_90a", "Prefill@sm_86,PrefillAlias@sm_86", "Tuned@sm_86"];
-        assert!(expected.contains(&label.as_str()), "{label}");
-        assert!(label.starts_with("DeepPipeline") || matches!(err, MinfError::Jit(_)), "{label}: {err}");
-    }
-    if report.compiled == 3 {
-        let again = warm_registered(&cache, &[Arch::Sm86]);
-        assert_eq!((again.compiled, again.cached, again.failed.len()), (0, 3, 1), "{again:?}");
-    }
+    // Every spec that validates compiles (NVRTC is installed wherever the tests run).
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert_eq!(report.compiled, 3, "{report:?}");
+    let again = warm_registered(&cache, &[Arch::Sm86]);
+    assert_eq!((again.compiled, again.cached, again.failed.len()), (0, 3, 1), "{again:?}");
 }
 
 #[test]

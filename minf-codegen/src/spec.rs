@@ -247,6 +247,13 @@ impl Arch {
         }
     }
 
+    /// Whether a kernel compiled for this target runs on a device whose target
+    /// ([`Arch::for_compute_capability`]) is `device`: the same target, or `sm_90` code on a Hopper
+    /// device (which minf targets as `sm_90a`).
+    pub fn runs_on(self, device: Arch) -> bool {
+        self == device || (self == Arch::Sm90 && device == Arch::Sm90a)
+    }
+
     /// Compact form for names: `sm90a`.
     pub fn short(self) -> String {
         self.as_str().replace('_', "")
@@ -478,19 +485,20 @@ impl KernelSpec {
     }
 
     /// This spec with its tile set by hand (a `#[sparse_attention]` kernel's arguments): the engine
-    /// is `mainloop` when given, else this spec's, except that a tile the tensor-map producer cannot
-    /// copy (`block_n` other than 64 or 128) runs on `wgmma`.
+    /// is `mainloop` when given, else this spec's where the tile suits it ([`KernelSpec::validate`]),
+    /// else `mma_sync`, which takes every tile.
     pub fn retiled(
         self,
         (block_m, block_n, warps, stages): (u32, u32, u32, u32),
         mainloop: Option<Mainloop>,
     ) -> KernelSpec {
-        let mainloop = mainloop.unwrap_or(if self.mainloop.uses_tensor_maps() && !matches!(block_n, 64 | 128) {
-            Mainloop::Wgmma
+        let spec = KernelSpec { block_m, block_n, warps, stages, mainloop: mainloop.unwrap_or(self.mainloop), ..self };
+        let mma_sync = KernelSpec { mainloop: Mainloop::MmaSync, ..spec };
+        if mainloop.is_none() && spec.validate().is_err() && mma_sync.validate().is_ok() {
+            mma_sync
         } else {
-            self.mainloop
-        });
-        KernelSpec { block_m, block_n, warps, stages, mainloop, ..self }
+            spec
+        }
     }
 
     /// This spec followed by the others a launch of it may run instead: the 64-row alternative of
@@ -808,6 +816,13 @@ impl KernelSpec {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
             } else if self.mainloop.uses_tensor_maps() && self.block_n % abi::TMA_BOX_ROWS != 0 {
                 Some(format!("block_n {} (its tensor-map boxes are 64-key runs)", self.block_n))
+            } else if (self.block_n / 16) % self.output_parts() != 0 {
+                Some(format!(
+                    "block_n {} for pattern {} (its consumers issue P V in {} parts of whole 16-key k-steps)",
+                    self.block_n,
+                    self.pattern,
+                    self.output_parts()
+                ))
             } else if self.mainloop == Mainloop::WgmmaTmaPingPong && self.warps != 8 {
                 Some(format!("{} warps (ping-pong takes turns between two consumer warpgroups: 8 warps)", self.warps))
             } else if self.stages < 2 {
@@ -1167,11 +1182,25 @@ mod tests {
         let dense = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm90a);
         let same = dense.retiled((128, 64, 8, 3), None);
         assert_eq!((same.block_n, same.stages, same.mainloop), (64, 3, Mainloop::WgmmaTma));
-        // 32-key tiles are no tensor-map box: the cp.async producer.
-        assert_eq!(dense.retiled((128, 32, 8, 2), None).mainloop, Mainloop::Wgmma);
-        assert_eq!(dense.retiled((128, 32, 8, 2), Some(Mainloop::MmaSync)).mainloop, Mainloop::MmaSync);
+        let square = dense.retiled((64, 64, 4, 2), None);
+        assert_eq!(square.mainloop, Mainloop::WgmmaTma);
+        square.validate().expect("one consumer warpgroup on 64 rows");
+        // Tiles no warpgroup engine takes run on mma_sync unless an engine is named: 32-key tiles
+        // (no tensor-map box, and fewer k-steps than dense's four P V parts), 32 rows a warp, one stage.
+        for tile in [(128, 32, 8, 2), (128, 64, 4, 2), (128, 64, 8, 1)] {
+            let spec = dense.retiled(tile, None);
+            assert_eq!(spec.mainloop, Mainloop::MmaSync, "{tile:?}");
+            spec.validate().expect("mma_sync takes the tile");
+        }
+        let named = dense.retiled((128, 32, 8, 2), Some(Mainloop::Wgmma));
+        assert_eq!(named.mainloop, Mainloop::Wgmma);
+        let error = named.validate().map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(error.contains("P V in 4 parts"), "{error}");
+        // A tile no engine takes keeps the engine, and validation says what is wrong.
         let indexed = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
-        assert_eq!(indexed.retiled((128, 32, 8, 2), None).mainloop, Mainloop::Wgmma);
+        let narrow = indexed.retiled((128, 32, 8, 2), None);
+        assert_eq!(narrow.mainloop, Mainloop::WgmmaTma);
+        assert!(narrow.validate().is_err());
         let ampere = KernelSpec::default_for(Pattern::Dense, DType::Bf16, 128, Arch::Sm80);
         assert_eq!(ampere.retiled((64, 32, 4, 2), None).mainloop, Mainloop::MmaSync);
     }
@@ -1180,6 +1209,8 @@ mod tests {
     fn hopper_maps_to_sm90a() {
         assert_eq!(Arch::for_compute_capability(9, 0), Some(Arch::Sm90a));
         assert_eq!(Arch::for_compute_capability(7, 5), None);
+        assert!(Arch::Sm90.runs_on(Arch::Sm90a) && Arch::Sm90a.runs_on(Arch::Sm90a));
+        assert!(!Arch::Sm90a.runs_on(Arch::Sm90) && !Arch::Sm80.runs_on(Arch::Sm86));
     }
 
     #[test]

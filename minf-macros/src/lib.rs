@@ -19,6 +19,7 @@ use minf_codegen::spec::{BLOCK_MS, BLOCK_NS, HEAD_DIMS, STAGES, WARPS};
 use minf_codegen::{Arch, DType, KernelSpec, Mainloop, Pattern, SpecError};
 use proc_macro2::{Span, TokenStream};
 use quote::quote;
+use syn::ext::IdentExt;
 
 /// Declares a sparse-attention kernel: `#[sparse_attention(pattern = "dense", head_dim = 128)]` on
 /// a struct.
@@ -26,7 +27,10 @@ use quote::quote;
 /// Arguments: `pattern` and `head_dim` (required); `dtype` (default `"bf16"`); `block_m`,
 /// `block_n`, `warps`, `stages` (default: `KernelSpec::default_for` of the pattern, dtype, head
 /// dimension and target); `arch` (pins the target; without it the device's architecture is used
-/// at run time); `mainloop` (`"mma_sync"`, or `"wgmma"` on `sm_90a`; the default follows the target). Invalid combinations are compile errors that point at the offending argument.
+/// at run time); `mainloop` (`"mma_sync"`, or on `sm_90a` `"wgmma"`, `"wgmma_tma"`,
+/// `"wgmma_tma_pingpong"`, `"wgmma_tma_overlap"`; default: the target's engine where the tile suits
+/// it, else `"mma_sync"`). Invalid combinations are compile errors that point at the offending
+/// argument (docs/macro.md).
 #[proc_macro_attribute]
 pub fn sparse_attention(args: proc_macro::TokenStream, item: proc_macro::TokenStream) -> proc_macro::TokenStream {
     expand(args.into(), item.into()).into()
@@ -313,19 +317,28 @@ fn variant(ty: &str, value: &impl std::fmt::Debug) -> TokenStream {
     quote!(::minf::codegen::#ty::#value)
 }
 
+/// A local name of the generated code. A binding's name is looked up as an item first (a
+/// `struct defaults;` or `const arch` in the user's module would turn it into a pattern), whatever
+/// its span, so the names carry a prefix no user item is expected to have.
+fn local(name: &str) -> syn::Ident {
+    syn::Ident::new(&format!("__minf_{name}"), Span::mixed_site())
+}
+
 /// `Some(<literal>)` → the literal, `None` → the default's field.
 fn field_or_default(value: Option<u32>, field: &str) -> TokenStream {
     let field = syn::Ident::new(field, Span::call_site());
+    let defaults = local("defaults");
     match value {
         Some(value) => quote!(#value),
-        None => quote!(defaults.#field),
+        None => quote!(#defaults.#field),
     }
 }
 
 /// The trait impl and the registration of a validated kernel.
 fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
     let ident = &item.ident;
-    let name = ident.to_string();
+    // `r#Match` is named `Match`.
+    let name = ident.unraw().to_string();
     let pattern = variant("Pattern", &kernel.pattern);
     let dtype = variant("DType", &kernel.dtype);
     let fixed_arch = match kernel.arch {
@@ -347,6 +360,7 @@ fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
         }
         None => quote!(::core::option::Option::None),
     };
+    let (arch, fixed, defaults) = (local("arch"), local("fixed"), local("defaults"));
     quote! {
         impl ::minf::SparseAttentionKernel for #ident {
             const NAME: &'static str = #name;
@@ -354,13 +368,13 @@ fn generate(item: &syn::ItemStruct, kernel: &Kernel) -> TokenStream {
             const DTYPE: ::minf::codegen::DType = #dtype;
             const FIXED_ARCH: ::core::option::Option<::minf::codegen::Arch> = #fixed_arch;
 
-            fn spec(arch: ::minf::codegen::Arch) -> ::minf::codegen::KernelSpec {
-                let arch = match Self::FIXED_ARCH {
-                    ::core::option::Option::Some(fixed) => fixed,
-                    ::core::option::Option::None => arch,
+            fn spec(#arch: ::minf::codegen::Arch) -> ::minf::codegen::KernelSpec {
+                let #arch = match Self::FIXED_ARCH {
+                    ::core::option::Option::Some(#fixed) => #fixed,
+                    ::core::option::Option::None => #arch,
                 };
-                let defaults = ::minf::codegen::KernelSpec::default_for(Self::PATTERN, Self::DTYPE, #head_dim, arch);
-                defaults.retiled((#block_m, #block_n, #warps, #stages), #mainloop)
+                let #defaults = ::minf::codegen::KernelSpec::default_for(Self::PATTERN, Self::DTYPE, #head_dim, #arch);
+                #defaults.retiled((#block_m, #block_n, #warps, #stages), #mainloop)
             }
         }
 

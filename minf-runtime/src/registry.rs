@@ -58,7 +58,7 @@ pub trait SparseAttentionKernel {
             )));
         }
         let arch = Self::FIXED_ARCH.unwrap_or(device.arch());
-        if arch != device.arch() {
+        if !arch.runs_on(device.arch()) {
             return Err(MinfError::Shape(format!(
                 "kernel `{}` is pinned to arch = \"{arch}\" but device {} is {}",
                 Self::NAME,

@@ -230,18 +230,22 @@ impl HostVerticalSlashIndex {
         })
     }
 
-    /// The used range starts of row block `(b, h, r)` (counts clamped to the capacity).
+    /// The used range starts of row block `(b, h, r)` (counts clamped to the capacity); empty
+    /// outside the index.
     pub fn ranges(&self, b: usize, h: usize, r: usize) -> &[i32] {
-        let row = self.shape.row(b, h, r);
-        let n = (self.block_count[row].max(0) as usize).min(self.shape.nnz_s);
-        &self.block_offset[row * self.shape.nnz_s..row * self.shape.nnz_s + n]
+        self.row_in_shape(b, h, r).and_then(|row| self.counted(row, true)).unwrap_or(&[])
     }
 
-    /// The used columns of row block `(b, h, r)` (counts clamped to the capacity).
+    /// The used columns of row block `(b, h, r)` (counts clamped to the capacity); empty outside
+    /// the index.
     pub fn columns(&self, b: usize, h: usize, r: usize) -> &[i32] {
-        let row = self.shape.row(b, h, r);
-        let n = (self.column_count[row].max(0) as usize).min(self.shape.nnz_v);
-        &self.column_index[row * self.shape.nnz_v..row * self.shape.nnz_v + n]
+        self.row_in_shape(b, h, r).and_then(|row| self.counted(row, false)).unwrap_or(&[])
+    }
+
+    /// The row of `(b, h, r)` in the count arrays, if the shape has it.
+    fn row_in_shape(&self, b: usize, h: usize, r: usize) -> Option<usize> {
+        let IndexShape { batch, heads, rows, .. } = self.shape;
+        (b < batch && h < heads && r < rows).then(|| self.shape.row(b, h, r))
     }
 
     /// The counted range starts (`ranges`) or columns of row `row` of the count arrays, counts
@@ -681,6 +685,20 @@ mod tests {
             let lanes = row_lanes(rows);
             assert!(lanes.is_power_of_two() && (4..=32).contains(&lanes), "{rows}: {lanes}");
             assert!(rows * lanes <= ROW_THREADS_PER_LAUNCH || lanes == 4, "{rows}: {lanes}");
+        }
+    }
+
+    #[test]
+    fn host_rows_outside_the_shape_are_empty() {
+        let shape = IndexShape { batch: 1, heads: 2, rows: 2, nnz_s: 2, nnz_v: 2 };
+        let mut index = HostVerticalSlashIndex::zeros(shape).expect("small index");
+        // Head 1, row 0 lists a range and a column; a wrong (b, h, r) must not reach it.
+        let row = shape.row(0, 1, 0);
+        (index.block_count[row], index.block_offset[row * 2], index.column_count[row], index.column_index[row * 2]) =
+            (1, 4096, 1, 7);
+        assert_eq!((index.ranges(0, 1, 0), index.columns(0, 1, 0)), (&[4096][..], &[7][..]));
+        for (b, h, r) in [(0, 0, 2), (0, 2, 0), (1, 0, 0)] {
+            assert!(index.ranges(b, h, r).is_empty() && index.columns(b, h, r).is_empty(), "{:?}", (b, h, r));
         }
     }
 }
