@@ -151,6 +151,13 @@ fn doctor_fails_on_an_invalid_jit_setting_and_says_so() -> TestResult {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{}", text(&output));
     assert!(stdout.contains("cache:        unusable: invalid MINF_DISABLE_JIT=bad"), "{}", text(&output));
+    // A cache directory that is a file.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("cache");
+    fs::write(&file, b"not a directory")?;
+    let output = minf(&["doctor"]).env("MINF_CACHE_DIR", &file).output()?;
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("unreadable"), "{}", text(&output));
     Ok(())
 }
 

@@ -64,6 +64,12 @@ impl DoctorReport {
         }
     }
 
+    /// Whether the kernel cache can be used: its settings are valid and its directory, where it
+    /// exists, can be read.
+    pub fn cache_usable(&self) -> bool {
+        matches!(&self.cache, Ok(cache) if cache.size.is_ok())
+    }
+
     /// NVRTC's version and path, or why it was not found.
     pub fn nvrtc_line(&self) -> String {
         nvrtc_line(&self.nvrtc)
