@@ -29,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seqs: String = arg(&args, "--seqs", "16384,65536".to_string());
     let heads: usize = arg(&args, "--heads", 32);
     let kv_heads: usize = arg(&args, "--kv-heads", heads);
-    if kv_heads == 0 || heads % kv_heads != 0 {
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(format!("--kv-heads {kv_heads} must divide --heads {heads}").into());
     }
     let layout: String = arg(&args, "--layout", "bshd".to_string());

@@ -778,7 +778,7 @@ impl KernelSpec {
         one_of("block_n", self.block_n, BLOCK_NS)?;
         one_of("warps", self.warps, WARPS)?;
         one_of("stages", self.stages, STAGES)?;
-        if self.block_m % (16 * self.warps) != 0 || !(1..=2).contains(&self.m_frags()) {
+        if !self.block_m.is_multiple_of(16 * self.warps) || !(1..=2).contains(&self.m_frags()) {
             return Err(SpecError::Invalid {
                 field: "warps",
                 value: self.warps.to_string(),
@@ -789,7 +789,7 @@ impl KernelSpec {
                         .iter()
                         .filter(|w| {
                             let rows = self.block_m / **w;
-                            self.block_m % **w == 0 && (rows == 16 || rows == 32)
+                            self.block_m.is_multiple_of(**w) && (rows == 16 || rows == 32)
                         })
                         .map(u32::to_string)
                         .collect::<Vec<_>>()
@@ -807,16 +807,16 @@ impl KernelSpec {
         if self.mainloop.is_warpgroup() {
             let why = if self.arch != Arch::Sm90a {
                 Some(format!("arch {} (wgmma needs sm_90a)", self.arch))
-            } else if self.m_frags() != 1 || self.warps % 4 != 0 {
+            } else if self.m_frags() != 1 || !self.warps.is_multiple_of(4) {
                 Some(format!(
                     "{} warps over {} rows (wgmma needs 16 rows per warp in warpgroups of 4)",
                     self.warps, self.block_m
                 ))
             } else if self.head_dim > 128 {
                 Some(format!("head_dim {} (wgmma needs at most 128)", self.head_dim))
-            } else if self.mainloop.uses_tensor_maps() && self.block_n % abi::TMA_BOX_ROWS != 0 {
+            } else if self.mainloop.uses_tensor_maps() && !self.block_n.is_multiple_of(abi::TMA_BOX_ROWS) {
                 Some(format!("block_n {} (its tensor-map boxes are 64-key runs)", self.block_n))
-            } else if (self.block_n / 16) % self.output_parts() != 0 {
+            } else if !(self.block_n / 16).is_multiple_of(self.output_parts()) {
                 Some(format!(
                     "block_n {} for pattern {} (its consumers issue P V in {} parts of whole 16-key k-steps)",
                     self.block_n,

@@ -192,7 +192,7 @@ fn warm<'py>(
     }
     let attention: Vec<KernelSpec> = match &config {
         Some(path) => {
-            let shape = known_model(path).map(|model| model.shape).filter(|s| heads.map_or(true, |h| h == s.heads));
+            let shape = known_model(path).map(|model| model.shape).filter(|s| heads.is_none_or(|h| h == s.heads));
             let loaded = match (heads, shape) {
                 (_, Some(shape)) => PatternConfig::load_with_shape(path, shape),
                 (Some(heads), None) => PatternConfig::load(path, heads),

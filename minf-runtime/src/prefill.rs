@@ -344,7 +344,7 @@ fn elapsed(start: &CudaEvent, end: &CudaEvent) -> Result<f64, MinfError> {
 
 /// Checks that `config` and `options` fit a model of `shape`.
 fn check_model(config: &PatternConfig, shape: ModelShape, options: PrefillOptions) -> Result<(), MinfError> {
-    if shape.heads == 0 || shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+    if shape.heads == 0 || shape.kv_heads == 0 || !shape.heads.is_multiple_of(shape.kv_heads) {
         return Err(shape_error(format!(
             "model shape: {} query heads and {} key/value heads; both must be positive and kv_heads must divide heads",
             shape.heads, shape.kv_heads

@@ -185,7 +185,7 @@ impl TileChoice {
             .ok_or_else(|| MinfError::Shape(format!("tile choice: index {batch} x {heads} x {rows} overflows")))?;
         let check = |name: &str, len: usize, per_row: usize| -> Result<i32, MinfError> {
             let needed = entries.checked_mul(per_row);
-            if needed.map_or(true, |needed| len < needed) || i32::try_from(per_row).is_err() {
+            if needed.is_none_or(|needed| len < needed) || i32::try_from(per_row).is_err() {
                 return Err(MinfError::Shape(format!(
                     "tile choice: {name} holds {len} entries but [batch {batch}, heads {heads}, rows {rows}, \
                      {per_row}] are needed"

@@ -45,7 +45,7 @@ pub(crate) fn map_geometry(name: &str, layout: &Layout, address: u64) -> Result<
              2^40 bytes (such calls run on the wgmma producer)"
         ))
     };
-    if address % ALIGNMENT != 0 {
+    if !address.is_multiple_of(ALIGNMENT) {
         return Err(unsupported(format!("device address {address:#x} is not 16-byte aligned")));
     }
     let dims = [head_dim, rows, heads, batch];

@@ -122,7 +122,7 @@ impl IndexShape {
         }
         let heads_total = batch * heads;
         let capacity = |name: &str, len: usize| -> Result<usize, MinfError> {
-            if len == 0 || len % heads_total != 0 || len / heads_total > i32::MAX as usize {
+            if len == 0 || !len.is_multiple_of(heads_total) || len / heads_total > i32::MAX as usize {
                 return Err(MinfError::Shape(format!(
                     "{name} holds {len} indices, which is not [batch, heads, nnz] = [{batch}, {heads}, nnz] for \
                      any nnz from 1 to {}: its length must be a non-zero multiple of batch * heads = {heads_total}",

@@ -123,7 +123,7 @@ fn check_chunk(shape: &ChunkShape, q: &[f32], k: &[f32]) -> Result<(), MinfError
             k.len()
         )));
     }
-    if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+    if shape.kv_heads == 0 || !shape.heads.is_multiple_of(shape.kv_heads) {
         return Err(MinfError::Shape(format!("estimate: {shape:?}: kv_heads must divide heads")));
     }
     if shape.q_len > shape.kv_len {

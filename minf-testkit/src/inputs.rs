@@ -246,10 +246,10 @@ impl InputSpec {
 
     fn validate(&self) -> Result<(), MinfError> {
         let bad = |message: String| Err(MinfError::Shape(format!("input spec: {message}")));
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!("kv_heads {} must be positive and divide heads {}", self.kv_heads, self.heads));
         }
-        if self.head_dim < 8 || self.head_dim % 2 != 0 {
+        if self.head_dim < 8 || !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even and at least 8", self.head_dim));
         }
         for (name, value) in [

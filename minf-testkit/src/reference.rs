@@ -218,7 +218,7 @@ pub fn merge_rows(a: &ReferenceRows, b: &ReferenceRows) -> ReferenceRows {
     for (t, (&la, &lb)) in a.lse.iter().zip(&b.lse).enumerate() {
         let m = la.max(lb);
         if m == f64::NEG_INFINITY {
-            out.extend(std::iter::repeat(0.0).take(d));
+            out.extend(std::iter::repeat_n(0.0, d));
             lse.push(f64::NEG_INFINITY);
             continue;
         }

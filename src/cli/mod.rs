@@ -91,5 +91,5 @@ pub fn main() -> ExitCode {
 
 /// Whether log lines get colour codes: only on a terminal, and not with `NO_COLOR` set.
 fn colour_logs() -> bool {
-    std::io::stderr().is_terminal() && !std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty())
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }

@@ -455,7 +455,7 @@ pub(super) fn vertical_slash_index(
                         _ => 64 + rng.below(3 * end_m / 2 + 1) as i64,
                     };
                 }
-                if rng.below(3) > 0 && starts.last().map_or(true, |&s| (s as usize) + 64 <= end_m - 64) {
+                if rng.below(3) > 0 && starts.last().is_none_or(|&s| (s as usize) + 64 <= end_m - 64) {
                     starts.push((end_m - 64) as i32); // the local diagonal
                 }
                 let in_range = |j: usize| starts.iter().any(|&s| (s as usize) <= j && j < s as usize + 64);

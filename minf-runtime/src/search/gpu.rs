@@ -344,7 +344,7 @@ impl<'d> Evaluator<'d> {
                         })
                         .fold((1, 1), |a, c| (a.0.max(c.0), a.1.max(c.1)));
                     let shape = IndexShape { batch: 1, heads, rows, nnz_s, nnz_v };
-                    if b.vertical_slash.as_ref().map_or(true, |index| index.shape() != shape) {
+                    if b.vertical_slash.as_ref().is_none_or(|index| index.shape() != shape) {
                         b.vertical_slash = None;
                         b.vertical_slash = Some(VerticalSlashIndex::zeros(device, shape)?);
                     }
@@ -390,7 +390,7 @@ impl<'d> Evaluator<'d> {
                         None
                     } else {
                         let capacity = MINFERENCE_BLOCK_TOP_K.min(rows);
-                        if b.block_sparse.as_ref().map_or(true, |index| index.dims() != (1, heads, rows, capacity)) {
+                        if b.block_sparse.as_ref().is_none_or(|index| index.dims() != (1, heads, rows, capacity)) {
                             b.block_sparse = None;
                             b.block_sparse = Some(BlockSparseIndex::zeros(device, 1, heads, rows, capacity)?);
                         }
@@ -511,7 +511,7 @@ fn launch_indexed(
         let blocks = if spec.block_m as usize >= 2 * BLOCK { RowBlocks::Wide } else { RowBlocks::Narrow };
         return Ok(vec![blocks; heads]);
     }
-    if choice.as_ref().map_or(true, |c| c.heads().len() != heads) {
+    if choice.as_ref().is_none_or(|c| c.heads().len() != heads) {
         let all: Vec<usize> = (0..heads).collect();
         *choice = Some(TileChoice::new(device, &all, heads)?);
     }

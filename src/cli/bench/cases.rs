@@ -366,7 +366,7 @@ pub fn resolve_shape(patterns: &[PatternSpec], asked: ShapeArgs) -> Result<(usiz
 /// when it fits the query heads per KV head (a multiple or a divisor), else one KV head's group.
 pub fn default_long_heads(heads: usize, kv_heads: usize) -> usize {
     let group = (heads / kv_heads.max(1)).max(1);
-    if DEFAULT_LONG_HEADS % group == 0 || group % DEFAULT_LONG_HEADS == 0 {
+    if DEFAULT_LONG_HEADS.is_multiple_of(group) || group.is_multiple_of(DEFAULT_LONG_HEADS) {
         DEFAULT_LONG_HEADS
     } else {
         group
@@ -424,7 +424,7 @@ impl CaseOptions {
     /// Every case, grouped by length (ascending) with dense first in each group, so a sparse case
     /// finds the dense time of its length for the speedup. Checks the head counts.
     pub fn cases(&self) -> Result<Vec<Case>, CaseError> {
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return Err(CaseError(format!(
                 "--heads {} and --kv-heads {}: both must be positive and kv-heads must divide heads",
                 self.heads, self.kv_heads
@@ -442,7 +442,7 @@ impl CaseOptions {
         }
         let group = self.heads / self.kv_heads;
         let long_heads = self.long_heads.min(self.heads);
-        if long_heads == 0 || long_heads % group != 0 && group % long_heads != 0 {
+        if long_heads == 0 || !long_heads.is_multiple_of(group) && !group.is_multiple_of(long_heads) {
             return Err(CaseError(format!(
                 "--long-heads {}: must be positive and a multiple or a divisor of the query heads per KV head ({group})",
                 self.long_heads
