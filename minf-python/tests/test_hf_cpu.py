@@ -183,6 +183,39 @@ def test_a_chunk_after_a_cached_prefix_keeps_its_causal_mask(tiny_llama, monkeyp
         minf.hf.unpatch(model)
 
 
+def test_a_chunk_of_a_model_with_sliding_window_layers_keeps_both_masks():
+    """A model with full and sliding-window layers builds two masks per forward pass: the window's
+    (kept) must not erase the record of the full layers' causal mask (left out), or the full layers
+    of a chunk after a cached prefix would attend to the prompt's first keys. Logits and generated
+    tokens equal the unpatched model's."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(
+        vocab_size=256, hidden_size=256, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, use_sliding_window=True, sliding_window=8, max_window_layers=1,
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config).eval()
+    assert set(model.config.layer_types) == {"full_attention", "sliding_attention"}
+    ids = torch.randint(0, 256, (1, 40))
+
+    def chunk_logits_and_tokens():
+        with torch.no_grad():
+            first = model(ids[:, :30], use_cache=True)
+            chunk = model(ids[:, 30:], past_key_values=first.past_key_values).logits
+            return chunk, model.generate(ids[:, :30], max_new_tokens=10, do_sample=False)
+
+    reference_logits, reference_tokens = chunk_logits_and_tokens()
+    minf.hf.patch(model)
+    try:
+        logits, tokens = chunk_logits_and_tokens()
+        assert torch.equal(logits, reference_logits), (logits - reference_logits).abs().max()
+        assert torch.equal(tokens, reference_tokens)
+    finally:
+        minf.hf.unpatch(model)
+
+
 def test_a_static_cache_prefill_keeps_its_top_left_causal_mask(tiny_llama):
     """A static cache's prefill has fewer queries than cache slots and no mask (SDPA's own top-left
     causal skip): the patched model must not read it as a chunk after a prefix. Its logits and

@@ -6,7 +6,8 @@ out the plain causal mask of a chunk after a cached prefix) and switches the mod
 prompts, and chunks of a prompt after a cached prefix (multi-turn chat, chunked prefill), then run
 minf's per-head sparse attention (a :class:`minf.Prefill`, layer ``module.layer_idx``); decoding
 (one query), short contexts, padded batches and anything else minf does not take run PyTorch SDPA
-exactly as the unpatched model would.
+exactly as an unpatched model on SDPA would (a model loaded with eager attention agrees to
+rounding).
 ``model.generate(...)`` works unchanged. Llama, Mistral and Qwen2 families (any model whose
 attention calls transformers' attention interface with ``layer_idx`` set).
 
@@ -118,7 +119,10 @@ def _bottom_right_causal(q_len: int, kv_len: int, device: Any) -> Any:
 # What the mask function of the current forward pass left out, per thread: the (q_len, kv_len) of a
 # chunk whose plain bottom-right causal mask it dropped, or None. A None mask with fewer queries
 # than keys is otherwise SDPA's own skip: causal aligned top-left (a static cache's prefill, whose
-# cache slots past the prompt are empty).
+# cache slots past the prompt are empty). A forward pass may call the mask function more than once
+# before its first layer (a model with full and sliding-window layers builds both masks): the record
+# is reset by the first call after a layer has run, so a later call of the same pass (whose mask,
+# e.g. the window's, is kept) does not erase what an earlier one left out.
 _LEFT_OUT = threading.local()
 
 
@@ -134,7 +138,9 @@ def _chunk_aware_sdpa_mask(*args: Any, **kwargs: Any) -> Any:
     the mask waits for the device once per forward pass of a chunk, not per layer."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-    _LEFT_OUT.chunk = None
+    if getattr(_LEFT_OUT, "layers_ran", True):
+        _LEFT_OUT.chunk = None
+        _LEFT_OUT.layers_ran = False
     mask = ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](*args, **kwargs)
     if mask is None or getattr(mask, "dim", lambda: 0)() != 4 or str(mask.dtype) != "torch.bool":
         return mask
@@ -157,6 +163,7 @@ def _minf_attention(module: Any, query: Any, key: Any, value: Any, attention_mas
     ``kv_len`` positions); returns ``([batch, q_len, heads, head_dim], None)`` like SDPA's."""
     import torch
 
+    _LEFT_OUT.layers_ran = True
     patch = getattr(module, "_minf_patch", None)
     q_len, kv_len = query.shape[2], key.shape[2]
     # Fewer queries than keys and no mask: a chunk whose bottom-right mask the mask function left
