@@ -73,10 +73,9 @@ fn chunk_is_checked_before_the_gpu_and_listed() {
     }
 }
 
-#[test]
-fn list_takes_length_and_heads_from_the_inputs_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let (seq, heads, kv_heads, head_dim) = (256, 4, 2, 64);
+/// A file of inputs of 256 tokens with the given heads and head dimension.
+fn inputs_file(dir: &std::path::Path, heads: usize, kv_heads: usize, head_dim: usize) -> std::path::PathBuf {
+    let seq = 256;
     let values = |n: usize| (0..n).map(|i| (i % 7) as f32 * 0.25).collect::<Vec<f32>>();
     let qkv = minf::HostQkv {
         seq,
@@ -87,8 +86,43 @@ fn list_takes_length_and_heads_from_the_inputs_file() {
         k: values(seq * kv_heads * head_dim),
         v: values(seq * kv_heads * head_dim),
     };
-    let path = dir.path().join("qkv.safetensors");
+    let path = dir.join(format!("qkv-{heads}-{kv_heads}-{head_dim}.safetensors"));
     minf::save_safetensors(&qkv, &path).unwrap();
+    path
+}
+
+#[test]
+fn inputs_of_another_model_keep_their_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default cases, run where the shipped Llama config is found (the package root): a 4/2-head
+    // file of head_dim 64 is not a subset of Llama-3-8B's layer, so that case is left out.
+    let small = inputs_file(dir.path(), 4, 2, 64);
+    let output = common::minf(&["bench", "--list", "--inputs", small.to_str().unwrap()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{}", common::text(&output));
+    assert!(stdout.lines().all(|l| l.contains("heads 4/2") && !l.contains("(of")), "{stdout}");
+    assert!(!stdout.contains("config:") && stderr.contains("are not of"), "{}", common::text(&output));
+    // A searched config of a model whose heads are no multiple of 8, on its own dump.
+    let config = dir.path().join("searched.json");
+    let layer = (0..28).map(|h| format!("\"{h}\": [\"vertical_and_slash\", 1000, 6096, 1]")).collect::<Vec<_>>();
+    std::fs::write(&config, format!("[{{{}}}]", layer.join(", "))).unwrap();
+    let qwen = inputs_file(dir.path(), 28, 4, 128);
+    let pattern = format!("config:{}:0", config.display());
+    let output = common::minf(&["bench", "--list", "--inputs", qwen.to_str().unwrap(), "--patterns", &pattern])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", common::text(&output));
+    assert!(stdout.contains("heads 28/4") && !stdout.contains("(of"), "{}", common::text(&output));
+}
+
+#[test]
+fn list_takes_length_and_heads_from_the_inputs_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = inputs_file(dir.path(), 4, 2, 64);
     let output =
         common::minf(&["bench", "--list", "--patterns", "dense", "--inputs", path.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);

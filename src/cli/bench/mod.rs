@@ -213,22 +213,76 @@ fn check_comparable(records: &[Record]) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOptions, Box<dyn Error>> {
-    let patterns = match &args.patterns {
-        Some(list) => PatternSpec::parse_list(list)?,
-        None => {
-            let patterns = default_patterns(Path::new("."));
-            if !patterns.iter().any(|p| matches!(p, PatternSpec::Config { .. })) {
-                errln!(
-                    "note: {DEFAULT_CONFIG} is in neither {} below the current directory: the default cases leave out \
-                     its layer {DEFAULT_CONFIG_LAYER} (run from the repository root, or add --patterns \
-                     config:PATH)",
-                    DEFAULT_CONFIG_DIRS.join(" nor ")
-                );
-            }
-            patterns
+/// The patterns a run measures: `--patterns`, else the defaults, whose config case (the shipped
+/// Llama-3-8B-262K layer) is left out, with a note, where it is not found from the current
+/// directory.
+fn run_patterns(args: &RunArgs) -> Result<Vec<PatternSpec>, Box<dyn Error>> {
+    if let Some(list) = &args.patterns {
+        return Ok(PatternSpec::parse_list(list)?);
+    }
+    let patterns = default_patterns(Path::new("."));
+    if !patterns.iter().any(|p| matches!(p, PatternSpec::Config { .. })) {
+        errln!(
+            "note: {DEFAULT_CONFIG} is in neither {} below the current directory: the default cases leave out its \
+             layer {DEFAULT_CONFIG_LAYER} (run from the repository root, or add --patterns config:PATH)",
+            DEFAULT_CONFIG_DIRS.join(" nor ")
+        );
+    }
+    Ok(patterns)
+}
+
+/// `patterns` for a run on a file of inputs: without `--patterns`, the default config case is left
+/// out, with a note, where the file has another model's shape.
+fn fit_to_inputs(args: &RunArgs, mut patterns: Vec<PatternSpec>, qkv: &minf::HostQkv) -> Vec<PatternSpec> {
+    let is_config = |p: &PatternSpec| matches!(p, PatternSpec::Config { .. });
+    if args.patterns.is_none() && patterns.iter().any(is_config) {
+        let configs: Vec<PatternSpec> = patterns.iter().filter(|p| is_config(p)).cloned().collect();
+        if file_shape(&configs, qkv).is_err() {
+            patterns.retain(|p| !is_config(p));
+            errln!(
+                "note: the inputs ({}/{} heads, head_dim {}) are not of {DEFAULT_CONFIG}'s model: the default cases \
+                 leave out its layer {DEFAULT_CONFIG_LAYER}",
+                qkv.heads,
+                qkv.kv_heads,
+                qkv.head_dim
+            );
         }
+    }
+    patterns
+}
+
+/// The shape of a run on a file of inputs, and the length from which its cases time a subset of a
+/// config's layer (`usize::MAX`: none). The file's own shape where the configs agree with it;
+/// else, for a file with fewer query heads than a config's layer of the same query/KV grouping (as
+/// `search_inputs --heads 4` writes for the heads a long case times), that layer's shape, timed as
+/// a subset: the file's head i runs the config's head i * layer_heads / file_heads, as in long
+/// cases and `bench/peers.py --config-heads`.
+fn file_shape(patterns: &[PatternSpec], qkv: &minf::HostQkv) -> Result<(usize, usize, usize, usize), Box<dyn Error>> {
+    let own = ShapeArgs { heads: Some(qkv.heads), kv_heads: Some(qkv.kv_heads), head_dim: Some(qkv.head_dim) };
+    let mismatch = match resolve_shape(patterns, own) {
+        Ok((heads, kv_heads, head_dim)) => return Ok((heads, kv_heads, head_dim, usize::MAX)),
+        Err(e) => e,
     };
+    let layer = ShapeArgs { heads: None, kv_heads: None, head_dim: Some(qkv.head_dim) };
+    if let Ok((heads, kv_heads, head_dim)) = resolve_shape(patterns, layer) {
+        let same_grouping = qkv.kv_heads * heads == qkv.heads * kv_heads;
+        if qkv.heads < heads && heads % qkv.heads == 0 && same_grouping {
+            return Ok((heads, kv_heads, head_dim, 0));
+        }
+    }
+    Err(format!(
+        "the inputs hold {}/{} query/KV heads of head_dim {}, which no config measured here fits as a whole or as a \
+         subset of its layer with the same grouping: {mismatch}",
+        qkv.heads, qkv.kv_heads, qkv.head_dim
+    )
+    .into())
+}
+
+fn case_options(
+    args: &RunArgs,
+    patterns: Vec<PatternSpec>,
+    inputs: Option<&minf::HostQkv>,
+) -> Result<CaseOptions, Box<dyn Error>> {
     let Some(qkv) = inputs else {
         let asked = ShapeArgs { heads: args.heads, kv_heads: args.kv_heads, head_dim: args.head_dim };
         let (heads, kv_heads, head_dim) = resolve_shape(&patterns, asked)?;
@@ -243,22 +297,7 @@ fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOp
             long_heads: args.long_heads.unwrap_or_else(|| default_long_heads(heads, kv_heads)),
         });
     };
-    // The file sets the shape. A file with fewer query heads than a config's layer (as
-    // `search_inputs --heads 4` writes for the heads a long case times) is timed as a subset of that
-    // layer: its head i runs the config's head i * layer_heads / file_heads, as in long cases and
-    // `bench/peers.py --config-heads`.
-    let has_config = patterns.iter().any(|p| matches!(p, PatternSpec::Config { .. }));
-    let layer_shape = ShapeArgs { heads: None, kv_heads: None, head_dim: Some(qkv.head_dim) };
-    let layer = if has_config { Some(resolve_shape(&patterns, layer_shape)?) } else { None };
-    let (heads, kv_heads, head_dim, long_from) = match layer {
-        Some((heads, kv_heads, head_dim)) if qkv.heads < heads => (heads, kv_heads, head_dim, 0),
-        _ => {
-            let asked =
-                ShapeArgs { heads: Some(qkv.heads), kv_heads: Some(qkv.kv_heads), head_dim: Some(qkv.head_dim) };
-            let (heads, kv_heads, head_dim) = resolve_shape(&patterns, asked)?;
-            (heads, kv_heads, head_dim, usize::MAX)
-        }
-    };
+    let (heads, kv_heads, head_dim, long_from) = file_shape(&patterns, qkv)?;
     Ok(CaseOptions {
         seqs: vec![qkv.seq],
         heads,
@@ -272,13 +311,15 @@ fn case_options(args: &RunArgs, inputs: Option<&minf::HostQkv>) -> Result<CaseOp
 }
 
 fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
-    // Fast checks first: the case list, then the GPU, then anything slow.
-    let cases = case_options(args, None)?.cases()?;
     if args.list {
         // A file of inputs sets the cases' length and heads: read it for the list too.
+        let patterns = run_patterns(args)?;
         let cases = match &args.inputs {
-            Some(path) => case_options(args, Some(&minf::load_safetensors(path)?))?.cases()?,
-            None => cases,
+            Some(path) => {
+                let qkv = minf::load_safetensors(path)?;
+                case_options(args, fit_to_inputs(args, patterns, &qkv), Some(&qkv))?.cases()?
+            }
+            None => case_options(args, patterns, None)?.cases()?,
         };
         for case in &cases {
             let subset = if case.is_subset() { format!(" (of {})", case.layer_heads) } else { String::new() };
@@ -293,11 +334,15 @@ fn run_cases(args: &RunArgs) -> Result<ExitCode, Box<dyn Error>> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // Fast checks first: the case list (for a file of inputs, with the default shape until the file
+    // is read), then the GPU, then anything slow.
+    let patterns = run_patterns(args)?;
+    let cases = case_options(args, patterns.clone(), None)?.cases()?;
     let mut bench = GpuBench::new()?;
     let cases = match &args.inputs {
         Some(path) => {
             let qkv = minf::load_safetensors(path)?;
-            let cases = case_options(args, Some(&qkv))?.cases()?;
+            let cases = case_options(args, fit_to_inputs(args, patterns, &qkv), Some(&qkv))?.cases()?;
             let name =
                 path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
             bench.use_inputs(InputSource::File(qkv, name));

@@ -453,7 +453,8 @@ fn input_files_with_fewer_heads_than_a_config_time_those_heads_of_its_layer() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/configs/Llama_3_8B_Instruct_262k_kv_out_v32_fit_o_best_pattern.json");
     let run = RunCli::parse_from(["bench", "--patterns", &format!("config:{config}:16")]).run;
     let shape = |qkv: &minf::HostQkv| {
-        let cases = super::case_options(&run, Some(qkv)).expect("options").cases().expect("cases");
+        let patterns = super::run_patterns(&run).expect("patterns");
+        let cases = super::case_options(&run, patterns, Some(qkv)).expect("options").cases().expect("cases");
         assert_eq!(cases.len(), 1);
         let case = &cases[0];
         (case.seq, case.heads, case.kv_heads, case.layer_heads)
@@ -462,11 +463,17 @@ fn input_files_with_fewer_heads_than_a_config_time_those_heads_of_its_layer() {
     assert_eq!(shape(&file_shape(1 << 20, 4, 1)), (1 << 20, 4, 1, 32));
     assert_eq!(shape(&file_shape(4096, 32, 8)), (4096, 32, 8, 32));
     // More heads than the layer's are no subset of it.
-    let error = super::case_options(&run, Some(&file_shape(4096, 64, 16))).expect_err("64 heads").to_string();
-    assert!(error.contains("--heads 64"), "{error}");
+    let patterns = super::run_patterns(&run).expect("patterns");
+    let error = super::case_options(&run, patterns, Some(&file_shape(4096, 64, 16))).expect_err("64 heads").to_string();
+    assert!(error.contains("the inputs hold 64/16 query/KV heads"), "{error}");
+    // Fewer heads of another grouping are no subset of it either.
+    let patterns = super::run_patterns(&run).expect("patterns");
+    assert!(super::case_options(&run, patterns, Some(&file_shape(4096, 4, 2))).is_err());
     // Without a config the file's shape is the case's.
     let dense = RunCli::parse_from(["bench", "--patterns", "dense"]).run;
-    let cases = super::case_options(&dense, Some(&file_shape(4096, 4, 1))).expect("options").cases().expect("cases");
+    let patterns = super::run_patterns(&dense).expect("patterns");
+    let cases =
+        super::case_options(&dense, patterns, Some(&file_shape(4096, 4, 1))).expect("options").cases().expect("cases");
     assert_eq!((cases[0].heads, cases[0].kv_heads, cases[0].layer_heads), (4, 1, 4));
 }
 
