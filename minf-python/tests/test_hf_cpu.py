@@ -122,7 +122,7 @@ def test_dump_qkv_needs_attention_modules(tmp_path):
     ids = torch.randint(0, 64, (1, 16))
     with pytest.raises(ValueError, match="GPT2LMHeadModel has no attention modules with a layer_idx"):
         minf.hf.patch(model)
-    with pytest.raises(ValueError, match="GPT2LMHeadModel has no attention modules with a layer_idx: dump_qkv cannot"):
+    with pytest.raises(ValueError, match="GPT2LMHeadModel has no attention modules with a layer_idx and an o_proj"):
         minf.hf.dump_qkv(model, ids, str(tmp_path / "dump"))
     assert not (tmp_path / "dump").exists()
 

@@ -65,7 +65,10 @@ def _checked_attention_modules(model: Any, what: str) -> List[Any]:
     ``o_proj``) raises ValueError saying that ``what`` cannot be done."""
     modules = _attention_modules(model)
     if not modules:
-        raise ValueError(f"{type(model).__name__} has no attention modules with a layer_idx: {what}")
+        raise ValueError(
+            f"{type(model).__name__} has no attention modules with a layer_idx and an o_proj (the modules minf "
+            f"recognises): {what}"
+        )
     return modules
 
 
