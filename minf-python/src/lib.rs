@@ -34,9 +34,7 @@ fn minf_error(error: impl std::fmt::Display) -> PyErr {
 /// A config file that cannot be read, as the runtime reports it (a [`MinfError`]): checked before
 /// a file name that names no known model asks for the model's shape.
 fn check_readable(path: &std::path::Path) -> PyResult<()> {
-    std::fs::read_to_string(path)
-        .map(|_| ())
-        .map_err(|source| minf_error(minf_runtime::config::ConfigError::Read { file: path.to_path_buf(), source }))
+    minf_runtime::config::check_readable(path).map_err(minf_error)
 }
 
 /// `value` as a list of strings: one string, or a list or tuple of strings.

@@ -479,7 +479,7 @@ impl PatternConfig {
         let path = path.as_ref();
         let Some(model) = known_model(path) else {
             // A file that cannot be read says so before its name's shape is asked for.
-            read(path)?;
+            check_readable(path)?;
             return Err(ConfigError::UnknownModel {
                 file: path.to_path_buf(),
                 known: KNOWN_MODELS.iter().map(|m| format!("{}*", m.prefix)).collect::<Vec<_>>().join(", "),
@@ -609,6 +609,12 @@ impl PatternConfig {
             .flat_map(KernelSpec::with_companions)
             .collect()
     }
+}
+
+/// Whether a config file can be read ([`ConfigError::Read`] if not): what a caller checks before
+/// asking for the model shape of a file whose name names no known model.
+pub fn check_readable(path: impl AsRef<Path>) -> Result<(), ConfigError> {
+    read(path.as_ref()).map(|_| ())
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -128,8 +128,7 @@ pub fn warm(args: &WarmArgs) -> Result<ExitCode, Box<dyn Error>> {
 fn config_kernels(path: &Path, args: &WarmArgs, arches: &[Arch]) -> Result<Vec<KernelSpec>, Box<dyn Error>> {
     if known_model(path).is_none() {
         // A file that cannot be read says so before its shape is asked for.
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the pattern config: {e}", path.display()))?;
+        minf_runtime::config::check_readable(path)?;
         let missing: Vec<&str> = [(args.heads.is_none(), "--heads"), (args.head_dim.is_empty(), "--head-dim")]
             .into_iter()
             .filter_map(|(missing, flag)| missing.then_some(flag))
