@@ -43,16 +43,39 @@ const DEFAULT_TARGETS: [Arch; 2] = [Arch::Sm80, Arch::Sm90a];
 #[derive(Debug, FromMeta)]
 struct Args {
     pattern: Option<SpannedValue<String>>,
-    // Integers are read as i64 so that a negative value gets the same "allowed ..." message as
-    // any other unsupported one, not a parse error.
-    head_dim: Option<SpannedValue<i64>>,
+    head_dim: Option<SpannedValue<IntegerArg>>,
     dtype: Option<SpannedValue<String>>,
-    block_m: Option<SpannedValue<i64>>,
-    block_n: Option<SpannedValue<i64>>,
-    warps: Option<SpannedValue<i64>>,
-    stages: Option<SpannedValue<i64>>,
+    block_m: Option<SpannedValue<IntegerArg>>,
+    block_n: Option<SpannedValue<IntegerArg>>,
+    warps: Option<SpannedValue<IntegerArg>>,
+    stages: Option<SpannedValue<IntegerArg>>,
     arch: Option<SpannedValue<String>>,
     mainloop: Option<SpannedValue<String>>,
+}
+
+/// An integer argument as written: an integer literal, negative ones included, so that `-64` gets
+/// the same "allowed ..." message as any other unsupported value. A string such as `"128"` is
+/// refused: darling's own integer parsing would accept it.
+#[derive(Debug, Clone, Copy)]
+struct IntegerArg(i64);
+
+impl FromMeta for IntegerArg {
+    fn from_expr(expr: &syn::Expr) -> darling::Result<Self> {
+        let literal = |lit: &syn::Lit| match lit {
+            syn::Lit::Int(int) => int.base10_parse::<i64>().map_err(darling::Error::from),
+            _ => Err(darling::Error::custom("expected an integer literal, e.g. `head_dim = 128`").with_span(lit)),
+        };
+        match expr {
+            syn::Expr::Lit(lit) => literal(&lit.lit).map(IntegerArg),
+            syn::Expr::Unary(syn::ExprUnary { op: syn::UnOp::Neg(_), expr: inner, .. }) => match inner.as_ref() {
+                syn::Expr::Lit(lit) => literal(&lit.lit).map(|value| IntegerArg(-value)),
+                _ => Err(darling::Error::unexpected_expr_type(expr)),
+            },
+            syn::Expr::Group(group) => Self::from_expr(&group.expr),
+            _ => Err(darling::Error::unexpected_expr_type(expr)),
+        }
+        .map_err(|err| err.with_span(expr))
+    }
 }
 
 /// A kernel declaration whose names have been parsed: what the generated code encodes.
@@ -210,12 +233,12 @@ impl Errors {
     }
 
     /// A `u32` argument; a value outside `u32` gets the message of [`SpecError::Invalid`].
-    fn integer(&mut self, field: &'static str, value: &SpannedValue<i64>, allowed: &[u32]) -> Option<u32> {
-        match u32::try_from(**value) {
+    fn integer(&mut self, field: &'static str, value: &SpannedValue<IntegerArg>, allowed: &[u32]) -> Option<u32> {
+        match u32::try_from(value.0) {
             Ok(value) => Some(value),
             Err(_) => {
                 let allowed = allowed.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
-                let error = SpecError::Invalid { field, value: value.to_string(), allowed };
+                let error = SpecError::Invalid { field, value: value.0.to_string(), allowed };
                 self.push(syn::Error::new(value.span(), error));
                 None
             }
@@ -226,7 +249,7 @@ impl Errors {
     fn optional_integer(
         &mut self,
         field: &'static str,
-        value: &Option<SpannedValue<i64>>,
+        value: &Option<SpannedValue<IntegerArg>>,
         allowed: &[u32],
     ) -> Option<Option<u32>> {
         match value {
@@ -469,6 +492,8 @@ mod tests {
         assert!(err.contains("allowed 64, 96, 128, 256"), "{err}");
         let err = kernel(quote!(pattern = "dense", head_dim = 128, block_n = -64)).unwrap_err();
         assert_eq!(err, "invalid block_n = -64: allowed 32, 64, 128");
+        let err = kernel(quote!(pattern = "dense", head_dim = "128")).unwrap_err();
+        assert!(err.contains("expected an integer literal"), "{err}");
         let err = kernel(quote!(pattern = "dense", head_dim = 128, block_m = 64)).unwrap_err();
         assert!(err.contains("`warps` was not given"), "{err}");
         // 136 KiB: fits sm_80 (163 KiB) and sm_90a (227 KiB); 170 KiB only fits sm_90a.
