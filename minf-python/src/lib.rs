@@ -12,7 +12,7 @@ use minf_runtime::jit::KernelCache;
 use minf_runtime::warm::{check_ready, config_kernels, default_kernels, warm_kernels, with_index_kernels, WarmError};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyDict, PyInt, PyString};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -72,21 +72,27 @@ fn parse_names<T: FromStr + Copy>(
 fn parse_head_dims(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u32>> {
     let allowed = format!("{HEAD_DIMS:?}");
     let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(Vec::new()) };
-    let dims: Vec<i64> = match value.extract::<i64>() {
-        Ok(dim) => vec![dim],
-        Err(_) => value.extract::<Vec<i64>>().map_err(|_| {
-            PyTypeError::new_err(format!("head_dims must be an integer or a list of integers ({allowed}), or None"))
-        })?,
+    let not_integers =
+        || PyTypeError::new_err(format!("head_dims must be an integer or a list of integers ({allowed}), or None"));
+    let items: Vec<Bound<'_, PyAny>> = if value.is_instance_of::<PyInt>() {
+        vec![value.clone()]
+    } else {
+        value.extract().map_err(|_| not_integers())?
     };
-    if dims.is_empty() {
+    if items.is_empty() {
         return Err(PyValueError::new_err(format!("head_dims is empty: pass None for all, or some of {allowed}")));
     }
-    dims.iter()
-        .map(|&dim| {
-            u32::try_from(dim)
+    items
+        .iter()
+        .map(|item| {
+            if !item.is_instance_of::<PyInt>() {
+                return Err(not_integers());
+            }
+            // An integer past u32 (2**70 included) is as unsupported as any other value.
+            item.extract::<u32>()
                 .ok()
                 .filter(|d| HEAD_DIMS.contains(d))
-                .ok_or_else(|| PyValueError::new_err(format!("invalid head_dims {dim}: allowed {allowed}")))
+                .ok_or_else(|| PyValueError::new_err(format!("invalid head_dims {item}: allowed {allowed}")))
         })
         .collect()
 }
