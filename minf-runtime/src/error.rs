@@ -54,6 +54,9 @@ pub enum MinfError {
     /// Tensor shapes, strides or options do not fit the call.
     #[error("invalid arguments: {0}")]
     Shape(String),
+    /// A pattern search cannot go on: its input files, its progress file, or one of its threads.
+    #[error("search: {0}")]
+    Search(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {

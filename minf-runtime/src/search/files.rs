@@ -60,7 +60,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> MinfError + '_ {
 }
 
 fn input_error(dir: &Path, message: String) -> MinfError {
-    MinfError::Shape(format!("search inputs {}: {message}", dir.display()))
+    MinfError::Search(format!("inputs {}: {message}", dir.display()))
 }
 
 /// The layer number of a file named `layer_<n>.safetensors`.
@@ -291,7 +291,7 @@ impl Progress {
                 let mut lines = text.lines();
                 let first: Option<Value> = lines.next().and_then(|line| serde_json::from_str(line).ok());
                 if first.as_ref() != Some(&header.value) {
-                    return Err(MinfError::Shape(format!(
+                    return Err(MinfError::Search(format!(
                         "{}: this progress file was written by a search with other inputs or settings (space, \
                          criterion, sample, shape); delete it to start again, or run with the same settings",
                         path.display()
@@ -299,8 +299,9 @@ impl Progress {
                 }
                 for line in lines {
                     let Ok(value) = serde_json::from_str::<Value>(line) else { break };
-                    let (layer, heads) = parse_layer_line(&value, space)
-                        .ok_or_else(|| MinfError::Shape(format!("{}: malformed layer line: {line}", path.display())))?;
+                    let (layer, heads) = parse_layer_line(&value, space).ok_or_else(|| {
+                        MinfError::Search(format!("{}: malformed layer line: {line}", path.display()))
+                    })?;
                     done.insert(layer, heads);
                 }
                 // Rewrite without a cut-short last line, so appends start on a fresh line.
@@ -428,7 +429,8 @@ mod tests {
         assert!(message.contains("layer 1 is missing"), "{message}");
         let empty = dir.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
-        assert!(SearchInputs::discover(&empty).unwrap_err().to_string().contains("no layer files"));
+        let message = SearchInputs::discover(&empty).unwrap_err().to_string();
+        assert!(message.starts_with("search: inputs ") && message.contains("no layer files"), "{message}");
         let twice = dir.path().join("twice");
         touch(&twice.join("layer_1.safetensors"));
         touch(&twice.join("layer_01.safetensors"));

@@ -227,7 +227,7 @@ fn score_heads(
             })
             .collect();
         for job in jobs {
-            let counts = job.join().map_err(|_| MinfError::Shape("search: a scoring thread panicked".into()))?;
+            let counts = job.join().map_err(|_| MinfError::Search("a scoring thread panicked".into()))?;
             for (total, count) in mismatches.iter_mut().zip(counts) {
                 *total += count;
             }

@@ -196,12 +196,12 @@ pub fn run_search_with(
         for _ in &pending {
             let (layer, prompts, load_seconds) = receiver
                 .recv()
-                .map_err(|_| MinfError::Shape("search: the input reader stopped before the last layer".into()))??;
+                .map_err(|_| MinfError::Search("the input reader stopped before the last layer".into()))??;
             let started = Instant::now();
             let evaluations = prompts.iter().map(&mut evaluate).collect::<Result<Vec<_>, MinfError>>()?;
             if let Some(bad) = evaluations.iter().find(|e| e.evaluations.len() != space.candidates.len()) {
-                return Err(MinfError::Shape(format!(
-                    "search: layer {layer}: an evaluation of {} candidates for a space of {}",
+                return Err(MinfError::Search(format!(
+                    "layer {layer}: an evaluation of {} candidates for a space of {}",
                     bad.evaluations.len(),
                     space.candidates.len()
                 )));
@@ -313,7 +313,7 @@ mod tests {
         let failing = |qkv: &HostQkv| {
             calls += 1;
             if qkv.q[0] == 1.0 {
-                return Err(MinfError::Shape("device lost".into()));
+                return Err(MinfError::Search("device lost".into()));
             }
             fake(qkv)
         };
