@@ -615,7 +615,9 @@ impl KernelSpec {
     /// copy gathered columns themselves: they keep the `wgmma` engine's budgets (104 beside two
     /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill;
     /// the 128-row ones that list their tiles keep both the list's window and the walk (for
-    /// blocks the list does not hold): 120, below which the vertical-slash one spills.
+    /// blocks the list does not hold): 120, below which the vertical-slash one spills; the
+    /// block-sparse one, which keeps no column state, fits 104 and leaves its consumers the 200
+    /// that the scores-ahead loop needs.
     /// The consumers' code needs 184 registers (128-row blocks; 136 for 64x64) whatever the budget
     /// above that, so what they are given beyond it is headroom, not speed.
     pub fn tma_producer_registers(&self) -> u32 {
@@ -629,7 +631,7 @@ impl KernelSpec {
         };
         walk + match (self.pattern.is_indexed(), self.block_m, self.block_n) {
             (false, _, _) => 64,
-            (true, 128, _) if self.lists_tiles() => 120,
+            (true, 128, _) if self.lists_tiles() && self.pattern != Pattern::BlockSparse => 120,
             (true, 128, _) => 104,
             (true, _, 64) => 72,
             (true, _, _) => 56,
@@ -655,9 +657,13 @@ impl KernelSpec {
     /// heads on an H100 (docs/design.md): dense on `wgmma_tma` 606 -> 634 TFLOP/s, A-shape
     /// (128, 3968) 570 -> 585, vertical-slash (3500, 100) on 64-row blocks 0.7% less time; the
     /// index-driven kernels on 128-row blocks, whose consumers then take 197 of their 200
-    /// registers, ran 0.8-2% slower and keep the loop without it.
+    /// registers, ran 0.8-2% slower while their producers walked the index, and keep the loop
+    /// without it; block-sparse, once its tiles are listed, runs top-100 6% faster with it
+    /// (vertical-slash's listing producer needs 120 registers, which leaves its consumers too
+    /// few).
     pub fn scores_ahead(&self) -> bool {
         !(self.pattern.is_indexed() && self.block_m == 128)
+            || (self.pattern == Pattern::BlockSparse && self.lists_tiles())
     }
 
     /// Whether the kernel's blocks walk the launch's work items in turn (a grid of at most as many
@@ -668,11 +674,13 @@ impl KernelSpec {
     /// the scores-ahead loop), where the second Q buffer still lets as many blocks share an SM as
     /// without it: each consumer issues the next item's first S before it writes an item's output.
     /// Dense (long rows, whose blocks' order the hardware keeps for L2) and the 128-row
-    /// index-driven kernels (no registers to spare) keep a block per item.
+    /// index-driven kernels (no registers to spare; the list's pass is written per block) keep a
+    /// block per item.
     pub fn persistent(&self) -> bool {
         let blocks_per_sm = if self.warps == 4 { 2 } else { 1 };
         self.mainloop == Mainloop::WgmmaTma
             && self.scores_ahead()
+            && !self.lists_tiles()
             && self.pattern != Pattern::Dense
             && self.shared_bytes_with(true) <= self.arch.max_shared_memory()
             && blocks_per_sm * self.shared_bytes_with(true) <= self.arch.shared_memory_per_sm()
@@ -1246,10 +1254,11 @@ mod tests {
     }
 
     #[test]
-    fn scores_go_ahead_except_on_128_row_index_driven_blocks() {
+    fn scores_go_ahead_except_on_128_row_vertical_slash_blocks() {
         for &pattern in Pattern::ALL {
             let spec = KernelSpec::default_for(pattern, DType::Bf16, 128, Arch::Sm90a);
-            assert_eq!(spec.scores_ahead(), !pattern.is_indexed(), "{spec:?}");
+            assert_eq!(spec.scores_ahead(), pattern != Pattern::VerticalSlash, "{spec:?}");
+            assert_eq!(spec.scores_ahead() && spec.lists_tiles(), pattern == Pattern::BlockSparse, "{spec:?}");
             if let Some(square) = spec.square_alternative() {
                 assert_eq!(square.block_m, 64, "{square:?}");
                 assert!(square.scores_ahead(), "{square:?}");
