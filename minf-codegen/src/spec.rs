@@ -613,11 +613,11 @@ impl KernelSpec {
     /// edge tiles keeps a source address and a step per thread; at 24-40 every dense producer
     /// spills). The index-driven producers still walk range windows (or read the tile list) and
     /// copy gathered columns themselves: they keep the `wgmma` engine's budgets (104 beside two
-    /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill;
-    /// the 128-row ones that list their tiles keep both the list's window and the walk (for
-    /// blocks the list does not hold): 120, below which the vertical-slash one spills; the
-    /// block-sparse one, which keeps no column state, fits 104 and leaves its consumers the 200
-    /// that the scores-ahead loop needs.
+    /// consumers, 72 beside one 64x64 consumer, 56 beside a 64x128 one), below which they spill.
+    /// The 128-row ones that list their tiles keep both the list's window and the walk (for
+    /// blocks the list does not hold) in 104, which leaves their consumers the 200 that the
+    /// scores-ahead loop needs; the vertical-slash one spills 12 bytes there (three loads and
+    /// stores around its merge of the halves' columns, d 128), block-sparse none.
     /// The consumers' code needs 184 registers (128-row blocks; 136 for 64x64) whatever the budget
     /// above that, so what they are given beyond it is headroom, not speed.
     pub fn tma_producer_registers(&self) -> u32 {
@@ -631,7 +631,6 @@ impl KernelSpec {
         };
         walk + match (self.pattern.is_indexed(), self.block_m, self.block_n) {
             (false, _, _) => 64,
-            (true, 128, _) if self.lists_tiles() && self.pattern != Pattern::BlockSparse => 120,
             (true, 128, _) => 104,
             (true, _, 64) => 72,
             (true, _, _) => 56,
@@ -657,13 +656,11 @@ impl KernelSpec {
     /// heads on an H100 (docs/design.md): dense on `wgmma_tma` 606 -> 634 TFLOP/s, A-shape
     /// (128, 3968) 570 -> 585, vertical-slash (3500, 100) on 64-row blocks 0.7% less time; the
     /// index-driven kernels on 128-row blocks, whose consumers then take 197 of their 200
-    /// registers, ran 0.8-2% slower while their producers walked the index, and keep the loop
-    /// without it; block-sparse, once its tiles are listed, runs top-100 6% faster with it
-    /// (vertical-slash's listing producer needs 120 registers, which leaves its consumers too
-    /// few).
+    /// registers, ran 0.8-2% slower while their producers walked the index; once their tiles
+    /// are listed they take it again (block-sparse top-100 6% faster). The 128-row index-driven
+    /// kernels of the `mma_sync` engine have no such loop.
     pub fn scores_ahead(&self) -> bool {
-        !(self.pattern.is_indexed() && self.block_m == 128)
-            || (self.pattern == Pattern::BlockSparse && self.lists_tiles())
+        !(self.pattern.is_indexed() && self.block_m == 128) || self.lists_tiles()
     }
 
     /// Whether the kernel's blocks walk the launch's work items in turn (a grid of at most as many
@@ -1118,10 +1115,13 @@ mod tests {
                 }
             }
         }
-        // Their producers keep the list's window beside the walk.
-        let vs = KernelSpec::default_for(Pattern::VerticalSlash, DType::Bf16, 128, Arch::Sm90a);
-        assert!(vs.lists_tiles());
-        assert_eq!(vs.tma_producer_registers(), 120);
+        // Their producers keep the list's window beside the walk in the budget that leaves the
+        // consumers 200 registers.
+        for pattern in [Pattern::VerticalSlash, Pattern::BlockSparse] {
+            let spec = KernelSpec::default_for(pattern, DType::Bf16, 128, Arch::Sm90a);
+            assert!(spec.lists_tiles(), "{spec:?}");
+            assert_eq!(spec.tma_producer_registers(), 104, "{spec:?}");
+        }
     }
 
     #[test]
@@ -1254,11 +1254,11 @@ mod tests {
     }
 
     #[test]
-    fn scores_go_ahead_except_on_128_row_vertical_slash_blocks() {
+    fn scores_go_ahead_on_every_default_kernel() {
         for &pattern in Pattern::ALL {
             let spec = KernelSpec::default_for(pattern, DType::Bf16, 128, Arch::Sm90a);
-            assert_eq!(spec.scores_ahead(), pattern != Pattern::VerticalSlash, "{spec:?}");
-            assert_eq!(spec.scores_ahead() && spec.lists_tiles(), pattern == Pattern::BlockSparse, "{spec:?}");
+            assert!(spec.scores_ahead(), "{spec:?}");
+            assert_eq!(spec.lists_tiles(), pattern.is_indexed(), "{spec:?}");
             if let Some(square) = spec.square_alternative() {
                 assert_eq!(square.block_m, 64, "{square:?}");
                 assert!(square.scores_ahead(), "{square:?}");
