@@ -102,8 +102,6 @@ struct TemplateContext {
     producer_registers: u32,
     /// [`KernelSpec::output_parts`] (warpgroup engines).
     pv_parts: u32,
-    /// [`KernelSpec::scores_ahead`] (the warpgroup engines' default consumer loop).
-    scores_ahead: bool,
     /// n8 tiles of S and of O (the wgmma N dimensions / 8).
     s_tiles: u32,
     o_tiles: u32,
@@ -247,7 +245,6 @@ pub fn render(spec: &KernelSpec) -> Result<RenderedKernel, RenderError> {
         persistent: spec.persistent(),
         producer_registers: spec.tma_producer_registers(),
         pv_parts: spec.output_parts(),
-        scores_ahead: spec.scores_ahead(),
         s_tiles: spec.block_n / 8,
         o_tiles: spec.head_dim / 8,
         arch: spec.arch.as_str(),

@@ -475,7 +475,8 @@ impl KernelSpec {
         // (docs/design.md); it takes 64-row warpgroups and head_dim up to 128. Its tensor-map
         // producer ran dense 4-7% and A-shape 6-7% faster (H100), and vertical-slash indices on
         // 128-row blocks 13% (banded) to 19% (scattered) faster, gathered columns 2%. With S issued
-        // ahead (`scores_ahead`) it runs dense 3-4% faster than its overlap form (H100).
+        // ahead (its default loop, docs/design.md "Scores ahead") it runs dense 3-4% faster than
+        // its overlap form (H100).
         let mainloop = if arch == Arch::Sm90a && head_dim <= 128 && block_m == 128 && warps == 8 {
             Mainloop::WgmmaTma
         } else {
@@ -651,19 +652,6 @@ impl KernelSpec {
         }
     }
 
-    /// Whether the warpgroup consumers' default loop (`wgmma`, `wgmma_tma`) issues S of the next
-    /// tile right behind this tile's P V instead of after waiting for it. Measured at 128K x 32
-    /// heads on an H100 (docs/design.md): dense on `wgmma_tma` 606 -> 634 TFLOP/s, A-shape
-    /// (128, 3968) 570 -> 585, vertical-slash (3500, 100) on 64-row blocks 0.7% less time; the
-    /// index-driven kernels on 128-row blocks, whose consumers then take 197 of their 200
-    /// registers, ran 0.8-2% slower while their producers walked the index; once their tiles
-    /// are listed they take it again (block-sparse top-100 and vertical-slash (1000, 6096) 1.6%
-    /// and 1.7% less time, (100, 800) level). The 128-row index-driven kernels of the `mma_sync`
-    /// engine have no such loop.
-    pub fn scores_ahead(&self) -> bool {
-        !(self.pattern.is_indexed() && self.block_m == 128) || self.lists_tiles()
-    }
-
     /// Whether the kernel's blocks walk the launch's work items in turn (a grid of at most as many
     /// blocks as the device holds at once) instead of one block per item: the producer loads the
     /// next item's Q (a second Q buffer) and first tiles while the consumers finish an item and
@@ -677,7 +665,6 @@ impl KernelSpec {
     pub fn persistent(&self) -> bool {
         let blocks_per_sm = if self.warps == 4 { 2 } else { 1 };
         self.mainloop == Mainloop::WgmmaTma
-            && self.scores_ahead()
             && !self.lists_tiles()
             && self.pattern != Pattern::Dense
             && self.shared_bytes_with(true) <= self.arch.max_shared_memory()
@@ -1255,14 +1242,13 @@ mod tests {
     }
 
     #[test]
-    fn scores_go_ahead_on_every_default_kernel() {
+    fn default_index_kernels_list_their_tiles_and_square_ones_walk() {
         for &pattern in Pattern::ALL {
             let spec = KernelSpec::default_for(pattern, DType::Bf16, 128, Arch::Sm90a);
-            assert!(spec.scores_ahead(), "{spec:?}");
             assert_eq!(spec.lists_tiles(), pattern.is_indexed(), "{spec:?}");
             if let Some(square) = spec.square_alternative() {
                 assert_eq!(square.block_m, 64, "{square:?}");
-                assert!(square.scores_ahead(), "{square:?}");
+                assert!(!square.lists_tiles(), "{square:?}");
             }
         }
     }
