@@ -12,7 +12,7 @@ use minf_runtime::jit::KernelCache;
 use minf_runtime::warm::{check_ready, config_kernels, default_kernels, warm_kernels, with_index_kernels, WarmError};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyString};
+use pyo3::types::{PyDict, PyString};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -74,10 +74,13 @@ fn parse_head_dims(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u32>> {
     let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(Vec::new()) };
     let not_integers =
         || PyTypeError::new_err(format!("head_dims must be an integer or a list of integers ({allowed}), or None"));
-    let items: Vec<Bound<'_, PyAny>> = if value.is_instance_of::<PyInt>() {
-        vec![value.clone()]
-    } else {
-        value.extract().map_err(|_| not_integers())?
+    // An integer is anything with `__index__` (Python ints and NumPy's integer scalars).
+    let is_integer = |item: &Bound<'_, PyAny>| item.hasattr("__index__").unwrap_or(false);
+    // A sequence (a list, a tuple, a NumPy array) is checked first: a NumPy array has `__index__`.
+    let items: Vec<Bound<'_, PyAny>> = match value.extract() {
+        Ok(items) if !value.is_instance_of::<PyString>() => items,
+        _ if is_integer(value) => vec![value.clone()],
+        _ => return Err(not_integers()),
     };
     if items.is_empty() {
         return Err(PyValueError::new_err(format!("head_dims is empty: pass None for all, or some of {allowed}")));
@@ -85,7 +88,7 @@ fn parse_head_dims(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u32>> {
     items
         .iter()
         .map(|item| {
-            if !item.is_instance_of::<PyInt>() {
+            if !is_integer(item) {
                 return Err(not_integers());
             }
             // An integer past u32 (2**70 included) is as unsupported as any other value.

@@ -72,6 +72,13 @@ def test_warm_accepts_single_values(cache_dir):
     assert counts["compiled"] + counts["cached"] == SMALL_KERNELS
 
 
+def test_warm_takes_numpy_head_dims(cache_dir):
+    np = pytest.importorskip("numpy")
+    for head_dims in (np.int64(64), np.array(64), np.array([64])):
+        counts = minf.warm(arch="sm_80", patterns="dense", head_dims=head_dims, dtypes="bf16")
+        assert counts["compiled"] + counts["cached"] == SMALL_KERNELS, (head_dims, counts)
+
+
 def test_warm_takes_more_jobs_than_kernels(cache_dir):
     counts = minf.warm(**SMALL, jobs=2**70)
     assert (counts["compiled"], counts["failed"]) == (SMALL_KERNELS, 0), counts
