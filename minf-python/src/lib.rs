@@ -76,9 +76,10 @@ fn parse_head_dims(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u32>> {
         || PyTypeError::new_err(format!("head_dims must be an integer or a list of integers ({allowed}), or None"));
     // An integer is anything with `__index__` (Python ints and NumPy's integer scalars).
     let is_integer = |item: &Bound<'_, PyAny>| item.hasattr("__index__").unwrap_or(false);
-    // A sequence (a list, a tuple, a NumPy array) is checked first: a NumPy array has `__index__`.
+    // A sequence (a list, a tuple, a NumPy array; never a str) is checked first: a NumPy array
+    // has `__index__`.
     let items: Vec<Bound<'_, PyAny>> = match value.extract() {
-        Ok(items) if !value.is_instance_of::<PyString>() => items,
+        Ok(items) => items,
         _ if is_integer(value) => vec![value.clone()],
         _ => return Err(not_integers()),
     };
